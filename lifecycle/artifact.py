@@ -1,0 +1,142 @@
+"""Artifacts: a directory plus `manifest.json`, written atomically and verified when loaded.
+
+A stage builds its artifact in `<name>.tmp/`; only a complete directory, manifest last, is renamed to
+`<name>/`. So a crash leaves a `.tmp` that the next run discards, never a half-written artifact that
+looks done. The manifest lists the sha256 of every file, and loading refuses a directory whose files
+changed, naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lifecycle import LifecycleError
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(LifecycleError):
+    """A missing, incomplete or tampered artifact."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_tree(root: Path) -> dict[str, str]:
+    """sha256 of every regular file below root (manifest excluded), keyed by POSIX relative path."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            raise ArtifactError(f"{path}: symlinks are not allowed in an artifact")
+        if path.is_file() and path.name != MANIFEST:
+            out[path.relative_to(root).as_posix()] = sha256_file(path)
+    return out
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON through a temp file + rename, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(obj: Any):
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@dataclass
+class Artifact:
+    """A verified artifact directory and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def cache_key(self) -> str:
+        return self.manifest["cache_key"]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.manifest.get("metrics", {})
+
+    @property
+    def digest(self) -> str:
+        """Hash of the artifact's content (all file hashes): its version, e.g. for serving."""
+        return stable_hash(self.manifest["files"])
+
+    def file(self, rel: str) -> Path:
+        if rel not in self.manifest["files"]:
+            raise ArtifactError(f"{self.path}: artifact has no file '{rel}'")
+        return self.path / rel
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> Artifact:
+        path = Path(path)
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise ArtifactError(f"{path}: not an artifact (no {MANIFEST})")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{mpath}: unreadable manifest ({exc})") from None
+        art = cls(path, manifest)
+        if verify:
+            art.verify()
+        return art
+
+    def verify(self) -> None:
+        expected: dict[str, str] = self.manifest.get("files", {})
+        for rel, digest in expected.items():
+            f = self.path / rel
+            if not f.is_file():
+                raise ArtifactError(f"{f}: listed in the manifest but missing")
+            if sha256_file(f) != digest:
+                raise ArtifactError(f"{f}: changed since the artifact was written (sha256 mismatch)")
+        extra = set(hash_tree(self.path)) - set(expected)
+        if extra:
+            raise ArtifactError(f"{self.path}: files not in the manifest: {sorted(extra)}")
+
+
+def commit(tmp_dir: Path, final_dir: Path, manifest: dict[str, Any]) -> Artifact:
+    """Seal tmp_dir (hash files, write the manifest last) and move it to final_dir atomically."""
+    manifest = dict(manifest, files=hash_tree(tmp_dir))
+    write_json(tmp_dir / MANIFEST, manifest)
+    old = final_dir.with_name(final_dir.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final_dir.exists():
+        os.replace(final_dir, old)  # two renames: the final name is never a partial directory
+    os.replace(tmp_dir, final_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    return Artifact(final_dir, manifest)
+
+
+def update_manifest(art: Artifact, **fields: Any) -> None:
+    """Record results computed after sealing (gate verdicts); file hashes are left untouched."""
+    art.manifest.update(fields)
+    write_json(art.path / MANIFEST, art.manifest)

@@ -1,0 +1,184 @@
+"""Pipeline configuration: pydantic models, YAML loading, `--set` overrides, cross-stage checks.
+
+YAML and the Python API build the same `Pipeline` object; everything is validated when it is built,
+so a misspelt key or a gate on a metric the stage cannot produce fails before any stage runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
+
+from lifecycle import ConfigError
+from lifecycle.data.sources import DataSource
+from lifecycle.schema import Gate, Strict, Task
+from lifecycle.stages import stage_configs
+
+# The stage union is built from the registered stage modules (each imports only pydantic at top level).
+StageConfig = Annotated[Union[tuple(stage_configs())], Field(discriminator="kind")]  # noqa: UP007
+
+
+class Pipeline(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    deterministic: bool = False  # seeds + torch deterministic algorithms; identical artifacts on CPU
+    workdir: str = "runs"  # relative to the pipeline file; each run writes <workdir>/<name>/
+    data: dict[str, DataSource] = {}
+    task: Task | None = None
+    stages: list[StageConfig] = Field(min_length=1)  # type: ignore[valid-type]
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> Pipeline:
+        seen: dict[str, Any] = {}
+        for i, stage in enumerate(self.stages):
+            where = f"stages[{i}]"
+            if stage.label in seen:
+                raise ValueError(f"{where}.name: '{stage.label}' is used twice; give each stage a unique name")
+            parent = self.parent_of(stage, seen)
+            if stage.needs_parent():
+                if parent is None:
+                    raise ValueError(f"{where}: a '{stage.kind}' stage needs a parent producing {stage.consumes}")
+                if parent.produces != stage.consumes:
+                    raise ValueError(
+                        f"{where}: '{stage.kind}' reads {stage.consumes} but its parent '{parent.label}' "
+                        f"produces {parent.produces}"
+                    )
+            for j, gate in enumerate(stage.gates):
+                gwhere = f"{where}.gates[{j}]"
+                if gate.metric not in stage.metric_names():
+                    known = ", ".join(sorted(stage.metric_names()))
+                    raise ValueError(f"{gwhere}.metric: '{stage.kind}' cannot produce '{gate.metric}' (it reports {known})")
+                if gate.relative:
+                    ref = self._reference(stage, gate, seen)
+                    if ref is None:
+                        raise ValueError(f"{gwhere}.vs: '{gate.vs}' is not an earlier stage")
+                    if gate.metric not in ref.metric_names():
+                        raise ValueError(f"{gwhere}.vs: stage '{ref.label}' does not report '{gate.metric}'")
+            if getattr(stage, "data", None) and stage.data not in self.data:
+                raise ValueError(f"{where}.data: no data source named '{stage.data}' (have {sorted(self.data)})")
+            seen[stage.label] = stage
+        if self.task and self.task.data not in self.data:
+            raise ValueError(f"task.data: no data source named '{self.task.data}' (have {sorted(self.data)})")
+        return self
+
+    def parent_of(self, stage, earlier: dict[str, Any] | None = None):
+        earlier = earlier if earlier is not None else self.earlier(stage)
+        if stage.parent is not None:
+            if stage.parent not in earlier:
+                raise ValueError(f"stage '{stage.label}': parent '{stage.parent}' is not an earlier stage")
+            return earlier[stage.parent]
+        if not stage.needs_parent() or not earlier:
+            return None
+        return list(earlier.values())[-1]
+
+    def earlier(self, stage) -> dict[str, Any]:
+        out = {}
+        for s in self.stages:
+            if s is stage:
+                break
+            out[s.label] = s
+        return out
+
+    def _reference(self, stage, gate: Gate, earlier: dict[str, Any]):
+        if gate.vs == "previous":
+            return self.parent_of(stage, earlier) or (list(earlier.values())[-1] if earlier else None)
+        return earlier.get(gate.vs)
+
+    def reference_name(self, stage, gate: Gate) -> str | None:
+        ref = self._reference(stage, gate, self.earlier(stage))
+        return ref.label if ref is not None else None
+
+    def stage(self, name: str):
+        for s in self.stages:
+            if s.label == name:
+                return s
+        raise ConfigError(f"no stage named '{name}' (have {[s.label for s in self.stages]})")
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def resolve(self, path: str | Path) -> Path:
+        """Paths in a pipeline file are relative to the file, so a pipeline runs from any directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p).resolve()
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def load(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such pipeline file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a pipeline file is a mapping with name, data, task and stages")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return build(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+def build(raw: dict, base_dir: Path | None = None, source: str = "pipeline") -> Pipeline:
+    try:
+        pipeline = Pipeline.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid pipeline\n" + format_errors(exc)) from None
+    pipeline._base_dir = Path(base_dir or Path.cwd())
+    return pipeline
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        # A discriminated union puts the tag (the stage kind) in the path: stages.2.finetune.lr -> stages[2].lr
+        if len(loc) >= 3 and loc[0] == "stages" and isinstance(loc[1], int) and isinstance(loc[2], str):
+            loc.pop(2)
+        path = ""
+        for part in loc:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key '{loc[-1]}'"
+        lines.append(f"  {path or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply `a.b.c=value` to the raw mapping. `stages.<name>` picks a stage by name (or kind)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. stages.finetune.train.lr=1e-4")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            idx = _list_index(node, part, key)
+            if last:
+                node[idx] = yaml.safe_load(value)
+                return
+            node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = yaml.safe_load(value)
+                return
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping or list")
+
+
+def _list_index(items: list, part: str, key: str) -> int:
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    for i, entry in enumerate(items):
+        if isinstance(entry, dict) and (entry.get("name") or entry.get("kind")) == part:
+            return i
+    raise ConfigError(f"--set {key}: no stage named '{part}'")

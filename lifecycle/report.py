@@ -1,0 +1,170 @@
+"""Run reports: report.json (the contract other tools read), report.md, junit.xml (one testcase per
+gate, so CI shows gates natively) and PNG plots. Everything is rebuilt from the artifacts' manifests."""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from lifecycle.artifact import write_json
+
+HEADLINE = ("accuracy", "f1_micro", "perplexity", "latency_p50_ms", "latency_p95_ms", "size_mb")
+
+
+def write(run_dir: Path, pipeline_name: str, outcomes, junit_path: Path | None = None) -> dict:
+    data = as_json(pipeline_name, outcomes)
+    write_json(run_dir / "report.json", data)
+    _atomic_text(run_dir / "report.md", markdown(data, run_dir))
+    write_junit(data, junit_path or run_dir / "junit.xml")
+    plots(run_dir, outcomes)
+    return data
+
+
+def as_json(pipeline_name: str, outcomes) -> dict:
+    stages = []
+    for o in outcomes:
+        art = o.artifact
+        stages.append({
+            "name": o.name,
+            "kind": o.kind,
+            "status": o.status,
+            "artifact": str(art.path) if art else None,
+            "metrics": dict(art.metrics) if art else {},
+            "gates": [{"metric": g.metric, "bound": g.bound, "value": g.value, "reference": g.reference,
+                       "passed": g.passed, "on_fail": g.on_fail, "vs": g.vs, "message": g.message} for g in o.gates],
+            "seconds": round(o.seconds, 2),
+            "environment": art.manifest.get("environment") if art else None,
+        })
+    passed = all(s["status"] in ("passed", "cached") for s in stages)
+    return {"pipeline": pipeline_name, "passed": passed, "stages": stages}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.3e}"
+    return str(v)
+
+
+def markdown(data: dict, run_dir: Path) -> str:
+    lines = [f"# Pipeline `{data['pipeline']}`: {'PASSED' if data['passed'] else 'FAILED'}", ""]
+    lines += ["| stage | kind | status | " + " | ".join(HEADLINE) + " |", "|" + "---|" * (3 + len(HEADLINE))]
+    for s in data["stages"]:
+        lines.append(f"| {s['name']} | {s['kind']} | {s['status']} | "
+                     + " | ".join(_fmt(s["metrics"].get(k)) for k in HEADLINE) + " |")
+    for png in ("stages.png", "loss.png", "transfer.png"):
+        if (run_dir / "plots" / png).is_file():
+            lines += ["", f"![{png}](plots/{png})"]
+    for s in data["stages"]:
+        lines += ["", f"## {s['name']} ({s['kind']}): {s['status']}", ""]
+        if s["gates"]:
+            lines += ["| gate | value | reference | verdict |", "|---|---|---|---|"]
+            for g in s["gates"]:
+                verdict = "pass" if g["passed"] else ("FAIL" if g["on_fail"] == "stop" else "fail (warn)")
+                lines.append(f"| `{g['bound']}` | {_fmt(g['value'])} | {_fmt(g['reference'])} | {verdict} |")
+            lines.append("")
+        if s["metrics"]:
+            lines += ["| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v)} |" for k, v in s["metrics"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_junit(data: dict, path: Path) -> None:
+    cases = [(s, g) for s in data["stages"] for g in s["gates"]]
+    failures = sum(1 for s, g in cases if not g["passed"] and g["on_fail"] == "stop")
+    suite = ET.Element("testsuite", name=f"lifecycle.{data['pipeline']}", tests=str(len(cases) or 1),
+                       failures=str(failures), errors="0")
+    for s, g in cases:
+        case = ET.SubElement(suite, "testcase", classname=f"{data['pipeline']}.{s['name']}", name=g["bound"])
+        text = f"value={_fmt(g['value'])} bound: {g['bound']} reference={_fmt(g['reference'])}"
+        if not g["passed"]:
+            tag = "failure" if g["on_fail"] == "stop" else "system-out"
+            el = ET.SubElement(case, tag, message=g["message"] or text) if tag == "failure" else ET.SubElement(case, tag)
+            el.text = text if tag == "failure" else f"warning: {text}"
+    if not cases:  # a suite with no gates still says how the run went
+        case = ET.SubElement(suite, "testcase", classname=data["pipeline"], name="pipeline completed")
+        if not data["passed"]:
+            ET.SubElement(case, "failure", message="pipeline did not complete")
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    _atomic_text(Path(path), ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def plots(run_dir: Path, outcomes) -> None:
+    """loss.png: training curves; stages.png: accuracy, latency and size across stages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    curves = [(o.name, o.artifact.manifest.get("details", {}).get("log_history", [])) for o in outcomes if o.artifact]
+    curves = [(n, h) for n, h in curves if h]
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, hist in curves:
+            train = [(r["step"], r["loss"]) for r in hist if "loss" in r]
+            evals = [(r["step"], r["eval_loss"]) for r in hist if "eval_loss" in r]
+            if train:
+                ax.plot(*zip(*train), label=f"{name} train")
+            if evals:
+                ax.plot(*zip(*evals), marker="o", linestyle="--", label=f"{name} validation")
+        ax.set(xlabel="step (per stage)", ylabel="loss", title="Training loss")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "loss.png", dpi=110)
+        plt.close(fig)
+
+    rows = [(o.name, o.artifact.metrics) for o in outcomes if o.artifact]
+    panels = [k for k in ("accuracy", "latency_p50_ms", "size_mb") if any(k in m for _, m in rows)]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+        for ax, key in zip(axes[0], panels):
+            names = [n for n, m in rows if key in m]
+            vals = [m[key] for n, m in rows if key in m]
+            bars = ax.bar(names, vals, color="#4C72B0")
+            ax.bar_label(bars, labels=[_fmt(v) for v in vals], fontsize=8)
+            ax.set_title(key)
+            ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
+        fig.savefig(out / "stages.png", dpi=110)
+        plt.close(fig)
+
+
+def summary_table(outcomes) -> str:
+    """The short table printed at the end of a run: accuracy, latency and size per stage."""
+    head = ["stage", "status", "accuracy", "latency_p50_ms", "size_mb", "gates"]
+    rows = []
+    for o in outcomes:
+        m = o.artifact.metrics if o.artifact else {}
+        ok = sum(g.passed for g in o.gates)
+        rows.append([o.name, o.status, _fmt(m.get("accuracy")), _fmt(m.get("latency_p50_ms")), _fmt(m.get("size_mb")),
+                     f"{ok}/{len(o.gates)}"])
+    return table(head, rows)
+
+
+def stage_table(name: str, metrics: dict, results) -> str:
+    rows = [[k, _fmt(v)] for k, v in metrics.items()]
+    rows += [[f"gate {r.bound}", f"{_fmt(r.value)}  {'pass' if r.passed else ('FAIL' if r.on_fail == 'stop' else 'warn')}"]
+             for r in results]
+    return table([f"{name}", "value"], rows)
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])

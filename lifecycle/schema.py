@@ -1,0 +1,89 @@
+"""Building blocks of a pipeline config, kept free of heavy imports and of the stage registry so that
+stage modules can subclass `StageBase` without an import cycle."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BOUND_KEYS = ("min", "max", "max_drop", "min_gain", "max_ratio", "min_ratio")
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Gate(Strict):
+    """One bound on one metric, checked after its stage ran."""
+
+    metric: str
+    min: float | None = None  # value >= min
+    max: float | None = None  # value <= max
+    max_drop: float | None = None  # value >= reference - max_drop
+    min_gain: float | None = None  # value >= reference + min_gain
+    max_ratio: float | None = None  # value <= reference * max_ratio
+    min_ratio: float | None = None  # value >= reference * min_ratio
+    vs: str = "previous"  # reference stage for relative bounds: "previous" or an earlier stage's name
+    on_fail: Literal["stop", "warn"] = "stop"
+    # With `seeds: [...]` a stage reports <metric>_ci_low/_ci_high; binding the lower bound keeps a
+    # lucky seed from blessing a release.
+    bound: Literal["mean", "lower_ci", "upper_ci"] = "mean"
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Gate:
+        given = [k for k in BOUND_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a gate needs exactly one of {', '.join(BOUND_KEYS)}; got {given or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in BOUND_KEYS if getattr(self, k) is not None)
+
+    @property
+    def threshold(self) -> float:
+        return getattr(self, self.kind)
+
+    @property
+    def relative(self) -> bool:
+        return self.kind not in ("min", "max")
+
+    @property
+    def value_key(self) -> str:
+        """The metric key the gate reads: the mean, or a confidence bound of it."""
+        return {"mean": self.metric, "lower_ci": f"{self.metric}_ci_low", "upper_ci": f"{self.metric}_ci_high"}[
+            self.bound
+        ]
+
+
+class StageBase(Strict):
+    """Fields every stage has. A stage module subclasses this with `kind: Literal[...]` and its own fields."""
+
+    consumes: ClassVar[str | None] = "hf-model"  # artifact kind of the parent; None: needs no parent
+    produces: ClassVar[str] = "hf-model"
+
+    name: str | None = Field(None, description="unique stage name; defaults to the kind")
+    parent: str | None = Field(None, description="stage whose artifact this one reads; defaults to the previous")
+    gates: list[Gate] = []
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind  # type: ignore[attr-defined]
+
+    def metric_names(self) -> set[str]:
+        """Metrics this stage reports; gates on any other metric are config errors."""
+        raise NotImplementedError
+
+    def needs_parent(self) -> bool:
+        return self.consumes is not None
+
+
+class Task(Strict):
+    """The downstream task the model is trained and measured on."""
+
+    type: Literal["classification", "embedding"] = "classification"
+    data: str = Field(description="name of a labelled source in `data`")
+    max_length: int = Field(128, gt=0, description="tokens per text; longer texts are truncated")
