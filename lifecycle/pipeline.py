@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lifecycle import GateFailed, LifecycleError, __version__
+from lifecycle import distributed as dist
 from lifecycle import gates as gatelib
 from lifecycle import stages as registry
 from lifecycle.artifact import Artifact, ArtifactError, commit, stable_hash, update_manifest, write_json
@@ -95,7 +96,8 @@ def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str |
 
     run_dir = Path(workdir or pipeline.workdir).resolve() / pipeline.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / RESOLVED, {"base_dir": str(pipeline.base_dir), "pipeline": pipeline.model_dump(mode="json")})
+    if dist.rank() == 0:
+        write_json(run_dir / RESOLVED, {"base_dir": str(pipeline.base_dir), "pipeline": pipeline.model_dump(mode="json")})
     if from_stage is not None:
         pipeline.stage(from_stage)  # raises ConfigError on an unknown name
     if pipeline.deterministic:
@@ -119,6 +121,8 @@ def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str |
         artifacts[stage.label] = outcome.artifact
         stopped = outcome.status == "failed"
 
+    if dist.rank() != 0:
+        return outcomes
     report.write(run_dir, pipeline.name, outcomes)
     passed = all(o.status in ("passed", "cached") for o in outcomes)
     echo(report.summary_table(outcomes))
@@ -146,7 +150,8 @@ def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, forced: bool, 
     else:
         echo(f"\n== stage {stage.label} ({stage.kind}): cached, artifact verified ({final})")
     results = check_gates(pipeline, stage, art.metrics, artifacts)
-    update_manifest(art, gates=[r.to_dict() for r in results])
+    if dist.rank() == 0:
+        update_manifest(art, gates=[r.to_dict() for r in results])
     if gatelib.blocking(results):
         status = "failed"
     from lifecycle.report import stage_table
@@ -167,7 +172,13 @@ def _cached(final: Path, key: str, echo) -> Artifact | None:
 
 
 def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str) -> Artifact:
-    tmp = run_dir / f"{stage.label}.tmp"
+    rank = dist.rank()
+    final = run_dir / stage.label
+    if rank != 0 and not stage.distributed:
+        dist.barrier()  # rank 0 builds it; the others read the sealed result
+        return Artifact.load(final)
+    # Every rank builds into its own directory; only rank 0's is sealed into the artifact.
+    tmp = run_dir / (f"{stage.label}.tmp" if rank == 0 else f"{stage.label}.rank{rank}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)  # a previous crash: never reuse a partial artifact
     tmp.mkdir(parents=True)
@@ -176,6 +187,10 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str) -> Artif
     ctx = StageContext(pipeline, stage, tmp, scratch, run_dir, artifacts)
     started = time.time()
     metrics = registry.module(stage.kind).run(stage, parent, ctx)
+    if rank != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        return Artifact.load(final)
     manifest = {
         "kind": stage.produces,
         "stage": stage.label,
@@ -190,8 +205,9 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str) -> Artif
         "timings": {"started": started, "seconds": round(time.time() - started, 3)},
         "lifecycle_version": __version__,
     }
-    art = commit(tmp, run_dir / stage.label, manifest)
+    art = commit(tmp, final, manifest)
     shutil.rmtree(scratch, ignore_errors=True)
+    dist.barrier()
     return art
 
 

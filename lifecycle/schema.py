@@ -64,6 +64,8 @@ class StageBase(Strict):
 
     consumes: ClassVar[str | None] = "hf-model"  # artifact kind of the parent; None: needs no parent
     produces: ClassVar[str] = "hf-model"
+    # Training stages run on every rank under torchrun (the Trainer does DDP); the others run on rank 0.
+    distributed: ClassVar[bool] = False
 
     name: str | None = Field(None, description="unique stage name; defaults to the kind")
     parent: str | None = Field(None, description="stage whose artifact this one reads; defaults to the previous")
