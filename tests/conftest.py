@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline by design, in tests as in CI: nothing may reach the hub or send telemetry.
+for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
+                   "ORT_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(key, value)
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+
+
+def tiny_pipeline(**overrides) -> dict:
+    """A two-stage pipeline (finetune a 2-layer BERT from scratch, export to ONNX) on 300 short news
+    texts: the smallest real run of the whole frame, ~15 s on 2 cores."""
+    raw = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"news": {"format": "jsonl", "path": str(TESTS / "data" / "news_tiny.jsonl"),
+                          "split": {"validation": 0.2, "test": 0.2}}},
+        "task": {"data": "news", "max_length": 48},
+        "stages": [
+            {"kind": "finetune", "model": {"preset": "bert-tiny", "tokenizer": {"vocab_size": 800}},
+             "train": {"epochs": 4, "batch_size": 32, "lr": 2e-3, "logging_steps": 2},
+             "latency": {"runs": 5}, "gates": [{"metric": "accuracy", "min": 0.0}]},
+            {"kind": "export", "latency": {"runs": 5},
+             "gates": [{"metric": "accuracy", "max_drop": 0.02, "vs": "finetune"}]},
+        ],
+    }
+    raw.update(overrides)
+    return raw
+
+
+def needs_shared_data(*parts: str):
+    path = SHARED_DATA.joinpath(*parts)
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (../shared/data is only on project machines)")
