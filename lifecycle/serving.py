@@ -1,0 +1,424 @@
+"""Serving: the settings of the BentoML service (serving/service.py), what to serve, starting and
+stopping `bentoml serve`, loopback load, `lifecycle serve [--tune]` and `lifecycle build`.
+
+Measured on 2 CPU cores (../shared/DESIGN.md): adaptive batching gains little on CPU, BentoML spends
+~3 ms of CPU per request, and a too-low `max_latency_ms` makes the batching dispatcher answer 503. So
+the defaults are one unbatched worker (which can never answer 503) and `--tune` measures a small grid
+on the actual model and machine and keeps the fastest error-free setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from lifecycle import LifecycleError
+from lifecycle.artifact import Artifact, stable_hash, write_json
+from lifecycle.schema import Strict
+
+SERVICE_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
+CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"  # read by serving/service.py
+TUNED_SUFFIX = ".serving.json"  # tuned settings + measurements, beside the served artifact or bundle
+# One 200-character text per request: the load the hand-tuned figures in issue 10 were measured with.
+SAMPLE_TEXT = ("Shares in the chip maker rose sharply on Tuesday after it reported record quarterly profits "
+               "and raised its forecast for the year, citing strong demand for data centre processors worldwide.")
+
+
+class ServingSettings(Strict):
+    """How the service runs. Defaults are safe for any model; `lifecycle serve --tune` finds faster ones."""
+
+    workers: int = Field(1, ge=1)  # processes; with keep-alive clients the kernel may give all connections to one
+    ort_threads: int | None = Field(None, ge=1)  # onnxruntime threads per worker; None: cores // workers
+    ort_spinning: bool = False  # spinning threads burn the cores that request handling needs
+    batching: bool = False  # BentoML adaptive batching: 1.0-1.4x on CPU, and 503s if max_latency_ms is low
+    max_batch_size: int = Field(32, ge=2)  # texts per batched model call
+    max_latency_ms: int = Field(2000, gt=0)  # batching only: the dispatcher answers 503 past this estimate
+    max_concurrency: int = Field(32, ge=1)  # requests in flight (split across workers); more get 429
+    timeout_s: float = Field(30.0, gt=0)  # a request still running after this gets 504
+    max_texts: int = Field(64, ge=1)  # texts per request; more get 422
+    max_body_bytes: int = Field(1 << 20, ge=1024)  # larger bodies get 413
+    # A text longer than the model's max_length tokens: "truncate" (as in training and the edge bundle)
+    # or "reject" with 422, for callers who must know that the model did not see the whole text.
+    over_length: Literal["truncate", "reject"] = "truncate"
+    access_log: bool = False  # one log line per request costs CPU at hundreds of requests/s
+
+    def resolved(self) -> dict:
+        """As written for the service: ort_threads filled in."""
+        threads = self.ort_threads or max(1, (os.cpu_count() or 1) // self.workers)
+        return self.model_dump(mode="json") | {"ort_threads": threads}
+
+
+# ------------------------------------------------------------------------------------------ what is served
+@dataclass
+class Served:
+    path: Path  # export/quantize artifact directory, bundle directory or bundle zip
+    name: str
+    version: str  # the artifact hash: sha256 over its file hashes (Artifact.digest)
+    gates: list = field(default_factory=list)
+
+    @property
+    def tuned_path(self) -> Path:
+        return self.path.with_name(self.path.name + TUNED_SUFFIX)
+
+    def service_model(self) -> dict:
+        return {"path": str(self.path), "name": self.name, "version": self.version, "gates": self.gates,
+                "source": str(self.path)}
+
+
+def resolve(source: str | Path) -> Served:
+    """A run directory (its last ONNX artifact), an export/quantize artifact, or an edge bundle."""
+    source = Path(source).resolve()
+    if (source / "pipeline.json").is_file():
+        return resolve(_last_onnx_artifact(source))
+    if source.is_file() and zipfile.is_zipfile(source):
+        with zipfile.ZipFile(source) as zf:
+            manifest = json.loads(zf.read("manifest.json")) if "manifest.json" in zf.namelist() else {}
+        return _bundle(source, manifest)
+    if (source / "manifest.json").is_file() and "kind" in json.loads((source / "manifest.json").read_text()):
+        art = Artifact.load(source)
+        if art.kind != "onnx-model":
+            raise LifecycleError(f"{source}: a {art.kind} artifact; serve an export or quantize artifact "
+                                 "(onnx-model), its run directory, or a bundle")
+        return Served(source, f"{source.parent.name}-{art.manifest['stage']}", art.digest,
+                      art.manifest.get("gates", []))
+    if (source / "model.onnx").is_file():
+        manifest = json.loads((source / "manifest.json").read_text()) if (source / "manifest.json").is_file() else {}
+        return _bundle(source, manifest)
+    raise LifecycleError(f"{source}: nothing to serve; pass a run directory, an export/quantize artifact, "
+                         "or a bundle made by `lifecycle bundle`")
+
+
+def _bundle(path: Path, manifest: dict) -> Served:
+    files = manifest.get("files") or {"model.onnx": _sha256(path) if path.is_file() else _sha256(path / "model.onnx")}
+    name = manifest.get("name") or manifest.get("pipeline") or path.stem
+    return Served(path, str(name), stable_hash(files), manifest.get("gates", []))
+
+
+def _sha256(path: Path) -> str:
+    from lifecycle.artifact import sha256_file
+
+    return sha256_file(path)
+
+
+def _last_onnx_artifact(run_dir: Path) -> Path:
+    stages = json.loads((run_dir / "pipeline.json").read_text())["pipeline"]["stages"]
+    for stage in reversed(stages):
+        art = run_dir / (stage.get("name") or stage["kind"])
+        manifest = art / "manifest.json"
+        if manifest.is_file() and json.loads(manifest.read_text()).get("kind") == "onnx-model":
+            return art
+    raise LifecycleError(f"{run_dir}: no finished export or quantize stage to serve; run the pipeline first")
+
+
+def load_settings(served: Served) -> ServingSettings:
+    """Tuned settings beside the artifact when `--tune` wrote them, else the defaults."""
+    if served.tuned_path.is_file():
+        return ServingSettings.model_validate(json.loads(served.tuned_path.read_text())["settings"])
+    return ServingSettings()
+
+
+def write_config(served: Served, settings: ServingSettings, path: Path | None = None) -> Path:
+    """The one file serving/service.py reads (named by $LIFECYCLE_SERVING_CONFIG)."""
+    if path is None:
+        fd, name = tempfile.mkstemp(prefix="lifecycle-serving-", suffix=".json")
+        os.close(fd)
+        path = Path(name)
+    write_json(path, {"model": served.service_model(), "settings": settings.resolved()})
+    return path
+
+
+# ------------------------------------------------------------------------------------- the server process
+def bentoml_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bentoml", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve` on a config file, in a session of its own so that stopping it stops its workers.
+
+        with Server(config_path) as server:   # waits for /readyz
+            httpx.post(server.url + "/classify", json={"texts": ["..."]})
+    """
+
+    def __init__(self, config: Path, host: str = "127.0.0.1", port: int | None = None,
+                 log: Path | None = None, startup_timeout_s: float = 120.0):
+        self.config, self.host, self.port = Path(config), host, port or free_port()
+        self.log = Path(log) if log else Path(tempfile.mkstemp(prefix="lifecycle-serve-", suffix=".log")[1])
+        self.startup_timeout_s = startup_timeout_s
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        env = dict(os.environ, **{CONFIG_ENV: str(self.config)}, BENTOML_DO_NOT_TRACK="true", ORT_DISABLE_TELEMETRY="1")
+        cmd = bentoml_command("serve", "service:Classifier", "--working-dir", str(SERVICE_DIR),
+                              "--host", self.host, "--port", str(self.port))
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LifecycleError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise LifecycleError(f"bentoml serve not ready after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, grace_s: float = 20.0) -> int | None:
+        """SIGTERM to the whole session (server and workers), SIGKILL after grace_s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                return self.proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        return self.proc.poll()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.is_file() else ""
+
+
+# ------------------------------------------------------------------------------------------ loopback load
+@dataclass
+class LoadResult:
+    statuses: list[int]  # per request, in completion order; 0 = connection error
+    latencies_ms: list[float]
+    bodies: dict[int, bytes]  # request index -> body, when kept
+    seconds: float
+
+    def summary(self) -> dict:
+        import numpy as np
+
+        ok = [t for s, t in zip(self.statuses, self.latencies_ms) if s == 200]
+        pct = np.percentile(ok, [50, 95, 99]) if ok else [float("nan")] * 3
+        counts: dict[str, int] = {}
+        for s in self.statuses:
+            counts[str(s)] = counts.get(str(s), 0) + 1
+        return {"requests": len(self.statuses), "ok": len(ok), "error_count": len(self.statuses) - len(ok),
+                "status_counts": counts, "requests_per_s": len(ok) / self.seconds if self.seconds else 0.0,
+                "http_latency_p50_ms": float(pct[0]), "http_latency_p95_ms": float(pct[1]),
+                "http_latency_p99_ms": float(pct[2]), "seconds": self.seconds}
+
+
+def json_request(port: int, payload: dict, path: str = "/classify") -> bytes:
+    body = json.dumps(payload).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+def run_load(port: int, requests: list[bytes], clients: int, duration_s: float | None = None,
+             max_requests: int | None = None, keep_bodies: bool = False, host: str = "127.0.0.1") -> LoadResult:
+    """`clients` keep-alive connections, each sending the next request as soon as the last one is answered,
+    until max_requests were sent or duration_s passed. Raw asyncio sockets rather than an HTTP client
+    library: on 2 shared cores the load generator's own CPU cost must stay small next to the server's."""
+    import asyncio
+
+    if duration_s is None and max_requests is None:
+        raise ValueError("bound the load: give duration_s, max_requests or both")
+    statuses: list[int] = []
+    latencies: list[float] = []
+    bodies: dict[int, bytes] = {}
+    counter = iter(range(max_requests if max_requests is not None else sys.maxsize))
+
+    async def client(deadline: float) -> None:
+        reader = writer = None
+        for i in counter:
+            if time.perf_counter() > deadline:
+                return
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                t0 = time.perf_counter()
+                writer.write(requests[i % len(requests)])
+                status, body, close = await _read_response(reader)
+                latencies.append((time.perf_counter() - t0) * 1000)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                status, body, close = 0, b"", True
+                latencies.append(float("nan"))
+            statuses.append(status)
+            if keep_bodies:
+                bodies[i] = body
+            if close and writer is not None:
+                writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+
+    async def main() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(start + (duration_s or 1e9)) for _ in range(clients)))
+        return time.perf_counter() - start
+
+    seconds = asyncio.run(main())
+    return LoadResult(statuses, latencies, bodies, seconds)
+
+
+async def _read_response(reader) -> tuple[int, bytes, bool]:
+    status = int((await reader.readline()).split()[1])
+    length, close = 0, False
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        key, _, value = line.partition(b":")
+        key = key.strip().lower()
+        if key == b"content-length":
+            length = int(value)
+        elif key == b"connection" and value.strip().lower() == b"close":
+            close = True
+    return status, await reader.readexactly(length), close
+
+
+# ------------------------------------------------------------------------------------------------ tuning
+def tuning_grid(cores: int | None = None) -> list[ServingSettings]:
+    """A small grid around what was measured by hand: unbatched with 1 or 2 workers, batched with one
+    worker at two max_latency_ms values (the lower one may shed load with 503s: measured, not assumed)."""
+    cores = cores or os.cpu_count() or 1
+    grid = [ServingSettings(workers=1, ort_threads=cores)]
+    if cores >= 2:
+        grid.append(ServingSettings(workers=2, ort_threads=max(1, cores // 2)))
+    for latency in (100, 1000):
+        grid.append(ServingSettings(workers=1, ort_threads=cores, batching=True, max_batch_size=16,
+                                    max_latency_ms=latency))
+    return grid
+
+
+def measure_settings(served: Served, settings: ServingSettings, clients: int = 8, duration_s: float = 10.0,
+                     text: str = SAMPLE_TEXT, warmup_s: float = 2.0) -> dict:
+    """Start the service with these settings and load it from `clients` keep-alive connections."""
+    with tempfile.TemporaryDirectory(prefix="lifecycle-tune-") as tmp:
+        config = write_config(served, settings, Path(tmp) / "serving.json")
+        with Server(config, log=Path(tmp) / "server.log") as server:
+            request = [json_request(server.port, {"texts": [text]})]
+            run_load(server.port, request, clients, duration_s=warmup_s)
+            result = run_load(server.port, request, clients, duration_s=duration_s).summary()
+    return {"settings": settings.model_dump(mode="json"), "clients": clients, **result}
+
+
+def pick_best(measurements: list[dict]) -> dict:
+    """Fastest setting without a single error; within 5% of it, the one with the lower p95."""
+    clean = [m for m in measurements if m["error_count"] == 0 and m["ok"] > 0]
+    if not clean:
+        raise LifecycleError("every serving setting tried answered errors under load; see the measurements")
+    top = max(m["requests_per_s"] for m in clean)
+    return min((m for m in clean if m["requests_per_s"] >= 0.95 * top), key=lambda m: m["http_latency_p95_ms"])
+
+
+def tune_settings(served: Served, clients: int = 8, duration_s: float = 10.0, echo=print) -> ServingSettings:
+    """`lifecycle serve --tune`: measure the grid on this model and machine, write the best settings and
+    every measurement beside the artifact (`<artifact>.serving.json`), and return the best."""
+    from lifecycle.environment import environment
+
+    measurements = []
+    for settings in tuning_grid():
+        m = measure_settings(served, settings, clients, duration_s)
+        echo(f"  workers={settings.workers} threads={settings.ort_threads} batching={settings.batching}"
+             f" max_latency_ms={settings.max_latency_ms}: {m['requests_per_s']:.0f} req/s,"
+             f" p95 {m['http_latency_p95_ms']:.1f} ms, errors {m['error_count']}")
+        measurements.append(m)
+    best = pick_best(measurements)
+    write_json(served.tuned_path, {"model": served.name, "version": served.version, "settings": best["settings"],
+                                   "best": best, "measurements": measurements, "environment": environment()})
+    echo(f"best settings written to {served.tuned_path}")
+    return ServingSettings.model_validate(best["settings"])
+
+
+# ------------------------------------------------------------------------------------------- CLI commands
+def serve(source, host: str = "127.0.0.1", port: int = 3000, tune: bool = False) -> int:
+    """`lifecycle serve`: run the service in the foreground (bentoml serve replaces this process)."""
+    served = resolve(source)
+    settings = tune_settings(served) if tune else load_settings(served)
+    config = write_config(served, settings)
+    where = f"tuned, from {served.tuned_path}" if served.tuned_path.is_file() else "defaults"
+    print(f"serving {served.name} (version {served.version[:12]}) on http://{host}:{port}; settings: {where}",
+          flush=True)
+    os.environ.update({CONFIG_ENV: str(config), "BENTOML_DO_NOT_TRACK": "true", "ORT_DISABLE_TELEMETRY": "1"})
+    cmd = bentoml_command("serve", "service:Classifier", "--working-dir", str(SERVICE_DIR), "--host", host,
+                          "--port", str(port))
+    os.execv(cmd[0], cmd)  # signals (Ctrl-C, SIGTERM from a supervisor) go straight to bentoml
+    return 0  # not reached
+
+
+def build(source) -> str:
+    """`lifecycle build`: the model into BentoML's model store (version = artifact hash), then a Bento."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    served = resolve(source)
+    settings = load_settings(served)
+    name = re.sub(r"[^a-z0-9_.-]+", "-", served.name.lower()).strip("-.")[:63] or "lifecycle-model"
+    tag = f"{name}:{served.version[:32]}"  # BentoML versions are at most 63 characters: a 128-bit prefix
+    try:
+        bentoml.models.get(tag)
+    except NotFound:
+        with bentoml.models.create(tag, labels={"source": "lifecycle"},
+                                   metadata={"artifact_hash": served.version, "gates": served.gates}) as model:
+            _copy_model(served.path, Path(model.path))
+    ctx = Path(tempfile.mkdtemp(prefix="lifecycle-bento-"))
+    try:
+        shutil.copy2(SERVICE_DIR / "service.py", ctx / "service.py")
+        shutil.copy2(SERVICE_DIR / "bentofile.yaml", ctx / "bentofile.yaml")
+        (ctx / "lifecycle").mkdir()
+        for module in ("__init__.py", "edge.py"):  # the service needs only lifecycle.edge
+            shutil.copy2(Path(__file__).with_name(module), ctx / "lifecycle" / module)
+        model_cfg = {k: v for k, v in served.service_model().items() if k != "path"} | {"tag": tag}
+        write_json(ctx / "serving.json", {"model": model_cfg, "settings": settings.resolved()})
+        out = subprocess.run(bentoml_command("build", str(ctx), "--output", "tag"), capture_output=True, text=True,
+                             env=dict(os.environ, BENTOML_DO_NOT_TRACK="true"))
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
+    found = re.search(r"__tag__:(\S+)", out.stdout)
+    if out.returncode != 0 or not found:
+        raise LifecycleError(f"bentoml build failed:\n{(out.stdout + out.stderr)[-3000:]}")
+    return found.group(1)
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    if src.is_file():  # a bundle zip: its members, checked as lifecycle.edge checks them
+        from lifecycle.edge import Predictor
+
+        src = Predictor.open(src).root
+    for f in src.rglob("*"):
+        if f.is_file():
+            (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dst / f.relative_to(src))

@@ -1,0 +1,85 @@
+"""serve: start the BentoML service on the parent ONNX artifact and measure it over HTTP.
+
+The test split goes through a real `bentoml serve` process on 127.0.0.1 (a free port) from `clients`
+concurrent keep-alive connections, each text exactly once. Accuracy over HTTP must equal the parent's:
+the server runs the same `lifecycle.edge` predictor as the export/quantize stage (one inference path),
+so the default gates are `accuracy` with no drop vs the parent, and zero errors. The artifact holds the
+serving config that was used, the measurements, and the server log.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import Field
+
+from lifecycle.schema import Gate, StageBase
+from lifecycle.serving import ServingSettings
+
+HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms", "requests_per_s",
+                "error_count", "http_accuracy", "accuracy", "f1_macro", "f1_micro")
+
+
+class Config(StageBase):
+    kind: Literal["serve"]
+    consumes = "onnx-model"
+    produces = "service-check"
+    clients: int = Field(8, ge=1, description="concurrent keep-alive connections")
+    texts_per_request: int = Field(1, ge=1)  # 1: latency per text, as a user calling the API sees it
+    warmup_requests: int = Field(16, ge=0)  # not measured
+    serving: ServingSettings = ServingSettings()  # the settings the service runs with (and is measured at)
+    startup_timeout_s: float = Field(120.0, gt=0)
+
+    def metric_names(self) -> set[str]:
+        return set(HTTP_METRICS)
+
+    def model_post_init(self, _ctx) -> None:
+        # One inference path: HTTP accuracy equal to the parent's, and no failed request, unless the
+        # user wrote their own gates on these metrics.
+        mine = {g.metric for g in self.gates}
+        defaults = [Gate(metric="accuracy", max_drop=0.0), Gate(metric="error_count", max=0)]
+        self.gates = [*self.gates, *(g for g in defaults if g.metric not in mine)]
+
+
+def run(cfg: Config, parent, ctx) -> dict:
+    from lifecycle.evaluation import classification_metrics
+    from lifecycle.serving import Server, json_request, resolve, run_load, write_config
+
+    served = resolve(parent.path)
+    config = write_config(served, cfg.serving, ctx.out_dir / "serving.json")
+    test = ctx.task_data().splits["test"]
+    texts, labels = list(test["text"]), list(test["label"])
+    n = cfg.texts_per_request
+    chunks = [texts[i : i + n] for i in range(0, len(texts), n)]
+
+    with Server(config, log=ctx.out_dir / "server.log", startup_timeout_s=cfg.startup_timeout_s) as server:
+        names = json.loads(_get(server.url + "/metadata"))["labels"]
+        requests = [json_request(server.port, {"texts": chunk}) for chunk in chunks]
+        if cfg.warmup_requests:
+            run_load(server.port, requests, cfg.clients, max_requests=cfg.warmup_requests)
+        result = run_load(server.port, requests, cfg.clients, max_requests=len(requests), keep_bodies=True)
+    summary = result.summary()
+
+    predicted = [-1] * len(texts)  # a failed request leaves -1: wrong by construction
+    for i, body in result.bodies.items():
+        try:
+            for j, item in enumerate(json.loads(body)):
+                predicted[i * n + j] = names.index(item["label"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    metrics = classification_metrics(predicted, labels)
+    metrics["http_accuracy"] = metrics["accuracy"]
+    metrics.update({k: summary[k] for k in ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms",
+                                            "requests_per_s", "error_count")})
+    (ctx.out_dir / "measurements.json").write_text(json.dumps(
+        {"clients": cfg.clients, "texts_per_request": n, "texts": len(texts), **summary,
+         "parent_accuracy": parent.metrics.get("accuracy"), "http_accuracy": metrics["http_accuracy"]}, indent=2))
+    ctx.details["serving"] = {"status_counts": summary["status_counts"], "clients": cfg.clients}
+    return metrics
+
+
+def _get(url: str) -> str:
+    import httpx
+
+    return httpx.get(url, timeout=10).text

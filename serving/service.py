@@ -1,0 +1,183 @@
+"""The BentoML service: classifies texts with an export/quantize artifact or an edge bundle, through
+`lifecycle.edge` (the one inference path shared with the bundle and the `serve` stage).
+
+    lifecycle serve runs/tiny            # writes the serving config below and runs `bentoml serve`
+    curl -s 127.0.0.1:3000/classify -H 'content-type: application/json' -d '{"texts": ["some text"]}'
+
+Everything comes from one JSON file named by $LIFECYCLE_SERVING_CONFIG (or `serving.json` beside this
+file, as inside a Bento), written by `lifecycle.serving`: the model (a path, or a BentoML model-store
+tag), its name, version (the artifact hash) and gate results, and the settings (workers, onnxruntime
+threads, batching, limits). The decorators below read it at import time, in every worker.
+
+Endpoints: POST /classify {"texts": [...]} -> [{"label", "score", "scores"}, ...] (one per text, same
+order); GET /metadata; BentoML's /livez, /readyz, /metrics. Bad input is refused before it reaches the
+model by `RequestLimits` (415, 400, 413, 422); BentoML itself answers 429 past max_concurrency and 504
+past the timeout. No response ever carries a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import bentoml
+from pydantic import BaseModel
+
+from lifecycle.edge import Predictor
+
+CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
+ROUTE = "/classify"
+
+
+def _load_config() -> dict:
+    path = Path(os.environ.get(CONFIG_ENV) or Path(__file__).with_name("serving.json"))
+    if not path.is_file():
+        raise RuntimeError(f"no serving config at {path}: start the service with `lifecycle serve SOURCE`, "
+                           f"or set {CONFIG_ENV} to a file written by lifecycle.serving")
+    return json.loads(path.read_text())
+
+
+CONFIG = _load_config()
+MODEL, SETTINGS = CONFIG["model"], CONFIG["settings"]
+LOADED: dict = {}  # this worker's predictor, shared with the middleware and /metadata
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class RequestLimits:
+    """ASGI middleware in front of POST /classify: refuses what the model must never see, each with a
+    JSON {"error": ...} body. It reads the body itself (bounded), so an oversized upload costs at most
+    max_body_bytes of memory; the checked body is then replayed to BentoML unchanged."""
+
+    def __init__(self, app, settings: dict):
+        self.app = app
+        self.s = settings
+        self.tokenizer = None  # loaded on first use: the model is opened after the middleware is built
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != ROUTE or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media != b"application/json":  # includes application/vnd.bentoml+pickle: never unpickle input
+            shown = media.decode("latin-1")[:80] or "none"
+            return await _error(scope, receive, send, 415, f"content type must be application/json (got {shown})")
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.s["max_body_bytes"]):
+            return await _error(scope, receive, send, 413, f"body over {self.s['max_body_bytes']} bytes")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.s["max_body_bytes"]:
+                return await _error(scope, receive, send, 413, f"body over {self.s['max_body_bytes']} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return await _error(scope, receive, send, 400, "body is not valid JSON")
+        problem = self.check(payload)
+        if problem:
+            return await _error(scope, receive, send, 422, problem)
+
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def check(self, payload) -> str | None:
+        if not isinstance(payload, dict) or set(payload) != {"texts"}:
+            return 'expected a JSON object with exactly one key, "texts": a list of strings'
+        texts = payload["texts"]
+        if not isinstance(texts, list) or not texts:
+            return '"texts" must be a non-empty list of strings'
+        if len(texts) > self.s["max_texts"]:
+            return f'"texts" has {len(texts)} items; the limit is {self.s["max_texts"]} per request'
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            return f'"texts"[{bad}] is a {type(texts[bad]).__name__}, not a string'
+        if self.s["over_length"] == "reject":
+            limit = LOADED["predictor"].max_length
+            for i, enc in enumerate(self.untruncated_tokenizer().encode_batch(texts)):
+                if len(enc.ids) > limit:
+                    return (f'"texts"[{i}] has {len(enc.ids)} tokens; the limit is {limit} '
+                            "(this server rejects over-long texts instead of truncating them)")
+        return None
+
+    def untruncated_tokenizer(self):
+        # A tokenizer of its own: the predictor's is in use by the inference thread, and switching
+        # its truncation off and on from here would race with it.
+        if self.tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(LOADED["predictor"].root / "tokenizer.json"))
+            self.tokenizer.no_truncation()
+            self.tokenizer.no_padding()
+        return self.tokenizer
+
+
+async def _error(scope, receive, send, status: int, message: str) -> None:
+    from starlette.responses import JSONResponse
+
+    await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+
+def _metadata_app():
+    """GET /metadata: what is being served. BentoML API routes are POST-only, so this is a mounted app."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def metadata(_request):
+        predictor = LOADED["predictor"]
+        return JSONResponse({"name": MODEL["name"], "version": MODEL["version"], "source": MODEL.get("source"),
+                             "gates": MODEL.get("gates", []), "labels": predictor.labels,
+                             "max_length": predictor.max_length, "over_length": SETTINGS["over_length"],
+                             "settings": SETTINGS})
+
+    return Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
+
+
+@bentoml.asgi_app(_metadata_app(), path="/")
+@bentoml.service(
+    name="lifecycle_classifier",
+    workers=SETTINGS["workers"],
+    threads=1,  # one inference at a time per worker; onnxruntime parallelises inside with ort_threads
+    traffic={"timeout": SETTINGS["timeout_s"], "max_concurrency": SETTINGS["max_concurrency"]},
+    logging={"access": {"enabled": SETTINGS["access_log"]}},
+)
+class Classifier:
+    if MODEL.get("tag"):  # inside a Bento: the model comes from BentoML's model store (and is packed with it)
+        stored_model = bentoml.models.BentoModel(MODEL["tag"])
+
+    def __init__(self) -> None:
+        root = Path(self.stored_model.path) if MODEL.get("tag") else Path(MODEL["path"])
+        self.predictor = Predictor.open(root, threads=SETTINGS["ort_threads"],
+                                        spinning=SETTINGS["ort_spinning"])
+        self.predictor.predict(["warm-up"])  # first run allocates; keep it off the first request
+        LOADED["predictor"] = self.predictor
+
+    @bentoml.api(route=ROUTE, batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    def classify(self, texts: list[str]) -> list[Prediction]:
+        return self.predictor.predict(texts)
+
+
+Classifier.add_asgi_middleware(RequestLimits, settings=SETTINGS)
