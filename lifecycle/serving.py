@@ -32,6 +32,7 @@ from lifecycle.schema import Strict
 
 SERVICE_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"  # read by serving/service.py
+STORED_SUBDIR = "model"  # inside a BentoML model-store entry (serving/service.py reads the same name)
 TUNED_SUFFIX = ".serving.json"  # tuned settings + measurements, beside the served artifact or bundle
 # One 200-character text per request: the load the hand-tuned figures in issue 10 were measured with.
 SAMPLE_TEXT = ("Shares in the chip maker rose sharply on Tuesday after it reported record quarterly profits "
@@ -392,8 +393,10 @@ def build(source) -> str:
         bentoml.models.get(tag)
     except NotFound:
         with bentoml.models.create(tag, labels={"source": "lifecycle"},
-                                   metadata={"artifact_hash": served.version, "gates": served.gates}) as model:
-            _copy_model(served.path, Path(model.path))
+                                   metadata={"artifact_hash": served.version, "gates": json.dumps(served.gates)}) as model:
+            # In a subdirectory: BentoML adds model.yaml beside it, and lifecycle.edge refuses a
+            # directory holding files its manifest does not list.
+            _copy_model(served.path, Path(model.path) / STORED_SUBDIR)
     ctx = Path(tempfile.mkdtemp(prefix="lifecycle-bento-"))
     try:
         shutil.copy2(SERVICE_DIR / "service.py", ctx / "service.py")
@@ -403,8 +406,8 @@ def build(source) -> str:
             shutil.copy2(Path(__file__).with_name(module), ctx / "lifecycle" / module)
         model_cfg = {k: v for k, v in served.service_model().items() if k != "path"} | {"tag": tag}
         write_json(ctx / "serving.json", {"model": model_cfg, "settings": settings.resolved()})
-        out = subprocess.run(bentoml_command("build", str(ctx), "--output", "tag"), capture_output=True, text=True,
-                             env=dict(os.environ, BENTOML_DO_NOT_TRACK="true"))
+        out = subprocess.run(bentoml_command("build", ".", "--output", "tag"), cwd=ctx, capture_output=True,
+                             text=True, env=dict(os.environ, BENTOML_DO_NOT_TRACK="true"))
     finally:
         shutil.rmtree(ctx, ignore_errors=True)
     found = re.search(r"__tag__:(\S+)", out.stdout)
@@ -414,11 +417,14 @@ def build(source) -> str:
 
 
 def _copy_model(src: Path, dst: Path) -> None:
+    predictor = None
     if src.is_file():  # a bundle zip: its members, checked as lifecycle.edge checks them
         from lifecycle.edge import Predictor
 
-        src = Predictor.open(src).root
+        predictor = Predictor.open(src)  # holds the extracted files until the copy is done
+        src = predictor.root
     for f in src.rglob("*"):
         if f.is_file():
             (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, dst / f.relative_to(src))
+    del predictor

@@ -168,7 +168,7 @@ class Classifier:
         stored_model = bentoml.models.BentoModel(MODEL["tag"])
 
     def __init__(self) -> None:
-        root = Path(self.stored_model.path) if MODEL.get("tag") else Path(MODEL["path"])
+        root = Path(self.stored_model.path) / "model" if MODEL.get("tag") else Path(MODEL["path"])
         self.predictor = Predictor.open(root, threads=SETTINGS["ort_threads"],
                                         spinning=SETTINGS["ort_spinning"])
         self.predictor.predict(["warm-up"])  # first run allocates; keep it off the first request

@@ -1,0 +1,275 @@
+"""The BentoML service, for real: a `bentoml serve` process on 127.0.0.1 serving the tiny pipeline's ONNX
+export, talked to with bentoml.SyncHTTPClient and httpx. Every bad request is followed by a liveness
+check and a valid request."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import bentoml
+import httpx
+import pytest
+import yaml
+
+from lifecycle import LifecycleError, config, pipeline, serving
+from lifecycle.artifact import Artifact
+from lifecycle.edge import Predictor
+
+TINY = Path(__file__).parent / "pipelines" / "tiny.yaml"
+LIMITS = {"max_concurrency": 2, "timeout_s": 2.0, "max_texts": 4, "max_body_bytes": 4096, "over_length": "reject"}
+VALID = {"texts": ["the striker scored twice in the final", "shares fell after the profit warning"]}
+
+
+def run_tiny(workdir: Path, extra_stages: list[dict] | None = None):
+    """The tiny pipeline (finetune -> export), 1 epoch, no accuracy gate: only the plumbing matters here.
+    Stages are cached per workdir, so test files sharing one workdir train once."""
+    raw = yaml.safe_load(TINY.read_text())
+    for item in ("stages.finetune.gates=[]", "stages.finetune.train.epochs=1", "stages.export.gates=[]"):
+        config.apply_override(raw, item)
+    raw["stages"] += extra_stages or []
+    pipe = config.build(raw, base_dir=TINY.parent)
+    pipeline.run(pipe, workdir=workdir, echo=lambda *_: None)
+    return workdir / pipe.name
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    return run_tiny(tmp_path_factory.getbasetemp() / "serving-runs")
+
+
+@pytest.fixture(scope="module")
+def server(run_dir, tmp_path_factory):
+    served = serving.resolve(run_dir)
+    tmp = tmp_path_factory.mktemp("server")
+    cfg = serving.write_config(served, serving.ServingSettings(**LIMITS), tmp / "serving.json")
+    with serving.Server(cfg, log=tmp / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        yield c
+
+
+def assert_healthy(client: httpx.Client) -> None:
+    assert client.get("/livez").status_code == 200
+    r = client.post("/classify", json=VALID)
+    assert r.status_code == 200, r.text
+    assert len(r.json()) == len(VALID["texts"])
+
+
+def assert_error(r: httpx.Response, status: int) -> None:
+    assert r.status_code == status, r.text
+    assert "error" in r.json() and "Traceback" not in r.text and 'File "' not in r.text
+
+
+# ------------------------------------------------------------------------------------------- good input
+def test_classify_matches_in_process_predictor(server, client, run_dir):
+    expected = Predictor.open(run_dir / "export").predict(VALID["texts"])
+    got = client.post("/classify", json=VALID).json()
+    assert [g["label"] for g in got] == [e["label"] for e in expected]
+    for g, e in zip(got, expected):
+        assert g["score"] == pytest.approx(e["score"], abs=1e-5)
+        assert set(g["scores"]) == set(e["scores"]) and sum(g["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    with bentoml.SyncHTTPClient(server.url) as bc:
+        assert [p["label"] for p in bc.classify(texts=VALID["texts"])] == [e["label"] for e in expected]
+
+
+def test_metadata_names_the_artifact_by_its_hash(client, run_dir):
+    meta = client.get("/metadata").json()
+    art = Artifact.load(run_dir / "export")
+    assert meta["version"] == art.digest
+    assert meta["name"] == f"{run_dir.name}-export"
+    assert {g["metric"] for g in meta["gates"]} == {g["metric"] for g in art.manifest["gates"]}
+    assert meta["labels"] == json.loads((run_dir / "export" / "labels.json").read_text())
+    assert meta["over_length"] == "reject" and meta["settings"]["max_texts"] == 4
+
+
+def test_bentoml_endpoints(client):
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and "bentoml_service_request" in metrics.text
+
+
+# -------------------------------------------------------------------------------------------- bad input
+CT = {"content-type": "application/json"}
+BAD = [
+    ("text/plain", {"content-type": "text/plain"}, json.dumps(VALID).encode(), 415),
+    ("bentoml pickle", {"content-type": "application/vnd.bentoml+pickle"}, b"\x80\x04K\x01.", 415),
+    ("form", {"content-type": "application/x-www-form-urlencoded"}, b"texts=a", 415),
+    ("no content type", {}, json.dumps(VALID).encode(), 415),
+    ("malformed JSON", CT, b'{"texts": ["a",', 400),
+    ("not UTF-8", CT, b'{"texts": ["\xff\xfe"]}', 400),
+    ("empty list", CT, b'{"texts": []}', 422),
+    ("too many texts", CT, json.dumps({"texts": ["a"] * 5}).encode(), 422),
+    ("non-string item", CT, b'{"texts": ["a", 1]}', 422),
+    ("null item", CT, b'{"texts": [null]}', 422),
+    ("texts not a list", CT, b'{"texts": "a"}', 422),
+    ("missing texts", CT, b'{"text": ["a"]}', 422),
+    ("extra key", CT, b'{"texts": ["a"], "debug": true}', 422),
+    ("top-level list", CT, b'["a"]', 422),
+    ("over the token limit", CT, json.dumps({"texts": ["word " * 200]}).encode(), 422),
+    ("body over the size limit", CT, json.dumps({"texts": ["a" * 5000]}).encode(), 413),
+]
+
+
+@pytest.mark.parametrize("headers,body,status", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_input_is_refused_and_the_server_stays_healthy(client, headers, body, status):
+    assert_error(client.post("/classify", content=body, headers=headers), status)
+    assert_healthy(client)
+
+
+def test_chunked_body_over_the_size_limit_gets_413(client):
+    def chunks():  # no Content-Length: the limit is enforced while reading
+        for _ in range(10):
+            yield b"x" * 1000
+
+    assert_error(client.post("/classify", content=chunks(), headers=CT), 413)
+    assert_healthy(client)
+
+
+def test_bentoml_client_sees_the_same_errors(server, client):
+    with bentoml.SyncHTTPClient(server.url) as bc:
+        for texts in ([], ["a"] * 5, ["word " * 200]):
+            with pytest.raises(bentoml.exceptions.BentoMLException) as err:
+                bc.classify(texts=texts)
+            assert err.value.error_code.value == 422 and "Traceback" not in str(err.value)
+            assert_healthy(client)
+
+
+def test_beyond_max_concurrency_429_and_over_timeout_504(server, client):
+    """Two uploads that stall mid-body hold both concurrency slots until the 2 s timeout: a third
+    request meanwhile gets 429, the stalled ones 504, and the server is healthy afterwards."""
+    results: dict[int, httpx.Response] = {}
+
+    def stalled(k: int) -> None:
+        def body():
+            yield b'{"texts": ['
+            time.sleep(3.0)
+            yield b'"late"]}'
+
+        results[k] = httpx.post(server.url + "/classify", content=body(), headers=CT, timeout=15)
+
+    threads = [threading.Thread(target=stalled, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.8)
+    assert_error(client.post("/classify", json=VALID), 429)
+    assert client.get("/livez").status_code == 200  # health checks bypass the concurrency limit
+    for t in threads:
+        t.join()
+    for r in results.values():
+        assert_error(r, 504)
+    assert_healthy(client)
+
+
+# ----------------------------------------------------------------------- settings, sources, CLI, build
+def test_source_resolution(run_dir, tmp_path):
+    assert serving.resolve(run_dir).path == run_dir / "export"
+    assert serving.resolve(run_dir / "export").version == Artifact.load(run_dir / "export").digest
+    with pytest.raises(LifecycleError, match="onnx-model"):
+        serving.resolve(run_dir / "finetune")
+    with pytest.raises(LifecycleError, match="nothing to serve"):
+        serving.resolve(tmp_path)
+
+
+def test_tuned_settings_are_read_from_beside_the_artifact(run_dir):
+    served = serving.resolve(run_dir)
+    assert serving.load_settings(served) == serving.ServingSettings()
+    served.tuned_path.write_text(json.dumps({"settings": {"workers": 2, "batching": True}}))
+    try:
+        assert serving.load_settings(served).workers == 2
+    finally:
+        served.tuned_path.unlink()
+
+
+def test_pick_best_ignores_settings_with_errors():
+    fast_503 = {"requests_per_s": 900, "error_count": 3, "ok": 10, "http_latency_p95_ms": 5, "settings": {"a": 1}}
+    good = {"requests_per_s": 500, "error_count": 0, "ok": 10, "http_latency_p95_ms": 30, "settings": {"a": 2}}
+    close_but_tighter = {"requests_per_s": 490, "error_count": 0, "ok": 10, "http_latency_p95_ms": 20, "settings": {"a": 3}}
+    assert serving.pick_best([fast_503, good, close_but_tighter])["settings"] == {"a": 3}
+    with pytest.raises(LifecycleError):
+        serving.pick_best([fast_503])
+
+
+def test_cli_serve_binds_loopback_and_stops_on_sigterm(run_dir):
+    port = serving.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", str(run_dir), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        r = httpx.post(f"http://127.0.0.1:{port}/classify", json={"texts": ["word " * 200]})  # default: truncate
+        assert r.status_code == 200 and len(r.json()) == 1
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"]  # local address
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, out
+    assert "serving tiny-export" in out
+
+
+@pytest.mark.slow
+def test_build_puts_the_model_in_the_store_versioned_by_its_hash(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    tag = subprocess.run([sys.executable, "-m", "lifecycle.cli", "build", str(run_dir)], capture_output=True,
+                         text=True, check=True).stdout.strip().splitlines()[-1]
+    digest = Artifact.load(run_dir / "export").digest
+    out = subprocess.run([sys.executable, "-m", "bentoml", "get", tag, "-o", "json"], capture_output=True,
+                         text=True, check=True).stdout
+    models = [m["tag"] for svc in json.loads(out)["services"] for m in svc["models"]]
+    assert models == [f"tiny-export:{digest[:32]}"]
+    port = serving.free_port()  # and the Bento serves: its own copy of the model and settings
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != serving.CONFIG_ENV})
+    try:
+        with bentoml.SyncHTTPClient(f"http://127.0.0.1:{port}", server_ready_timeout=90) as bc:
+            assert len(bc.classify(texts=VALID["texts"])) == 2
+            assert httpx.get(f"http://127.0.0.1:{port}/metadata").json()["version"] == digest
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+@pytest.mark.slow
+def test_tune_measures_the_grid_and_writes_the_best_beside_the_artifact(run_dir, monkeypatch):
+    served = serving.resolve(run_dir)
+    monkeypatch.setattr(serving, "tuning_grid", lambda: [serving.ServingSettings(),
+                                                         serving.ServingSettings(batching=True, max_latency_ms=1000)])
+    try:
+        best = serving.tune_settings(served, duration_s=3, echo=lambda *_: None)
+        saved = json.loads(served.tuned_path.read_text())
+        assert len(saved["measurements"]) == 2 and saved["settings"] == best.model_dump(mode="json")
+        assert all(m["requests_per_s"] > 0 for m in saved["measurements"])
+    finally:
+        served.tuned_path.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_load_at_4x_max_concurrency_for_60s_gives_only_429s(run_dir, tmp_path):
+    settings = serving.ServingSettings(max_concurrency=8)
+    cfg = serving.write_config(serving.resolve(run_dir), settings, tmp_path / "serving.json")
+    with serving.Server(cfg, log=tmp_path / "server.log") as srv:
+        request = [serving.json_request(srv.port, {"texts": [serving.SAMPLE_TEXT]})]
+        result = serving.run_load(srv.port, request, clients=4 * settings.max_concurrency, duration_s=60)
+        counts = result.summary()["status_counts"]
+        assert set(counts) <= {"200", "429"}, counts
+        assert counts.get("200", 0) > 0
+        with httpx.Client(base_url=srv.url) as c:
+            assert_healthy(c)
