@@ -73,7 +73,7 @@ def run(cfg: Config, parent, ctx) -> dict:
     metrics.update({k: summary[k] for k in ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms",
                                             "requests_per_s", "error_count")})
     (ctx.out_dir / "measurements.json").write_text(json.dumps(
-        {"clients": cfg.clients, "texts_per_request": n, "texts": len(texts), **summary,
+        {"clients": cfg.clients, "texts_per_request": n, "texts": len(texts), "port": server.port, **summary,
          "parent_accuracy": parent.metrics.get("accuracy"), "http_accuracy": metrics["http_accuracy"]}, indent=2))
     ctx.details["serving"] = {"status_counts": summary["status_counts"], "clients": cfg.clients}
     return metrics
