@@ -1,21 +1,31 @@
 """finetune: text classification with the transformers Trainer, full or LoRA (peft).
 
 LoRA is merged into the base weights before the artifact is written, so every later stage (distill,
-export) sees a plain model; the adapter is kept beside it in `adapter/`.
+export) sees a plain model; the adapter is kept beside it in `adapter/`, and the stage checks that the
+merged model gives the logits the adapter model gave (`lora_merge_max_abs_diff`).
+
+The checkpoint kept is the best one on the validation `metric` (not the last), and early stopping
+watches the same metric. The pieces distill shares (data encoding, scoring, loading, Trainer
+arguments) are plain functions here.
 """
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
+from lifecycle import LifecycleError
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import LATENCY_METRICS
 from lifecycle.models import ModelSource
 from lifecycle.schema import StageBase, Strict
 from lifecycle.training import TrainConfig
+
+ValMetric = Literal["accuracy", "f1_macro", "f1_micro"]
+VAL_METRICS = tuple(f"val_{m}" for m in CLASSIFICATION)
 
 
 class LoRA(Strict):
@@ -32,99 +42,290 @@ class Latency(Strict):
     warmup: int = Field(3, ge=0)
 
 
+class TorchLatency(Latency):
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads while timing; None: torch's default")
+
+
+class EarlyStopping(Strict):
+    patience: int = Field(3, gt=0)  # evaluations without improvement before training stops
+    threshold: float = Field(0.0, ge=0)  # smallest change of the metric that counts as improvement
+
+
+class MultiLabel(Strict):
+    """Each example may carry several labels: `"a|b"` in the label field, or a JSON list `["a", "b"]`."""
+
+    separator: str = "|"
+    threshold: float = Field(0.5, gt=0, lt=1)  # a label is predicted when sigmoid(logit) >= threshold
+
+
 class Config(StageBase):
     kind: Literal["finetune"]
     consumes = "hf-model"
     model: ModelSource | None = None  # start from here instead of the parent stage's artifact
     train: TrainConfig = TrainConfig()
     lora: LoRA | None = None  # None: full fine-tuning
-    latency: Latency = Latency()
+    multi_label: MultiLabel | None = None  # None: one label per example (softmax + cross-entropy)
+    # "balanced": weight_c = n / (k * count_c), as sklearn; or {label: weight}. Helps minority-class F1
+    # on skewed data (ChemProt: 40% INHIBITOR) at some cost in accuracy.
+    class_weights: Literal["balanced"] | dict[str, float] | None = None
+    metric: ValMetric = "f1_micro"  # validation metric that picks the kept checkpoint and drives early stopping
+    early_stopping: EarlyStopping | None = None
+    latency: TorchLatency = TorchLatency()
 
     def needs_parent(self) -> bool:
         return self.model is None
 
     def metric_names(self) -> set[str]:
-        return {*CLASSIFICATION, *LATENCY_METRICS, "val_accuracy", "eval_loss", "params_total", "params_trainable",
-                "trainable_fraction", "size_mb", "train_seconds"}
+        return {*CLASSIFICATION, *LATENCY_METRICS, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",
+                "trainable_fraction", "size_mb", "train_seconds", "train_steps", "lora_merge_max_abs_diff",
+                "data_wait_fraction"}
 
 
 def run(cfg: Config, parent, ctx) -> dict:
     import time
 
-    from transformers import DataCollatorWithPadding, Trainer
-
     from lifecycle import models, training
-    from lifecycle.evaluation import classification_metrics
 
     task = ctx.pipeline.task
     data = ctx.task_data()
-    model, tokenizer = _initial_model(cfg, parent, ctx, data)
+    labels = label_space(data, cfg.multi_label)
+    source = cfg.model or Path(parent.path)
+    model, tokenizer = load_classifier(source, ctx, data, labels, multi_label=cfg.multi_label is not None)
     if cfg.lora:
         from peft import LoraConfig, TaskType, get_peft_model
 
+        # SEQ_CLS makes peft train (and save) the new classification head in full beside the adapter.
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                  lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules))
     counts = models.count_parameters(model)
-
-    def tokenize(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=task.max_length)
-
-    tokenized = data.splits.map(tokenize, batched=True, remove_columns=["text"], desc="tokenize")
-
-    def compute(eval_pred):
-        logits, labels = eval_pred
-        return classification_metrics(logits.argmax(-1), labels)
+    splits = encode(data, tokenizer, task.max_length, labels)
+    weights = class_weights(cfg.class_weights, splits["train"]["labels"], labels)
+    if weights is not None:
+        ctx.details["class_weights"] = dict(zip(labels.names, weights))
 
     checkpoints = ctx.scratch_dir / "checkpoints"
-    args = training.training_args(cfg.train, checkpoints, ctx.seed, metric_for_best_model="accuracy",
-                                  load_best_model_at_end=False)
-    trainer = Trainer(model=model, args=args, train_dataset=tokenized["train"], eval_dataset=tokenized["validation"],
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute)
+    trainer = classifier_trainer(
+        classification_loss(weights, labels.multi), model=model,
+        args=trainer_args(cfg.train, checkpoints, ctx.seed, cfg.metric), train_dataset=splits["train"],
+        eval_dataset=splits["validation"], data_collator=collator(tokenizer),
+        compute_metrics=lambda p: score(p.predictions, p.label_ids, labels), callbacks=callbacks(cfg.early_stopping))
     started = time.time()
-    training.train(trainer, checkpoints)
+    training.train(trainer, checkpoints, ctx)  # resumes after a crash
     train_seconds = time.time() - started
-    val = trainer.evaluate()
-    ctx.details["log_history"] = training.log_history(trainer)
+    val = trainer.evaluate()  # the best checkpoint, reloaded at the end of training
+    ctx.details.update(best_checkpoint=trainer.state.best_model_checkpoint,
+                       best_metric=trainer.state.best_metric, labels=labels.names)
 
+    metrics = {}
     if cfg.lora:
         model.save_pretrained(ctx.out_dir / "adapter", safe_serialization=True)
+        probe = data.splits["validation"]["text"][:32]
+        before = logits_of(model, tokenizer, probe, task.max_length)
         model = model.merge_and_unload()
-    model = trainer.model if not cfg.lora else model
+        after = logits_of(model, tokenizer, probe, task.max_length)
+        metrics["lora_merge_max_abs_diff"] = float(abs(before - after).max())
+    else:
+        model = trainer.model
     models.save(model, tokenizer, ctx.out_dir)
 
-    test = data.splits["test"]
-    logits = training.predict_logits(model, tokenizer, test["text"], task.max_length)
-    metrics = classification_metrics(logits.argmax(-1), test["label"])
-    seq = cfg.latency.seq_len or task.max_length
-    metrics.update(training.torch_latency(model, tokenizer, test["text"][0], cfg.latency.batch_size, seq,
-                                          cfg.latency.runs, cfg.latency.warmup))
+    test = splits["test"]
+    metrics.update(score(logits_of(model, tokenizer, data.splits["test"]["text"], task.max_length), test["labels"], labels))
+    metrics.update(latency(model, tokenizer, data.splits["test"]["text"][0], cfg.latency, task.max_length))
     metrics.update(counts, trainable_fraction=counts["params_trainable"] / counts["params_total"],
-                   val_accuracy=val.get("eval_accuracy"), eval_loss=val.get("eval_loss"),
-                   size_mb=models.size_mb(ctx.out_dir / "model.safetensors"), train_seconds=train_seconds)
+                   **{f"val_{m}": val[f"eval_{m}"] for m in CLASSIFICATION}, eval_loss=val["eval_loss"],
+                   size_mb=models.size_mb(ctx.out_dir / "model.safetensors"), train_seconds=train_seconds,
+                   train_steps=trainer.state.global_step)
     return metrics
 
 
-def _initial_model(cfg: Config, parent, ctx, data):
+# ------------------------------------------------------------------------------------------ labels, data
+class LabelSpace:
+    """Label names and how a data row's label id maps to training targets (class id or multi-hot)."""
+
+    def __init__(self, names: list[str], targets: list, multi: bool, threshold: float = 0.5):
+        self.names, self.targets, self.multi, self.threshold = names, targets, multi, threshold
+
+
+def label_space(data, multi_label: MultiLabel | None) -> LabelSpace:
+    if multi_label is None:
+        return LabelSpace(list(data.labels), list(range(data.num_labels)), multi=False)
+    sets = [_label_set(name, multi_label.separator) for name in data.labels]
+    names = sorted(set().union(*sets))
+    hot = [[1.0 if n in s else 0.0 for n in names] for s in sets]
+    return LabelSpace(names, hot, multi=True, threshold=multi_label.threshold)
+
+
+def _label_set(value: str, separator: str) -> set[str]:
+    # The data layer stores labels as strings; a JSON/Python list comes through as "['a', 'b']".
+    if value.startswith("["):
+        try:
+            return {str(v) for v in ast.literal_eval(value)}
+        except (ValueError, SyntaxError):
+            raise LifecycleError(f"multi-label value {value!r} is neither a list nor '{separator}'-separated") from None
+    return {part.strip() for part in value.split(separator) if part.strip()}
+
+
+def encode(data, tokenizer, max_length: int, labels: LabelSpace):
+    """Tokenized splits with a `labels` column (class ids or multi-hot floats); padding happens per batch."""
+
+    def tokenize(batch):
+        out = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        out["labels"] = [labels.targets[i] for i in batch["label"]]
+        return out
+
+    return data.splits.map(tokenize, batched=True, remove_columns=["text", "label"], desc="tokenize")
+
+
+def collator(tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer)
+
+
+def class_weights(option, targets, labels: LabelSpace) -> list[float] | None:
+    """Per-class loss weights (single-label) or positive-class weights (multi-label)."""
+    import numpy as np
+
+    if option is None:
+        return None
+    if isinstance(option, dict):
+        unknown = sorted(set(option) - set(labels.names))
+        if unknown:
+            raise LifecycleError(f"class_weights: unknown labels {unknown}; the labels are {labels.names}")
+        return [float(option.get(name, 1.0)) for name in labels.names]
+    if labels.multi:  # pos_weight = negatives / positives per label (BCEWithLogitsLoss)
+        pos = np.asarray(targets, dtype=float).sum(0)
+        return (np.maximum(len(targets) - pos, 1) / np.maximum(pos, 1)).tolist()
+    counts = np.bincount(np.asarray(targets), minlength=len(labels.names))
+    return (len(targets) / (len(labels.names) * np.maximum(counts, 1))).tolist()
+
+
+def classification_loss(weights: list[float] | None, multi: bool):
+    import torch
+    import torch.nn.functional as F
+
+    w = None if weights is None else torch.tensor(weights, dtype=torch.float32)
+
+    def loss(logits, targets):
+        wt = None if w is None else w.to(logits.device)
+        if multi:
+            return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), pos_weight=wt)
+        return F.cross_entropy(logits, targets, weight=wt)
+
+    return loss
+
+
+def score(logits, targets, labels: LabelSpace) -> dict[str, float]:
+    """accuracy (exact match for multi-label), macro-F1 and micro-F1, through the shipped evaluate modules."""
+    import numpy as np
+
+    from lifecycle.evaluation import classification_metrics, metric
+
+    if not labels.multi:
+        return classification_metrics(np.asarray(logits).argmax(-1), targets)
+    probs = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    pred, ref = (probs >= labels.threshold).astype(int), np.asarray(targets).astype(int)
+    rows: dict[tuple, int] = {}  # each distinct label set gets an id, so accuracy = exact-set match
+    ids = [[rows.setdefault(tuple(r), len(rows)) for r in m] for m in (pred, ref)]
+    f1 = metric("f1")
+    per_label = [f1.compute(predictions=pred[:, j], references=ref[:, j], average="binary")["f1"]
+                 for j in range(ref.shape[1])]
+    return {"accuracy": metric("accuracy").compute(predictions=ids[0], references=ids[1])["accuracy"],
+            "f1_macro": float(np.mean(per_label)),
+            "f1_micro": f1.compute(predictions=pred.ravel(), references=ref.ravel(), average="binary")["f1"]}
+
+
+# ---------------------------------------------------------------------------------------- models, training
+def load_classifier(source, ctx, data, labels: LabelSpace, multi_label: bool = False):
+    """A sequence classifier for the task's labels from a ModelSource or an artifact directory."""
     from transformers import AutoModelForSequenceClassification
 
     from lifecycle import models
 
-    labels = {"num_labels": data.num_labels, "id2label": dict(enumerate(data.labels)),
-              "label2id": {name: i for i, name in enumerate(data.labels)}}
+    fields = {"num_labels": len(labels.names), "id2label": dict(enumerate(labels.names)),
+              "label2id": {name: i for i, name in enumerate(labels.names)},
+              "problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
     max_length = ctx.pipeline.task.max_length
-    if cfg.model is not None and cfg.model.preset:
-        tokenizer = models.train_tokenizer(data.splits["train"]["text"], cfg.model.tokenizer, cfg.model.family, max_length)
-        config = models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id, **labels)
-        _seed(ctx.seed)
-        return AutoModelForSequenceClassification.from_config(config), tokenizer
-    path = models.model_dir(cfg.model, ctx.pipeline) if cfg.model is not None else Path(parent.path)
-    tokenizer = models.load_tokenizer(path, max_length)
     _seed(ctx.seed)
+    if isinstance(source, ModelSource) and source.preset:
+        tokenizer = models.train_tokenizer(data.splits["train"]["text"], source.tokenizer, source.family, max_length)
+        config = models.preset_config(source, len(tokenizer), pad_token_id=tokenizer.pad_token_id, **fields)
+        return AutoModelForSequenceClassification.from_config(config), tokenizer
+    path = models.model_dir(source, ctx.pipeline) if isinstance(source, ModelSource) else Path(source)
+    tokenizer = models.load_tokenizer(path, max_length)
     # A new classification head is expected here (the parent is an encoder or a different task).
-    model = models.load_model(AutoModelForSequenceClassification, path, ignore_mismatched_sizes=True, **labels)
+    model, info = models.load_model(AutoModelForSequenceClassification, path, ignore_mismatched_sizes=True,
+                                    output_loading_info=True, **fields)
+    ctx.details["newly_initialised"] = sorted(info["missing_keys"]) + sorted(k[0] for k in info["mismatched_keys"])
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def trainer_args(train: TrainConfig, checkpoints: Path, seed: int, metric: str, **extra):
+    from lifecycle import training
+
+    # Keeping the best checkpoint needs a save at every evaluation, so saves follow the eval cadence
+    # (per epoch, or every eval_steps); save_steps then only matters without eval_steps.
+    saves = {"save_strategy": "steps", "save_steps": train.eval_steps} if train.eval_steps else {"save_strategy": "epoch"}
+    return training.training_args(train, checkpoints, seed, metric_for_best_model=metric, greater_is_better=True,
+                                  load_best_model_at_end=True, **saves, **extra)
+
+
+def callbacks(early: EarlyStopping | None) -> list:
+    if early is None:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=early.patience, early_stopping_threshold=early.threshold)]
+
+
+def classifier_trainer(loss, **kwargs):
+    """A Trainer whose loss is ours (class weights, multi-label); the model never sees the labels.
+    The class is defined here so that transformers is imported only when a stage runs."""
+    from transformers import Trainer
+
+    class ClassifierTrainer(Trainer):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self.model_accepts_loss_kwargs = False  # a plain mean loss: the Trainer divides it by grad_accum
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            targets = inputs.pop("labels")
+            outputs = model(**inputs)
+            value = loss(outputs.logits, targets)
+            return (value, outputs) if return_outputs else value
+
+    return ClassifierTrainer(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------- inference
+def logits_of(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64):
+    """Logits in input order, batched by length so little time goes into padding."""
+    import numpy as np
+
+    from lifecycle.training import predict_logits
+
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = predict_logits(model, tokenizer, [texts[i] for i in order], max_length, batch_size)
+    result = np.empty_like(out)
+    result[order] = out
+    return result
+
+
+def latency(model, tokenizer, text: str, cfg: TorchLatency, max_length: int) -> dict:
+    """torch latency at the configured batch, sequence length (padded) and thread count."""
+    import torch
+
+    from lifecycle.training import torch_latency
+
+    before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return torch_latency(model, tokenizer, text, cfg.batch_size, cfg.seq_len or max_length, cfg.runs, cfg.warmup)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _seed(seed: int) -> None:
