@@ -1,12 +1,16 @@
 """The small runtime shared by the edge bundle, the BentoML service and the export/quantize/serve
-stages: onnxruntime + tokenizers + numpy, nothing else (it must run in a bare virtualenv).
+stages: onnxruntime + tokenizers + numpy and the standard library, nothing else. This file has no
+import from the rest of `lifecycle`, so it can be copied alone onto a device.
 
     from lifecycle.edge import Predictor
     p = Predictor.open("model.zip")          # or an export/quantize artifact directory
     p.predict(["some text"])                 # [{"label": ..., "score": ..., "scores": {...}}]
+    p.check()                                # re-runs the predictions the pipeline recorded
 
-A directory or zip holds model.onnx, tokenizer.json, labels.json and schema.json. When it also holds
-manifest.json, every listed file's sha256 is checked before anything is loaded.
+A directory or zip holds model.onnx, tokenizer.json, labels.json and schema.json. When it holds
+manifest.json (a bundle always does), every file's sha256 is checked before anything is loaded and
+files the manifest does not list are refused. ONNX external data is accepted only when every location
+is a plain relative path to a regular file inside the bundle: no absolute paths, no `..`, no symlinks.
 """
 
 from __future__ import annotations
@@ -14,15 +18,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
+import stat
 import tempfile
+import weakref
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported
 
 import numpy as np  # noqa: E402
 
 MODEL, TOKENIZER, LABELS, SCHEMA, MANIFEST = "model.onnx", "tokenizer.json", "labels.json", "schema.json", "manifest.json"
+REQUIRED = (MODEL, TOKENIZER, LABELS, SCHEMA)
 
 
 class BundleError(Exception):
@@ -35,14 +44,15 @@ class Predictor:
         from tokenizers import Tokenizer
 
         self.root = Path(root)
+        self.manifest: dict | None = None  # set by open() when the source has a manifest
         self.schema = json.loads((self.root / SCHEMA).read_text())
         self.labels: list[str] = json.loads((self.root / LABELS).read_text())
         self.max_length: int = self.schema["max_length"]
         self.tokenizer = Tokenizer.from_file(str(self.root / TOKENIZER))
         self.tokenizer.enable_truncation(self.max_length)
-        pad = self.schema.get("pad_token", "[PAD]")
-        self.tokenizer.enable_padding(pad_id=self.schema.get("pad_token_id", 0), pad_token=pad)
-        _check_external_data(self.root / MODEL)
+        self._padding = {"pad_id": self.schema.get("pad_token_id", 0), "pad_token": self.schema.get("pad_token", "[PAD]")}
+        self.tokenizer.enable_padding(**self._padding)
+        check_external_data(self.root / MODEL)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -54,23 +64,40 @@ class Predictor:
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, spinning: bool = True) -> Predictor:
+        """Open a bundle zip or a model directory, verifying it first (see the module docstring)."""
         path = Path(path)
+        extracted = None
         if path.is_file() and zipfile.is_zipfile(path):
-            path = _extract(path)
-        if not (path / MODEL).is_file():
-            raise BundleError(f"{path}: no {MODEL}; pass an export/quantize artifact or a bundle made by `lifecycle bundle`")
-        if (path / MANIFEST).is_file():
-            verify(path)
-        return cls(path, threads, spinning)
+            path = extracted = _extract(path)
+            if not (path / MANIFEST).is_file():
+                shutil.rmtree(extracted, ignore_errors=True)
+                raise BundleError(f"{path}: a bundle needs {MANIFEST}; write it with `lifecycle bundle`")
+        try:
+            for name in REQUIRED:
+                if (path / name).is_symlink():
+                    raise BundleError(f"{path / name}: symlinks are not allowed in a bundle")
+                if not (path / name).is_file():
+                    raise BundleError(f"{path}: no {name}; pass an export/quantize artifact or a bundle made by "
+                                      "`lifecycle bundle`")
+            manifest = verify(path) if (path / MANIFEST).is_file() else None
+            predictor = cls(path, threads, spinning)
+        except BaseException:
+            if extracted:
+                shutil.rmtree(extracted, ignore_errors=True)
+            raise
+        predictor.manifest = manifest
+        if extracted:  # the session holds the weights now; the files go when the predictor does
+            weakref.finalize(predictor, shutil.rmtree, extracted, True)
+        return predictor
 
     def encode(self, texts: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
         if pad_to:
-            self.tokenizer.enable_padding(pad_id=self.schema.get("pad_token_id", 0),
-                                          pad_token=self.schema.get("pad_token", "[PAD]"), length=pad_to)
-        encs = self.tokenizer.encode_batch(list(texts))
-        if pad_to:
-            self.tokenizer.enable_padding(pad_id=self.schema.get("pad_token_id", 0),
-                                          pad_token=self.schema.get("pad_token", "[PAD]"))
+            self.tokenizer.enable_padding(**self._padding, length=pad_to)
+        try:
+            encs = self.tokenizer.encode_batch(list(texts))
+        finally:
+            if pad_to:
+                self.tokenizer.enable_padding(**self._padding)
         feeds = {
             "input_ids": np.asarray([e.ids for e in encs], dtype=np.int64),
             "attention_mask": np.asarray([e.attention_mask for e in encs], dtype=np.int64),
@@ -87,8 +114,10 @@ class Predictor:
             self.tokenizer.enable_truncation(self.max_length)
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        texts = list(texts)
         outs = [self.session.run(None, self.encode(texts[i : i + batch_size]))[0] for i in range(0, len(texts), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0, len(self.labels)), dtype=np.float32)
+        # float32 always: an fp16 graph may return half-precision logits
+        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, len(self.labels)), dtype=np.float32)
 
     def predict(self, texts: list[str]) -> list[dict]:
         logits = self.logits(texts)
@@ -101,41 +130,174 @@ class Predictor:
                         "scores": {name: float(p) for name, p in zip(self.labels, row)}})
         return out
 
+    def check(self, atol: float = 1e-4) -> int:
+        """Re-run the sample predictions recorded by the pipeline (in the manifest) and raise
+        BundleError if a label differs or a score moves by more than atol; returns how many matched.
+        A device runs this once after install to prove its runtime reproduces the pipeline."""
+        m = self.manifest or {}
+        expected = m.get("sample_predictions") or m.get("details", {}).get("sample_predictions") or []
+        if not expected:
+            raise BundleError(f"{self.root}: the manifest records no sample predictions to check")
+        got = self.predict([e["text"] for e in expected])
+        for e, g in zip(expected, got):
+            if e["label"] != g["label"] or abs(e["score"] - g["score"]) > atol:
+                raise BundleError(f"prediction differs from the pipeline's for {e['text'][:60]!r}: expected "
+                                  f"{e['label']} ({e['score']:.6f}), got {g['label']} ({g['score']:.6f})")
+        return len(expected)
+
 
 def verify(root: Path) -> dict:
-    """Check every file listed in manifest.json against its sha256; returns the manifest."""
-    manifest = json.loads((root / MANIFEST).read_text())
-    for rel, digest in manifest.get("files", {}).items():
+    """Check every file listed in manifest.json against its sha256 and refuse files it does not
+    list (an unlisted file could be swapped in unnoticed); returns the manifest."""
+    root = Path(root)
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{root / MANIFEST}: unreadable manifest ({exc})") from None
+    files: dict[str, str] = manifest.get("files", {})
+    for name in REQUIRED:
+        if name not in files:
+            raise BundleError(f"{root}: the manifest does not list {name}")
+    for rel, digest in files.items():
         f = root / rel
-        if not f.is_file():
-            raise BundleError(f"{f}: listed in the manifest but missing")
-        if hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+        if f.is_symlink() or not f.is_file():
+            raise BundleError(f"{f}: listed in the manifest but missing (or a symlink)")
+        if _sha256(f) != digest:
             raise BundleError(f"{f}: does not match its sha256 in the manifest (tampered or corrupt)")
+    for f in root.rglob("*"):
+        rel = f.relative_to(root).as_posix()
+        if f.is_symlink() or (f.is_file() and rel != MANIFEST and rel not in files):
+            raise BundleError(f"{f}: not listed in the manifest; refusing a bundle with unlisted files or symlinks")
     return manifest
 
 
-def _check_external_data(model_path: Path) -> None:
-    """Refuse ONNX external-data locations that leave the bundle (absolute, `..`, symlinks)."""
-    import onnx
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    root = model_path.parent.resolve()
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = model_path.parent / location
-        if os.path.isabs(location) or ".." in Path(location).parts or target.is_symlink() \
-                or not target.resolve().is_relative_to(root):
-            raise BundleError(f"{model_path}: external data location '{location}' points outside the bundle")
+
+# ------------------------------------------------------------------------- ONNX external data check
+# The locations of external tensors are read from the ModelProto with a minimal protobuf wire-format
+# reader, so this check needs no `onnx` package. Field numbers from onnx.proto; each entry maps a
+# field of a message to the message type it holds. Every place a TensorProto can live is walked:
+# initializers, sparse initializers, node attributes (also inside subgraphs, functions and
+# training-info graphs).
+_MESSAGES = {
+    "model": {7: "graph", 20: "training_info", 25: "function"},
+    "training_info": {1: "graph", 2: "graph"},
+    "function": {7: "node", 11: "attribute"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse_tensor"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse_tensor", 23: "sparse_tensor"},
+    "sparse_tensor": {1: "tensor", 2: "tensor"},
+    "tensor": {13: "entry"},  # TensorProto.external_data: repeated StringStringEntryProto
+}
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= end or shift > 63:
+            raise BundleError("model.onnx is not a valid ONNX file (truncated varint)")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _fields(buf: memoryview, start: int, end: int):
+    """(field number, wire type, value) of one message; value is an int or a (start, end) span."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+        elif wire == 1 or wire == 5:
+            value, pos = None, pos + (8 if wire == 1 else 4)
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            value, pos = (pos, pos + length), pos + length
+        else:
+            raise BundleError(f"model.onnx is not a valid ONNX file (wire type {wire})")
+        if pos > end:
+            raise BundleError("model.onnx is not a valid ONNX file (field runs past its message)")
+        yield field, wire, value
+
+
+def external_data_locations(model_path: Path) -> list[str]:
+    """Every `location` named by an external-data tensor in the model, in file order."""
+    buf = memoryview(Path(model_path).read_bytes())
+    out, stack = [], [("model", 0, len(buf))]
+    while stack:
+        kind, start, end = stack.pop()
+        for field, wire, value in _fields(buf, start, end):
+            child = _MESSAGES[kind].get(field)
+            if child is None or wire != 2:
+                continue
+            if child == "entry":  # StringStringEntryProto: key = 1, value = 2
+                entry = {f: bytes(buf[v[0] : v[1]]) for f, w, v in _fields(buf, *value) if w == 2}
+                if entry.get(1) == b"location":
+                    out.append(entry.get(2, b"").decode("utf-8", errors="replace"))
+            else:
+                stack.append((child, *value))
+    return out
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def check_external_data(model_path: Path) -> list[str]:
+    """Refuse external-data locations that leave the model's directory: absolute paths, `..`, drive
+    letters, backslashes, symlinks anywhere on the way, missing files. Returns the locations.
+    (With a manifest, `verify` has already refused any file it does not list.)"""
+    model_path = Path(model_path)
+    root = model_path.parent
+    locations = external_data_locations(model_path)
+    for loc in locations:
+        parts = PurePosixPath(loc).parts
+        bad = (not loc or "\x00" in loc or "\\" in loc or loc.startswith("/") or _DRIVE.match(loc)
+               or ".." in parts or os.path.isabs(loc))
+        target = root / loc
+        if not bad:
+            node = root
+            for part in parts:  # no symlink at any level, so the path cannot be redirected
+                node = node / part
+                if node.is_symlink():
+                    bad = True
+                    break
+        if bad or not target.is_file() or not target.resolve().is_relative_to(root.resolve()):
+            raise BundleError(f"{model_path}: external data location '{loc}' is not a regular file inside the "
+                              "bundle (absolute, '..', symlink or missing)")
+    return locations
 
 
 def _extract(zip_path: Path) -> Path:
-    out = Path(tempfile.mkdtemp(prefix="lifecycle-bundle-"))
+    """Extract a bundle into a fresh temp directory, refusing members that would land outside it
+    (absolute, `..`, drive letters, backslashes), symlinks, special files and duplicate names."""
     with zipfile.ZipFile(zip_path) as zf:
+        names = set()
         for info in zf.infolist():
             name = info.filename
-            if name.startswith("/") or ".." in Path(name).parts or (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise BundleError(f"{zip_path}: member '{name}' would be written outside the bundle")
-        zf.extractall(out)
+            mode = info.external_attr >> 16
+            kind = stat.S_IFMT(mode)
+            unsafe = (name.startswith("/") or "\\" in name or _DRIVE.match(name) or ".." in PurePosixPath(name).parts
+                      or "\x00" in name)
+            if unsafe or (kind and kind not in (stat.S_IFREG, stat.S_IFDIR)):
+                what = "a symlink or special file" if not unsafe else "written outside the bundle"
+                raise BundleError(f"{zip_path}: member '{name}' would be {what}")
+            if name in names:
+                raise BundleError(f"{zip_path}: member '{name}' appears twice")
+            names.add(name)
+        out = Path(tempfile.mkdtemp(prefix="lifecycle-bundle-"))
+        try:
+            zf.extractall(out)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
     return out

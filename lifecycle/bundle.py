@@ -1,0 +1,96 @@
+"""Edge bundle: one zip with everything `lifecycle.edge.Predictor` needs, and proof of where it came from.
+
+    lifecycle bundle runs/my-pipeline -o model.zip      # the run's last onnx-model stage
+    lifecycle bundle runs/my-pipeline/quantize -o model.zip
+
+The zip holds model.onnx (plus any external-data files it names), tokenizer.json, labels.json,
+schema.json (input names and dtypes, max length, task) and manifest.json: the sha256 of every file,
+the stage's metrics and gate results, the source artifact's cache key and digest, and a few recorded
+predictions that `Predictor.check()` reproduces on the device. A model whose gates failed is not
+bundled. The zip is deterministic (fixed timestamps, sorted members): the same artifact always gives
+the same bytes, so its sha256 identifies a release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+from lifecycle import LifecycleError, __version__
+from lifecycle.artifact import Artifact, sha256_file
+from lifecycle.edge import LABELS, MANIFEST, MODEL, SCHEMA, TOKENIZER, Predictor, check_external_data
+
+FORMAT = "lifecycle-bundle/1"
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: members carry no build time
+
+
+def write_bundle(source: Path, output: Path) -> Path:
+    """Write the bundle for `source` (a run directory or an onnx-model artifact) to `output`."""
+    art = onnx_artifact(Path(source))
+    failed = [g for g in art.manifest.get("gates", []) if not g["passed"] and g.get("on_fail", "stop") == "stop"]
+    if failed:
+        raise LifecycleError(f"{art.path}: refusing to bundle a model that failed its gates: "
+                             + "; ".join(g.get("message") or g["bound"] for g in failed))
+    names = [MODEL, *check_external_data(art.path / MODEL), TOKENIZER, LABELS, SCHEMA]
+    files = {name: sha256_file(art.path / name) for name in sorted(set(names))}
+    details = art.manifest.get("details", {})
+    manifest = {
+        "format": FORMAT,
+        "files": files,
+        "schema": json.loads((art.path / SCHEMA).read_text()),
+        "labels": json.loads((art.path / LABELS).read_text()),
+        "metrics": art.metrics,
+        "gates": art.manifest.get("gates", []),
+        "sample_predictions": details.get("sample_predictions", []),
+        "source": {"stage": art.manifest.get("stage"), "stage_kind": art.manifest.get("stage_kind"),
+                   "method": details.get("method"), "cache_key": art.cache_key, "digest": art.digest},
+        "environment": art.manifest.get("environment"),
+        "lifecycle_version": __version__,
+    }
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    part = output.with_name(output.name + ".part")
+    with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in files:
+            _add(zf, name, (art.path / name).read_bytes())
+        _add(zf, MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    try:  # prove the bundle opens and reproduces the recorded predictions before anyone ships it
+        predictor = Predictor.open(part)
+        if manifest["sample_predictions"]:
+            predictor.check()
+    except Exception:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, output)
+    return output
+
+
+def _add(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = (stat.S_IFREG | 0o644) << 16
+    zf.writestr(info, data)
+
+
+def onnx_artifact(source: Path) -> Artifact:
+    """The verified onnx-model artifact behind `source`: the artifact itself, or a run directory's
+    last stage that produced one (in pipeline order, read from pipeline.json)."""
+    if (source / MANIFEST).is_file():
+        art = Artifact.load(source)
+        if art.kind != "onnx-model":
+            raise LifecycleError(f"{source}: a {art.kind} artifact; bundle an export or quantize artifact")
+        return art
+    resolved = source / "pipeline.json"
+    if not resolved.is_file():
+        raise LifecycleError(f"{source}: neither an artifact (no {MANIFEST}) nor a run directory (no pipeline.json)")
+    stages = json.loads(resolved.read_text())["pipeline"]["stages"]
+    for stage in reversed(stages):
+        path = source / (stage.get("name") or stage["kind"])
+        if (path / MANIFEST).is_file():
+            art = Artifact.load(path)
+            if art.kind == "onnx-model":
+                return art
+    raise LifecycleError(f"{source}: the run has no finished onnx-model stage (export or quantize); run it first")

@@ -1,0 +1,222 @@
+"""quantize: onnx-model -> onnx-model with onnxruntime quantization, tried as a ladder of methods.
+
+Methods (rungs):
+- `dynamic-int8` (default): int8 weights, activations quantized at run time. Needs no data.
+  Per-channel weights by default: on MiniLM it agrees with fp32 far better than per-tensor at the
+  same size and speed (benchmarks/quantize.py measures both).
+- `static-int8`: QDQ graph, activation ranges calibrated on `calibration.samples` texts drawn
+  (seeded) from the training split. Often faster than dynamic, often less accurate on transformers.
+- `fp16`: half-precision weights, float32 inputs and outputs; meant for GPU targets (evaluated on
+  CUDA when onnxruntime has it, else on CPU where fused contrib ops may have no fp16 kernel: such
+  a rung is recorded as failed).
+- `none`: the parent model unchanged: a last rung that always exists.
+
+`fallback: [static-int8, dynamic-int8, none]` is the whole ladder: each rung is built, evaluated
+(accuracy/F1 on the full test split, latency at batch 1 and 32, size) and checked against this
+stage's gates; the first rung that passes is written. Every attempt, with its metrics and gate
+verdicts, goes into the manifest (`details.attempts`). When no rung passes, the last rung is written
+and its metrics returned, so the pipeline's own gate check fails the stage (exit 3) and the report
+shows which gate each rung missed; only when every rung errored does the stage raise.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lifecycle.schema import StageBase, Strict
+from lifecycle.stages.export import ONNX_METRICS, RUNTIME_FILES, OnnxLatency
+
+Method = Literal["dynamic-int8", "static-int8", "fp16", "none"]
+
+
+class Calibration(Strict):
+    """Data for static int8: texts from a split of the task data, fed one at a time (no padding)."""
+
+    split: Literal["train", "validation"] = "train"  # never test: calibrating on it leaks into the score
+    samples: int = Field(128, gt=0)  # more samples: steadier ranges, slower calibration
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"  # entropy/percentile clip outliers, cost memory
+
+
+class Config(StageBase):
+    kind: Literal["quantize"]
+    consumes = "onnx-model"
+    produces = "onnx-model"
+    method: Method = "dynamic-int8"  # the single rung when `fallback` is empty
+    fallback: list[Method] = Field([], description="the whole ladder, tried in order, e.g. [static-int8, dynamic-int8, none]")
+    per_channel: bool = True  # int8 weights scaled per output channel: closer to fp32, same size and speed
+    reduce_range: bool = False  # 7-bit weights: avoids u8s8 saturation on CPUs without VNNI, costs accuracy
+    calibration: Calibration = Calibration()
+    exclude_op_types: list[str] = []  # op types left in float, e.g. [Gather] keeps embeddings fp32
+    exclude_nodes: list[str] = []  # node names left in float (names as in model.onnx)
+    latency: OnnxLatency = OnnxLatency()
+
+    @model_validator(mode="after")
+    def _ladder(self) -> Config:
+        if self.fallback and "method" in self.model_fields_set and self.method != self.fallback[0]:
+            raise ValueError(f"fallback is the whole ladder; it starts with {self.fallback[0]}, not method "
+                             f"{self.method}: drop `method` or list it first")
+        if len(set(self.fallback)) != len(self.fallback):
+            raise ValueError("fallback lists a method twice")
+        return self
+
+    @property
+    def ladder(self) -> list[str]:
+        return list(self.fallback) or [self.method]
+
+    def metric_names(self) -> set[str]:
+        return {*ONNX_METRICS, "argmax_agreement", "logit_max_abs_diff"}
+
+
+def run(cfg: Config, parent, ctx) -> dict:
+    from lifecycle import LifecycleError
+    from lifecycle import gates as gatelib
+    from lifecycle.edge import Predictor
+    from lifecycle.stages.export import prediction_details
+
+    task = ctx.pipeline.task
+    test = ctx.task_data().splits["test"]
+    reference = Predictor.open(parent.path).logits(test["text"])  # the parent's fp32 logits
+    attempts, built = [], None
+    for method in cfg.ladder:
+        rung_dir = ctx.scratch_dir / method
+        try:
+            build(method, cfg, Path(parent.path), rung_dir, ctx)
+            predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
+            metrics, logits = measure(predictor, test, reference, cfg, task.max_length)
+        except Exception as exc:  # a rung that cannot be built or run is a failed attempt, not a crash
+            attempts.append({"method": method, "error": f"{type(exc).__name__}: {exc}", "passed": False})
+            print(f"   rung {method}: failed ({type(exc).__name__}: {exc})")
+            continue
+        results = ctx.check_gates(metrics)
+        passed = not gatelib.blocking(results)
+        attempts.append({"method": method, "metrics": metrics, "gates": [r.to_dict() for r in results], "passed": passed})
+        print(f"   rung {method}: accuracy {metrics['accuracy']:.4f}, p50 {metrics['latency_p50_ms']:.2f} ms, "
+              f"{metrics['size_mb']:.2f} MB: {'passes' if passed else 'misses'} the gates")
+        built = (method, rung_dir, predictor, metrics, logits)
+        if passed:
+            break
+    ctx.details["attempts"] = attempts
+    if built is None:
+        raise LifecycleError("quantize: every rung failed: " + "; ".join(f"{a['method']}: {a['error']}" for a in attempts))
+    method, rung_dir, predictor, metrics, logits = built
+    ctx.details.update(method=method, passed=attempts[-1]["passed"], **prediction_details(predictor, test, logits))
+    for f in rung_dir.iterdir():
+        if f.is_file():
+            shutil.copy2(f, ctx.out_dir / f.name)
+    return metrics
+
+
+def measure(predictor, test, reference, cfg: Config, max_length: int):
+    """export's evaluation plus agreement with the parent: argmax agreement and max |logit diff|."""
+    import numpy as np
+
+    from lifecycle.stages.export import evaluate
+
+    logits = predictor.logits(test["text"])
+    metrics = evaluate(predictor, test, cfg.latency, max_length, logits)
+    metrics.update(argmax_agreement=float((logits.argmax(-1) == reference.argmax(-1)).mean()),
+                   logit_max_abs_diff=float(np.abs(logits - reference).max()))
+    return metrics, logits
+
+
+# ---------------------------------------------------------------------------------------- rungs
+def build(method: str, cfg: Config, src: Path, out: Path, ctx) -> None:
+    """Write the rung's model.onnx plus the parent's runtime files (schema notes the method) to out."""
+    import json
+    import logging
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name in RUNTIME_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+    schema = json.loads((out / "schema.json").read_text())
+    (out / "schema.json").write_text(json.dumps({**schema, "weights": method}, indent=2))
+    model_in, model_out = src / "model.onnx", out / "model.onnx"
+    # The quantizers log a warning per tensor they cannot type (fused contrib ops): noise for a user.
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)
+    try:
+        if method == "none":
+            shutil.copy2(model_in, model_out)
+        elif method == "dynamic-int8":
+            dynamic_int8(cfg, model_in, model_out)
+        elif method == "static-int8":
+            static_int8(cfg, model_in, model_out, ctx)
+        elif method == "fp16":
+            fp16(cfg, model_in, model_out)
+    finally:
+        root.setLevel(level)
+
+
+def _common(cfg: Config, registry: dict) -> dict:
+    import onnx
+
+    ops = None
+    if cfg.exclude_op_types:  # the op types the quantizer knows, minus the excluded ones
+        ops = sorted(set(registry) - set(cfg.exclude_op_types))
+    # DefaultTensorType: a fused graph has contrib ops whose output types onnx shape inference does
+    # not know; without a default the quantizer fails on them.
+    return {"per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "op_types_to_quantize": ops,
+            "nodes_to_exclude": cfg.exclude_nodes or None,
+            "extra_options": {"DefaultTensorType": onnx.TensorProto.FLOAT}}
+
+
+def dynamic_int8(cfg: Config, model_in: Path, model_out: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    quantize_dynamic(str(model_in), str(model_out), weight_type=QuantType.QInt8, **_common(cfg, IntegerOpsRegistry))
+
+
+def static_int8(cfg: Config, model_in: Path, model_out: Path, ctx) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from lifecycle.edge import Predictor
+
+    pre = model_out.with_name("preprocessed.onnx")
+    # A fused graph needs onnxruntime's symbolic shape inference (onnx's own does not type the
+    # contrib ops, and the quantizer then fails on the pooler); the plain TorchScript export makes
+    # that inference fail ("Incomplete symbolic shape inference") and needs onnx's only.
+    try:
+        quant_pre_process(str(model_in), str(pre))
+    except Exception:
+        quant_pre_process(str(model_in), str(pre), skip_symbolic_shape=True)
+    texts = list(ctx.task_data().splits[cfg.calibration.split]["text"])
+    texts = random.Random(ctx.seed).sample(texts, min(cfg.calibration.samples, len(texts)))
+    encoder = Predictor.open(model_in.parent)
+    # The histogram calibrators (entropy, percentile) stack activations across samples, so every
+    # sample must have the same shape: pad those to max_length; min/max sees each text as it is.
+    pad_to = None if cfg.calibration.method == "minmax" else encoder.max_length
+    reader = iter([encoder.encode([t], pad_to=pad_to) for t in texts])
+
+    class Reader:  # onnxruntime's CalibrationDataReader protocol
+        def get_next(self):
+            return next(reader, None)
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[cfg.calibration.method]
+    try:
+        quantize_static(str(pre), str(model_out), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                        **_common(cfg, QDQRegistry))
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+def fp16(cfg: Config, model_in: Path, model_out: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(model_in)), keep_io_types=True,
+                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, *cfg.exclude_op_types],
+                                     node_block_list=cfg.exclude_nodes or None)
+    onnx.save(model, str(model_out))
