@@ -130,8 +130,7 @@ def test_tokenize_pack_and_fixed_masks(tmp_path):
             assert list(packed["train"]["labels"]) == list(packed["train"]["input_ids"])
             assert any(tok.eos_token_id in ids for ids in packed["train"]["input_ids"])
         else:
-            first = packed["train"][0]
-            assert first["input_ids"][0] == tok.cls_token_id and first["special_tokens_mask"][0] == 1
+            assert packed["train"][0]["input_ids"][0] == tok.cls_token_id
             a = mask_for_eval(packed["validation"], tok, 0.15, seed=0)
             b = mask_for_eval(packed["validation"], tok, 0.15, seed=0)
             assert list(a["labels"]) == list(b["labels"]) and list(a["input_ids"]) == list(b["input_ids"])

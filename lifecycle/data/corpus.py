@@ -131,7 +131,7 @@ def tokenize_and_pack(splits: DatasetDict, tokenizer, block_size: int, objective
                       cache_dir: Path | None = None, num_proc: int | None = None) -> DatasetDict:
     """Blocks of exactly `block_size` tokens (the remainder of each map batch is dropped).
 
-    mlm: each document is `[CLS] text [SEP]`; a `special_tokens_mask` column keeps those out of masking.
+    mlm: each document is `[CLS] text [SEP]` (the collator never masks special tokens).
     clm: documents are joined with the end-of-text token and `labels` = `input_ids` (the model shifts).
     """
     from datasets import DatasetDict
@@ -142,9 +142,8 @@ def tokenize_and_pack(splits: DatasetDict, tokenizer, block_size: int, objective
 
     def encode(batch):
         if objective == "mlm":
-            enc = tokenizer(batch["text"], return_special_tokens_mask=True, return_attention_mask=False,
-                            return_token_type_ids=False, verbose=False)
-            return {"input_ids": enc["input_ids"], "special_tokens_mask": enc["special_tokens_mask"]}
+            enc = tokenizer(batch["text"], return_attention_mask=False, return_token_type_ids=False, verbose=False)
+            return {"input_ids": enc["input_ids"]}
         enc = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False, verbose=False)
         return {"input_ids": [ids + [eos] for ids in enc["input_ids"]]}
 
@@ -180,21 +179,47 @@ def tokenize_and_pack(splits: DatasetDict, tokenizer, block_size: int, objective
     return DatasetDict(out)
 
 
+class MaskedLMCollator:
+    """BERT masking (15% of non-special tokens are targets: 80% become [MASK], 10% a random token, 10% stay)
+    for packed blocks. Why not transformers' DataCollatorForLanguageModeling: it draws from the global
+    RNG, and the Trainer restores that RNG on resume only after the dataloader has already prefetched the
+    next batches, so a resumed run masks differently from an uninterrupted one. Here the masks of a
+    batch depend only on the seed and the batch's tokens: the same after a crash, on any number of
+    workers, and still different every epoch (batches are reshuffled)."""
+
+    def __init__(self, tokenizer, probability: float = 0.15, seed: int = 0):
+        self.mask_id, self.vocab_size = tokenizer.mask_token_id, len(tokenizer)
+        self.special_ids = sorted(set(tokenizer.all_special_ids))
+        self.probability, self.seed = probability, seed
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        ids = torch.tensor([e["input_ids"] for e in examples])
+        if "labels" in examples[0]:  # masks fixed beforehand (validation) or a causal-LM block
+            return {"input_ids": ids, "labels": torch.tensor([e["labels"] for e in examples])}
+        digest = hashlib.blake2b(ids.numpy().tobytes(), key=str(self.seed).encode(), digest_size=8).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+        draw = lambda p: torch.bernoulli(torch.full(ids.shape, p), generator=g).bool()  # noqa: E731
+        special = torch.isin(ids, torch.tensor(self.special_ids))
+        target = draw(self.probability) & ~special
+        labels = torch.where(target, ids, torch.full_like(ids, -100))
+        to_mask = draw(0.8) & target
+        to_random = draw(0.5) & target & ~to_mask
+        ids = torch.where(to_mask, torch.full_like(ids, self.mask_id), ids)
+        ids = torch.where(to_random, torch.randint(self.vocab_size, ids.shape, generator=g), ids)
+        return {"input_ids": ids, "labels": labels}
+
+
 def mask_for_eval(blocks: Dataset, tokenizer, probability: float, seed: int) -> Dataset:
     """Fix the MLM masks of a validation set once, so every evaluation (during training, before and
     after adaptation, parent vs child) scores the same masked positions."""
-    import torch
-    from transformers import DataCollatorForLanguageModeling
-
-    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=probability)
-    ids, labels = [], []
-    with torch.random.fork_rng(devices=[]):  # leaves the global RNG (and so training) untouched
-        torch.manual_seed(seed)
-        for i in range(0, len(blocks), 256):
-            rows = blocks[i : i + 256]
-            batch = collate([dict(zip(rows, values)) for values in zip(*rows.values())])
-            ids += batch["input_ids"].tolist()
-            labels += batch["labels"].tolist()
     from datasets import Dataset
 
+    collate = MaskedLMCollator(tokenizer, probability, seed)
+    ids, labels = [], []
+    for i in range(0, len(blocks), 256):
+        batch = collate([{"input_ids": row} for row in blocks[i : i + 256]["input_ids"]])
+        ids += batch["input_ids"].tolist()
+        labels += batch["labels"].tolist()
     return Dataset.from_dict({"input_ids": ids, "labels": labels})
