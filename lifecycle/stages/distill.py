@@ -1,0 +1,284 @@
+"""distill: knowledge distillation of the parent classifier (the teacher) into a smaller student.
+
+The student is, by default, the teacher with half its layers, initialised DistilBERT-style from
+teacher layers spread evenly over the depth, first and last included (12 -> 6 keeps 0,2,4,7,9,11,
+the choice of DistilBERT's own extraction script). It can instead be narrower (config overrides;
+tensors whose shape changed start from random) or any model from `student.model`.
+
+Loss = alpha * KL(p_teacher || p_student at temperature T) * T^2 + (1 - alpha) * cross-entropy on the
+labels (+ hidden_weight * a cosine loss between student layers and the teacher layers they came from).
+The T^2 keeps the soft-target gradients on the scale of the hard ones (Hinton et al., 2015). Teacher
+logits are computed once over the training split and cached, unless the hidden-state loss needs the
+teacher's activations at every step.
+
+`retention` = student metric / teacher metric and `speedup` = teacher p50 latency / student p50,
+both measured here, on the same test split and with the same latency settings, alternating teacher and
+student rounds so that load from other processes hits both alike.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from lifecycle import LifecycleError
+from lifecycle.evaluation import CLASSIFICATION
+from lifecycle.evaluation.latency import LATENCY_METRICS
+from lifecycle.models import ModelSource
+from lifecycle.schema import StageBase, Strict
+from lifecycle.stages.finetune import VAL_METRICS, EarlyStopping, TorchLatency, ValMetric
+from lifecycle.training import TrainConfig
+
+LAYER_KEY = re.compile(r"\.(layer|layers|h)\.(\d+)\.")  # BERT/RoBERTa/DistilBERT/GPT-2 block prefixes
+
+
+class Student(Strict):
+    layers: list[int] | None = None  # teacher layers to keep, in order; None: `num_layers` evenly spaced
+    num_layers: int | None = Field(None, gt=0, description="None: half the teacher's layers (rounded up)")
+    overrides: dict = {}  # other config fields, e.g. {hidden_size: 256}: reshaped tensors start from random
+    model: ModelSource | None = None  # use this model instead of shrinking the teacher (its own tokenizer is fine)
+
+
+class Config(StageBase):
+    kind: Literal["distill"]
+    consumes = "hf-model"
+    student: Student = Student()
+    temperature: float = Field(2.0, gt=0)  # softens both distributions; 2-4 passes the teacher's "dark knowledge"
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft-target loss; 1 - alpha goes to the labels
+    hidden_weight: float = Field(0.0, ge=0)  # > 0 runs the teacher every step (no logit cache)
+    cache_teacher_logits: bool = True  # one teacher pass over train instead of one per step
+    train: TrainConfig = TrainConfig()
+    metric: ValMetric = "accuracy"  # picks the kept checkpoint and defines `retention`
+    early_stopping: EarlyStopping | None = None
+    latency: TorchLatency = TorchLatency()
+    latency_rounds: int = Field(3, gt=0)  # alternating teacher/student rounds; the median round counts
+
+    def metric_names(self) -> set[str]:
+        teacher = {f"teacher_{m}" for m in (*CLASSIFICATION, *LATENCY_METRICS, "params_total", "size_mb")}
+        return {*CLASSIFICATION, *LATENCY_METRICS, *VAL_METRICS, *teacher, "retention", "speedup", "compression",
+                "eval_loss", "params_total", "size_mb", "train_seconds", "train_steps", "data_wait_fraction"}
+
+
+def run(cfg: Config, parent, ctx) -> dict:
+    import time
+
+    from lifecycle import models, training
+    from lifecycle.stages import finetune as ft
+
+    task = ctx.pipeline.task
+    data = ctx.task_data()
+    teacher, t_tok = ft.load_classifier(Path(parent.path), ctx, data, _teacher_labels(parent, data))
+    ctx.details.pop("newly_initialised", None)
+    labels = ft.label_space(data, None)
+    student, s_tok, layer_map = build_student(cfg.student, teacher, t_tok, ctx, data, labels)
+    ctx.details.update(student_layers=layer_map, student_num_layers=student.config.num_hidden_layers,
+                       student_hidden_size=student.config.hidden_size)
+
+    splits = ft.encode(data, s_tok, task.max_length, labels)
+    online = cfg.hidden_weight > 0 or not cfg.cache_teacher_logits
+    if online and s_tok.get_vocab() != t_tok.get_vocab():
+        raise LifecycleError("distill: running the teacher online (hidden_weight > 0 or cache_teacher_logits: false) "
+                             "needs the student to share the teacher's tokenizer")
+    train_set = splits["train"]
+    if not online:
+        logits = teacher_logits(teacher, t_tok, data.splits["train"]["text"], task.max_length, ctx.scratch_dir)
+        train_set = train_set.add_column("teacher_logits", logits.tolist())
+    if cfg.hidden_weight > 0 and student.config.hidden_size != teacher.config.hidden_size:
+        raise LifecycleError("distill: hidden_weight > 0 needs student and teacher of the same hidden_size")
+
+    checkpoints = ctx.scratch_dir / "checkpoints"
+    trainer = distillation_trainer(
+        cfg, teacher if online else None, layer_map, model=student, train_dataset=train_set,
+        args=ft.trainer_args(cfg.train, checkpoints, ctx.seed, cfg.metric, remove_unused_columns=False),
+        eval_dataset=splits["validation"], data_collator=ft.collator(s_tok),
+        compute_metrics=lambda p: ft.score(p.predictions, p.label_ids, labels), callbacks=ft.callbacks(cfg.early_stopping))
+    started = time.time()
+    training.train(trainer, checkpoints, ctx)  # resumes after a crash
+    train_seconds = time.time() - started
+    val = trainer.evaluate()
+    ctx.details.update(best_checkpoint=trainer.state.best_model_checkpoint)
+    student = trainer.model
+    models.save(student, s_tok, ctx.out_dir)
+
+    texts, targets = data.splits["test"]["text"], splits["test"]["labels"]
+    metrics = ft.score(ft.logits_of(student, s_tok, texts, task.max_length), targets, labels)
+    teacher_scores = ft.score(ft.logits_of(teacher, t_tok, texts, task.max_length), targets, labels)
+    t_lat, s_lat = paired_latency(teacher, t_tok, student, s_tok, texts[0], cfg, task.max_length)
+    s_params, t_params = models.count_parameters(student)["params_total"], models.count_parameters(teacher)["params_total"]
+    metrics.update(s_lat)
+    metrics.update({f"teacher_{k}": v for k, v in teacher_scores.items()})
+    metrics.update({f"teacher_{k}": t_lat[k] for k in LATENCY_METRICS})
+    reference = teacher_scores[cfg.metric]
+    metrics.update(retention=metrics[cfg.metric] / reference if reference else float("nan"),
+                   speedup=t_lat["latency_p50_ms"] / s_lat["latency_p50_ms"], compression=t_params / s_params,
+                   params_total=s_params, teacher_params_total=t_params,
+                   size_mb=models.size_mb(ctx.out_dir / "model.safetensors"),
+                   teacher_size_mb=models.size_mb(Path(parent.path) / "model.safetensors"),
+                   **{f"val_{m}": val[f"eval_{m}"] for m in CLASSIFICATION}, eval_loss=val["eval_loss"],
+                   train_seconds=train_seconds, train_steps=trainer.state.global_step)
+    return metrics
+
+
+def _teacher_labels(parent, data):
+    """The teacher's own label space (its config), which must be the task's."""
+    import json
+
+    from lifecycle.stages.finetune import LabelSpace
+
+    config = json.loads((Path(parent.path) / "config.json").read_text())
+    if config.get("problem_type") == "multi_label_classification":
+        raise LifecycleError("distill supports single-label classification; the teacher is multi-label")
+    names = [config.get("id2label", {}).get(str(i)) for i in range(len(data.labels))]
+    if names != list(data.labels):
+        raise LifecycleError(f"distill: the teacher's labels {list(config.get('id2label', {}).values())} are not "
+                             f"the task's {list(data.labels)}; distil a teacher fine-tuned on this task")
+    return LabelSpace(list(data.labels), list(range(data.num_labels)), multi=False)
+
+
+# ------------------------------------------------------------------------------------------------ student
+def pick_layers(teacher_layers: int, keep: int) -> list[int]:
+    """`keep` layer indices spread evenly over the teacher's depth, first and last included."""
+    if keep > teacher_layers:
+        raise LifecycleError(f"distill: the student cannot have {keep} layers; the teacher has {teacher_layers}")
+    if keep == 1:
+        return [teacher_layers - 1]
+    return sorted({round(i * (teacher_layers - 1) / (keep - 1)) for i in range(keep)})
+
+
+def build_student(spec: Student, teacher, t_tok, ctx, data, labels):
+    """(student, tokenizer, layer_map): layer_map[j] is the teacher layer student layer j started from."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    from lifecycle.stages import finetune as ft
+
+    n_teacher = teacher.config.num_hidden_layers
+    if spec.model is not None:
+        student, tok = ft.load_classifier(spec.model, ctx, data, labels)
+        return student, tok, pick_layers(n_teacher, min(student.config.num_hidden_layers, n_teacher))
+    layers = spec.layers if spec.layers is not None else pick_layers(n_teacher, spec.num_layers or (n_teacher + 1) // 2)
+    if not layers or any(not 0 <= i < n_teacher for i in layers):
+        raise LifecycleError(f"distill: student.layers must be teacher layer indices in 0..{n_teacher - 1}; got {layers}")
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(layers)
+    for key, value in spec.overrides.items():
+        if not hasattr(config, key):
+            raise LifecycleError(f"distill: student.overrides.{key} is not a field of {type(config).__name__}")
+        setattr(config, key, value)
+    student = AutoModelForSequenceClassification.from_config(config)
+    copied = init_from_teacher(student, teacher, layers)
+    ctx.details["initialised_from_teacher"] = copied
+    return student, t_tok, layers
+
+
+def init_from_teacher(student, teacher, layers: list[int]) -> float:
+    """Copy teacher tensors into the student (teacher block layers[j] -> student block j); tensors
+    whose shape differs keep their random init. Returns the fraction of student parameters copied."""
+    import torch
+
+    position = {t: s for s, t in enumerate(layers)}
+    target = student.state_dict()
+    picked = {}
+    for key, tensor in teacher.state_dict().items():
+        m = LAYER_KEY.search(key)
+        if m:
+            if int(m.group(2)) not in position:
+                continue
+            key = key[: m.start()] + f".{m.group(1)}.{position[int(m.group(2))]}." + key[m.end():]
+        if key in target and target[key].shape == tensor.shape:
+            picked[key] = tensor
+    with torch.no_grad():
+        student.load_state_dict(picked, strict=False)
+    total = sum(t.numel() for t in target.values())
+    return sum(picked[k].numel() for k in picked) / total
+
+
+# --------------------------------------------------------------------------------------------- training
+def teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_dir: Path):
+    """Teacher logits over the training texts, cached in the stage's scratch directory (a crash and
+    resume reuses them; the directory is keyed by the stage's cache key)."""
+    import numpy as np
+
+    from lifecycle.stages.finetune import logits_of
+
+    path = cache_dir / "teacher_logits.npy"
+    if path.is_file():
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape[0] == len(texts):
+            return cached
+    logits = logits_of(teacher, tokenizer, texts, max_length).astype(np.float32)
+    np.save(path, logits, allow_pickle=False)
+    return logits
+
+
+def distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
+    import torch.nn.functional as F
+
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def hidden_loss(student_hidden, teacher_hidden, layer_map: list[int], mask):
+    """Mean (1 - cosine) between student layer j and teacher layer layer_map[j], over real tokens."""
+    import torch.nn.functional as F
+
+    m = mask.unsqueeze(-1).to(student_hidden[0].dtype)
+    losses = []
+    for j, t in enumerate(layer_map):
+        cos = F.cosine_similarity(student_hidden[j + 1], teacher_hidden[t + 1], dim=-1).unsqueeze(-1)
+        losses.append(((1 - cos) * m).sum() / m.sum())
+    return sum(losses) / len(losses)
+
+
+def distillation_trainer(cfg: Config, teacher, layer_map: list[int], **kwargs):
+    """A Trainer with the distillation loss. `teacher` is None when the logits come cached in the batch.
+    In evaluation the loss is plain cross-entropy, so eval_loss compares across students and runs."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import Trainer
+
+    class DistillationTrainer(Trainer):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self.model_accepts_loss_kwargs = False  # a plain mean loss: the Trainer divides it by grad_accum
+            if teacher is not None:
+                self.teacher = teacher.to(self.args.device).eval()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            cached = inputs.pop("teacher_logits", None)
+            hidden = cfg.hidden_weight > 0 and model.training
+            outputs = model(**inputs, output_hidden_states=hidden)
+            if not model.training:
+                loss = F.cross_entropy(outputs.logits, labels)
+                return (loss, outputs) if return_outputs else loss
+            t_out = None
+            if cached is None:
+                with torch.no_grad():
+                    t_out = self.teacher(**inputs, output_hidden_states=hidden)
+                cached = t_out.logits
+            loss = distillation_loss(outputs.logits, cached, labels, cfg.temperature, cfg.alpha)
+            if hidden:
+                loss = loss + cfg.hidden_weight * hidden_loss(outputs.hidden_states, t_out.hidden_states, layer_map,
+                                                              inputs["attention_mask"])
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillationTrainer(**kwargs)
+
+
+def paired_latency(teacher, t_tok, student, s_tok, text: str, cfg: Config, max_length: int) -> tuple[dict, dict]:
+    """Teacher and student latency in alternating rounds; per model, the round with the median p50."""
+    from lifecycle.stages.finetune import latency
+
+    rounds: dict[str, list[dict]] = {"teacher": [], "student": []}
+    for _ in range(cfg.latency_rounds):
+        rounds["teacher"].append(latency(teacher, t_tok, text, cfg.latency, max_length))
+        rounds["student"].append(latency(student, s_tok, text, cfg.latency, max_length))
+    median = {k: sorted(v, key=lambda r: r["latency_p50_ms"])[len(v) // 2] for k, v in rounds.items()}
+    return median["teacher"], median["student"]

@@ -1,0 +1,108 @@
+"""distill stage: student layer choice and initialisation, the distillation loss, a real teacher ->
+student run reporting retention and speedup, the hidden-state loss path, and gates through the CLI."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import yaml
+from test_finetune import MODEL, TRAIN, keyword_data, raw_pipeline, run
+
+from lifecycle.cli import main
+from lifecycle.stages.distill import distillation_loss, init_from_teacher, pick_layers
+
+TEACHER = {"kind": "finetune", "name": "teacher", "model": MODEL, "train": TRAIN}  # 2 layers
+# Latency at batch 8 x 64 tokens: enough work per call that layer count, not call overhead, dominates.
+LATENCY = {"batch_size": 8, "seq_len": 64, "runs": 10}
+
+
+def test_pick_layers_spreads_evenly_with_first_and_last():
+    assert pick_layers(12, 6) == [0, 2, 4, 7, 9, 11]  # DistilBERT's own choice for BERT-base
+    assert pick_layers(6, 3) == [0, 2, 5] and pick_layers(4, 2) == [0, 3] and pick_layers(4, 1) == [3]
+
+
+def test_student_starts_from_the_chosen_teacher_layers():
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=50, hidden_size=32, num_attention_heads=2, intermediate_size=64, num_labels=3)
+    teacher = BertForSequenceClassification(BertConfig(num_hidden_layers=4, **cfg))
+    student = BertForSequenceClassification(BertConfig(num_hidden_layers=2, **cfg))
+    assert init_from_teacher(student, teacher, [0, 3]) == 1.0
+    t, s = teacher.state_dict(), student.state_dict()
+    for name in ("attention.self.query.weight", "output.dense.weight"):
+        assert torch.equal(s[f"bert.encoder.layer.1.{name}"], t[f"bert.encoder.layer.3.{name}"])
+        assert torch.equal(s[f"bert.encoder.layer.0.{name}"], t[f"bert.encoder.layer.0.{name}"])
+    assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(s["classifier.weight"], t["classifier.weight"])
+    narrow = BertForSequenceClassification(BertConfig(num_hidden_layers=2, **{**cfg, "intermediate_size": 16}))
+    assert 0 < init_from_teacher(narrow, teacher, [0, 3]) < 1  # reshaped FFN tensors keep their random init
+
+
+def test_distillation_loss_mixes_soft_and_hard_targets():
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    s, t, y, T = torch.randn(5, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0]), 3.0
+    p_t = F.softmax(t / T, -1)
+    kl = (p_t * (p_t.log() - F.log_softmax(s / T, -1))).sum(-1).mean() * T * T
+    assert distillation_loss(s, t, y, T, alpha=1.0).item() == pytest.approx(kl.item(), rel=1e-5)
+    assert distillation_loss(s, t, y, T, alpha=0.0).item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+    assert distillation_loss(s, s, y, T, alpha=1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("distill")
+    data = keyword_data(tmp / "kw.jsonl", n=160)
+    stage = {"kind": "distill", "temperature": 2.0, "alpha": 0.5, "train": {**TRAIN, "epochs": 4},
+             "latency": LATENCY}
+    arts = run(raw_pipeline(data, [TEACHER, stage], name="kd"), tmp)
+    return tmp, data, arts
+
+
+def test_distill_halves_the_layers_and_reports_retention_and_speedup(distilled):
+    _, _, arts = distilled
+    teacher, student = arts["teacher"], arts["distill"]
+    assert json.loads((student.path / "config.json").read_text())["num_hidden_layers"] == 1
+    assert student.manifest["details"]["student_layers"] == [1]
+    m = student.metrics
+    assert m["teacher_accuracy"] == pytest.approx(teacher.metrics["accuracy"])  # same test split, same model
+    assert m["retention"] == pytest.approx(m["accuracy"] / m["teacher_accuracy"])
+    assert m["retention"] >= 0.9 and m["accuracy"] >= 0.8
+    assert m["speedup"] == pytest.approx(m["teacher_latency_p50_ms"] / m["latency_p50_ms"])
+    assert m["speedup"] > 1.0 and m["compression"] > 1.2
+    assert (m["latency_batch_size"], m["latency_seq_len"]) == (8, 64)
+
+
+def test_hidden_state_loss_runs_the_teacher_online(distilled):
+    tmp, data, _ = distilled
+    stage = {"kind": "distill", "name": "distill_hidden", "parent": "teacher", "hidden_weight": 1.0,
+             "train": {**TRAIN, "max_steps": 6}, "latency": {"runs": 3}, "latency_rounds": 1}
+    art = run(raw_pipeline(data, [TEACHER, stage], name="kd"), tmp)["distill_hidden"]
+    assert art.metrics["train_steps"] == 6 and 0 <= art.metrics["retention"]
+
+
+def test_max_drop_gate_fails_a_bad_student_through_the_cli(distilled):
+    tmp, data, _ = distilled
+    # A narrow, randomly initialised student that barely trains cannot stay within 0.05 of the teacher.
+    stage = {"kind": "distill", "name": "bad_student", "parent": "teacher",
+             "student": {"overrides": {"hidden_size": 32, "intermediate_size": 64}},
+             "train": {**TRAIN, "max_steps": 2, "lr": 1.0e-9}, "latency": {"runs": 3}, "latency_rounds": 1,
+             "gates": [{"metric": "accuracy", "max_drop": 0.05, "vs": "teacher"}]}
+    raw = {**raw_pipeline(data, [TEACHER, stage], name="kd"), "workdir": str(tmp)}
+    path = tmp / "kd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path)]) == 3
+    report = json.loads((tmp / "kd" / "report.json").read_text())
+    statuses = {s["name"]: s["status"] for s in report["stages"]}
+    assert statuses == {"teacher": "cached", "bad_student": "failed"}
+    failure = next(ET.parse(tmp / "kd" / "junit.xml").getroot().iter("failure"))
+    assert "accuracy" in failure.get("message", "") + (failure.text or "")
+    assert main(["run", str(path), "--set", "stages.bad_student.gates.0.max_drop=1.0"]) == 0
+    assert np.isfinite(report["stages"][1]["metrics"]["speedup"])
