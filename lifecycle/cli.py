@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("validate", help="check a pipeline file and print the resolved plan")
     pipeline_args(sp)
 
+    sp = sub.add_parser("plan", help="parameters, memory, FLOPs and wall time of each training stage, before running")
+    pipeline_args(sp)
+    sp.add_argument("--memory-gb", type=float, help="accelerator memory to check each stage against")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    sp.add_argument("--no-calibrate", action="store_true", help="skip the timed calibration steps (no time estimate)")
+
     sp = sub.add_parser("run", help="run a pipeline; skips stages whose verified artifact is up to date")
     pipeline_args(sp)
     sp.add_argument("--workdir", type=Path, help="where runs are written (default: the pipeline's workdir)")
@@ -90,6 +96,21 @@ def cmd_validate(args) -> int:
             warn = "  [warn only]" if gate.on_fail == "warn" else ""
             print(f"        gate: {gates.describe(gate, ref)}{warn}")
     print("valid")
+    return EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    from lifecycle import config, planning
+
+    pipeline = config.load(args.file, args.overrides)
+    plans = planning.plan(pipeline, args.memory_gb, calibrate_steps=0 if args.no_calibrate else 3)
+    if args.json:
+        print(json.dumps({"pipeline": pipeline.name, "memory_gb": args.memory_gb,
+                          "stages": [p.to_dict() for p in plans]}, indent=2))
+    else:
+        print(planning.render(plans, args.memory_gb))
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from lifecycle import ConfigError
 from lifecycle.data.sources import DataSource
 from lifecycle.schema import Gate, Strict, Task
 from lifecycle.stages import stage_configs
+from lifecycle.tracking import Tracking
 
 # The stage union is built from the registered stage modules (each imports only pydantic at top level).
 StageConfig = Annotated[Union[tuple(stage_configs())], Field(discriminator="kind")]  # noqa: UP007
@@ -25,9 +26,10 @@ class Pipeline(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     deterministic: bool = False  # seeds + torch deterministic algorithms; identical artifacts on CPU
-    workdir: str = "runs"  # relative to the pipeline file; each run writes <workdir>/<name>/
+    workdir: str = "runs"  # relative to the current directory; each run writes <workdir>/<name>/
     data: dict[str, DataSource] = {}
     task: Task | None = None
+    tracking: Tracking = Tracking()
     stages: list[StageConfig] = Field(min_length=1)  # type: ignore[valid-type]
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -53,6 +55,8 @@ class Pipeline(Strict):
                 if gate.metric not in stage.metric_names():
                     known = ", ".join(sorted(stage.metric_names()))
                     raise ValueError(f"{gwhere}.metric: '{stage.kind}' cannot produce '{gate.metric}' (it reports {known})")
+                if gate.bound != "mean" and not stage.seeds:
+                    raise ValueError(f"{gwhere}.bound: '{gate.bound}' needs `seeds: [...]` (2 or more) on the stage")
                 if gate.relative:
                     ref = self._reference(stage, gate, seen)
                     if ref is None:

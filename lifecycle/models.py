@@ -113,14 +113,24 @@ def train_tokenizer(texts, spec: TokenizerSpec, family: str, max_length: int):
     from transformers import PreTrainedTokenizerFast
 
     if family == "bert":
+        import json
+
         special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
         tok.normalizer = normalizers.BertNormalizer(lowercase=spec.lowercase)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
+        texts = list(texts)
+        # The trainer numbers continuation symbols ("##x") in hash-map order, so equal-count merges break
+        # ties differently in every process and the vocabulary changes from run to run. Pinning every
+        # character and its "##" form first (sorted) fixes the ids, which makes training reproducible.
+        chars = sorted({c for t in texts for c in tok.normalizer.normalize_str(t) if not c.isspace()})
         trainer = trainers.WordPieceTrainer(vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
-                                            special_tokens=special)
+                                            special_tokens=special + chars + ["##" + c for c in chars])
         tok.train_from_iterator(texts, trainer)
+        state = json.loads(tok.to_str())  # the pinned symbols stay in the vocabulary, not as special tokens
+        state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] in special]
+        tok = Tokenizer.from_str(json.dumps(state))
         cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])

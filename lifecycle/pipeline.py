@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifecycle import GateFailed, LifecycleError, __version__
+from lifecycle import GateFailed, LifecycleError, __version__, tracking
 from lifecycle import distributed as dist
 from lifecycle import gates as gatelib
+from lifecycle import seeds as seeds_mod
 from lifecycle import stages as registry
 from lifecycle.artifact import Artifact, ArtifactError, commit, stable_hash, update_manifest, write_json
 from lifecycle.config import Pipeline
@@ -35,11 +36,9 @@ class StageContext:
     scratch_dir: Path  # survives a crash for the same cache key (Trainer checkpoints); removed on success
     run_dir: Path
     artifacts: dict[str, Artifact]  # earlier stages of this run, by name
+    seed: int = 0  # the seed of this run of the stage (the pipeline's, or one of the stage's `seeds`)
     details: dict[str, Any] = field(default_factory=dict)  # extra manifest content (curves, attempts)
-
-    @property
-    def seed(self) -> int:
-        return self.pipeline.seed
+    extra_metrics: dict[str, float] = field(default_factory=dict)  # shared measurements (data wait); the stage's own win
 
     def data(self, name: str):
         """A data source of the pipeline by name, loaded (see lifecycle.data)."""
@@ -109,21 +108,24 @@ def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str |
     artifacts: dict[str, Artifact] = {}
     forced = False
     stopped = False
-    for stage in pipeline.stages:
-        if stopped:
-            outcomes.append(StageOutcome(stage.label, stage.kind, "skipped"))
-            continue
-        forced = forced or stage.label == from_stage
-        parent_cfg = pipeline.parent_of(stage)
-        parent = artifacts.get(parent_cfg.label) if parent_cfg is not None else None
-        outcome = _run_stage(pipeline, stage, parent, artifacts, run_dir, forced, echo)
-        outcomes.append(outcome)
-        artifacts[stage.label] = outcome.artifact
-        stopped = outcome.status == "failed"
-
-    if dist.rank() != 0:
-        return outcomes
-    report.write(run_dir, pipeline.name, outcomes)
+    params = {"pipeline": pipeline.name, "seed": pipeline.seed, "stages": ",".join(s.label for s in pipeline.stages)}
+    tracked = pipeline.tracking if dist.rank() == 0 else pipeline.tracking.model_copy(update={"mlflow": None})
+    with tracking.pipeline_run(tracked, pipeline.name, params) as mlflow_run:
+        for stage in pipeline.stages:
+            if stopped:
+                outcomes.append(StageOutcome(stage.label, stage.kind, "skipped"))
+                continue
+            forced = forced or stage.label == from_stage
+            parent_cfg = pipeline.parent_of(stage)
+            parent = artifacts.get(parent_cfg.label) if parent_cfg is not None else None
+            outcome = _run_stage(pipeline, stage, parent, artifacts, run_dir, forced, echo)
+            outcomes.append(outcome)
+            artifacts[stage.label] = outcome.artifact
+            stopped = outcome.status == "failed"
+        if dist.rank() != 0:
+            return outcomes
+        report.write(run_dir, pipeline.name, outcomes)
+        tracking.log_outcomes(mlflow_run, outcomes, run_dir)
     passed = all(o.status in ("passed", "cached") for o in outcomes)
     echo(report.summary_table(outcomes))
     echo(f"report: {run_dir / 'report.md'}")
@@ -157,6 +159,10 @@ def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, forced: bool, 
     from lifecycle.report import stage_table
 
     echo(stage_table(stage.label, art.metrics, results))
+    wait = art.metrics.get("data_wait_fraction")
+    if wait is not None and wait > tracking.INPUT_BOUND:
+        echo(f"   warning: input-bound: {wait:.0%} of training time waited for data "
+             "(pre-tokenize, raise dataloader workers, or pack sequences)")
     return StageOutcome(stage.label, stage.kind, status, art, results, time.time() - started)
 
 
@@ -179,14 +185,30 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str) -> Artif
         return Artifact.load(final)
     # Every rank builds into its own directory; only rank 0's is sealed into the artifact.
     tmp = run_dir / (f"{stage.label}.tmp" if rank == 0 else f"{stage.label}.rank{rank}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # a previous crash: never reuse a partial artifact
-    tmp.mkdir(parents=True)
-    scratch = run_dir / ".scratch" / f"{stage.label}-{key[:16]}"
-    scratch.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(pipeline, stage, tmp, scratch, run_dir, artifacts)
     started = time.time()
-    metrics = registry.module(stage.kind).run(stage, parent, ctx)
+    # With `seeds`, the stage runs once per seed; the artifact keeps the first seed's files and the
+    # metrics become means with a 95% interval across seeds (see lifecycle.seeds).
+    per_seed, details = {}, {}
+    seeds = stage.seeds or [pipeline.seed]
+    for i, seed in enumerate(seeds):
+        out = tmp if i == 0 else tmp.with_name(f"{tmp.name[:-4]}.seed{seed}.tmp")
+        if out.exists():
+            shutil.rmtree(out)  # a previous crash: never reuse a partial artifact
+        out.mkdir(parents=True)
+        suffix = "" if len(seeds) == 1 else f"-seed{seed}"
+        scratch = run_dir / ".scratch" / f"{stage.label}-{key[:16]}{suffix}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed)
+        metrics = registry.module(stage.kind).run(stage, parent, ctx)
+        per_seed[seed] = {**ctx.extra_metrics, **metrics}
+        details = details or ctx.details
+        if i > 0:
+            shutil.rmtree(out, ignore_errors=True)
+    if len(seeds) > 1:
+        metrics = seeds_mod.aggregate(per_seed)
+        details = {**details, "seeds": {str(k): v for k, v in per_seed.items()}, "interval": seeds_mod.METHOD}
+    else:
+        metrics = per_seed[seeds[0]]
     if rank != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         dist.barrier()
@@ -199,14 +221,16 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str) -> Artif
         "config": stage.model_dump(mode="json"),
         "cache_key": key,
         "data": {name: src.fingerprint(pipeline) for name, src in pipeline.data.items()},
-        "metrics": {k: v for k, v in metrics.items()},
-        "details": ctx.details,
+        "metrics": metrics,
+        "details": details,
         "environment": environment(),
         "timings": {"started": started, "seconds": round(time.time() - started, 3)},
         "lifecycle_version": __version__,
     }
     art = commit(tmp, final, manifest)
-    shutil.rmtree(scratch, ignore_errors=True)
+    for seed in seeds:
+        suffix = "" if len(seeds) == 1 else f"-seed{seed}"
+        shutil.rmtree(run_dir / ".scratch" / f"{stage.label}-{key[:16]}{suffix}", ignore_errors=True)
     dist.barrier()
     return art
 

@@ -70,6 +70,9 @@ class StageBase(Strict):
     name: str | None = Field(None, description="unique stage name; defaults to the kind")
     parent: str | None = Field(None, description="stage whose artifact this one reads; defaults to the previous")
     gates: list[Gate] = []
+    # Run the stage once per seed: metrics become means with <metric>_std/_ci_low/_ci_high (95%, across
+    # seeds) and the artifact keeps the first seed's files. For training stages; costs len(seeds) runs.
+    seeds: list[int] | None = Field(None, min_length=2)
 
     @property
     def label(self) -> str:

@@ -75,14 +75,35 @@ def training_args(cfg: TrainConfig, output_dir: Path, seed: int, **extra):
     return TrainingArguments(**args)
 
 
-def train(trainer, checkpoint_dir: Path):
-    """Train, resuming from the newest checkpoint in checkpoint_dir when a previous run crashed."""
+def train(trainer, checkpoint_dir: Path, ctx=None):
+    """Train, resuming from the newest checkpoint in checkpoint_dir when a previous run crashed.
+
+    With the stage context: per-step metrics go to <run>/metrics/<stage>.jsonl as they are logged,
+    time spent waiting for data is measured (`data_wait_fraction`), the Trainer's log history goes
+    into the manifest (for the loss plots), and an active MLflow run gets a nested run for the stage.
+    """
+    import time
+
     from transformers.trainer_utils import get_last_checkpoint
 
+    from lifecycle import tracking
+
+    counters = None
+    if ctx is not None:
+        trainer.add_callback(tracking.step_logger(ctx.run_dir / "metrics" / f"{ctx.stage.label}.jsonl"))
+        counters = tracking.time_data_wait(trainer)
+        if tracking.mlflow_active():
+            trainer.add_callback(tracking.mlflow_callback())
     last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
     if last:
         print(f"   resuming from {last}")
-    return trainer.train(resume_from_checkpoint=last)
+    started = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=last)
+    if ctx is not None:
+        seconds = time.perf_counter() - started
+        ctx.details["log_history"] = log_history(trainer)
+        ctx.extra_metrics["data_wait_fraction"] = counters["data_wait_seconds"] / max(seconds, 1e-9)
+    return out
 
 
 def log_history(trainer) -> list[dict]:
