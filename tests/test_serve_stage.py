@@ -58,7 +58,9 @@ def test_artifact_holds_the_serving_config_and_measurements(run):
 def test_server_is_stopped_after_the_stage(run):
     import httpx
 
-    port = json.loads((run["serve"].artifact.path / "measurements.json").read_text())["port"]
+    measured = json.loads((run["serve"].artifact.path / "measurements.json").read_text())
+    assert measured["server_exit_code"] == 0  # SIGTERM, graceful shutdown
+    port = measured["port"]
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2)
 

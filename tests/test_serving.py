@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import bentoml
@@ -201,27 +202,30 @@ def test_pick_best_ignores_settings_with_errors():
         serving.pick_best([fast_503])
 
 
-def test_cli_serve_binds_loopback_and_stops_on_sigterm(run_dir):
+def test_cli_serves_a_bundle_zip_on_loopback_and_stops_on_sigterm(run_dir, tmp_path):
+    """`lifecycle serve BUNDLE`: a zip of the export artifact (files + manifest with their sha256), default
+    settings (over-long texts truncated), bound to 127.0.0.1 only, exit 0 on SIGTERM."""
+    bundle = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(bundle, "w") as zf:
+        for f in sorted((run_dir / "export").iterdir()):
+            zf.write(f, f.name)
+    assert serving.resolve(bundle).version == Artifact.load(run_dir / "export").digest
     port = serving.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", str(run_dir), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", str(bundle), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        r = httpx.post(f"http://127.0.0.1:{port}/classify", json={"texts": ["word " * 200]})  # default: truncate
-        assert r.status_code == 200 and len(r.json()) == 1
+        with bentoml.SyncHTTPClient(f"http://127.0.0.1:{port}", server_ready_timeout=90) as bc:
+            long_text = "word " * 200
+            got = bc.classify(texts=[long_text])
+        expected = Predictor.open(bundle).predict([long_text])  # truncated to max_length, as in training
+        assert got[0]["label"] == expected[0]["label"]
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"]  # local address
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, out
-    assert "serving tiny-export" in out
+    assert "serving tiny " in out
 
 
 @pytest.mark.slow

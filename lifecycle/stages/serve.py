@@ -60,6 +60,7 @@ def run(cfg: Config, parent, ctx) -> dict:
             run_load(server.port, requests, cfg.clients, max_requests=cfg.warmup_requests)
         result = run_load(server.port, requests, cfg.clients, max_requests=len(requests), keep_bodies=True)
     summary = result.summary()
+    exit_code = server.proc.returncode  # stopped by SIGTERM when the `with` block ended: 0 is a clean stop
 
     predicted = [-1] * len(texts)  # a failed request leaves -1: wrong by construction
     for i, body in result.bodies.items():
@@ -73,7 +74,8 @@ def run(cfg: Config, parent, ctx) -> dict:
     metrics.update({k: summary[k] for k in ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms",
                                             "requests_per_s", "error_count")})
     (ctx.out_dir / "measurements.json").write_text(json.dumps(
-        {"clients": cfg.clients, "texts_per_request": n, "texts": len(texts), "port": server.port, **summary,
+        {"clients": cfg.clients, "texts_per_request": n, "texts": len(texts), "port": server.port,
+         "server_exit_code": exit_code, **summary,
          "parent_accuracy": parent.metrics.get("accuracy"), "http_accuracy": metrics["http_accuracy"]}, indent=2))
     ctx.details["serving"] = {"status_counts": summary["status_counts"], "clients": cfg.clients}
     return metrics
