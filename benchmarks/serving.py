@@ -66,20 +66,6 @@ def in_process(path: Path, threads: int, runs: int) -> dict:
             "samples_per_s_batch1": 1000 / one["latency_p50_ms"], "samples_per_s_batch8": 8000 / eight["latency_p50_ms"]}
 
 
-def served_load(served, settings, duration_s: float) -> dict:
-    """One server with these settings: 8 clients, then 1 client (HTTP overhead)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = serving.write_config(served, settings, Path(tmp) / "serving.json")
-        with serving.Server(cfg, log=Path(tmp) / "server.log") as server:
-            request = [serving.json_request(server.port, {"texts": [serving.SAMPLE_TEXT]})]
-            serving.run_load(server.port, request, 8, duration_s=2)
-            eight = serving.run_load(server.port, request, 8, duration_s=duration_s).summary()
-            one = serving.run_load(server.port, request, 1, duration_s=duration_s / 2).summary()
-    return {"clients_8": eight, "clients_1": one}
-
-
 def bench(name: str, workdir: Path, quick: bool) -> dict:
     run_dir = build_model(name, workdir)
     served = serving.resolve(run_dir)
@@ -88,12 +74,12 @@ def bench(name: str, workdir: Path, quick: bool) -> dict:
     tuned = serving.tune_settings(served, duration_s=5 if quick else 15)
     tuning = json.loads(served.tuned_path.read_text())["measurements"]
     duration = 10 if quick else 30
-    best = served_load(served, tuned, duration)
+    best = serving.measure_settings(served, tuned, 8, duration)  # a fresh server with the chosen settings
     default = serving.measure_settings(served, serving.ServingSettings(), 8, duration)
     inproc = in_process(served.path, tuned.resolved()["ort_threads"], runs=200 if quick else 1000)
     return {"model": str(served.path), "version": served.version, "tuned_settings": tuned.model_dump(mode="json"),
             "tuning": tuning, "tuned": best, "default_settings": default, "in_process": inproc,
-            "http_overhead_ms": best["clients_1"]["http_latency_p50_ms"] - inproc["batch1_p50_ms"]}
+            "http_overhead_ms": best["one_client"]["http_latency_p50_ms"] - inproc["batch1_p50_ms"]}
 
 
 def checks(results: dict) -> list[dict]:
@@ -103,7 +89,7 @@ def checks(results: dict) -> list[dict]:
         out.append({"name": name, "value": value, "target": target, "passed": bool(passed)})
 
     for name, r in results.items():
-        eight = r["tuned"]["clients_8"]
+        eight = r["tuned"]
         check(f"{name}: tuned req/s at 8 clients", eight["requests_per_s"], f">= {HAND[name]['requests_per_s']}",
               eight["requests_per_s"] >= HAND[name]["requests_per_s"])
         check(f"{name}: tuned p95 ms at 8 clients", eight["http_latency_p95_ms"],
@@ -123,8 +109,7 @@ def table(results: dict) -> str:
     for name, r in results.items():
         s = r["tuned_settings"]
         label = f"tuned: w{s['workers']} t{s['ort_threads']} {'batch ' + str(s['max_latency_ms']) + 'ms' if s['batching'] else 'unbatched'}"
-        for clients in (8, 1):
-            m = r["tuned"][f"clients_{clients}"]
+        for clients, m in ((8, r["tuned"]), (1, r["tuned"]["one_client"])):
             rows.append((name, label, clients, f"{m['requests_per_s']:.0f}", f"{m['http_latency_p50_ms']:.1f}",
                          f"{m['http_latency_p95_ms']:.1f}", m["error_count"]))
         d = r["default_settings"]

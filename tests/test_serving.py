@@ -193,11 +193,16 @@ def test_tuned_settings_are_read_from_beside_the_artifact(run_dir):
         served.tuned_path.unlink()
 
 
-def test_pick_best_ignores_settings_with_errors():
-    fast_503 = {"requests_per_s": 900, "error_count": 3, "ok": 10, "http_latency_p95_ms": 5, "settings": {"a": 1}}
-    good = {"requests_per_s": 500, "error_count": 0, "ok": 10, "http_latency_p95_ms": 30, "settings": {"a": 2}}
-    close_but_tighter = {"requests_per_s": 490, "error_count": 0, "ok": 10, "http_latency_p95_ms": 20, "settings": {"a": 3}}
-    assert serving.pick_best([fast_503, good, close_but_tighter])["settings"] == {"a": 3}
+def test_pick_best_ignores_errors_and_weighs_light_load_latency():
+    def m(rps, errors, p95, p50_one, tag):
+        return {"requests_per_s": rps, "error_count": errors, "ok": 10, "http_latency_p95_ms": p95,
+                "one_client": {"http_latency_p50_ms": p50_one}, "settings": {"tag": tag}}
+
+    fast_503 = m(900, 3, 5, 1, "sheds load")
+    batched = m(500, 0, 30, 40, "batched: waits for a batch at light load")
+    unbatched = m(470, 0, 35, 4, "unbatched")
+    slow = m(300, 0, 10, 1, "slow")
+    assert serving.pick_best([fast_503, batched, unbatched, slow])["settings"]["tag"] == "unbatched"
     with pytest.raises(LifecycleError):
         serving.pick_best([fast_503])
 
