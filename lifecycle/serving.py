@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import Field
 
 from lifecycle import LifecycleError
-from lifecycle.artifact import Artifact, stable_hash, write_json
+from lifecycle.artifact import Artifact, sha256_file, stable_hash, write_json
 from lifecycle.schema import Strict
 
 SERVICE_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
@@ -104,15 +104,11 @@ def resolve(source: str | Path) -> Served:
 
 
 def _bundle(path: Path, manifest: dict) -> Served:
-    files = manifest.get("files") or {"model.onnx": _sha256(path) if path.is_file() else _sha256(path / "model.onnx")}
+    # Same formula as Artifact.digest, so a bundle and the artifact it was made from share a version.
+    # A directory without a manifest (made by hand) is versioned by its model file alone.
+    files = manifest.get("files") or {"model.onnx": sha256_file(path / "model.onnx")}
     name = manifest.get("name") or manifest.get("pipeline") or path.stem
     return Served(path, str(name), stable_hash(files), manifest.get("gates", []))
-
-
-def _sha256(path: Path) -> str:
-    from lifecycle.artifact import sha256_file
-
-    return sha256_file(path)
 
 
 def _last_onnx_artifact(run_dir: Path) -> Path:
@@ -127,9 +123,13 @@ def _last_onnx_artifact(run_dir: Path) -> Path:
 
 def load_settings(served: Served) -> ServingSettings:
     """Tuned settings beside the artifact when `--tune` wrote them, else the defaults."""
-    if served.tuned_path.is_file():
+    if not served.tuned_path.is_file():
+        return ServingSettings()
+    try:
         return ServingSettings.model_validate(json.loads(served.tuned_path.read_text())["settings"])
-    return ServingSettings()
+    except (ValueError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+        raise LifecycleError(f"{served.tuned_path}: unusable serving settings ({exc}); fix or delete the file, "
+                             "or rewrite it with `lifecycle serve --tune`") from None
 
 
 def write_config(served: Served, settings: ServingSettings, path: Path | None = None) -> Path:

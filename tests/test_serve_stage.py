@@ -14,6 +14,9 @@ from lifecycle.artifact import Artifact
 
 TINY = Path(__file__).parent / "pipelines" / "tiny.yaml"
 SERVE = {"kind": "serve", "clients": 4, "serving": {"max_concurrency": 8}}
+# Adaptive batching: requests from 8 clients are padded and run together; answers must not mix up.
+SERVE_BATCHED = {"kind": "serve", "name": "serve-batched", "parent": "export", "clients": 8,
+                 "serving": {"batching": True, "max_batch_size": 8, "max_latency_ms": 5000}}
 
 
 def tiny_with(stages: list[dict]) -> dict:
@@ -27,7 +30,7 @@ def tiny_with(stages: list[dict]) -> dict:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     # Same workdir and pipeline name as tests/test_serving.py: finetune and export are cached between them.
-    pipe = config.build(tiny_with([SERVE]), base_dir=TINY.parent)
+    pipe = config.build(tiny_with([SERVE, SERVE_BATCHED]), base_dir=TINY.parent)
     outcomes = pipeline.run(pipe, workdir=tmp_path_factory.getbasetemp() / "serving-runs", echo=lambda *_: None)
     return {o.name: o for o in outcomes}
 
@@ -41,8 +44,18 @@ def test_http_accuracy_equals_the_export_accuracy(run):
     p50, p95, p99 = (served.metrics[f"http_latency_{p}_ms"] for p in ("p50", "p95", "p99"))
     assert 0 < p50 <= p95 <= p99
     assert served.metrics["requests_per_s"] > 0
-    assert {g.metric for g in run["serve"].gates} == {"accuracy", "error_count"}  # the default gates
+    assert {g.metric for g in run["serve"].gates} == {"accuracy", "error_count", "prediction_mismatches"}
+    assert served.metrics["prediction_mismatches"] == 0 and served.metrics["score_max_abs_diff"] < 1e-5
     assert all(g.passed for g in run["serve"].gates)
+
+
+def test_batched_serving_gives_each_request_its_own_answers(run):
+    batched, export = run["serve-batched"].artifact, run["export"].artifact
+    assert run["serve-batched"].status == "passed"
+    assert batched.metrics["http_accuracy"] == export.metrics["accuracy"]
+    assert batched.metrics["f1_macro"] == export.metrics["f1_macro"] and batched.metrics["error_count"] == 0
+    # Scores differ per text even where labels do not: a mix-up between requests would show here.
+    assert batched.metrics["prediction_mismatches"] == 0 and batched.metrics["score_max_abs_diff"] < 1e-4
 
 
 def test_artifact_holds_the_serving_config_and_measurements(run):

@@ -189,6 +189,9 @@ def test_tuned_settings_are_read_from_beside_the_artifact(run_dir):
     served.tuned_path.write_text(json.dumps({"settings": {"workers": 2, "batching": True}}))
     try:
         assert serving.load_settings(served).workers == 2
+        served.tuned_path.write_text(json.dumps({"settings": {"workers": 0}}))
+        with pytest.raises(LifecycleError, match="unusable serving settings"):
+            serving.load_settings(served)
     finally:
         served.tuned_path.unlink()
 

@@ -3,7 +3,8 @@
 The test split goes through a real `bentoml serve` process on 127.0.0.1 (a free port) from `clients`
 concurrent keep-alive connections, each text exactly once. Accuracy over HTTP must equal the parent's:
 the server runs the same `lifecycle.edge` predictor as the export/quantize stage (one inference path),
-so the default gates are `accuracy` with no drop vs the parent, and zero errors. The artifact holds the
+so the default gates are `accuracy` with no drop vs the parent, zero errors, and every answer's label
+equal to the same text's label run in-process (`prediction_mismatches`). The artifact holds the
 serving config that was used, the measurements, and the server log.
 """
 
@@ -18,7 +19,8 @@ from lifecycle.schema import Gate, StageBase
 from lifecycle.serving import ServingSettings
 
 HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms", "requests_per_s",
-                "error_count", "http_accuracy", "accuracy", "f1_macro", "f1_micro")
+                "error_count", "http_accuracy", "accuracy", "f1_macro", "f1_micro", "prediction_mismatches",
+                "score_max_abs_diff")
 
 
 class Config(StageBase):
@@ -38,11 +40,13 @@ class Config(StageBase):
         # One inference path: HTTP accuracy equal to the parent's, and no failed request, unless the
         # user wrote their own gates on these metrics.
         mine = {g.metric for g in self.gates}
-        defaults = [Gate(metric="accuracy", max_drop=0.0), Gate(metric="error_count", max=0)]
+        defaults = [Gate(metric="accuracy", max_drop=0.0), Gate(metric="error_count", max=0),
+                    Gate(metric="prediction_mismatches", max=0)]
         self.gates = [*self.gates, *(g for g in defaults if g.metric not in mine)]
 
 
 def run(cfg: Config, parent, ctx) -> dict:
+    from lifecycle.edge import Predictor
     from lifecycle.evaluation import classification_metrics
     from lifecycle.serving import Server, json_request, resolve, run_load, write_config
 
@@ -62,14 +66,16 @@ def run(cfg: Config, parent, ctx) -> dict:
     summary = result.summary()
     exit_code = server.proc.returncode  # stopped by SIGTERM when the `with` block ended: 0 is a clean stop
 
-    predicted = [-1] * len(texts)  # a failed request leaves -1: wrong by construction
+    answers: list[dict | None] = [None] * len(texts)  # a failed request leaves None: wrong by construction
     for i, body in result.bodies.items():
         try:
             for j, item in enumerate(json.loads(body)):
-                predicted[i * n + j] = names.index(item["label"])
-        except (ValueError, KeyError, TypeError):
+                answers[i * n + j] = item
+        except (ValueError, TypeError):
             continue
+    predicted = [names.index(a["label"]) if a else -1 for a in answers]
     metrics = classification_metrics(predicted, labels)
+    metrics.update(one_path_agreement(answers, Predictor.open(parent.path).predict(texts)))
     metrics["http_accuracy"] = metrics["accuracy"]
     metrics.update({k: summary[k] for k in ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms",
                                             "requests_per_s", "error_count")})
@@ -79,6 +85,15 @@ def run(cfg: Config, parent, ctx) -> dict:
          "parent_accuracy": parent.metrics.get("accuracy"), "http_accuracy": metrics["http_accuracy"]}, indent=2))
     ctx.details["serving"] = {"status_counts": summary["status_counts"], "clients": cfg.clients}
     return metrics
+
+
+def one_path_agreement(answers: list[dict | None], local: list[dict]) -> dict:
+    """Each HTTP answer against the same text run in-process: differing labels (a missing answer counts)
+    and the largest score difference. Catches answers mixed up between requests, which accuracy alone
+    misses when a model predicts mostly one class."""
+    mismatches = sum(a is None or a["label"] != b["label"] for a, b in zip(answers, local))
+    diffs = [abs(a["score"] - b["score"]) for a, b in zip(answers, local) if a is not None]
+    return {"prediction_mismatches": mismatches, "score_max_abs_diff": max(diffs, default=float("nan"))}
 
 
 def _get(url: str) -> str:
