@@ -45,6 +45,7 @@ def write_bundle(source: Path, output: Path) -> Path:
         "metrics": art.metrics,
         "gates": art.manifest.get("gates", []),
         "sample_predictions": details.get("sample_predictions", []),
+        "pipeline": art.path.parent.name,  # the run directory is named after the pipeline
         "source": {"stage": art.manifest.get("stage"), "stage_kind": art.manifest.get("stage_kind"),
                    "method": details.get("method"), "cache_key": art.cache_key, "digest": art.digest},
         "environment": art.manifest.get("environment"),

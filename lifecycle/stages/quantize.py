@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, computed_field, model_validator
 
 from lifecycle.schema import StageBase, Strict
 from lifecycle.stages.export import ONNX_METRICS, RUNTIME_FILES, OnnxLatency
@@ -46,7 +46,7 @@ class Config(StageBase):
     kind: Literal["quantize"]
     consumes = "onnx-model"
     produces = "onnx-model"
-    method: Method = "dynamic-int8"  # the single rung when `fallback` is empty
+    method: Method | None = None  # the single rung when `fallback` is empty; None: dynamic-int8
     fallback: list[Method] = Field([], description="the whole ladder, tried in order, e.g. [static-int8, dynamic-int8, none]")
     per_channel: bool = True  # int8 weights scaled per output channel: closer to fp32, same size and speed
     reduce_range: bool = False  # 7-bit weights: avoids u8s8 saturation on CPUs without VNNI, costs accuracy
@@ -57,7 +57,7 @@ class Config(StageBase):
 
     @model_validator(mode="after")
     def _ladder(self) -> Config:
-        if self.fallback and "method" in self.model_fields_set and self.method != self.fallback[0]:
+        if self.fallback and self.method is not None and self.method != self.fallback[0]:
             raise ValueError(f"fallback is the whole ladder; it starts with {self.fallback[0]}, not method "
                              f"{self.method}: drop `method` or list it first")
         if len(set(self.fallback)) != len(self.fallback):
@@ -66,7 +66,20 @@ class Config(StageBase):
 
     @property
     def ladder(self) -> list[str]:
-        return list(self.fallback) or [self.method]
+        return list(self.fallback) or [self.method or "dynamic-int8"]
+
+    # The pipeline leaves `gates` out of a stage's cache key (they only judge an artifact), but on a
+    # ladder they pick which rung is written: so they enter the key (and the dumped config) through
+    # this derived field, which is dropped again when a dumped config is read back.
+    @computed_field
+    @property
+    def ladder_gates(self) -> list[dict]:
+        return [g.model_dump(mode="json") for g in self.gates] if len(self.ladder) > 1 else []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived(cls, data):
+        return {k: v for k, v in data.items() if k != "ladder_gates"} if isinstance(data, dict) else data
 
     def metric_names(self) -> set[str]:
         return {*ONNX_METRICS, "argmax_agreement", "logit_max_abs_diff"}
@@ -158,9 +171,14 @@ def build(method: str, cfg: Config, src: Path, out: Path, ctx) -> None:
 def _common(cfg: Config, registry: dict) -> dict:
     import onnx
 
+    from lifecycle import LifecycleError
+
     ops = None
     if cfg.exclude_op_types:  # the op types the quantizer knows, minus the excluded ones
         ops = sorted(set(registry) - set(cfg.exclude_op_types))
+        if not ops:  # an empty list means "all op types" to onnxruntime: the opposite of what was asked
+            raise LifecycleError(f"quantize.exclude_op_types excludes every op type the quantizer knows "
+                                 f"({sorted(registry)}); use method none instead")
     # DefaultTensorType: a fused graph has contrib ops whose output types onnx shape inference does
     # not know; without a default the quantizer fails on them.
     return {"per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "op_types_to_quantize": ops,

@@ -1,0 +1,213 @@
+"""lifecycle.edge: the onnx-free external-data check, zip extraction rules, hash verification, and a
+fresh virtualenv with only onnxruntime, tokenizers and numpy reproducing the pipeline's predictions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from test_export import run_tiny, shared_workdir, tiny_pipeline
+
+from lifecycle.artifact import Artifact
+from lifecycle.bundle import write_bundle
+from lifecycle.edge import BundleError, Predictor, check_external_data, external_data_locations
+from lifecycle.stages.export import RUNTIME_FILES
+
+EDGE = Path(__file__).parents[1] / "lifecycle" / "edge.py"
+
+
+@pytest.fixture(scope="session")
+def onnx_workdir(tmp_path_factory):
+    return shared_workdir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def export_dir(onnx_workdir) -> Path:
+    return run_tiny(onnx_workdir) / "export"
+
+
+def _external_copy(export_dir: Path, dest: Path, location: str = "weights.bin") -> Path:
+    """The export's model saved with every initializer in one external-data file, plus runtime files."""
+    dest.mkdir(parents=True)
+    for name in RUNTIME_FILES:
+        if (export_dir / name).is_file():
+            shutil.copy2(export_dir / name, dest / name)
+    model = onnx.load(str(export_dir / "model.onnx"))
+    onnx.save_model(model, str(dest / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=0)
+    return dest
+
+
+def _relocate(model_dir: Path, location: str) -> None:
+    """Point every external tensor at `location` (what a tampered bundle would do)."""
+    model = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = location
+    onnx.save_model(model, str(model_dir / "model.onnx"))
+
+
+def test_external_data_inside_the_bundle_loads(export_dir, tmp_path):
+    d = _external_copy(export_dir, tmp_path / "ext")
+    model = onnx.load(str(d / "model.onnx"), load_external_data=False)
+    expected = [e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"]
+    assert expected and external_data_locations(d / "model.onnx") == expected  # our reader == onnx's
+    texts = ["Shares rose after the results", "The band released a new album"]
+    np.testing.assert_allclose(Predictor.open(d).logits(texts), Predictor.open(export_dir).logits(texts), atol=1e-6)
+    assert external_data_locations(export_dir / "model.onnx") == []
+
+
+@pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink_file", "symlink_dir", "missing", "backslash"])
+def test_external_data_outside_the_bundle_is_refused(export_dir, tmp_path, case):
+    d = _external_copy(export_dir, tmp_path / "ext")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy2(d / "weights.bin", outside / "weights.bin")
+    location = {"dotdot": "../outside/weights.bin", "absolute": str(outside / "weights.bin"),
+                "symlink_file": "link.bin", "symlink_dir": "sub/weights.bin", "missing": "nothere.bin",
+                "backslash": "..\\outside\\weights.bin"}[case]
+    if case == "symlink_file":
+        os.symlink(outside / "weights.bin", d / "link.bin")
+    if case == "symlink_dir":
+        os.symlink(outside, d / "sub")
+    _relocate(d, location)
+    with pytest.raises(BundleError, match="external data location"):
+        Predictor.open(d)
+
+
+def test_reader_walks_node_attributes_and_rejects_garbage(tmp_path):
+    """External tensors can hide in node attributes (and subgraphs), not only in initializers."""
+    from onnx import TensorProto, helper
+
+    t = helper.make_tensor("c", TensorProto.FLOAT, [1], [0.0])
+    t.data_location = TensorProto.EXTERNAL
+    t.ClearField("float_data")
+    t.external_data.add(key="location", value="../../etc/passwd")
+    inner = helper.make_graph([helper.make_node("Constant", [], ["y"], value=t)], "inner", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    cond = helper.make_tensor_value_info("cond", TensorProto.BOOL, [])
+    node = helper.make_node("If", ["cond"], ["out"], then_branch=inner, else_branch=inner)
+    graph = helper.make_graph([node], "g", [cond], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])])
+    path = tmp_path / "model.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    assert external_data_locations(path) == ["../../etc/passwd"] * 2
+    with pytest.raises(BundleError):
+        check_external_data(path)
+    path.write_bytes(b"\xff\xff\xff")
+    with pytest.raises(BundleError, match="not a valid ONNX file"):
+        external_data_locations(path)
+
+
+def _zip(path: Path, members: dict[str, bytes], symlinks: tuple[str, ...] = ()) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = ((stat.S_IFLNK | 0o777) if name in symlinks else (stat.S_IFREG | 0o644)) << 16
+            zf.writestr(info, data)
+    return path
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/abs.txt", "sub/../../evil.txt", "C:/evil.txt", "a\\..\\b"])
+def test_zip_members_escaping_the_bundle_are_refused(tmp_path, name):
+    with pytest.raises(BundleError, match="outside the bundle"):
+        Predictor.open(_zip(tmp_path / "b.zip", {"model.onnx": b"x", name: b"x"}))
+
+
+def test_zip_symlinks_duplicates_and_missing_manifest_are_refused(tmp_path, export_dir):
+    with pytest.raises(BundleError, match="symlink"):
+        Predictor.open(_zip(tmp_path / "a.zip", {"model.onnx": b"/etc/passwd"}, symlinks=("model.onnx",)))
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as zf:
+        zf.writestr("model.onnx", b"a")
+        zf.writestr("model.onnx", b"b")
+    with pytest.raises(BundleError, match="twice"):
+        Predictor.open(tmp_path / "d.zip")
+    plain = {n: (export_dir / n).read_bytes() for n in ("model.onnx", "tokenizer.json", "labels.json", "schema.json")}
+    with pytest.raises(BundleError, match="needs manifest.json"):
+        Predictor.open(_zip(tmp_path / "m.zip", plain))
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        members = {i.filename: zin.read(i.filename) for i in zin.infolist()}
+        for name, data in change(members).items():
+            zout.writestr(name, data)
+    return dst
+
+
+def test_tampered_or_padded_bundles_are_refused(export_dir, tmp_path):
+    bundle = write_bundle(export_dir, tmp_path / "model.zip")
+    assert Predictor.open(bundle).check() == 8
+
+    def flip(m):
+        data = bytearray(m["model.onnx"])
+        data[len(data) // 2] ^= 0xFF
+        return {**m, "model.onnx": bytes(data)}
+
+    with pytest.raises(BundleError, match="sha256"):
+        Predictor.open(_rewrite(bundle, tmp_path / "flipped.zip", flip))
+    with pytest.raises(BundleError, match="not listed"):
+        Predictor.open(_rewrite(bundle, tmp_path / "extra.zip", lambda m: {**m, "extra.onnx": b"x"}))
+    with pytest.raises(BundleError, match="does not list tokenizer.json"):
+        def unlist(m):
+            manifest = json.loads(m["manifest.json"])
+            del manifest["files"]["tokenizer.json"]
+            return {**m, "manifest.json": json.dumps(manifest)}
+        Predictor.open(_rewrite(bundle, tmp_path / "unlisted.zip", unlist))
+
+
+def test_check_detects_a_runtime_that_does_not_reproduce(export_dir, tmp_path):
+    p = Predictor.open(write_bundle(export_dir, tmp_path / "model.zip"))
+    p.manifest["sample_predictions"][0]["score"] += 0.01
+    with pytest.raises(BundleError, match="differs from the pipeline"):
+        p.check()
+
+
+@pytest.mark.slow
+def test_fresh_venv_with_only_the_runtime_reproduces_the_pipeline(onnx_workdir, tmp_path):
+    """A new virtualenv with onnxruntime, tokenizers and numpy (about a minute to install) opens the
+    bundle with edge.py copied alone, and predicts every test text as the pipeline reported."""
+    run = run_tiny(onnx_workdir, {"kind": "quantize", "latency": {"runs": 3, "warmup": 1}})
+    art = Artifact.load(run / "quantize")
+    bundle = write_bundle(run, tmp_path / "model.zip")
+    from lifecycle import data as datalib
+
+    p = tiny_pipeline()
+    test = datalib.load(p.data["news"], p).splits["test"]
+    (tmp_path / "texts.json").write_text(json.dumps(list(test["text"])))
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "onnxruntime", "tokenizers", "numpy"], check=True,
+                   capture_output=True)
+    rt = tmp_path / "rt"
+    rt.mkdir()
+    shutil.copy2(EDGE, rt / "edge.py")  # the runtime is one file: no other lifecycle module travels
+    script = (
+        "import json, sys\n"
+        "import edge\n"
+        "p = edge.Predictor.open(sys.argv[1])\n"
+        "texts = json.load(open(sys.argv[2]))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'onnx', 'lifecycle'))\n"
+        "print(json.dumps({'labels': [x['label'] for x in p.predict(texts)], 'checked': p.check(), 'heavy': heavy}))\n"
+    )
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", script, str(bundle), str(tmp_path / "texts.json")],
+                         cwd=rt, check=True, capture_output=True, text=True,
+                         env={"PATH": os.environ.get("PATH", ""), "ORT_DISABLE_TELEMETRY": "1"})
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    labels = json.loads((art.path / "labels.json").read_text())
+    assert got["heavy"] == [] and got["checked"] == 8
+    assert got["labels"] == [labels[i] for i in art.manifest["details"]["test_predictions"]]
+    accuracy = np.mean([labels.index(g) == y for g, y in zip(got["labels"], test["label"])])
+    assert accuracy == pytest.approx(art.metrics["accuracy"])
+    pip_list = subprocess.run([str(venv / "bin" / "pip"), "list"], capture_output=True, text=True).stdout
+    assert "torch" not in pip_list and "\nonnx " not in pip_list and "lifecycle" not in pip_list
