@@ -54,6 +54,7 @@ def test_pretrain_mlm_artifact_metrics_and_probe(tmp_path):
     m = art.metrics
     assert m["world_size"] == 1 and m["train_tokens"] == 12 * 8 * 32 and m["tokens_per_second"] > 0
     assert m["perplexity"] > 1 and m["unigram_perplexity"] > 1 and 0 <= m["probe_accuracy"] <= 1
+    assert m["perplexity_vs_unigram"] == pytest.approx(m["perplexity"] / m["unigram_perplexity"])
     assert m["documents_read"] == 300 and m["dropped_duplicate"] == 2
     history = art.manifest["details"]["log_history"]
     assert [r["step"] for r in history if "eval_loss" in r][:2] == [6, 12]
@@ -104,6 +105,9 @@ def test_masked_positions_loss_equals_full_head():
 def test_pretrain_needs_a_preset_and_known_metrics(tmp_path):
     raw = raw_pipeline(model={"path": "somewhere"})
     with pytest.raises(ConfigError, match="adapt"):
+        build(raw, base_dir=tmp_path)
+    raw = raw_pipeline(block_size=1024)
+    with pytest.raises(ConfigError, match="exceed the model's 512 positions"):
         build(raw, base_dir=tmp_path)
     raw = raw_pipeline(gates=[{"metric": "accuracy", "min": 0.5}])
     with pytest.raises(ConfigError, match="cannot produce 'accuracy'"):

@@ -187,10 +187,11 @@ class MaskedLMCollator:
     batch depend only on the seed and the batch's tokens: the same after a crash, on any number of
     workers, and still different every epoch (batches are reshuffled)."""
 
-    def __init__(self, tokenizer, probability: float = 0.15, seed: int = 0):
+    def __init__(self, tokenizer, probability: float = 0.15, seed: int = 0, mask_all: bool = False):
         self.mask_id, self.vocab_size = tokenizer.mask_token_id, len(tokenizer)
         self.special_ids = sorted(set(tokenizer.all_special_ids))
         self.probability, self.seed = probability, seed
+        self.mask_fraction = 1.0 if mask_all else 0.8  # mask_all: every target becomes [MASK] (evaluation)
 
     def __call__(self, examples: list[dict]) -> dict:
         import torch
@@ -204,7 +205,7 @@ class MaskedLMCollator:
         special = torch.isin(ids, torch.tensor(self.special_ids))
         target = draw(self.probability) & ~special
         labels = torch.where(target, ids, torch.full_like(ids, -100))
-        to_mask = draw(0.8) & target
+        to_mask = draw(self.mask_fraction) & target
         to_random = draw(0.5) & target & ~to_mask
         ids = torch.where(to_mask, torch.full_like(ids, self.mask_id), ids)
         ids = torch.where(to_random, torch.randint(self.vocab_size, ids.shape, generator=g), ids)
@@ -213,10 +214,11 @@ class MaskedLMCollator:
 
 def mask_for_eval(blocks: Dataset, tokenizer, probability: float, seed: int) -> Dataset:
     """Fix the MLM masks of a validation set once, so every evaluation (during training, before and
-    after adaptation, parent vs child) scores the same masked positions."""
+    after adaptation, parent vs child) scores the same positions. Every target is replaced by [MASK]
+    (no 10% kept / 10% random as in training): the score is prediction from context alone."""
     from datasets import Dataset
 
-    collate = MaskedLMCollator(tokenizer, probability, seed)
+    collate = MaskedLMCollator(tokenizer, probability, seed, mask_all=True)
     ids, labels = [], []
     for i in range(0, len(blocks), 256):
         batch = collate([{"input_ids": row} for row in blocks[i : i + 256]["input_ids"]])

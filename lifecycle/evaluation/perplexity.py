@@ -1,8 +1,8 @@
 """Perplexity of language models, and the unigram baseline a pre-trained model must beat.
 
 For a masked-LM the perplexity is exp(mean cross-entropy at the masked positions) of a validation set
-whose masks were fixed once (`lifecycle.data.corpus.mask_for_eval`), so two models, or one model
-before and after adaptation, are scored on the same positions. The unigram baseline predicts every
+whose masks were fixed once (`lifecycle.data.corpus.mask_for_eval`: 15% of tokens, all shown as
+[MASK]), so two models, or one model before and after adaptation, are scored on the same positions. The unigram baseline predicts every
 target token from its training-split frequency alone, scored at exactly those positions: a model that
 does not beat it learned nothing from context.
 """

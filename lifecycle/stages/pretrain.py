@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 
 from lifecycle.data.corpus import STAT_KEYS
 from lifecycle.evaluation.probe import Probe
-from lifecycle.models import ModelSource
+from lifecycle.models import PRESETS, ModelSource
 from lifecycle.schema import StageBase
 from lifecycle.training import TrainConfig
 
@@ -48,10 +48,14 @@ class Config(StageBase):
         if not self.model.preset:
             raise ValueError("model: pretrain starts from a preset; to continue from existing weights use an "
                              "`adapt` stage with `model: {path: ...}` or `model: {package: ...}`")
+        fields = {**PRESETS[self.model.preset](), **self.model.overrides}
+        positions = fields.get("max_position_embeddings", fields.get("n_positions"))
+        if positions and self.block_size > positions:
+            raise ValueError(f"block_size: {self.block_size} tokens exceed the model's {positions} positions")
         return self
 
     def metric_names(self) -> set[str]:
-        return {*LM_METRICS, "unigram_perplexity", "probe_accuracy"}
+        return {*LM_METRICS, "unigram_perplexity", "perplexity_vs_unigram", "probe_accuracy"}
 
 
 def run(cfg: Config, parent, ctx) -> dict:
@@ -70,17 +74,14 @@ def run(cfg: Config, parent, ctx) -> dict:
                                     cfg.num_proc)
     set_seed(ctx.seed)
     config = models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    if cfg.block_size > getattr(config, "max_position_embeddings", getattr(config, "n_positions", 0)):
-        from lifecycle import ConfigError
-
-        raise ConfigError(f"block_size {cfg.block_size} exceeds the model's position embeddings; lower it")
     model = new_model(config, objective)
     trainer = lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
     metrics = fit(trainer, ctx, cfg.block_size)
-    metrics.update(corpus.stats, vocab_size=len(tokenizer), **models.count_parameters(model))
-    metrics.pop("params_trainable")
+    metrics.update(corpus.stats, vocab_size=len(tokenizer), params_total=models.count_parameters(model)["params_total"])
     metrics["unigram_perplexity"] = unigram_perplexity(blocks, eval_blocks, objective, len(tokenizer),
                                                        tokenizer.all_special_ids)
+    # below 1 = the model beats word frequencies on the same targets; a gate can bound it
+    metrics["perplexity_vs_unigram"] = metrics["perplexity"] / metrics["unigram_perplexity"]
     ctx.details.update(objective=objective, block_size=cfg.block_size, data=corpus.stats)
     return finish(trainer, tokenizer, cfg.probe, ctx, metrics)
 
