@@ -60,9 +60,11 @@ def in_process(path: Path, threads: int, runs: int) -> dict:
     from lifecycle.evaluation.latency import measure
 
     predictor = Predictor.open(path, threads=threads, spinning=False)
+    cpu_before = time.process_time()
     one = measure(lambda: predictor.predict([serving.SAMPLE_TEXT]), warmup=20, runs=runs)
+    cpu_ms = (time.process_time() - cpu_before) * 1000 / (runs + 20)
     eight = measure(lambda: predictor.predict([serving.SAMPLE_TEXT] * 8), warmup=5, runs=max(20, runs // 8))
-    return {"threads": threads, "batch1_p50_ms": one["latency_p50_ms"], "batch1_p95_ms": one["latency_p95_ms"],
+    return {"threads": threads, "cpu_ms_per_call": cpu_ms, "batch1_p50_ms": one["latency_p50_ms"], "batch1_p95_ms": one["latency_p95_ms"],
             "samples_per_s_batch1": 1000 / one["latency_p50_ms"], "samples_per_s_batch8": 8000 / eight["latency_p50_ms"]}
 
 
@@ -79,7 +81,9 @@ def bench(name: str, workdir: Path, quick: bool) -> dict:
     inproc = in_process(served.path, tuned.resolved()["ort_threads"], runs=200 if quick else 1000)
     return {"model": str(served.path), "version": served.version, "tuned_settings": tuned.model_dump(mode="json"),
             "tuning": tuning, "tuned": best, "default_settings": default, "in_process": inproc,
-            "http_overhead_ms": best["one_client"]["http_latency_p50_ms"] - inproc["batch1_p50_ms"]}
+            "http_overhead_ms": best["one_client"]["http_latency_p50_ms"] - inproc["batch1_p50_ms"],
+            # An upper bound for an otherwise idle machine: every core busy with this server only.
+            "idle_capacity_estimate_req_s": 1000 * (os.cpu_count() or 1) / best["server_cpu_ms_per_request"]}
 
 
 def checks(results: dict) -> list[dict]:
@@ -105,20 +109,21 @@ def checks(results: dict) -> list[dict]:
 
 
 def table(results: dict) -> str:
-    rows = [("model", "settings", "clients", "req/s", "p50 ms", "p95 ms", "errors")]
+    rows = [("model", "settings", "clients", "req/s", "p50 ms", "p95 ms", "errors", "server CPU ms/req")]
     for name, r in results.items():
         s = r["tuned_settings"]
         label = f"tuned: w{s['workers']} t{s['ort_threads']} {'batch ' + str(s['max_latency_ms']) + 'ms' if s['batching'] else 'unbatched'}"
         for clients, m in ((8, r["tuned"]), (1, r["tuned"]["one_client"])):
+            cpu = f"{r['tuned']['server_cpu_ms_per_request']:.2f}" if clients == 8 else "-"
             rows.append((name, label, clients, f"{m['requests_per_s']:.0f}", f"{m['http_latency_p50_ms']:.1f}",
-                         f"{m['http_latency_p95_ms']:.1f}", m["error_count"]))
+                         f"{m['http_latency_p95_ms']:.1f}", m["error_count"], cpu))
         d = r["default_settings"]
         rows.append((name, "default", 8, f"{d['requests_per_s']:.0f}", f"{d['http_latency_p50_ms']:.1f}",
-                     f"{d['http_latency_p95_ms']:.1f}", d["error_count"]))
+                     f"{d['http_latency_p95_ms']:.1f}", d["error_count"], f"{d['server_cpu_ms_per_request']:.2f}"))
         p = r["in_process"]
         rows.append((name, f"in-process b1 (t{p['threads']})", "-", f"{p['samples_per_s_batch1']:.0f}",
-                     f"{p['batch1_p50_ms']:.1f}", f"{p['batch1_p95_ms']:.1f}", "-"))
-        rows.append((name, "in-process b8 (samples/s)", "-", f"{p['samples_per_s_batch8']:.0f}", "-", "-", "-"))
+                     f"{p['batch1_p50_ms']:.1f}", f"{p['batch1_p95_ms']:.1f}", "-", f"{p['cpu_ms_per_call']:.2f}"))
+        rows.append((name, "in-process b8 (samples/s)", "-", f"{p['samples_per_s_batch8']:.0f}", "-", "-", "-", "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
 
@@ -155,6 +160,10 @@ def main() -> int:
     print("\n" + table(results))
     for c in found:
         print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['value']:.4g} (target {c['target']})")
+    for name, r in results.items():
+        print(f"{name}: server CPU {r['tuned']['server_cpu_ms_per_request']:.2f} ms/request, load generator CPU "
+              f"{r['tuned']['client_cpu_ms_per_request']:.2f} ms/request; on {os.cpu_count()} otherwise idle cores "
+              f"at most {r['idle_capacity_estimate_req_s']:.0f} req/s")
     print(f"load average before/after: {load_before} / {os.getloadavg()}\nwrote {path}")
     return 0
 

@@ -217,6 +217,20 @@ class Server:
                 continue
         return self.proc.poll()
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server and all its workers so far."""
+        import psutil  # a bentoml dependency
+
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.is_file() else ""
 
@@ -312,12 +326,13 @@ async def _read_response(reader) -> tuple[int, bytes, bool]:
 
 # ------------------------------------------------------------------------------------------------ tuning
 def tuning_grid(cores: int | None = None) -> list[ServingSettings]:
-    """A small grid around what was measured by hand: unbatched with 1 or 2 workers, batched with one
-    worker at two max_latency_ms values (the lower one may shed load with 503s: measured, not assumed)."""
+    """A small grid around what was measured by hand: unbatched with one worker (onnxruntime on every
+    core, or on one, leaving the other to HTTP handling) or one worker per core; batched with one worker
+    at two max_latency_ms values (the lower one may shed load with 503s: measured, not assumed)."""
     cores = cores or os.cpu_count() or 1
     grid = [ServingSettings(workers=1, ort_threads=cores)]
     if cores >= 2:
-        grid.append(ServingSettings(workers=2, ort_threads=max(1, cores // 2)))
+        grid += [ServingSettings(workers=1, ort_threads=1), ServingSettings(workers=cores, ort_threads=1)]
     for latency in (100, 1000):
         grid.append(ServingSettings(workers=1, ort_threads=cores, batching=True, max_batch_size=16,
                                     max_latency_ms=latency))
@@ -333,9 +348,16 @@ def measure_settings(served: Served, settings: ServingSettings, clients: int = 8
         with Server(config, log=Path(tmp) / "server.log") as server:
             request = [json_request(server.port, {"texts": [text]})]
             run_load(server.port, request, clients, duration_s=warmup_s)
+            cpu_before, client_before = server.cpu_seconds(), time.process_time()
             result = run_load(server.port, request, clients, duration_s=duration_s).summary()
+            done = max(result["requests"], 1)
+            cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / done
+            client_ms = (time.process_time() - client_before) * 1000 / done
             one = run_load(server.port, request, 1, duration_s=duration_s / 2).summary()
-    return {"settings": settings.model_dump(mode="json"), "clients": clients, **result, "one_client": one}
+    # CPU per request is steadier than req/s when other jobs share the cores: 1000 * cores / cpu_ms
+    # bounds what this server could do on an otherwise idle machine.
+    return {"settings": settings.model_dump(mode="json"), "clients": clients, **result,
+            "server_cpu_ms_per_request": cpu_ms, "client_cpu_ms_per_request": client_ms, "one_client": one}
 
 
 def pick_best(measurements: list[dict]) -> dict:
@@ -361,7 +383,8 @@ def tune_settings(served: Served, clients: int = 8, duration_s: float = 10.0, ec
         echo(f"  workers={settings.workers} threads={settings.ort_threads} batching={settings.batching}"
              f" max_latency_ms={settings.max_latency_ms}: {m['requests_per_s']:.0f} req/s,"
              f" p95 {m['http_latency_p95_ms']:.1f} ms, errors {m['error_count']};"
-             f" one client p50 {m['one_client']['http_latency_p50_ms']:.1f} ms")
+             f" one client p50 {m['one_client']['http_latency_p50_ms']:.1f} ms;"
+             f" server CPU {m['server_cpu_ms_per_request']:.2f} ms/request")
         measurements.append(m)
     best = pick_best(measurements)
     write_json(served.tuned_path, {"model": served.name, "version": served.version, "settings": best["settings"],
