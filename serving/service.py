@@ -10,9 +10,19 @@ tag), its name, version (the artifact hash) and gate results, and the settings (
 threads, batching, limits). The decorators below read it at import time, in every worker.
 
 Endpoints: POST /classify {"texts": [...]} -> [{"label", "score", "scores"}, ...] (one per text, same
-order); GET /metadata; BentoML's /livez, /readyz, /metrics. Bad input is refused before it reaches the
-model by `RequestLimits` (415, 400, 413, 422); BentoML itself answers 429 past max_concurrency and 504
-past the timeout. No response ever carries a stack trace.
+order); GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
+/livez, /readyz, /metrics. Every refusal has a JSON body {"error": "..."} and never a stack trace:
+
+    415  content type other than application/json (BentoML's pickle type included: never unpickled)
+    400  body that is not JSON (or not UTF-8)
+    422  not {"texts": [...]}, an empty list, more than max_texts, an item that is not a string; and,
+         with over_length "reject", a text over the model's max_length tokens (the default, "truncate",
+         cuts it to max_length tokens, as in training and in the edge bundle)
+    413  body over max_body_bytes (Content-Length, or counted while reading a chunked body)
+    429  more than max_concurrency requests in flight (split evenly across workers; BentoML)
+    504  a request still unanswered after timeout_s, slow uploads included (BentoML)
+    503  only with batching on, when BentoML's dispatcher predicts max_latency_ms cannot be met: the
+         default (batching off) never answers it, and tuning discards settings that do
 """
 
 from __future__ import annotations
