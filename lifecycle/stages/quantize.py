@@ -14,9 +14,11 @@ Methods (rungs):
 `fallback: [static-int8, dynamic-int8, none]` is the whole ladder: each rung is built, evaluated
 (accuracy/F1 on the full test split, latency at batch 1 and 32, size) and checked against this
 stage's gates; the first rung that passes is written. Every attempt, with its metrics and gate
-verdicts, goes into the manifest (`details.attempts`). When no rung passes, the last rung is written
-and its metrics returned, so the pipeline's own gate check fails the stage (exit 3) and the report
-shows which gate each rung missed; only when every rung errored does the stage raise.
+verdicts, goes into the manifest (`details.attempts`). When no rung passes, the last rung that ran
+is written and its metrics returned, so the pipeline's own gate check fails the stage (exit 3) with
+the artifact and every attempt on disk to inspect; a rung that cannot be built or run (say fp16 on a
+CPU without the kernels) is recorded with its error, and only when every rung errored does the stage
+raise.
 """
 
 from __future__ import annotations
