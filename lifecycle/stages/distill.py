@@ -53,6 +53,7 @@ class Config(StageBase):
     train: TrainConfig = TrainConfig()
     metric: ValMetric = "accuracy"  # picks the kept checkpoint and defines `retention`
     early_stopping: EarlyStopping | None = None
+    validation_limit: int | None = Field(None, gt=0)  # as in finetune: validation examples per evaluation
     latency: TorchLatency = TorchLatency()
     latency_rounds: int = Field(3, gt=0)  # alternating teacher/student rounds; the median round counts
 
@@ -77,7 +78,7 @@ def run(cfg: Config, parent, ctx) -> dict:
     ctx.details.update(student_layers=layer_map, student_num_layers=student.config.num_hidden_layers,
                        student_hidden_size=student.config.hidden_size)
 
-    splits = ft.encode(data, s_tok, task.max_length, labels)
+    splits = ft.encode(data, s_tok, task.max_length, labels, cfg.validation_limit, ctx.seed)
     online = cfg.hidden_weight > 0 or not cfg.cache_teacher_logits
     if online and s_tok.get_vocab() != t_tok.get_vocab():
         raise LifecycleError("distill: running the teacher online (hidden_weight > 0 or cache_teacher_logits: false) "
@@ -243,12 +244,17 @@ def distillation_trainer(cfg: Config, teacher, layer_map: list[int], **kwargs):
     import torch.nn.functional as F
     from transformers import Trainer
 
+    from lifecycle.stages import finetune as ft
+
     class DistillationTrainer(Trainer):
         def __init__(self, *args, **kw):
             super().__init__(*args, **kw)
             self.model_accepts_loss_kwargs = False  # a plain mean loss: the Trainer divides it by grad_accum
             if teacher is not None:
                 self.teacher = teacher.to(self.args.device).eval()
+
+        def _get_train_sampler(self, train_dataset=None):
+            return ft.length_grouped_sampler(self.args, train_dataset if train_dataset is not None else self.train_dataset)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")

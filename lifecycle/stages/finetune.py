@@ -70,6 +70,9 @@ class Config(StageBase):
     class_weights: Literal["balanced"] | dict[str, float] | None = None
     metric: ValMetric = "f1_micro"  # validation metric that picks the kept checkpoint and drives early stopping
     early_stopping: EarlyStopping | None = None
+    # Validation examples scored at each evaluation (a seeded random subset); None: all. Evaluations
+    # recur every eval_steps, so on a CPU this bounds their cost. The test split is always scored whole.
+    validation_limit: int | None = Field(None, gt=0)
     latency: TorchLatency = TorchLatency()
 
     def needs_parent(self) -> bool:
@@ -98,7 +101,7 @@ def run(cfg: Config, parent, ctx) -> dict:
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                  lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules))
     counts = models.count_parameters(model)
-    splits = encode(data, tokenizer, task.max_length, labels)
+    splits = encode(data, tokenizer, task.max_length, labels, cfg.validation_limit, ctx.seed)
     weights = class_weights(cfg.class_weights, splits["train"]["labels"], labels)
     if weights is not None:
         ctx.details["class_weights"] = dict(zip(labels.names, weights))
@@ -165,7 +168,7 @@ def _label_set(value: str, separator: str) -> set[str]:
     return {part.strip() for part in value.split(separator) if part.strip()}
 
 
-def encode(data, tokenizer, max_length: int, labels: LabelSpace):
+def encode(data, tokenizer, max_length: int, labels: LabelSpace, validation_limit: int | None = None, seed: int = 0):
     """Tokenized splits with a `labels` column (class ids or multi-hot floats); padding happens per batch."""
 
     def tokenize(batch):
@@ -173,7 +176,13 @@ def encode(data, tokenizer, max_length: int, labels: LabelSpace):
         out["labels"] = [labels.targets[i] for i in batch["label"]]
         return out
 
-    return data.splits.map(tokenize, batched=True, remove_columns=["text", "label"], desc="tokenize")
+    splits = data.splits.map(tokenize, batched=True, remove_columns=["text", "label"], desc="tokenize")
+    val = splits["validation"]
+    if validation_limit and len(val) > validation_limit:
+        val = val.shuffle(seed=seed).select(range(validation_limit))
+    # Scored in length order: batches of similar lengths waste little on padding (metrics ignore order).
+    splits["validation"] = val.select(sorted(range(len(val)), key=lambda i: len(val[i]["input_ids"])))
+    return splits
 
 
 def collator(tokenizer):
@@ -280,6 +289,32 @@ def callbacks(early: EarlyStopping | None) -> list:
     return [EarlyStoppingCallback(early_stopping_patience=early.patience, early_stopping_threshold=early.threshold)]
 
 
+def length_grouped_sampler(args, dataset):
+    """Training batches of similar lengths, drawn in a random order seeded by (data seed, epoch).
+
+    Far less padding on uneven sentences (ChemProt: 1.5-2x less compute per epoch on a CPU) for slightly
+    less random batches. transformers' own `group_by_length` draws from the global RNG, which a resumed
+    run does not reproduce; seeding by epoch makes a resumed run see the batches an uninterrupted one saw.
+    """
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    seed = args.data_seed if args.data_seed is not None else args.seed
+
+    class SeededLengthGroupedSampler(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:  # the Trainer calls this before each epoch (and before a resume)
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    return SeededLengthGroupedSampler(args.train_batch_size * args.gradient_accumulation_steps, dataset=dataset,
+                                      model_input_name="input_ids")
+
+
 def classifier_trainer(loss, **kwargs):
     """A Trainer whose loss is ours (class weights, multi-label); the model never sees the labels.
     The class is defined here so that transformers is imported only when a stage runs."""
@@ -289,6 +324,9 @@ def classifier_trainer(loss, **kwargs):
         def __init__(self, *args, **kw):
             super().__init__(*args, **kw)
             self.model_accepts_loss_kwargs = False  # a plain mean loss: the Trainer divides it by grad_accum
+
+        def _get_train_sampler(self, train_dataset=None):
+            return length_grouped_sampler(self.args, train_dataset if train_dataset is not None else self.train_dataset)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             targets = inputs.pop("labels")
