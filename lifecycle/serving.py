@@ -184,7 +184,11 @@ class Server:
                               "--host", self.host, "--port", str(self.port))
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:  # Ctrl-C while waiting included: never leave a server behind
+            self.stop()
+            raise
 
     def wait_ready(self) -> None:
         import httpx
@@ -194,12 +198,12 @@ class Server:
             if self.proc.poll() is not None:
                 raise LifecycleError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                # trust_env=False: loopback traffic must not go to an HTTP(S)_PROXY from the environment
+                if httpx.get(self.url + "/readyz", timeout=2, trust_env=False).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        self.stop()
         raise LifecycleError(f"bentoml serve not ready after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
 
     def stop(self, grace_s: float = 20.0) -> int | None:
