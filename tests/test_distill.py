@@ -88,6 +88,16 @@ def test_hidden_state_loss_runs_the_teacher_online(distilled):
     assert art.metrics["train_steps"] == 6 and 0 <= art.metrics["retention"]
 
 
+def test_student_from_a_given_model_directory(distilled):
+    tmp, data, arts = distilled
+    stage = {"kind": "distill", "name": "distill_given", "parent": "teacher",
+             "student": {"model": {"path": str(arts["distill"].path)}},  # the 1-layer student above
+             "train": {**TRAIN, "max_steps": 4}, "latency": {"runs": 3}, "latency_rounds": 1}
+    art = run(raw_pipeline(data, [TEACHER, stage], name="kd"), tmp)["distill_given"]
+    assert json.loads((art.path / "config.json").read_text())["num_hidden_layers"] == 1
+    assert art.manifest["details"]["newly_initialised"] == []  # a classifier of this task: nothing new
+
+
 def test_max_drop_gate_fails_a_bad_student_through_the_cli(distilled):
     tmp, data, _ = distilled
     # A narrow, randomly initialised student that barely trains cannot stay within 0.05 of the teacher.

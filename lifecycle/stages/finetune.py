@@ -12,6 +12,7 @@ arguments) are plain functions here.
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -142,11 +143,14 @@ def run(cfg: Config, parent, ctx) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ labels, data
+@dataclass
 class LabelSpace:
     """Label names and how a data row's label id maps to training targets (class id or multi-hot)."""
 
-    def __init__(self, names: list[str], targets: list, multi: bool, threshold: float = 0.5):
-        self.names, self.targets, self.multi, self.threshold = names, targets, multi, threshold
+    names: list[str]
+    targets: list  # data label id -> class id (single-label) or multi-hot list of floats
+    multi: bool
+    threshold: float = 0.5  # multi-label: predict a label when sigmoid(logit) >= threshold
 
 
 def label_space(data, multi_label: MultiLabel | None) -> LabelSpace:
@@ -352,11 +356,13 @@ def logits_of(model, tokenizer, texts: list[str], max_length: int, batch_size: i
 
 
 def latency(model, tokenizer, text: str, cfg: TorchLatency, max_length: int) -> dict:
-    """torch latency at the configured batch, sequence length (padded) and thread count."""
+    """torch latency at the configured batch, sequence length (padded) and thread count, on the CPU
+    (where later stages serve the model), also after training on a GPU."""
     import torch
 
     from lifecycle.training import torch_latency
 
+    model.to("cpu")
     before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
