@@ -104,11 +104,17 @@ def resolve(source: str | Path) -> Served:
 
 
 def _bundle(path: Path, manifest: dict) -> Served:
-    # Same formula as Artifact.digest, so a bundle and the artifact it was made from share a version.
-    # A directory without a manifest (made by hand) is versioned by its model file alone.
+    """A bundle written by `lifecycle bundle` names its artifact's hash and stage; it is served under
+    the same name and version as that artifact. A directory without a manifest (made by hand) is
+    versioned by its model file alone."""
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
     files = manifest.get("files") or {"model.onnx": sha256_file(path / "model.onnx")}
-    name = manifest.get("name") or manifest.get("pipeline") or path.stem
-    return Served(path, str(name), stable_hash(files), manifest.get("gates", []))
+    version = source.get("digest") or stable_hash(files)
+    if manifest.get("pipeline") and source.get("stage"):
+        name = f"{manifest['pipeline']}-{source['stage']}"
+    else:
+        name = manifest.get("name") or path.stem
+    return Served(path, str(name), version, manifest.get("gates", []))
 
 
 def _last_onnx_artifact(run_dir: Path) -> Path:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import bentoml
@@ -21,6 +20,7 @@ import yaml
 
 from lifecycle import LifecycleError, config, pipeline, serving
 from lifecycle.artifact import Artifact
+from lifecycle.bundle import write_bundle
 from lifecycle.edge import Predictor
 
 TINY = Path(__file__).parent / "pipelines" / "tiny.yaml"
@@ -211,13 +211,11 @@ def test_pick_best_ignores_errors_and_weighs_light_load_latency():
 
 
 def test_cli_serves_a_bundle_zip_on_loopback_and_stops_on_sigterm(run_dir, tmp_path):
-    """`lifecycle serve BUNDLE`: a zip of the export artifact (files + manifest with their sha256), default
-    settings (over-long texts truncated), bound to 127.0.0.1 only, exit 0 on SIGTERM."""
-    bundle = tmp_path / "tiny.zip"
-    with zipfile.ZipFile(bundle, "w") as zf:
-        for f in sorted((run_dir / "export").iterdir()):
-            zf.write(f, f.name)
+    """`lifecycle serve BUNDLE`: the zip `lifecycle bundle` writes, served under its artifact's name and
+    hash, default settings (over-long texts truncated), bound to 127.0.0.1 only, exit 0 on SIGTERM."""
+    bundle = write_bundle(run_dir, tmp_path / "model.zip")
     assert serving.resolve(bundle).version == Artifact.load(run_dir / "export").digest
+    assert serving.resolve(bundle).name == "tiny-export"
     port = serving.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", str(bundle), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -233,7 +231,7 @@ def test_cli_serves_a_bundle_zip_on_loopback_and_stops_on_sigterm(run_dir, tmp_p
         os.killpg(proc.pid, signal.SIGTERM)
         out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, out
-    assert "serving tiny " in out
+    assert "serving tiny-export " in out
 
 
 @pytest.mark.slow
