@@ -77,6 +77,8 @@ def load_labelled(src: DataSource, pipeline: Pipeline, seed: int) -> LabelledDat
         train, val = _split(rest, frac, seed, src.split.stratify)
         parts = {"train": train, "validation": val, "test": test}
 
+    if src.labels is not None:
+        parts = {name: [r for r in recs if r["label"] in src.labels] for name, recs in parts.items()}
     labels = sorted({r["label"] for recs in parts.values() for r in recs}, key=_label_order)
     index = {name: i for i, name in enumerate(labels)}
     splits = {}

@@ -30,11 +30,26 @@ if TYPE_CHECKING:
 
 
 def load_corpus(src: DataSource, pipeline: Pipeline, seed: int) -> Corpus:
-    """Train / validation text of any source (labels, if the source has them, are ignored)."""
+    """Train / validation text of any source (labels, if the source has them, are ignored).
+
+    A labelled source gives its own train and validation splits (the same ones the task uses) and
+    never its test split: pre-training on the texts a model is later scored on would inflate the score.
+    """
     from datasets import Dataset, DatasetDict
 
     stats: Counter = Counter()
-    if src.train is not None:  # explicit split files: keep them, de-duplicate across both
+    if src.labelled:
+        from lifecycle.data import load_labelled
+
+        labelled = load_labelled(src, pipeline, pipeline.seed if src.split.seed is None else src.split.seed)
+        train, val = list(labelled.splits["train"]["text"]), list(labelled.splits["validation"]["text"])
+        test = list(labelled.splits["test"]["text"])
+        stats.update(documents_read=len(train) + len(val))
+        # Test texts go first into de-duplication, so their copies and near-copies in train and
+        # validation are the ones dropped; then the test texts themselves are left out.
+        kept = set(deduplicate(test + train + val, src.dedup, stats)) - set(test)
+        train, val = [t for t in train if t in kept], [t for t in val if t in kept]
+    elif src.train is not None:  # explicit split files: keep them, de-duplicate across both
         train = _read(src.model_copy(update={"path": src.train, "train": None, "validation": None, "test": None}),
                       pipeline, stats)
         val = _read(src.model_copy(update={"path": src.validation, "train": None, "validation": None, "test": None}),

