@@ -40,7 +40,7 @@ THREADS, SEQ = 2, 128
 TARGETS = {"speedup_b1": 3.0, "accuracy_drop_points": 1.0, "size_ratio": 0.30, "vs_optimum_latency": 1.0,
            "vs_optimum_accuracy_points": 0.5}
 BUDGETS = {  # quick: a few minutes of training; full: the pipeline file as shipped
-    "quick": {"overrides": ["data.sst2.limit=1500", "stages.finetune.train.eval_steps=25"], "runs": 20, "rounds": 4},
+    "quick": {"overrides": ["data.sst2.limit=2000", "stages.finetune.train.eval_steps=40"], "runs": 20, "rounds": 4},
     "full": {"overrides": [], "runs": 40, "rounds": 6},
 }
 
@@ -208,7 +208,7 @@ def table(m: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1,500 examples per split, fewer timed runs")
+    ap.add_argument("--quick", action="store_true", help="2,000 examples per split, fewer timed runs")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lifecycle-bench-quantize"))
     args = ap.parse_args()
     if not SHARED.is_dir():

@@ -38,6 +38,9 @@ BATCH32_METRICS = ("latency_b32_p50_ms", "latency_b32_p95_ms", "latency_b32_p99_
 ONNX_METRICS = (*CLASSIFICATION, *LATENCY_METRICS, *BATCH32_METRICS, "size_mb")
 SAMPLE_PREDICTIONS = 8  # test texts whose predicted label and scores go into the manifest (and the bundle)
 FUSED_SLOWER_TOLERANCE = 1.05  # timing noise on a shared CPU: keep fusions unless clearly slower
+# transformers model_type -> onnxruntime optimizer model_type (its BERT pass covers the encoder family)
+FUSION_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert",
+                "gpt2": "gpt2"}
 
 
 class OnnxLatency(Latency):
@@ -135,11 +138,11 @@ def onnx_input_names(path: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ graph fusions
-def fuse(plain: Path, out: Path) -> dict[str, int]:
-    """onnxruntime's BERT fusions (Python pass only, portable); returns the fused-operator counts."""
+def fuse(plain: Path, out: Path, model_type: str = "bert") -> dict[str, int]:
+    """onnxruntime's transformer fusions (Python pass only, portable); returns the fused-operator counts."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    opt = optimize_model(str(plain), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    opt = optimize_model(str(plain), model_type=model_type, num_heads=0, hidden_size=0, opt_level=0)
     opt.save_model_to_file(str(out))
     return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
 
@@ -149,12 +152,17 @@ def _maybe_fused(cfg: Config, plain: Path, model, tokenizer, texts, ctx) -> Path
     from lifecycle.edge import Predictor
     from lifecycle.evaluation.latency import measure
 
+    model_type = FUSION_TYPES.get(model.config.model_type)
+    if model_type is None:
+        ctx.details["graph_optimization"] = {"kept": False, "reason": f"onnxruntime has no fusions for "
+                                             f"model type '{model.config.model_type}'"}
+        return plain
     fused_dir = ctx.scratch_dir / "fused"
     fused_dir.mkdir(exist_ok=True)
     for name in RUNTIME_FILES:
         if (ctx.out_dir / name).is_file():
             shutil.copy2(ctx.out_dir / name, fused_dir / name)
-    ops = fuse(plain, fused_dir / "model.onnx")
+    ops = fuse(plain, fused_dir / "model.onnx", model_type)
     seq = cfg.latency.seq_len or ctx.pipeline.task.max_length
     timings = {}
     for name, root in (("plain", _with_runtime_files(plain.parent, ctx.out_dir)), ("fused", fused_dir)):
