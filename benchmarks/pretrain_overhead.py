@@ -6,9 +6,13 @@ Same model (masked-LM encoder, masked-positions-only head), same tokenizer, pack
 collator, batch, optimizer (fused AdamW, no decay on biases and LayerNorm), linear warm-up + decay and
 gradient clipping. The stage runs for real (`lifecycle.pipeline.run`: corpus, tokenizer, Trainer) and
 reports tokens/s of its training loop; the plain loop is timed the same way, from its first step to its
-last. Stage and loop alternate, and each figure is the median over rounds, so drift on a shared machine
-hits both. A third figure is the same loop with the stock full-vocabulary MLM head, to show what the
+last. A third figure is the same loop with the stock full-vocabulary MLM head, to show what the
 masked-positions head saves. Writes benchmarks/results/pretrain_overhead.json.
+
+On a 2-core machine shared with other jobs, throughput swings 10x within a minute, so: many short
+rounds, stage and loop back to back in alternating order, the check on the median of the per-round
+ratios; and one intra-op thread by default (with two, every competing process stalls both threads at
+each parallel region, which multiplies the noise; `--threads 2` measures the other case).
 """
 
 from __future__ import annotations
@@ -106,31 +110,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer steps and rounds (a few minutes on 2 cores)")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--rounds", type=int)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see above)")
     args = ap.parse_args(argv)
-    steps = args.steps or (40 if args.quick else 150)
-    rounds = args.rounds or (2 if args.quick else 3)
+    steps = args.steps or (25 if args.quick else 60)
+    rounds = args.rounds or (5 if args.quick else 9)
     batch, block = 16, 128
 
     import torch
 
     from lifecycle.environment import environment
 
-    sys.path.insert(0, str(ROOT))
+    torch.set_num_threads(args.threads)
     raw = {"name": "overhead", "seed": 0, "data": {"corpus": corpus_source()}, "stages": [stage_config(steps, batch, block)]}
     figures: dict[str, list[float]] = {"stage": [], "loop": [], "loop_full_head": []}
+    ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         art = run_stage(raw, Path(tmp))  # also warms up kernels, caches the tokenized corpus
         plain_loop(art, raw, 5, sparse=True)
         for r in range(rounds):
-            figures["stage"].append(run_stage(raw, Path(tmp)).metrics["tokens_per_second"])
+            stage_first = r % 2 == 0
+            if stage_first:
+                figures["stage"].append(run_stage(raw, Path(tmp)).metrics["tokens_per_second"])
             figures["loop"].append(plain_loop(art, raw, steps, sparse=True))
+            if not stage_first:
+                figures["stage"].append(run_stage(raw, Path(tmp)).metrics["tokens_per_second"])
             figures["loop_full_head"].append(plain_loop(art, raw, steps, sparse=False))
-            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:,.0f} tok/s" for k, v in figures.items()),
-                  flush=True)
+            ratios.append(figures["loop"][-1] / figures["stage"][-1])
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:,.0f} tok/s" for k, v in figures.items())
+                  + f", loop/stage {ratios[-1]:.3f}", flush=True)
         corpus_stats = {k: art.metrics[k] for k in ("train_documents", "validation_documents", "vocab_size")}
     median = {k: statistics.median(v) for k, v in figures.items()}
-    ratio = median["loop"] / median["stage"]
-    speedup = median["loop"] / median["loop_full_head"]
+    ratio = statistics.median(ratios)
+    speedup = statistics.median(a / b for a, b in zip(figures["loop"], figures["loop_full_head"]))
     result = {
         "benchmark": "pretrain_overhead",
         "quick": args.quick,
@@ -139,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                   "corpus": raw["data"]["corpus"]["path"], "corpus_documents": corpus_stats,
                   "torch_threads": torch.get_num_threads()},
         "figures": {"tokens_per_second": figures, "median_tokens_per_second": median},
-        "ratios": {"loop_over_stage": ratio, "masked_head_speedup": speedup},
+        "ratios": {"loop_over_stage": ratio, "loop_over_stage_per_round": ratios,
+                   "loop_over_stage_of_medians": median["loop"] / median["stage"], "masked_head_speedup": speedup},
         "environment": environment(),
         "checks": [{"name": "plain loop tokens/s / pretrain stage tokens/s", "value": round(ratio, 4),
                     "target": f"<= {TARGET}", "passed": ratio <= TARGET}],
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(table(["measure", "tokens/s (median)", "all rounds"],
                 [[k, f"{v:,.0f}", ", ".join(f"{x:,.0f}" for x in figures[k])] for k, v in median.items()]))
-    print(f"\nloop / stage = {ratio:.3f} (target <= {TARGET}: {'pass' if ratio <= TARGET else 'FAIL'}); "
+    print(f"\nloop / stage = {ratio:.3f}, median of per-round ratios (target <= {TARGET}: {'pass' if ratio <= TARGET else 'FAIL'}); "
           f"masked-positions head vs full head: {speedup:.2f}x\nwrote {RESULT}")
     return 0 if ratio <= TARGET else 1
 

@@ -69,6 +69,16 @@ def test_split_is_deterministic_by_seed_and_not_by_order(tmp_path):
     assert len(val("a", 0)) == 5
 
 
+def test_explicit_split_files_are_kept_and_deduplicated_across(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [doc(i) for i in range(10)])
+    write_jsonl(tmp_path / "val.jsonl", [doc(100), doc(101), doc(3)])  # doc(3) is also a training text
+    p = pipeline(tmp_path, {"c": {"format": "jsonl", "train": "train.jsonl", "validation": "val.jsonl",
+                                  "label_field": None}})
+    corpus = load_corpus(p.data["c"], p, 0)
+    assert list(corpus.splits["validation"]["text"]) == [doc(100), doc(101)]
+    assert len(corpus.splits["train"]) == 10 and corpus.stats["dropped_duplicate"] == 1
+
+
 def test_brown_style_zip_with_pos_tags(tmp_path):
     with zipfile.ZipFile(tmp_path / "brown.zip", "w") as zf:
         zf.writestr("brown/README", "not a document")

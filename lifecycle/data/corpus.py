@@ -54,12 +54,14 @@ def load_corpus(src: DataSource, pipeline: Pipeline, seed: int) -> Corpus:
                       pipeline, stats)
         val = _read(src.model_copy(update={"path": src.validation, "train": None, "validation": None, "test": None}),
                     pipeline, stats) if src.validation else []
-        kept = set(deduplicate(train + val, src.dedup, stats))
-        train, val = [t for t in train if t in kept], [t for t in val if t in kept]
+        kept = deduplicate(train + val, src.dedup, stats)
+        both = train + val
+        train, val = [both[i] for i in kept if i < len(train)], [both[i] for i in kept if i >= len(train)]
         if not val:
             train, val = split(train, src.split.validation, seed)
     else:
-        train, val = split(deduplicate(_read(src, pipeline, stats), src.dedup, stats), src.split.validation, seed)
+        texts = _read(src, pipeline, stats)
+        train, val = split([texts[i] for i in deduplicate(texts, src.dedup, stats)], src.split.validation, seed)
     if src.limit:
         train, val = train[: src.limit], val[: src.limit]
     if not train or not val:
@@ -90,25 +92,27 @@ def _read(src: DataSource, pipeline: Pipeline, stats: Counter) -> list[str]:
     return out
 
 
-def deduplicate(texts: list[str], cfg: Dedup, stats: Counter) -> list[str]:
-    """Exact duplicates (case and whitespace folded), then near-duplicates; the first copy is kept."""
+def deduplicate(texts: list[str], cfg: Dedup, stats: Counter) -> list[int]:
+    """Indices of the texts kept: exact duplicates (case and whitespace folded) go, then near-duplicates;
+    the first copy stays."""
+    kept = list(range(len(texts)))
     if cfg.exact:
-        seen, kept = set(), []
-        for t in texts:
-            key = hashlib.sha1(" ".join(t.lower().split()).encode()).digest()
+        seen, unique = set(), []
+        for i in kept:
+            key = hashlib.sha1(" ".join(texts[i].lower().split()).encode()).digest()
             if key not in seen:
                 seen.add(key)
-                kept.append(t)
-        stats["dropped_duplicate"] += len(texts) - len(kept)
-        texts = kept
+                unique.append(i)
+        stats["dropped_duplicate"] += len(kept) - len(unique)
+        kept = unique
     if cfg.near:
-        kept = near_duplicates_removed(texts, cfg)
-        stats["dropped_near_duplicate"] += len(texts) - len(kept)
-        texts = kept
-    return texts
+        unique = near_duplicates_removed(texts, kept, cfg)
+        stats["dropped_near_duplicate"] += len(kept) - len(unique)
+        kept = unique
+    return kept
 
 
-def near_duplicates_removed(texts: list[str], cfg: Dedup) -> list[str]:
+def near_duplicates_removed(texts: list[str], candidates: list[int], cfg: Dedup) -> list[int]:
     """MinHash LSH: candidates come from banded signatures; each candidate is confirmed with the estimated
     Jaccard similarity, so LSH false positives never drop a document."""
     from datasketch import MinHash, MinHashLSH
@@ -116,8 +120,8 @@ def near_duplicates_removed(texts: list[str], cfg: Dedup) -> list[str]:
     lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
     signatures: dict[int, MinHash] = {}
     kept = []
-    for i, text in enumerate(texts):
-        words = text.lower().split()
+    for i in candidates:
+        words = texts[i].lower().split()
         n = cfg.shingle_words
         shingles = {" ".join(words[j : j + n]) for j in range(max(1, len(words) - n + 1))}
         m = MinHash(num_perm=cfg.num_perm, seed=1)
@@ -126,7 +130,7 @@ def near_duplicates_removed(texts: list[str], cfg: Dedup) -> list[str]:
             continue
         lsh.insert(i, m)
         signatures[i] = m
-        kept.append(text)
+        kept.append(i)
     return kept
 
 
