@@ -27,6 +27,7 @@ from lifecycle.training import TrainConfig
 
 ValMetric = Literal["accuracy", "f1_macro", "f1_micro"]
 VAL_METRICS = tuple(f"val_{m}" for m in CLASSIFICATION)
+CONTROL_METRICS = (*(f"control_{m}" for m in CLASSIFICATION), "pretraining_gain")
 
 
 class LoRA(Strict):
@@ -59,6 +60,14 @@ class MultiLabel(Strict):
     threshold: float = Field(0.5, gt=0, lt=1)  # a label is predicted when sigmoid(logit) >= threshold
 
 
+class Control(Strict):
+    """A from-scratch control: the same architecture and tokenizer, randomly initialised, trained on the
+    same data and seed. It is fully fine-tuned even when the stage uses LoRA (adapters on frozen random
+    weights would learn next to nothing and flatter the pre-trained model)."""
+
+    train: TrainConfig | None = None  # None: the stage's own budget and hyperparameters
+
+
 class Config(StageBase):
     kind: Literal["finetune"]
     consumes = "hf-model"
@@ -75,6 +84,8 @@ class Config(StageBase):
     # recur every eval_steps, so on a CPU this bounds their cost. The test split is always scored whole.
     validation_limit: int | None = Field(None, gt=0)
     latency: TorchLatency = TorchLatency()
+    control: Control | None = None  # also train from random init: control_<metric> and pretraining_gain
+    baseline: bool = False  # TF-IDF + logistic regression on the same split, for context: baseline_tfidf_*
 
     def needs_parent(self) -> bool:
         return self.model is None
@@ -82,13 +93,13 @@ class Config(StageBase):
     def metric_names(self) -> set[str]:
         return {*CLASSIFICATION, *LATENCY_METRICS, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",
                 "trainable_fraction", "size_mb", "train_seconds", "train_steps", "lora_merge_max_abs_diff",
-                "data_wait_fraction"}
+                "data_wait_fraction", *CONTROL_METRICS, *(f"baseline_tfidf_{m}" for m in CLASSIFICATION)}
 
 
 def run(cfg: Config, parent, ctx) -> dict:
     import time
 
-    from lifecycle import models, training
+    from lifecycle import models
 
     task = ctx.pipeline.task
     data = ctx.task_data()
@@ -103,20 +114,9 @@ def run(cfg: Config, parent, ctx) -> dict:
                                                  lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules))
     counts = models.count_parameters(model)
     splits = encode(data, tokenizer, task.max_length, labels, cfg.validation_limit, ctx.seed)
-    weights = class_weights(cfg.class_weights, splits["train"]["labels"], labels)
-    if weights is not None:
-        ctx.details["class_weights"] = dict(zip(labels.names, weights))
-
-    checkpoints = ctx.scratch_dir / "checkpoints"
-    trainer = classifier_trainer(
-        classification_loss(weights, labels.multi), model=model,
-        args=trainer_args(cfg.train, checkpoints, ctx.seed, cfg.metric), train_dataset=splits["train"],
-        eval_dataset=splits["validation"], data_collator=collator(tokenizer),
-        compute_metrics=lambda p: score(p.predictions, p.label_ids, labels), callbacks=callbacks(cfg.early_stopping))
     started = time.time()
-    training.train(trainer, checkpoints, ctx)  # resumes after a crash
+    trainer, val = fit(model, splits, tokenizer, labels, cfg, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
     train_seconds = time.time() - started
-    val = trainer.evaluate()  # the best checkpoint, reloaded at the end of training
     ctx.details.update(best_checkpoint=trainer.state.best_model_checkpoint,
                        best_metric=trainer.state.best_metric, labels=labels.names)
 
@@ -139,7 +139,44 @@ def run(cfg: Config, parent, ctx) -> dict:
                    **{f"val_{m}": val[f"eval_{m}"] for m in CLASSIFICATION}, eval_loss=val["eval_loss"],
                    size_mb=models.size_mb(ctx.out_dir / "model.safetensors"), train_seconds=train_seconds,
                    train_steps=trainer.state.global_step)
+    if cfg.control is not None:
+        metrics.update(control(model.config, tokenizer, splits, data, labels, cfg, ctx))
+        metrics["pretraining_gain"] = metrics[cfg.metric] - metrics[f"control_{cfg.metric}"]
+    if cfg.baseline:
+        from lifecycle.evaluation.baseline import tfidf_logreg
+
+        metrics.update(tfidf_logreg(data, ctx.seed))
     return metrics
+
+
+def fit(model, splits, tokenizer, labels, cfg: Config, train: TrainConfig, checkpoints: Path, seed: int, ctx=None):
+    """Train with the Trainer (resuming after a crash); returns the trainer and validation metrics of the
+    best checkpoint, which the Trainer reloads at the end of training."""
+    from lifecycle import training
+
+    weights = class_weights(cfg.class_weights, splits["train"]["labels"], labels)
+    if weights is not None and ctx is not None:
+        ctx.details["class_weights"] = dict(zip(labels.names, weights))
+    trainer = classifier_trainer(
+        classification_loss(weights, labels.multi), model=model,
+        args=trainer_args(train, checkpoints, seed, cfg.metric), train_dataset=splits["train"],
+        eval_dataset=splits["validation"], data_collator=collator(tokenizer),
+        compute_metrics=lambda p: score(p.predictions, p.label_ids, labels), callbacks=callbacks(cfg.early_stopping))
+    training.train(trainer, checkpoints, ctx)
+    return trainer, trainer.evaluate()
+
+
+def control(config, tokenizer, splits, data, labels, cfg: Config, ctx) -> dict:
+    """The fine-tuned model's architecture and tokenizer from random initialisation, same data and seed."""
+    from transformers import AutoModelForSequenceClassification
+
+    _seed(ctx.seed)
+    model = AutoModelForSequenceClassification.from_config(config)
+    # its own checkpoints, so a crash resumes the control without touching the main run's
+    trainer, _ = fit(model, splits, tokenizer, labels, cfg, cfg.control.train or cfg.train,
+                     ctx.scratch_dir / "control-checkpoints", ctx.seed)
+    logits = logits_of(trainer.model, tokenizer, data.splits["test"]["text"], ctx.pipeline.task.max_length)
+    return {f"control_{k}": v for k, v in score(logits, splits["test"]["labels"], labels).items()}
 
 
 # ------------------------------------------------------------------------------------------ labels, data
