@@ -129,6 +129,24 @@ def plots(run_dir: Path, outcomes) -> None:
         fig.savefig(out / "loss.png", dpi=110)
         plt.close(fig)
 
+    points = [pt for o in outcomes if o.artifact for pt in o.artifact.manifest.get("details", {}).get("transfer", [])]
+    if points:  # did lower validation perplexity buy better features? (issue: loss is not the goal)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for stage in dict.fromkeys(p["stage"] for p in points):
+            mine = [p for p in points if p["stage"] == stage]
+            ax.plot([p["perplexity"] for p in mine], [p["probe_accuracy"] for p in mine], marker="o", label=stage)
+            for p in mine:
+                ax.annotate(str(p["step"]), (p["perplexity"], p["probe_accuracy"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        ax.invert_xaxis()  # left to right = lower perplexity
+        ax.set(xlabel="validation perplexity (log, decreasing)", ylabel="probe accuracy",
+               title="Transfer: perplexity vs downstream probe (labels: step)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "transfer.png", dpi=110)
+        plt.close(fig)
+
     rows = [(o.name, o.artifact.metrics) for o in outcomes if o.artifact]
     panels = [k for k in ("accuracy", "latency_p50_ms", "size_mb") if any(k in m for _, m in rows)]
     if panels:

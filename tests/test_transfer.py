@@ -40,3 +40,22 @@ def test_control_and_baseline_are_reported_and_gateable(tmp_path):
 def test_gate_on_an_unknown_transfer_metric_is_a_config_error():
     with pytest.raises(ConfigError, match="cannot produce 'adaptation_gainz'"):
         build(pretrain_then_finetune({}, gates=[{"metric": "adaptation_gainz", "min": 0}]))
+
+
+def test_adaptation_probe_gain_and_transfer_plot(tmp_path):
+    probe = {"data": "news", "max_length": 32, "limit": 120}
+    raw = pretrain_then_finetune({})
+    pre = raw["stages"][0]
+    pre.update(probe={**probe, "every_eval": True})
+    pre["train"].update(max_steps=8, eval_steps=4, save_steps=4)
+    raw["stages"][1] = {"kind": "adapt", "data": "news", "block_size": 32, "probe": probe,
+                        "train": {"max_steps": 4, "batch_size": 16, "lr": 1e-3, "eval_steps": 4, "save_steps": 4},
+                        "gates": [{"metric": "adaptation_probe_gain", "min": -1.0}]}
+    orchestration.run(build(raw), workdir=tmp_path, echo=lambda *a: None)
+    run_dir = tmp_path / "transfer"
+    points = Artifact.load(run_dir / "pretrain").manifest["details"]["transfer"]
+    assert [p["step"] for p in points] == [4, 8]
+    assert all(p["perplexity"] > 1 and 0 <= p["probe_accuracy"] <= 1 for p in points)
+    m = Artifact.load(run_dir / "adapt").metrics
+    assert m["adaptation_probe_gain"] == pytest.approx(m["probe_accuracy"] - m["probe_accuracy_before"])
+    assert (run_dir / "plots" / "transfer.png").is_file()

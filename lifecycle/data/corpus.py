@@ -47,8 +47,8 @@ def load_corpus(src: DataSource, pipeline: Pipeline, seed: int) -> Corpus:
         stats.update(documents_read=len(train) + len(val))
         # Test texts go first into de-duplication, so their copies and near-copies in train and
         # validation are the ones dropped; then the test texts themselves are left out.
-        kept = set(deduplicate(test + train + val, src.dedup, stats)) - set(test)
-        train, val = [t for t in train if t in kept], [t for t in val if t in kept]
+        kept = [i - len(test) for i in deduplicate(test + train + val, src.dedup, stats) if i >= len(test)]
+        train, val = [train[i] for i in kept if i < len(train)], [val[i - len(train)] for i in kept if i >= len(train)]
     elif src.train is not None:  # explicit split files: keep them, de-duplicate across both
         train = _read(src.model_copy(update={"path": src.train, "train": None, "validation": None, "test": None}),
                       pipeline, stats)

@@ -19,6 +19,9 @@ class Probe(Strict):
     max_length: int = Field(128, gt=0)  # tokens per text; longer texts are truncated
     limit: int | None = Field(2000, gt=0, description="at most this many texts per split (features cost a forward pass)")
     C: float = Field(1.0, gt=0)  # inverse L2 strength of the logistic regression
+    # Also probe at every evaluation during training: the report's transfer plot (validation perplexity
+    # against probe accuracy) shows whether lower loss bought better features. Costs one probe per eval.
+    every_eval: bool = False
 
 
 def features(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32):
@@ -56,3 +59,28 @@ def probe_accuracy(model, tokenizer, data, cfg: Probe, seed: int = 0) -> dict[st
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.C, max_iter=2000, random_state=seed))
     clf.fit(x_train, train["label"])
     return {"probe_accuracy": float(clf.score(x_test, test["label"]))}
+
+
+def transfer_callback(cfg: Probe, tokenizer, ctx):
+    """A TrainerCallback that probes the model at each evaluation and records
+    {stage, step, perplexity, probe_accuracy} in ctx.details["transfer"] (the report plots them)."""
+    import math
+
+    from transformers import TrainerCallback
+
+    from lifecycle.data import load
+
+    task = load(ctx.pipeline.data[cfg.data], ctx.pipeline)
+    points = ctx.details.setdefault("transfer", [])
+
+    class TransferProbe(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics or model is None:
+                return
+            if points and points[-1]["stage"] == ctx.stage.label and points[-1]["step"] == state.global_step:
+                return  # the final evaluation after training repeats the last step
+            score = probe_accuracy(model, tokenizer, task, cfg, args.seed)["probe_accuracy"]
+            points.append({"stage": ctx.stage.label, "step": state.global_step,
+                           "perplexity": math.exp(min(metrics["eval_loss"], 50.0)), "probe_accuracy": score})
+
+    return TransferProbe()

@@ -33,7 +33,8 @@ from lifecycle.stages.pretrain import LM_METRICS
 from lifecycle.training import TrainConfig
 
 ADAPT_METRICS = {"perplexity_before", "domain_perplexity_gain", "general_perplexity", "general_perplexity_before",
-                 "general_perplexity_change", "head_added", "probe_accuracy"}
+                 "general_perplexity_change", "head_added", "probe_accuracy", "probe_accuracy_before",
+                 "adaptation_probe_gain"}
 
 
 class Config(StageBase):
@@ -100,11 +101,21 @@ def run(cfg: Config, parent, ctx) -> dict:
         if head_added and cfg.head_warmup_steps:
             _warm_up_head(cfg, trainer, general_blocks if general_blocks is not None else blocks, ctx)
         before = {"domain_loss": trainer.evaluate()["eval_loss"]}
+        if cfg.probe:  # the same probe on the starting model: adaptation_probe_gain = after - before
+            from lifecycle.data import load as load_data
+            from lifecycle.evaluation.probe import probe_accuracy
+
+            task = load_data(ctx.pipeline.data[cfg.probe.data], ctx.pipeline)
+            before["probe_accuracy"] = probe_accuracy(trainer.model, tokenizer, task, cfg.probe, ctx.seed)["probe_accuracy"]
         if general_eval is not None:
             before["general_loss"] = trainer.evaluate(general_eval, metric_key_prefix="general")["general_loss"]
         if trainer.is_world_process_zero():
             saved_before.write_text(json.dumps(before))
 
+    if cfg.probe and cfg.probe.every_eval:
+        from lifecycle.evaluation.probe import transfer_callback
+
+        trainer.add_callback(transfer_callback(cfg.probe, tokenizer, ctx))
     metrics = pretrain.fit(trainer, ctx, cfg.block_size)
     metrics["perplexity_before"] = perplexity(before["domain_loss"])
     metrics["domain_perplexity_gain"] = 1 - metrics["perplexity"] / metrics["perplexity_before"]
@@ -117,7 +128,11 @@ def run(cfg: Config, parent, ctx) -> dict:
                    params_total=models.count_parameters(model)["params_total"])
     ctx.details.update(objective=objective, block_size=cfg.block_size, data=domain.stats, start=str(path),
                        head_warmup_steps=cfg.head_warmup_steps if head_added else 0)
-    return pretrain.finish(trainer, tokenizer, cfg.probe, ctx, metrics)
+    metrics = pretrain.finish(trainer, tokenizer, cfg.probe, ctx, metrics)
+    if "probe_accuracy" in before and "probe_accuracy" in metrics:
+        metrics["probe_accuracy_before"] = before["probe_accuracy"]
+        metrics["adaptation_probe_gain"] = metrics["probe_accuracy"] - before["probe_accuracy"]
+    return metrics
 
 
 def _load(path: Path, parent):

@@ -76,6 +76,10 @@ def run(cfg: Config, parent, ctx) -> dict:
     config = models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     model = new_model(config, objective)
     trainer = lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
+    if cfg.probe and cfg.probe.every_eval:
+        from lifecycle.evaluation.probe import transfer_callback
+
+        trainer.add_callback(transfer_callback(cfg.probe, tokenizer, ctx))
     metrics = fit(trainer, ctx, cfg.block_size)
     metrics.update(corpus.stats, vocab_size=len(tokenizer), params_total=models.count_parameters(model)["params_total"])
     metrics["unigram_perplexity"] = unigram_perplexity(blocks, eval_blocks, objective, len(tokenizer),
@@ -232,7 +236,7 @@ def fit(trainer, ctx, block_size: int) -> dict:
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     first_step = int(last.rsplit("-", 1)[1]) if last else 0
     started = time.perf_counter()
-    training.train(trainer, checkpoints)
+    training.train(trainer, checkpoints, ctx)
     wall = time.perf_counter() - started
     history = trainer.state.log_history
     # tokens/s counts training only: evaluations inside train() are timed by the Trainer and taken out.
