@@ -116,3 +116,28 @@ def test_max_drop_gate_fails_a_bad_student_through_the_cli(distilled):
     assert "accuracy" in failure.get("message", "") + (failure.text or "")
     assert main(["run", str(path), "--set", "stages.bad_student.gates.0.max_drop=1.0"]) == 0
     assert np.isfinite(report["stages"][1]["metrics"]["speedup"])
+
+
+@pytest.mark.slow  # two processes start torch and gloo: ~40 s on 2 busy cores
+def test_finetune_and_distill_under_torchrun(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from lifecycle.artifact import Artifact
+
+    data = keyword_data(tmp_path / "kw.jsonl")  # 120 training rows
+    stages = [{**TEACHER, "train": {**TRAIN, "epochs": 2}},
+              {"kind": "distill", "train": {**TRAIN, "epochs": 2}, "latency": {"runs": 3}, "latency_rounds": 1}]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw_pipeline(data, stages, name="ddp")))
+    (tmp_path / "cli.py").write_text("import sys; from lifecycle.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "cli.py", "run",
+           "p.yaml", "--workdir", "runs"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    run_dir = tmp_path / "runs" / "ddp"
+    for name in ("teacher", "distill"):
+        art = Artifact.load(run_dir / name)  # one sealed artifact per stage, every file's hash verified
+        assert art.metrics["train_steps"] == 8  # 2 epochs x 120 rows / (16 per rank x 2 ranks): the ranks split batches
+    assert not list(run_dir.glob("*.tmp*"))

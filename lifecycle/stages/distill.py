@@ -45,6 +45,7 @@ class Student(Strict):
 class Config(StageBase):
     kind: Literal["distill"]
     consumes = "hf-model"
+    distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     student: Student = Student()
     temperature: float = Field(2.0, gt=0)  # softens both distributions; 2-4 passes the teacher's "dark knowledge"
     alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft-target loss; 1 - alpha goes to the labels
@@ -101,6 +102,8 @@ def run(cfg: Config, parent, ctx) -> dict:
     train_seconds = time.time() - started
     val = trainer.evaluate()
     ctx.details.update(best_checkpoint=trainer.state.best_model_checkpoint)
+    if not trainer.is_world_process_zero():
+        return {}  # under torchrun only rank 0's artifact is kept: saving and testing are its job
     student = trainer.model
     models.save(student, s_tok, ctx.out_dir)
 
@@ -202,6 +205,8 @@ def init_from_teacher(student, teacher, layers: list[int]) -> float:
 def teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_dir: Path):
     """Teacher logits over the training texts, cached in the stage's scratch directory (a crash and
     resume reuses them; the directory is keyed by the stage's cache key)."""
+    import os
+
     import numpy as np
 
     from lifecycle.stages.finetune import logits_of
@@ -212,7 +217,9 @@ def teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_
         if cached.shape[0] == len(texts):
             return cached
     logits = logits_of(teacher, tokenizer, texts, max_length).astype(np.float32)
-    np.save(path, logits, allow_pickle=False)
+    part = path.with_name(f"{path.stem}.{os.getpid()}.npy")  # under torchrun every rank writes the same values
+    np.save(part, logits, allow_pickle=False)
+    os.replace(part, path)
     return logits
 
 

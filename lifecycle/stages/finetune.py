@@ -71,6 +71,7 @@ class Control(Strict):
 class Config(StageBase):
     kind: Literal["finetune"]
     consumes = "hf-model"
+    distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # start from here instead of the parent stage's artifact
     train: TrainConfig = TrainConfig()
     lora: LoRA | None = None  # None: full fine-tuning
@@ -119,6 +120,8 @@ def run(cfg: Config, parent, ctx) -> dict:
     train_seconds = time.time() - started
     ctx.details.update(best_checkpoint=trainer.state.best_model_checkpoint,
                        best_metric=trainer.state.best_metric, labels=labels.names)
+    if not trainer.is_world_process_zero():
+        return {}  # under torchrun only rank 0's artifact is kept: saving and testing are its job
 
     metrics = {}
     if cfg.lora:
