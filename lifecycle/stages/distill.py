@@ -165,8 +165,9 @@ def build_student(spec: Student, teacher, t_tok, ctx, data, labels):
         student, tok = ft.load_classifier(spec.model, ctx, data, labels)
         return student, tok, pick_layers(n_teacher, min(student.config.num_hidden_layers, n_teacher))
     layers = spec.layers if spec.layers is not None else pick_layers(n_teacher, spec.num_layers or (n_teacher + 1) // 2)
-    if not layers or any(not 0 <= i < n_teacher for i in layers):
-        raise LifecycleError(f"distill: student.layers must be teacher layer indices in 0..{n_teacher - 1}; got {layers}")
+    if not layers or len(set(layers)) < len(layers) or any(not 0 <= i < n_teacher for i in layers):
+        raise LifecycleError(f"distill: student.layers must be distinct teacher layer indices in 0..{n_teacher - 1}; "
+                             f"got {layers}")
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(layers)
     for key, value in spec.overrides.items():
