@@ -61,6 +61,18 @@ def test_adapt_after_pretrain_gains_on_the_domain(tmp_path, corpora):
     assert [g.passed for g in adapt.gates] == [True, True]
 
 
+def test_adapt_continues_a_decoder_with_causal_lm(tmp_path, corpora):
+    model = {"preset": "gpt-tiny", "overrides": {"n_embd": 32}, "tokenizer": {"vocab_size": 400}}
+    train = {**TRAIN, "max_steps": 4}
+    out = run(tmp_path, corpora, [
+        {"kind": "pretrain", "data": "general", "model": model, "block_size": 32, "train": train},
+        {"kind": "adapt", "data": "domain", "block_size": 32, "train": train},
+    ])
+    m = out["adapt"].artifact.metrics
+    assert out["adapt"].artifact.manifest["details"]["objective"] == "clm" and m["head_added"] == 0
+    assert m["perplexity"] < m["perplexity_before"]
+
+
 def _headless_bert(path: Path) -> Path:
     """A local Hugging Face directory holding an encoder without an MLM head (like a sentence encoder)."""
     from transformers import BertConfig, BertModel
