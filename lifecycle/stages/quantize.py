@@ -23,6 +23,7 @@ raise.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -206,10 +207,16 @@ def static_int8(cfg: Config, model_in: Path, model_out: Path, ctx) -> None:
     # A fused graph needs onnxruntime's symbolic shape inference (onnx's own does not type the
     # contrib ops, and the quantizer then fails on the pooler); the plain TorchScript export makes
     # that inference fail ("Incomplete symbolic shape inference") and needs onnx's only.
+    # When symbolic inference fails it dumps sym_shape_infer_temp.onnx (+ external data) into the working
+    # directory: run it from the stage's scratch directory, not the user's.
+    here = os.getcwd()
+    os.chdir(ctx.scratch_dir)
     try:
-        quant_pre_process(str(model_in), str(pre))
+        quant_pre_process(str(model_in.resolve()), str(pre.resolve()))
     except Exception:
-        quant_pre_process(str(model_in), str(pre), skip_symbolic_shape=True)
+        quant_pre_process(str(model_in.resolve()), str(pre.resolve()), skip_symbolic_shape=True)
+    finally:
+        os.chdir(here)
     texts = list(ctx.task_data().splits[cfg.calibration.split]["text"])
     texts = random.Random(ctx.seed).sample(texts, min(cfg.calibration.samples, len(texts)))
     encoder = Predictor.open(model_in.parent)
