@@ -91,10 +91,10 @@ def test_adapt_from_a_local_directory_adds_and_warms_up_an_mlm_head(tmp_path, co
     start = _headless_bert(tmp_path / "encoder")
     train = {**TRAIN, "max_steps": 4}
     out = run(tmp_path, corpora, [{"kind": "adapt", "model": {"path": str(start)}, "data": "domain",
-                                   "general_data": "general", "block_size": 32, "head_warmup_steps": 4, "train": train}])
+                                   "general_data": "general", "block_size": 32, "head_warmup_steps": 20, "train": train}])
     m = out["adapt"].artifact.metrics
-    assert m["head_added"] == 1 and m["perplexity_before"] < 300  # a warmed head beats uniform over 300 tokens
-    assert out["adapt"].artifact.manifest["details"]["head_warmup_steps"] == 4
+    assert m["head_added"] == 1 and m["perplexity_before"] < m["vocab_size"]  # a warmed head beats uniform
+    assert out["adapt"].artifact.manifest["details"]["head_warmup_steps"] == 20
     from transformers import AutoModelForMaskedLM
 
     reloaded, info = AutoModelForMaskedLM.from_pretrained(out["adapt"].artifact.path, output_loading_info=True)
