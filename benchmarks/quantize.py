@@ -6,7 +6,7 @@ Runs pipelines/minilm_quantize.yaml (MiniLM fine-tuned on SST-2 -> export -> qua
 in the same process and on the same fine-tuned model, what a user would otherwise run: optimum's
 exporter (the CLI) and ORTQuantizer dynamic int8 with the AutoQuantizationConfig for this CPU
 (per_channel=False, as in optimum's documentation). Every model is scored on the same full test split
-and timed with the same inputs (one text padded to 128 tokens, batch 1 and 32, 2 threads), in rounds
+and timed with the same inputs (one text padded to 128 tokens, batch 1 and 32, 2 threads and 1), in rounds
 that alternate between the models so drift from other jobs on the machine hits them alike. Also
 measures dynamic int8 per-channel vs per-tensor (and 7-bit reduce_range) on the same export, the
 evidence behind the quantize stage's default. Writes benchmarks/results/quantize.json.
@@ -120,39 +120,63 @@ def measure_all(arts: dict, edge_dirs: dict, test, budget: dict) -> dict:
     from lifecycle.evaluation import classification_metrics
     from lifecycle.training import predict_logits
 
-    torch.set_num_threads(THREADS)
     finetuned = arts["finetune"].path
     model = models.load_model(AutoModelForSequenceClassification, finetuned).eval()
     tokenizer = models.load_tokenizer(finetuned, SEQ)
     texts, labels = list(test["text"]), list(test["label"])
-    predictors = {name: Predictor.open(path, threads=THREADS) for name, path in edge_dirs.items()}
     logits = {"pytorch_fp32": predict_logits(model, tokenizer, texts, SEQ)}
-    logits.update({name: p.logits(texts) for name, p in predictors.items()})
+    logits.update({name: Predictor.open(path).logits(texts) for name, path in edge_dirs.items()})
     out = {name: {**classification_metrics(lg.argmax(-1), labels),
                   "argmax_agreement_vs_pytorch": float((lg.argmax(-1) == logits["pytorch_fp32"].argmax(-1)).mean())}
            for name, lg in logits.items()}
-    for batch in (1, 32):
-        enc = tokenizer([texts[0]] * batch, padding="max_length", truncation=True, max_length=SEQ, return_tensors="pt")
+    # THREADS is the figure the checks use; one thread as well, because on a shared machine a 2-thread
+    # pool waits on a descheduled peer and timings swing (a 1-thread figure shows whether it did).
+    for threads in (THREADS, 1):
+        torch.set_num_threads(threads)
+        predictors = {name: Predictor.open(path, threads=threads) for name, path in edge_dirs.items()}
+        for batch in (1, 32):
+            enc = tokenizer([texts[0]] * batch, padding="max_length", truncation=True, max_length=SEQ,
+                            return_tensors="pt")
 
-        def eager(enc=enc):
-            with torch.inference_mode():
-                model(**enc)
+            def eager(enc=enc):
+                with torch.inference_mode():
+                    model(**enc)
 
-        calls = {"pytorch_fp32": eager}
-        for name, p in predictors.items():
-            feeds = p.encode([texts[0]] * batch, pad_to=SEQ)
-            calls[name] = lambda p=p, feeds=feeds: p.session.run(None, feeds)
-        runs = budget["runs"] if batch == 1 else max(5, budget["runs"] // 4)
-        for name, lat in timed_rounds(calls, runs, budget["rounds"]).items():
-            out[name].update({f"latency_b{batch}_{k}_ms": v for k, v in lat.items()})
+            calls = {"pytorch_fp32": eager}
+            for name, p in predictors.items():
+                feeds = p.encode([texts[0]] * batch, pad_to=SEQ)
+                calls[name] = lambda p=p, feeds=feeds: p.session.run(None, feeds)
+            runs = budget["runs"] if batch == 1 else max(5, budget["runs"] // 4)
+            for name, lat in timed_rounds(calls, runs, budget["rounds"]).items():
+                suffix = "" if threads == THREADS else f"_{threads}thread"
+                out[name].update({f"latency_b{batch}_{k}_ms{suffix}": v for k, v in lat.items()})
+    torch.set_num_threads(THREADS)
     out["pytorch_fp32"]["size_mb"] = models.size_mb(finetuned / "model.safetensors")
     for name, path in edge_dirs.items():
         out[name]["size_mb"] = models.size_mb(path / "model.onnx")
     return out
 
 
-def channel_study(export_dir: Path, work: Path, test, budget: dict) -> dict:
-    """Dynamic int8 of the same export: per-channel vs per-tensor weights, 8- vs 7-bit (reduce_range)."""
+def plain_export(finetuned: Path, export_dir: Path, out: Path) -> Path:
+    """The same model exported without onnxruntime's fusions (export's `optimize: false`)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lifecycle import models
+    from lifecycle.stages.export import RUNTIME_FILES, export_torch
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    model = models.load_model(AutoModelForSequenceClassification, finetuned).eval()
+    export_torch(model, models.load_tokenizer(finetuned, SEQ), out / "model.onnx", opset=17)
+    for name in RUNTIME_FILES:
+        if (export_dir / name).is_file():
+            shutil.copy2(export_dir / name, out / name)
+    return out
+
+
+def channel_study(export_dir: Path, plain_dir: Path, work: Path, test, budget: dict) -> dict:
+    """Dynamic int8 of the same export: per-channel vs per-tensor weights, 8- vs 7-bit (reduce_range),
+    and per-channel on the unfused graph (what the fusions are worth once weights are int8)."""
     from lifecycle.edge import Predictor
     from lifecycle.evaluation import classification_metrics
     from lifecycle.stages import quantize
@@ -160,19 +184,21 @@ def channel_study(export_dir: Path, work: Path, test, budget: dict) -> dict:
     texts, labels = list(test["text"]), list(test["label"])
     reference = Predictor.open(export_dir).logits(texts)
     out, calls = {}, {}
-    for per_channel in (True, False):
-        for reduce_range in (False, True):
-            name = f"{'per_channel' if per_channel else 'per_tensor'}{'_7bit' if reduce_range else ''}"
-            cfg = quantize.Config(kind="quantize", per_channel=per_channel, reduce_range=reduce_range)
-            quantize.build("dynamic-int8", cfg, export_dir, work / name, None)
-            p = Predictor.open(work / name, threads=THREADS)
-            lg = p.logits(texts)
-            out[name] = {**classification_metrics(lg.argmax(-1), labels),
-                         "argmax_agreement_vs_fp32": float((lg.argmax(-1) == reference.argmax(-1)).mean()),
-                         "logit_max_abs_diff": float(np.abs(lg - reference).max()),
-                         "size_mb": (work / name / "model.onnx").stat().st_size / 1e6}
-            feeds = p.encode([texts[0]], pad_to=SEQ)
-            calls[name] = lambda p=p, feeds=feeds: p.session.run(None, feeds)
+    variants = [(True, False, export_dir), (True, True, export_dir), (False, False, export_dir),
+                (False, True, export_dir), (True, False, plain_dir)]
+    for per_channel, reduce_range, src in variants:
+        name = f"{'per_channel' if per_channel else 'per_tensor'}{'_7bit' if reduce_range else ''}"
+        name += "_unfused" if src == plain_dir else ""
+        cfg = quantize.Config(kind="quantize", per_channel=per_channel, reduce_range=reduce_range)
+        quantize.build("dynamic-int8", cfg, src, work / name, None)
+        p = Predictor.open(work / name, threads=THREADS)
+        lg = p.logits(texts)
+        out[name] = {**classification_metrics(lg.argmax(-1), labels),
+                     "argmax_agreement_vs_fp32": float((lg.argmax(-1) == reference.argmax(-1)).mean()),
+                     "logit_max_abs_diff": float(np.abs(lg - reference).max()),
+                     "size_mb": (work / name / "model.onnx").stat().st_size / 1e6}
+        feeds = p.encode([texts[0]], pad_to=SEQ)
+        calls[name] = lambda p=p, feeds=feeds: p.session.run(None, feeds)
     for name, lat in timed_rounds(calls, budget["runs"], budget["rounds"]).items():
         out[name]["latency_b1_p50_ms"] = lat["p50"]
     return out
@@ -197,11 +223,20 @@ def checks(m: dict) -> list[dict]:
             for n, v, op, t in rows]
 
 
+def one_thread_ratios(m: dict) -> dict:
+    ours, eager, opt = m["lifecycle_int8"], m["pytorch_fp32"], m["optimum_int8"]
+    return {"speedup_vs_eager_b1": eager["latency_b1_p50_ms_1thread"] / ours["latency_b1_p50_ms_1thread"],
+            "speedup_vs_eager_b32": eager["latency_b32_p50_ms_1thread"] / ours["latency_b32_p50_ms_1thread"],
+            "vs_optimum_b1": ours["latency_b1_p50_ms_1thread"] / opt["latency_b1_p50_ms_1thread"],
+            "vs_optimum_b32": ours["latency_b32_p50_ms_1thread"] / opt["latency_b32_p50_ms_1thread"]}
+
+
 def table(m: dict) -> str:
-    rows = [("model", "accuracy", "b1 p50 ms", "b1 p95 ms", "b32 p50 ms", "b32 p95 ms", "size MB")]
+    rows = [("model", "accuracy", "b1 p50 ms", "b1 p95 ms", "b32 p50 ms", "b32 p95 ms", "b1 p50 1thr", "b32 p50 1thr", "size MB")]
     for name, r in m.items():
         rows.append((name, f"{r['accuracy']:.4f}", f"{r['latency_b1_p50_ms']:.2f}", f"{r['latency_b1_p95_ms']:.2f}",
-                     f"{r['latency_b32_p50_ms']:.1f}", f"{r['latency_b32_p95_ms']:.1f}", f"{r['size_mb']:.1f}"))
+                     f"{r['latency_b32_p50_ms']:.1f}", f"{r['latency_b32_p95_ms']:.1f}",
+                     f"{r['latency_b1_p50_ms_1thread']:.2f}", f"{r['latency_b32_p50_ms_1thread']:.1f}", f"{r['size_mb']:.1f}"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
 
@@ -224,7 +259,8 @@ def main() -> int:
     edge_dirs = {"lifecycle_fp32": arts["export"].path, "lifecycle_int8": arts["quantize"].path,
                  "optimum_fp32": opt_dirs["fp32"], "optimum_int8": opt_dirs["int8"]}
     models = measure_all(arts, edge_dirs, test, budget)
-    study = channel_study(arts["export"].path, args.workdir / "channels", test, budget)
+    plain = plain_export(arts["finetune"].path, arts["export"].path, args.workdir / "plain")
+    study = channel_study(arts["export"].path, plain, args.workdir / "channels", test, budget)
     q = arts["quantize"].manifest["details"]
     found = checks(models)
     results = {
@@ -237,6 +273,7 @@ def main() -> int:
         "graph_optimization": arts["export"].manifest["details"].get("graph_optimization"),
         "dynamic_int8_weights": study,
         "optimum": optimum_info,
+        "ratios_at_1_thread": one_thread_ratios(models),
         "stage_seconds": {name: a.manifest["timings"]["seconds"] for name, a in arts.items()},
         "test_examples": len(test), "seq_len": SEQ, "threads": THREADS, "budget": budget,
         "run_dir": str(args.workdir / cfg.name),
@@ -250,6 +287,7 @@ def main() -> int:
     print("\nladder: " + ", ".join(f"{a['method']} {'pass' if a['passed'] else 'miss'}" for a in results["ladder"]))
     print("dynamic int8 weights: " + ", ".join(f"{k} acc {v['accuracy']:.4f} agree {v['argmax_agreement_vs_fp32']:.4f}"
                                               for k, v in study.items()))
+    print("1 thread: " + ", ".join(f"{k} {v:.3g}" for k, v in results["ratios_at_1_thread"].items()))
     for c in found:
         print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['value']:.4g} (target {c['target']})")
     print(f"load average before/after: {load_before} / {os.getloadavg()}\nwrote {path}")

@@ -65,13 +65,13 @@ class Predictor:
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, spinning: bool = True) -> Predictor:
         """Open a bundle zip or a model directory, verifying it first (see the module docstring)."""
-        path = Path(path)
+        path = source = Path(path)
         extracted = None
         if path.is_file() and zipfile.is_zipfile(path):
             path = extracted = _extract(path)
             if not (path / MANIFEST).is_file():
                 shutil.rmtree(extracted, ignore_errors=True)
-                raise BundleError(f"{path}: a bundle needs {MANIFEST}; write it with `lifecycle bundle`")
+                raise BundleError(f"{source}: a bundle needs {MANIFEST}; write it with `lifecycle bundle`")
         try:
             for name in REQUIRED:
                 if (path / name).is_symlink():
