@@ -39,8 +39,10 @@ TARGET = 1.05  # the issue's bound on loop tokens/s / stage tokens/s
 
 def corpus_source() -> dict:
     if BROWN.is_file():
-        return {"format": "zip", "path": str(BROWN.resolve()), "members": "brown/c[a-r][0-9][0-9]", "pos_tagged": True,
-                "encoding": "latin-1", "label_field": None, "limit": 120}
+        # press, religion and skills categories (141 documents, ~350k tokens): enough blocks for every
+        # round, and the per-round corpus preparation (outside the timed window) stays short
+        return {"format": "zip", "path": str(BROWN.resolve()), "members": "brown/c[a-e][0-9][0-9]", "pos_tagged": True,
+                "encoding": "latin-1", "label_field": None}
     return {"format": "jsonl", "path": str(ROOT / "tests/data/news_tiny.jsonl"), "label_field": None}
 
 
@@ -112,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see above)")
     args = ap.parse_args(argv)
-    steps = args.steps or (25 if args.quick else 60)
-    rounds = args.rounds or (5 if args.quick else 9)
+    # The stage's fixed cost (Trainer setup: optimizer, accelerate, dataloader; ~0.2-0.5 s) is part of
+    # its overhead but is amortised over a real run's thousands of steps; 60 steps keep it near 2%.
+    steps = args.steps or (60 if args.quick else 200)
+    rounds = args.rounds or (4 if args.quick else 7)
     batch, block = 16, 128
 
     import torch
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             figures["loop"].append(plain_loop(art, raw, steps, sparse=True))
             if not stage_first:
                 figures["stage"].append(run_stage(raw, Path(tmp)).metrics["tokens_per_second"])
-            figures["loop_full_head"].append(plain_loop(art, raw, steps, sparse=False))
+            figures["loop_full_head"].append(plain_loop(art, raw, max(10, steps // 3), sparse=False))  # a rate only
             ratios.append(figures["loop"][-1] / figures["stage"][-1])
             print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:,.0f} tok/s" for k, v in figures.items())
                   + f", loop/stage {ratios[-1]:.3f}", flush=True)
