@@ -195,17 +195,24 @@ def measure_peak(arch: dict, head: str, batch: int, seq: int, checkpointing: boo
     """Peak memory of one real training step, measured in a fresh process: CPU RSS high-water mark
     minus the RSS before the model existed (GPU: torch.cuda.max_memory_allocated)."""
     import json
+    import os
     import subprocess
     import sys
+    from pathlib import Path
 
     job = json.dumps({"arch": arch, "head": head, "batch": batch, "seq": seq, "checkpointing": checkpointing})
-    out = subprocess.run([sys.executable, "-m", "lifecycle.planning", job], capture_output=True, text=True, check=False)
+    # A clean environment: what the caller's process set (launchers, test fixtures) must not change the figure.
+    keep = ("PATH", "HOME", "LANG", "PYTHONPATH", "HF_HUB_OFFLINE", "OMP_NUM_THREADS")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    out = subprocess.run([sys.executable, "-m", "lifecycle.planning", job], capture_output=True, text=True, check=False,
+                         env=env, cwd=Path(__file__).resolve().parents[1])
     if out.returncode != 0:
         raise LifecycleError(f"memory measurement failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _measure_in_this_process(job: dict) -> dict:
+    import gc
     import resource
 
     import torch
@@ -224,13 +231,25 @@ def _measure_in_this_process(job: dict) -> dict:
     arch, head = job["arch"], job["head"]
     cuda = torch.cuda.is_available()
     torch.manual_seed(0)
+
+    def build(a: dict):
+        if head == "clm":
+            return GPT2LMHeadModel(GPT2Config(**a))
+        if head == "mlm":
+            return BertForMaskedLM(BertConfig(**a))
+        return BertForSequenceClassification(BertConfig(**a, num_labels=5))
+
+    # One step of a toy model of the same class first: lazy imports, kernel and allocator set-up then
+    # happen before the baseline, so the difference below is the step's own memory.
+    warm = build({"n_layer": 1, "n_embd": 8, "n_head": 2, "vocab_size": 64} if head == "clm" else
+                 {"num_hidden_layers": 1, "hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 2,
+                  "vocab_size": 64})
+    ids = torch.randint(5, 64, (2, 8))
+    warm(input_ids=ids, labels=ids if head != "classification" else torch.zeros(2, dtype=torch.long)).loss.backward()
+    del warm
+    gc.collect()
     before = rss()
-    if head == "clm":
-        model = GPT2LMHeadModel(GPT2Config(**arch))
-    elif head == "mlm":
-        model = BertForMaskedLM(BertConfig(**arch))
-    else:
-        model = BertForSequenceClassification(BertConfig(**arch, num_labels=5))
+    model = build(arch)
     if job["checkpointing"]:
         model.gradient_checkpointing_enable()
     device = "cuda" if cuda else "cpu"
