@@ -109,7 +109,7 @@ class StagePlan:
         return asdict(self)
 
 
-def advise(shape: Shape, budget_bytes: float, accum: int) -> tuple[bool, list[str]]:
+def advise(shape: Shape, budget_bytes: float, accum: int, lora_possible: bool = True) -> tuple[bool, list[str]]:
     """Whether one step fits budget_bytes, and the smallest changes that make it fit."""
     if memory(shape)["total"] <= budget_bytes:
         return True, []
@@ -127,7 +127,7 @@ def advise(shape: Shape, budget_bytes: float, accum: int) -> tuple[bool, list[st
         half = Shape(**{**asdict(shape), "act_bytes": 2})
         if memory(half)["total"] <= budget_bytes:
             tips.append("train.precision bf16 (on accelerators that support it)")
-    if shape.params_trainable == shape.params_total:
+    if lora_possible and shape.params_trainable == shape.params_total:
         tips.append("LoRA (finetune.lora) cuts gradient and optimizer memory to a few % of the weights")
     if not tips:
         tips.append("the weights alone do not fit: use a smaller preset or a larger accelerator")
@@ -311,7 +311,7 @@ def plan(pipeline, memory_gb: float | None = None, calibrate_steps: int = 3) -> 
             p.step_seconds = calibrate(model_fn, shape, calibrate_steps) * tc.grad_accum
             p.est_seconds = p.step_seconds * steps
         if memory_gb:
-            p.fits, p.advice = advise(shape, memory_gb * 2**30, tc.grad_accum)
+            p.fits, p.advice = advise(shape, memory_gb * 2**30, tc.grad_accum, lora_possible=hasattr(stage, "lora"))
         plans.append(p)
     return plans
 
