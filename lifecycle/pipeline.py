@@ -129,6 +129,8 @@ def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str |
     passed = all(o.status in ("passed", "cached") for o in outcomes)
     echo(report.summary_table(outcomes))
     echo(f"report: {run_dir / 'report.md'}")
+    if any(o.artifact is not None and o.artifact.kind == "onnx-model" for o in outcomes):
+        echo(f"serve it: lifecycle serve {run_dir}    (edge bundle: lifecycle bundle {run_dir} -o model.zip)")
     if not passed:
         failed = [f"[{o.name}] {g.message}" for o in outcomes for g in gatelib.blocking(o.gates)]
         raise GateFailed("gate failed: " + "; ".join(failed))
