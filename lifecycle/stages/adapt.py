@@ -40,6 +40,7 @@ ADAPT_METRICS = {"perplexity_before", "domain_perplexity_gain", "general_perplex
 class Config(StageBase):
     kind: Literal["adapt"]
     consumes = "hf-model"
+    distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # path or package to start from instead of the parent stage's artifact
     data: str = Field(description="name of the domain corpus source in `data`")
     general_data: str | None = None  # a general corpus: forgetting is measured on its validation split

@@ -28,13 +28,14 @@ from lifecycle.schema import StageBase
 from lifecycle.training import TrainConfig
 
 LM_METRICS = {"eval_loss", "perplexity", "train_loss", "tokens_per_second", "train_seconds", "train_tokens",
-              "params_total", "vocab_size", "world_size", *STAT_KEYS}
+              "params_total", "vocab_size", "world_size", "data_wait_fraction", *STAT_KEYS}
 
 
 class Config(StageBase):
     kind: Literal["pretrain"]
     consumes = None
     produces = "hf-model"
+    distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     data: str = Field(description="name of the corpus source in `data` (its labels, if any, are ignored)")
     model: ModelSource = ModelSource(preset="bert-tiny")  # a preset: bert-* -> masked-LM, gpt-* -> causal-LM
     block_size: int = Field(128, ge=8)  # tokens per packed block: longer = more context, quadratic attention cost
@@ -100,32 +101,8 @@ def _tokenizer(cfg: Config, corpus, ctx):
         return models.load_tokenizer(saved, cfg.block_size)
     tokenizer = models.train_tokenizer(corpus.splits["train"]["text"], cfg.model.tokenizer, cfg.model.family,
                                        cfg.block_size)
-    if cfg.model.family == "bert":
-        tokenizer = canonical_wordpiece(tokenizer)
     tokenizer.save_pretrained(saved)
     return tokenizer
-
-
-def canonical_wordpiece(tokenizer):
-    """The `tokenizers` WordPiece trainer learns the same vocabulary every time but numbers the initial
-    `##x` alphabet in hash-set order, which changes from process to process, and with it the embedding
-    rows and every seeded run. WordPiece matches by string, so ids can be reassigned: special tokens keep
-    theirs, the rest are numbered in sorted order."""
-    import json
-
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    vocab = state["model"]["vocab"]
-    special = set(tokenizer.all_special_ids)
-    fixed = sorted((i, t) for t, i in vocab.items() if i in special)
-    if [i for i, _ in fixed] != list(range(len(fixed))):
-        return tokenizer  # specials are not the first ids: leave the vocabulary as trained
-    rest = sorted(t for t, i in vocab.items() if i not in special)
-    state["model"]["vocab"] = {t: i for i, t in enumerate([t for _, t in fixed] + rest)}
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)),
-                                   model_max_length=tokenizer.model_max_length, **tokenizer.special_tokens_map)
 
 
 # --------------------------------------------------------------------- shared with the adapt stage
