@@ -192,8 +192,8 @@ def require(condition: bool, message: str) -> None:
 
 # ------------------------------------------------------------------------------------ measurement
 def measure_peak(arch: dict, head: str, batch: int, seq: int, checkpointing: bool = False) -> dict:
-    """Peak memory of one real training step, measured in a fresh process: CPU RSS high-water mark
-    minus the RSS before the model existed (GPU: torch.cuda.max_memory_allocated)."""
+    """Peak memory of one real training step, measured in a fresh process: sampled peak of anonymous
+    resident memory minus its value before the model existed (GPU: torch.cuda.max_memory_allocated)."""
     import json
     import os
     import subprocess
@@ -214,6 +214,7 @@ def measure_peak(arch: dict, head: str, batch: int, seq: int, checkpointing: boo
 def _measure_in_this_process(job: dict) -> dict:
     import gc
     import resource
+    import threading
 
     import torch
     from transformers import (
@@ -224,9 +225,20 @@ def _measure_in_this_process(job: dict) -> dict:
         GPT2LMHeadModel,
     )
 
-    def rss() -> int:
+    def anon() -> int:
+        # Anonymous resident memory (resident - file-backed): tensors, not library pages, which the
+        # kernel may evict and fault back in (proactive reclaim) and so would blur an RSS difference.
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
+            fields = f.read().split()
+        return (int(fields[1]) - int(fields[2])) * resource.getpagesize()
+
+    high = [0]
+    done = threading.Event()
+
+    def sample() -> None:  # the kernel keeps no high-water mark of anonymous memory: sample it
+        while not done.is_set():
+            high[0] = max(high[0], anon())
+            time.sleep(0.0005)
 
     arch, head = job["arch"], job["head"]
     cuda = torch.cuda.is_available()
@@ -248,7 +260,9 @@ def _measure_in_this_process(job: dict) -> dict:
     warm(input_ids=ids, labels=ids if head != "classification" else torch.zeros(2, dtype=torch.long)).loss.backward()
     del warm
     gc.collect()
-    before = rss()
+    before = anon()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     model = build(arch)
     if job["checkpointing"]:
         model.gradient_checkpointing_enable()
@@ -268,7 +282,9 @@ def _measure_in_this_process(job: dict) -> dict:
     if cuda:
         peak = torch.cuda.max_memory_allocated() - base + sum(p.numel() * p.element_size() for p in model.parameters())
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+        done.set()
+        sampler.join()
+        peak = high[0] - before
     return {"peak_bytes": peak, "params": sum(p.numel() for p in model.parameters())}
 
 

@@ -17,6 +17,9 @@ SIZES = [  # (architecture, head, batch, seq, gradient checkpointing)
 ]
 
 
+# Slow: each size trains in a fresh process and samples its memory; on a loaded shared machine the kernel's
+# reclaim made earlier RSS-based figures swing 2x, so these run with `make test-all` (pytest -m slow).
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, head, batch, seq, ckpt", SIZES, ids=["mlm-2x64", "cls-4x256", "cls-4x256-ckpt"])
 def test_memory_estimate_within_25_percent_of_measured_peak(arch, head, batch, seq, ckpt):
     measured = measure_peak(arch, head, batch, seq, checkpointing=ckpt)
