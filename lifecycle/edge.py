@@ -5,6 +5,7 @@ import from the rest of `lifecycle`, so it can be copied alone onto a device.
     from lifecycle.edge import Predictor
     p = Predictor.open("model.zip")          # or an export/quantize artifact directory
     p.predict(["some text"])                 # [{"label": ..., "score": ..., "scores": {...}}]
+    p.embed(["some text"])                   # an embedding model (schema task "embedding"): (n, dim) array
     p.check()                                # re-runs the predictions the pipeline recorded
 
 A directory or zip holds model.onnx, tokenizer.json, labels.json and schema.json. When it holds
@@ -61,6 +62,11 @@ class Predictor:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.root / MODEL), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @property
+    def task(self) -> str:
+        """"classification" (output: logits) or "embedding" (output: pooled, normalised embeddings)."""
+        return self.schema.get("task", "classification")
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, spinning: bool = True) -> Predictor:
@@ -119,7 +125,15 @@ class Predictor:
         # float32 always: an fp16 graph may return half-precision logits
         return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, len(self.labels)), dtype=np.float32)
 
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Embeddings (n, dim), float32: pooling and normalisation are inside the graph."""
+        if self.task != "embedding":
+            raise BundleError(f"{self.root}: a {self.task} model has no embeddings; use predict()")
+        return self.logits(texts, batch_size)
+
     def predict(self, texts: list[str]) -> list[dict]:
+        if self.task != "classification":
+            raise BundleError(f"{self.root}: an {self.task} model predicts no labels; use embed()")
         logits = self.logits(texts)
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
@@ -138,6 +152,13 @@ class Predictor:
         expected = m.get("sample_predictions") or m.get("details", {}).get("sample_predictions") or []
         if not expected:
             raise BundleError(f"{self.root}: the manifest records no sample predictions to check")
+        if self.task == "embedding":
+            got = self.embed([e["text"] for e in expected])
+            for e, g in zip(expected, got):
+                if float(np.abs(np.asarray(e["embedding"]) - g).max()) > atol:
+                    raise BundleError(f"embedding differs from the pipeline's for {e['text'][:60]!r} by more "
+                                      f"than {atol}")
+            return len(expected)
         got = self.predict([e["text"] for e in expected])
         for e, g in zip(expected, got):
             if e["label"] != g["label"] or abs(e["score"] - g["score"]) > atol:

@@ -86,9 +86,49 @@ class StageBase(Strict):
         return self.consumes is not None
 
 
+class Pairs(Strict):
+    """Text pairs from a jsonl / csv / tsv file (path relative to the pipeline file): scored pairs for
+    Spearman evaluation, or (anchor, positive[, hard negative]) pairs for supervised contrastive training."""
+
+    format: Literal["jsonl", "csv", "tsv"] = "jsonl"
+    path: str
+    text1_field: str = "text1"
+    text2_field: str = "text2"
+    score_field: str | None = None  # similarity score of the pair (evaluation: Spearman correlation)
+    negative_field: str | None = None  # a hard negative for text1 (supervised contrastive training)
+    limit: int | None = Field(None, gt=0, description="read at most this many pairs")
+
+
+class EmbeddingTask(Strict):
+    """How an embedding model is scored (`task: {type: embedding, embedding: {...}}`)."""
+
+    # kNN label accuracy: each test text takes the majority label of its k most cosine-similar train
+    # texts. Small k follows local structure (noisier); large k smooths towards the class prior.
+    k: int = Field(5, gt=0)
+    limit: int | None = Field(None, gt=0, description="at most this many texts per split for kNN (each costs a forward pass)")
+    pairs: Pairs | None = None  # scored pairs: adds `spearman` (rank correlation of cosine with the scores)
+
+
+def unset(value) -> bool:
+    """For `Field(None, exclude_if=unset)`: an optional field added later stays out of dumps (and cache
+    keys) while unset, so existing pipelines keep their cached artifacts."""
+    return value is None
+
+
 class Task(Strict):
     """The downstream task the model is trained and measured on."""
 
     type: Literal["classification", "embedding"] = "classification"
     data: str = Field(description="name of a labelled source in `data`")
     max_length: int = Field(128, gt=0, description="tokens per text; longer texts are truncated")
+    embedding: EmbeddingTask | None = Field(None, exclude_if=unset)
+
+    @model_validator(mode="after")
+    def _embedding_settings(self) -> Task:
+        if self.embedding is not None and self.type != "embedding":
+            raise ValueError("embedding: settings for `type: embedding` only")
+        return self
+
+    @property
+    def embedding_settings(self) -> EmbeddingTask:
+        return self.embedding or EmbeddingTask()

@@ -26,9 +26,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from lifecycle import ConfigError
+from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
 from lifecycle.evaluation.probe import Probe
 from lifecycle.models import ModelSource
-from lifecycle.schema import StageBase
+from lifecycle.schema import StageBase, unset
 from lifecycle.stages.pretrain import LM_METRICS
 from lifecycle.training import TrainConfig
 
@@ -51,17 +52,29 @@ class Config(StageBase):
     train: TrainConfig = TrainConfig(lr=1e-4, epochs=1)  # continued pre-training: lower lr than from scratch
     probe: Probe | None = None
     num_proc: int | None = Field(None, gt=0)
+    # None: the parent's objective, else what the architecture says (mlm / clm). contrastive: continue
+    # as a sentence-embedding model (lifecycle.contrastive; settings in `contrastive:`); no MLM head,
+    # no perplexity, and general_data / probe / head_warmup_* do not apply.
+    objective: Literal["mlm", "clm", "contrastive"] | None = Field(None, exclude_if=unset)
+    contrastive: Contrastive | None = Field(None, exclude_if=unset)
 
     @model_validator(mode="after")
     def _start(self) -> Config:
         if self.model is not None and self.model.preset:
             raise ValueError("model: adapt continues existing weights (path or package); a preset belongs in `pretrain`")
+        if self.contrastive is not None and self.objective != "contrastive":
+            raise ValueError("contrastive: settings for `objective: contrastive` only")
+        if self.objective == "contrastive" and (self.general_data or self.probe):
+            raise ValueError("objective: contrastive reports kNN accuracy (task: {type: embedding}) instead of "
+                             "general perplexity and probe accuracy; drop general_data / probe")
         return self
 
     def needs_parent(self) -> bool:
         return self.model is None
 
     def metric_names(self) -> set[str]:
+        if self.objective == "contrastive":
+            return set(CONTRASTIVE_METRICS)
         return {*LM_METRICS, *ADAPT_METRICS}
 
 
@@ -80,7 +93,18 @@ def run(cfg: Config, parent, ctx) -> dict:
     path = models.model_dir(cfg.model, ctx.pipeline) if cfg.model is not None else Path(parent.path)
     tokenizer = models.load_tokenizer(path, cfg.block_size)
     set_seed(ctx.seed)
+    if cfg.objective == "contrastive":
+        from transformers import AutoModel
+
+        from lifecycle import contrastive
+        from lifecycle.embedding import read_pooling
+
+        metrics = contrastive.train(cfg, models.load_model(AutoModel, path), tokenizer, read_pooling(path), ctx)
+        ctx.details["start"] = str(path)
+        return metrics
     model, objective, head_added = _load(path, parent)
+    if cfg.objective not in (None, objective):
+        raise ConfigError(f"stage '{cfg.label}': objective {cfg.objective} does not fit the start model ({objective})")
     args = pretrain.lm_training_args(cfg.train, ctx)
 
     domain = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)

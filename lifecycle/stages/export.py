@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import LATENCY_METRICS
 from lifecycle.schema import Gate, StageBase
@@ -63,7 +64,8 @@ class Config(StageBase):
     latency: OnnxLatency = OnnxLatency()
 
     def metric_names(self) -> set[str]:
-        return {*ONNX_METRICS, "parity_max_abs_diff", "argmax_agreement"}
+        # task type embedding: knn_accuracy / spearman and cosine to PyTorch instead of accuracy / argmax
+        return {*ONNX_METRICS, "parity_max_abs_diff", "argmax_agreement", *EMBEDDING_METRICS, *FIDELITY_METRICS}
 
     def model_post_init(self, _ctx) -> None:
         # Parity is always gated: add the default gate unless the user wrote one.
@@ -78,6 +80,10 @@ def run(cfg: Config, parent, ctx) -> dict:
     from lifecycle.edge import Predictor
 
     task = ctx.pipeline.task
+    if task.type == "embedding":  # encoder + pooling in one graph: lifecycle.embedding
+        from lifecycle.embedding import export
+
+        return export(cfg, parent, ctx)
     src = Path(parent.path)
     model = models.load_model(AutoModelForSequenceClassification, src).eval()
     tokenizer = models.load_tokenizer(src, task.max_length)
@@ -106,7 +112,7 @@ def run(cfg: Config, parent, ctx) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ exporters
-def export_torch(model, tokenizer, path: Path, opset: int) -> None:
+def export_torch(model, tokenizer, path: Path, opset: int, output: str = "logits") -> None:
     import torch
 
     sample = tokenizer(["export sample"] * 2, return_tensors="pt", padding="max_length", max_length=16)
@@ -114,7 +120,7 @@ def export_torch(model, tokenizer, path: Path, opset: int) -> None:
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     with torch.inference_mode():
         torch.onnx.export(model, tuple(sample[n] for n in names), str(path), input_names=names,
-                          output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}},
+                          output_names=[output], dynamic_axes={**axes, output: {0: "batch"}},
                           opset_version=opset, dynamo=False)
 
 
@@ -147,7 +153,7 @@ def fuse(plain: Path, out: Path, model_type: str = "bert") -> dict[str, int]:
     return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
 
 
-def _maybe_fused(cfg: Config, plain: Path, model, tokenizer, texts, ctx) -> Path:
+def _maybe_fused(cfg: Config, plain: Path, model, tokenizer, texts, ctx, reference=None) -> Path:
     """Fuse, then keep the fused graph only if it is no slower at batch 1 and within the parity bound."""
     from lifecycle.edge import Predictor
     from lifecycle.evaluation.latency import measure
@@ -170,7 +176,7 @@ def _maybe_fused(cfg: Config, plain: Path, model, tokenizer, texts, ctx) -> Path
         feeds = p.encode([texts[0]] * cfg.latency.batch_size, pad_to=seq)
         timings[name] = measure(lambda p=p, feeds=feeds: p.session.run(None, feeds), cfg.latency.warmup,
                                 cfg.latency.runs)["latency_p50_ms"]
-    fused_parity = parity(model, tokenizer, Predictor.open(fused_dir), texts, ctx.pipeline.task.max_length)
+    fused_parity = parity(model, tokenizer, Predictor.open(fused_dir), texts, ctx.pipeline.task.max_length, reference)
     faster = timings["fused"] <= timings["plain"] * FUSED_SLOWER_TOLERANCE
     within = fused_parity["parity_max_abs_diff"] <= cfg.parity_max
     keep = bool(ops) and faster and within
@@ -210,12 +216,15 @@ def write_runtime_files(out: Path, src: Path, model, tokenizer, max_length: int,
     (out / "schema.json").write_text(json.dumps(schema, indent=2))
 
 
-def parity(model, tokenizer, predictor, texts: list[str], max_length: int) -> dict:
+def parity(model, tokenizer, predictor, texts: list[str], max_length: int, reference=None) -> dict:
     """Max |logit difference| and argmax agreement, PyTorch vs onnxruntime, at batch 1 and the
-    largest batch, on the shortest and the longest texts."""
+    largest batch, on the shortest and the longest texts. `reference(model, tokenizer, texts,
+    max_length, batch_size)` computes PyTorch's outputs (default: a classifier's logits)."""
     import numpy as np
 
     from lifecycle.training import predict_logits
+
+    predict_logits = reference or predict_logits
 
     by_len = sorted(texts, key=len)
     cases = [[by_len[0]], [by_len[-1]], by_len]  # batch 1 short, batch 1 long, whole batch (mixed lengths)
@@ -233,12 +242,20 @@ def evaluate(predictor, test, latency: OnnxLatency, max_length: int, logits=None
     """What every onnx-model stage reports: accuracy/F1 on the full test split, latency at batch 1
     (latency_p50_ms...) and batch 32 (latency_b32_*) padded to seq_len, and size_mb."""
     from lifecycle.evaluation import classification_metrics
-    from lifecycle.evaluation.latency import measure
 
     logits = predictor.logits(test["text"]) if logits is None else logits
     metrics = classification_metrics(logits.argmax(-1), test["label"])
+    metrics.update(onnx_latency(predictor, test["text"][0], latency, max_length))
+    return metrics
+
+
+def onnx_latency(predictor, text: str, latency: OnnxLatency, max_length: int) -> dict:
+    """Latency at batch `latency.batch_size` (latency_p50_ms...) and batch 32 (latency_b32_*), one text
+    padded to seq_len, in onnxruntime; and size_mb. Shared by every onnx-model stage and task."""
+    from lifecycle.evaluation.latency import measure
+
+    metrics = {}
     seq = latency.seq_len or max_length
-    text = test["text"][0]
     feeds = predictor.encode([text] * latency.batch_size, pad_to=seq)
     metrics.update(measure(lambda: predictor.session.run(None, feeds), latency.warmup, latency.runs))
     if latency.batch32:
@@ -252,8 +269,13 @@ def evaluate(predictor, test, latency: OnnxLatency, max_length: int, logits=None
 
 def prediction_details(predictor, test, logits) -> dict:
     """Predictions for the manifest: the label id of every test text, and label + scores of the first
-    few (a bundle carries these, and `Predictor.check()` reproduces them on the device)."""
+    few (a bundle carries these, and `Predictor.check()` reproduces them on the device). An embedding
+    model records the embeddings of the first few texts instead."""
     texts = test["text"][:SAMPLE_PREDICTIONS]
+    if predictor.task == "embedding":
+        # embedded as one batch, as check() does: dynamic int8 ranges depend on the batch's padding
+        return {"sample_predictions": [{"text": t, "embedding": [float(x) for x in e]}
+                                       for t, e in zip(texts, predictor.embed(texts))]}
     return {"test_predictions": [int(i) for i in logits.argmax(-1)],
             "sample_predictions": [{"text": t, **p} for t, p in zip(texts, predictor.predict(texts))]}
 

@@ -21,10 +21,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
 from lifecycle.data.corpus import STAT_KEYS
 from lifecycle.evaluation.probe import Probe
 from lifecycle.models import PRESETS, ModelSource
-from lifecycle.schema import StageBase
+from lifecycle.schema import StageBase, unset
 from lifecycle.training import TrainConfig
 
 LM_METRICS = {"eval_loss", "perplexity", "train_loss", "tokens_per_second", "train_seconds", "train_tokens",
@@ -43,12 +44,22 @@ class Config(StageBase):
     train: TrainConfig = TrainConfig(lr=5e-4, epochs=1)  # from scratch: a higher lr than fine-tuning
     probe: Probe | None = None  # a labelled task scored on frozen features after training: probe_accuracy
     num_proc: int | None = Field(None, gt=0, description="tokenization workers; pays off above ~10 MB of text")
+    # None: masked-LM for bert-* presets, causal-LM for gpt-*. contrastive: sentence embeddings
+    # (lifecycle.contrastive; settings in `contrastive:`), encoders only.
+    objective: Literal["mlm", "clm", "contrastive"] | None = Field(None, exclude_if=unset)
+    contrastive: Contrastive | None = Field(None, exclude_if=unset)
 
     @model_validator(mode="after")
     def _from_scratch(self) -> Config:
         if not self.model.preset:
             raise ValueError("model: pretrain starts from a preset; to continue from existing weights use an "
                              "`adapt` stage with `model: {path: ...}` or `model: {package: ...}`")
+        natural = "mlm" if self.model.family == "bert" else "clm"
+        if self.objective not in (None, natural) and not (self.objective == "contrastive" and natural == "mlm"):
+            raise ValueError(f"objective: '{self.objective}' does not fit preset {self.model.preset} "
+                             f"({'encoder: mlm or contrastive' if natural == 'mlm' else 'decoder: clm'})")
+        if self.contrastive is not None and self.objective != "contrastive":
+            raise ValueError("contrastive: settings for `objective: contrastive` only")
         fields = {**PRESETS[self.model.preset](), **self.model.overrides}
         positions = fields.get("max_position_embeddings", fields.get("n_positions"))
         if positions and self.block_size > positions:
@@ -56,6 +67,8 @@ class Config(StageBase):
         return self
 
     def metric_names(self) -> set[str]:
+        if self.objective == "contrastive":
+            return {*CONTRASTIVE_METRICS, *STAT_KEYS, "vocab_size"}
         return {*LM_METRICS, "unigram_perplexity", "perplexity_vs_unigram", "probe_accuracy"}
 
 
@@ -66,6 +79,8 @@ def run(cfg: Config, parent, ctx) -> dict:
     from lifecycle.data.corpus import load_corpus
     from lifecycle.evaluation.perplexity import unigram_perplexity
 
+    if cfg.objective == "contrastive":
+        return _contrastive(cfg, ctx)
     objective = "mlm" if cfg.model.family == "bert" else "clm"
     args = lm_training_args(cfg.train, ctx)
     corpus = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)
@@ -89,6 +104,22 @@ def run(cfg: Config, parent, ctx) -> dict:
     metrics["perplexity_vs_unigram"] = metrics["perplexity"] / metrics["unigram_perplexity"]
     ctx.details.update(objective=objective, block_size=cfg.block_size, data=corpus.stats)
     return finish(trainer, tokenizer, cfg.probe, ctx, metrics)
+
+
+def _contrastive(cfg: Config, ctx) -> dict:
+    """An encoder from scratch trained only with the contrastive objective (lifecycle.contrastive)."""
+    from transformers import AutoModel, set_seed
+
+    from lifecycle import contrastive, models
+    from lifecycle.data.corpus import load_corpus
+    from lifecycle.embedding import Pooling
+
+    corpus = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)
+    tokenizer = _tokenizer(cfg, corpus, ctx)
+    set_seed(ctx.seed)
+    model = AutoModel.from_config(models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id))
+    metrics = contrastive.train(cfg, model, tokenizer, Pooling(), ctx, corpus)
+    return {**metrics, **corpus.stats, "vocab_size": len(tokenizer)}
 
 
 def _tokenizer(cfg: Config, corpus, ctx):

@@ -31,6 +31,7 @@ from typing import Literal
 
 from pydantic import Field, computed_field, model_validator
 
+from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
 from lifecycle.schema import StageBase, Strict
 from lifecycle.stages.export import ONNX_METRICS, RUNTIME_FILES, OnnxLatency
 
@@ -85,7 +86,8 @@ class Config(StageBase):
         return {k: v for k, v in data.items() if k != "ladder_gates"} if isinstance(data, dict) else data
 
     def metric_names(self) -> set[str]:
-        return {*ONNX_METRICS, "argmax_agreement", "logit_max_abs_diff"}
+        # task type embedding: knn_accuracy / spearman and cosine to the fp32 parent instead of accuracy
+        return {*ONNX_METRICS, "argmax_agreement", "logit_max_abs_diff", *EMBEDDING_METRICS, *FIDELITY_METRICS}
 
 
 def run(cfg: Config, parent, ctx) -> dict:
@@ -103,7 +105,7 @@ def run(cfg: Config, parent, ctx) -> dict:
         try:
             build(method, cfg, Path(parent.path), rung_dir, ctx)
             predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
-            metrics, logits = measure(predictor, test, reference, cfg, task.max_length)
+            metrics, logits = measure(predictor, test, reference, cfg, task.max_length, ctx.pipeline)
         except Exception as exc:  # a rung that cannot be built or run is a failed attempt, not a crash
             attempts.append({"method": method, "error": f"{type(exc).__name__}: {exc}", "passed": False})
             print(f"   rung {method}: failed ({type(exc).__name__}: {exc})")
@@ -111,7 +113,8 @@ def run(cfg: Config, parent, ctx) -> dict:
         results = ctx.check_gates(metrics)
         passed = not gatelib.blocking(results)
         attempts.append({"method": method, "metrics": metrics, "gates": [r.to_dict() for r in results], "passed": passed})
-        print(f"   rung {method}: accuracy {metrics['accuracy']:.4f}, p50 {metrics['latency_p50_ms']:.2f} ms, "
+        score = "accuracy" if "accuracy" in metrics else "knn_accuracy"
+        print(f"   rung {method}: {score} {metrics[score]:.4f}, p50 {metrics['latency_p50_ms']:.2f} ms, "
               f"{metrics['size_mb']:.2f} MB: {'passes' if passed else 'misses'} the gates")
         built = (method, rung_dir, predictor, metrics, logits)
         if passed:
@@ -127,11 +130,18 @@ def run(cfg: Config, parent, ctx) -> dict:
     return metrics
 
 
-def measure(predictor, test, reference, cfg: Config, max_length: int):
-    """export's evaluation plus agreement with the parent: argmax agreement and max |logit diff|."""
+def measure(predictor, test, reference, cfg: Config, max_length: int, pipeline=None):
+    """export's evaluation plus agreement with the parent: argmax agreement and max |logit diff|.
+    An embedding model: kNN accuracy (+ Spearman) and cosine to the parent's fp32 embeddings (the
+    parent is gated to PyTorch fp32 by its parity check, so this is fidelity to PyTorch as well)."""
     import numpy as np
 
     from lifecycle.stages.export import evaluate
+
+    if predictor.task == "embedding":
+        from lifecycle.embedding import onnx_metrics
+
+        return onnx_metrics(predictor, cfg.latency, max_length, pipeline, reference)
 
     logits = predictor.logits(test["text"])
     metrics = evaluate(predictor, test, cfg.latency, max_length, logits)

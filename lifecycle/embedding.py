@@ -1,0 +1,264 @@
+"""The embedding task: pooling that travels with the model, and how embeddings are scored.
+
+An embedding model is an encoder plus a pooling rule (mean over non-padding tokens, or the [CLS]
+token) and optional L2 normalisation. Both are part of the artifact: `pooling.json` beside the
+weights of an hf-model, and nodes inside the graph of an onnx-model, so every consumer (PyTorch
+metrics, the ONNX export, the edge bundle, the server) embeds a text the same way.
+
+Metrics (fractions 0..1 like accuracy, so gates read them the same way):
+- `knn_accuracy`: each test text of the task's labelled source takes the majority label of its k
+  most cosine-similar *train* texts. A probe of embedding quality with no trained head.
+- `spearman`: with `task.embedding.pairs` (scored pairs), Spearman rank correlation between the
+  cosine of each pair and its score.
+- `embedding_cosine_min` / `_mean`: fidelity of an exported or quantized model, per-text cosine
+  to the fp32 reference on the test texts.
+- `alignment` / `uniformity` (Wang & Isola 2020), reported by the contrastive objective.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from lifecycle.schema import Strict
+
+POOLING_FILE = "pooling.json"
+EMBEDDING_METRICS = ("knn_accuracy", "spearman")
+FIDELITY_METRICS = ("embedding_cosine_min", "embedding_cosine_mean")
+
+
+class Pooling(Strict):
+    """How token states become one vector; written to the artifact as pooling.json."""
+
+    mode: Literal["mean", "cls"] = "mean"  # mean: robust default for sentence encoders; cls: BERT-style models
+    normalize: bool = True  # unit length: a dot product is then the cosine (what kNN and retrieval use)
+
+
+def read_pooling(model_dir: Path) -> Pooling:
+    """pooling.json; else a sentence-transformers folder's own config (1_Pooling, Normalize); else mean + L2."""
+    model_dir = Path(model_dir)
+    if (model_dir / POOLING_FILE).is_file():
+        return Pooling.model_validate_json((model_dir / POOLING_FILE).read_text())
+    st_pool = model_dir / "1_Pooling" / "config.json"
+    if st_pool.is_file():
+        cfg = json.loads(st_pool.read_text())
+        mode = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+        modules = model_dir / "modules.json"
+        names = [m.get("type", "") for m in json.loads(modules.read_text())] if modules.is_file() else []
+        return Pooling(mode=mode, normalize=any(n.endswith("Normalize") for n in names))
+    return Pooling()
+
+
+def write_pooling(model_dir: Path, pooling: Pooling) -> None:
+    (Path(model_dir) / POOLING_FILE).write_text(pooling.model_dump_json(indent=2))
+
+
+# ------------------------------------------------------------------------------------------- PyTorch
+def pool(hidden, attention_mask, pooling: Pooling):
+    """(batch, seq, dim) token states -> (batch, dim). Written with plain tensor ops so torch.onnx puts
+    the same computation into the graph."""
+    import torch.nn.functional as F
+
+    if pooling.mode == "cls":
+        out = hidden[:, 0]
+    else:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        out = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return F.normalize(out, p=2.0, dim=-1) if pooling.normalize else out
+
+
+def embedding_model(body, pooling: Pooling):
+    """An nn.Module: encoder body + pooling (+ normalisation), returning (batch, dim) embeddings."""
+    import torch
+
+    class EmbeddingModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = body
+            self.config = body.config
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            hidden = self.body(input_ids=input_ids, attention_mask=attention_mask,
+                               token_type_ids=token_type_ids).last_hidden_state
+            return pool(hidden, attention_mask, pooling)
+
+    return EmbeddingModel()
+
+
+def embed_torch(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64):
+    """Embeddings (float32 numpy) of an `embedding_model`, eval mode, no grad."""
+    import numpy as np
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[i : i + batch_size]), truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
+            feeds = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+            out.append(model(**feeds).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def _unit(x):
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, k: int) -> float:
+    """Majority label of the k cosine-nearest train embeddings (scikit-learn, brute force)."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_y)), metric="cosine", algorithm="brute")
+    return float(knn.fit(train_x, train_y).score(test_x, test_y))
+
+
+def spearman(a, b, scores) -> float:
+    """Spearman correlation between the cosine of each embedding pair and its gold score (scipy)."""
+    from scipy.stats import spearmanr
+
+    cos = (_unit(a) * _unit(b)).sum(-1)
+    return float(spearmanr(cos, scores).statistic)
+
+
+def fidelity(reference, got) -> dict[str, float]:
+    """Per-text cosine between reference (fp32) and candidate embeddings: min and mean."""
+    cos = (_unit(reference) * _unit(got)).sum(-1)
+    return {"embedding_cosine_min": float(cos.min()), "embedding_cosine_mean": float(cos.mean())}
+
+
+def alignment_uniformity(x, y, t: float = 2.0) -> dict[str, float]:
+    """Wang & Isola (2020) on unit vectors: alignment = E||f(x) - f(x+)||^2 over positive pairs (lower:
+    positives closer); uniformity = log E exp(-t ||f(x) - f(y)||^2) over all pairs of x (lower: spread
+    more evenly over the sphere)."""
+    import numpy as np
+
+    x, y = _unit(x), _unit(y)
+    align = float((np.linalg.norm(x - y, axis=-1) ** 2).mean())
+    sq = np.maximum(2 - 2 * x @ x.T, 0)[np.triu_indices(len(x), k=1)]
+    return {"alignment": align, "uniformity": float(np.log(np.exp(-t * sq).mean()))}
+
+
+def task_metrics(embed, pipeline, task=None, test_embeddings=None) -> dict[str, float]:
+    """kNN label accuracy on the task's labelled source (train -> test), and Spearman on its scored
+    pairs when given. `embed(texts) -> array`; pass the test embeddings when already computed."""
+    from lifecycle.data import load
+
+    task = task or pipeline.task
+    settings = task.embedding_settings
+    data = load(pipeline.data[task.data], pipeline)
+    train, test = data.splits["train"], data.splits["test"]
+    if settings.limit:
+        train = train.select(range(min(settings.limit, len(train))))
+        if len(test) > settings.limit:
+            test, test_embeddings = test.select(range(settings.limit)), None
+    test_x = embed(test["text"]) if test_embeddings is None else test_embeddings
+    metrics = {"knn_accuracy": knn_accuracy(embed(train["text"]), train["label"], test_x, test["label"], settings.k),
+               "knn_train_texts": len(train), "knn_test_texts": len(test)}
+    if settings.pairs is not None:
+        pairs = read_pairs(settings.pairs, pipeline)
+        if not pairs.get("score"):
+            from lifecycle import ConfigError
+
+            raise ConfigError("task.embedding.pairs: Spearman needs scored pairs; set `score_field`")
+        metrics["spearman"] = spearman(embed(pairs["text1"]), embed(pairs["text2"]), pairs["score"])
+    return metrics
+
+
+def read_pairs(pairs, pipeline) -> dict[str, list]:
+    """{"text1": [...], "text2": [...], "score": [...] | None, "negative": [...] | None}."""
+    import csv
+
+    from lifecycle import LifecycleError
+
+    path = pipeline.resolve(pairs.path)
+    if not path.is_file():
+        raise LifecycleError(f"pairs: no file {path}")
+    with open(path, encoding="utf-8", newline="") as fh:
+        if pairs.format == "jsonl":
+            rows = [json.loads(line) for line in fh if line.strip()]
+        else:
+            rows = list(csv.DictReader(fh, delimiter="\t" if pairs.format == "tsv" else ","))
+    rows = rows[: pairs.limit] if pairs.limit else rows
+    fields = {"text1": pairs.text1_field, "text2": pairs.text2_field, "score": pairs.score_field,
+              "negative": pairs.negative_field}
+    if not rows:
+        raise LifecycleError(f"{path}: no pairs")
+    out: dict[str, list | None] = {}
+    for key, name in fields.items():
+        if name is None:
+            out[key] = None
+            continue
+        missing = next((i for i, r in enumerate(rows) if name not in r), None)
+        if missing is not None:
+            raise LifecycleError(f"{path}: row {missing + 1} has no field '{name}' (fields: {sorted(rows[missing])})")
+        out[key] = [float(r[name]) if key == "score" else str(r[name]) for r in rows]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+def export(cfg, parent, ctx) -> dict:
+    """The export stage for `task: {type: embedding}`: encoder + pooling + normalisation in one graph
+    (output `embeddings`), parity-gated against PyTorch like a classifier's logits, fused when
+    measured no slower, and scored with kNN accuracy and cosine to PyTorch on the test texts."""
+    import shutil
+
+    from transformers import AutoModel
+
+    from lifecycle import LifecycleError, models
+    from lifecycle.edge import Predictor
+    from lifecycle.stages import export as onnx_export
+
+    if cfg.exporter != "torch":
+        raise LifecycleError("export: optimum's feature-extraction export leaves pooling out of the graph; "
+                             "use `exporter: torch` for `task: {type: embedding}`")
+    task, src = ctx.pipeline.task, Path(parent.path)
+    pooling = read_pooling(src)
+    body = models.load_model(AutoModel, src).eval()
+    model = embedding_model(body, pooling).eval()
+    tokenizer = models.load_tokenizer(src, task.max_length)
+    plain = ctx.scratch_dir / "plain" / "model.onnx"
+    plain.parent.mkdir(parents=True, exist_ok=True)
+    onnx_export.export_torch(model, tokenizer, plain, cfg.opset, output="embeddings")
+    onnx_export.write_runtime_files(ctx.out_dir, src, body, tokenizer, task.max_length, onnx_export.onnx_input_names(plain))
+    schema = json.loads((ctx.out_dir / "schema.json").read_text())
+    schema.update(outputs={"embeddings": {"dtype": "float32", "shape": ["batch", body.config.hidden_size]}},
+                  task="embedding", pooling=pooling.model_dump())
+    (ctx.out_dir / "schema.json").write_text(json.dumps(schema, indent=2))
+    (ctx.out_dir / "labels.json").write_text("[]")  # no labels: the bundle format stays the same
+
+    def reference(_model, tok, texts, max_length, batch_size=64):
+        return embed_torch(model, tok, texts, max_length, batch_size)
+
+    data = ctx.task_data()
+    parity_texts = data.splits["validation"]["text"][: cfg.parity_samples]
+    chosen = onnx_export._maybe_fused(cfg, plain, model, tokenizer, parity_texts, ctx, reference) if cfg.optimize else plain
+    shutil.copy2(chosen, ctx.out_dir / "model.onnx")
+    predictor = Predictor.open(ctx.out_dir, threads=cfg.latency.threads)
+    metrics = onnx_export.parity(model, tokenizer, predictor, parity_texts, task.max_length, reference)
+    metrics.pop("argmax_agreement")  # the argmax of an embedding means nothing
+    test = data.splits["test"]
+    fp32 = embed_torch(model, tokenizer, test["text"], task.max_length)
+    found, test_x = onnx_metrics(predictor, cfg.latency, task.max_length, ctx.pipeline, fp32)
+    ctx.details.update(pooling=pooling.model_dump(), **onnx_export.prediction_details(predictor, test, test_x))
+    return {**metrics, **found}
+
+
+def onnx_metrics(predictor, latency, max_length: int, pipeline, reference=None):
+    """(metrics, test embeddings) of an embedding onnx-model: kNN accuracy (+ Spearman), cosine to the
+    fp32 reference embeddings of the test texts, latency and size as every onnx-model stage reports."""
+    from lifecycle.data import load
+    from lifecycle.stages.export import onnx_latency
+
+    test = load(pipeline.data[pipeline.task.data], pipeline).splits["test"]
+    test_x = predictor.embed(test["text"])
+    metrics = task_metrics(predictor.embed, pipeline, test_embeddings=test_x)
+    if reference is not None:
+        metrics.update(fidelity(reference, test_x))
+    metrics.update(onnx_latency(predictor, test["text"][0], latency, max_length))
+    return metrics, test_x
