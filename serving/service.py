@@ -10,7 +10,9 @@ tag), its name, version (the artifact hash) and gate results, and the settings (
 threads, batching, limits). The decorators below read it at import time, in every worker.
 
 Endpoints: POST /classify {"texts": [...]} -> [{"label", "score", "scores"}, ...] (one per text, same
-order); GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
+order) for a classifier; POST /embed {"texts": [...]} -> [[float, ...], ...] (pooled, normalised as in
+the graph) for an embedding model, with the same batching and the same refusals; the route the
+served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
 /livez, /readyz, /metrics. Every refusal has a JSON body {"error": "..."} and never a stack trace:
 
     415  content type other than application/json (BentoML's pickle type included: never unpickled)
@@ -40,6 +42,7 @@ from lifecycle.edge import Predictor
 
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
 ROUTE = "/classify"
+ROUTES = {ROUTE: "classification", "/embed": "embedding"}  # route -> the model task it serves
 
 
 def _load_config() -> dict:
@@ -62,7 +65,7 @@ class Prediction(BaseModel):
 
 
 class RequestLimits:
-    """ASGI middleware in front of POST /classify: refuses what the model must never see, each with a
+    """ASGI middleware in front of POST /classify and /embed: refuses what the model must never see, each with a
     JSON {"error": ...} body. It reads the body itself (bounded), so an oversized upload costs at most
     max_body_bytes of memory; the checked body is then replayed to BentoML unchanged."""
 
@@ -72,8 +75,12 @@ class RequestLimits:
         self.tokenizer = None  # loaded on first use: the model is opened after the middleware is built
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != ROUTE or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] not in ROUTES or scope["method"] != "POST":
             return await self.app(scope, receive, send)
+        task = LOADED["predictor"].task if "predictor" in LOADED else ROUTES[scope["path"]]
+        if ROUTES[scope["path"]] != task:
+            other = next(r for r, t in ROUTES.items() if t == task)
+            return await _error(scope, receive, send, 404, f"this server serves an {task} model: POST {other}")
         headers = dict(scope["headers"])
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if media != b"application/json":  # includes application/vnd.bentoml+pickle: never unpickle input
@@ -160,7 +167,7 @@ def _metadata_app():
     async def metadata(_request):
         predictor = LOADED["predictor"]
         return JSONResponse({"name": MODEL["name"], "version": MODEL["version"], "source": MODEL.get("source"),
-                             "gates": MODEL.get("gates", []), "labels": predictor.labels,
+                             "gates": MODEL.get("gates", []), "task": predictor.task, "labels": predictor.labels,
                              "max_length": predictor.max_length, "over_length": SETTINGS["over_length"],
                              "settings": SETTINGS})
 
@@ -183,7 +190,7 @@ class Classifier:
         root = Path(self.stored_model.path) / "model" if MODEL.get("tag") else Path(MODEL["path"])
         self.predictor = Predictor.open(root, threads=SETTINGS["ort_threads"],
                                         spinning=SETTINGS["ort_spinning"])
-        self.predictor.predict(["warm-up"])  # first run allocates; keep it off the first request
+        self.predictor.logits(["warm-up"])  # first run allocates; keep it off the first request
         LOADED["predictor"] = self.predictor
 
     @bentoml.api(route=ROUTE, batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
@@ -192,6 +199,11 @@ class Classifier:
     # every response: measured at ~12% of a worker's CPU time at full load.
     def classify(self, texts: list[str]) -> Annotated[list[Prediction], ContentType("application/json")]:
         return self.predictor.predict(texts)
+
+    @bentoml.api(route="/embed", batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    def embed(self, texts: list[str]) -> Annotated[list[list[float]], ContentType("application/json")]:
+        return self.predictor.embed(texts).tolist()
 
 
 Classifier.add_asgi_middleware(RequestLimits, settings=SETTINGS)

@@ -1,6 +1,7 @@
 """The BentoML service, for real: a `bentoml serve` process on 127.0.0.1 serving the tiny pipeline's ONNX
 export, talked to with bentoml.SyncHTTPClient and httpx. Every bad request is followed by a liveness
-check and a valid request."""
+check and a valid request. The request rules run against /classify (a classifier) and /embed (a
+second server on a tiny contrastive embedding model), through the parametrized `endpoint` fixture."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import bentoml
 import httpx
+import numpy as np
 import pytest
 import yaml
+from test_contrastive import SIMCSE, embedding_pipeline
 
 from lifecycle import LifecycleError, config, pipeline, serving
 from lifecycle.artifact import Artifact
@@ -45,13 +48,41 @@ def run_dir(tmp_path_factory):
     return run_tiny(tmp_path_factory.getbasetemp() / "serving-runs")
 
 
+@pytest.fixture(scope="session")
+def embedding_run_dir(tmp_path_factory):
+    """A tiny SimCSE encoder (2 steps) exported with pooling in the graph: what /embed serves."""
+    workdir = tmp_path_factory.getbasetemp() / "serving-embedding-runs"
+    stages = [{**SIMCSE, "train": {**SIMCSE["train"], "max_steps": 2}},
+              {"kind": "export", "latency": {"runs": 3, "warmup": 1, "batch32": False}}]
+    pipe = config.build(embedding_pipeline(workdir, stages), base_dir=workdir)
+    pipeline.run(pipe, workdir=workdir, echo=lambda *_: None)
+    return workdir / pipe.name
+
+
+def start_server(run_dir, tmp):
+    cfg = serving.write_config(serving.resolve(run_dir), serving.ServingSettings(**LIMITS), tmp / "serving.json")
+    return serving.Server(cfg, log=tmp / "server.log")
+
+
 @pytest.fixture(scope="module")
 def server(run_dir, tmp_path_factory):
-    served = serving.resolve(run_dir)
-    tmp = tmp_path_factory.mktemp("server")
-    cfg = serving.write_config(served, serving.ServingSettings(**LIMITS), tmp / "serving.json")
-    with serving.Server(cfg, log=tmp / "server.log") as srv:
+    with start_server(run_dir, tmp_path_factory.mktemp("server")) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def embed_server(embedding_run_dir, tmp_path_factory):
+    with start_server(embedding_run_dir, tmp_path_factory.mktemp("embed-server")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module", params=["/classify", "/embed"], ids=["classify", "embed"])
+def endpoint(request):
+    """(server, client, route): the request rules are the same on both routes. Module scope: pytest
+    runs every /classify case, then starts the embedding server once for the /embed cases."""
+    srv = request.getfixturevalue("server" if request.param == "/classify" else "embed_server")
+    with httpx.Client(base_url=srv.url, timeout=10) as c:
+        yield srv, c, request.param
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +91,9 @@ def client(server):
         yield c
 
 
-def assert_healthy(client: httpx.Client) -> None:
+def assert_healthy(client: httpx.Client, route: str = "/classify") -> None:
     assert client.get("/livez").status_code == 200
-    r = client.post("/classify", json=VALID)
+    r = client.post(route, json=VALID)
     assert r.status_code == 200, r.text
     assert len(r.json()) == len(VALID["texts"])
 
@@ -124,27 +155,52 @@ BAD = [
 
 
 @pytest.mark.parametrize("headers,body,status", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
-def test_bad_input_is_refused_and_the_server_stays_healthy(client, headers, body, status):
-    assert_error(client.post("/classify", content=body, headers=headers), status)
-    assert_healthy(client)
+def test_bad_input_is_refused_and_the_server_stays_healthy(endpoint, headers, body, status):
+    _, client, route = endpoint
+    assert_error(client.post(route, content=body, headers=headers), status)
+    assert_healthy(client, route)
 
 
-def test_chunked_body_over_the_size_limit_gets_413(client):
+def test_chunked_body_over_the_size_limit_gets_413(endpoint):
+    _, client, route = endpoint
+
     def chunks():  # no Content-Length: the limit is enforced while reading
         for _ in range(10):
             yield b"x" * 1000
 
-    assert_error(client.post("/classify", content=chunks(), headers=CT), 413)
-    assert_healthy(client)
+    assert_error(client.post(route, content=chunks(), headers=CT), 413)
+    assert_healthy(client, route)
 
 
-def test_bentoml_client_sees_the_same_errors(server, client):
+def test_bentoml_client_sees_the_same_errors(endpoint):
+    server, client, route = endpoint
     with bentoml.SyncHTTPClient(server.url) as bc:
+        call = getattr(bc, route.strip("/"))
         for texts in ([], ["a"] * 5, ["word " * 200]):
             with pytest.raises(bentoml.exceptions.BentoMLException) as err:
-                bc.classify(texts=texts)
+                call(texts=texts)
             assert err.value.error_code.value == 422 and "Traceback" not in str(err.value)
-            assert_healthy(client)
+            assert_healthy(client, route)
+
+
+def test_embed_matches_in_process_predictor(embed_server, embedding_run_dir):
+    expected = Predictor.open(embedding_run_dir / "export").embed(VALID["texts"])
+    with httpx.Client(base_url=embed_server.url, timeout=10) as c:
+        got = c.post("/embed", json=VALID).json()
+        assert c.get("/metadata").json()["task"] == "embedding"
+    assert np.allclose(np.asarray(got), expected, atol=1e-5)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalised inside the graph
+    with bentoml.SyncHTTPClient(embed_server.url) as bc:
+        assert np.allclose(np.asarray(bc.embed(texts=VALID["texts"])), expected, atol=1e-5)
+
+
+def test_the_route_the_model_has_no_use_for_gets_404(endpoint):
+    _, client, route = endpoint
+    other = "/embed" if route == "/classify" else "/classify"
+    r = client.post(other, json=VALID)
+    assert_error(r, 404)
+    assert route in r.json()["error"]
+    assert_healthy(client, route)
 
 
 def test_beyond_max_concurrency_429_and_over_timeout_504(server, client):
