@@ -10,6 +10,7 @@ from pathlib import Path
 from lifecycle.artifact import write_json
 
 HEADLINE = ("accuracy", "f1_micro", "perplexity", "latency_p50_ms", "latency_p95_ms", "size_mb")
+SCORES = ("accuracy", "knn_accuracy")  # the task's headline score: a classifier's, or an embedding model's
 
 
 def write(run_dir: Path, pipeline_name: str, outcomes, junit_path: Path | None = None) -> dict:
@@ -148,7 +149,7 @@ def plots(run_dir: Path, outcomes) -> None:
         plt.close(fig)
 
     rows = [(o.name, o.artifact.metrics) for o in outcomes if o.artifact]
-    panels = [k for k in ("accuracy", "latency_p50_ms", "size_mb") if any(k in m for _, m in rows)]
+    panels = [k for k in (*SCORES, "latency_p50_ms", "size_mb") if any(k in m for _, m in rows)]
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
         for ax, key in zip(axes[0], panels):
@@ -170,7 +171,8 @@ def summary_table(outcomes) -> str:
     for o in outcomes:
         m = o.artifact.metrics if o.artifact else {}
         ok = sum(g.passed for g in o.gates)
-        rows.append([o.name, o.status, _fmt(m.get("accuracy")), _fmt(m.get("latency_p50_ms")), _fmt(m.get("size_mb")),
+        score = next((m[k] for k in SCORES if k in m), None)  # knn_accuracy for an embedding model
+        rows.append([o.name, o.status, _fmt(score), _fmt(m.get("latency_p50_ms")), _fmt(m.get("size_mb")),
                      f"{ok}/{len(o.gates)}"])
     return table(head, rows)
 
