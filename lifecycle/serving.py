@@ -30,7 +30,19 @@ from lifecycle import LifecycleError
 from lifecycle.artifact import Artifact, sha256_file, stable_hash, write_json
 from lifecycle.schema import Strict
 
-SERVICE_DIR = Path(__file__).resolve().parents[1] / "serving"  # service.py + bentofile.yaml
+
+def _service_dir() -> Path:
+    """serving/ (service.py + bentofile.yaml): installed as lifecycle._service, or beside the package in
+    a source tree put on sys.path without installing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lifecycle._service")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parents[1] / "serving"
+
+
+SERVICE_DIR = _service_dir()
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"  # read by serving/service.py
 STORED_SUBDIR = "model"  # inside a BentoML model-store entry (serving/service.py reads the same name)
 TUNED_SUFFIX = ".serving.json"  # tuned settings + measurements, beside the served artifact or bundle

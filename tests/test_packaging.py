@@ -1,0 +1,30 @@
+"""A wheel install works without the checkout: the BentoML service files ship inside the package."""
+
+import shutil
+import subprocess
+import sys
+import zipfile
+
+from conftest import ROOT
+
+
+def test_wheel_ships_the_service_and_serving_finds_it_there(tmp_path):
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info into the source tree
+    for name in ("lifecycle", "serving"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True, cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("lifecycle-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"lifecycle/_service/service.py", "lifecycle/_service/bentofile.yaml", "lifecycle/edge.py",
+            "lifecycle/evaluation/metrics/accuracy/accuracy.py"} <= names
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", "import lifecycle.serving as s; print(s.SERVICE_DIR)"],
+                         env={"PYTHONPATH": str(target), "PATH": ""}, cwd=tmp_path, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == str(target / "lifecycle" / "_service")
