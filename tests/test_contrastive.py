@@ -139,6 +139,10 @@ def test_simcse_pretrain_export_quantize_embeddings(tmp_path):
     assert q.metrics["size_mb"] < export.metrics["size_mb"]
     assert 0.9 < q.metrics["embedding_cosine_min"] <= q.metrics["embedding_cosine_mean"] <= 1.0 + 1e-6
     assert Predictor.open(q.path).check() == 8
+    from lifecycle.bundle import write_bundle  # the edge bundle carries and re-checks sample embeddings
+
+    bundle = Predictor.open(write_bundle(tmp_path / "runs" / "emb-tiny", tmp_path / "model.zip"))
+    assert bundle.task == "embedding" and bundle.check() == 8
 
 
 def test_supervised_pairs_with_hard_negatives_through_adapt(tmp_path):
