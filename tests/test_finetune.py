@@ -112,6 +112,36 @@ def test_lora_trains_few_parameters_and_merges(base, tmp_path):
     assert any(".query." in k for k in changed) and not any("lora" in k for k in after)
 
 
+def test_lora_from_a_masked_lm_trains_its_new_pooler_in_full_and_adapts_embeddings(base, tmp_path):
+    """A masked-LM parent has no pooler: BERT's classifier reads the [CLS] vector through a new, random
+    pooler, which the stage trains in full (an adapter on a frozen random matrix learns next to nothing)."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, BertForMaskedLM
+
+    data, parent = base
+    mlm_dir = tmp_path / "mlm"
+    BertForMaskedLM(AutoConfig.from_pretrained(parent.path)).save_pretrained(mlm_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy2(parent.path / name, mlm_dir / name)
+    stage = {"kind": "finetune", "model": {"path": str(mlm_dir)},
+             "lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value", "dense", "word_embeddings"]},
+             "train": {**TRAIN, "epochs": 1, "lr": 1.0e-2}}
+    art = run(raw_pipeline(data, [stage], name="lora-mlm"), tmp_path)["finetune"]
+    assert art.manifest["details"]["trained_in_full"] == ["bert.pooler.dense"]
+    assert art.metrics["lora_merge_max_abs_diff"] < 1e-5
+    after = load_file(art.path / "model.safetensors")
+    # Trained in full: the adapter file carries the whole pooler, and the merged model holds exactly it.
+    saved = {k: v for k, v in load_file(art.path / "adapter" / "adapter_model.safetensors").items()
+             if "pooler.dense" in k and k.endswith("weight")}
+    assert len(saved) == 1
+    np.testing.assert_array_equal(next(iter(saved.values())).numpy(), after["bert.pooler.dense.weight"].numpy())
+    before = load_file(mlm_dir / "model.safetensors")
+    emb = "bert.embeddings.word_embeddings.weight"
+    assert not np.array_equal(before[emb].numpy(), after[emb].numpy())  # the embedding adapter was merged in
+
+
 def test_class_weights_balanced_are_used_in_the_loss(tmp_path):
     import torch
     import torch.nn.functional as F
