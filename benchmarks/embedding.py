@@ -29,9 +29,8 @@ for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZER
                    "ORT_DISABLE_TELEMETRY": "1"}.items():
     os.environ.setdefault(key, value)
 
-from quantize import timed_rounds  # noqa: E402  (benchmarks/quantize.py: the same timing method)
+from quantize import run_pipeline, timed_rounds  # noqa: E402  (benchmarks/quantize.py: the same method)
 
-from lifecycle import GateFailed, config, pipeline  # noqa: E402
 from lifecycle.environment import environment  # noqa: E402
 
 PIPELINE = ROOT / "pipelines" / "minilm_embedding.yaml"
@@ -42,17 +41,6 @@ BUDGETS = {  # quick: fewer adaptation steps and kNN texts; full: the pipeline f
               "workdir": "/tmp/lifecycle-bench-embedding-quick"},
     "full": {"overrides": [], "runs": 20, "rounds": 4, "workdir": "/tmp/lifecycle-bench-embedding"},
 }
-
-
-def run_pipeline(budget: dict, workdir: Path):
-    """The pipeline (cached stages are reused); a failed gate is reported by the checks, not raised."""
-    cfg = config.load(PIPELINE, budget["overrides"])
-    try:
-        outcomes = pipeline.run(cfg, workdir=workdir, echo=print)
-    except GateFailed as exc:
-        print(f"pipeline gate failed: {exc}")
-        outcomes = pipeline.load_run(workdir / cfg.name)[1]
-    return {o.name: o.artifact for o in outcomes}, cfg
 
 
 def measure_all(arts: dict, cfg, work: Path, budget: dict) -> dict:
@@ -148,7 +136,7 @@ def main() -> int:
     budget = BUDGETS["quick" if args.quick else "full"]
     workdir = args.workdir or Path(budget["workdir"])
     started, load_before = time.time(), os.getloadavg()
-    arts, cfg = run_pipeline(budget, workdir)
+    arts, cfg = run_pipeline(budget, workdir, PIPELINE)
     found = measure_all(arts, cfg, workdir / "bench", budget)
     adapt = arts["adapt"].metrics
     results = {
