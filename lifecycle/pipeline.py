@@ -257,5 +257,6 @@ def load_run(run_dir: str | Path) -> tuple[Pipeline, list[StageOutcome]]:
         artifacts[stage.label] = art
         results = check_gates(pipeline, stage, art.metrics, artifacts)
         status = "failed" if gatelib.blocking(results) else "passed"
-        outcomes.append(StageOutcome(stage.label, stage.kind, status, art, results))
+        seconds = art.manifest.get("timings", {}).get("seconds", 0.0)  # as the run recorded it
+        outcomes.append(StageOutcome(stage.label, stage.kind, status, art, results, seconds))
     return pipeline, outcomes

@@ -143,6 +143,11 @@ def test_report_command_rebuilds_reports(run):
     assert main(["report", str(run_dir)]) == 0
     assert (run_dir / "report.md").read_text().startswith("# Pipeline `tiny`: PASSED")
     assert (run_dir / "plots" / "stages.png").is_file() and (run_dir / "junit.xml").is_file()
+    # stage times come from the manifests, as the run recorded them
+    stages = json.loads((run_dir / "report.json").read_text())["stages"]
+    recorded = {s["name"]: json.loads((run_dir / s["name"] / "manifest.json").read_text())["timings"]["seconds"]
+                for s in stages}
+    assert all(s["seconds"] == round(recorded[s["name"]], 2) > 0 for s in stages)
 
 
 def test_from_forces_a_rebuild(run, capsys):
