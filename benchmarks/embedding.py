@@ -16,22 +16,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))
-for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                   "ORT_DISABLE_TELEMETRY": "1"}.items():
-    os.environ.setdefault(key, value)
-
-from quantize import run_pipeline, timed_rounds  # noqa: E402  (benchmarks/quantize.py: the same method)
-
-from lifecycle.environment import environment  # noqa: E402
+from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
+from quantize import run_pipeline, timed_rounds  # (benchmarks/quantize.py: the same method)
 
 PIPELINE = ROOT / "pipelines" / "minilm_embedding.yaml"
 THREADS, SEQ = 2, 128
@@ -135,7 +125,7 @@ def main() -> int:
         return 0
     budget = BUDGETS["quick" if args.quick else "full"]
     workdir = args.workdir or Path(budget["workdir"])
-    started, load_before = time.time(), os.getloadavg()
+    recorder = Recorder("embedding", args.quick)
     arts, cfg = run_pipeline(budget, workdir, PIPELINE)
     found = measure_all(arts, cfg, workdir / "bench", budget)
     adapt = arts["adapt"].metrics
@@ -152,20 +142,14 @@ def main() -> int:
         "seq_len": SEQ, "threads": THREADS, "budget": budget, "run_dir": str(workdir / cfg.name),
     }
     found_checks = checks(found)
-    out = {"benchmark": "embedding", "quick": args.quick, "results": results, "checks": found_checks,
-           "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-           "seconds": round(time.time() - started, 1), "environment": environment()}
-    path = ROOT / "benchmarks" / "results" / "embedding.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    path = recorder.save(results, found_checks)
     a = results["adaptation"]
     print("\n" + table(found))
     print(f"\nadaptation (SimCSE, {a['train_steps']} steps): kNN accuracy {a['knn_accuracy_before']:.4f} -> "
           f"{a['knn_accuracy']:.4f} ({100 * a['knn_accuracy_gain']:+.1f} points; {a['knn_test_texts']} test / "
           f"{a['knn_train_texts']} train abstracts)")
     print("latency ratios: " + ", ".join(f"{k} {v:.3g}" for k, v in results["latency_ratios"].items()))
-    for c in found_checks:
-        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['value']:.4g} (target {c['target']})")
-    print(f"load average before/after: {load_before} / {os.getloadavg()}\nwrote {path}")
+    recorder.report(found_checks, path)
     return 0
 
 

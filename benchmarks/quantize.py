@@ -15,25 +15,16 @@ evidence behind the quantize stage's default. Writes benchmarks/results/quantize
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))
-for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                   "ORT_DISABLE_TELEMETRY": "1"}.items():
-    os.environ.setdefault(key, value)
+import numpy as np
+from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
 
-import numpy as np  # noqa: E402
-
-from lifecycle import GateFailed, config, pipeline  # noqa: E402
-from lifecycle.environment import environment  # noqa: E402
+from lifecycle import GateFailed, config, pipeline
 
 PIPELINE = ROOT / "pipelines" / "minilm_quantize.yaml"
 THREADS, SEQ = 2, 128
@@ -249,7 +240,7 @@ def main() -> int:
         print(f"skipped: {SHARED} is absent (SST-2 lives there)")
         return 0
     budget = BUDGETS["quick" if args.quick else "full"]
-    started, load_before = time.time(), os.getloadavg()
+    recorder = Recorder("quantize", args.quick)
     arts, cfg = run_pipeline(budget, args.workdir)
     from lifecycle import data as datalib
 
@@ -277,19 +268,13 @@ def main() -> int:
         "test_examples": len(test), "seq_len": SEQ, "threads": THREADS, "budget": budget,
         "run_dir": str(args.workdir / cfg.name),
     }
-    out = {"benchmark": "quantize", "quick": args.quick, "results": results, "checks": found,
-           "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-           "seconds": round(time.time() - started, 1), "environment": environment()}
-    path = ROOT / "benchmarks" / "results" / "quantize.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    path = recorder.save(results, found)
     print("\n" + table(models))
     print("\nladder: " + ", ".join(f"{a['method']} {'pass' if a['passed'] else 'miss'}" for a in results["ladder"]))
     print("dynamic int8 weights: " + ", ".join(f"{k} acc {v['accuracy']:.4f} agree {v['argmax_agreement_vs_fp32']:.4f}"
                                               for k, v in study.items()))
     print("1 thread: " + ", ".join(f"{k} {v:.3g}" for k, v in results["ratios_at_1_thread"].items()))
-    for c in found:
-        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['value']:.4g} (target {c['target']})")
-    print(f"load average before/after: {load_before} / {os.getloadavg()}\nwrote {path}")
+    recorder.report(found, path)
     return 0
 
 

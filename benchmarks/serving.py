@@ -22,14 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
-                   "ORT_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(key, value)
+from common import ROOT, Recorder  # first: it sets the offline environment
 
-from lifecycle import config, pipeline, serving  # noqa: E402
-from lifecycle.environment import environment  # noqa: E402
+from lifecycle import config, pipeline, serving
 
 # Measured by hand (issue 10, wrk, 8 keep-alive clients, 2 cores): req/s to reach, p95 not to exceed.
 HAND = {"small": {"requests_per_s": 640, "http_latency_p95_ms": 30},
@@ -190,24 +185,16 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lifecycle-bench-serving"))
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = ap.parse_args()
-    started, load_before = time.time(), os.getloadavg()
+    recorder = Recorder("serving", args.quick)
     results = {name: bench(name, args.workdir, args.quick) for name in args.models}
     found = checks(results)
-    out = {"benchmark": "serving", "quick": args.quick, "results": results, "checks": found,
-           "hand_tuned": HAND, "load_generator": "lifecycle.serving.run_load (asyncio keep-alive sockets, same host)",
-           # Other jobs share these 2 cores; the load average says how busy the machine was.
-           "http_stack": http_stack(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "seconds": round(time.time() - started, 1),
-           "environment": environment()}
-    path = ROOT / "benchmarks" / "results" / "serving.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    path = recorder.save(results, found, hand_tuned=HAND, http_stack=http_stack(),
+                         load_generator="lifecycle.serving.run_load (asyncio keep-alive sockets, same host)")
     print("\n" + table(results))
-    for c in found:
-        print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['value']:.4g} (target {c['target']})")
-    for name, r in results.items():
-        print(f"{name}: server CPU {r['tuned']['server_cpu_ms_per_request']:.2f} ms/request, load generator CPU "
-              f"{r['tuned']['client_cpu_ms_per_request']:.2f} ms/request; on {os.cpu_count()} otherwise idle cores "
-              f"at most {r['idle_capacity_estimate_req_s']:.0f} req/s")
-    print(f"load average before/after: {load_before} / {os.getloadavg()}\nwrote {path}")
+    recorder.report(found, path, *(
+        f"{name}: server CPU {r['tuned']['server_cpu_ms_per_request']:.2f} ms/request, load generator CPU "
+        f"{r['tuned']['client_cpu_ms_per_request']:.2f} ms/request; on {os.cpu_count()} otherwise idle cores "
+        f"at most {r['idle_capacity_estimate_req_s']:.0f} req/s" for name, r in results.items()))
     return 0
 
 
