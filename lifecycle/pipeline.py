@@ -39,12 +39,15 @@ class StageContext:
     seed: int = 0  # the seed of this run of the stage (the pipeline's, or one of the stage's `seeds`)
     details: dict[str, Any] = field(default_factory=dict)  # extra manifest content (curves, attempts)
     extra_metrics: dict[str, float] = field(default_factory=dict)  # shared measurements (data wait); the stage's own win
+    _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def data(self, name: str):
-        """A data source of the pipeline by name, loaded (see lifecycle.data)."""
+        """A data source of the pipeline by name, loaded once per stage run (see lifecycle.data)."""
         from lifecycle import data
 
-        return data.load(self.pipeline.data[name], self.pipeline)
+        if name not in self._loaded:
+            self._loaded[name] = data.load(self.pipeline.data[name], self.pipeline)
+        return self._loaded[name]
 
     def task_data(self):
         if self.pipeline.task is None:

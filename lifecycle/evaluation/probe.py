@@ -68,9 +68,7 @@ def transfer_callback(cfg: Probe, tokenizer, ctx):
 
     from transformers import TrainerCallback
 
-    from lifecycle.data import load
-
-    task = load(ctx.pipeline.data[cfg.data], ctx.pipeline)
+    task = ctx.data(cfg.data)
     points = ctx.details.setdefault("transfer", [])
 
     class TransferProbe(TrainerCallback):

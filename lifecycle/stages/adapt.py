@@ -127,10 +127,9 @@ def run(cfg: Config, parent, ctx) -> dict:
             _warm_up_head(cfg, trainer, general_blocks if general_blocks is not None else blocks, ctx)
         before = {"domain_loss": trainer.evaluate()["eval_loss"]}
         if cfg.probe:  # the same probe on the starting model: adaptation_probe_gain = after - before
-            from lifecycle.data import load as load_data
             from lifecycle.evaluation.probe import probe_accuracy
 
-            task = load_data(ctx.pipeline.data[cfg.probe.data], ctx.pipeline)
+            task = ctx.data(cfg.probe.data)
             before["probe_accuracy"] = probe_accuracy(trainer.model, tokenizer, task, cfg.probe, ctx.seed)["probe_accuracy"]
         if general_eval is not None:
             before["general_loss"] = trainer.evaluate(general_eval, metric_key_prefix="general")["general_loss"]

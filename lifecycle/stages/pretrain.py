@@ -222,10 +222,9 @@ def finish(trainer, tokenizer, probe, ctx, metrics: dict) -> dict:
 
     if trainer.is_world_process_zero():
         if probe:
-            from lifecycle.data import load as load_data
             from lifecycle.evaluation.probe import probe_accuracy
 
-            task = load_data(ctx.pipeline.data[probe.data], ctx.pipeline)
+            task = ctx.data(probe.data)
             metrics.update(probe_accuracy(trainer.model, tokenizer, task, probe, ctx.seed))
         models.save(plain_model(trainer.model), tokenizer, ctx.out_dir)
     return metrics
