@@ -1,10 +1,12 @@
 """Serving: the settings of the BentoML service (serving/service.py), what to serve, starting and
 stopping `bentoml serve`, loopback load, `lifecycle serve [--tune]` and `lifecycle build`.
 
-Measured on 2 CPU cores (../shared/DESIGN.md): adaptive batching gains little on CPU, BentoML spends
-~3 ms of CPU per request, and a too-low `max_latency_ms` makes the batching dispatcher answer 503. So
-the defaults are one unbatched worker (which can never answer 503) and `--tune` measures a small grid
-on the actual model and machine and keeps the fastest error-free setting.
+Measured on 2 CPU cores: adaptive batching gains little on CPU, the HTTP/Python path costs more CPU
+per request than a small model's inference (~5 ms with BentoML's defaults, ~3 ms with tracing off and
+single texts inferred on the event loop, as serving/service.py does; inference ~1.3 ms), and a too-low
+`max_latency_ms` makes the batching dispatcher answer 503. So the defaults are one unbatched worker
+(which can never answer 503) and `--tune` measures a small grid on the actual model and machine and
+keeps the fastest error-free setting.
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ SAMPLE_TEXT = ("Shares in the chip maker rose sharply on Tuesday after it report
 class ServingSettings(Strict):
     """How the service runs. Defaults are safe for any model; `lifecycle serve --tune` finds faster ones."""
 
-    workers: int = Field(1, ge=1)  # processes; with keep-alive clients the kernel may give all connections to one
+    workers: int = Field(1, ge=1)  # processes, sharing one listening socket
+    # With several workers, a keep-alive connection older than this is closed after its next response so
+    # that the client reconnects to the less busy worker: left alone, the kernel may give every
+    # connection of a few long-lived clients to one worker (serving/service.py). None: never.
+    max_connection_age_s: float | None = Field(2.0, gt=0)
     ort_threads: int | None = Field(None, ge=1)  # onnxruntime threads per worker; None: cores // workers
     ort_spinning: bool = False  # spinning threads burn the cores that request handling needs
     batching: bool = False  # BentoML adaptive batching: 1.0-1.4x on CPU, and 503s if max_latency_ms is low
@@ -68,6 +74,7 @@ class ServingSettings(Strict):
     # or "reject" with 422, for callers who must know that the model did not see the whole text.
     over_length: Literal["truncate", "reject"] = "truncate"
     access_log: bool = False  # one log line per request costs CPU at hundreds of requests/s
+    tracing: bool = False  # BentoML's OpenTelemetry spans: ~1.1 ms of CPU per request; on for an exporter
 
     def resolved(self) -> dict:
         """As written for the service: ort_threads filled in."""
@@ -239,19 +246,25 @@ class Server:
                 continue
         return self.proc.poll()
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server and all its workers so far."""
+    def cpu_seconds(self) -> dict[int, float]:
+        """User + system CPU seconds so far, per process: the server (its pid) and each worker."""
         import psutil  # a bentoml dependency
 
         root = psutil.Process(self.proc.pid)
-        total = 0.0
+        out = {}
         for proc in [root, *root.children(recursive=True)]:
             try:
                 times = proc.cpu_times()
-                total += times.user + times.system
+                out[proc.pid] = times.user + times.system
             except psutil.NoSuchProcess:
                 continue
-        return total
+        return out
+
+    def worker_shares(self, before: dict[int, float], after: dict[int, float]) -> list[float]:
+        """Each worker's share of the workers' CPU time between two cpu_seconds() readings."""
+        used = [after[pid] - before.get(pid, 0.0) for pid in after if pid != self.proc.pid]
+        total = sum(used)
+        return [u / total for u in used] if total > 0 else []
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.is_file() else ""
@@ -354,23 +367,31 @@ async def _read_response(reader) -> tuple[int, bytes, bool]:
 
 # ------------------------------------------------------------------------------------------------ tuning
 def tuning_grid(cores: int | None = None) -> list[ServingSettings]:
-    """A small grid around what was measured by hand: unbatched with one worker (onnxruntime on every
-    core, or on one, leaving the other to HTTP handling) or one worker per core; batched with one worker
-    at two max_latency_ms values (the lower one may shed load with 503s: measured, not assumed)."""
+    """A small grid around what was measured by hand. Unbatched: one worker (onnxruntime on every core,
+    or on one, leaving the other to HTTP handling) or one worker per core. Batched: one worker with
+    spinning onnxruntime threads at two max_latency_ms values (the lower one may shed load with 503s:
+    measured, not assumed), or one single-threaded worker per core. Spinning pays only with batching:
+    MiniLM at batch 8 on 2 threads gets 1.3x the samples/s with it, while an unbatched server's spinning
+    threads take the cores that HTTP handling needs."""
     cores = cores or os.cpu_count() or 1
     grid = [ServingSettings(workers=1, ort_threads=cores)]
     if cores >= 2:
         grid += [ServingSettings(workers=1, ort_threads=1), ServingSettings(workers=cores, ort_threads=1)]
-    for latency in (100, 1000):
-        grid.append(ServingSettings(workers=1, ort_threads=cores, batching=True, max_batch_size=16,
-                                    max_latency_ms=latency))
+    batched = {"batching": True, "max_batch_size": 16}
+    for latency in (100, 400):
+        grid.append(ServingSettings(workers=1, ort_threads=cores, ort_spinning=cores > 1, max_latency_ms=latency,
+                                    **batched))
+    if cores >= 2:
+        grid.append(ServingSettings(workers=cores, ort_threads=1, max_latency_ms=1000, **batched))
     return grid
 
 
 def measure_settings(served: Served, settings: ServingSettings, clients: int = 8, duration_s: float = 10.0,
                      text: str = SAMPLE_TEXT, warmup_s: float = 2.0) -> dict:
     """Start the service with these settings; load it from `clients` keep-alive connections for
-    duration_s, then from one for half as long (the latency a lightly loaded server gives)."""
+    duration_s, then from one for half as long (the latency a lightly loaded server gives). Each
+    worker's share of the server's CPU time is kept: with several workers, which one serves a
+    connection is the kernel's choice (see ServingSettings.max_connection_age_s)."""
     with tempfile.TemporaryDirectory(prefix="lifecycle-tune-") as tmp:
         config = write_config(served, settings, Path(tmp) / "serving.json")
         with Server(config, log=Path(tmp) / "server.log") as server:
@@ -378,14 +399,15 @@ def measure_settings(served: Served, settings: ServingSettings, clients: int = 8
             run_load(server.port, request, clients, duration_s=warmup_s)
             cpu_before, client_before = server.cpu_seconds(), time.process_time()
             result = run_load(server.port, request, clients, duration_s=duration_s).summary()
-            done = max(result["requests"], 1)
-            cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / done
+            cpu_after, done = server.cpu_seconds(), max(result["requests"], 1)
             client_ms = (time.process_time() - client_before) * 1000 / done
             one = run_load(server.port, request, 1, duration_s=duration_s / 2).summary()
+    cpu_ms = (sum(cpu_after.values()) - sum(cpu_before.values())) * 1000 / done
     # CPU per request is steadier than req/s when other jobs share the cores: 1000 * cores / cpu_ms
     # bounds what this server could do on an otherwise idle machine.
     return {"settings": settings.model_dump(mode="json"), "clients": clients, **result,
-            "server_cpu_ms_per_request": cpu_ms, "client_cpu_ms_per_request": client_ms, "one_client": one}
+            "server_cpu_ms_per_request": cpu_ms, "client_cpu_ms_per_request": client_ms,
+            "worker_cpu_shares": server.worker_shares(cpu_before, cpu_after), "one_client": one}
 
 
 def pick_best(measurements: list[dict]) -> dict:
@@ -408,11 +430,14 @@ def tune_settings(served: Served, clients: int = 8, duration_s: float = 10.0, ec
     measurements = []
     for settings in tuning_grid():
         m = measure_settings(served, settings, clients, duration_s)
-        echo(f"  workers={settings.workers} threads={settings.ort_threads} batching={settings.batching}"
+        echo(f"  workers={settings.workers} threads={settings.ort_threads} spinning={settings.ort_spinning}"
+             f" batching={settings.batching}"
              f" max_latency_ms={settings.max_latency_ms}: {m['requests_per_s']:.0f} req/s,"
              f" p95 {m['http_latency_p95_ms']:.1f} ms, errors {m['error_count']};"
              f" one client p50 {m['one_client']['http_latency_p50_ms']:.1f} ms;"
-             f" server CPU {m['server_cpu_ms_per_request']:.2f} ms/request")
+             f" server CPU {m['server_cpu_ms_per_request']:.2f} ms/request"
+             + (f"; worker CPU shares {'/'.join(f'{x:.2f}' for x in m['worker_cpu_shares'])}"
+                if settings.workers > 1 else ""))
         measurements.append(m)
     best = pick_best(measurements)
     write_json(served.tuned_path, {"model": served.name, "version": served.version, "settings": best["settings"],

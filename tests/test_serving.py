@@ -27,7 +27,8 @@ from lifecycle.bundle import write_bundle
 from lifecycle.edge import Predictor
 
 TINY = Path(__file__).parent / "pipelines" / "tiny.yaml"
-LIMITS = {"max_concurrency": 2, "timeout_s": 2.0, "max_texts": 4, "max_body_bytes": 4096, "over_length": "reject"}
+LIMITS = {"max_concurrency": 2, "timeout_s": 2.0, "max_texts": 4, "max_body_bytes": 4096, "over_length": "reject",
+          "max_connection_age_s": 0.3}
 VALID = {"texts": ["the striker scored twice in the final", "shares fell after the profit warning"]}
 
 
@@ -111,6 +112,9 @@ def test_classify_matches_in_process_predictor(server, client, run_dir):
     for g, e in zip(got, expected):
         assert g["score"] == pytest.approx(e["score"], abs=1e-5)
         assert set(g["scores"]) == set(e["scores"]) and sum(g["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+    for text, e in zip(VALID["texts"], expected):  # one text runs on the event loop, several in a thread
+        alone = client.post("/classify", json={"texts": [text]}).json()[0]
+        assert alone["label"] == e["label"] and alone["score"] == pytest.approx(e["score"], abs=1e-5)
     with bentoml.SyncHTTPClient(server.url) as bc:
         assert [p["label"] for p in bc.classify(texts=VALID["texts"])] == [e["label"] for e in expected]
 
@@ -188,7 +192,9 @@ def test_embed_matches_in_process_predictor(embed_server, embedding_run_dir):
     with httpx.Client(base_url=embed_server.url, timeout=10) as c:
         got = c.post("/embed", json=VALID).json()
         assert c.get("/metadata").json()["task"] == "embedding"
+        alone = [c.post("/embed", json={"texts": [text]}).json()[0] for text in VALID["texts"]]
     assert np.allclose(np.asarray(got), expected, atol=1e-5)
+    assert np.allclose(np.asarray(alone), expected, atol=1e-5)
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)  # normalised inside the graph
     with bentoml.SyncHTTPClient(embed_server.url) as bc:
         assert np.allclose(np.asarray(bc.embed(texts=VALID["texts"])), expected, atol=1e-5)
@@ -227,6 +233,28 @@ def test_beyond_max_concurrency_429_and_over_timeout_504(server, client):
     for r in results.values():
         assert_error(r, 504)
     assert_healthy(client)
+
+
+def connection_closes(client: httpx.Client, requests: int = 8, gap_s: float = 0.1) -> list[bool]:
+    """Per request on one keep-alive client: whether the server closed the connection after it."""
+    closes = []
+    for _ in range(requests):
+        r = client.post("/classify", json=VALID)
+        assert r.status_code == 200, r.text
+        closes.append(r.headers.get("connection") == "close")
+        time.sleep(gap_s)
+    return closes
+
+
+def test_old_keep_alive_connections_are_closed_only_with_several_workers(client, run_dir, tmp_path):
+    """With two workers, a connection older than max_connection_age_s (0.3 s) is closed after its next
+    response and the client reconnects (to the less busy worker); one worker keeps it open."""
+    assert not any(connection_closes(client))
+    settings = serving.ServingSettings(**LIMITS | {"workers": 2, "max_concurrency": 4})
+    cfg = serving.write_config(serving.resolve(run_dir), settings, tmp_path / "serving.json")
+    with serving.Server(cfg, log=tmp_path / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        closes = connection_closes(c)
+        assert any(closes) and not all(closes), closes
 
 
 # ----------------------------------------------------------------------- settings, sources, CLI, build
@@ -316,13 +344,15 @@ def test_build_puts_the_model_in_the_store_versioned_by_its_hash(run_dir, tmp_pa
 @pytest.mark.slow
 def test_tune_measures_the_grid_and_writes_the_best_beside_the_artifact(run_dir, monkeypatch):
     served = serving.resolve(run_dir)
-    monkeypatch.setattr(serving, "tuning_grid", lambda: [serving.ServingSettings(),
-                                                         serving.ServingSettings(batching=True, max_latency_ms=1000)])
+    grid = [serving.ServingSettings(batching=True, max_latency_ms=1000), serving.ServingSettings(workers=2)]
+    monkeypatch.setattr(serving, "tuning_grid", lambda: grid)
     try:
         best = serving.tune_settings(served, duration_s=3, echo=lambda *_: None)
         saved = json.loads(served.tuned_path.read_text())
         assert len(saved["measurements"]) == 2 and saved["settings"] == best.model_dump(mode="json")
         assert all(m["requests_per_s"] > 0 for m in saved["measurements"])
+        shares = [m["worker_cpu_shares"] for m in saved["measurements"]]  # per worker
+        assert [len(x) for x in shares] == [1, 2] and all(sum(x) == pytest.approx(1.0) for x in shares)
     finally:
         served.tuned_path.unlink(missing_ok=True)
 
