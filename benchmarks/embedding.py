@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
-from quantize import run_pipeline, timed_rounds  # (benchmarks/quantize.py: the same method)
+
+# benchmarks/quantize.py: the same method, model length and threads
+from quantize import SEQ, THREADS, latency_calls, run_pipeline, timed_rounds
 
 PIPELINE = ROOT / "pipelines" / "minilm_embedding.yaml"
-THREADS, SEQ = 2, 128
 TARGETS = {"cosine_mean": 0.99, "knn_drop_points": 1.0, "size_ratio": 0.30}
 BUDGETS = {  # quick: fewer adaptation steps and kNN texts; full: the pipeline file as shipped
     "quick": {"overrides": ["stages.adapt.train.max_steps=20", "task.embedding.limit=600"], "runs": 10, "rounds": 3,
@@ -70,17 +71,7 @@ def measure_all(arts: dict, cfg, work: Path, budget: dict) -> dict:
         out[name]["size_mb"] = models.size_mb(d / "model.onnx")
 
     for batch in (1, 32):
-        enc = tokenizer([texts[0]] * batch, padding="max_length", truncation=True, max_length=SEQ, return_tensors="pt")
-        feeds_pt = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-
-        def eager(feeds=feeds_pt):
-            with torch.inference_mode():
-                model(**feeds)
-
-        calls = {"pytorch_fp32": eager}
-        for name, p in predictors.items():
-            feeds = p.encode([texts[0]] * batch, pad_to=SEQ)
-            calls[name] = lambda p=p, feeds=feeds: p.session.run(None, feeds)
+        calls = latency_calls(model, tokenizer, predictors, texts[0], batch)
         runs = budget["runs"] if batch == 1 else max(3, budget["runs"] // 4)
         for name, lat in timed_rounds(calls, runs, budget["rounds"]).items():
             out[name].update({f"latency_b{batch}_{k}_ms": v for k, v in lat.items()})

@@ -101,6 +101,25 @@ def timed_rounds(calls: dict, runs: int, rounds: int) -> dict:
     return {name: {f"p{q}": float(np.percentile(s, q)) for q in (50, 95, 99)} for name, s in samples.items()}
 
 
+def latency_calls(model, tokenizer, predictors: dict, text: str, batch: int) -> dict:
+    """One call per runtime on the same batch, padded to SEQ tokens: the eager PyTorch model
+    ("pytorch_fp32") and each onnxruntime predictor's session alone (tokenizing stays outside)."""
+    import torch
+
+    enc = tokenizer([text] * batch, padding="max_length", truncation=True, max_length=SEQ, return_tensors="pt")
+    feeds_pt = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+
+    def eager():
+        with torch.inference_mode():
+            model(**feeds_pt)
+
+    calls = {"pytorch_fp32": eager}
+    for name, p in predictors.items():
+        feeds = p.encode([text] * batch, pad_to=SEQ)
+        calls[name] = lambda p=p, feeds=feeds: p.session.run(None, feeds)
+    return calls
+
+
 def measure_all(arts: dict, edge_dirs: dict, test, budget: dict) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -125,17 +144,7 @@ def measure_all(arts: dict, edge_dirs: dict, test, budget: dict) -> dict:
         torch.set_num_threads(threads)
         predictors = {name: Predictor.open(path, threads=threads) for name, path in edge_dirs.items()}
         for batch in (1, 32):
-            enc = tokenizer([texts[0]] * batch, padding="max_length", truncation=True, max_length=SEQ,
-                            return_tensors="pt")
-
-            def eager(enc=enc):
-                with torch.inference_mode():
-                    model(**enc)
-
-            calls = {"pytorch_fp32": eager}
-            for name, p in predictors.items():
-                feeds = p.encode([texts[0]] * batch, pad_to=SEQ)
-                calls[name] = lambda p=p, feeds=feeds: p.session.run(None, feeds)
+            calls = latency_calls(model, tokenizer, predictors, texts[0], batch)
             runs = budget["runs"] if batch == 1 else max(5, budget["runs"] // 4)
             for name, lat in timed_rounds(calls, runs, budget["rounds"]).items():
                 suffix = "" if threads == THREADS else f"_{threads}thread"

@@ -117,7 +117,7 @@ def run(cfg: Config, parent, ctx) -> dict:
                         if not key.startswith(("classifier.", "score."))})
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                  lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules,
-                                                 modules_to_save=list(fresh) or None, exclude_modules=list(fresh) or None))
+                                                 modules_to_save=fresh or None, exclude_modules=fresh or None))
         ctx.details["trained_in_full"] = fresh
     counts = models.count_parameters(model)
     splits = encode(data, tokenizer, task.max_length, labels, cfg.validation_limit, ctx.seed)
