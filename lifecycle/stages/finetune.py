@@ -113,11 +113,12 @@ def run(cfg: Config, parent, ctx) -> dict:
         # SEQ_CLS makes peft train (and save) the new classification head in full beside the adapter. Other
         # weights the checkpoint lacks (BERT's pooler after masked-LM pre-training) are trained in full too:
         # an adapter on a random frozen matrix would learn next to nothing through it.
+        # (copies below: peft appends its SEQ_CLS head names to the modules_to_save list it is given)
         fresh = sorted({key.rsplit(".", 1)[0] for key in ctx.details.get("newly_initialised", [])
                         if not key.startswith(("classifier.", "score."))})
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                  lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules,
-                                                 modules_to_save=fresh or None, exclude_modules=fresh or None))
+                                                 modules_to_save=list(fresh) or None, exclude_modules=list(fresh) or None))
         ctx.details["trained_in_full"] = fresh
     counts = models.count_parameters(model)
     splits = encode(data, tokenizer, task.max_length, labels, cfg.validation_limit, ctx.seed)
