@@ -124,28 +124,33 @@ def cmd_run(args) -> int:
 
 def cmd_gate(args) -> int:
     from lifecycle import gates, report
-    from lifecycle.pipeline import load_run
+    from lifecycle.pipeline import load_run, read_record
 
+    state = read_record(args.run_dir).get("state")
     pipeline, outcomes = load_run(args.run_dir)
-    data = report.as_json(pipeline.name, outcomes)
+    data = report.as_json(pipeline.name, outcomes, state)
     report.write_junit(data, args.junit or args.run_dir / "junit.xml")
     for o in outcomes:
         for g in o.gates:
             verdict = "pass" if g.passed else ("FAIL" if g.on_fail == "stop" else "warn")
-            print(f"{verdict:5} {o.name}: {g.bound}  value={g.value}")
+            why = f"  ({g.message})" if g.message and not g.passed else ""
+            print(f"{verdict:5} {o.name}: {g.bound}  value={g.value}{why}")
         if o.status == "skipped":
             print(f"FAIL  {o.name}: stage did not run")
     failed = [g for o in outcomes for g in gates.blocking(o.gates)] or [o for o in outcomes if o.status == "skipped"]
+    if state != "finished":  # a crashed or interrupted run is never a release, whatever its artifacts say
+        print(f"FAIL  run: the last `lifecycle run` did not finish (state: {state or 'not recorded'}); run it again")
+        failed = [*failed, state]
     print("gates passed" if not failed else f"{len(failed)} gate(s) failed")
     return EXIT_GATE if failed else EXIT_OK
 
 
 def cmd_report(args) -> int:
     from lifecycle import report
-    from lifecycle.pipeline import load_run
+    from lifecycle.pipeline import load_run, read_record
 
     pipeline, outcomes = load_run(args.run_dir)
-    report.write(Path(args.run_dir), pipeline.name, outcomes)
+    report.write(Path(args.run_dir), pipeline.name, outcomes, run_state=read_record(args.run_dir).get("state"))
     print(f"wrote {args.run_dir / 'report.md'}")
     return EXIT_OK
 

@@ -78,12 +78,18 @@ class StageOutcome:
     seconds: float = 0.0
 
 
-def cache_key(pipeline: Pipeline, stage, parent: Artifact | None) -> str:
+def data_fingerprints(pipeline: Pipeline) -> dict[str, str]:
+    """Content hash of every data source; raises (naming the file) when one is missing."""
+    return {name: src.fingerprint(pipeline) for name, src in pipeline.data.items()}
+
+
+def cache_key(pipeline: Pipeline, stage, parent_key: str | None, fingerprints: dict[str, str] | None = None) -> str:
+    """What an artifact is a function of: its config, its parent's key (so the whole chain), the data."""
     return stable_hash(
         {
             "stage": stage.model_dump(mode="json", exclude={"gates"}),
-            "parent": parent.cache_key if parent else None,
-            "data": {name: src.fingerprint(pipeline) for name, src in pipeline.data.items()},
+            "parent": parent_key,
+            "data": fingerprints if fingerprints is not None else data_fingerprints(pipeline),
             "task": pipeline.task.model_dump(mode="json") if pipeline.task else None,
             "seed": pipeline.seed,
             "deterministic": pipeline.deterministic,
@@ -94,14 +100,39 @@ def cache_key(pipeline: Pipeline, stage, parent: Artifact | None) -> str:
 
 def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str | None = None, echo=print) -> list[StageOutcome]:
     """Run the pipeline; returns one outcome per stage. Raises GateFailed after writing the report."""
-    from lifecycle import report
-
     run_dir = Path(workdir or pipeline.workdir).resolve() / pipeline.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if dist.rank() == 0:
-        write_json(run_dir / RESOLVED, {"base_dir": str(pipeline.base_dir), "pipeline": pipeline.model_dump(mode="json")})
     if from_stage is not None:
         pipeline.stage(from_stage)  # raises ConfigError on an unknown name
+    # Every data file is read (hashed) before the run directory is touched: a missing file fails here
+    # and leaves the previous run's record as it was.
+    fingerprints = data_fingerprints(pipeline)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"base_dir": str(pipeline.base_dir), "pipeline": pipeline.model_dump(mode="json"),
+              "data": fingerprints, "state": "running", "started": time.time()}
+    # Written before the stages run, so `lifecycle gate` judges the artifacts against the config last
+    # asked for: a re-run that crashes leaves older artifacts that no longer match it, and they fail as stale.
+    _record(run_dir, record)
+    try:
+        outcomes = _run_stages(pipeline, run_dir, from_stage, fingerprints, echo)
+    except GateFailed:
+        _record(run_dir, {**record, "state": "finished", "passed": False, "ended": time.time()})
+        raise
+    except BaseException as exc:
+        _record(run_dir, {**record, "state": "interrupted" if isinstance(exc, KeyboardInterrupt) else "crashed",
+                          "error": f"{type(exc).__name__}: {exc}", "ended": time.time()})
+        raise
+    _record(run_dir, {**record, "state": "finished", "passed": True, "ended": time.time()})
+    return outcomes
+
+
+def _record(run_dir: Path, record: dict) -> None:
+    if dist.rank() == 0:
+        write_json(run_dir / RESOLVED, record)
+
+
+def _run_stages(pipeline: Pipeline, run_dir: Path, from_stage: str | None, fingerprints: dict, echo) -> list[StageOutcome]:
+    from lifecycle import report
+
     if pipeline.deterministic:
         from lifecycle.environment import make_deterministic
 
@@ -121,7 +152,8 @@ def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str |
             forced = forced or stage.label == from_stage
             parent_cfg = pipeline.parent_of(stage)
             parent = artifacts.get(parent_cfg.label) if parent_cfg is not None else None
-            outcome = _run_stage(pipeline, stage, parent, artifacts, run_dir, forced, echo)
+            key = cache_key(pipeline, stage, parent.cache_key if parent else None, fingerprints)
+            outcome = _run_stage(pipeline, stage, parent, artifacts, run_dir, key, forced, echo)
             outcomes.append(outcome)
             artifacts[stage.label] = outcome.artifact
             stopped = outcome.status == "failed"
@@ -140,8 +172,7 @@ def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str |
     return outcomes
 
 
-def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, forced: bool, echo) -> StageOutcome:
-    key = cache_key(pipeline, stage, parent)
+def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, key: str, forced: bool, echo) -> StageOutcome:
     final = run_dir / stage.label
     art = None if forced else _cached(final, key, echo)
     status = "cached"
@@ -240,26 +271,86 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str) -> Artif
     return art
 
 
+def read_record(run_dir: str | Path) -> dict:
+    """The run directory's record: resolved config, data fingerprints, and whether the last run finished."""
+    resolved = Path(run_dir) / RESOLVED
+    if not resolved.is_file():
+        raise LifecycleError(f"{run_dir}: not a run directory (no {RESOLVED}); pass the directory `lifecycle run` wrote")
+    try:
+        return json.loads(resolved.read_text())
+    except json.JSONDecodeError as exc:
+        raise LifecycleError(f"{resolved}: unreadable ({exc}); re-run the pipeline") from None
+
+
 def load_run(run_dir: str | Path) -> tuple[Pipeline, list[StageOutcome]]:
-    """Reload a finished run from disk (for `lifecycle gate` and `lifecycle report`)."""
+    """Reload a run from disk (for `lifecycle gate` and `lifecycle report`) and judge it again.
+
+    Each artifact is checked against the config the run directory records, not just against itself:
+    its files must match their hashes, its cache key must be the one the recorded config implies
+    (parent chain and data included), and its parent must be the artifact it was built from. An
+    artifact that fails any of these is a failed stage with a message saying why, never a pass.
+    """
     from lifecycle.config import build
 
     run_dir = Path(run_dir)
-    resolved = run_dir / RESOLVED
-    if not resolved.is_file():
-        raise LifecycleError(f"{run_dir}: not a run directory (no {RESOLVED}); pass the directory `lifecycle run` wrote")
-    raw = json.loads(resolved.read_text())
-    pipeline = build(raw["pipeline"], base_dir=Path(raw["base_dir"]), source=str(resolved))
-    outcomes, artifacts = [], {}
+    raw = read_record(run_dir)
+    pipeline = build(raw["pipeline"], base_dir=Path(raw["base_dir"]), source=str(run_dir / RESOLVED))
+    fingerprints = _fingerprints_for_check(pipeline, raw.get("data", {}))
+    outcomes, artifacts, keys = [], {}, {}
     for stage in pipeline.stages:
+        parent_cfg = pipeline.parent_of(stage)
+        parent_label = parent_cfg.label if parent_cfg is not None else None
+        keys[stage.label] = cache_key(pipeline, stage, keys.get(parent_label), fingerprints)
         path = run_dir / stage.label
         if not path.exists():
             outcomes.append(StageOutcome(stage.label, stage.kind, "skipped"))
             continue
-        art = Artifact.load(path)
+        try:
+            art = Artifact.load(path)
+        except ArtifactError as exc:
+            outcomes.append(StageOutcome(stage.label, stage.kind, "failed", None, [_integrity_failure(str(exc))]))
+            continue
+        problem = _mismatch(stage.label, art, keys[stage.label], artifacts.get(parent_label), parent_label)
         artifacts[stage.label] = art
-        results = check_gates(pipeline, stage, art.metrics, artifacts)
+        results = [_integrity_failure(problem)] if problem else []
+        results += check_gates(pipeline, stage, art.metrics, artifacts)
         status = "failed" if gatelib.blocking(results) else "passed"
         seconds = art.manifest.get("timings", {}).get("seconds", 0.0)  # as the run recorded it
         outcomes.append(StageOutcome(stage.label, stage.kind, status, art, results, seconds))
     return pipeline, outcomes
+
+
+def _fingerprints_for_check(pipeline: Pipeline, recorded: dict[str, str]) -> dict[str, str]:
+    """Hash the data again where it is reachable (data changed since: the stages are stale); where a
+    source is not on this machine (a CI job gating a run made elsewhere), use what the run recorded."""
+    out = {}
+    for name, src in pipeline.data.items():
+        try:
+            out[name] = src.fingerprint(pipeline)
+        except LifecycleError:
+            if name not in recorded:
+                raise LifecycleError(f"data source '{name}' is not on this machine and the run recorded no "
+                                     "fingerprint for it; gate the run where its data is") from None
+            out[name] = recorded[name]
+    return out
+
+
+def _mismatch(label: str, art: Artifact, key: str, parent: Artifact | None, parent_label: str | None) -> str | None:
+    if art.cache_key != key:
+        return (f"stage '{label}' is stale: its artifact was built from another config, parent or data than "
+                f"{RESOLVED} records (cache key {art.cache_key[:12]}, expected {key[:12]}); re-run `lifecycle run`")
+    recorded_parent = art.manifest.get("parent")
+    if parent_label is None or recorded_parent is None:
+        return None
+    if parent is None:
+        return f"stage '{label}': its parent artifact '{parent_label}' is missing or refused"
+    if recorded_parent.get("digest") != parent.digest:
+        return (f"stage '{label}' was built from other bytes than the '{parent_label}' artifact now in the run "
+                "directory (parent digest differs): it belongs to another run; re-run `lifecycle run`")
+    return None
+
+
+def _integrity_failure(message: str) -> gatelib.GateResult:
+    """An artifact that cannot be trusted, reported as a failed gate so report.json and junit show it."""
+    return gatelib.GateResult("artifact", "artifact matches the recorded config and its hashes", None, None,
+                              False, "stop", message=message)

@@ -13,8 +13,9 @@ HEADLINE = ("accuracy", "f1_micro", "perplexity", "latency_p50_ms", "latency_p95
 SCORES = ("accuracy", "knn_accuracy")  # the task's headline score: a classifier's, or an embedding model's
 
 
-def write(run_dir: Path, pipeline_name: str, outcomes, junit_path: Path | None = None) -> dict:
-    data = as_json(pipeline_name, outcomes)
+def write(run_dir: Path, pipeline_name: str, outcomes, junit_path: Path | None = None,
+          run_state: str = "finished") -> dict:
+    data = as_json(pipeline_name, outcomes, run_state)
     write_json(run_dir / "report.json", data)
     _atomic_text(run_dir / "report.md", markdown(data, run_dir))
     write_junit(data, junit_path or run_dir / "junit.xml")
@@ -22,7 +23,8 @@ def write(run_dir: Path, pipeline_name: str, outcomes, junit_path: Path | None =
     return data
 
 
-def as_json(pipeline_name: str, outcomes) -> dict:
+def as_json(pipeline_name: str, outcomes, run_state: str | None = "finished") -> dict:
+    """`run_state`: whether the `lifecycle run` that wrote the artifacts finished (else the run fails)."""
     stages = []
     for o in outcomes:
         art = o.artifact
@@ -37,8 +39,8 @@ def as_json(pipeline_name: str, outcomes) -> dict:
             "seconds": round(o.seconds, 2),
             "environment": art.manifest.get("environment") if art else None,
         })
-    passed = all(s["status"] in ("passed", "cached") for s in stages)
-    return {"pipeline": pipeline_name, "passed": passed, "stages": stages}
+    passed = run_state == "finished" and all(s["status"] in ("passed", "cached") for s in stages)
+    return {"pipeline": pipeline_name, "passed": passed, "run_state": run_state, "stages": stages}
 
 
 def _fmt(v) -> str:
@@ -77,8 +79,12 @@ def markdown(data: dict, run_dir: Path) -> str:
 def write_junit(data: dict, path: Path) -> None:
     cases = [(s, g) for s in data["stages"] for g in s["gates"]]
     failures = sum(1 for s, g in cases if not g["passed"] and g["on_fail"] == "stop")
-    suite = ET.Element("testsuite", name=f"lifecycle.{data['pipeline']}", tests=str(len(cases) or 1),
-                       failures=str(failures), errors="0")
+    unfinished = data.get("run_state", "finished") != "finished"
+    suite = ET.Element("testsuite", name=f"lifecycle.{data['pipeline']}", tests=str(len(cases) + unfinished or 1),
+                       failures=str(failures + unfinished), errors="0")
+    if unfinished:
+        case = ET.SubElement(suite, "testcase", classname=data["pipeline"], name="run finished")
+        ET.SubElement(case, "failure", message=f"the last `lifecycle run` did not finish ({data['run_state']})")
     for s, g in cases:
         case = ET.SubElement(suite, "testcase", classname=f"{data['pipeline']}.{s['name']}", name=g["bound"])
         text = f"value={_fmt(g['value'])} bound: {g['bound']} reference={_fmt(g['reference'])}"
