@@ -61,8 +61,12 @@ class Pipeline(Strict):
                     ref = self._reference(stage, gate, seen)
                     if ref is None:
                         raise ValueError(f"{gwhere}.vs: '{gate.vs}' is not an earlier stage")
-                    if gate.metric not in ref.metric_names():
-                        raise ValueError(f"{gwhere}.vs: stage '{ref.label}' does not report '{gate.metric}'")
+                    if gate.ref_key not in ref.metric_names():
+                        cross = _runtime(gate.metric) and any(_runtime(m) for m in ref.metric_names()
+                                                             if m.split("_", 1)[-1] == gate.metric.split("_", 1)[-1])
+                        hint = (" (it measures another runtime: name the reference's metric with `reference_metric` "
+                                "to compare across runtimes)") if cross else ""
+                        raise ValueError(f"{gwhere}.vs: stage '{ref.label}' does not report '{gate.ref_key}'{hint}")
             if getattr(stage, "data", None) and stage.data not in self.data:
                 raise ValueError(f"{where}.data: no data source named '{stage.data}' (have {sorted(self.data)})")
             seen[stage.label] = stage
@@ -111,6 +115,12 @@ class Pipeline(Strict):
         """Paths in a pipeline file are relative to the file, so a pipeline runs from any directory."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self._base_dir / p).resolve()
+
+
+def _runtime(metric: str) -> str | None:
+    """The runtime a latency metric names (torch_latency_p50_ms -> torch), or None."""
+    head = metric.split("_", 1)[0]
+    return head if head in ("torch", "ort", "http") and "latency" in metric else None
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -144,15 +144,15 @@ def alignment_uniformity(x, y, t: float = 2.0) -> dict[str, float]:
     return {"alignment": align, "uniformity": float(np.log(np.exp(-t * sq).mean()))}
 
 
-def task_metrics(embed, pipeline, task=None, test_embeddings=None) -> dict[str, float]:
-    """kNN label accuracy on the task's labelled source (train -> test), and Spearman on its scored
-    pairs when given. `embed(texts) -> array`; pass the test embeddings when already computed."""
+def task_metrics(embed, pipeline, task=None, test_embeddings=None, split: str = "test") -> dict[str, float]:
+    """kNN label accuracy on the task's labelled source (train -> `split`), and Spearman on its scored
+    pairs when given. `embed(texts) -> array`; pass the `split` embeddings when already computed."""
     from lifecycle.data import load
 
     task = task or pipeline.task
     settings = task.embedding_settings
     data = load(pipeline.data[task.data], pipeline)
-    train, test = data.splits["train"], data.splits["test"]
+    train, test = data.splits["train"], data.splits[split]
     if settings.limit:
         train = train.select(range(min(settings.limit, len(train))))
         if len(test) > settings.limit:
@@ -245,20 +245,23 @@ def export(cfg, parent, ctx) -> dict:
     test = data.splits["test"]
     fp32 = embed_torch(model, tokenizer, test["text"], task.max_length)
     found, test_x = onnx_metrics(predictor, cfg.latency, task.max_length, ctx.pipeline, fp32)
+    val = task_metrics(predictor.embed, ctx.pipeline, split="validation")  # what a later selection compares with
     ctx.details.update(pooling=pooling.model_dump(), **onnx_export.prediction_details(predictor, test, test_x))
-    return {**metrics, **found}
+    return {**metrics, **found, "val_knn_accuracy": val["knn_accuracy"]}
 
 
-def onnx_metrics(predictor, latency, max_length: int, pipeline, reference=None):
-    """(metrics, test embeddings) of an embedding onnx-model: kNN accuracy (+ Spearman), cosine to the
-    fp32 reference embeddings of the test texts, latency and size as every onnx-model stage reports."""
+def onnx_metrics(predictor, latency, max_length: int, pipeline, reference=None, split: str = "test"):
+    """(metrics, `split` embeddings) of an embedding onnx-model: kNN accuracy (+ Spearman), cosine to
+    the fp32 reference embeddings of the same texts, and (with `latency`) latency and size as every
+    onnx-model stage reports."""
     from lifecycle.data import load
     from lifecycle.stages.export import onnx_latency
 
-    test = load(pipeline.data[pipeline.task.data], pipeline).splits["test"]
-    test_x = predictor.embed(test["text"])
-    metrics = task_metrics(predictor.embed, pipeline, test_embeddings=test_x)
+    rows = load(pipeline.data[pipeline.task.data], pipeline).splits[split]
+    x = predictor.embed(rows["text"])
+    metrics = task_metrics(predictor.embed, pipeline, test_embeddings=x, split=split)
     if reference is not None:
-        metrics.update(fidelity(reference, test_x))
-    metrics.update(onnx_latency(predictor, test["text"][0], latency, max_length))
-    return metrics, test_x
+        metrics.update(fidelity(reference, x))
+    if latency is not None:
+        metrics.update(onnx_latency(predictor, rows["text"][0], latency, max_length))
+    return metrics, x

@@ -62,6 +62,8 @@ def gpu() -> str | None:
 def environment() -> dict:
     return {
         "cpu": cpu_model(),
+        "isa": isa_flags(),
+        "loadavg": list(os.getloadavg()),
         "cpu_count": os.cpu_count(),
         "threads": threads(),
         "gpu": gpu(),
@@ -70,6 +72,29 @@ def environment() -> dict:
         "libraries": versions(),
         "git_commit": _git_commit(),
     }
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "avx_vnni", "fma", "neon", "asimd")
+
+
+@functools.lru_cache(maxsize=1)
+def isa_flags() -> list[str]:
+    """The instruction-set extensions that change how fast (and, for int8 without VNNI, how exactly) a
+    kernel runs; read from /proc/cpuinfo."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in ISA_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def fingerprint(threads: int | None = None) -> dict:
+    """Recorded beside every latency: what machine, how many threads, and how busy it was."""
+    return {"cpu": cpu_model(), "isa": isa_flags(), "cpu_count": os.cpu_count(), "threads": threads or os.cpu_count(),
+            "loadavg": list(os.getloadavg())}
 
 
 def make_deterministic(seed: int) -> None:

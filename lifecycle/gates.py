@@ -22,6 +22,10 @@ class GateResult:
     on_fail: str
     vs: str | None = None  # reference stage name for relative gates
     message: str = ""
+    verdict: str | None = None  # pass | fail | warn | inconclusive
+    interval: list[float] | None = None  # 95% interval of the compared quantity (e.g. a latency ratio)
+    p_value: float | None = None
+    details: dict | None = None  # how it was measured (rounds, load average before/after)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,7 +53,7 @@ def _finite(x) -> bool:
 
 def check(gate: Gate, metrics: dict, reference_metrics: dict | None = None, reference: str | None = None) -> GateResult:
     value = metrics.get(gate.value_key)
-    ref_value = (reference_metrics or {}).get(gate.value_key if gate.bound == "mean" else gate.metric)
+    ref_value = (reference_metrics or {}).get(gate.value_key if gate.bound == "mean" else gate.ref_key)
     ref_value = None if ref_value is None else float(ref_value)
     bound = describe(gate, reference, ref_value)
     result = GateResult(gate.metric, bound, value, ref_value if gate.relative else None, False, gate.on_fail,
@@ -74,7 +78,57 @@ def check(gate: Gate, metrics: dict, reference_metrics: dict | None = None, refe
         }[gate.kind]
     if not result.passed:
         result.message = f"{gate.value_key} = {value:.6g} violates {bound}"
+    return _with_verdict(result)
+
+
+def _with_verdict(result: GateResult) -> GateResult:
+    result.verdict = "pass" if result.passed else ("fail" if result.on_fail == "stop" else "warn")
     return result
+
+
+def check_interleaved(gate: Gate, candidate, reference, reference_name: str, max_length: int) -> GateResult:
+    """A relative latency gate on a fresh A/B measurement of the two artifacts in this process (see
+    lifecycle.evaluation.latency.ab_ratio), at the candidate stage's batch size, length and threads."""
+    from lifecycle.environment import fingerprint
+    from lifecycle.evaluation.latency import ab_ratio, artifact_call
+
+    settings = (candidate.manifest.get("config") or {}).get("latency") or {}
+    batch = 32 if "_b32_" in gate.metric else settings.get("batch_size", 1)
+    seq, threads = settings.get("seq_len") or max_length, settings.get("threads")
+    percentile = next((q for q in (50, 95, 99) if f"_p{q}_" in gate.metric), 50)
+    ab = ab_ratio(artifact_call(candidate.path, candidate.kind, batch, seq, threads),
+                  artifact_call(reference.path, reference.kind, batch, seq, threads),
+                  gate.threshold, gate.kind, percentile)
+    lo, hi = ab["interval"]
+    op = "<=" if gate.kind == "max_ratio" else ">="
+    bound = f"{gate.metric} {op} {gate.threshold:g} x {reference_name} (interleaved A/B, batch {batch}, seq {seq})"
+    result = GateResult(gate.metric, bound, ab["candidate_ms"], ab["reference_ms"], ab["verdict"] == "pass",
+                        gate.on_fail, reference_name, interval=[lo, hi],
+                        details={**ab, "environment": fingerprint(threads)})
+    text = f"ratio {ab['ratio']:.3f} [{lo:.3f}, {hi:.3f}] over {ab['rounds']} rounds"
+    if ab["verdict"] == "inconclusive":
+        result.message = f"inconclusive: {text} straddles {gate.threshold:g} after the re-measure budget"
+        result.on_fail = "warn" if gate.on_inconclusive == "warn" else gate.on_fail
+        result.verdict = "inconclusive"
+        return result
+    if not result.passed:
+        result.message = f"{gate.metric}: {text} violates {bound}"
+    return _with_verdict(result)
+
+
+# Scores that depend on the examples they were computed on. A stage that selects (a ladder rung, a
+# checkpoint) judges candidates on validation; so every stage also reports each of these it computes on
+# validation as `val_<name>`, and a reference stage is read through `on_validation` during a selection.
+SPLIT_SCORES = ("accuracy", "f1_macro", "f1_micro", "argmax_agreement", "logit_max_abs_diff", "knn_accuracy",
+                "embedding_cosine_min", "embedding_cosine_mean")
+
+
+def on_validation(metrics: dict) -> dict:
+    """What a selection may look at: validation scores under their plain names, split-free measurements
+    (latency, size) as they are, and no test score (a gate on a score with no validation value fails)."""
+    view = {k: v for k, v in metrics.items() if k not in SPLIT_SCORES and not k.startswith("val_")}
+    view.update({k.removeprefix("val_"): v for k, v in metrics.items() if k.startswith("val_")})
+    return view
 
 
 def blocking(results: list[GateResult]) -> list[GateResult]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ class StageContext:
     seed: int = 0  # the seed of this run of the stage (the pipeline's, or one of the stage's `seeds`)
     details: dict[str, Any] = field(default_factory=dict)  # extra manifest content (curves, attempts)
     extra_metrics: dict[str, float] = field(default_factory=dict)  # shared measurements (data wait); the stage's own win
+    echo: Callable[[str], None] = print  # the run's output: stages say what they do through it
     _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def data(self, name: str):
@@ -54,16 +56,26 @@ class StageContext:
             raise LifecycleError(f"stage '{self.stage.label}' needs a `task:` section in the pipeline")
         return self.data(self.pipeline.task.data)
 
-    def check_gates(self, metrics: dict) -> list[gatelib.GateResult]:
-        """This stage's gates on candidate metrics: for stages that try a ladder of variants."""
-        return check_gates(self.pipeline, self.stage, metrics, self.artifacts)
+    def check_gates(self, metrics: dict, split: str = "test") -> list[gatelib.GateResult]:
+        """This stage's gates on candidate metrics, for stages that choose among variants: with
+        split="validation" the candidate's scores are validation scores and so are the references'."""
+        return check_gates(self.pipeline, self.stage, metrics, self.artifacts, split)
 
 
-def check_gates(pipeline: Pipeline, stage, metrics: dict, artifacts: dict[str, Artifact]) -> list[gatelib.GateResult]:
+def check_gates(pipeline: Pipeline, stage, metrics: dict, artifacts: dict[str, Artifact],
+                split: str = "test", candidate: Artifact | None = None) -> list[gatelib.GateResult]:
+    """The stage's gates. Given the candidate artifact, relative latency gates re-time it beside the
+    reference artifact in this process (interleaved) instead of dividing numbers recorded apart."""
     results = []
     for gate in stage.gates:
         ref = pipeline.reference_name(stage, gate) if gate.relative else None
+        if gate.interleaved and candidate is not None and ref in artifacts:
+            max_length = pipeline.task.max_length if pipeline.task else 128
+            results.append(gatelib.check_interleaved(gate, candidate, artifacts[ref], ref, max_length))
+            continue
         ref_metrics = artifacts[ref].metrics if ref in artifacts else None
+        if ref_metrics is not None and split == "validation":
+            ref_metrics = gatelib.on_validation(ref_metrics)
         results.append(gatelib.check(gate, metrics, ref_metrics, ref))
     return results
 
@@ -183,11 +195,11 @@ def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, key: str, forc
             ref = pipeline.reference_name(stage, gate) if gate.relative else None
             ref_v = artifacts[ref].metrics.get(gate.metric) if ref in artifacts else None
             echo(f"   gate: {gatelib.describe(gate, ref, ref_v)}{'  [warn only]' if gate.on_fail == 'warn' else ''}")
-        art = _build(pipeline, stage, parent, artifacts, run_dir, key)
+        art = _build(pipeline, stage, parent, artifacts, run_dir, key, echo)
         status = "passed"
     else:
         echo(f"\n== stage {stage.label} ({stage.kind}): cached, artifact verified ({final})")
-    results = check_gates(pipeline, stage, art.metrics, artifacts)
+    results = check_gates(pipeline, stage, art.metrics, artifacts, candidate=art)
     if dist.rank() == 0:
         update_manifest(art, gates=[r.to_dict() for r in results])
     if gatelib.blocking(results):
@@ -213,7 +225,7 @@ def _cached(final: Path, key: str, echo) -> Artifact | None:
     return art if art.cache_key == key else None
 
 
-def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str) -> Artifact:
+def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo=print) -> Artifact:
     rank = dist.rank()
     final = run_dir / stage.label
     if rank != 0 and not stage.distributed:
@@ -234,7 +246,7 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str) -> Artif
         suffix = "" if len(seeds) == 1 else f"-seed{seed}"
         scratch = run_dir / ".scratch" / f"{stage.label}-{key[:16]}{suffix}"
         scratch.mkdir(parents=True, exist_ok=True)
-        ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed)
+        ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed, echo=echo)
         metrics = registry.module(stage.kind).run(stage, parent, ctx)
         per_seed[seed] = {**ctx.extra_metrics, **metrics}
         details = details or ctx.details
@@ -313,7 +325,7 @@ def load_run(run_dir: str | Path) -> tuple[Pipeline, list[StageOutcome]]:
         problem = _mismatch(stage.label, art, keys[stage.label], artifacts.get(parent_label), parent_label)
         artifacts[stage.label] = art
         results = [_integrity_failure(problem)] if problem else []
-        results += check_gates(pipeline, stage, art.metrics, artifacts)
+        results += check_gates(pipeline, stage, art.metrics, artifacts, candidate=art)
         status = "failed" if gatelib.blocking(results) else "passed"
         seconds = art.manifest.get("timings", {}).get("seconds", 0.0)  # as the run recorded it
         outcomes.append(StageOutcome(stage.label, stage.kind, status, art, results, seconds))

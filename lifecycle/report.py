@@ -35,7 +35,9 @@ def as_json(pipeline_name: str, outcomes, run_state: str | None = "finished") ->
             "artifact": str(art.path) if art else None,
             "metrics": dict(art.metrics) if art else {},
             "gates": [{"metric": g.metric, "bound": g.bound, "value": g.value, "reference": g.reference,
-                       "passed": g.passed, "on_fail": g.on_fail, "vs": g.vs, "message": g.message} for g in o.gates],
+                       "passed": g.passed, "on_fail": g.on_fail, "vs": g.vs, "message": g.message,
+                       "verdict": g.verdict, "interval": g.interval, "p_value": g.p_value, "details": g.details}
+                      for g in o.gates],
             "seconds": round(o.seconds, 2),
             "environment": art.manifest.get("environment") if art else None,
         })
@@ -67,7 +69,9 @@ def markdown(data: dict, run_dir: Path) -> str:
         if s["gates"]:
             lines += ["| gate | value | reference | verdict |", "|---|---|---|---|"]
             for g in s["gates"]:
-                verdict = "pass" if g["passed"] else ("FAIL" if g["on_fail"] == "stop" else "fail (warn)")
+                verdict = g.get("verdict") or ("pass" if g["passed"] else ("FAIL" if g["on_fail"] == "stop" else "fail (warn)"))
+                if g.get("interval"):
+                    verdict += f" [{_fmt(g['interval'][0])}, {_fmt(g['interval'][1])}]"
                 lines.append(f"| `{g['bound']}` | {_fmt(g['value'])} | {_fmt(g['reference'])} | {verdict} |")
             lines.append("")
         if s["metrics"]:
@@ -88,6 +92,12 @@ def write_junit(data: dict, path: Path) -> None:
     for s, g in cases:
         case = ET.SubElement(suite, "testcase", classname=f"{data['pipeline']}.{s['name']}", name=g["bound"])
         text = f"value={_fmt(g['value'])} bound: {g['bound']} reference={_fmt(g['reference'])}"
+        if g.get("interval"):
+            text += f" interval=[{_fmt(g['interval'][0])}, {_fmt(g['interval'][1])}]"
+        if g.get("p_value") is not None:
+            text += f" p={_fmt(g['p_value'])}"
+        if g.get("verdict"):
+            text += f" verdict={g['verdict']}"
         if not g["passed"]:
             tag = "failure" if g["on_fail"] == "stop" else "system-out"
             el = ET.SubElement(case, tag, message=g["message"] or text) if tag == "failure" else ET.SubElement(case, tag)

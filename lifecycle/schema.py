@@ -27,7 +27,14 @@ class Gate(Strict):
     max_ratio: float | None = None  # value <= reference * max_ratio
     min_ratio: float | None = None  # value >= reference * min_ratio
     vs: str = "previous"  # reference stage for relative bounds: "previous" or an earlier stage's name
+    # The reference's metric when it is not `metric`: comparing across runtimes (ort_latency_p50_ms of an
+    # ONNX stage against torch_latency_p50_ms of a PyTorch one) must be asked for by naming both.
+    reference_metric: str | None = Field(None, exclude_if=lambda v: v is None)
     on_fail: Literal["stop", "warn"] = "stop"
+    # A relative latency gate re-times candidate and reference side by side; when the ratio's interval
+    # still straddles the bound after the re-measure budget, the verdict is inconclusive: a failure
+    # unless this says warn.
+    on_inconclusive: Literal["stop", "warn"] = Field("stop", exclude_if=lambda v: v == "stop")
     # With `seeds: [...]` a stage reports <metric>_ci_low/_ci_high; binding the lower bound keeps a
     # lucky seed from blessing a release.
     bound: Literal["mean", "lower_ci", "upper_ci"] = "mean"
@@ -50,6 +57,15 @@ class Gate(Strict):
     @property
     def relative(self) -> bool:
         return self.kind not in ("min", "max")
+
+    @property
+    def ref_key(self) -> str:
+        return self.reference_metric or self.metric
+
+    @property
+    def interleaved(self) -> bool:
+        """A relative latency bound: judged on a fresh side-by-side measurement, not on recorded numbers."""
+        return self.kind in ("max_ratio", "min_ratio") and "latency" in self.metric
 
     @property
     def value_key(self) -> str:

@@ -66,7 +66,8 @@ def test_no_rung_passes_writes_the_last_and_fails_the_gate(onnx_workdir, export_
 def test_ladder_falls_back_from_static_to_dynamic_int8(onnx_workdir):
     """static-int8 calibrated on a single text (its activation ranges then clip other inputs) misses
     deliberately strict gates set at the dynamic rung's measured quality; the ladder falls back to
-    dynamic int8, which passes; the manifest records both attempts.
+    dynamic int8, which passes; the manifest records both attempts. Rungs are judged on validation, so
+    the bars are set from validation scores; the test split is scored once, on the rung kept.
 
     The bar is measured first (phase 1, every rung evaluated under an impossible gate) because on a
     60-text test split the two rungs' accuracy is often equal: accuracy alone cannot separate them
@@ -81,16 +82,20 @@ def test_ladder_falls_back_from_static_to_dynamic_int8(onnx_workdir):
 
     strict = [{"metric": "accuracy", "min": dynamic["accuracy"]},
               {"metric": "logit_max_abs_diff", "max": dynamic["logit_max_abs_diff"]}]
-    run = run_tiny(onnx_workdir, quantize(**ladder, gates=strict))
+    try:
+        run_tiny(onnx_workdir, quantize(**ladder, gates=strict))
+    except GateFailed:  # chosen on validation, the rung may still miss so strict a bar on test: allowed
+        pass
+    run = onnx_workdir / "onnx-tiny"
     art = Artifact.load(run / "quantize")
     attempts = art.manifest["details"]["attempts"]
     assert [(a["method"], a["passed"]) for a in attempts] == [("static-int8", False), ("dynamic-int8", True)]
+    assert {a["split"] for a in attempts} == {"validation"}
     assert any(not g["passed"] for g in attempts[0]["gates"]) and all(g["passed"] for g in attempts[1]["gates"])
     assert art.manifest["details"]["method"] == "dynamic-int8"
-    assert art.metrics == attempts[1]["metrics"] and all(g["passed"] for g in art.manifest["gates"])
+    assert art.metrics["val_accuracy"] == attempts[1]["metrics"]["accuracy"]
+    assert art.metrics["latency_p50_ms"] == attempts[1]["metrics"]["latency_p50_ms"]  # timed once, with the rung
     assert json.loads((art.path / "schema.json").read_text())["weights"] == "dynamic-int8"
-    report = json.loads((run / "report.json").read_text())
-    assert report["passed"] and report["stages"][-1]["status"] == "passed"
 
 
 def test_exclusions_keep_ops_in_float(onnx_workdir):

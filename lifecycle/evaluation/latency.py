@@ -26,3 +26,91 @@ def measure(call: Callable[[], object], warmup: int = 3, runs: int = 20) -> dict
 
 
 LATENCY_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
+
+
+# --------------------------------------------------------------------------- relative latency, A/B
+# A ratio of two latencies measured minutes apart (or in another stage's process) carries whatever the
+# machine did in between. A relative latency gate therefore times candidate and reference again, in one
+# process, in alternating rounds on the same inputs and threads, and judges the interval of the ratio.
+AB_ROUNDS, AB_MAX_ROUNDS, AB_CALLS = 8, 32, 12
+SAMPLE_TEXT = "A release gate measures the candidate and the model it replaces side by side on the same input."
+
+
+def ab_ratio(candidate: Callable[[], object], reference: Callable[[], object], bound: float, kind: str,
+             percentile: float = 50, rounds: int = AB_ROUNDS, max_rounds: int = AB_MAX_ROUNDS,
+             calls: int = AB_CALLS, warmup: int = 3) -> dict:
+    """Candidate/reference latency ratio from interleaved rounds, with a 95% interval.
+
+    Each round times `calls` calls of each side (ABBA order, so drift hits both alike) and takes their
+    `percentile`; the rounds' log-ratios give a t-interval. kind "max_ratio" passes when the interval lies
+    below `bound`, fails when it lies above, and otherwise re-measures in blocks of `rounds` up to
+    `max_rounds`: still straddling, the verdict is "inconclusive" (a loaded machine, or a true ratio at
+    the bound) rather than a coin flip.
+    """
+    import os
+
+    for _ in range(warmup):
+        candidate()
+        reference()
+    load_before = os.getloadavg()[0]
+    cand, ref = [], []
+    while True:
+        for _ in range(rounds):
+            pair = [(cand, candidate), (ref, reference)]
+            for out, call in pair if len(cand) % 2 == 0 else pair[::-1]:
+                out.append(float(np.percentile(_times(call, calls), percentile)))
+        verdict, (lo, hi) = ratio_verdict(np.log(cand) - np.log(ref), bound, kind)
+        if verdict != "inconclusive" or len(cand) >= max_rounds:
+            break
+    return {"ratio": float(np.exp(np.mean(np.log(cand)) - np.mean(np.log(ref)))), "interval": [lo, hi],
+            "verdict": verdict, "rounds": len(cand), "calls_per_round": calls, "percentile": percentile,
+            "candidate_ms": float(np.median(cand)), "reference_ms": float(np.median(ref)),
+            "load_before": load_before, "load_after": os.getloadavg()[0]}
+
+
+def ratio_verdict(log_ratios, bound: float, kind: str) -> tuple[str, tuple[float, float]]:
+    """Verdict and 95% t-interval of exp(mean log-ratio): pass / fail when the interval clears the bound
+    on the side the gate asks for / the other side, inconclusive when it straddles it."""
+    from scipy import stats
+
+    logs = np.asarray(log_ratios, dtype=float)
+    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+    lo, hi = float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
+    if hi < bound or lo > bound:
+        return ("pass" if (hi < bound) == (kind == "max_ratio") else "fail"), (lo, hi)
+    return "inconclusive", (lo, hi)
+
+
+def _times(call: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def artifact_call(path, kind: str, batch_size: int, seq_len: int, threads: int | None) -> Callable[[], object]:
+    """One inference call of an artifact at a stated batch size, padded sequence length and thread count:
+    an onnx-model through onnxruntime (the edge runtime), an hf-model classifier through PyTorch eager."""
+    texts = [SAMPLE_TEXT] * batch_size
+    if kind == "onnx-model":
+        from lifecycle.edge import Predictor
+
+        predictor = Predictor.open(path, threads=threads)
+        feeds = predictor.encode(texts, pad_to=seq_len)
+        return lambda: predictor.session.run(None, feeds)
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    inputs = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+
+    def call():
+        with torch.inference_mode():
+            return model(**inputs)
+
+    return call

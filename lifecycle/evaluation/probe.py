@@ -42,13 +42,14 @@ def features(model, tokenizer, texts: list[str], max_length: int, batch_size: in
     return np.concatenate(out)
 
 
-def probe_accuracy(model, tokenizer, data, cfg: Probe, seed: int = 0) -> dict[str, float]:
-    """`data` is `LabelledData` (train / test splits with text and label)."""
+def probe_accuracy(model, tokenizer, data, cfg: Probe, seed: int = 0, split: str = "test") -> dict[str, float]:
+    """`data` is `LabelledData`; the probe is fit on train and scored on `split`. Probes taken during
+    training (which a person or an early stop may act on) use validation; test is scored once, at the end."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    train, test = data.splits["train"], data.splits["test"]
+    train, test = data.splits["train"], data.splits[split]
     if cfg.limit:
         train = train.shuffle(seed=seed).select(range(min(cfg.limit, len(train))))
         test = test.select(range(min(cfg.limit, len(test))))
@@ -62,7 +63,7 @@ def probe_accuracy(model, tokenizer, data, cfg: Probe, seed: int = 0) -> dict[st
 
 
 def transfer_callback(cfg: Probe, tokenizer, ctx):
-    """A TrainerCallback that probes the model at each evaluation and records
+    """A TrainerCallback that probes the model at each evaluation, on the validation split, and records
     {stage, step, perplexity, probe_accuracy} in ctx.details["transfer"] (the report plots them)."""
     import math
 
@@ -77,7 +78,7 @@ def transfer_callback(cfg: Probe, tokenizer, ctx):
                 return
             if points and points[-1]["stage"] == ctx.stage.label and points[-1]["step"] == state.global_step:
                 return  # the final evaluation after training repeats the last step
-            score = probe_accuracy(model, tokenizer, task, cfg, args.seed)["probe_accuracy"]
+            score = probe_accuracy(model, tokenizer, task, cfg, args.seed, split="validation")["probe_accuracy"]
             points.append({"stage": ctx.stage.label, "step": state.global_step,
                            "perplexity": math.exp(min(metrics["eval_loss"], 50.0)), "probe_accuracy": score})
 

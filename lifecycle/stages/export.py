@@ -65,7 +65,8 @@ class Config(StageBase):
 
     def metric_names(self) -> set[str]:
         # task type embedding: knn_accuracy / spearman and cosine to PyTorch instead of accuracy / argmax
-        return {*ONNX_METRICS, "parity_max_abs_diff", "argmax_agreement", *EMBEDDING_METRICS, *FIDELITY_METRICS}
+        return {*ONNX_METRICS, "parity_max_abs_diff", "argmax_agreement", *EMBEDDING_METRICS, *FIDELITY_METRICS,
+                *(f"val_{m}" for m in (*CLASSIFICATION, "knn_accuracy"))}
 
     def model_post_init(self, _ctx) -> None:
         # Parity is always gated: add the default gate unless the user wrote one.
@@ -107,6 +108,11 @@ def run(cfg: Config, parent, ctx) -> dict:
     test = data.splits["test"]
     logits = predictor.logits(test["text"])
     metrics.update(evaluate(predictor, test, cfg.latency, task.max_length, logits))
+    from lifecycle.evaluation import classification_metrics
+
+    val = data.splits["validation"]  # what a later selection (the quantize ladder) compares with
+    val_scores = classification_metrics(predictor.logits(val["text"]).argmax(-1), val["label"])
+    metrics.update({f"val_{k}": v for k, v in val_scores.items()})
     ctx.details.update(prediction_details(predictor, test, logits))
     return metrics
 

@@ -32,6 +32,7 @@ from typing import Literal
 from pydantic import Field, computed_field, model_validator
 
 from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
+from lifecycle.gates import SPLIT_SCORES
 from lifecycle.schema import StageBase, Strict
 from lifecycle.stages.export import ONNX_METRICS, RUNTIME_FILES, OnnxLatency
 
@@ -87,64 +88,75 @@ class Config(StageBase):
 
     def metric_names(self) -> set[str]:
         # task type embedding: knn_accuracy / spearman and cosine to the fp32 parent instead of accuracy
-        return {*ONNX_METRICS, "argmax_agreement", "logit_max_abs_diff", *EMBEDDING_METRICS, *FIDELITY_METRICS}
+        scores = {*ONNX_METRICS, "argmax_agreement", "logit_max_abs_diff", *EMBEDDING_METRICS, *FIDELITY_METRICS}
+        return scores | {f"val_{m}" for m in scores & set(SPLIT_SCORES)}
 
 
 def run(cfg: Config, parent, ctx) -> dict:
     from lifecycle import LifecycleError
     from lifecycle import gates as gatelib
     from lifecycle.edge import Predictor
-    from lifecycle.stages.export import prediction_details
+    from lifecycle.stages.export import onnx_latency, prediction_details
 
-    task = ctx.pipeline.task
-    test = ctx.task_data().splits["test"]
-    reference = Predictor.open(parent.path).logits(test["text"])  # the parent's fp32 logits
+    max_length = ctx.pipeline.task.max_length
+    splits = ctx.task_data().splits
+    fp32 = Predictor.open(parent.path)
+    # Rungs are judged on validation and test is scored once, on the rung kept: choosing by test scores
+    # would make the reported test score the best of several looks at it.
+    reference = {split: fp32.logits(splits[split]["text"]) for split in ("validation", "test")}  # fp32 outputs
     attempts, built = [], None
     for method in cfg.ladder:
         rung_dir = ctx.scratch_dir / method
         try:
             build(method, cfg, Path(parent.path), rung_dir, ctx)
             predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
-            metrics, logits = measure(predictor, test, reference, cfg, task.max_length, ctx.pipeline)
+            metrics, _ = measure(predictor, splits["validation"], reference["validation"], ctx.pipeline, "validation")
+            metrics.update(onnx_latency(predictor, splits["test"]["text"][0], cfg.latency, max_length))
         except Exception as exc:  # a rung that cannot be built or run is a failed attempt, not a crash
             attempts.append({"method": method, "error": f"{type(exc).__name__}: {exc}", "passed": False})
-            print(f"   rung {method}: failed ({type(exc).__name__}: {exc})")
+            ctx.echo(f"   rung {method}: failed ({type(exc).__name__}: {exc})")
             continue
-        results = ctx.check_gates(metrics)
+        results = ctx.check_gates(metrics, split="validation")
         passed = not gatelib.blocking(results)
-        attempts.append({"method": method, "metrics": metrics, "gates": [r.to_dict() for r in results], "passed": passed})
+        attempts.append({"method": method, "split": "validation", "metrics": metrics,
+                         "gates": [r.to_dict() for r in results], "passed": passed})
         score = "accuracy" if "accuracy" in metrics else "knn_accuracy"
-        print(f"   rung {method}: {score} {metrics[score]:.4f}, p50 {metrics['latency_p50_ms']:.2f} ms, "
-              f"{metrics['size_mb']:.2f} MB: {'passes' if passed else 'misses'} the gates")
-        built = (method, rung_dir, predictor, metrics, logits)
+        ctx.echo(f"   rung {method}: validation {score} {metrics[score]:.4f}, p50 {metrics['latency_p50_ms']:.2f} ms, "
+                 f"{metrics['size_mb']:.2f} MB: {'passes' if passed else 'misses'} the gates")
+        built = (method, rung_dir, predictor, metrics)
         if passed:
             break
     ctx.details["attempts"] = attempts
     if built is None:
         raise LifecycleError("quantize: every rung failed: " + "; ".join(f"{a['method']}: {a['error']}" for a in attempts))
-    method, rung_dir, predictor, metrics, logits = built
-    ctx.details.update(method=method, passed=attempts[-1]["passed"], **prediction_details(predictor, test, logits))
+    method, rung_dir, predictor, chosen = built
+    test = splits["test"]
+    metrics, outputs = measure(predictor, test, reference["test"], ctx.pipeline, "test")
+    metrics.update({k: v for k, v in chosen.items() if k not in gatelib.SPLIT_SCORES})  # latency, size
+    metrics.update({f"val_{k}": v for k, v in chosen.items() if k in gatelib.SPLIT_SCORES})
+    ctx.details.update(method=method, passed=attempts[-1]["passed"], **prediction_details(predictor, test, outputs))
     for f in rung_dir.iterdir():
         if f.is_file():
             shutil.copy2(f, ctx.out_dir / f.name)
     return metrics
 
 
-def measure(predictor, test, reference, cfg: Config, max_length: int, pipeline=None):
-    """export's evaluation plus agreement with the parent: argmax agreement and max |logit diff|.
-    An embedding model: kNN accuracy (+ Spearman) and cosine to the parent's fp32 embeddings (the
-    parent is gated to PyTorch fp32 by its parity check, so this is fidelity to PyTorch as well)."""
+def measure(predictor, rows, reference, pipeline, split: str):
+    """(scores, outputs) on one split: accuracy/F1 plus agreement with the fp32 parent's logits (argmax
+    agreement, max |logit diff|); for an embedding model kNN accuracy (+ Spearman) and cosine to the
+    parent's fp32 embeddings (the parent is gated to PyTorch by its parity check, so this is fidelity to
+    PyTorch as well). Latency and size are split-free: see export.onnx_latency."""
     import numpy as np
-
-    from lifecycle.stages.export import evaluate
 
     if predictor.task == "embedding":
         from lifecycle.embedding import onnx_metrics
 
-        return onnx_metrics(predictor, cfg.latency, max_length, pipeline, reference)
+        return onnx_metrics(predictor, None, 0, pipeline, reference, split)
 
-    logits = predictor.logits(test["text"])
-    metrics = evaluate(predictor, test, cfg.latency, max_length, logits)
+    from lifecycle.evaluation import classification_metrics
+
+    logits = predictor.logits(rows["text"])
+    metrics = classification_metrics(logits.argmax(-1), rows["label"])
     metrics.update(argmax_agreement=float((logits.argmax(-1) == reference.argmax(-1)).mean()),
                    logit_max_abs_diff=float(np.abs(logits - reference).max()))
     return metrics, logits
