@@ -10,7 +10,9 @@ from pathlib import Path
 from lifecycle.artifact import write_json
 
 HEADLINE = ("accuracy", "f1_micro", "perplexity", "latency_p50_ms", "latency_p95_ms", "size_mb")
-SCORES = ("accuracy", "knn_accuracy")  # the task's headline score: a classifier's, or an embedding model's
+SCORES = ("accuracy", "knn_accuracy")
+# One column per runtime: PyTorch eager, onnxruntime and HTTP latencies are different quantities.
+LATENCY_COLUMNS = ("torch_latency_p50_ms", "ort_latency_p50_ms", "http_latency_p50_ms", "latency_p50_ms")  # the task's headline score: a classifier's, or an embedding model's
 
 
 def write(run_dir: Path, pipeline_name: str, outcomes, junit_path: Path | None = None,
@@ -182,14 +184,20 @@ def plots(run_dir: Path, outcomes) -> None:
 
 def summary_table(outcomes) -> str:
     """The short table printed at the end of a run: accuracy, latency and size per stage."""
-    head = ["stage", "status", "accuracy", "latency_p50_ms", "size_mb", "gates"]
+    return summary_table_of(as_json("", outcomes))
+
+
+def summary_table_of(data: dict) -> str:
+    """The same table from a report.json (the README's quickstart table is rendered from a stored one)."""
+    latency = [k for k in LATENCY_COLUMNS if any(k in s["metrics"] for s in data["stages"])]
+    head = ["stage", "status", "accuracy", *latency, "size_mb", "gates"]
     rows = []
-    for o in outcomes:
-        m = o.artifact.metrics if o.artifact else {}
-        ok = sum(g.passed for g in o.gates)
+    for s in data["stages"]:
+        m = s["metrics"]
+        ok = sum(g["passed"] for g in s["gates"])
         score = next((m[k] for k in SCORES if k in m), None)  # knn_accuracy for an embedding model
-        rows.append([o.name, o.status, _fmt(score), _fmt(m.get("latency_p50_ms")), _fmt(m.get("size_mb")),
-                     f"{ok}/{len(o.gates)}"])
+        rows.append([s["name"], s["status"], _fmt(score), *(_fmt(m.get(k)) for k in latency), _fmt(m.get("size_mb")),
+                     f"{ok}/{len(s['gates'])}"])
     return table(head, rows)
 
 

@@ -1,0 +1,102 @@
+"""Render the README's measured sections from stored results, so no figure in it is typed by hand.
+
+    python docs/render.py --run runs/quickstart   # store that run's report.json + figure, then render
+    python docs/render.py                         # render from what is stored
+
+Sources: docs/quickstart/report.json (a finished `make quickstart`, copied here by --run) and
+benchmarks/results/serving.json (`python benchmarks/serving.py`). Each section sits between
+`<!-- generated:NAME -->` and `<!-- /generated:NAME -->` in README.md; everything else is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "docs" / "quickstart"
+SERVING = ROOT / "benchmarks" / "results" / "serving.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="a finished quickstart run directory to store first")
+    args = parser.parse_args(argv)
+    if args.run is not None:
+        store(args.run)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    text = replace(text, "quickstart", quickstart_section(json.loads((QUICKSTART / "report.json").read_text())))
+    if SERVING.is_file():
+        text = replace(text, "serving", serving_section(json.loads(SERVING.read_text())))
+    readme.write_text(text)
+    print(f"rendered {readme.relative_to(ROOT)} from {QUICKSTART.relative_to(ROOT)}/report.json and "
+          f"{SERVING.relative_to(ROOT)}")
+    return 0
+
+
+def store(run_dir: Path) -> None:
+    report = json.loads((run_dir / "report.json").read_text())
+    if not report["passed"]:
+        sys.exit(f"{run_dir}: the run did not pass its gates; the README shows a passing quickstart")
+    for stage in report["stages"]:  # paths on the machine that ran it mean nothing in the repository
+        stage["artifact"] = stage["artifact"] and Path(stage["artifact"]).name
+    record = json.loads((run_dir / "pipeline.json").read_text())
+    report["recorded"] = {"deterministic": record["pipeline"].get("deterministic", False),
+                          "seed": record["pipeline"].get("seed", 0), "state": record.get("state")}
+    QUICKSTART.mkdir(parents=True, exist_ok=True)
+    (QUICKSTART / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    shutil.copy2(run_dir / "plots" / "stages.png", QUICKSTART / "stages.png")
+
+
+def replace(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", re.S)
+    if not pattern.search(text):
+        sys.exit(f"README.md has no <!-- generated:{name} --> ... <!-- /generated:{name} --> section")
+    return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+
+
+def quickstart_section(report: dict) -> str:
+    from lifecycle.report import summary_table_of
+
+    stages = {s["name"]: s for s in report["stages"]}
+    seconds = sum(s.get("seconds", 0) for s in report["stages"])
+    rec = report.get("recorded", {})
+    lines = [f"On this project's 2-core machine ({seconds / 60:.0f} minutes of stage time, seed {rec.get('seed', 0)}, "
+             f"`deterministic: {str(rec.get('deterministic', False)).lower()}`; "
+             "`docs/quickstart/report.json`):", "", "```", summary_table_of(report), "```", ""]
+    ft = stages.get("finetune", {}).get("metrics", {})
+    if "control_accuracy" in ft:
+        gain = ft.get("pretraining_gain", ft["accuracy"] - ft["control_accuracy"])
+        lines.append(f"On the same test articles, the from-scratch control scores {ft['control_accuracy']:.4f} "
+                     f"(`pretraining_gain` {gain:+.3f}: {'the pre-training paid for itself' if gain > 0 else 'the pre-training did not pay for itself'}) "
+                     f"and a TF-IDF + logistic-regression baseline {ft.get('baseline_tfidf_accuracy', float('nan')):.4f}.")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def serving_section(data: dict) -> str:
+    rows = []
+    for name, r in data["results"].items():
+        measured = r.get("tuned_wrk") or r["tuned"]
+        generator = "wrk" if "tuned_wrk" in r else data.get("load_generator", "run_load")
+        s = r["tuned"]["settings"]
+        setting = f"{s['workers']} {'batched' if s['batching'] else 'unbatched'} worker(s) x {s['ort_threads']} thread(s)"
+        rows.append(f"| {name} | {setting} | {measured['requests_per_s']:.0f} | {measured['http_latency_p95_ms']:.1f} | "
+                    f"{measured['error_count']} | {generator} |")
+    checks = data.get("checks", [])
+    failed = [c["name"] for c in checks if not c["passed"]]
+    return "\n".join([
+        f"`benchmarks/results/serving.json` ({'quick' if data.get('quick') else 'full'} run, load average "
+        f"{data['loadavg_before'][0]:.1f} before / {data['loadavg_after'][0]:.1f} after, 8 keep-alive clients):", "",
+        "| model | tuned settings | req/s | p95 ms | errors | load generator |", "|---|---|---|---|---|---|", *rows, "",
+        f"Checks: {len(checks) - len(failed)} of {len(checks)} pass" + (f" (missed: {', '.join(failed)})." if failed else "."),
+    ]) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
