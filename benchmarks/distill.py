@@ -59,14 +59,14 @@ def run(quick: bool, workdir: Path, threads: int) -> dict:
            "task": {"data": "chemprot", "max_length": 128}, "stages": stages(b, threads)}
     outcomes = pipeline.run(config.build(raw, base_dir=ROOT), workdir=workdir, echo=print)
     arts = {o.name: o.artifact for o in outcomes}
-    keep = ("accuracy", "f1_micro", "f1_macro", "val_f1_micro", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
+    keep = ("accuracy", "f1_micro", "f1_macro", "val_f1_micro", "torch_latency_p50_ms", "torch_latency_p95_ms", "torch_latency_p99_ms",
             "params_total", "params_trainable", "trainable_fraction", "size_mb", "train_seconds", "train_steps")
     student = arts["student"].metrics
     return {
         "budget": {**b, "batch_size": 16, "max_length": 128, "torch_threads": threads, "latency": {**LATENCY, "threads": threads}},
         "models": {name: {k: a.metrics[k] for k in keep if k in a.metrics} for name, a in arts.items()},
         "student": {k: student[k] for k in ("retention", "speedup", "compression", "teacher_f1_micro",
-                                            "teacher_latency_p50_ms", "latency_p50_ms")},
+                                            "teacher_torch_latency_p50_ms", "torch_latency_p50_ms")},
         "student_layers": arts["student"].manifest["details"]["student_layers"],
         "run_dir": str(workdir / raw["name"]),
     }
@@ -88,7 +88,7 @@ def table(r: dict) -> str:
     rows = [("model", "layers", "test micro-F1", "macro-F1", "p50 ms", "params", "trainable", "train s")]
     for name, m in r["models"].items():
         layers = len(r["student_layers"]) if name == "student" else 6
-        rows.append((name, layers, f"{m['f1_micro']:.4f}", f"{m['f1_macro']:.4f}", f"{m['latency_p50_ms']:.1f}",
+        rows.append((name, layers, f"{m['f1_micro']:.4f}", f"{m['f1_macro']:.4f}", f"{m['torch_latency_p50_ms']:.1f}",
                      f"{m['params_total'] / 1e6:.1f}M", f"{m.get('trainable_fraction', 1.0):.2%}",
                      f"{m['train_seconds']:.0f}"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]

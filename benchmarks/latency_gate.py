@@ -49,7 +49,7 @@ def spin(stop) -> None:  # a competing job on one core
 def verdicts(small: Artifact, large: Artifact, bound: float, repeats: int) -> list[str]:
     from lifecycle.gates import check_interleaved
 
-    gate = Gate(metric="latency_p50_ms", max_ratio=bound, vs="reference")
+    gate = Gate(metric="ort_latency_p50_ms", max_ratio=bound, vs="reference")
     return [check_interleaved(gate, small, large, "reference", 64).verdict for _ in range(repeats)]
 
 

@@ -140,5 +140,5 @@ def torch_latency(model, tokenizer, text: str, batch_size: int, seq_len: int, ru
         with torch.inference_mode():
             model(**enc)
 
-    out = measure(call, warmup=warmup, runs=runs)
+    out = measure(call, warmup=warmup, runs=runs, runtime="torch")
     return {**out, "latency_batch_size": batch_size, "latency_seq_len": seq_len, "latency_threads": torch.get_num_threads()}

@@ -75,7 +75,7 @@ def test_distill_halves_the_layers_and_reports_retention_and_speedup(distilled):
     assert m["teacher_accuracy"] == pytest.approx(teacher.metrics["accuracy"])  # same test split, same model
     assert m["retention"] == pytest.approx(m["accuracy"] / m["teacher_accuracy"])
     assert m["retention"] >= 0.9 and m["accuracy"] >= 0.8
-    assert m["speedup"] == pytest.approx(m["teacher_latency_p50_ms"] / m["latency_p50_ms"])
+    assert m["speedup"] == pytest.approx(m["teacher_torch_latency_p50_ms"] / m["torch_latency_p50_ms"])
     assert m["speedup"] > 1.0 and m["compression"] > 1.2
     assert (m["latency_batch_size"], m["latency_seq_len"]) == (8, 64)
 

@@ -82,7 +82,7 @@ def test_export_files_metrics_and_parity_gate(export_run):
                                           "tokenizer_config.json", "special_tokens_map.json"}
     m = art.metrics
     assert m["parity_max_abs_diff"] < 1e-4 and m["argmax_agreement"] == 1.0
-    for key in ("accuracy", "f1_macro", "latency_p50_ms", "latency_p99_ms", "latency_b32_p50_ms", "size_mb"):
+    for key in ("accuracy", "f1_macro", "ort_latency_p50_ms", "ort_latency_p99_ms", "ort_latency_b32_p50_ms", "size_mb"):
         assert m[key] > 0, key
     assert abs(m["accuracy"] - Artifact.load(export_run / "finetune").metrics["accuracy"]) <= 1 / 60
     gates = {g["metric"]: g for g in art.manifest["gates"]}

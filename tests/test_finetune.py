@@ -81,7 +81,7 @@ def test_full_finetune_learns_and_reports(base):
                      "special_tokens_map.json", "manifest.json"}
     m = art.metrics
     assert m["accuracy"] >= 0.8 and m["f1_micro"] == pytest.approx(m["accuracy"]) and 0 < m["f1_macro"] <= 1
-    assert m["latency_p50_ms"] <= m["latency_p95_ms"] <= m["latency_p99_ms"]
+    assert m["torch_latency_p50_ms"] <= m["torch_latency_p95_ms"] <= m["torch_latency_p99_ms"]
     assert (m["latency_batch_size"], m["latency_seq_len"]) == (1, 24) and m["latency_threads"] >= 1
     assert m["params_trainable"] == m["params_total"] > 100_000 and m["trainable_fraction"] == 1.0
     assert m["val_f1_micro"] == pytest.approx(art.manifest["details"]["best_metric"])  # the best checkpoint is kept

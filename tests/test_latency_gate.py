@@ -47,8 +47,8 @@ def test_cross_runtime_latency_gate_needs_both_metrics_named():
 def test_interleaved_gate_in_a_run_records_ratio_interval_and_environment(tmp_path):
     raw = tiny_pipeline()
     raw["stages"].append({"kind": "quantize", "latency": {"runs": 3, "batch32": False}, "gates": [
-        {"metric": "latency_p50_ms", "max_ratio": 20.0, "vs": "export"},   # clearly met
-        {"metric": "latency_p50_ms", "max_ratio": 0.01, "vs": "export", "on_fail": "warn"},  # clearly missed
+        {"metric": "ort_latency_p50_ms", "max_ratio": 20.0, "vs": "export"},   # clearly met
+        {"metric": "ort_latency_p50_ms", "max_ratio": 0.01, "vs": "export", "on_fail": "warn"},  # clearly missed
     ]})
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
     assert main(["run", str(tmp_path / "p.yaml"), "--workdir", str(tmp_path / "runs")]) == 0

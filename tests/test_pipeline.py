@@ -123,7 +123,7 @@ def test_gate_command_rechecks_a_finished_run(run, tmp_path):
     assert ET.parse(junit).getroot().find("testsuite").get("failures") == "0"
     # tighten a gate in the recorded config: the same artifacts now fail release gating
     resolved = json.loads((run_dir / "pipeline.json").read_text())
-    resolved["pipeline"]["stages"][1]["gates"][0] = {"metric": "latency_p50_ms", "max": 0.0}
+    resolved["pipeline"]["stages"][1]["gates"][0] = {"metric": "ort_latency_p50_ms", "max": 0.0}
     (run_dir / "pipeline.json").write_text(json.dumps(resolved))
     assert main(["gate", str(run_dir), "--junit", str(junit)]) == 3
     assert ET.parse(junit).getroot().find("testsuite").get("failures") == "1"

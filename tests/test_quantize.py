@@ -37,8 +37,8 @@ def test_dynamic_int8_is_the_default(onnx_workdir, export_art):
     assert [a["method"] for a in art.manifest["details"]["attempts"]] == ["dynamic-int8"]
     assert m["size_mb"] < 0.5 * export_art.metrics["size_mb"]
     assert m["argmax_agreement"] >= 0.9 and 0 < m["logit_max_abs_diff"] < 1.0
-    for key in ("accuracy", "f1_macro", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
-                "latency_b32_p50_ms", "latency_b32_p95_ms", "latency_b32_p99_ms"):
+    for key in ("accuracy", "f1_macro", "ort_latency_p50_ms", "ort_latency_p95_ms", "ort_latency_p99_ms",
+                "ort_latency_b32_p50_ms", "ort_latency_b32_p95_ms", "ort_latency_b32_p99_ms"):
         assert m[key] > 0, key
     assert set(art.manifest["files"]) == set(export_art.manifest["files"])  # model + the same runtime files
     assert json.loads((art.path / "schema.json").read_text())["weights"] == "dynamic-int8"
@@ -94,7 +94,7 @@ def test_ladder_falls_back_from_static_to_dynamic_int8(onnx_workdir):
     assert any(not g["passed"] for g in attempts[0]["gates"]) and all(g["passed"] for g in attempts[1]["gates"])
     assert art.manifest["details"]["method"] == "dynamic-int8"
     assert art.metrics["val_accuracy"] == attempts[1]["metrics"]["accuracy"]
-    assert art.metrics["latency_p50_ms"] == attempts[1]["metrics"]["latency_p50_ms"]  # timed once, with the rung
+    assert art.metrics["ort_latency_p50_ms"] == attempts[1]["metrics"]["ort_latency_p50_ms"]  # timed once, with the rung
     assert json.loads((art.path / "schema.json").read_text())["weights"] == "dynamic-int8"
 
 
@@ -119,6 +119,6 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="cannot produce 'parity_max_abs_diff'"):
         tiny_pipeline(quantize(gates=[{"metric": "parity_max_abs_diff", "max": 1}]))
     p = tiny_pipeline(quantize(fallback=["static-int8", "dynamic-int8", "none"],
-                               gates=[{"metric": "latency_b32_p50_ms", "max_ratio": 0.9, "vs": "export"}]))
+                               gates=[{"metric": "ort_latency_b32_p50_ms", "max_ratio": 0.9, "vs": "export"}]))
     assert p.stages[2].ladder == ["static-int8", "dynamic-int8", "none"]
     assert tiny_pipeline(quantize()).stages[2].ladder == ["dynamic-int8"]

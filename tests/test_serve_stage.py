@@ -81,8 +81,8 @@ def test_server_is_stopped_after_the_stage(run):
 def test_serve_needs_an_onnx_parent_and_known_metrics():
     with pytest.raises(ConfigError, match="reads onnx-model"):
         config.build({**tiny_with([]), "stages": [tiny_with([])["stages"][0], {"kind": "serve"}]}, base_dir=TINY.parent)
-    with pytest.raises(ConfigError, match="cannot produce 'latency_p95_ms'"):
-        config.build(tiny_with([{"kind": "serve", "gates": [{"metric": "latency_p95_ms", "max": 10}]}]),
+    with pytest.raises(ConfigError, match="cannot produce 'ort_latency_p95_ms'"):
+        config.build(tiny_with([{"kind": "serve", "gates": [{"metric": "ort_latency_p95_ms", "max": 10}]}]),
                      base_dir=TINY.parent)
     with pytest.raises(ConfigError, match="unknown key"):
         config.build(tiny_with([{"kind": "serve", "serving": {"worker": 2}}]), base_dir=TINY.parent)

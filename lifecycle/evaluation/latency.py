@@ -1,5 +1,6 @@
 """Latency, measured one way everywhere: warm-up calls, then N timed calls at a stated batch size,
-sequence length and thread count; p50/p95/p99 in milliseconds."""
+sequence length and thread count; p50/p95/p99 in milliseconds. Every latency metric names its runtime
+(`torch_latency_p50_ms`, `ort_latency_p50_ms`, `http_latency_p50_ms`): they are different quantities."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 
-def measure(call: Callable[[], object], warmup: int = 3, runs: int = 20) -> dict[str, float]:
+def measure(call: Callable[[], object], warmup: int = 3, runs: int = 20, runtime: str = "torch") -> dict[str, float]:
     for _ in range(warmup):
         call()
     times = []
@@ -18,14 +19,15 @@ def measure(call: Callable[[], object], warmup: int = 3, runs: int = 20) -> dict
         call()
         times.append((time.perf_counter() - t0) * 1000)
     arr = np.asarray(times)
-    return {
-        "latency_p50_ms": float(np.percentile(arr, 50)),
-        "latency_p95_ms": float(np.percentile(arr, 95)),
-        "latency_p99_ms": float(np.percentile(arr, 99)),
-    }
+    return {f"{runtime}_latency_p{q}_ms": float(np.percentile(arr, q)) for q in (50, 95, 99)}
 
 
-LATENCY_METRICS = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms")
+def latency_metrics(runtime: str, batch: str = "") -> tuple[str, ...]:
+    """e.g. ("ort_latency_b32_p50_ms", ...) for runtime "ort", batch "b32_"."""
+    return tuple(f"{runtime}_latency_{batch}p{q}_ms" for q in (50, 95, 99))
+
+
+TORCH_LATENCY = latency_metrics("torch")
 
 
 # --------------------------------------------------------------------------- relative latency, A/B

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from lifecycle import LifecycleError
 from lifecycle.evaluation import CLASSIFICATION
-from lifecycle.evaluation.latency import LATENCY_METRICS
+from lifecycle.evaluation.latency import TORCH_LATENCY
 from lifecycle.models import ModelSource
 from lifecycle.schema import StageBase, Strict
 from lifecycle.stages.finetune import VAL_METRICS, EarlyStopping, TorchLatency, ValMetric
@@ -59,8 +59,8 @@ class Config(StageBase):
     latency_rounds: int = Field(3, gt=0)  # alternating teacher/student rounds; the median round counts
 
     def metric_names(self) -> set[str]:
-        teacher = {f"teacher_{m}" for m in (*CLASSIFICATION, *LATENCY_METRICS, "params_total", "size_mb")}
-        return {*CLASSIFICATION, *LATENCY_METRICS, *VAL_METRICS, *teacher, "retention", "speedup", "compression",
+        teacher = {f"teacher_{m}" for m in (*CLASSIFICATION, *TORCH_LATENCY, "params_total", "size_mb")}
+        return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, *teacher, "retention", "speedup", "compression",
                 "eval_loss", "params_total", "size_mb", "train_seconds", "train_steps", "data_wait_fraction"}
 
 
@@ -114,10 +114,10 @@ def run(cfg: Config, parent, ctx) -> dict:
     s_params, t_params = models.count_parameters(student)["params_total"], models.count_parameters(teacher)["params_total"]
     metrics.update(s_lat)
     metrics.update({f"teacher_{k}": v for k, v in teacher_scores.items()})
-    metrics.update({f"teacher_{k}": t_lat[k] for k in LATENCY_METRICS})
+    metrics.update({f"teacher_{k}": t_lat[k] for k in TORCH_LATENCY})
     reference = teacher_scores[cfg.metric]
     metrics.update(retention=metrics[cfg.metric] / reference if reference else float("nan"),
-                   speedup=t_lat["latency_p50_ms"] / s_lat["latency_p50_ms"], compression=t_params / s_params,
+                   speedup=t_lat["torch_latency_p50_ms"] / s_lat["torch_latency_p50_ms"], compression=t_params / s_params,
                    params_total=s_params, teacher_params_total=t_params,
                    size_mb=models.size_mb(ctx.out_dir / "model.safetensors"),
                    teacher_size_mb=models.size_mb(Path(parent.path) / "model.safetensors"),
@@ -294,5 +294,5 @@ def paired_latency(teacher, t_tok, student, s_tok, text: str, cfg: Config, max_l
     for _ in range(cfg.latency_rounds):
         rounds["teacher"].append(latency(teacher, t_tok, text, cfg.latency, max_length))
         rounds["student"].append(latency(student, s_tok, text, cfg.latency, max_length))
-    median = {k: sorted(v, key=lambda r: r["latency_p50_ms"])[len(v) // 2] for k, v in rounds.items()}
+    median = {k: sorted(v, key=lambda r: r["torch_latency_p50_ms"])[len(v) // 2] for k, v in rounds.items()}
     return median["teacher"], median["student"]

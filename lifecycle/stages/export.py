@@ -29,14 +29,13 @@ from pydantic import Field
 
 from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
 from lifecycle.evaluation import CLASSIFICATION
-from lifecycle.evaluation.latency import LATENCY_METRICS
+from lifecycle.evaluation.latency import latency_metrics
 from lifecycle.schema import Gate, StageBase
 from lifecycle.stages.finetune import Latency
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
 RUNTIME_FILES = ("labels.json", "schema.json", *TOKENIZER_FILES)  # everything beside model.onnx
-BATCH32_METRICS = ("latency_b32_p50_ms", "latency_b32_p95_ms", "latency_b32_p99_ms")
-ONNX_METRICS = (*CLASSIFICATION, *LATENCY_METRICS, *BATCH32_METRICS, "size_mb")
+ONNX_METRICS = (*CLASSIFICATION, *latency_metrics("ort"), *latency_metrics("ort", "b32_"), "size_mb")
 SAMPLE_PREDICTIONS = 8  # test texts whose predicted label and scores go into the manifest (and the bundle)
 FUSED_SLOWER_TOLERANCE = 1.05  # timing noise on a shared CPU: keep fusions unless clearly slower
 # transformers model_type -> onnxruntime optimizer model_type (its BERT pass covers the encoder family)
@@ -45,8 +44,8 @@ FUSION_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "disti
 
 
 class OnnxLatency(Latency):
-    """Latency in onnxruntime: `batch_size` (default 1) gives latency_p50_ms..., and batch 32 gives
-    latency_b32_*, both padded to `seq_len` (default: the task's max_length)."""
+    """Latency in onnxruntime: `batch_size` (default 1) gives ort_latency_p50_ms..., and batch 32 gives
+    ort_latency_b32_*, both padded to `seq_len` (default: the task's max_length)."""
 
     batch32: bool = True  # also measure at batch 32; costs about 30x one batch-1 run per timed run
     threads: int | None = Field(None, gt=0, description="onnxruntime intra-op threads; None: one per core")
@@ -181,13 +180,13 @@ def _maybe_fused(cfg: Config, plain: Path, model, tokenizer, texts, ctx, referen
         p = Predictor.open(root, threads=cfg.latency.threads)
         feeds = p.encode([texts[0]] * cfg.latency.batch_size, pad_to=seq)
         timings[name] = measure(lambda p=p, feeds=feeds: p.session.run(None, feeds), cfg.latency.warmup,
-                                cfg.latency.runs)["latency_p50_ms"]
+                                cfg.latency.runs, runtime="ort")["ort_latency_p50_ms"]
     fused_parity = parity(model, tokenizer, Predictor.open(fused_dir), texts, ctx.pipeline.task.max_length, reference)
     faster = timings["fused"] <= timings["plain"] * FUSED_SLOWER_TOLERANCE
     within = fused_parity["parity_max_abs_diff"] <= cfg.parity_max
     keep = bool(ops) and faster and within
     ctx.details["graph_optimization"] = {
-        "fused_operators": ops, "latency_p50_ms_plain": timings["plain"], "latency_p50_ms_fused": timings["fused"],
+        "fused_operators": ops, "ort_latency_p50_ms_plain": timings["plain"], "ort_latency_p50_ms_fused": timings["fused"],
         "parity_max_abs_diff_fused": fused_parity["parity_max_abs_diff"], "kept": keep,
         "reason": "fused graph kept" if keep else ("no fusion applied" if not ops else
                   ("fused graph slower" if not faster else "fused graph outside the parity bound")),
@@ -246,7 +245,7 @@ def parity(model, tokenizer, predictor, texts: list[str], max_length: int, refer
 
 def evaluate(predictor, test, latency: OnnxLatency, max_length: int, logits=None) -> dict:
     """What every onnx-model stage reports: accuracy/F1 on the full test split, latency at batch 1
-    (latency_p50_ms...) and batch 32 (latency_b32_*) padded to seq_len, and size_mb."""
+    (ort_latency_p50_ms...) and batch 32 (ort_latency_b32_*) padded to seq_len, and size_mb."""
     from lifecycle.evaluation import classification_metrics
 
     logits = predictor.logits(test["text"]) if logits is None else logits
@@ -256,18 +255,18 @@ def evaluate(predictor, test, latency: OnnxLatency, max_length: int, logits=None
 
 
 def onnx_latency(predictor, text: str, latency: OnnxLatency, max_length: int) -> dict:
-    """Latency at batch `latency.batch_size` (latency_p50_ms...) and batch 32 (latency_b32_*), one text
+    """Latency at batch `latency.batch_size` (ort_latency_p50_ms...) and batch 32 (ort_latency_b32_*), one text
     padded to seq_len, in onnxruntime; and size_mb. Shared by every onnx-model stage and task."""
     from lifecycle.evaluation.latency import measure
 
     metrics = {}
     seq = latency.seq_len or max_length
     feeds = predictor.encode([text] * latency.batch_size, pad_to=seq)
-    metrics.update(measure(lambda: predictor.session.run(None, feeds), latency.warmup, latency.runs))
+    metrics.update(measure(lambda: predictor.session.run(None, feeds), latency.warmup, latency.runs, runtime="ort"))
     if latency.batch32:
         feeds32 = predictor.encode([text] * 32, pad_to=seq)
-        b32 = measure(lambda: predictor.session.run(None, feeds32), min(latency.warmup, 2), latency.runs)
-        metrics.update({k.replace("latency_", "latency_b32_"): v for k, v in b32.items()})
+        b32 = measure(lambda: predictor.session.run(None, feeds32), min(latency.warmup, 2), latency.runs, runtime="ort")
+        metrics.update({k.replace("latency_", "latency_b32_"): v for k, v in b32.items()})  # ort_latency_b32_p50_ms
     metrics.update(latency_batch_size=latency.batch_size, latency_seq_len=seq,
                    latency_threads=latency.threads or os.cpu_count(), size_mb=model_size_mb(predictor.root))
     return metrics

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from lifecycle import LifecycleError
 from lifecycle.evaluation import CLASSIFICATION
-from lifecycle.evaluation.latency import LATENCY_METRICS
+from lifecycle.evaluation.latency import TORCH_LATENCY
 from lifecycle.models import ModelSource
 from lifecycle.schema import StageBase, Strict
 from lifecycle.training import TrainConfig
@@ -92,7 +92,7 @@ class Config(StageBase):
         return self.model is None
 
     def metric_names(self) -> set[str]:
-        return {*CLASSIFICATION, *LATENCY_METRICS, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",
+        return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",
                 "trainable_fraction", "size_mb", "train_seconds", "train_steps", "lora_merge_max_abs_diff",
                 "data_wait_fraction", *CONTROL_METRICS, *(f"baseline_tfidf_{m}" for m in CLASSIFICATION)}
 

@@ -121,7 +121,7 @@ def run(cfg: Config, parent, ctx) -> dict:
         attempts.append({"method": method, "split": "validation", "metrics": metrics,
                          "gates": [r.to_dict() for r in results], "passed": passed})
         score = "accuracy" if "accuracy" in metrics else "knn_accuracy"
-        ctx.echo(f"   rung {method}: validation {score} {metrics[score]:.4f}, p50 {metrics['latency_p50_ms']:.2f} ms, "
+        ctx.echo(f"   rung {method}: validation {score} {metrics[score]:.4f}, p50 {metrics['ort_latency_p50_ms']:.2f} ms, "
                  f"{metrics['size_mb']:.2f} MB: {'passes' if passed else 'misses'} the gates")
         built = (method, rung_dir, predictor, metrics)
         if passed:
