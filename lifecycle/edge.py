@@ -38,8 +38,7 @@ MODEL, TOKENIZER, LABELS, SCHEMA, MANIFEST = "model.onnx", "tokenizer.json", "la
 REQUIRED = (MODEL, TOKENIZER, LABELS, SCHEMA)
 # Ops that quantize activations with a scale computed at run time over the whole input tensor: in such
 # a graph every text in a batch (and every padding token) moves the scale, so co-batched texts change
-# each other's scores (measured on the tiny model's dynamic int8 graph: up to 0.026 in probability and
-# 5 label flips in 900 when batched 32 at a time). QAttention / MatMulIntegerToFloat are fed by
+# each other's scores (see Predictor.logits). QAttention / MatMulIntegerToFloat are fed by
 # DynamicQuantizeLinear in such graphs; the Dynamic* contrib ops are what onnxruntime fuses it into.
 BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
 
@@ -142,12 +141,19 @@ class Predictor:
         - texts are grouped by token count and only equal-length texts share a session call, so no
           text is ever padded: each is computed exactly as it would be alone;
         - a graph with run-time activation scales (BATCH_DEPENDENT_OPS) gets one text per call.
-        Measured (tiny BERT, max_length 128, 300 news texts, 51 distinct lengths, batches of 32, one
-        onnxruntime thread): rows bit-identical to the text alone for fp32 and static int8 when grouped
-        (and when padded: masking is exact there, but not promised for every graph); throughput vs
-        padding each batch to its longest text, samples/s: fp32 2472 -> 3566, static int8 2870 -> 3823,
-        dynamic int8 3165 -> 3974 one text per call (4324 grouped, but batch-dependent). Grouping wins
-        because padding to the longest of 32 news texts wastes more compute than the extra calls cost."""
+        """
+        # Measured (issue 16: 300 news texts, max_length 128 (51 distinct token counts) and 32, requests
+        # of 32 texts in three shuffles, one onnxruntime thread, the policies interleaved in one process):
+        # - answers: fp32 and static int8 rows are bit-identical to the text alone when grouped (and,
+        #   on these graphs, even when padded: masking is exact there, but nothing promises it for
+        #   every graph); dynamic int8 rows move when co-batched, padded or grouped alike (up to 0.026
+        #   in probability, 5 label flips in 900, bert-tiny at max_length 32), and are bit-identical
+        #   one text per call.
+        # - samples/s, padded to the longest of the batch -> grouped (dynamic: one per call; grouped):
+        #   bert-tiny fp32 2472 -> 3566, static 2870 -> 3823, dynamic 3165 -> 3974 (4324);
+        #   bert-small fp32 46 -> 61, static 85 -> 113, dynamic 118 -> 157 (160).
+        #   Padding 32 news texts to the longest wastes more compute than the extra calls cost, and
+        #   batching gains onnxruntime little on CPU: one call per text costs dynamic int8 2-8%.
         encs = self.tokenizer.encode_batch(list(texts))
         groups: dict[int, list[int]] = {}
         for i, e in enumerate(encs):
