@@ -278,7 +278,6 @@ def prediction_details(predictor, test, logits) -> dict:
     model records the embeddings of the first few texts instead."""
     texts = test["text"][:SAMPLE_PREDICTIONS]
     if predictor.task == "embedding":
-        # embedded as one batch, as check() does: dynamic int8 ranges depend on the batch's padding
         return {"sample_predictions": [{"text": t, "embedding": [float(x) for x in e]}
                                        for t, e in zip(texts, predictor.embed(texts))]}
     return {"test_predictions": [int(i) for i in logits.argmax(-1)],
