@@ -160,6 +160,25 @@ def test_slow_bodies_take_no_concurrency_slot(hardened):
         assert_healthy(client)
 
 
+def test_complete_requests_beyond_max_concurrency_still_get_429(hardened):
+    """The limit still holds once bodies are complete: 4 requests of 4 long texts each (one inference
+    at a time, ~1 s of tokenising each) hold the 4 slots, so one more request meanwhile gets 429."""
+    payload = {"texts": ["word " * 50_000] * 4}
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        httpx.post(hardened.url + "/classify", json=payload, timeout=60).status_code)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    with httpx.Client(base_url=hardened.url, timeout=10) as client:
+        r = client.post("/classify", json=VALID)
+        for t in threads:
+            t.join()
+        assert r.status_code == 429 and r.json() == {"error": "Too many requests"}, r.text
+        assert results == [200] * 4
+        assert_healthy(client)
+
+
 # ----------------------------------------------------------------------------------------- long texts
 def livez_during(url: str, payload: dict) -> tuple[float, list[float], int]:
     """Send `payload` to /classify and poll /livez until it is answered: (request seconds, /livez
