@@ -71,6 +71,7 @@ class ServingSettings(Strict):
     timeout_s: float = Field(30.0, gt=0)  # a request still running after this gets 504
     # A body still incomplete after this gets 408 and its connection is closed. Bodies take no
     # concurrency slot while they arrive, so a slow upload costs a connection, not the service.
+    # timeout_s counts from the request's first byte too: set below this, its 504 comes first.
     body_timeout_s: float = Field(10.0, gt=0)
     max_texts: int = Field(64, ge=1)  # texts per request; more get 422
     max_body_bytes: int = Field(1 << 20, ge=1024)  # larger bodies get 413

@@ -90,9 +90,10 @@ class RequestLimits:
     at most max_body_bytes of memory; the checked body is then replayed to BentoML unchanged.
 
     It also holds the max_concurrency limit, which BentoML is not given: BentoML takes its slot before
-    anything reads the body, so 32 uploads sending a byte a second held every slot and everyone else got
-    429 for as long as they kept sending. Here a request takes a slot only once its whole body has
-    arrived and is well-formed JSON of the right shape; an incomplete body is cut off after body_timeout_s."""
+    anything reads the body, so 100 uploads sending their bodies slowly held all 32 slots and every
+    other request got 429 for as long as they kept sending. Here a request takes a slot only once its
+    whole body has arrived and is well-formed JSON of the right shape; an incomplete body is cut off
+    after body_timeout_s."""
 
     def __init__(self, app, settings: dict):
         self.app = app
