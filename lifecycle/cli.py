@@ -81,6 +81,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished stages are kept, the next run resumes", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:
+        # lifecycle.edge raises its own BundleError (it imports nothing from lifecycle, to be copied
+        # alone onto a device); if one was raised, that module is loaded, so this costs no import.
+        edge = sys.modules.get("lifecycle.edge")
+        if edge is None or not isinstance(exc, edge.BundleError):
+            raise
+        print(f"error: {_bundle_error(args, exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _bundle_error(args, exc: Exception) -> str:
+    """One line: the refused file (the command's source when the message does not name a file) and what
+    to do about it."""
+    message = " ".join(str(exc).split())
+    source = getattr(args, "source", None)
+    if source is not None and "/" not in message and str(source) not in message:
+        message = f"{source}: {message}"
+    if args.command == "bundle":
+        return f"{message} (fix or re-run the stage that wrote this artifact, then bundle it again)"
+    return f"{message} (refused; write the bundle again with `lifecycle bundle` from its run directory)"
 
 
 def cmd_validate(args) -> int:

@@ -11,6 +11,7 @@ keeps the fastest error-free setting.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -68,6 +69,10 @@ class ServingSettings(Strict):
     max_latency_ms: int = Field(2000, gt=0)  # batching only: the dispatcher answers 503 past this estimate
     max_concurrency: int = Field(32, ge=1)  # requests in flight (split across workers); more get 429
     timeout_s: float = Field(30.0, gt=0)  # a request still running after this gets 504
+    # A body still incomplete after this gets 408 and its connection is closed. Bodies take no
+    # concurrency slot while they arrive, so a slow upload costs a connection, not the service.
+    # timeout_s counts from the request's first byte too: set below this, its 504 comes first.
+    body_timeout_s: float = Field(10.0, gt=0)
     max_texts: int = Field(64, ge=1)  # texts per request; more get 422
     max_body_bytes: int = Field(1 << 20, ge=1024)  # larger bodies get 413
     # A text longer than the model's max_length tokens: "truncate" (as in training and the edge bundle)
@@ -89,14 +94,15 @@ class Served:
     name: str
     version: str  # the artifact hash: sha256 over its file hashes (Artifact.digest)
     gates: list = field(default_factory=list)
+    root: Path | None = None  # where the service reads the files, when not `path`: an extracted bundle zip
 
     @property
     def tuned_path(self) -> Path:
         return self.path.with_name(self.path.name + TUNED_SUFFIX)
 
     def service_model(self) -> dict:
-        return {"path": str(self.path), "name": self.name, "version": self.version, "gates": self.gates,
-                "source": str(self.path)}
+        return {"path": str(self.root or self.path), "name": self.name, "version": self.version,
+                "gates": self.gates, "source": str(self.path)}
 
 
 def resolve(source: str | Path) -> Served:
@@ -452,18 +458,74 @@ def tune_settings(served: Served, clients: int = 8, duration_s: float = 10.0, ec
 
 # ------------------------------------------------------------------------------------------- CLI commands
 def serve(source, host: str = "127.0.0.1", port: int = 3000, tune: bool = False) -> int:
-    """`lifecycle serve`: run the service in the foreground (bentoml serve replaces this process)."""
+    """`lifecycle serve`: check that the model opens, then run `bentoml serve` in the foreground until it
+    stops; returns its exit status. A refused bundle ends here, before any server starts: BentoML would
+    restart a worker that cannot open its model forever."""
     served = resolve(source)
-    settings = tune_settings(served) if tune else load_settings(served)
-    config = write_config(served, settings)
-    where = f"tuned, from {served.tuned_path}" if served.tuned_path.is_file() else "defaults"
-    print(f"serving {served.name} (version {served.version[:12]}) on http://{host}:{port}; settings: {where}",
-          flush=True)
-    os.environ.update({CONFIG_ENV: str(config), "BENTOML_DO_NOT_TRACK": "true", "ORT_DISABLE_TELEMETRY": "1"})
-    cmd = bentoml_command("serve", "service:Classifier", "--working-dir", str(SERVICE_DIR), "--host", host,
-                          "--port", str(port))
-    os.execv(cmd[0], cmd)  # signals (Ctrl-C, SIGTERM from a supervisor) go straight to bentoml
-    return 0  # not reached
+    with checked(served):
+        settings = tune_settings(served) if tune else load_settings(served)
+        config = write_config(served, settings)
+        try:
+            where = f"tuned, from {served.tuned_path}" if served.tuned_path.is_file() else "defaults"
+            print(f"serving {served.name} (version {served.version[:12]}) on http://{host}:{port}; "
+                  f"settings: {where}", flush=True)
+            env = dict(os.environ, **{CONFIG_ENV: str(config)}, BENTOML_DO_NOT_TRACK="true",
+                       ORT_DISABLE_TELEMETRY="1")
+            return _foreground(bentoml_command("serve", "service:Classifier", "--working-dir", str(SERVICE_DIR),
+                                               "--host", host, "--port", str(port)), env)
+        finally:
+            config.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def checked(served: Served):
+    """Open the model once as the service will (lifecycle.edge.Predictor.open: every check a bundle gets),
+    raising its BundleError with the bundle's own path in it. A zip is then extracted once, here, for
+    every worker to read (`served.root`), and removed on exit: a worker killed at shutdown never
+    removed its own extraction. The workers verify that directory against the manifest checked here."""
+    from lifecycle.edge import EXTRACT_PREFIX, MANIFEST, BundleError, Predictor, _extract
+
+    try:
+        manifest = Predictor.open(served.path).manifest  # dropped at once: it only proves the model opens
+    except BundleError as exc:  # a zip's extracted (and already removed) copy -> the zip
+        tmp = re.escape(tempfile.gettempdir())
+        raise BundleError(re.sub(rf"{tmp}/{EXTRACT_PREFIX}[^/\s]*", str(served.path), str(exc))) from None
+    if not served.path.is_file():
+        yield served
+        return
+    served.root = _extract(served.path)
+    try:
+        if json.loads((served.root / MANIFEST).read_text()) != manifest:
+            raise BundleError(f"{served.path}: changed while it was being opened; serve it again")
+        yield served
+    finally:
+        shutil.rmtree(served.root, ignore_errors=True)
+        served.root = None
+
+
+def _foreground(cmd: list[str], env: dict) -> int:
+    """Run `cmd` in a session of its own and wait for it, forwarding SIGINT, SIGTERM and SIGHUP to that
+    whole session exactly once (a Ctrl-C or a supervisor's SIGTERM reaches only this process, which is
+    then alive to clean up after the server: see checked())."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:  # this process is going away for another reason: stop the server too
+            forward(signal.SIGTERM, None)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                forward(signal.SIGKILL, None)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
 
 
 def build(source) -> str:

@@ -20,9 +20,12 @@ served model has no use for answers 404 with a JSON error. GET /metadata (name, 
     422  not {"texts": [...]}, an empty list, more than max_texts, an item that is not a string; and,
          with over_length "reject", a text over the model's max_length tokens (the default, "truncate",
          cuts it to max_length tokens, as in training and in the edge bundle)
+    400  also JSON nested too deeply for the parser (Python's recursion limit)
     413  body over max_body_bytes (Content-Length, or counted while reading a chunked body)
-    429  more than max_concurrency requests in flight (split evenly across workers; BentoML)
-    504  a request still unanswered after timeout_s, slow uploads included (BentoML)
+    408  a body still incomplete after body_timeout_s (the connection is then closed)
+    429  more than max_concurrency requests in flight (split evenly across workers), counted only from
+         when a complete, well-formed body has arrived: uploads that trickle in hold no slot
+    504  a request still unanswered after timeout_s, counted from its first byte (BentoML)
     503  only with batching on, when BentoML's dispatcher predicts max_latency_ms cannot be met: the
          default (batching off) never answers it, and tuning discards settings that do
 
@@ -72,10 +75,25 @@ class Prediction(BaseModel):
     scores: dict[str, float]
 
 
+# A single text shorter than this is inferred on the event loop (Classifier.infer); longer ones, and the
+# untruncated tokenisation of over_length "reject", go to a thread. Tokenising costs ~1 us per character
+# whatever max_length is (truncation comes after tokenising the whole text): 1 M characters held the
+# event loop, /livez included, for ~0.9 s. 2000 characters are ~2 ms, ten times the sample text.
+INLINE_MAX_CHARS = 2000
+# Never behind the concurrency limit, as in BentoML's own MaxConcurrencyMiddleware.
+UNLIMITED_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+
+
 class RequestLimits:
     """ASGI middleware in front of POST /classify and /embed: refuses what the model must never see, each with a
-    JSON {"error": ...} body. It reads the body itself (bounded), so an oversized upload costs at most
-    max_body_bytes of memory; the checked body is then replayed to BentoML unchanged."""
+    JSON {"error": ...} body. It reads the body itself (bounded in size and time), so an oversized upload costs
+    at most max_body_bytes of memory; the checked body is then replayed to BentoML unchanged.
+
+    It also holds the max_concurrency limit, which BentoML is not given: BentoML takes its slot before
+    anything reads the body, so 100 uploads sending their bodies slowly held all 32 slots and every
+    other request got 429 for as long as they kept sending. Here a request takes a slot only once its
+    whole body has arrived and is well-formed JSON of the right shape; an incomplete body is cut off
+    after body_timeout_s."""
 
     def __init__(self, app, settings: dict):
         self.app = app
@@ -84,10 +102,14 @@ class RequestLimits:
         # Keep-alive connections (client address) -> when their first request came: see closing().
         self.max_age = settings["max_connection_age_s"] if settings["workers"] > 1 else None
         self.opened: dict[tuple, float] = {}
+        # Per worker, as BentoML splits it: each worker has its own event loop and its own middleware.
+        self.slots = anyio.Semaphore(-(-settings["max_concurrency"] // settings["workers"]))
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in ROUTES or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             return await self.app(scope, receive, send)
+        if scope["path"] not in ROUTES or scope["method"] != "POST":
+            return await self.limited(scope, receive, send)
         task = LOADED["predictor"].task if "predictor" in LOADED else ROUTES[scope["path"]]
         if ROUTES[scope["path"]] != task:
             other = next(r for r, t in ROUTES.items() if t == task)
@@ -101,22 +123,31 @@ class RequestLimits:
         if declared is not None and (not declared.isdigit() or int(declared) > self.s["max_body_bytes"]):
             return await _error(scope, receive, send, 413, f"body over {self.s['max_body_bytes']} bytes")
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.s["max_body_bytes"]:
-                return await _error(scope, receive, send, 413, f"body over {self.s['max_body_bytes']} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            with anyio.fail_after(self.s["body_timeout_s"]):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.s["max_body_bytes"]:
+                        return await _error(scope, receive, send, 413,
+                                            f"body over {self.s['max_body_bytes']} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            # Closing the connection: the rest of a body that slow is not worth reading.
+            return await _error(scope, receive, _with_connection_close(send), 408,
+                                f"request body not complete after {self.s['body_timeout_s']:g} s")
         body = b"".join(chunks)
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             return await _error(scope, receive, send, 400, "body is not valid JSON")
+        except RecursionError:  # [[[[... the C parser recurses once per level
+            return await _error(scope, receive, send, 400, "body is not valid JSON (nested too deeply)")
         problem = self.check(payload)
         if problem:
             return await _error(scope, receive, send, 422, problem)
@@ -132,7 +163,18 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await self.limited(scope, replay, send, payload["texts"])
+
+    async def limited(self, scope, receive, send, texts: list[str] | None = None) -> None:
+        """The app, within one of this worker's max_concurrency slots, or 429 when none is free."""
+        if self.slots.value == 0:
+            return await _error(scope, receive, send, 429, "Too many requests")
+        async with self.slots:
+            if texts is not None and self.s["over_length"] == "reject":
+                problem = await self.over_length(texts)
+                if problem:
+                    return await _error(scope, receive, send, 422, problem)
+            await self.app(scope, receive, send)
 
     def closing(self, scope) -> bool:
         """Whether this response ends its keep-alive connection. Workers share one listening socket and
@@ -163,12 +205,21 @@ class RequestLimits:
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             return f'"texts"[{bad}] is a {type(texts[bad]).__name__}, not a string'
-        if self.s["over_length"] == "reject":
-            limit = LOADED["predictor"].max_length
-            for i, enc in enumerate(self.untruncated_tokenizer().encode_batch(texts)):
-                if len(enc.ids) > limit:
-                    return (f'"texts"[{i}] has {len(enc.ids)} tokens; the limit is {limit} '
-                            "(this server rejects over-long texts instead of truncating them)")
+        return None
+
+    async def over_length(self, texts: list[str]) -> str | None:
+        """With over_length "reject": the first text over max_length tokens. Tokenised in a thread when
+        long (see INLINE_MAX_CHARS), with a slot held: up to max_body_bytes of text to tokenise."""
+        encode = self.untruncated_tokenizer().encode_batch
+        if sum(map(len, texts)) <= INLINE_MAX_CHARS:
+            encodings = encode(texts)
+        else:
+            encodings = await anyio.to_thread.run_sync(encode, texts)
+        limit = LOADED["predictor"].max_length
+        for i, enc in enumerate(encodings):
+            if len(enc.ids) > limit:
+                return (f'"texts"[{i}] has {len(enc.ids)} tokens; the limit is {limit} '
+                        "(this server rejects over-long texts instead of truncating them)")
         return None
 
     def untruncated_tokenizer(self):
@@ -219,7 +270,8 @@ def _metadata_app():
     name="lifecycle_classifier",
     workers=SETTINGS["workers"],
     threads=1,  # BentoML's own thread pool stays idle: Classifier.infer runs one inference at a time
-    traffic={"timeout": SETTINGS["timeout_s"], "max_concurrency": SETTINGS["max_concurrency"]},
+    # max_concurrency is held by RequestLimits, which takes a slot only once the body has arrived.
+    traffic={"timeout": SETTINGS["timeout_s"]},
     logging={"access": {"enabled": SETTINGS["access_log"]}},
     # BentoML opens an OpenTelemetry span for every request even with no exporter configured: 1.1 ms
     # of CPU per request here (4.9 -> 3.9 ms for the small model). Off unless the settings ask for it.
@@ -238,12 +290,13 @@ class Classifier:
         LOADED["predictor"] = self.predictor
 
     async def infer(self, fn, texts: list[str]):
-        """One text costs at most one max_length sequence, so it runs on the event loop: handing it to a
-        thread (anyio, then the GIL hand-back) costs ~1.3 ms of CPU per request, as much as the small
-        model's inference (measured: 3.9 -> 2.5 ms per request, 1-client p50 5.5 -> 3.3 ms). Longer
-        requests and batches go to the thread, so that health checks, refusals and the batching
-        dispatcher are answered while onnxruntime works."""
-        if len(texts) == 1 and self.busy.borrowed_tokens == 0:
+        """One short text runs on the event loop: handing it to a thread (anyio, then the GIL hand-back)
+        costs ~1.3 ms of CPU per request, as much as the small model's inference (measured: 3.9 -> 2.5 ms
+        per request, 1-client p50 5.5 -> 3.3 ms). Its inference is bounded by max_length tokens, but its
+        tokenisation by its length in characters only (see INLINE_MAX_CHARS). Long texts and batches go
+        to the thread, so that health checks, refusals and the batching dispatcher are answered while
+        the tokenizer and onnxruntime work."""
+        if len(texts) == 1 and len(texts[0]) <= INLINE_MAX_CHARS and self.busy.borrowed_tokens == 0:
             return fn(texts)
         return await anyio.to_thread.run_sync(fn, texts, limiter=self.busy)
 

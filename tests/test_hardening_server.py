@@ -1,0 +1,347 @@
+"""Issue 17, server and bundle cases: requests and bundles that once denied service, stalled the event
+loop, answered 500 or left files behind. The server cases are data (tests/adversarial/server_cases.yaml),
+walked against one real `bentoml serve` on 127.0.0.1; the slow-body and long-text attacks are measured
+while normal traffic runs."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from test_serving import VALID, assert_healthy, run_dir  # noqa: F401  (run_dir: a session fixture)
+
+from lifecycle import cli, serving
+from lifecycle.artifact import Artifact, commit
+from lifecycle.bundle import write_bundle
+from lifecycle.edge import EXTRACT_PREFIX, BundleError, Predictor, _extract
+
+CASES = yaml.safe_load((Path(__file__).parent / "adversarial" / "server_cases.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def hardened(run_dir, tmp_path_factory):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("hardened-server")
+    settings = serving.ServingSettings(**CASES["settings"])
+    cfg = serving.write_config(serving.resolve(run_dir), settings, tmp / "serving.json")
+    with serving.Server(cfg, log=tmp / "server.log") as srv:
+        yield srv
+
+
+def case_body(spec: dict) -> bytes:
+    if "json" in spec:
+        return json.dumps(spec["json"]).encode()
+    return (spec.get("prefix", "") + spec["repeat"] * spec["times"] + spec.get("suffix", "")).encode()
+
+
+def send(port: int, case: dict, route: str = "/classify") -> tuple[int, bytes]:
+    """One raw HTTP/1.1 request as the case describes it (lying Content-Length, partial or trickled
+    body), then the answer. A server that answers early may close the connection while we still send."""
+    body = case_body(case["body"])
+    sent = body[: case["send"]] if "send" in case else body
+    head = (f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {case.get('declare', len(body))}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(head)
+        try:
+            if "trickle_s" in case:
+                for i in range(len(sent)):
+                    if select.select([sock], [], [], case["trickle_s"])[0]:
+                        break  # answered
+                    sock.sendall(sent[i : i + 1])
+            else:
+                sock.sendall(sent)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.read()
+
+
+def test_server_abuse_matrix(hardened):
+    """Every case gets its status and message within its time, and the server answers /livez and a
+    normal request after each one. Failures are collected so that one run shows them all."""
+    failures = []
+    with httpx.Client(base_url=hardened.url, timeout=10) as client:
+        for case in CASES["cases"]:
+            t0 = time.monotonic()
+            try:
+                status, body = send(hardened.port, case)
+            except OSError as exc:
+                failures.append(f"{case['id']}: no answer ({exc!r})")
+                continue
+            seconds = time.monotonic() - t0
+            got = f"{status} after {seconds:.1f} s: {body[:200]!r}"
+            if status != case["status"] or seconds > case["within_s"]:
+                failures.append(f"{case['id']}: expected {case['status']} within {case['within_s']} s, got {got}")
+            elif status == 200:
+                if len(json.loads(body)) != case["items"]:
+                    failures.append(f"{case['id']}: expected {case['items']} results, got {got}")
+            elif case["message"] not in json.loads(body).get("error", "") or b"Traceback" in body:
+                failures.append(f"{case['id']}: expected an error with {case['message']!r}, got {got}")
+            try:
+                assert_healthy(client)
+            except (AssertionError, httpx.HTTPError) as exc:
+                failures.append(f"{case['id']}: unhealthy afterwards ({exc!r})")
+    assert not failures, "\n".join(failures)
+
+
+# ----------------------------------------------------------------------------------------- slow bodies
+def slow_body_attack(port: int, attackers: int, seconds: float, trickle_s: float = 0.2) -> dict:
+    """`attackers` connections each sending a body a byte per trickle_s (reconnecting when cut off),
+    while one client sends normal requests back to back; returns the normal requests' status counts."""
+    request = serving.json_request(port, VALID)
+    statuses: list[int] = []
+
+    async def attacker(deadline: float) -> None:
+        while time.monotonic() < deadline:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n")
+            try:
+                while time.monotonic() < deadline and not reader.at_eof():
+                    writer.write(b" ")
+                    await writer.drain()
+                    try:  # answered (408/504) or closed: reconnect
+                        if await asyncio.wait_for(reader.read(1), trickle_s):
+                            break
+                    except asyncio.TimeoutError:
+                        pass
+            except OSError:
+                pass
+            finally:
+                writer.close()
+
+    async def normal(deadline: float) -> None:
+        await asyncio.sleep(0.5)  # the attackers connect first
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.monotonic() < deadline:
+            writer.write(request)
+            status, _, close = await serving._read_response(reader)
+            statuses.append(status)
+            if close:
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await asyncio.sleep(0.02)
+        writer.close()
+
+    async def main() -> None:
+        deadline = time.monotonic() + seconds
+        await asyncio.gather(normal(deadline), *(attacker(deadline) for _ in range(attackers)))
+
+    asyncio.run(main())
+    counts: dict[int, int] = {}
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    return counts
+
+
+def test_slow_bodies_take_no_concurrency_slot(hardened):
+    """12 uploads trickling in (3x the 4 slots) for 4 s: normal requests are still answered. Before the
+    fix each upload held a slot from its first byte and every normal request got 429."""
+    counts = slow_body_attack(hardened.port, attackers=12, seconds=4.0)
+    ok = counts.get(200, 0)
+    assert ok >= 0.9 * sum(counts.values()) and ok >= 5, counts
+    with httpx.Client(base_url=hardened.url, timeout=10) as client:
+        assert_healthy(client)
+
+
+def test_complete_requests_beyond_max_concurrency_still_get_429(hardened):
+    """The limit still holds once bodies are complete: 4 requests of 4 long texts each (one inference
+    at a time, ~1 s of tokenising each) hold the 4 slots, so one more request meanwhile gets 429."""
+    payload = {"texts": ["word " * 50_000] * 4}
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        httpx.post(hardened.url + "/classify", json=payload, timeout=60).status_code)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    with httpx.Client(base_url=hardened.url, timeout=10) as client:
+        r = client.post("/classify", json=VALID)
+        for t in threads:
+            t.join()
+        assert r.status_code == 429 and r.json() == {"error": "Too many requests"}, r.text
+        assert results == [200] * 4
+        assert_healthy(client)
+
+
+# ----------------------------------------------------------------------------------------- long texts
+def livez_during(url: str, payload: dict) -> tuple[float, list[float], int]:
+    """Send `payload` to /classify and poll /livez until it is answered: (request seconds, /livez
+    latencies in seconds, request status)."""
+    done: dict = {}
+
+    def post() -> None:
+        t0 = time.monotonic()
+        done["status"] = httpx.post(url + "/classify", json=payload, timeout=60).status_code
+        done["seconds"] = time.monotonic() - t0
+
+    thread = threading.Thread(target=post)
+    latencies = []
+    with httpx.Client(base_url=url, timeout=10) as client:
+        client.get("/livez")  # connected before the request starts
+        thread.start()
+        while thread.is_alive():
+            t0 = time.monotonic()
+            assert client.get("/livez").status_code == 200
+            latencies.append(time.monotonic() - t0)
+            time.sleep(0.01)
+    thread.join()
+    return done["seconds"], latencies, done["status"]
+
+
+def test_one_long_text_does_not_stall_the_event_loop(hardened):
+    """A 1 M-character text: tokenising it takes ~1 s, which used to run on the event loop (/livez
+    waited 0.7-1.1 s); now it runs in the inference thread and /livez answers throughout."""
+    seconds, latencies, status = livez_during(hardened.url, {"texts": ["word " * 200_000]})
+    assert status == 200
+    assert len(latencies) >= 3, (seconds, latencies)
+    # Relative to the request's own time, so that a loaded machine slows both sides alike.
+    assert max(latencies) < max(0.25, 0.3 * seconds), (seconds, sorted(latencies)[-5:])
+
+
+# ------------------------------------------------------------------------------- `lifecycle serve` CLI
+def tampered(bundle: Path, out: Path) -> Path:
+    """The bundle with one byte of model.onnx changed, its manifest left as it was."""
+    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "model.onnx":
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            dst.writestr(info, data)
+    return out
+
+
+def run_cli(args: list[str], env: dict, timeout_s: float) -> tuple[int | None, str, str]:
+    """`python -m lifecycle.cli ARGS` in a session of its own, killed (with its children) after timeout_s:
+    (exit status or None when it had to be killed, stdout, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return None, out, err
+
+
+def test_serve_refuses_a_tampered_bundle_before_starting(run_dir, tmp_path):  # noqa: F811
+    bad = tampered(write_bundle(run_dir, tmp_path / "good.zip"), tmp_path / "model.zip")
+    code, out, err = run_cli(["serve", str(bad), "--port", str(serving.free_port())], dict(os.environ), 60)
+    lines = err.strip().splitlines()
+    assert code == 1, (code, out[-2000:], err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert str(bad) in lines[0] and "model.onnx" in lines[0] and "sha256" in lines[0], err
+    assert "serving" not in out
+
+
+def test_serve_removes_the_extracted_bundle_when_it_stops(run_dir, tmp_path):  # noqa: F811
+    bundle = write_bundle(run_dir, tmp_path / "model.zip")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    port = serving.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", str(bundle), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=dict(os.environ, TMPDIR=str(tmp)))
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert httpx.post(f"http://127.0.0.1:{port}/classify", json=VALID, timeout=10).status_code == 200
+        assert len(list(tmp.glob(EXTRACT_PREFIX + "*"))) == 1  # extracted once, for every worker
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert list(tmp.glob("lifecycle-*")) == [], out[-3000:]
+
+
+def test_bundle_cli_error_is_one_line(run_dir, tmp_path, capsys):  # noqa: F811
+    """An artifact whose recorded predictions its model does not reproduce: `lifecycle bundle` exits 1
+    with one line naming it (it printed a BundleError traceback)."""
+    src = run_dir / "export"
+    work = tmp_path / "export.tmp"
+    shutil.copytree(src, work)
+    (work / "manifest.json").unlink()
+    manifest = json.loads((src / "manifest.json").read_text())
+    for sample in manifest["details"]["sample_predictions"]:
+        sample["score"] = 1.5  # no softmax gives this
+    art = commit(work, tmp_path / "export", {k: v for k, v in manifest.items() if k != "files"})
+    assert Artifact.load(art.path).kind == "onnx-model"
+    assert cli.main(["bundle", str(art.path), "-o", str(tmp_path / "m.zip")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {art.path}: prediction differs"), err
+    assert not (tmp_path / "m.zip").exists()
+
+
+# ---------------------------------------------------------------------------------------- zip extraction
+def zip_of(path: Path, members: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", method) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.fixture
+def tmpdir_of_extractions(tmp_path, monkeypatch):
+    """tempfile's directory, private to the test: what an extraction left behind is visible."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def test_zip_bomb_is_refused_before_anything_is_written(tmp_path, tmpdir_of_extractions):
+    bomb = zip_of(tmp_path / "bomb.zip", {"manifest.json": b"{}", "model.onnx": bytes(64 << 20)})
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(BundleError, match=r"model.onnx' expands \d+x"):
+        Predictor.open(bomb)
+    assert list(tmpdir_of_extractions.iterdir()) == []  # refused from the zip's directory: no directory made
+
+
+def test_zip_member_and_total_sizes_are_capped(tmp_path, tmpdir_of_extractions):
+    members = {"a.bin": os.urandom(600_000), "b.bin": os.urandom(600_000)}  # incompressible
+    z = zip_of(tmp_path / "big.zip", members)
+    with pytest.raises(BundleError, match="'a.bin' expands to 600000 bytes; the limit is 500000"):
+        _extract(z, max_member_bytes=500_000)
+    with pytest.raises(BundleError, match="expand to 1200000 bytes; the limit is 1000000"):
+        _extract(z, max_total_bytes=1_000_000)
+    out = _extract(z)
+    assert sorted(p.name for p in out.iterdir()) == ["a.bin", "b.bin"]
+    shutil.rmtree(out)
+
+
+def test_zip_whose_header_understates_a_member_is_refused(tmp_path, tmpdir_of_extractions):
+    """Sizes declared in the zip's headers are only claims: a member that holds more than its header
+    says is refused as a BundleError (not a zipfile traceback) and leaves nothing behind."""
+    z = zip_of(tmp_path / "liar.zip", {"model.onnx": os.urandom(2 << 20)})
+    data = bytearray(z.read_bytes())
+    local = data.index(b"PK\x03\x04")
+    central = data.index(b"PK\x01\x02")
+    data[local + 22 : local + 26] = (1000).to_bytes(4, "little")  # uncompressed size, local header
+    data[central + 24 : central + 28] = (1000).to_bytes(4, "little")  # and in the central directory
+    z.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="liar.zip: not a readable bundle zip"):
+        _extract(z)
+    assert list(tmpdir_of_extractions.iterdir()) == []
