@@ -14,6 +14,10 @@ from the package (with its random-init control) and one from the adapt artifact,
 everything else (data subsample, steps, lr, validation subset). The pipeline seed changes the
 classifier init, the control's init and the batch order. Gains are paired by seed; their 95%
 intervals are t-intervals across the 3 seeds (lifecycle.seeds), so they are wide on purpose.
+The checks are what the benchmark is for: the 95% interval of the DAPT - MiniLM gain, and of the
+MiniLM - control gain, must lie above zero (lower bound > 0). With 3 seeds and the quick budget the
+DAPT interval is expected to straddle zero (the recorded run: +0.042, [-0.112, +0.196]): the check then
+fails and the script exits 1, which says "not shown at this budget"; more seeds or steps are the fix.
 MiniLM ships a pooler that the adapt artifact (a masked-LM model) does not, so the adapted arm's
 pooler starts from random: `newly_initialised` in the results lists what each arm starts without.
 Writes benchmarks/results/dapt_chemprot.json.
@@ -109,9 +113,18 @@ def run(quick: bool, workdir: Path) -> dict:
 
 
 def checks(r: dict) -> list[dict]:
+    """What the benchmark exists for, with targets written before any run: each gain's 95% interval
+    (paired by seed) lies above zero. At a budget too small to show a gain the interval straddles zero
+    and the check fails: an honest "not shown at this budget", not a pass."""
     n = min(len(arm["f1_micro"]["runs"]) for arm in r["arms"].values())
-    return [{"name": "seeds per arm (control, minilm, dapt; gains with 95% intervals)", "value": n,
-             "target": f">= {len(SEEDS)}", "passed": n >= len(SEEDS)}]
+    out = [{"name": "seeds per arm (control, minilm, dapt; gains with 95% intervals)", "value": n,
+            "target": f">= {len(SEEDS)}", "passed": n >= len(SEEDS)}]
+    for name, key in (("DAPT - MiniLM test micro-F1 gain, 95% interval lower bound", "dapt_gain_f1_micro"),
+                      ("MiniLM - random-init control test micro-F1 gain, 95% interval lower bound",
+                       "pretraining_gain_f1_micro")):
+        low = r[key]["ci95"][0]
+        out.append({"name": name, "value": low, "target": "> 0", "passed": bool(low > 0)})
+    return out
 
 
 def table(r: dict) -> str:
@@ -148,9 +161,8 @@ def main() -> int:
     a = results["adapt"]
     print(f"\nadapt: biomedical perplexity {a['perplexity_before']:.2f} -> {a['perplexity']:.2f} "
           f"(gain {a['domain_perplexity_gain']:.1%})\n" + table(results))
-    recorder.report(found, path, f"reference ({REFERENCE['source']}): {REFERENCE['model']} {REFERENCE['f1_micro']} -> "
-                                 f"{REFERENCE['f1_micro_dapt']}")
-    return 0
+    return recorder.report(found, path, f"reference ({REFERENCE['source']}): {REFERENCE['model']} "
+                                        f"{REFERENCE['f1_micro']} -> {REFERENCE['f1_micro_dapt']}")  # 1: a check failed
 
 
 if __name__ == "__main__":

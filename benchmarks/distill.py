@@ -115,8 +115,7 @@ def main() -> int:
     path = recorder.save(results, found,
                          reference="DistilBERT (Sanh et al., 2019): 97% of BERT-base's GLUE score, 60% faster, 40% smaller")
     print("\n" + table(results))
-    recorder.report(found, path)
-    return 0
+    return recorder.report(found, path)  # 1 when a check failed
 
 
 if __name__ == "__main__":

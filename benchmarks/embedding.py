@@ -140,8 +140,7 @@ def main() -> int:
           f"{a['knn_accuracy']:.4f} ({100 * a['knn_accuracy_gain']:+.1f} points; {a['knn_test_texts']} test / "
           f"{a['knn_train_texts']} train abstracts)")
     print("latency ratios: " + ", ".join(f"{k} {v:.3g}" for k, v in results["latency_ratios"].items()))
-    recorder.report(found_checks, path)
-    return 0
+    return recorder.report(found_checks, path)  # 1 when a check failed
 
 
 if __name__ == "__main__":

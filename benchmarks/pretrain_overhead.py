@@ -10,15 +10,21 @@ last. A third figure is the same loop with the stock full-vocabulary MLM head, t
 masked-positions head saves. Writes benchmarks/results/pretrain_overhead.json.
 
 On a 2-core machine shared with other jobs, throughput swings 10x within a minute, so: many short
-rounds, stage and loop back to back in alternating order, the check on the median of the per-round
-ratios; and one intra-op thread by default (with two, every competing process stalls both threads at
-each parallel region, which multiplies the noise; `--threads 2` measures the other case).
+rounds, stage and loop back to back in alternating order; and one intra-op thread by default (with two,
+every competing process stalls both threads at each parallel region, which multiplies the noise;
+`--threads 2` measures the other case).
+
+The statistic, fixed before measuring: the ratio of the medians, median(loop tokens/s) /
+median(stage tokens/s) over all rounds, target <= 1.05. The median of the per-round ratios is
+recorded beside it as context, never checked: an earlier version checked it and passed at 1.044 on a
+run whose ratio of medians was 1.058, so which of the two passes must not decide which is reported.
+The 1-minute load average before and after is recorded (benchmarks/common.py); a load above the core
+count fails its own check.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,14 +33,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+from common import ROOT, SHARED, Recorder  # noqa: E402  first lifecycle-side import: it sets the offline environment
 
-ROOT = Path(__file__).resolve().parents[1]
-BROWN = ROOT / "../shared/data/brown/brown.zip"
-RESULT = ROOT / "benchmarks" / "results" / "pretrain_overhead.json"
-TARGET = 1.05  # the issue's bound on loop tokens/s / stage tokens/s
+BROWN = SHARED / "brown/brown.zip"
+TARGET = 1.05  # the issue's bound on median loop tokens/s / median stage tokens/s
 
 
 def corpus_source() -> dict:
@@ -122,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from lifecycle.environment import environment
-
+    recorder = Recorder("pretrain_overhead", args.quick)
     torch.set_num_threads(args.threads)
     raw = {"name": "overhead", "seed": 0, "data": {"corpus": corpus_source()}, "stages": [stage_config(steps, batch, block)]}
     figures: dict[str, list[float]] = {"stage": [], "loop": [], "loop_full_head": []}
@@ -144,33 +145,28 @@ def main(argv: list[str] | None = None) -> int:
                   + f", loop/stage {ratios[-1]:.3f}", flush=True)
         corpus_stats = {k: art.metrics[k] for k in ("train_documents", "validation_documents", "vocab_size")}
     median = {k: statistics.median(v) for k, v in figures.items()}
-    ratio = statistics.median(ratios)
+    ratio = median["loop"] / median["stage"]  # the checked statistic (see the docstring)
     speedup = statistics.median(a / b for a, b in zip(figures["loop"], figures["loop_full_head"]))
-    result = {
-        "benchmark": "pretrain_overhead",
-        "quick": args.quick,
+    results = {
         "setup": {"model": "BERT MLM, 2 layers, hidden 128, 2 heads, ffn 512", "vocab_size": corpus_stats["vocab_size"],
                   "batch_size": batch, "block_size": block, "steps": steps, "rounds": rounds,
                   "corpus": raw["data"]["corpus"]["path"], "corpus_documents": corpus_stats,
                   "torch_threads": torch.get_num_threads()},
         "figures": {"tokens_per_second": figures, "median_tokens_per_second": median},
-        "ratios": {"loop_over_stage": ratio, "loop_over_stage_per_round": ratios,
-                   "loop_over_stage_of_medians": median["loop"] / median["stage"], "masked_head_speedup": speedup},
-        "environment": environment(),
-        "checks": [{"name": "plain loop tokens/s / pretrain stage tokens/s", "value": round(ratio, 4),
-                    "target": f"<= {TARGET}", "passed": ratio <= TARGET}],
+        "ratios": {"loop_over_stage_of_medians": ratio, "loop_over_stage_per_round": ratios,
+                   "median_of_per_round_ratios": statistics.median(ratios), "masked_head_speedup": speedup},
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    found = [{"name": "median plain loop tokens/s / median pretrain stage tokens/s", "value": round(ratio, 4),
+              "target": f"<= {TARGET}", "passed": ratio <= TARGET}]
+    path = recorder.save(results, found)
 
     from lifecycle.report import table
 
     print(table(["measure", "tokens/s (median)", "all rounds"],
                 [[k, f"{v:,.0f}", ", ".join(f"{x:,.0f}" for x in figures[k])] for k, v in median.items()]))
-    print(f"\nloop / stage = {ratio:.3f}, median of per-round ratios (target <= {TARGET}: {'pass' if ratio <= TARGET else 'FAIL'}); "
-          f"masked-positions head vs full head: {speedup:.2f}x\nwrote {RESULT}")
-    return 0 if ratio <= TARGET else 1
-
+    return recorder.report(found, path, f"loop / stage = {ratio:.3f} (ratio of medians; median of per-round ratios "
+                                        f"{results['ratios']['median_of_per_round_ratios']:.3f}, context only); "
+                                        f"masked-positions head vs full head: {speedup:.2f}x")
 
 if __name__ == "__main__":
     sys.exit(main())

