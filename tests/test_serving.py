@@ -209,9 +209,10 @@ def test_the_route_the_model_has_no_use_for_gets_404(endpoint):
     assert_healthy(client, route)
 
 
-def test_beyond_max_concurrency_429_and_over_timeout_504(server, client):
-    """Two uploads that stall mid-body hold both concurrency slots until the 2 s timeout: a third
-    request meanwhile gets 429, the stalled ones 504, and the server is healthy afterwards."""
+def test_stalled_uploads_hold_no_slot_and_time_out_504(server, client):
+    """Two uploads that stall mid-body take no concurrency slot (a slot is taken only once a body is
+    complete): a third request meanwhile is answered, the stalled ones end 504 at the 2 s timeout, and
+    the server is healthy afterwards. (429 for complete requests: tests/test_hardening_server.py.)"""
     results: dict[int, httpx.Response] = {}
 
     def stalled(k: int) -> None:
@@ -226,8 +227,8 @@ def test_beyond_max_concurrency_429_and_over_timeout_504(server, client):
     for t in threads:
         t.start()
     time.sleep(0.8)
-    assert_error(client.post("/classify", json=VALID), 429)
-    assert client.get("/livez").status_code == 200  # health checks bypass the concurrency limit
+    assert client.post("/classify", json=VALID).status_code == 200
+    assert client.get("/livez").status_code == 200
     for t in threads:
         t.join()
     for r in results.values():
