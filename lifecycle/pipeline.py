@@ -59,9 +59,16 @@ class StageContext:
         return check_gates(self.pipeline, self.stage, metrics, self.artifacts)
 
 
-def check_gates(pipeline: Pipeline, stage, metrics: dict, artifacts: dict[str, Artifact]) -> list[gatelib.GateResult]:
+def check_gates(pipeline: Pipeline, stage, metrics: dict, artifacts: dict[str, Artifact],
+                artifact: Artifact | None = None, registry=None) -> list[gatelib.GateResult]:
+    """The stage's gates on `metrics`. Gates against a release (vs: "release:NAME") read the sealed
+    `artifact`'s test predictions: without one (a ladder's candidates) they are left for the artifact."""
     results = []
     for gate in stage.gates:
+        if gate.release is not None:
+            if artifact is not None:
+                results.append(gatelib.release_gate(gate, artifact, registry))
+            continue
         ref = pipeline.reference_name(stage, gate) if gate.relative else None
         ref_metrics = artifacts[ref].metrics if ref in artifacts else None
         results.append(gatelib.check(gate, metrics, ref_metrics, ref))
@@ -156,7 +163,7 @@ def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, forced: bool, 
         status = "passed"
     else:
         echo(f"\n== stage {stage.label} ({stage.kind}): cached, artifact verified ({final})")
-    results = check_gates(pipeline, stage, art.metrics, artifacts)
+    results = check_gates(pipeline, stage, art.metrics, artifacts, art)
     if dist.rank() == 0:
         update_manifest(art, gates=[r.to_dict() for r in results])
     if gatelib.blocking(results):
@@ -240,8 +247,9 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str) -> Artif
     return art
 
 
-def load_run(run_dir: str | Path) -> tuple[Pipeline, list[StageOutcome]]:
-    """Reload a finished run from disk (for `lifecycle gate` and `lifecycle report`)."""
+def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOutcome]]:
+    """Reload a finished run from disk (for `lifecycle gate` and `lifecycle report`); `registry`: where
+    gates against a release look (default: lifecycle.release.registry_root())."""
     from lifecycle.config import build
 
     run_dir = Path(run_dir)
@@ -258,7 +266,7 @@ def load_run(run_dir: str | Path) -> tuple[Pipeline, list[StageOutcome]]:
             continue
         art = Artifact.load(path)
         artifacts[stage.label] = art
-        results = check_gates(pipeline, stage, art.metrics, artifacts)
+        results = check_gates(pipeline, stage, art.metrics, artifacts, art, registry)
         status = "failed" if gatelib.blocking(results) else "passed"
         seconds = art.manifest.get("timings", {}).get("seconds", 0.0)  # as the run recorded it
         outcomes.append(StageOutcome(stage.label, stage.kind, status, art, results, seconds))

@@ -33,12 +33,25 @@ def as_json(pipeline_name: str, outcomes) -> dict:
             "artifact": str(art.path) if art else None,
             "metrics": dict(art.metrics) if art else {},
             "gates": [{"metric": g.metric, "bound": g.bound, "value": g.value, "reference": g.reference,
-                       "passed": g.passed, "on_fail": g.on_fail, "vs": g.vs, "message": g.message} for g in o.gates],
+                       "passed": g.passed, "on_fail": g.on_fail, "vs": g.vs, "message": g.message,
+                       "verdict": verdict(g.passed, g.on_fail), "interval": getattr(g, "interval", None),
+                       "p_value": getattr(g, "p_value", None)} for g in o.gates],
             "seconds": round(o.seconds, 2),
             "environment": art.manifest.get("environment") if art else None,
         })
     passed = all(s["status"] in ("passed", "cached") for s in stages)
     return {"pipeline": pipeline_name, "passed": passed, "stages": stages}
+
+
+def verdict(passed: bool, on_fail: str) -> str:
+    return "pass" if passed else ("fail" if on_fail == "stop" else "warn")
+
+
+def _stat(g: dict) -> str:
+    """A gate's interval and p-value (gates against a release), e.g. ' delta 95% CI [-0.012, +0.004] p=0.38'."""
+    iv, p = g.get("interval"), g.get("p_value")
+    out = f" delta 95% CI [{iv[0]:+.4f}, {iv[1]:+.4f}]" if iv else ""
+    return out + (f" p={p:.3g}" if p is not None else "")
 
 
 def _fmt(v) -> str:
@@ -63,10 +76,11 @@ def markdown(data: dict, run_dir: Path) -> str:
     for s in data["stages"]:
         lines += ["", f"## {s['name']} ({s['kind']}): {s['status']}", ""]
         if s["gates"]:
-            lines += ["| gate | value | reference | verdict |", "|---|---|---|---|"]
+            lines += ["| gate | value | reference | interval, p | verdict |", "|---|---|---|---|---|"]
             for g in s["gates"]:
-                verdict = "pass" if g["passed"] else ("FAIL" if g["on_fail"] == "stop" else "fail (warn)")
-                lines.append(f"| `{g['bound']}` | {_fmt(g['value'])} | {_fmt(g['reference'])} | {verdict} |")
+                word = "pass" if g["passed"] else ("FAIL" if g["on_fail"] == "stop" else "fail (warn)")
+                lines.append(f"| `{g['bound']}` | {_fmt(g['value'])} | {_fmt(g['reference'])} | "
+                             f"{_stat(g).strip() or '-'} | {word} |")
             lines.append("")
         if s["metrics"]:
             lines += ["| metric | value |", "|---|---|"]
@@ -81,7 +95,9 @@ def write_junit(data: dict, path: Path) -> None:
                        failures=str(failures), errors="0")
     for s, g in cases:
         case = ET.SubElement(suite, "testcase", classname=f"{data['pipeline']}.{s['name']}", name=g["bound"])
-        text = f"value={_fmt(g['value'])} bound: {g['bound']} reference={_fmt(g['reference'])}"
+        text = f"value={_fmt(g['value'])} bound: {g['bound']} reference={_fmt(g['reference'])}{_stat(g)}"
+        if g.get("interval") is not None and g["passed"]:  # a passed comparison still shows its statistics
+            ET.SubElement(case, "system-out").text = g["message"] or text
         if not g["passed"]:
             tag = "failure" if g["on_fail"] == "stop" else "system-out"
             el = ET.SubElement(case, tag, message=g["message"] or text) if tag == "failure" else ET.SubElement(case, tag)

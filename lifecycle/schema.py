@@ -26,7 +26,9 @@ class Gate(Strict):
     min_gain: float | None = None  # value >= reference + min_gain
     max_ratio: float | None = None  # value <= reference * max_ratio
     min_ratio: float | None = None  # value >= reference * min_ratio
-    vs: str = "previous"  # reference stage for relative bounds: "previous" or an earlier stage's name
+    # reference for relative bounds: "previous", an earlier stage's name, or "release:NAME" (a registry
+    # alias or version, see lifecycle.release: compared on the same test examples, with an interval)
+    vs: str = "previous"
     on_fail: Literal["stop", "warn"] = "stop"
     # With `seeds: [...]` a stage reports <metric>_ci_low/_ci_high; binding the lower bound keeps a
     # lucky seed from blessing a release.
@@ -50,6 +52,11 @@ class Gate(Strict):
     @property
     def relative(self) -> bool:
         return self.kind not in ("min", "max")
+
+    @property
+    def release(self) -> str | None:
+        """The registry alias or version of a `vs: "release:NAME"` gate, else None."""
+        return self.vs.removeprefix("release:") if self.vs.startswith("release:") else None
 
     @property
     def value_key(self) -> str:

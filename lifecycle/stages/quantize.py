@@ -127,6 +127,8 @@ def run(cfg: Config, parent, ctx) -> dict:
     for f in rung_dir.iterdir():
         if f.is_file():
             shutil.copy2(f, ctx.out_dir / f.name)
+    if (rung_dir / "predictions").is_dir():  # the kept rung's per-example test predictions (export.evaluate)
+        shutil.copytree(rung_dir / "predictions", ctx.out_dir / "predictions")
     return metrics
 
 
