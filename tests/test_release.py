@@ -198,3 +198,19 @@ def test_release_gate_config_rules():
                         ({"metric": "accuracy", "max_drop": 0.01, "vs": "finetune2"}, "not an earlier stage")]:
         with pytest.raises(ConfigError, match=match):
             build(gate)
+
+
+def test_promoting_an_onnx_run_stores_its_bundle_with_a_model_card(tmp_path_factory, tmp_path):
+    import zipfile
+
+    from test_export import run_tiny, shared_workdir
+
+    run_dir = run_tiny(shared_workdir(tmp_path_factory))
+    registry = tmp_path / "registry"
+    entry = release.promote(run_dir, "production", registry)
+    assert entry.meta["stage"] == "export" and entry.meta["bundle"] == "model.zip"
+    with zipfile.ZipFile(entry.path / "model.zip") as zf:
+        assert "model_card.md" in zf.namelist()
+        assert json.loads(zf.read("manifest.json"))["files"]["model_card.md"]
+    assert main(["gate", str(run_dir), "--against", "production", "--registry", str(registry),
+                 "--metric", "accuracy", "--metric", "f1_macro", "--bound", "upper_ci"]) == 0
