@@ -4,7 +4,8 @@
     lifecycle bundle runs/my-pipeline/quantize -o model.zip
 
 The zip holds model.onnx (plus any external-data files it names), tokenizer.json, labels.json,
-schema.json (input names and dtypes, max length, task) and manifest.json: the sha256 of every file,
+schema.json (input names and dtypes, max length, task), model_card.md (lifecycle.model_card) and
+manifest.json: the sha256 of every file,
 the stage's metrics and gate results, the source artifact's cache key and digest, and a few recorded
 predictions that `Predictor.check()` reproduces on the device. A model whose gates failed is not
 bundled. The zip is deterministic (fixed timestamps, sorted members): the same artifact always gives
@@ -13,17 +14,19 @@ the same bytes, so its sha256 identifies a release.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
 import zipfile
 from pathlib import Path
 
-from lifecycle import LifecycleError, __version__
+from lifecycle import LifecycleError, __version__, model_card
 from lifecycle.artifact import Artifact, sha256_file
 from lifecycle.edge import LABELS, MANIFEST, MODEL, SCHEMA, TOKENIZER, Predictor, check_external_data
 
 FORMAT = "lifecycle-bundle/1"
+CARD = "model_card.md"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: members carry no build time
 
 
@@ -36,6 +39,8 @@ def write_bundle(source: Path, output: Path) -> Path:
                              + "; ".join(g.get("message") or g["bound"] for g in failed))
     names = [MODEL, *check_external_data(art.path / MODEL), TOKENIZER, LABELS, SCHEMA]
     files = {name: sha256_file(art.path / name) for name in sorted(set(names))}
+    card = model_card.render(art).encode()  # from manifests only: the same artifact gives the same card
+    files[CARD] = hashlib.sha256(card).hexdigest()
     details = art.manifest.get("details", {})
     manifest = {
         "format": FORMAT,
@@ -55,8 +60,8 @@ def write_bundle(source: Path, output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     part = output.with_name(output.name + ".part")
     with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name in files:
-            _add(zf, name, (art.path / name).read_bytes())
+        for name in sorted(files):
+            _add(zf, name, card if name == CARD else (art.path / name).read_bytes())
         _add(zf, MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     try:  # prove the bundle opens and reproduces the recorded predictions before anyone ships it
         predictor = Predictor.open(part)

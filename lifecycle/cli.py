@@ -12,6 +12,7 @@ from pathlib import Path
 from lifecycle import ConfigError, GateFailed, LifecycleError
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_GATE = 0, 1, 2, 3
+PAIRED = ("accuracy", "f1_macro", "f1_micro")  # lifecycle.release.PAIRED, without importing it for --help
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("file", type=Path, help="pipeline YAML")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. stages.finetune.train.lr=1e-4 (repeatable)")
+
+    def release_args(sp):
+        sp.add_argument("--registry", type=Path, help="registry directory (default: $LIFECYCLE_REGISTRY or "
+                        "~/.lifecycle/registry)")
+        sp.add_argument("--stage", help="the run's stage to use (default: its last with test predictions)")
 
     sp = sub.add_parser("validate", help="check a pipeline file and print the resolved plan")
     pipeline_args(sp)
@@ -46,6 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("gate", help="re-check the gates of a finished run (exit 0 or 3), for release gating in CI")
     sp.add_argument("run_dir", type=Path)
     sp.add_argument("--junit", type=Path, help="also write junit.xml here")
+    release_args(sp)
+    sp.add_argument("--against", metavar="ALIAS", help="also compare the run's model with this release (paired, on "
+                    "the same test examples): 1 if it is not in the registry, 2 if its test data differ")
+    sp.add_argument("--metric", dest="metrics", action="append", choices=PAIRED, metavar="METRIC",
+                    help=f"metric compared with --against (repeatable; {', '.join(PAIRED)}; default accuracy)")
+    sp.add_argument("--max-drop", type=float, default=0.01, help="largest drop allowed (default 0.01 = 1 point)")
+    sp.add_argument("--bound", choices=("mean", "upper_ci", "lower_ci"), default="mean",
+                    help="which end of the drop's 95%% interval must stay within --max-drop: upper_ci proves "
+                         "non-inferiority, lower_ci fails only a certain regression, mean: the point estimate")
+
+    sp = sub.add_parser("promote", help="store a run's model in the local registry under an alias (a new version)")
+    sp.add_argument("run_dir", type=Path, help="run directory (its last classification stage) or an artifact")
+    sp.add_argument("--alias", required=True, help="e.g. production")
+    release_args(sp)
 
     sp = sub.add_parser("report", help="rebuild report.json, report.md, junit.xml and plots of a run")
     sp.add_argument("run_dir", type=Path)
@@ -147,13 +167,15 @@ def cmd_gate(args) -> int:
     from lifecycle.pipeline import load_run, read_record
 
     state = read_record(args.run_dir).get("state")
-    pipeline, outcomes = load_run(args.run_dir)
+    pipeline, outcomes = load_run(args.run_dir, args.registry)
+    if args.against:
+        outcomes.append(_against(args))
     data = report.as_json(pipeline.name, outcomes, state)
     report.write_junit(data, args.junit or args.run_dir / "junit.xml")
     for o in outcomes:
         for g in o.gates:
             verdict = "pass" if g.passed else ("FAIL" if g.on_fail == "stop" else "warn")
-            why = f"  ({g.message})" if g.message and not g.passed else ""
+            why = f"\n      {g.message}" if g.message and (not g.passed or g.interval) else ""
             print(f"{verdict:5} {o.name}: {g.bound}  value={g.value}{why}")
         if o.status == "skipped":
             print(f"FAIL  {o.name}: stage did not run")
@@ -163,6 +185,37 @@ def cmd_gate(args) -> int:
         failed = [*failed, state]
     print("gates passed" if not failed else f"{len(failed)} gate(s) failed")
     return EXIT_GATE if failed else EXIT_OK
+
+
+def _against(args):
+    """`gate --against ALIAS`: the run's model against a release, one paired gate per --metric."""
+    from pydantic import ValidationError
+
+    from lifecycle import gates, release
+    from lifecycle.pipeline import StageOutcome
+    from lifecycle.schema import Gate
+
+    baseline = release.resolve(args.against, args.registry)
+    art = release.candidate(args.run_dir, args.stage)
+    results = []
+    for metric in args.metrics or ["accuracy"]:
+        try:
+            gate = Gate(metric=metric, max_drop=args.max_drop, vs=f"release:{args.against}", bound=args.bound)
+        except ValidationError as exc:
+            raise ConfigError(f"--max-drop: {exc.errors()[0]['msg']}") from None
+        results.append(gates.check_release(gate, art, baseline))
+    status = "failed" if gates.blocking(results) else "passed"
+    return StageOutcome(f"{art.manifest.get('stage')} vs release:{args.against}", art.manifest.get("stage_kind", "?"),
+                        status, art, results)
+
+
+def cmd_promote(args) -> int:
+    from lifecycle.release import promote
+
+    entry = promote(args.run_dir, args.alias, args.registry, args.stage)
+    print(f"{args.alias} -> {entry.version}: {entry.meta['pipeline']}/{entry.meta['stage']} "
+          f"(digest {entry.meta['digest'][:16]}, {entry.meta['test_examples']} test predictions) in {entry.path}")
+    return EXIT_OK
 
 
 def cmd_report(args) -> int:

@@ -55,6 +55,9 @@ class Pipeline(Strict):
                 if gate.metric not in stage.metric_names():
                     known = ", ".join(sorted(stage.metric_names()))
                     raise ValueError(f"{gwhere}.metric: '{stage.kind}' cannot produce '{gate.metric}' (it reports {known})")
+                if gate.release is not None:
+                    _check_release_gate(gate, gwhere)
+                    continue
                 if gate.bound != "mean" and not stage.seeds:
                     raise ValueError(f"{gwhere}.bound: '{gate.bound}' needs `seeds: [...]` (2 or more) on the stage")
                 if gate.relative:
@@ -121,6 +124,22 @@ def _runtime(metric: str) -> str | None:
     """The runtime a latency metric names (torch_latency_p50_ms -> torch), or None."""
     head = metric.split("_", 1)[0]
     return head if head in ("torch", "ort", "http") and "latency" in metric else None
+
+
+def _check_release_gate(gate: Gate, where: str) -> None:
+    """`vs: "release:NAME"`: a relative bound against a registry entry (no earlier stage needed); a
+    confidence bound comes from the paired comparison, so it needs no `seeds`, but only metrics with
+    per-example test predictions have one."""
+    from lifecycle.release import PAIRED
+
+    if not gate.release:
+        raise ValueError(f"{where}.vs: 'release:' needs an alias or version, e.g. release:production")
+    if not gate.relative:
+        raise ValueError(f"{where}: a release gate compares with the release: use max_drop, min_gain, max_ratio "
+                         f"or min_ratio, not {gate.kind}")
+    if gate.bound != "mean" and (gate.metric not in PAIRED or gate.kind not in ("max_drop", "min_gain")):
+        raise ValueError(f"{where}.bound: '{gate.bound}' against a release needs a max_drop or min_gain gate on "
+                         f"{' / '.join(PAIRED)} (paired per-example comparison)")
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -23,8 +23,8 @@ class GateResult:
     vs: str | None = None  # reference stage name for relative gates
     message: str = ""
     verdict: str | None = None  # pass | fail | warn | inconclusive
-    interval: list[float] | None = None  # 95% interval of the compared quantity (e.g. a latency ratio)
-    p_value: float | None = None
+    interval: list[float] | None = None  # 95% interval: candidate - release (paired bootstrap), or a latency ratio
+    p_value: float | None = None  # release gates: McNemar's exact test (accuracy) or the bootstrap's
     details: dict | None = None  # how it was measured (rounds, load average before/after)
 
     def to_dict(self) -> dict:
@@ -134,3 +134,67 @@ def on_validation(metrics: dict) -> dict:
 def blocking(results: list[GateResult]) -> list[GateResult]:
     """Failed gates that stop the pipeline (on_fail: stop)."""
     return [r for r in results if not r.passed and r.on_fail == "stop"]
+
+
+# ------------------------------------------------------------------------------ against a release
+# A gate with `vs: "release:NAME"` compares a stage's artifact with a registry entry (lifecycle.release).
+# On accuracy and F1 the comparison is paired, on the same test examples: the delta's 95% interval
+# (paired bootstrap) and a p-value (McNemar's exact test for accuracy). `bound` picks the end of the
+# interval that decides: for max_drop, `upper_ci` passes only when even the pessimistic end of the
+# drop is within the margin (non-inferiority: the candidate must show it is not worse), `lower_ci` fails
+# only when even the optimistic end exceeds it (a regression beyond doubt), `mean` reads the point
+# estimate; for min_gain the same ends of the gain. Other metrics (latency, size) compare with the
+# release's recorded value, as a stage reference would be.
+
+
+def describe_release(gate: Gate, version: str | None = None, ref_value: float | None = None) -> str:
+    ref = f"{gate.vs}" + (f" [{version}]" if version else "")
+    if ref_value is not None and _finite(ref_value):
+        ref = f"{ref} ({ref_value:.4g})"
+    ends = {"mean": "", "upper_ci": ", upper 95% CI", "lower_ci": ", lower 95% CI"}
+    if gate.kind == "max_drop":
+        return f"{gate.metric} drop vs {ref} <= {gate.threshold:g}{ends[gate.bound]}"
+    if gate.kind == "min_gain":
+        return f"{gate.metric} gain vs {ref} >= {gate.threshold:g}{ends[gate.bound]}"
+    return describe(gate, ref, None)
+
+
+def check_release(gate: Gate, artifact, baseline, seed: int = 0) -> GateResult:
+    """`gate` (vs: "release:NAME") on `artifact` against the resolved registry entry `baseline`.
+    Raises release.DataMismatch when the two were scored on different test examples."""
+    from lifecycle import release
+
+    ref_value = baseline.metrics.get(gate.metric)
+    if gate.metric not in release.PAIRED or gate.kind not in ("max_drop", "min_gain"):
+        result = check(gate, artifact.metrics, baseline.metrics, f"{gate.vs} [{baseline.version}]")
+        result.bound, result.vs = describe_release(gate, baseline.version, ref_value), gate.vs
+        return result
+    from lifecycle.evaluation import TEST_PREDICTIONS
+
+    cand = release.Predictions.load(artifact.path / TEST_PREDICTIONS)
+    c = release.compare(gate.metric, baseline.predictions(), cand, seed,
+                        what=f"release {gate.release} ({baseline.version}, {baseline.path})")
+    t, eps = gate.threshold, 1e-12  # eps: a drop of exactly the margin, in float arithmetic, passes
+    decide = {"mean": c.delta, "upper_ci": c.high, "lower_ci": c.low}
+    if gate.kind == "max_drop":  # the drop's interval is [-high, -low]: its upper end is -low
+        drop = {"mean": -c.delta, "upper_ci": -c.low, "lower_ci": -c.high}[gate.bound]
+        passed = drop <= t + eps
+    else:
+        passed = decide[gate.bound] >= t - eps
+    bound = describe_release(gate, baseline.version, c.baseline)
+    message = f"{c.describe()} against {gate.release} [{baseline.version}]"
+    if not passed:
+        message += f": violates {bound}"
+    return GateResult(gate.metric, bound, c.candidate, c.baseline, passed, gate.on_fail, gate.vs, message,
+                      interval=[c.low, c.high], p_value=c.p_value)
+
+
+def release_gate(gate: Gate, artifact, registry=None) -> GateResult:
+    """check_release for a pipeline's gate: a missing entry or mismatched test data is a failed gate
+    (with its reason), never a gate that passes unchecked."""
+    from lifecycle import LifecycleError, release
+
+    try:
+        return check_release(gate, artifact, release.resolve(gate.release, registry))
+    except LifecycleError as exc:
+        return GateResult(gate.metric, describe_release(gate), None, None, False, gate.on_fail, gate.vs, str(exc))

@@ -63,11 +63,17 @@ class StageContext:
 
 
 def check_gates(pipeline: Pipeline, stage, metrics: dict, artifacts: dict[str, Artifact],
-                split: str = "test", candidate: Artifact | None = None) -> list[gatelib.GateResult]:
-    """The stage's gates. Given the candidate artifact, relative latency gates re-time it beside the
-    reference artifact in this process (interleaved) instead of dividing numbers recorded apart."""
+                split: str = "test", candidate: Artifact | None = None, registry=None) -> list[gatelib.GateResult]:
+    """The stage's gates on `metrics`. Given the sealed `candidate` artifact, relative latency gates re-time
+    it beside the reference artifact in this process (interleaved) instead of dividing numbers recorded
+    apart, and gates against a release (vs: "release:NAME") read its test predictions; without one (a
+    ladder's candidates) those gates are left for the artifact."""
     results = []
     for gate in stage.gates:
+        if gate.release is not None:
+            if candidate is not None:
+                results.append(gatelib.release_gate(gate, candidate, registry))
+            continue
         ref = pipeline.reference_name(stage, gate) if gate.relative else None
         if gate.interleaved and candidate is not None and ref in artifacts:
             max_length = pipeline.task.max_length if pipeline.task else 128
@@ -294,13 +300,14 @@ def read_record(run_dir: str | Path) -> dict:
         raise LifecycleError(f"{resolved}: unreadable ({exc}); re-run the pipeline") from None
 
 
-def load_run(run_dir: str | Path) -> tuple[Pipeline, list[StageOutcome]]:
+def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOutcome]]:
     """Reload a run from disk (for `lifecycle gate` and `lifecycle report`) and judge it again.
 
     Each artifact is checked against the config the run directory records, not just against itself:
     its files must match their hashes, its cache key must be the one the recorded config implies
     (parent chain and data included), and its parent must be the artifact it was built from. An
     artifact that fails any of these is a failed stage with a message saying why, never a pass.
+    `registry`: where gates against a release look (default: lifecycle.release.registry_root()).
     """
     from lifecycle.config import build
 
@@ -325,7 +332,7 @@ def load_run(run_dir: str | Path) -> tuple[Pipeline, list[StageOutcome]]:
         problem = _mismatch(stage.label, art, keys[stage.label], artifacts.get(parent_label), parent_label)
         artifacts[stage.label] = art
         results = [_integrity_failure(problem)] if problem else []
-        results += check_gates(pipeline, stage, art.metrics, artifacts, candidate=art)
+        results += check_gates(pipeline, stage, art.metrics, artifacts, candidate=art, registry=registry)
         status = "failed" if gatelib.blocking(results) else "passed"
         seconds = art.manifest.get("timings", {}).get("seconds", 0.0)  # as the run recorded it
         outcomes.append(StageOutcome(stage.label, stage.kind, status, art, results, seconds))

@@ -39,13 +39,28 @@ def as_json(pipeline_name: str, outcomes, run_state: str | None = "finished") ->
             "metrics": dict(art.metrics) if art else {},
             "gates": [{"metric": g.metric, "bound": g.bound, "value": g.value, "reference": g.reference,
                        "passed": g.passed, "on_fail": g.on_fail, "vs": g.vs, "message": g.message,
-                       "verdict": g.verdict, "interval": g.interval, "p_value": g.p_value, "details": g.details}
-                      for g in o.gates],
+                       "verdict": g.verdict or verdict(g.passed, g.on_fail), "interval": g.interval,
+                       "p_value": g.p_value, "details": g.details} for g in o.gates],
             "seconds": round(o.seconds, 2),
             "environment": art.manifest.get("environment") if art else None,
         })
     passed = run_state == "finished" and all(s["status"] in ("passed", "cached") for s in stages)
     return {"pipeline": pipeline_name, "passed": passed, "run_state": run_state, "stages": stages}
+
+
+def verdict(passed: bool, on_fail: str) -> str:
+    return "pass" if passed else ("fail" if on_fail == "stop" else "warn")
+
+
+def _stat(g: dict) -> str:
+    """A gate's interval and p-value: ' delta 95% CI [-0.012, +0.004] p=0.38' against a release, ' ratio 95% CI
+    [0.41, 0.45]' for a relative latency gate timed side by side."""
+    iv, p = g.get("interval"), g.get("p_value")
+    ratio = "ratio" in (g.get("details") or {})
+    out = ""
+    if iv:
+        out = f" ratio 95% CI [{iv[0]:.3f}, {iv[1]:.3f}]" if ratio else f" delta 95% CI [{iv[0]:+.4f}, {iv[1]:+.4f}]"
+    return out + (f" p={p:.3g}" if p is not None else "")
 
 
 def _fmt(v) -> str:
@@ -70,12 +85,11 @@ def markdown(data: dict, run_dir: Path) -> str:
     for s in data["stages"]:
         lines += ["", f"## {s['name']} ({s['kind']}): {s['status']}", ""]
         if s["gates"]:
-            lines += ["| gate | value | reference | verdict |", "|---|---|---|---|"]
+            lines += ["| gate | value | reference | interval, p | verdict |", "|---|---|---|---|---|"]
             for g in s["gates"]:
-                verdict = g.get("verdict") or ("pass" if g["passed"] else ("FAIL" if g["on_fail"] == "stop" else "fail (warn)"))
-                if g.get("interval"):
-                    verdict += f" [{_fmt(g['interval'][0])}, {_fmt(g['interval'][1])}]"
-                lines.append(f"| `{g['bound']}` | {_fmt(g['value'])} | {_fmt(g['reference'])} | {verdict} |")
+                word = g.get("verdict") or ("pass" if g["passed"] else ("FAIL" if g["on_fail"] == "stop" else "fail (warn)"))
+                lines.append(f"| `{g['bound']}` | {_fmt(g['value'])} | {_fmt(g['reference'])} | "
+                             f"{_stat(g).strip() or '-'} | {word} |")
             lines.append("")
         if s["metrics"]:
             lines += ["| metric | value |", "|---|---|"]
@@ -94,13 +108,11 @@ def write_junit(data: dict, path: Path) -> None:
         ET.SubElement(case, "failure", message=f"the last `lifecycle run` did not finish ({data['run_state']})")
     for s, g in cases:
         case = ET.SubElement(suite, "testcase", classname=f"{data['pipeline']}.{s['name']}", name=g["bound"])
-        text = f"value={_fmt(g['value'])} bound: {g['bound']} reference={_fmt(g['reference'])}"
-        if g.get("interval"):
-            text += f" interval=[{_fmt(g['interval'][0])}, {_fmt(g['interval'][1])}]"
-        if g.get("p_value") is not None:
-            text += f" p={_fmt(g['p_value'])}"
+        text = f"value={_fmt(g['value'])} bound: {g['bound']} reference={_fmt(g['reference'])}{_stat(g)}"
         if g.get("verdict"):
             text += f" verdict={g['verdict']}"
+        if g.get("interval") is not None and g["passed"]:  # a passed comparison still shows its statistics
+            ET.SubElement(case, "system-out").text = g["message"] or text
         if not g["passed"]:
             tag = "failure" if g["on_fail"] == "stop" else "system-out"
             el = ET.SubElement(case, tag, message=g["message"] or text) if tag == "failure" else ET.SubElement(case, tag)

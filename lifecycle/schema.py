@@ -26,7 +26,9 @@ class Gate(Strict):
     min_gain: float | None = None  # value >= reference + min_gain
     max_ratio: float | None = None  # value <= reference * max_ratio
     min_ratio: float | None = None  # value >= reference * min_ratio
-    vs: str = "previous"  # reference stage for relative bounds: "previous" or an earlier stage's name
+    # reference for relative bounds: "previous", an earlier stage's name, or "release:NAME" (a registry
+    # alias or version, see lifecycle.release: compared on the same test examples, with an interval)
+    vs: str = "previous"
     # The reference's metric when it is not `metric`: comparing across runtimes (ort_latency_p50_ms of an
     # ONNX stage against torch_latency_p50_ms of a PyTorch one) must be asked for by naming both.
     reference_metric: str | None = Field(None, exclude_if=lambda v: v is None)
@@ -66,6 +68,11 @@ class Gate(Strict):
     def interleaved(self) -> bool:
         """A relative latency bound: judged on a fresh side-by-side measurement, not on recorded numbers."""
         return self.kind in ("max_ratio", "min_ratio") and "latency" in self.metric
+
+    @property
+    def release(self) -> str | None:
+        """The registry alias or version of a `vs: "release:NAME"` gate, else None."""
+        return self.vs.removeprefix("release:") if self.vs.startswith("release:") else None
 
     @property
     def value_key(self) -> str:

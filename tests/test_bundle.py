@@ -37,9 +37,10 @@ def quantized_run(onnx_workdir, tmp_path_factory):
 def test_run_dir_bundles_the_last_onnx_stage(quantized_run, tmp_path):
     out = write_bundle(quantized_run, tmp_path / "model.zip")
     with zipfile.ZipFile(out) as zf:
-        assert sorted(zf.namelist()) == ["labels.json", "manifest.json", "model.onnx", "schema.json", "tokenizer.json"]
+        assert sorted(zf.namelist()) == ["labels.json", "manifest.json", "model.onnx", "model_card.md", "schema.json",
+                                         "tokenizer.json"]
         manifest = json.loads(zf.read("manifest.json"))
-        assert set(manifest["files"]) == {"labels.json", "model.onnx", "schema.json", "tokenizer.json"}
+        assert set(manifest["files"]) == {"labels.json", "model.onnx", "model_card.md", "schema.json", "tokenizer.json"}
         for name, digest in manifest["files"].items():
             assert hashlib.sha256(zf.read(name)).hexdigest() == digest
     art = Artifact.load(quantized_run / "quantize")

@@ -79,7 +79,7 @@ def op_types(model_path: Path) -> set[str]:
 def test_export_files_metrics_and_parity_gate(export_run):
     art = Artifact.load(export_run / "export")
     assert set(art.manifest["files"]) == {"model.onnx", "tokenizer.json", "labels.json", "schema.json", "config.json",
-                                          "tokenizer_config.json", "special_tokens_map.json"}
+                                          "tokenizer_config.json", "special_tokens_map.json", "predictions/test.jsonl"}
     m = art.metrics
     assert m["parity_max_abs_diff"] < 1e-4 and m["argmax_agreement"] == 1.0
     for key in ("accuracy", "f1_macro", "ort_latency_p50_ms", "ort_latency_p99_ms", "ort_latency_b32_p50_ms", "size_mb"):

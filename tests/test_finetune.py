@@ -78,7 +78,7 @@ def test_full_finetune_learns_and_reports(base):
     _, art = base
     files = {p.name for p in art.path.iterdir()}
     assert files == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                     "special_tokens_map.json", "manifest.json"}
+                     "special_tokens_map.json", "manifest.json", "predictions"}
     m = art.metrics
     assert m["accuracy"] >= 0.8 and m["f1_micro"] == pytest.approx(m["accuracy"]) and 0 < m["f1_macro"] <= 1
     assert m["torch_latency_p50_ms"] <= m["torch_latency_p95_ms"] <= m["torch_latency_p99_ms"]

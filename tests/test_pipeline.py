@@ -11,9 +11,9 @@ from conftest import tiny_pipeline
 from lifecycle.cli import main
 
 FINETUNE_FILES = {"config.json", "manifest.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json",
-                  "tokenizer_config.json"}
+                  "tokenizer_config.json", "predictions"}  # predictions/test.jsonl: per-example, for release gates
 EXPORT_FILES = {"config.json", "labels.json", "manifest.json", "model.onnx", "schema.json", "special_tokens_map.json",
-                "tokenizer.json", "tokenizer_config.json"}
+                "tokenizer.json", "tokenizer_config.json", "predictions"}
 
 
 def write(path, raw):

@@ -68,6 +68,7 @@ def run(cfg: Config, parent, ctx) -> dict:
     import time
 
     from lifecycle import models, training
+    from lifecycle.evaluation import score_test
     from lifecycle.stages import finetune as ft
 
     task = ctx.pipeline.task
@@ -108,7 +109,7 @@ def run(cfg: Config, parent, ctx) -> dict:
     models.save(student, s_tok, ctx.out_dir)
 
     texts, targets = data.splits["test"]["text"], splits["test"]["labels"]
-    metrics = ft.score(ft.logits_of(student, s_tok, texts, task.max_length), targets, labels)
+    metrics = score_test(ft.logits_of(student, s_tok, texts, task.max_length), targets, texts, ctx.out_dir)
     teacher_scores = ft.score(ft.logits_of(teacher, t_tok, texts, task.max_length), targets, labels)
     t_lat, s_lat = paired_latency(teacher, t_tok, student, s_tok, texts[0], cfg, task.max_length)
     s_params, t_params = models.count_parameters(student)["params_total"], models.count_parameters(teacher)["params_total"]

@@ -245,11 +245,12 @@ def parity(model, tokenizer, predictor, texts: list[str], max_length: int, refer
 
 def evaluate(predictor, test, latency: OnnxLatency, max_length: int, logits=None) -> dict:
     """What every onnx-model stage reports: accuracy/F1 on the full test split, latency at batch 1
-    (ort_latency_p50_ms...) and batch 32 (ort_latency_b32_*) padded to seq_len, and size_mb."""
-    from lifecycle.evaluation import classification_metrics
+    (ort_latency_p50_ms...) and batch 32 (ort_latency_b32_*) padded to seq_len, and size_mb. The per-example
+    test predictions go beside the model (predictor.root)."""
+    from lifecycle.evaluation import score_test
 
     logits = predictor.logits(test["text"]) if logits is None else logits
-    metrics = classification_metrics(logits.argmax(-1), test["label"])
+    metrics = score_test(logits, test["label"], test["text"], predictor.root)
     metrics.update(onnx_latency(predictor, test["text"][0], latency, max_length))
     return metrics
 

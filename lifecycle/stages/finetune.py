@@ -101,6 +101,7 @@ def run(cfg: Config, parent, ctx) -> dict:
     import time
 
     from lifecycle import models
+    from lifecycle.evaluation import score_test
 
     task = ctx.pipeline.task
     data = ctx.task_data()
@@ -142,8 +143,9 @@ def run(cfg: Config, parent, ctx) -> dict:
         model = trainer.model
     models.save(model, tokenizer, ctx.out_dir)
 
-    test = splits["test"]
-    metrics.update(score(logits_of(model, tokenizer, data.splits["test"]["text"], task.max_length), test["labels"], labels))
+    texts = data.splits["test"]["text"]
+    metrics.update(score_test(logits_of(model, tokenizer, texts, task.max_length), splits["test"]["labels"], texts,
+                              ctx.out_dir, labels.threshold if labels.multi else None))
     metrics.update(latency(model, tokenizer, data.splits["test"]["text"][0], cfg.latency, task.max_length))
     metrics.update(counts, trainable_fraction=counts["params_trainable"] / counts["params_total"],
                    **{f"val_{m}": val[f"eval_{m}"] for m in CLASSIFICATION}, eval_loss=val["eval_loss"],
@@ -277,22 +279,9 @@ def classification_loss(weights: list[float] | None, multi: bool):
 
 def score(logits, targets, labels: LabelSpace) -> dict[str, float]:
     """accuracy (exact match for multi-label), macro-F1 and micro-F1, through the shipped evaluate modules."""
-    import numpy as np
+    from lifecycle.evaluation import predicted_labels, scores
 
-    from lifecycle.evaluation import classification_metrics, metric
-
-    if not labels.multi:
-        return classification_metrics(np.asarray(logits).argmax(-1), targets)
-    probs = 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64)))
-    pred, ref = (probs >= labels.threshold).astype(int), np.asarray(targets).astype(int)
-    rows: dict[tuple, int] = {}  # each distinct label set gets an id, so accuracy = exact-set match
-    ids = [[rows.setdefault(tuple(r), len(rows)) for r in m] for m in (pred, ref)]
-    f1 = metric("f1")
-    per_label = [f1.compute(predictions=pred[:, j], references=ref[:, j], average="binary")["f1"]
-                 for j in range(ref.shape[1])]
-    return {"accuracy": metric("accuracy").compute(predictions=ids[0], references=ids[1])["accuracy"],
-            "f1_macro": float(np.mean(per_label)),
-            "f1_micro": f1.compute(predictions=pred.ravel(), references=ref.ravel(), average="binary")["f1"]}
+    return scores(predicted_labels(logits, labels.threshold if labels.multi else None), targets)
 
 
 # ---------------------------------------------------------------------------------------- models, training

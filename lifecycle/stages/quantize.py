@@ -131,7 +131,7 @@ def run(cfg: Config, parent, ctx) -> dict:
         raise LifecycleError("quantize: every rung failed: " + "; ".join(f"{a['method']}: {a['error']}" for a in attempts))
     method, rung_dir, predictor, chosen = built
     test = splits["test"]
-    metrics, outputs = measure(predictor, test, reference["test"], ctx.pipeline, "test")
+    metrics, outputs = measure(predictor, test, reference["test"], ctx.pipeline, "test", ctx.out_dir)
     metrics.update({k: v for k, v in chosen.items() if k not in gatelib.SPLIT_SCORES})  # latency, size
     metrics.update({f"val_{k}": v for k, v in chosen.items() if k in gatelib.SPLIT_SCORES})
     ctx.details.update(method=method, passed=attempts[-1]["passed"], **prediction_details(predictor, test, outputs))
@@ -141,11 +141,12 @@ def run(cfg: Config, parent, ctx) -> dict:
     return metrics
 
 
-def measure(predictor, rows, reference, pipeline, split: str):
+def measure(predictor, rows, reference, pipeline, split: str, out_dir: Path | None = None):
     """(scores, outputs) on one split: accuracy/F1 plus agreement with the fp32 parent's logits (argmax
     agreement, max |logit diff|); for an embedding model kNN accuracy (+ Spearman) and cosine to the
     parent's fp32 embeddings (the parent is gated to PyTorch by its parity check, so this is fidelity to
-    PyTorch as well). Latency and size are split-free: see export.onnx_latency."""
+    PyTorch as well). Latency and size are split-free: see export.onnx_latency. With `out_dir` (the test
+    split, scored once) the per-example predictions are written there (lifecycle.evaluation.score_test)."""
     import numpy as np
 
     if predictor.task == "embedding":
@@ -153,10 +154,13 @@ def measure(predictor, rows, reference, pipeline, split: str):
 
         return onnx_metrics(predictor, None, 0, pipeline, reference, split)
 
-    from lifecycle.evaluation import classification_metrics
+    from lifecycle.evaluation import classification_metrics, score_test
 
     logits = predictor.logits(rows["text"])
-    metrics = classification_metrics(logits.argmax(-1), rows["label"])
+    if out_dir is not None:
+        metrics = score_test(logits, rows["label"], rows["text"], out_dir)
+    else:
+        metrics = classification_metrics(logits.argmax(-1), rows["label"])
     metrics.update(argmax_agreement=float((logits.argmax(-1) == reference.argmax(-1)).mean()),
                    logit_max_abs_diff=float(np.abs(logits - reference).max()))
     return metrics, logits
