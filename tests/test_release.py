@@ -189,10 +189,10 @@ def test_release_gate_config_rules():
 
     # no earlier stage needed, and a confidence bound needs no seeds against a release
     build({"metric": "f1_macro", "max_drop": 0.02, "vs": "release:production", "bound": "upper_ci"})
-    build({"metric": "latency_p95_ms", "max_ratio": 1.2, "vs": "release:production"})
+    build({"metric": "torch_latency_p95_ms", "max_ratio": 1.2, "vs": "release:production"})
     for gate, match in [({"metric": "accuracy", "min": 0.9, "vs": "release:production"}, "max_drop, min_gain"),
                         ({"metric": "bleu", "max_drop": 0.01, "vs": "release:production"}, "cannot produce"),
-                        ({"metric": "latency_p95_ms", "max_ratio": 1.2, "vs": "release:prod", "bound": "upper_ci"},
+                        ({"metric": "torch_latency_p95_ms", "max_ratio": 1.2, "vs": "release:prod", "bound": "upper_ci"},
                          "paired per-example"),
                         ({"metric": "accuracy", "max_drop": 0.01, "vs": "release:"}, "needs an alias"),
                         ({"metric": "accuracy", "max_drop": 0.01, "vs": "finetune2"}, "not an earlier stage")]:
