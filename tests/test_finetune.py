@@ -230,7 +230,9 @@ def test_class_weights_balanced_are_used_in_the_loss(tmp_path):
     import torch.nn.functional as F
 
     data = keyword_data(tmp_path / "skew.jsonl", n=100, skew=True)
-    stage = {"kind": "finetune", "model": MODEL, "class_weights": "balanced", "train": {**TRAIN, "epochs": 3}}
+    # 3 epochs on 60 skewed rows may still predict only 'food': the loss, not the model, is checked here
+    stage = {"kind": "finetune", "model": MODEL, "class_weights": "balanced", "train": {**TRAIN, "epochs": 3},
+             "collapse_min": None}
     art = run(raw_pipeline(data, [stage]), tmp_path)["finetune"]
     weights = art.manifest["details"]["class_weights"]
     assert weights["food"] < 1 < min(v for k, v in weights.items() if k != "food")  # the majority class counts less
@@ -265,7 +267,7 @@ def test_early_stopping_stops_and_keeps_the_best_checkpoint(tmp_path):
     # lr ~ 0: the metric never improves after the first evaluation, so patience 2 stops at step 6 of 60
     train = {**TRAIN, "lr": 1.0e-9, "max_steps": 60, "eval_steps": 2}
     stage = {"kind": "finetune", "model": MODEL, "metric": "f1_macro", "early_stopping": {"patience": 2},
-             "train": train}
+             "train": train, "collapse_min": None}  # an untrained model predicts one class
     art = run(raw_pipeline(data, [stage]), tmp_path)["finetune"]
     assert art.metrics["train_steps"] == 6
     assert art.manifest["details"]["best_checkpoint"].endswith("checkpoint-2")
@@ -288,7 +290,8 @@ def test_multi_label(tmp_path):
 def test_gates_fail_the_pipeline_through_the_cli(tmp_path):
     data = keyword_data(tmp_path / "kw.jsonl", n=80)
     stage = {"kind": "finetune", "model": MODEL, "train": {**TRAIN, "epochs": 1, "lr": 1.0e-9},
-             "gates": [{"metric": "accuracy", "min": 0.6}]}  # an untrained model is at chance (~0.25)
+             "gates": [{"metric": "accuracy", "min": 0.6}],  # an untrained model is at chance (~0.25)
+             "collapse_min": None}  # (and predicts one class: test_collapse_gate covers that gate)
     raw = raw_pipeline(data, [stage], name="gated")
     raw["workdir"] = str(tmp_path / "runs")
     path = tmp_path / "gated.yaml"
@@ -309,7 +312,8 @@ def test_crash_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys
     from lifecycle.stages import finetune
 
     data = keyword_data(tmp_path / "kw.jsonl", n=80)
-    stage = {"kind": "finetune", "model": MODEL, "train": {**TRAIN, "max_steps": 12, "eval_steps": 4}}
+    stage = {"kind": "finetune", "model": MODEL, "train": {**TRAIN, "max_steps": 12, "eval_steps": 4},
+             "collapse_min": None}  # 12 steps: the model may still predict one class; resuming is under test
     straight = run(raw_pipeline(data, [stage]), tmp_path / "straight")["finetune"]
 
     class Crash(TrainerCallback):
