@@ -209,7 +209,7 @@ def test_collapse_gate_fails_a_collapsed_model_and_passes_a_healthy_one(base, tm
     assert any(g["metric"] == "minority_prediction_ratio" and g["passed"] for g in healthy.manifest["gates"])
     # Only 'food' carries loss: the model learns to predict food for everything (25% of the labels).
     data = keyword_data(tmp_path / "kw.jsonl", n=120)
-    stage = {"kind": "finetune", "model": MODEL, "train": {**TRAIN, "epochs": 3},
+    stage = {"kind": "finetune", "model": MODEL, "train": {**TRAIN, "epochs": 3}, "collapse_on_fail": "stop",
              "class_weights": {"food": 1.0, "sports": 1e-6, "tech": 1e-6, "travel": 1e-6}}
     with pytest.raises(GateFailed, match="minority_prediction_ratio"):
         pipeline.run(cfglib.build(raw_pipeline(data, [stage], name="collapse"), base_dir=tmp_path),
@@ -220,7 +220,9 @@ def test_collapse_gate_fails_a_collapsed_model_and_passes_a_healthy_one(base, tm
     assert [g["metric"] for g in art.manifest["gates"] if not g["passed"]] == ["minority_prediction_ratio"]
     assert "prediction collapse" in capsys.readouterr().err
     assert "class imbalance" in art.manifest["details"]["collapse_warning"]
-    # the default gate can be switched off
+    # by default the gate warns (the run goes on, the report shows it); it can be switched off
+    warn = cfglib.build(raw_pipeline(data, [{**stage, "collapse_on_fail": "warn"}]), base_dir=tmp_path)
+    assert [g.on_fail for g in warn.stages[0].gates if g.metric == "minority_prediction_ratio"] == ["warn"]
     off = cfglib.build(raw_pipeline(data, [{**stage, "collapse_min": None}]), base_dir=tmp_path)
     assert not any(g.metric == "minority_prediction_ratio" for g in off.stages[0].gates)
 

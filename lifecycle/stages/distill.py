@@ -65,6 +65,7 @@ class Config(StageBase):
     latency: TorchLatency = TorchLatency()
     latency_rounds: int = Field(3, gt=0)  # alternating teacher/student rounds; the median round counts
     collapse_min: float | None = Field(0.2, ge=0, le=1)  # as in finetune: default gate on minority_prediction_ratio
+    collapse_on_fail: Literal["stop", "warn"] = "warn"
 
     def metric_names(self) -> set[str]:
         teacher = {f"teacher_{m}" for m in (*CLASSIFICATION, *LATENCY_METRICS, "params_total", "size_mb")}
@@ -73,7 +74,7 @@ class Config(StageBase):
                 *COLLAPSE_METRICS}
 
     def model_post_init(self, _ctx) -> None:
-        self.gates = collapse_gate(self.gates, self.collapse_min)
+        self.gates = collapse_gate(self.gates, self.collapse_min, self.collapse_on_fail)
 
 
 def run(cfg: Config, parent, ctx) -> dict:
