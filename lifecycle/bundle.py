@@ -23,20 +23,34 @@ from pathlib import Path
 
 from lifecycle import LifecycleError, __version__, model_card
 from lifecycle.artifact import Artifact, sha256_file
-from lifecycle.edge import LABELS, MANIFEST, MODEL, SCHEMA, TOKENIZER, Predictor, check_external_data
+from lifecycle.edge import (
+    LABELS,
+    MANIFEST,
+    MODEL,
+    SCHEMA,
+    SIGNATURE,
+    TOKENIZER,
+    Predictor,
+    check_external_data,
+)
 
 FORMAT = "lifecycle-bundle/1"
 CARD = "model_card.md"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: members carry no build time
 
 
-def write_bundle(source: Path, output: Path) -> Path:
-    """Write the bundle for `source` (a run directory or an onnx-model artifact) to `output`."""
+def write_bundle(source: Path, output: Path, sign: Path | None = None) -> Path:
+    """Write the bundle for `source` (a run directory or an onnx-model artifact) to `output`; with
+    `sign` (an Ed25519 private key PEM), add manifest.sig over manifest.json (lifecycle.signing)."""
     art = onnx_artifact(Path(source))
     failed = [g for g in art.manifest.get("gates", []) if not g["passed"] and g.get("on_fail", "stop") == "stop"]
     if failed:
         raise LifecycleError(f"{art.path}: refusing to bundle a model that failed its gates: "
                              + "; ".join(g.get("message") or g["bound"] for g in failed))
+    if sign is not None:  # a bad key fails before any work
+        from lifecycle import signing
+
+        key = signing.load_private_key(sign)
     names = [MODEL, *check_external_data(art.path / MODEL), TOKENIZER, LABELS, SCHEMA]
     files = {name: sha256_file(art.path / name) for name in sorted(set(names))}
     card = model_card.render(art).encode()  # from manifests only: the same artifact gives the same card
@@ -62,9 +76,13 @@ def write_bundle(source: Path, output: Path) -> Path:
     with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as zf:
         for name in sorted(files):
             _add(zf, name, card if name == CARD else (art.path / name).read_bytes())
-        _add(zf, MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    try:  # prove the bundle opens and reproduces the recorded predictions before anyone ships it
-        predictor = Predictor.open(part)
+        manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        _add(zf, MANIFEST, manifest_bytes)
+        if sign is not None:
+            record = signing.signature_record(manifest_bytes, key)
+            _add(zf, SIGNATURE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    try:  # prove the bundle opens (and its signature verifies) and reproduces the recorded predictions
+        predictor = Predictor.open(part, trusted_keys=[signing.public_pem(key)] if sign is not None else None)
         if manifest["sample_predictions"]:
             predictor.check()
     except Exception:

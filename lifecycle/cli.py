@@ -73,12 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("bundle", help="write an edge bundle (zip) from a run's last ONNX artifact")
     sp.add_argument("source", type=Path, help="run directory or export/quantize artifact")
     sp.add_argument("-o", "--output", type=Path, default=Path("model.zip"))
+    sp.add_argument("--sign", type=Path, metavar="KEY",
+                    help="sign the manifest with this Ed25519 private key (PEM; python -m lifecycle.signing KEY makes one)")
 
     sp = sub.add_parser("serve", help="serve a run, artifact or bundle with BentoML on 127.0.0.1")
     sp.add_argument("source", type=Path, help="run directory, export/quantize artifact, or bundle zip")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=3000)
     sp.add_argument("--tune", action="store_true", help="measure a small grid of serving settings, keep the best")
+    sp.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", metavar="PUBKEY",
+                    help="serve only a bundle signed by this Ed25519 public key (PEM; repeatable)")
 
     sp = sub.add_parser("build", help="build a Bento (bentoml build) with the model versioned by its hash")
     sp.add_argument("source", type=Path)
@@ -230,8 +234,12 @@ def cmd_report(args) -> int:
 
 def cmd_bundle(args) -> int:
     from lifecycle.bundle import write_bundle
+    from lifecycle.edge import BundleError
 
-    path = write_bundle(args.source, args.output)
+    try:
+        path = write_bundle(args.source, args.output, sign=args.sign)
+    except BundleError as exc:
+        raise LifecycleError(str(exc)) from None
     print(f"wrote {path}")
     return EXIT_OK
 
@@ -239,6 +247,10 @@ def cmd_bundle(args) -> int:
 def cmd_serve(args) -> int:
     from lifecycle.serving import serve
 
+    if args.trusted_keys:
+        from lifecycle.signing import require_signed
+
+        require_signed(args.source, args.trusted_keys)
     return serve(args.source, host=args.host, port=args.port, tune=args.tune)
 
 

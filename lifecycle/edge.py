@@ -15,6 +15,8 @@ A directory or zip holds model.onnx, tokenizer.json, labels.json and schema.json
 manifest.json (a bundle always does), every file's sha256 is checked before anything is loaded and
 files the manifest does not list are refused. ONNX external data is accepted only when every location
 is a plain relative path to a regular file inside the bundle: no absolute paths, no `..`, no symlinks.
+With `trusted_keys=` (public Ed25519 PEM files), open() also requires manifest.sig, a signature over
+manifest.json by one of those keys (lifecycle.signing writes it; `cryptography` is imported only then).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ REQUIRED = (MODEL, TOKENIZER, LABELS, SCHEMA)
 # each other's scores (see Predictor.logits). QAttention / MatMulIntegerToFloat are fed by
 # DynamicQuantizeLinear in such graphs; the Dynamic* contrib ops are what onnxruntime fuses it into.
 BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+SIGNATURE = "manifest.sig"  # signature over manifest.json: the one file the manifest cannot list
 
 
 class BundleError(Exception):
@@ -81,8 +84,10 @@ class Predictor:
         return self.schema.get("task", "classification")
 
     @classmethod
-    def open(cls, path: str | Path, threads: int | None = None, spinning: bool = True) -> Predictor:
-        """Open a bundle zip or a model directory, verifying it first (see the module docstring)."""
+    def open(cls, path: str | Path, threads: int | None = None, spinning: bool = True,
+             trusted_keys: list | None = None) -> Predictor:
+        """Open a bundle zip or a model directory, verifying it first (see the module docstring).
+        `trusted_keys` (public key PEM paths or bytes): refuse it unless manifest.sig verifies with one."""
         path = source = Path(path)
         extracted = None
         if path.is_file() and zipfile.is_zipfile(path):
@@ -98,6 +103,11 @@ class Predictor:
                     raise BundleError(f"{path}: no {name}; pass an export/quantize artifact or a bundle made by "
                                       "`lifecycle bundle`")
             manifest = verify(path) if (path / MANIFEST).is_file() else None
+            if trusted_keys is not None:
+                if manifest is None or not (path / SIGNATURE).is_file():
+                    raise BundleError(f"{source}: unsigned (no {SIGNATURE}); trusted keys are configured, so only "
+                                      "bundles written with `lifecycle bundle --sign` are accepted")
+                check_signature((path / MANIFEST).read_bytes(), (path / SIGNATURE).read_bytes(), trusted_keys, source)
             predictor = cls(path, threads, spinning)
         except BaseException:
             if extracted:
@@ -235,9 +245,56 @@ def verify(root: Path) -> dict:
             raise BundleError(f"{f}: does not match its sha256 in the manifest (tampered or corrupt)")
     for f in root.rglob("*"):
         rel = f.relative_to(root).as_posix()
-        if f.is_symlink() or (f.is_file() and rel != MANIFEST and rel not in files):
+        if f.is_symlink() or (f.is_file() and rel not in (MANIFEST, SIGNATURE) and rel not in files):
             raise BundleError(f"{f}: not listed in the manifest; refusing a bundle with unlisted files or symlinks")
     return manifest
+
+
+def key_id(raw_public_key: bytes) -> str:
+    """Short id of an Ed25519 public key (first 16 hex digits of the sha256 of its 32 raw bytes)."""
+    return hashlib.sha256(raw_public_key).hexdigest()[:16]
+
+
+def check_signature(manifest: bytes, signature: bytes, trusted_keys: list, source) -> str:
+    """Verify manifest.sig (`signature`) over the exact manifest bytes with one of `trusted_keys`
+    (PEM public keys: paths or bytes); returns the key id that signed, else raises BundleError."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        record = json.loads(signature)
+        sig = base64.b64decode(record["signature"], validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{source}: unreadable {SIGNATURE} ({exc})") from None
+    if record.get("algorithm") != "ed25519":
+        raise BundleError(f"{source}: {SIGNATURE} uses {record.get('algorithm')!r}; only ed25519 is accepted")
+    if not trusted_keys:
+        raise BundleError(f"{source}: no trusted keys given to check {SIGNATURE} against")
+    ids = []
+    for key in trusted_keys:
+        try:
+            pem = key if isinstance(key, bytes) else Path(key).read_bytes()
+        except OSError as exc:
+            raise BundleError(f"{key}: cannot read the trusted key ({exc.strerror})") from None
+        try:
+            public = serialization.load_pem_public_key(pem)
+        except ValueError:
+            raise BundleError(f"{key if not isinstance(key, bytes) else 'a trusted key'}: not a PEM public key "
+                              "(pass the .pub file, not the private key)") from None
+        if not isinstance(public, Ed25519PublicKey):
+            raise BundleError(f"{key if not isinstance(key, bytes) else 'a trusted key'}: not an Ed25519 public key")
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        ids.append(key_id(raw))
+        try:
+            public.verify(sig, manifest)
+            return ids[-1]
+        except InvalidSignature:
+            continue
+    raise BundleError(f"{source}: bad signature: manifest.json is not signed by a trusted key "
+                      f"(signed by key {record.get('key_id')}, trusted: {', '.join(ids)}; or the manifest was edited)")
 
 
 def _sha256(path: Path) -> str:

@@ -37,6 +37,12 @@ class Pooling(Strict):
 
 def read_pooling(model_dir: Path) -> Pooling:
     """pooling.json; else a sentence-transformers folder's own config (1_Pooling, Normalize); else mean + L2."""
+    return declared_pooling(model_dir) or Pooling()
+
+
+def declared_pooling(model_dir: Path) -> Pooling | None:
+    """The pooling a model directory declares (pooling.json, or a sentence-transformers 1_Pooling); None
+    when it declares none (a plain transformers checkpoint)."""
     model_dir = Path(model_dir)
     if (model_dir / POOLING_FILE).is_file():
         return Pooling.model_validate_json((model_dir / POOLING_FILE).read_text())
@@ -47,7 +53,7 @@ def read_pooling(model_dir: Path) -> Pooling:
         modules = model_dir / "modules.json"
         names = [m.get("type", "") for m in json.loads(modules.read_text())] if modules.is_file() else []
         return Pooling(mode=mode, normalize=any(n.endswith("Normalize") for n in names))
-    return Pooling()
+    return None
 
 
 def write_pooling(model_dir: Path, pooling: Pooling) -> None:
@@ -66,6 +72,56 @@ def pool(hidden, attention_mask, pooling: Pooling):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         out = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     return F.normalize(out, p=2.0, dim=-1) if pooling.normalize else out
+
+
+# ------------------------------------------------------------------------------ classifier head pooling
+# A sequence classifier (BertForSequenceClassification...) feeds its head the pooler's view of the
+# [CLS] state. An encoder trained for mean pooling (all-MiniLM-L6-v2 and most sentence-transformers)
+# never trained that state nor the pooler, so a head on it learns next to nothing unless the whole
+# encoder moves (full fine-tuning); LoRA collapses to the majority class. With `head_pooling: mean` in
+# the model's config, the pooler reads the masked mean of the token states instead of [CLS] (its
+# dense + tanh stay: they are trained as part of the head). The config key travels in config.json and
+# `apply_head_pooling` is applied wherever a classifier is built (lifecycle.models.load_model, from_config
+# sites), so PyTorch metrics, the ONNX graph (torch.onnx traces the hook) and later stages agree.
+HEAD_POOLING_KEY = "head_pooling"
+
+
+def pooler_path(model) -> str | None:
+    """Dotted name of the BERT-style pooler (dense + activation over one token) the classifier head
+    reads, e.g. "bert.pooler"; None for architectures whose head pools by itself (RoBERTa, GPT-2...)."""
+    base = getattr(model, "base_model", None)
+    pooler = getattr(base, "pooler", None)
+    if pooler is None or not hasattr(pooler, "dense") or base is model:
+        return None
+    return f"{model.base_model_prefix}.pooler"
+
+
+def apply_head_pooling(model):
+    """Make the classifier's pooler read the masked token mean when the config says `head_pooling: mean`
+    (idempotent; a no-op for other models). Returns the model."""
+    if getattr(model.config, HEAD_POOLING_KEY, None) != "mean" or pooler_path(model) is None:
+        return model
+    base = model.base_model
+    if getattr(base, "_lifecycle_mean_head", False):
+        return model
+
+    def mean_pooled(module, args, kwargs, output):
+        # The pooler is looked up at call time: under peft it is the trainable copy (modules_to_save).
+        hidden = output[0]
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1:
+            mask = args[1]
+        if mask is None:
+            mask = hidden.new_ones(hidden.shape[:2])
+        pooled = module.pooler(pool(hidden, mask, Pooling(mode="mean", normalize=False)).unsqueeze(1))
+        if isinstance(output, tuple):
+            return (output[0], pooled, *output[2:])
+        output["pooler_output"] = pooled
+        return output
+
+    base.register_forward_hook(mean_pooled, with_kwargs=True)
+    base._lifecycle_mean_head = True
+    return model
 
 
 def embedding_model(body, pooling: Pooling):

@@ -158,8 +158,13 @@ def load_tokenizer(path: Path, max_length: int | None = None):
 
 
 def load_model(auto_class, path: Path, **kwargs):
-    """`AutoModelFor*.from_pretrained` with the safety switches on (safetensors only, no remote code)."""
-    return auto_class.from_pretrained(path, trust_remote_code=False, use_safetensors=True, **kwargs)
+    """`AutoModelFor*.from_pretrained` with the safety switches on (safetensors only, no remote code),
+    and the classifier head pooling its config declares (lifecycle.embedding.apply_head_pooling)."""
+    from lifecycle.embedding import apply_head_pooling
+
+    loaded = auto_class.from_pretrained(path, trust_remote_code=False, use_safetensors=True, **kwargs)
+    apply_head_pooling(loaded[0] if isinstance(loaded, tuple) else loaded)
+    return loaded
 
 
 def save(model, tokenizer, out_dir: Path) -> None:

@@ -145,7 +145,8 @@ def test_max_drop_gate_fails_a_bad_student_through_the_cli(distilled):
     stage = {"kind": "distill", "name": "bad_student", "parent": "teacher",
              "student": {"overrides": {"hidden_size": 32, "intermediate_size": 64}},
              "train": {**TRAIN, "max_steps": 2, "lr": 1.0e-9}, "latency": {"runs": 3}, "latency_rounds": 1,
-             "gates": [{"metric": "accuracy", "max_drop": 0.05, "vs": "teacher"}]}
+             "gates": [{"metric": "accuracy", "max_drop": 0.05, "vs": "teacher"}],
+             "collapse_min": None}  # it also predicts one class; only the max_drop gate is under test
     raw = {**raw_pipeline(data, [TEACHER, stage], name="kd"), "workdir": str(tmp)}
     path = tmp / "kd.yaml"
     path.write_text(yaml.safe_dump(raw))

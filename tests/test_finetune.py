@@ -98,7 +98,8 @@ def test_lora_trains_few_parameters_and_merges(base, tmp_path):
              "train": {**TRAIN, "epochs": 2, "lr": 1.0e-2}}
     art = run(raw_pipeline(data, [stage], name="lora"), tmp_path)["finetune"]
     assert {p.name for p in (art.path / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
-    assert art.metrics["trainable_fraction"] < 0.02 and art.metrics["params_trainable"] < art.metrics["params_total"]
+    # adapters + the head path (pooler 64x64 + classifier): ~4% of this 100k-parameter model, <1% of MiniLM
+    assert art.metrics["trainable_fraction"] < 0.05 and art.metrics["params_trainable"] < art.metrics["params_total"]
     assert art.metrics["lora_merge_max_abs_diff"] < 1e-5
 
     texts = ["chef soup bread the of", "flight hotel was new", "code robot server it"]
@@ -107,8 +108,11 @@ def test_lora_trains_few_parameters_and_merges(base, tmp_path):
     np.testing.assert_allclose(logits(art.path, texts), logits(art.path, texts, adapted), atol=1e-5)
     before, after = load_file(parent.path / "model.safetensors"), load_file(art.path / "model.safetensors")
     changed = {k for k in after if not np.array_equal(before[k].numpy(), after[k].numpy())}
-    # Only the LoRA targets (query, value) and the head changed, merged into plain weights.
-    assert changed and all(".query." in k or ".value." in k or k.startswith("classifier.") for k in changed)
+    # Only the LoRA targets (query, value) and the head path (pooler + classifier, trained in full) changed,
+    # merged into plain weights.
+    assert changed and all(".query." in k or ".value." in k or k.startswith(("classifier.", "bert.pooler."))
+                           for k in changed)
+    assert art.manifest["details"]["trained_in_full"] == ["bert.pooler"]
     assert any(".query." in k for k in changed) and not any("lora" in k for k in after)
 
 
@@ -127,9 +131,9 @@ def test_lora_from_a_masked_lm_trains_its_new_pooler_in_full_and_adapts_embeddin
         shutil.copy2(parent.path / name, mlm_dir / name)
     stage = {"kind": "finetune", "model": {"path": str(mlm_dir)},
              "lora": {"r": 4, "alpha": 8, "target_modules": ["query", "value", "dense", "word_embeddings"]},
-             "train": {**TRAIN, "epochs": 1, "lr": 1.0e-2}}
+             "train": {**TRAIN, "epochs": 1, "lr": 1.0e-2}, "collapse_min": None}  # one epoch from random weights
     art = run(raw_pipeline(data, [stage], name="lora-mlm"), tmp_path)["finetune"]
-    assert art.manifest["details"]["trained_in_full"] == ["bert.pooler.dense"]
+    assert art.manifest["details"]["trained_in_full"] == ["bert.pooler"]
     assert art.metrics["lora_merge_max_abs_diff"] < 1e-5
     after = load_file(art.path / "model.safetensors")
     # Trained in full: the adapter file carries the whole pooler, and the merged model holds exactly it.
@@ -142,12 +146,95 @@ def test_lora_from_a_masked_lm_trains_its_new_pooler_in_full_and_adapts_embeddin
     assert not np.array_equal(before[emb].numpy(), after[emb].numpy())  # the embedding adapter was merged in
 
 
+def test_lora_on_a_mean_pooling_encoder_pools_like_it_and_trains_the_head_path(base, tmp_path):
+    """An encoder that declares mean pooling (a sentence-transformers folder) gets a head that reads the
+    token mean; LoRA trains that head path (pooler + classifier) in full; the exported ONNX graph pools
+    the same way (its logits match lifecycle's loader, not a plain [CLS] transformers load)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from lifecycle import models
+    from lifecycle.edge import Predictor
+
+    data, parent = base
+    encoder = tmp_path / "st-encoder"
+    shutil.copytree(parent.path, encoder)
+    (encoder / "manifest.json").unlink()
+    (encoder / "1_Pooling").mkdir()
+    (encoder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    stages = [{"kind": "finetune", "model": {"path": str(encoder)}, "lora": {"r": 4, "alpha": 8},
+               "train": {**TRAIN, "epochs": 2, "lr": 1.0e-2}},
+              {"kind": "export", "optimize": False, "latency": {"runs": 2, "warmup": 0, "batch32": False}}]
+    arts = run(raw_pipeline(data, stages, name="lora-mean"), tmp_path)
+    art = arts["finetune"]
+    assert art.manifest["details"]["head_pooling"] == "mean"
+    assert json.loads((art.path / "config.json").read_text())["head_pooling"] == "mean"
+    assert art.manifest["details"]["trained_in_full"] == ["bert.pooler"]
+    before, after = load_file(encoder / "model.safetensors"), load_file(art.path / "model.safetensors")
+    for key in ("bert.pooler.dense.weight", "classifier.weight"):
+        assert not np.array_equal(before[key].numpy(), after[key].numpy()), key
+    assert art.metrics["accuracy"] >= 0.8 and art.metrics["minority_prediction_ratio"] > 0.5
+
+    texts = ["chef soup bread the of", "flight hotel was new", "code robot server it"]
+    from transformers import AutoModelForSequenceClassification
+
+    ours = models.load_model(AutoModelForSequenceClassification, art.path).eval()
+    onnx = Predictor.open(arts["export"].path).logits(texts)
+    np.testing.assert_allclose(onnx, logits(art.path, texts, ours), atol=1e-4)
+    # a plain transformers load reads [CLS]: different logits, so the mean really is in the graph
+    assert np.abs(onnx - logits(art.path, texts)).max() > 1e-3
+    assert arts["export"].metrics["parity_max_abs_diff"] < 1e-4
+
+
+def test_collapse_metrics():
+    from lifecycle.stages.finetune import collapse_metrics
+
+    targets = [0] * 87 + [1] * 13
+    one_class = np.tile([1.0, 0.0], (100, 1))  # always class 0
+    m = collapse_metrics(one_class, targets, 2)
+    assert m == {"majority_prediction_fraction": 1.0, "majority_label_fraction": 0.87, "minority_prediction_ratio": 0.0}
+    perfect = np.eye(2)[targets]
+    assert collapse_metrics(perfect, targets, 2)["minority_prediction_ratio"] == pytest.approx(1.0)
+    assert collapse_metrics(one_class, [0] * 10, 2)["minority_prediction_ratio"] == 1.0  # labels all one class
+
+
+def test_collapse_gate_fails_a_collapsed_model_and_passes_a_healthy_one(base, tmp_path, capsys):
+    from lifecycle import GateFailed
+    from lifecycle import config as cfglib
+    from lifecycle.artifact import Artifact
+
+    _, healthy = base
+    assert healthy.metrics["minority_prediction_ratio"] > 0.5
+    assert any(g["metric"] == "minority_prediction_ratio" and g["passed"] for g in healthy.manifest["gates"])
+    # Only 'food' carries loss: the model learns to predict food for everything (25% of the labels).
+    data = keyword_data(tmp_path / "kw.jsonl", n=120)
+    stage = {"kind": "finetune", "model": MODEL, "train": {**TRAIN, "epochs": 3}, "collapse_on_fail": "stop",
+             "class_weights": {"food": 1.0, "sports": 1e-6, "tech": 1e-6, "travel": 1e-6}}
+    with pytest.raises(GateFailed, match="minority_prediction_ratio"):
+        pipeline.run(cfglib.build(raw_pipeline(data, [stage], name="collapse"), base_dir=tmp_path),
+                     workdir=tmp_path, echo=lambda *a: None)
+    art = Artifact.load(tmp_path / "collapse" / "finetune")
+    m = art.metrics
+    assert m["majority_prediction_fraction"] > 0.95 and m["minority_prediction_ratio"] < 0.2
+    assert [g["metric"] for g in art.manifest["gates"] if not g["passed"]] == ["minority_prediction_ratio"]
+    assert "prediction collapse" in capsys.readouterr().err
+    assert "class imbalance" in art.manifest["details"]["collapse_warning"]
+    # by default the gate warns (the run goes on, the report shows it); it can be switched off
+    warn = cfglib.build(raw_pipeline(data, [{**stage, "collapse_on_fail": "warn"}]), base_dir=tmp_path)
+    assert [g.on_fail for g in warn.stages[0].gates if g.metric == "minority_prediction_ratio"] == ["warn"]
+    off = cfglib.build(raw_pipeline(data, [{**stage, "collapse_min": None}]), base_dir=tmp_path)
+    assert not any(g.metric == "minority_prediction_ratio" for g in off.stages[0].gates)
+
+
 def test_class_weights_balanced_are_used_in_the_loss(tmp_path):
     import torch
     import torch.nn.functional as F
 
     data = keyword_data(tmp_path / "skew.jsonl", n=100, skew=True)
-    stage = {"kind": "finetune", "model": MODEL, "class_weights": "balanced", "train": {**TRAIN, "epochs": 3}}
+    # 3 epochs on 60 skewed rows may still predict only 'food': the loss, not the model, is checked here
+    stage = {"kind": "finetune", "model": MODEL, "class_weights": "balanced", "train": {**TRAIN, "epochs": 3},
+             "collapse_min": None}
     art = run(raw_pipeline(data, [stage]), tmp_path)["finetune"]
     weights = art.manifest["details"]["class_weights"]
     assert weights["food"] < 1 < min(v for k, v in weights.items() if k != "food")  # the majority class counts less
@@ -182,7 +269,7 @@ def test_early_stopping_stops_and_keeps_the_best_checkpoint(tmp_path):
     # lr ~ 0: the metric never improves after the first evaluation, so patience 2 stops at step 6 of 60
     train = {**TRAIN, "lr": 1.0e-9, "max_steps": 60, "eval_steps": 2}
     stage = {"kind": "finetune", "model": MODEL, "metric": "f1_macro", "early_stopping": {"patience": 2},
-             "train": train}
+             "train": train, "collapse_min": None}  # an untrained model predicts one class
     art = run(raw_pipeline(data, [stage]), tmp_path)["finetune"]
     assert art.metrics["train_steps"] == 6
     assert art.manifest["details"]["best_checkpoint"].endswith("checkpoint-2")
@@ -205,7 +292,8 @@ def test_multi_label(tmp_path):
 def test_gates_fail_the_pipeline_through_the_cli(tmp_path):
     data = keyword_data(tmp_path / "kw.jsonl", n=80)
     stage = {"kind": "finetune", "model": MODEL, "train": {**TRAIN, "epochs": 1, "lr": 1.0e-9},
-             "gates": [{"metric": "accuracy", "min": 0.6}]}  # an untrained model is at chance (~0.25)
+             "gates": [{"metric": "accuracy", "min": 0.6}],  # an untrained model is at chance (~0.25)
+             "collapse_min": None}  # (and predicts one class: test_collapse_gate covers that gate)
     raw = raw_pipeline(data, [stage], name="gated")
     raw["workdir"] = str(tmp_path / "runs")
     path = tmp_path / "gated.yaml"
@@ -226,7 +314,8 @@ def test_crash_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys
     from lifecycle.stages import finetune
 
     data = keyword_data(tmp_path / "kw.jsonl", n=80)
-    stage = {"kind": "finetune", "model": MODEL, "train": {**TRAIN, "max_steps": 12, "eval_steps": 4}}
+    stage = {"kind": "finetune", "model": MODEL, "train": {**TRAIN, "max_steps": 12, "eval_steps": 4},
+             "collapse_min": None}  # 12 steps: the model may still predict one class; resuming is under test
     straight = run(raw_pipeline(data, [stage]), tmp_path / "straight")["finetune"]
 
     class Crash(TrainerCallback):

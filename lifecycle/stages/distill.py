@@ -29,7 +29,14 @@ from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY
 from lifecycle.models import ModelSource
 from lifecycle.schema import StageBase, Strict
-from lifecycle.stages.finetune import VAL_METRICS, EarlyStopping, TorchLatency, ValMetric
+from lifecycle.stages.finetune import (
+    COLLAPSE_METRICS,
+    VAL_METRICS,
+    EarlyStopping,
+    TorchLatency,
+    ValMetric,
+    collapse_gate,
+)
 from lifecycle.training import TrainConfig
 
 LAYER_KEY = re.compile(r"\.(layer|layers|h)\.(\d+)\.")  # BERT/RoBERTa/DistilBERT/GPT-2 block prefixes
@@ -57,11 +64,17 @@ class Config(StageBase):
     validation_limit: int | None = Field(None, gt=0)  # as in finetune: validation examples per evaluation
     latency: TorchLatency = TorchLatency()
     latency_rounds: int = Field(3, gt=0)  # alternating teacher/student rounds; the median round counts
+    collapse_min: float | None = Field(0.2, ge=0, le=1)  # as in finetune: default gate on minority_prediction_ratio
+    collapse_on_fail: Literal["stop", "warn"] = "warn"
 
     def metric_names(self) -> set[str]:
         teacher = {f"teacher_{m}" for m in (*CLASSIFICATION, *TORCH_LATENCY, "params_total", "size_mb")}
         return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, *teacher, "retention", "speedup", "compression",
-                "eval_loss", "params_total", "size_mb", "train_seconds", "train_steps", "data_wait_fraction"}
+                "eval_loss", "params_total", "size_mb", "train_seconds", "train_steps", "data_wait_fraction",
+                *COLLAPSE_METRICS}
+
+    def model_post_init(self, _ctx) -> None:
+        self.gates = collapse_gate(self.gates, self.collapse_min, self.collapse_on_fail)
 
 
 def run(cfg: Config, parent, ctx) -> dict:
@@ -109,7 +122,10 @@ def run(cfg: Config, parent, ctx) -> dict:
     models.save(student, s_tok, ctx.out_dir)
 
     texts, targets = data.splits["test"]["text"], splits["test"]["labels"]
-    metrics = score_test(ft.logits_of(student, s_tok, texts, task.max_length), targets, texts, ctx.out_dir)
+    s_logits = ft.logits_of(student, s_tok, texts, task.max_length)
+    metrics = score_test(s_logits, targets, texts, ctx.out_dir)
+    metrics.update(ft.collapse_metrics(s_logits, targets, len(labels.names)))
+    ft.warn_if_collapsed(metrics, cfg.collapse_min, ctx, lr=cfg.train.lr)
     teacher_scores = ft.score(ft.logits_of(teacher, t_tok, texts, task.max_length), targets, labels)
     t_lat, s_lat = paired_latency(teacher, t_tok, student, s_tok, texts[0], cfg, task.max_length)
     s_params, t_params = models.count_parameters(student)["params_total"], models.count_parameters(teacher)["params_total"]
@@ -159,6 +175,7 @@ def build_student(spec: Student, teacher, t_tok, ctx, data, labels):
 
     from transformers import AutoModelForSequenceClassification
 
+    from lifecycle.embedding import apply_head_pooling
     from lifecycle.stages import finetune as ft
 
     n_teacher = teacher.config.num_hidden_layers
@@ -175,7 +192,7 @@ def build_student(spec: Student, teacher, t_tok, ctx, data, labels):
         if not hasattr(config, key):
             raise LifecycleError(f"distill: student.overrides.{key} is not a field of {type(config).__name__}")
         setattr(config, key, value)
-    student = AutoModelForSequenceClassification.from_config(config)
+    student = apply_head_pooling(AutoModelForSequenceClassification.from_config(config))  # the teacher's head pooling
     copied = init_from_teacher(student, teacher, layers)
     ctx.details["initialised_from_teacher"] = copied
     return student, t_tok, layers

@@ -22,12 +22,13 @@ from lifecycle import LifecycleError
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY
 from lifecycle.models import ModelSource
-from lifecycle.schema import StageBase, Strict
+from lifecycle.schema import Gate, StageBase, Strict
 from lifecycle.training import TrainConfig
 
 ValMetric = Literal["accuracy", "f1_macro", "f1_micro"]
 VAL_METRICS = tuple(f"val_{m}" for m in CLASSIFICATION)
 CONTROL_METRICS = (*(f"control_{m}" for m in CLASSIFICATION), "pretraining_gain")
+COLLAPSE_METRICS = ("majority_prediction_fraction", "majority_label_fraction", "minority_prediction_ratio")
 
 
 class LoRA(Strict):
@@ -87,6 +88,16 @@ class Config(StageBase):
     latency: TorchLatency = TorchLatency()
     control: Control | None = None  # also train from random init: control_<metric> and pretraining_gain
     baseline: bool = False  # TF-IDF + logistic regression on the same split, for context: baseline_tfidf_*
+    # What the classification head reads. auto: the pooling the encoder declares (a sentence-transformers
+    # folder's 1_Pooling, or pooling.json), else the architecture's own ([CLS] for BERT). mean: the masked
+    # token mean through the pooler's dense + tanh (lifecycle.embedding.apply_head_pooling); cls: [CLS].
+    head_pooling: Literal["auto", "cls", "mean"] = "auto"
+    # Default gate on minority_prediction_ratio (see collapse_metrics): a model that predicts (almost)
+    # only one class while the labels are not that skewed. None: no default gate. on_fail "warn" for now:
+    # it shows in every report, junit and `lifecycle gate` as a warning without stopping the run ("stop"
+    # fails the stage; the default moves there once the tiny test pipelines train past collapse).
+    collapse_min: float | None = Field(0.2, ge=0, le=1)
+    collapse_on_fail: Literal["stop", "warn"] = "warn"
 
     def needs_parent(self) -> bool:
         return self.model is None
@@ -94,7 +105,12 @@ class Config(StageBase):
     def metric_names(self) -> set[str]:
         return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",
                 "trainable_fraction", "size_mb", "train_seconds", "train_steps", "lora_merge_max_abs_diff",
-                "data_wait_fraction", *CONTROL_METRICS, *(f"baseline_tfidf_{m}" for m in CLASSIFICATION)}
+                "data_wait_fraction", *CONTROL_METRICS, *(f"baseline_tfidf_{m}" for m in CLASSIFICATION),
+                *COLLAPSE_METRICS}
+
+    def model_post_init(self, _ctx) -> None:
+        if self.multi_label is None:  # a label set per example has no majority class to collapse onto
+            self.gates = collapse_gate(self.gates, self.collapse_min, self.collapse_on_fail)
 
 
 def run(cfg: Config, parent, ctx) -> dict:
@@ -107,20 +123,10 @@ def run(cfg: Config, parent, ctx) -> dict:
     data = ctx.task_data()
     labels = label_space(data, cfg.multi_label)
     source = cfg.model or Path(parent.path)
-    model, tokenizer = load_classifier(source, ctx, data, labels, multi_label=cfg.multi_label is not None)
+    model, tokenizer = load_classifier(source, ctx, data, labels, multi_label=cfg.multi_label is not None,
+                                       pooling=cfg.head_pooling)
     if cfg.lora:
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        # SEQ_CLS makes peft train (and save) the new classification head in full beside the adapter. Other
-        # weights the checkpoint lacks (BERT's pooler after masked-LM pre-training) are trained in full too:
-        # an adapter on a random frozen matrix would learn next to nothing through it.
-        # (copies below: peft appends its SEQ_CLS head names to the modules_to_save list it is given)
-        fresh = sorted({key.rsplit(".", 1)[0] for key in ctx.details.get("newly_initialised", [])
-                        if not key.startswith(("classifier.", "score."))})
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                 lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules,
-                                                 modules_to_save=list(fresh) or None, exclude_modules=list(fresh) or None))
-        ctx.details["trained_in_full"] = fresh
+        model = with_lora(model, cfg.lora, ctx)
     counts = models.count_parameters(model)
     splits = encode(data, tokenizer, task.max_length, labels, cfg.validation_limit, ctx.seed)
     started = time.time()
@@ -143,9 +149,12 @@ def run(cfg: Config, parent, ctx) -> dict:
         model = trainer.model
     models.save(model, tokenizer, ctx.out_dir)
 
-    texts = data.splits["test"]["text"]
-    metrics.update(score_test(logits_of(model, tokenizer, texts, task.max_length), splits["test"]["labels"], texts,
-                              ctx.out_dir, labels.threshold if labels.multi else None))
+    texts, test = data.splits["test"]["text"], splits["test"]
+    test_logits = logits_of(model, tokenizer, texts, task.max_length)
+    metrics.update(score_test(test_logits, test["labels"], texts, ctx.out_dir, labels.threshold if labels.multi else None))
+    if not labels.multi:
+        metrics.update(collapse_metrics(test_logits, test["labels"], len(labels.names)))
+        warn_if_collapsed(metrics, cfg.collapse_min, ctx, lora=cfg.lora is not None, lr=cfg.train.lr)
     metrics.update(latency(model, tokenizer, data.splits["test"]["text"][0], cfg.latency, task.max_length))
     metrics.update(counts, trainable_fraction=counts["params_trainable"] / counts["params_total"],
                    **{f"val_{m}": val[f"eval_{m}"] for m in CLASSIFICATION}, eval_loss=val["eval_loss"],
@@ -182,8 +191,10 @@ def control(config, tokenizer, splits, data, labels, cfg: Config, ctx) -> dict:
     """The fine-tuned model's architecture and tokenizer from random initialisation, same data and seed."""
     from transformers import AutoModelForSequenceClassification
 
+    from lifecycle.embedding import apply_head_pooling
+
     _seed(ctx.seed)
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = apply_head_pooling(AutoModelForSequenceClassification.from_config(config))
     # its own checkpoints, so a crash resumes the control without touching the main run's
     trainer, _ = fit(model, splits, tokenizer, labels, cfg, cfg.control.train or cfg.train,
                      ctx.scratch_dir / "control-checkpoints", ctx.seed)
@@ -285,11 +296,13 @@ def score(logits, targets, labels: LabelSpace) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------- models, training
-def load_classifier(source, ctx, data, labels: LabelSpace, multi_label: bool = False):
-    """A sequence classifier for the task's labels from a ModelSource or an artifact directory."""
+def load_classifier(source, ctx, data, labels: LabelSpace, multi_label: bool = False, pooling: str = "auto"):
+    """A sequence classifier for the task's labels from a ModelSource or an artifact directory; its head
+    pools as `pooling` says ("auto": as the encoder declares, see Config.head_pooling)."""
     from transformers import AutoModelForSequenceClassification
 
     from lifecycle import models
+    from lifecycle.embedding import HEAD_POOLING_KEY, apply_head_pooling, declared_pooling
 
     fields = {"num_labels": len(labels.names), "id2label": dict(enumerate(labels.names)),
               "label2id": {name: i for i, name in enumerate(labels.names)},
@@ -302,13 +315,92 @@ def load_classifier(source, ctx, data, labels: LabelSpace, multi_label: bool = F
         return AutoModelForSequenceClassification.from_config(config), tokenizer
     path = models.model_dir(source, ctx.pipeline) if isinstance(source, ModelSource) else Path(source)
     tokenizer = models.load_tokenizer(path, max_length)
+    if pooling == "auto":  # a fine-tuned parent's config already says; else what the encoder was trained with
+        declared = declared_pooling(path)
+        pooling = declared.mode if declared is not None else None
     # A new classification head is expected here (the parent is an encoder or a different task).
     model, info = models.load_model(AutoModelForSequenceClassification, path, ignore_mismatched_sizes=True,
                                     output_loading_info=True, **fields)
+    if pooling is not None:  # set after loading: from_pretrained hands unknown config keys to the model class
+        setattr(model.config, HEAD_POOLING_KEY, pooling)
+        apply_head_pooling(model)
+    ctx.details["head_pooling"] = getattr(model.config, HEAD_POOLING_KEY, None) or "architecture default"
     ctx.details["newly_initialised"] = sorted(info["missing_keys"]) + sorted(k[0] for k in info["mismatched_keys"])
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def with_lora(model, lora: LoRA, ctx):
+    """The model wrapped with LoRA adapters; everything on the head's path is trained in full.
+
+    SEQ_CLS makes peft train (and save) the new classification head in full beside the adapter. The
+    pooler the head reads (BERT-style models) is trained in full too: its dense + tanh were never trained
+    on the states this task needs (random after masked-LM pre-training, unused by a sentence encoder
+    trained for mean pooling), and a frozen one starves the head (LoRA collapsing to the majority class).
+    Other weights the checkpoint lacks are trained in full for the same reason.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from lifecycle.embedding import pooler_path
+
+    pooler = pooler_path(model)
+    head = [pooler] if pooler else []
+    fresh = {key.rsplit(".", 1)[0] for key in ctx.details.get("newly_initialised", [])
+             if not key.startswith(("classifier.", "score."))}
+    fresh = sorted({m for m in fresh if not any(m == h or m.startswith(h + ".") for h in head)} | set(head))
+    # LoRA must not also wrap Linear layers inside a module trained in full (a `dense` target would).
+    inner = sorted({f"{m}.{name}" for m in fresh for name, mod in model.get_submodule(m).named_modules()
+                    if name and type(mod).__name__ == "Linear"})
+    # (copies: peft appends its SEQ_CLS head names to the modules_to_save list it is given)
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha,
+                                             lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                                             modules_to_save=list(fresh) or None,
+                                             exclude_modules=[*fresh, *inner] or None))
+    ctx.details["trained_in_full"] = fresh
+    return model
+
+
+def collapse_gate(gates: list[Gate], minimum: float | None, on_fail: str = "stop") -> list[Gate]:
+    """`gates` plus the default collapse gate, unless disabled or the user gated that metric."""
+    if minimum is None or any(g.metric == "minority_prediction_ratio" for g in gates):
+        return gates
+    return [*gates, Gate(metric="minority_prediction_ratio", min=minimum, on_fail=on_fail)]
+
+
+def collapse_metrics(logits, targets, num_labels: int) -> dict[str, float]:
+    """Does the model predict (almost) only one class? `majority_prediction_fraction`: share of test
+    predictions that are the most-predicted class; `majority_label_fraction`: share of the test labels
+    that are the most frequent label; `minority_prediction_ratio` = (1 - the first) / (1 - the second):
+    how often the model predicts anything but its favourite class, relative to how often the labels are
+    not the majority. ~1 for a healthy model, 0 for one that predicts a single class (1 when the labels
+    themselves are all one class). Stable on skewed data: 13% positives predicted as 0% gives 0."""
+    import numpy as np
+
+    pred = np.bincount(np.asarray(logits).argmax(-1), minlength=num_labels)
+    gold = np.bincount(np.asarray(targets), minlength=num_labels)
+    mpf, mlf = pred.max() / max(pred.sum(), 1), gold.max() / max(gold.sum(), 1)
+    ratio = 1.0 if mlf >= 1 else min(max((1 - mpf) / (1 - mlf), 0.0), 1e3)
+    return {"majority_prediction_fraction": float(mpf), "majority_label_fraction": float(mlf),
+            "minority_prediction_ratio": float(ratio)}
+
+
+def warn_if_collapsed(metrics: dict, minimum: float | None, ctx, lora: bool = False, lr: float | None = None) -> None:
+    """A one-paragraph warning (stderr and the manifest's details) naming the likely causes of a collapse."""
+    import sys
+
+    ratio = metrics.get("minority_prediction_ratio")
+    if ratio is None or ratio >= (minimum if minimum is not None else 0.2):
+        return
+    causes = ["a head path that cannot learn (frozen pooler/dense under LoRA, or a [CLS] head on an encoder "
+              "trained for mean pooling: see head_pooling)" if lora else "too few steps for the head to move",
+              f"the learning rate ({lr}: too high diverges, too low never leaves the prior)",
+              "class imbalance (class_weights: balanced, or more minority examples)"]
+    text = (f"prediction collapse: {metrics['majority_prediction_fraction']:.0%} of test predictions are one class "
+            f"while the most frequent label is {metrics['majority_label_fraction']:.0%} of the test set "
+            f"(minority_prediction_ratio {ratio:.2f}); likely causes: " + "; ".join(causes))
+    ctx.details["collapse_warning"] = text
+    print(f"   warning: {text}", file=sys.stderr)
 
 
 def trainer_args(train: TrainConfig, checkpoints: Path, seed: int, metric: str, **extra):

@@ -1,0 +1,127 @@
+"""Signed bundles: an Ed25519 signature over a bundle's manifest.json, checked against trusted keys.
+
+    python -m lifecycle.signing release.key            # writes release.key (private) and release.key.pub
+    lifecycle bundle runs/my-pipeline -o model.zip --sign release.key
+    lifecycle serve model.zip --trusted-key release.key.pub
+    Predictor.open("model.zip", trusted_keys=["release.key.pub"])
+
+The manifest lists the sha256 of every file of the bundle and carries the metrics and gate results, so
+one signature over its exact bytes covers the weights, the tokenizer, the labels and the numbers a
+release decision was made on: re-hashing an edited model into the manifest, or editing a metric,
+breaks the signature. The signature travels in the zip as `manifest.sig` (JSON: algorithm, key id,
+base64 signature); the manifest cannot list it, and lifecycle.edge accepts exactly that one unlisted name.
+
+Keys are PEM files as OpenSSL writes them (`openssl genpkey -algorithm ed25519 -out release.key`,
+`openssl pkey -in release.key -pubout -out release.key.pub`), handled with `cryptography`. Why not the
+OpenSSF `model-signing` package: it signs a model *directory* (its own manifest of file hashes, as an
+in-toto/sigstore bundle) and pulls in sigstore, tuf, in-toto and a dozen more packages; our bundle is a
+zip that already carries a file-hash manifest, the device runtime (lifecycle.edge) must stay small, and
+the one thing missing was a signature over that manifest, which `cryptography` gives in a few lines.
+Verification lives in lifecycle.edge (`check_signature`) so a device needs no other part of lifecycle.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+from lifecycle import LifecycleError
+from lifecycle.edge import SIGNATURE, key_id
+
+ALGORITHM = "ed25519"
+
+
+def load_private_key(path: str | Path):
+    """An Ed25519 private key from a PEM file (unencrypted PKCS#8, as `openssl genpkey` writes)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = Path(path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise LifecycleError(f"{path}: not a readable unencrypted PEM private key ({exc}); create one with "
+                             "`python -m lifecycle.signing KEYFILE` or `openssl genpkey -algorithm ed25519`") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise LifecycleError(f"{path}: a {type(key).__name__}; bundles are signed with Ed25519 keys")
+    return key
+
+
+def public_pem(private_key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return private_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def signature_record(data: bytes, private_key) -> dict:
+    """The manifest.sig content for `data` (the exact bytes of manifest.json)."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"format": "lifecycle-signature/1", "algorithm": ALGORITHM, "key_id": key_id(raw), "signed": "manifest.json",
+            "signature": base64.b64encode(private_key.sign(data)).decode()}
+
+
+def signature_bytes(data: bytes, key_path: str | Path) -> bytes:
+    """manifest.sig for `data`, signed with the private key at `key_path`."""
+    return (json.dumps(signature_record(data, load_private_key(key_path)), indent=2, sort_keys=True) + "\n").encode()
+
+
+def generate_key(path: str | Path) -> tuple[Path, Path]:
+    """A new Ed25519 key: `path` (private, mode 0600) and `path`.pub (public). Refuses to overwrite."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = Path(path)
+    pub = path.with_name(path.name + ".pub")
+    for p in (path, pub):
+        if p.exists():
+            raise LifecycleError(f"{p} exists; refusing to overwrite a key")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    pub.write_bytes(public_pem(key))
+    return path, pub
+
+
+def require_signed(source: str | Path, trusted_keys: list) -> None:
+    """Refuse `source` (a bundle zip or directory, or anything else `lifecycle serve` accepts) unless
+    it is a bundle whose files match its manifest and whose manifest.sig verifies with one of
+    `trusted_keys`; raises LifecycleError with one line."""
+    import zipfile
+
+    from lifecycle.edge import BundleError, Predictor
+
+    source = Path(source)
+    if not (source.is_file() and zipfile.is_zipfile(source)) and not (source / SIGNATURE).is_file():
+        raise LifecycleError(f"{source}: unsigned (no {SIGNATURE}); a trusted key is configured, so only bundles "
+                             "written with `lifecycle bundle --sign` are accepted")
+    try:
+        Predictor.open(source, trusted_keys=list(trusted_keys))  # hashes, then the signature, then a session
+    except BundleError as exc:
+        raise LifecycleError(str(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m lifecycle.signing KEYFILE   (writes KEYFILE and KEYFILE.pub)", file=sys.stderr)
+        return 2
+    try:
+        private, public = generate_key(args[0])
+    except LifecycleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {private} (private: keep it secret) and {public} (give this to `--trusted-key`)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
