@@ -134,9 +134,7 @@ def measure(predictor, test, reference, cfg: Config, max_length: int, pipeline=N
     """export's evaluation plus agreement with the parent: argmax agreement and max |logit diff|.
     An embedding model: kNN accuracy (+ Spearman) and cosine to the parent's fp32 embeddings (the
     parent is gated to PyTorch fp32 by its parity check, so this is fidelity to PyTorch as well)."""
-    import numpy as np
-
-    from lifecycle.stages.export import evaluate
+    from lifecycle.stages.export import argmax_agreeing, evaluate, max_abs_diff
 
     if predictor.task == "embedding":
         from lifecycle.embedding import onnx_metrics
@@ -145,8 +143,8 @@ def measure(predictor, test, reference, cfg: Config, max_length: int, pipeline=N
 
     logits = predictor.logits(test["text"])
     metrics = evaluate(predictor, test, cfg.latency, max_length, logits)
-    metrics.update(argmax_agreement=float((logits.argmax(-1) == reference.argmax(-1)).mean()),
-                   logit_max_abs_diff=float(np.abs(logits - reference).max()))
+    metrics.update(argmax_agreement=argmax_agreeing(logits, reference) / len(logits),  # non-finite rows disagree
+                   logit_max_abs_diff=max_abs_diff(logits, reference))  # NaN for a NaN model: its gates fail
     return metrics, logits
 
 
