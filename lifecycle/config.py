@@ -6,11 +6,12 @@ so a misspelt key or a gate on a metric the stage cannot produce fails before an
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from lifecycle import ConfigError
 from lifecycle.data.sources import DataSource
@@ -23,7 +24,7 @@ StageConfig = Annotated[Union[tuple(stage_configs())], Field(discriminator="kind
 
 
 class Pipeline(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="a plain name: the run is written to <workdir>/<name>")
     seed: int = 0
     deterministic: bool = False  # seeds + torch deterministic algorithms; identical artifacts on CPU
     workdir: str = "runs"  # relative to the current directory; each run writes <workdir>/<name>/
@@ -33,6 +34,15 @@ class Pipeline(Strict):
     stages: list[StageConfig] = Field(min_length=1)  # type: ignore[valid-type]
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        # `..` or a separator would put the run outside the workdir (and `.` onto the workdir itself).
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"'{name}' is not a plain name; use letters, digits, '_', '.' and '-' "
+                             "(starting with a letter or digit), no '/' and no '..'")
+        return name
 
     @model_validator(mode="after")
     def _check_graph(self) -> Pipeline:
@@ -148,7 +158,13 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
     if not path.is_file():
         raise ConfigError(f"{path}: no such pipeline file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); pass the pipeline's YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

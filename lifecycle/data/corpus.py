@@ -89,6 +89,11 @@ def _read(src: DataSource, pipeline: Pipeline, stats: Counter) -> list[str]:
                 stats["dropped_short"] += 1
                 continue
             out.append(text)
+        if not out and stats["documents_read"] == 0 and files:
+            from lifecycle.data import describe_files
+
+            raise LifecycleError(f"{describe_files(files)}: no documents (the file is empty); add text or point "
+                                 "the source at the right file")
     return out
 
 

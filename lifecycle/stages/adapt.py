@@ -31,7 +31,7 @@ from lifecycle.evaluation.probe import Probe
 from lifecycle.models import ModelSource
 from lifecycle.schema import StageBase, unset
 from lifecycle.stages.pretrain import LM_METRICS
-from lifecycle.training import TrainConfig
+from lifecycle.training import TrainConfig, last_checkpoint
 
 ADAPT_METRICS = {"perplexity_before", "domain_perplexity_gain", "general_perplexity", "general_perplexity_before",
                  "general_perplexity_change", "head_added", "probe_accuracy", "probe_accuracy_before",
@@ -80,7 +80,6 @@ class Config(StageBase):
 
 def run(cfg: Config, parent, ctx) -> dict:
     from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from lifecycle import models
     from lifecycle.data.corpus import load_corpus
@@ -119,7 +118,7 @@ def run(cfg: Config, parent, ctx) -> dict:
     trainer = pretrain.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
     checkpoints = ctx.scratch_dir / "checkpoints"
     saved_before = ctx.scratch_dir / "before.json"
-    resuming = checkpoints.is_dir() and get_last_checkpoint(str(checkpoints)) is not None
+    resuming = last_checkpoint(checkpoints) is not None
     if resuming and saved_before.is_file():  # the checkpoint holds the warmed-up head already
         before = json.loads(saved_before.read_text())
     else:

@@ -231,17 +231,13 @@ def finish(trainer, tokenizer, probe, ctx, metrics: dict) -> dict:
 
 
 def fit(trainer, ctx, block_size: int) -> dict:
-    """Train (resuming from the last checkpoint if a previous run crashed), evaluate, and measure."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """Train (resuming from the last complete checkpoint if a previous run crashed), evaluate, and measure."""
     from lifecycle import training
     from lifecycle.evaluation.perplexity import perplexity
 
     checkpoints = ctx.scratch_dir / "checkpoints"
-    with trainer.args.main_process_first(desc="check checkpoints"):
-        drop_partial_checkpoints(checkpoints)
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    first_step = int(last.rsplit("-", 1)[1]) if last else 0
+    last = training.last_checkpoint(checkpoints)  # the one training.train resumes from
+    first_step = int(last.name.rsplit("-", 1)[1]) if last else 0
     started = time.perf_counter()
     training.train(trainer, checkpoints, ctx)
     wall = time.perf_counter() - started
@@ -263,16 +259,3 @@ def fit(trainer, ctx, block_size: int) -> dict:
             "train_loss": train_losses[-1] if train_losses else math.nan, "train_tokens": tokens,
             "train_seconds": seconds, "tokens_per_second": tokens / seconds, "world_size": args.world_size}
 
-
-def drop_partial_checkpoints(checkpoints) -> None:
-    """A kill while a checkpoint is being written leaves a directory without a readable trainer_state.json
-    (the Trainer writes it last); resuming from it would crash, so it goes and the previous one is used."""
-    import json
-    import shutil
-
-    for d in sorted(checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []:
-        try:
-            json.loads((d / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            print(f"   discarding incomplete checkpoint {d.name}")
-            shutil.rmtree(d, ignore_errors=True)

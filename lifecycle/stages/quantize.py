@@ -147,22 +147,21 @@ def measure(predictor, rows, reference, pipeline, split: str, out_dir: Path | No
     parent's fp32 embeddings (the parent is gated to PyTorch by its parity check, so this is fidelity to
     PyTorch as well). Latency and size are split-free: see export.onnx_latency. With `out_dir` (the test
     split, scored once) the per-example predictions are written there (lifecycle.evaluation.score_test)."""
-    import numpy as np
-
     if predictor.task == "embedding":
         from lifecycle.embedding import onnx_metrics
 
         return onnx_metrics(predictor, None, 0, pipeline, reference, split)
 
     from lifecycle.evaluation import classification_metrics, score_test
+    from lifecycle.stages.export import argmax_agreeing, max_abs_diff
 
     logits = predictor.logits(rows["text"])
     if out_dir is not None:
         metrics = score_test(logits, rows["label"], rows["text"], out_dir)
     else:
         metrics = classification_metrics(logits.argmax(-1), rows["label"])
-    metrics.update(argmax_agreement=float((logits.argmax(-1) == reference.argmax(-1)).mean()),
-                   logit_max_abs_diff=float(np.abs(logits - reference).max()))
+    metrics.update(argmax_agreement=argmax_agreeing(logits, reference) / len(logits),  # non-finite rows disagree
+                   logit_max_abs_diff=max_abs_diff(logits, reference))  # NaN for a NaN model: its gates fail
     return metrics, logits
 
 
