@@ -316,10 +316,12 @@ def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOu
 
     Each artifact is checked against the config the run directory records, not just against itself:
     its files must match their hashes, its cache key must be the one the recorded config implies
-    (parent chain and data included), and its parent must be the artifact it was built from. An
+    (parent chain and data included), its parent must be the artifact it was built from, and its model
+    must load (lifecycle.integrity). An
     artifact that fails any of these is a failed stage with a message saying why, never a pass.
     `registry`: where gates against a release look (default: lifecycle.release.registry_root()).
     """
+    from lifecycle import integrity
     from lifecycle.config import build
 
     run_dir = Path(run_dir)
@@ -340,7 +342,8 @@ def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOu
         except ArtifactError as exc:
             outcomes.append(StageOutcome(stage.label, stage.kind, "failed", None, [_integrity_failure(str(exc))]))
             continue
-        problem = _mismatch(stage.label, art, keys[stage.label], artifacts.get(parent_label), parent_label)
+        problem = (_mismatch(stage.label, art, keys[stage.label], artifacts.get(parent_label), parent_label)
+                   or integrity.load_problem(art))  # hashes prove the bytes, not that the model loads
         artifacts[stage.label] = art
         results = [_integrity_failure(problem)] if problem else []
         results += check_gates(pipeline, stage, art.metrics, artifacts, candidate=art, registry=registry)

@@ -109,3 +109,17 @@ def test_a_missing_data_file_leaves_the_previous_record_untouched(run, capsys):
     assert "nope.jsonl" in capsys.readouterr().err
     assert (run_dir / "pipeline.json").read_text() == before
     assert main(["gate", str(run_dir)]) == 0
+
+
+def test_a_model_that_cannot_load_fails_the_gate_even_when_rehashed(run, capsys):
+    """Hashes prove the bytes are the ones recorded, not that they are a model: gate opens each one."""
+    from lifecycle.artifact import sha256_file
+
+    _, _, run_dir = run
+    model = run_dir / "export" / "model.onnx"
+    model.write_bytes(b"\x08\x07not an onnx graph")
+    manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = sha256_file(model)
+    (run_dir / "export" / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["gate", str(run_dir)]) == 3
+    assert "cannot be loaded" in capsys.readouterr().out
