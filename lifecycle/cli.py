@@ -247,7 +247,7 @@ def cmd_serve(args) -> int:
         from lifecycle.signing import require_signed
 
         require_signed(args.source, args.trusted_keys)
-    return serve(args.source, host=args.host, port=args.port, tune=args.tune)
+    return serve(args.source, host=args.host, port=args.port, tune=args.tune, trusted_keys=args.trusted_keys)
 
 
 def cmd_build(args) -> int:

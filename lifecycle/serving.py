@@ -95,6 +95,7 @@ class Served:
     version: str  # the artifact hash: sha256 over its file hashes (Artifact.digest)
     gates: list = field(default_factory=list)
     root: Path | None = None  # where the service reads the files, when not `path`: an extracted bundle zip
+    trusted_keys: list[str] | None = None  # public key PEMs: every worker verifies the bundle's signature
 
     @property
     def tuned_path(self) -> Path:
@@ -102,7 +103,7 @@ class Served:
 
     def service_model(self) -> dict:
         return {"path": str(self.root or self.path), "name": self.name, "version": self.version,
-                "gates": self.gates, "source": str(self.path)}
+                "gates": self.gates, "source": str(self.path), "trusted_keys": self.trusted_keys}
 
 
 def resolve(source: str | Path) -> Served:
@@ -457,11 +458,15 @@ def tune_settings(served: Served, clients: int = 8, duration_s: float = 10.0, ec
 
 
 # ------------------------------------------------------------------------------------------- CLI commands
-def serve(source, host: str = "127.0.0.1", port: int = 3000, tune: bool = False) -> int:
+def serve(source, host: str = "127.0.0.1", port: int = 3000, tune: bool = False,
+          trusted_keys: list | None = None) -> int:
     """`lifecycle serve`: check that the model opens, then run `bentoml serve` in the foreground until it
     stops; returns its exit status. A refused bundle ends here, before any server starts: BentoML would
-    restart a worker that cannot open its model forever."""
+    restart a worker that cannot open its model forever. With `trusted_keys` (public key PEM files) every
+    worker also verifies the bundle's signature when it opens the model, not only this check."""
     served = resolve(source)
+    if trusted_keys:
+        served.trusted_keys = [Path(k).read_text() for k in trusted_keys]
     with checked(served):
         settings = tune_settings(served) if tune else load_settings(served)
         config = write_config(served, settings)

@@ -283,8 +283,9 @@ class Classifier:
 
     def __init__(self) -> None:
         root = Path(self.stored_model.path) / "model" if MODEL.get("tag") else Path(MODEL["path"])
-        self.predictor = Predictor.open(root, threads=SETTINGS["ort_threads"],
-                                        spinning=SETTINGS["ort_spinning"])
+        keys = [k.encode() for k in MODEL["trusted_keys"]] if MODEL.get("trusted_keys") else None
+        self.predictor = Predictor.open(root, threads=SETTINGS["ort_threads"], spinning=SETTINGS["ort_spinning"],
+                                        trusted_keys=keys)  # with keys: the signature is checked in every worker
         self.predictor.logits(["warm-up"])  # first run allocates; keep it off the first request
         self.busy = anyio.CapacityLimiter(1)  # one inference at a time, on the event loop or in the thread
         LOADED["predictor"] = self.predictor

@@ -176,3 +176,28 @@ def test_load_check_for_gate(export_art, tmp_path):
     from lifecycle.integrity import safetensors_load_problem
 
     assert "cannot be read as safetensors" in safetensors_load_problem(broken_dir)
+
+
+def test_every_server_worker_verifies_the_signature(signed, keys, tmp_path):
+    """`serve --trusted-key`: the keys travel to the BentoML workers, which open the bundle with them. A
+    worker given a key that did not sign the bundle refuses to load it, so the server never gets ready;
+    with the signing key it answers like the model in-process."""
+    import httpx
+
+    from lifecycle import LifecycleError, serving
+
+    served = serving.resolve(signed)
+    settings = serving.ServingSettings()
+    for key, ready in ((keys["other"][1], False), (keys["release"][1], True)):
+        served.trusted_keys = [key.read_text()]
+        with serving.checked(served):  # extracts the zip once, as `lifecycle serve` does
+            config = serving.write_config(served, settings, tmp_path / "serving.json")
+            assert json.loads(config.read_text())["model"]["trusted_keys"] == [key.read_text()]
+            if not ready:
+                with pytest.raises(LifecycleError), serving.Server(config, log=tmp_path / "bad.log", startup_timeout_s=25):
+                    pass
+                assert "signature" in (tmp_path / "bad.log").read_text()
+                continue
+            with serving.Server(config, log=tmp_path / "good.log") as server:
+                got = httpx.post(server.url + "/classify", json={"texts": ["Shares rose"]}, timeout=30).json()
+    assert got[0]["label"] == Predictor.open(signed).predict(["Shares rose"])[0]["label"]
