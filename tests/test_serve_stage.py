@@ -22,7 +22,8 @@ SERVE_BATCHED = {"kind": "serve", "name": "serve-batched", "parent": "export", "
 
 def tiny_with(stages: list[dict]) -> dict:
     raw = yaml.safe_load(TINY.read_text())
-    for item in ("stages.finetune.gates=[]", "stages.finetune.train.epochs=1", "stages.export.gates=[]"):
+    for item in ("stages.finetune.gates=[]", "stages.finetune.collapse_min=null",  # 1 epoch: one class, by design
+                 "stages.finetune.train.epochs=1", "stages.export.gates=[]"):
         config.apply_override(raw, item)
     raw["stages"] += stages
     return raw

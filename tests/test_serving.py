@@ -36,7 +36,8 @@ def run_tiny(workdir: Path, extra_stages: list[dict] | None = None):
     """The tiny pipeline (finetune -> export), 1 epoch, no accuracy gate: only the plumbing matters here.
     Stages are cached per workdir, so test files sharing one workdir train once."""
     raw = yaml.safe_load(TINY.read_text())
-    for item in ("stages.finetune.gates=[]", "stages.finetune.train.epochs=1", "stages.export.gates=[]"):
+    for item in ("stages.finetune.gates=[]", "stages.finetune.collapse_min=null",  # 1 epoch: one class, by design
+                 "stages.finetune.train.epochs=1", "stages.export.gates=[]"):
         config.apply_override(raw, item)
     raw["stages"] += extra_stages or []
     pipe = config.build(raw, base_dir=TINY.parent)

@@ -65,7 +65,7 @@ class Config(StageBase):
     latency: TorchLatency = TorchLatency()
     latency_rounds: int = Field(3, gt=0)  # alternating teacher/student rounds; the median round counts
     collapse_min: float | None = Field(0.2, ge=0, le=1)  # as in finetune: default gate on minority_prediction_ratio
-    collapse_on_fail: Literal["stop", "warn"] = "warn"
+    collapse_on_fail: Literal["stop", "warn"] = "stop"
 
     def metric_names(self) -> set[str]:
         teacher = {f"teacher_{m}" for m in (*CLASSIFICATION, *TORCH_LATENCY, "params_total", "size_mb")}

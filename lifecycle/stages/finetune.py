@@ -93,11 +93,10 @@ class Config(StageBase):
     # token mean through the pooler's dense + tanh (lifecycle.embedding.apply_head_pooling); cls: [CLS].
     head_pooling: Literal["auto", "cls", "mean"] = "auto"
     # Default gate on minority_prediction_ratio (see collapse_metrics): a model that predicts (almost)
-    # only one class while the labels are not that skewed. None: no default gate. on_fail "warn" for now:
-    # it shows in every report, junit and `lifecycle gate` as a warning without stopping the run ("stop"
-    # fails the stage; the default moves there once the tiny test pipelines train past collapse).
+    # only one class while the labels are not that skewed fails the stage. None: no default gate;
+    # collapse_on_fail "warn": reported in every report, junit and `lifecycle gate` without stopping.
     collapse_min: float | None = Field(0.2, ge=0, le=1)
-    collapse_on_fail: Literal["stop", "warn"] = "warn"
+    collapse_on_fail: Literal["stop", "warn"] = "stop"
 
     def needs_parent(self) -> bool:
         return self.model is None
