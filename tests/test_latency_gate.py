@@ -61,3 +61,8 @@ def test_interleaved_gate_in_a_run_records_ratio_interval_and_environment(tmp_pa
         assert gate["details"]["rounds"] >= 8 and "loadavg" in gate["details"]["environment"]
         assert gate["details"]["environment"]["cpu"]
     assert "violates" in missed["message"]
+    # the PyTorch side of a cross-runtime gate: one call of the finetune artifact at batch 2
+    from lifecycle.evaluation.latency import artifact_call
+
+    out = artifact_call(tmp_path / "runs" / "tiny" / "finetune", "hf-model", 2, 16, 1)()
+    assert tuple(out.logits.shape) == (2, 5)

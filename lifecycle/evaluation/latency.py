@@ -102,12 +102,17 @@ def artifact_call(path, kind: str, batch_size: int, seq_len: int, threads: int |
         predictor = Predictor.open(path, threads=threads)
         feeds = predictor.encode(texts, pad_to=seq_len)
         return lambda: predictor.session.run(None, feeds)
+    from pathlib import Path
+
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from lifecycle.models import load_model
+
     if threads:
         torch.set_num_threads(threads)
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    # as the stages load it: safetensors only, and the head pooling its config declares
+    model = load_model(AutoModelForSequenceClassification, Path(path)).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     inputs = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
 
