@@ -2,11 +2,11 @@
 
 An artifact's manifest proves its files are the ones the stage wrote, not that they load: a model
 written corrupt (a crash mid-export, a bad quantizer output, a hand-edited file re-hashed into the
-manifest) would pass `lifecycle gate` on its recorded metrics. `load_failures` opens each model the
+manifest) would pass `lifecycle gate` on its recorded metrics. `load_problem` opens each model the
 way its consumer will: an onnx-model in an onnxruntime session (what lifecycle.edge and the server
 run; `onnx.checker` validates against the ONNX spec alone and knows nothing of the com.microsoft
 fused operators our optimised graphs hold), after lifecycle.edge's external-data path check; an hf-model's safetensors headers (every
-tensor named, no pickle). It is meant for `cmd_gate`: each message is one FAIL line, any message fails.
+tensor named, no pickle). `lifecycle.pipeline.load_run` calls it for every artifact it judges: a problem is a failed gate.
 """
 
 from __future__ import annotations
@@ -58,15 +58,3 @@ def load_problem(artifact) -> str | None:
         return safetensors_load_problem(artifact.path)
     return None
 
-
-def load_failures(outcomes) -> list[str]:
-    """One "<stage>: <problem>" line per stage outcome (lifecycle.pipeline.load_run) whose model
-    cannot be loaded; stages without an artifact are left to the caller (they are 'skipped')."""
-    failures = []
-    for o in outcomes:
-        if getattr(o, "artifact", None) is None:
-            continue
-        problem = load_problem(o.artifact)
-        if problem:
-            failures.append(f"{o.name}: {problem}")
-    return failures

@@ -15,7 +15,7 @@ from test_export import run_tiny, shared_workdir
 from lifecycle import cli
 from lifecycle.bundle import write_bundle
 from lifecycle.edge import MANIFEST, SIGNATURE, BundleError, Predictor
-from lifecycle.integrity import load_failures, onnx_load_problem
+from lifecycle.integrity import load_problem, onnx_load_problem
 from lifecycle.signing import generate_key, require_signed
 
 
@@ -159,19 +159,14 @@ def test_load_check_for_gate(export_art, tmp_path):
     assert "cannot be loaded by onnxruntime" in onnx_load_problem(bad)
     assert "missing" in onnx_load_problem(tmp_path / "absent.onnx")
 
-    class Outcome:
-        def __init__(self, name, artifact):
-            self.name, self.artifact = name, artifact
-
     good = Artifact.load(export_art)
     broken_dir = tmp_path / "broken"
     shutil.copytree(export_art, broken_dir)
     (broken_dir / "model.onnx").write_bytes(b"\x08\x07garbage")
     broken = Artifact.load(broken_dir, verify=False)  # re-hashed or not: the manifest cannot make it load
     finetune = Artifact.load(export_art.parent / "finetune")
-    assert load_failures([Outcome("finetune", finetune), Outcome("export", good), Outcome("skipped", None)]) == []
-    failures = load_failures([Outcome("export", broken)])
-    assert len(failures) == 1 and failures[0].startswith("export: ") and "cannot be loaded" in failures[0]
+    assert load_problem(finetune) is None and load_problem(good) is None
+    assert "cannot be loaded" in load_problem(broken)
     (broken_dir / "model.safetensors").write_bytes(b"\xff" * 16)
     from lifecycle.integrity import safetensors_load_problem
 

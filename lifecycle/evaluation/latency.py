@@ -13,12 +13,7 @@ import numpy as np
 def measure(call: Callable[[], object], warmup: int = 3, runs: int = 20, runtime: str = "torch") -> dict[str, float]:
     for _ in range(warmup):
         call()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t0) * 1000)
-    arr = np.asarray(times)
+    arr = np.asarray(_times(call, runs))
     return {f"{runtime}_latency_p{q}_ms": float(np.percentile(arr, q)) for q in (50, 95, 99)}
 
 
