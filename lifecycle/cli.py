@@ -48,11 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     pipeline_args(sp)
     sp.add_argument("--workdir", type=Path, help="where runs are written (default: the pipeline's workdir)")
     sp.add_argument("--from", dest="from_stage", metavar="STAGE", help="re-run from this stage on, even if cached")
+    sp.add_argument("--sign", type=Path, metavar="KEY", help="when the run finishes, sign its record and artifact "
+                    "manifests with this Ed25519 private key (run.sig; checked by gate --trusted-key)")
+
+    sp = sub.add_parser("sign", help="sign a finished run (run.sig) with an Ed25519 private key")
+    sp.add_argument("run_dir", type=Path)
+    sp.add_argument("key", type=Path, help="private key (PEM; python -m lifecycle.signing KEY makes one)")
 
     sp = sub.add_parser("gate", help="re-check the gates of a finished run (exit 0 or 3), for release gating in CI")
     sp.add_argument("run_dir", type=Path)
     sp.add_argument("--junit", type=Path, help="also write junit.xml here")
     release_args(sp)
+    sp.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", metavar="PUBKEY",
+                    help="fail unless the run is signed (run.sig) by this Ed25519 public key as it is now (repeatable)")
     sp.add_argument("--against", metavar="ALIAS", help="also compare the run's model with this release (paired, on "
                     "the same test examples): 1 if it is not in the registry, 2 if its test data differ")
     sp.add_argument("--metric", dest="metrics", action="append", choices=PAIRED, metavar="METRIC",
@@ -162,7 +170,26 @@ def cmd_run(args) -> int:
     from lifecycle import config, pipeline
 
     cfg = config.load(args.file, args.overrides)
-    pipeline.run(cfg, workdir=args.workdir, from_stage=args.from_stage)
+    if args.sign is None:
+        pipeline.run(cfg, workdir=args.workdir, from_stage=args.from_stage)
+        return EXIT_OK
+    from lifecycle.signing import load_private_key, sign_run
+
+    load_private_key(args.sign)  # a bad key fails now, not after hours of training
+    run_dir = Path(args.workdir or cfg.workdir).resolve() / cfg.name
+    try:
+        pipeline.run(cfg, workdir=args.workdir, from_stage=args.from_stage)
+    except GateFailed:  # a finished run whose gate failed is signed too: the signature says who made it, not that it passed
+        print(f"signed {sign_run(run_dir, args.sign)}")
+        raise
+    print(f"signed {sign_run(run_dir, args.sign)}")
+    return EXIT_OK
+
+
+def cmd_sign(args) -> int:
+    from lifecycle.signing import sign_run
+
+    print(f"signed {sign_run(args.run_dir, args.key)}")
     return EXIT_OK
 
 
@@ -174,6 +201,8 @@ def cmd_gate(args) -> int:
     pipeline, outcomes = load_run(args.run_dir, args.registry)
     if args.against:
         outcomes.append(_against(args))
+    if args.trusted_keys:
+        outcomes.append(_signature(args))
     data = report.as_json(pipeline.name, outcomes, state)
     report.write_junit(data, args.junit or args.run_dir / "junit.xml")
     for o in outcomes:
@@ -189,6 +218,18 @@ def cmd_gate(args) -> int:
         failed = [*failed, state]
     print("gates passed" if not failed else f"{len(failed)} gate(s) failed")
     return EXIT_GATE if failed else EXIT_OK
+
+
+def _signature(args):
+    """`gate --trusted-key`: the run as it is now must be what a trusted key signed (a gate, so report.json shows it)."""
+    from lifecycle.gates import GateResult
+    from lifecycle.pipeline import StageOutcome
+    from lifecycle.signing import RUN_SIGNATURE, run_signature_problem
+
+    problem = run_signature_problem(args.run_dir, args.trusted_keys)
+    result = GateResult("signature", f"{RUN_SIGNATURE} verifies with a trusted key", None, None, problem is None,
+                        "stop", message=problem or "")
+    return StageOutcome("run signature", "signature", "failed" if problem else "passed", None, [result])
 
 
 def _against(args):

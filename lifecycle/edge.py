@@ -255,9 +255,12 @@ def key_id(raw_public_key: bytes) -> str:
     return hashlib.sha256(raw_public_key).hexdigest()[:16]
 
 
-def check_signature(manifest: bytes, signature: bytes, trusted_keys: list, source) -> str:
+def check_signature(manifest: bytes, signature: bytes, trusted_keys: list, source,
+                    names: tuple[str, str] = (MANIFEST, SIGNATURE)) -> str:
     """Verify manifest.sig (`signature`) over the exact manifest bytes with one of `trusted_keys`
-    (PEM public keys: paths or bytes); returns the key id that signed, else raises BundleError."""
+    (PEM public keys: paths or bytes); returns the key id that signed, else raises BundleError.
+    `names`: what the signed document and the signature file are called, for the messages."""
+    signed_name, sig_name = names
     import base64
 
     from cryptography.exceptions import InvalidSignature
@@ -268,11 +271,11 @@ def check_signature(manifest: bytes, signature: bytes, trusted_keys: list, sourc
         record = json.loads(signature)
         sig = base64.b64decode(record["signature"], validate=True)
     except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(f"{source}: unreadable {SIGNATURE} ({exc})") from None
+        raise BundleError(f"{source}: unreadable {sig_name} ({exc})") from None
     if record.get("algorithm") != "ed25519":
-        raise BundleError(f"{source}: {SIGNATURE} uses {record.get('algorithm')!r}; only ed25519 is accepted")
+        raise BundleError(f"{source}: {sig_name} uses {record.get('algorithm')!r}; only ed25519 is accepted")
     if not trusted_keys:
-        raise BundleError(f"{source}: no trusted keys given to check {SIGNATURE} against")
+        raise BundleError(f"{source}: no trusted keys given to check {sig_name} against")
     ids = []
     for key in trusted_keys:
         try:
@@ -293,8 +296,8 @@ def check_signature(manifest: bytes, signature: bytes, trusted_keys: list, sourc
             return ids[-1]
         except InvalidSignature:
             continue
-    raise BundleError(f"{source}: bad signature: manifest.json is not signed by a trusted key "
-                      f"(signed by key {record.get('key_id')}, trusted: {', '.join(ids)}; or the manifest was edited)")
+    raise BundleError(f"{source}: bad signature: {signed_name} is not signed by a trusted key "
+                      f"(signed by key {record.get('key_id')}, trusted: {', '.join(ids)}; or it was edited)")
 
 
 def _sha256(path: Path) -> str:

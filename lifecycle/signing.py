@@ -18,6 +18,12 @@ in-toto/sigstore bundle) and pulls in sigstore, tuf, in-toto and a dozen more pa
 zip that already carries a file-hash manifest, the device runtime (lifecycle.edge) must stay small, and
 the one thing missing was a signature over that manifest, which `cryptography` gives in a few lines.
 Verification lives in lifecycle.edge (`check_signature`) so a device needs no other part of lifecycle.
+
+A run directory is signed the same way (`lifecycle run --sign KEY`, or `lifecycle sign RUN KEY` after
+the fact; `lifecycle gate --trusted-key PUB` checks it): `run.sig` holds the sha256 of pipeline.json
+and of each stage's manifest.json and a signature over those digests. pipeline.json fixes the config
+and data fingerprints, each manifest the metrics and the hash of every file of its artifact (which
+`gate` checks anyway), so the signature covers every byte and number a verdict is made from.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from lifecycle import LifecycleError
 from lifecycle.edge import SIGNATURE, key_id
 
 ALGORITHM = "ed25519"
+RUN_SIGNATURE, RUN_RECORD = "run.sig", "pipeline.json"
 
 
 def load_private_key(path: str | Path):
@@ -57,12 +64,12 @@ def public_pem(private_key) -> bytes:
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def signature_record(data: bytes, private_key) -> dict:
-    """The manifest.sig content for `data` (the exact bytes of manifest.json)."""
+def signature_record(data: bytes, private_key, signed: str = "manifest.json") -> dict:
+    """The manifest.sig content for `data` (the exact bytes of manifest.json, or what `signed` names)."""
     from cryptography.hazmat.primitives import serialization
 
     raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return {"format": "lifecycle-signature/1", "algorithm": ALGORITHM, "key_id": key_id(raw), "signed": "manifest.json",
+    return {"format": "lifecycle-signature/1", "algorithm": ALGORITHM, "key_id": key_id(raw), "signed": signed,
             "signature": base64.b64encode(private_key.sign(data)).decode()}
 
 
@@ -107,6 +114,60 @@ def require_signed(source: str | Path, trusted_keys: list) -> None:
         Predictor.open(source, trusted_keys=list(trusted_keys))  # hashes, then the signature, then a session
     except BundleError as exc:
         raise LifecycleError(str(exc)) from None
+
+
+def run_digests(run_dir: Path) -> dict[str, str]:
+    """sha256 of the run's pipeline.json and of every artifact's manifest.json (not of `.tmp` leftovers)."""
+    from lifecycle.artifact import sha256_file
+
+    files = [run_dir / RUN_RECORD, *(m for m in run_dir.glob("*/manifest.json") if not m.parent.name.endswith(".tmp"))]
+    return {f.relative_to(run_dir).as_posix(): sha256_file(f) for f in sorted(files) if f.is_file()}
+
+
+def _canonical(files: dict[str, str]) -> bytes:
+    return json.dumps({"format": "lifecycle-run-digests/1", "files": files}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def sign_run(run_dir: str | Path, key_path: str | Path) -> Path:
+    """Write `run_dir`/run.sig: a signature over the digests of a finished run's files (see the module doc)."""
+    run_dir = Path(run_dir)
+    try:
+        state = json.loads((run_dir / RUN_RECORD).read_text()).get("state")
+    except (OSError, ValueError) as exc:
+        raise LifecycleError(f"{run_dir}: not a readable run directory ({exc})") from None
+    if state != "finished":
+        raise LifecycleError(f"{run_dir}: the last `lifecycle run` did not finish (state: {state}); only a finished "
+                             "run can be signed")
+    files = run_digests(run_dir)
+    record = {**signature_record(_canonical(files), load_private_key(key_path), signed="run digests"), "files": files}
+    tmp = run_dir / (RUN_SIGNATURE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, run_dir / RUN_SIGNATURE)
+    return run_dir / RUN_SIGNATURE
+
+
+def run_signature_problem(run_dir: str | Path, trusted_keys: list) -> str | None:
+    """Why the run directory is not signed by one of `trusted_keys` as it is now (None: it is)."""
+    from lifecycle.edge import BundleError, check_signature
+
+    run_dir = Path(run_dir)
+    sig = run_dir / RUN_SIGNATURE
+    if not sig.is_file():
+        return f"unsigned (no {RUN_SIGNATURE}); a trusted key is given, so only runs signed with `--sign` pass"
+    try:
+        signed = json.loads(sig.read_bytes())["files"]
+        check_signature(_canonical(signed), sig.read_bytes(), trusted_keys, run_dir, names=("run digests", RUN_SIGNATURE))
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable {RUN_SIGNATURE} ({exc})"
+    except BundleError as exc:
+        return str(exc)
+    now = run_digests(run_dir)
+    changed = sorted(n for n in signed.keys() | now.keys() if signed.get(n) != now.get(n))
+    if changed:
+        return (f"changed since it was signed: {', '.join(changed)} (edited, added or removed); sign the run again "
+                "only if you produced it")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

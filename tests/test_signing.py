@@ -196,3 +196,47 @@ def test_every_server_worker_verifies_the_signature(signed, keys, tmp_path):
             with serving.Server(config, log=tmp_path / "good.log") as server:
                 got = httpx.post(server.url + "/classify", json={"texts": ["Shares rose"]}, timeout=30).json()
     assert got[0]["label"] == Predictor.open(signed).predict(["Shares rose"])[0]["label"]
+
+
+def test_signed_run_gate_trusted_key(export_art, keys, tmp_path, capsys):
+    """`run --sign` (all stages cached here), then `gate --trusted-key`: passes as signed; fails (exit 3, in
+    junit.xml too) when unsigned, signed by another key, or when a manifest's metric was edited afterwards,
+    which no file hash catches."""
+    from test_export import TINY
+
+    run = export_art.parent
+    yaml = tmp_path / "tiny.yaml"
+    yaml.write_text(json.dumps(TINY))  # JSON is YAML; the data path in it is absolute
+    workdir = tmp_path / "runs"
+    shutil.copytree(run, workdir / run.name)
+    run = workdir / run.name
+    trusted = ["--trusted-key", str(keys["release"][1])]
+
+    def gate(*extra):
+        capsys.readouterr()
+        code = cli.main(["gate", str(run), *trusted, *extra])
+        return code, capsys.readouterr().out
+
+    code, out = gate()
+    assert code == 3 and "FAIL  run signature" in out and "unsigned" in out, out
+    assert "unsigned" in (run / "junit.xml").read_text()
+    assert cli.main(["run", str(yaml), "--workdir", str(workdir), "--sign", str(keys["release"][0])]) == 0
+    assert "cached" in capsys.readouterr().out  # nothing retrained: the signature covers the artifacts as they were
+    code, out = gate()
+    assert code == 0 and "pass  run signature" in out, out
+    assert cli.main(["gate", str(run), "--trusted-key", str(keys["other"][1])]) == 3
+    assert "bad signature" in capsys.readouterr().out
+    # an edited metric: every file hash still matches, so only the signature notices
+    manifest = run / "export" / MANIFEST
+    m = json.loads(manifest.read_text())
+    m["metrics"]["accuracy"] = 1.0
+    manifest.write_text(json.dumps(m, indent=2))
+    assert cli.main(["gate", str(run)]) == 0
+    code, out = gate()
+    assert code == 3 and "changed since it was signed: export/manifest.json" in out, out
+    # signing needs a finished run and a private key; neither failure writes anything
+    (run / "run.sig").unlink()
+    assert cli.main(["sign", str(run), str(keys["release"][1])]) == 1
+    assert "private key" in capsys.readouterr().err and not (run / "run.sig").exists()
+    assert cli.main(["sign", str(tmp_path), str(keys["release"][0])]) == 1
+    assert "not a readable run directory" in capsys.readouterr().err
