@@ -3,8 +3,9 @@
     python docs/render.py --run runs/quickstart   # store that run's report.json + figure, then render
     python docs/render.py                         # render from what is stored
 
-Sources: docs/quickstart/report.json (a finished `make quickstart`, copied here by --run) and
-benchmarks/results/serving.json (`python benchmarks/serving.py`). Each section sits between
+Sources: docs/quickstart/report.json (a finished `make quickstart`, copied here by --run),
+benchmarks/results/serving.json (`python benchmarks/serving.py`) and benchmarks/results/reliability.json
+(`python benchmarks/reliability.py`). Each section sits between
 `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` in README.md; everything else is left alone.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "docs" / "quickstart"
 SERVING = ROOT / "benchmarks" / "results" / "serving.json"
+RELIABILITY = ROOT / "benchmarks" / "results" / "reliability.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     text = replace(text, "quickstart", quickstart_section(json.loads((QUICKSTART / "report.json").read_text())))
     if SERVING.is_file():
         text = replace(text, "serving", serving_section(json.loads(SERVING.read_text())))
+    if RELIABILITY.is_file():
+        text = replace(text, "reliability", reliability_section(json.loads(RELIABILITY.read_text())))
     readme.write_text(text)
-    print(f"rendered {readme.relative_to(ROOT)} from {QUICKSTART.relative_to(ROOT)}/report.json and "
-          f"{SERVING.relative_to(ROOT)}")
+    print(f"rendered {readme.relative_to(ROOT)} from {QUICKSTART.relative_to(ROOT)}/report.json, "
+          f"{SERVING.relative_to(ROOT)} and {RELIABILITY.relative_to(ROOT)}")
     return 0
 
 
@@ -92,9 +96,34 @@ def serving_section(data: dict) -> str:
     failed = [c["name"] for c in checks if not c["passed"]]
     return "\n".join([
         f"`benchmarks/results/serving.json` ({'quick' if data.get('quick') else 'full'} run, load average "
-        f"{data['loadavg_before'][0]:.1f} before / {data['loadavg_after'][0]:.1f} after, 8 keep-alive clients):", "",
+        f"{_load(data['loadavg_before']):.1f} before / {_load(data['loadavg_after']):.1f} after, 8 keep-alive clients):", "",
         "| model | tuned settings | req/s | p95 ms | errors | load generator |", "|---|---|---|---|---|---|", *rows, "",
         f"Checks: {len(checks) - len(failed)} of {len(checks)} pass" + (f" (missed: {', '.join(failed)})." if failed else "."),
+    ]) + "\n"
+
+
+def _load(value) -> float:
+    """The 1-minute load average: results written before benchmarks/common.Recorder kept all three."""
+    return value[0] if isinstance(value, list) else value
+
+
+def reliability_section(data: dict) -> str:
+    r = data["results"]
+    c, s, k = r["config_cases"], r["server_cases"], r["kill_loop"]
+    others = r["other_tests"]
+    failed = [x["name"] for x in data["checks"] if not x["passed"]]
+    return "\n".join([
+        f"Measured by `benchmarks/results/reliability.json` (one run of the hardening tests, load average "
+        f"{_load(data['loadavg_before']):.1f} before / {_load(data['loadavg_after']):.1f} after):", "",
+        f"- config and data cases: {c['as_expected_and_nothing_left']} of {c['tried']} answered with the expected exit code "
+        "and one-line message, leaving nothing behind;",
+        f"- server cases: {s['as_expected']} of {s['tried']} answered as expected within their time, server live after "
+        f"{s['live_after_each']} of {s['tried']};",
+        f"- kill -9 of a training run: {k.get('kills', 0)} kills, {k.get('finished', 0)} finished runs "
+        f"({k.get('resumed', 0)} resumed), each with the metrics of the uninterrupted run;",
+        f"- other hardening tests: {sum(v == 'passed' for v in others.values())} of {len(others)} pass.", "",
+        f"Checks: {len(data['checks']) - len(failed)} of {len(data['checks'])} pass"
+        + (f" (missed: {', '.join(failed)})." if failed else "."),
     ]) + "\n"
 
 
