@@ -9,8 +9,10 @@ start makes retrains agree with each other far more than a from-scratch model's 
 on dozens of the 223 texts) is run:
 - baseline: seed 0, promoted to `production` in a private registry;
 - 5 retrains: seeds 1-5, same data: each one the gate flags is a false alarm (target 0 of 5);
-- 5 degraded: seeds 1-5 with --noise of the training labels replaced by another label (about a
-  2-point regression; the measured drops are recorded): each one flagged is a detection (target >= 4).
+- 5 degraded: seeds 1-5 with --noise of the training labels replaced by another label (the issue asks
+  for about a 2-point regression; the measured drops are recorded): each one flagged is a detection
+  (target >= 4). MiniLM shrugs off label noise unevenly: at 0.3 the five drops were 1.8, 0.0, 2.2, 4.5
+  and -0.5 points (mean 1.6, commit 2cae6ae), so the default is 0.4.
 Every candidate is gated as `{metric: accuracy, max_drop: --margin, vs: "release:production"}` under
 each bound (mean, lower_ci, upper_ci), so the one run shows the trade-off; the checks use --bound.
 Writes benchmarks/results/release_gate.json.
@@ -125,7 +127,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke check: 300 texts per split, 1 candidate of each kind")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lifecycle-bench-release"))
-    ap.add_argument("--noise", type=float, default=0.3, help="share of training labels replaced in a degraded run")
+    ap.add_argument("--noise", type=float, default=0.4, help="share of training labels replaced in a degraded run")
     ap.add_argument("--margin", type=float, default=0.01, help="max_drop of the gate (default 1 point)")
     ap.add_argument("--bound", choices=BOUNDS, default="mean", help="the gate variant the checks read")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
