@@ -188,7 +188,7 @@ def test_lora_on_a_mean_pooling_encoder_pools_like_it_and_trains_the_head_path(b
 
 
 def test_collapse_metrics():
-    from lifecycle.stages.finetune import collapse_metrics
+    from lifecycle.components.classification import collapse_metrics
 
     targets = [0] * 87 + [1] * 13
     one_class = np.tile([1.0, 0.0], (100, 1))  # always class 0
@@ -253,7 +253,7 @@ def test_class_weights_balanced_are_used_in_the_loss(tmp_path):
 
 def test_class_weight_options():
     from lifecycle import LifecycleError
-    from lifecycle.stages.finetune import LabelSpace, class_weights
+    from lifecycle.components.classification import LabelSpace, class_weights
 
     single = LabelSpace(["a", "b"], [0, 1], multi=False)
     assert class_weights("balanced", [0, 0, 0, 1], single) == pytest.approx([4 / 6, 2.0])
@@ -277,7 +277,7 @@ def test_early_stopping_stops_and_keeps_the_best_checkpoint(tmp_path):
 
 
 def test_multi_label(tmp_path):
-    from lifecycle.stages.finetune import _label_set
+    from lifecycle.components.classification import _label_set
 
     assert _label_set("['b', 'a']", "|") == {"a", "b"} and _label_set("a | b", "|") == {"a", "b"}
     data = keyword_data(tmp_path / "multi.jsonl", n=160, multi=True)
@@ -311,7 +311,7 @@ def test_gates_fail_the_pipeline_through_the_cli(tmp_path):
 def test_crash_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
     from transformers import TrainerCallback
 
-    from lifecycle.stages import finetune
+    from lifecycle.components import training
 
     data = keyword_data(tmp_path / "kw.jsonl", n=80)
     stage = {"kind": "finetune", "model": MODEL, "train": {**TRAIN, "max_steps": 12, "eval_steps": 4},
@@ -323,11 +323,11 @@ def test_crash_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys
             if state.global_step == 10:
                 raise KeyboardInterrupt
 
-    original = finetune.callbacks
-    monkeypatch.setattr(finetune, "callbacks", lambda early: [*original(early), Crash()])
+    original = training.callbacks
+    monkeypatch.setattr(training, "callbacks", lambda early: [*original(early), Crash()])
     with pytest.raises(KeyboardInterrupt):
         run(raw_pipeline(data, [stage]), tmp_path / "resumed")
-    monkeypatch.setattr(finetune, "callbacks", original)
+    monkeypatch.setattr(training, "callbacks", original)
     resumed = run(raw_pipeline(data, [stage]), tmp_path / "resumed")["finetune"]
     assert "resuming from" in capsys.readouterr().out
     for key in ("eval_loss", "accuracy", "f1_macro"):
