@@ -17,6 +17,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 def lint_imports(cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     """lint-imports with the project's contracts (the pyproject.toml in `cwd`), without a cache, so the
     graph is the code as it is now; `pythonpath` first on the path decides which `lifecycle` is read."""
+    assert LINT_IMPORTS.is_file(), f"no {LINT_IMPORTS}: install the dev extra (pip install -e '.[dev]': import-linter)"
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
