@@ -57,7 +57,7 @@ def test_onnx_export_hides_the_traced_constant_warning_only(tmp_path):
 
     model = tiny_bert().eval()
     ids, mask = torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long)
-    axes = {"batch": 0, "sequence": 1}
+    axes = {0: "batch", 1: "sequence"}
 
     def export(name: str) -> None:  # as lifecycle.stages.export.export_torch calls it
         with torch.inference_mode():
