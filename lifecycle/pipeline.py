@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifecycle import GateFailed, LifecycleError, __version__, tracking
+from lifecycle import GateFailed, LifecycleError, __version__, quiet, tracking
 from lifecycle import distributed as dist
 from lifecycle import gates as gatelib
 from lifecycle import seeds as seeds_mod
@@ -254,7 +254,8 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo=pri
         scratch.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed, echo=echo)
         try:
-            metrics = registry.module(stage.kind).run(stage, parent, ctx)
+            with quiet.relative_attention():  # the first forward pass may be a probe or an evaluation
+                metrics = registry.module(stage.kind).run(stage, parent, ctx)
         except LifecycleError:
             # A user-fixable error (unreadable data, diverged training) leaves nothing behind but the
             # checkpoints a re-run could resume from; a crash or a kill keeps everything for the resume.

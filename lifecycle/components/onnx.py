@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from lifecycle import quiet
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import Latency, latency_metrics
 
@@ -40,7 +41,7 @@ def export_torch(model, tokenizer, path: Path, opset: int, output: str = "logits
     sample = tokenizer(["export sample"] * 2, return_tensors="pt", padding="max_length", max_length=16)
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    with torch.inference_mode():
+    with torch.inference_mode(), quiet.onnx_export():
         torch.onnx.export(model, tuple(sample[n] for n in names), str(path), input_names=names,
                           output_names=[output], dynamic_axes={**axes, output: {0: "batch"}},
                           opset_version=opset, dynamo=False)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lifecycle import LifecycleError
+from lifecycle import LifecycleError, quiet
 from lifecycle.schema import Strict
 
 
@@ -111,7 +111,8 @@ def train(trainer, checkpoint_dir: Path, ctx=None, echo=None):
         echo(f"   resuming from {last.name} (verified complete: {last})")
     started = time.perf_counter()
     try:
-        out = trainer.train(resume_from_checkpoint=str(last) if last else None)
+        with quiet.training():
+            out = trainer.train(resume_from_checkpoint=str(last) if last else None)
     except TrainingDiverged:
         if trainer.is_world_process_zero():
             shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lifecycle import ConfigError
+from lifecycle import ConfigError, quiet
 from lifecycle.components.checkpoints import last_checkpoint
 from lifecycle.components.language_model import LM_METRICS
 from lifecycle.components.probe import Probe
@@ -192,6 +192,7 @@ def _warm_up_head(cfg: Config, trainer, blocks, ctx) -> None:
                        warmup_ratio=0.1, logging_steps=max(1, cfg.head_warmup_steps // 5), weight_decay=0.0)
     args = training.training_args(warm, ctx.scratch_dir / "head-warmup", ctx.seed, save_strategy="no",
                                   eval_strategy="no", remove_unused_columns=False, prediction_loss_only=True)
-    Trainer(model=model, args=args, train_dataset=blocks, data_collator=trainer.data_collator).train()
+    with quiet.training():
+        Trainer(model=model, args=args, train_dataset=blocks, data_collator=trainer.data_collator).train()
     for p in body:
         p.requires_grad_(True)
