@@ -33,7 +33,7 @@ from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
 from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
 from lifecycle.models import ModelSource
-from lifecycle.schema import StageBase, unset
+from lifecycle.schema import Holds, StageBase, TaskType, unset
 
 ADAPT_METRICS = {"perplexity_before", "domain_perplexity_gain", "general_perplexity", "general_perplexity_before",
                  "general_perplexity_change", "head_added", "probe_accuracy", "probe_accuracy_before",
@@ -42,7 +42,6 @@ ADAPT_METRICS = {"perplexity_before", "domain_perplexity_gain", "general_perplex
 
 class Config(StageBase):
     kind: Literal["adapt"]
-    consumes = "hf-model"
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # path or package to start from instead of the parent stage's artifact
     data: str = Field(description="name of the domain corpus source in `data`")
@@ -74,6 +73,33 @@ class Config(StageBase):
     def needs_parent(self) -> bool:
         return self.model is None
 
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        # The parent's objective is continued; a classifier's head would be thrown away for an LM head.
+        return {"contrastive": ("masked-lm", "encoder"), "mlm": ("masked-lm",), "clm": ("causal-lm",),
+                None: ("masked-lm", "causal-lm")}[self.objective]
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        if self.objective is None:
+            # A start given by `model:` is taken as an encoder (a masked-LM head is added): a causal one
+            # must say `objective: clm`, which `run` checks, so what follows is checked against it.
+            return consumed or "masked-lm"
+        return {"contrastive": "encoder", "mlm": "masked-lm", "clm": "causal-lm"}[self.objective]
+
+    def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
+        if consumed == "encoder":
+            return "set `objective: contrastive` to continue a sentence encoder"
+        if consumed in ("masked-lm", "causal-lm"):
+            return "drop `objective:`: adapt continues the parent's objective"
+        return "adapt continues a language model or an encoder: adapt before fine-tuning, not after"
+
+    def data_refs(self) -> dict[str, tuple[str, bool]]:
+        refs = {"data": (self.data, False), "general_data": (self.general_data, False)}
+        return {**{k: v for k, v in refs.items() if v[0]}, **({"probe.data": (self.probe.data, True)} if self.probe else {})}
+
+    def files(self) -> dict[str, str]:
+        pairs = self.contrastive.pairs if self.contrastive else None
+        return {"contrastive.pairs.path": pairs.path} if pairs else {}
+
     def metric_names(self) -> set[str]:
         if self.objective == "contrastive":
             return set(CONTRASTIVE_METRICS)
@@ -87,9 +113,6 @@ def run(cfg: Config, parent, ctx) -> dict:
     from lifecycle.components import language_model as lm
     from lifecycle.data.corpus import load_corpus
 
-    for name in filter(None, [cfg.general_data, cfg.probe and cfg.probe.data]):
-        if name not in ctx.pipeline.data:
-            raise ConfigError(f"stage '{cfg.label}': no data source named '{name}' (have {sorted(ctx.pipeline.data)})")
     path = models.model_dir(cfg.model, ctx.pipeline) if cfg.model is not None else Path(parent.path)
     tokenizer = models.load_tokenizer(path, cfg.block_size)
     set_seed(ctx.seed)
@@ -105,6 +128,9 @@ def run(cfg: Config, parent, ctx) -> dict:
     model, objective, head_added = _load(path, parent)
     if cfg.objective not in (None, objective):
         raise ConfigError(f"stage '{cfg.label}': objective {cfg.objective} does not fit the start model ({objective})")
+    if cfg.objective is None and parent is None and objective == "clm":
+        raise ConfigError(f"stage '{cfg.label}': {path} is a causal LM; add `objective: clm` to the stage, so that "
+                          "the stages after it are checked against a causal LM before anything runs")
     args = lm.lm_training_args(cfg.train, ctx)
 
     domain = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)

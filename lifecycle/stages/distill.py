@@ -30,7 +30,7 @@ from lifecycle.components.training import EarlyStopping, TrainConfig
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
 from lifecycle.models import ModelSource
-from lifecycle.schema import StageBase, Strict
+from lifecycle.schema import Holds, StageBase, Strict, TaskType
 
 LAYER_KEY = re.compile(r"\.(layer|layers|h)\.(\d+)\.")  # BERT/RoBERTa/DistilBERT/GPT-2 block prefixes
 
@@ -44,7 +44,7 @@ class Student(Strict):
 
 class Config(StageBase):
     kind: Literal["distill"]
-    consumes = "hf-model"
+    tasks = ("classification",)
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     student: Student = Student()
     temperature: float = Field(2.0, gt=0)  # softens both distributions; 2-4 passes the teacher's "dark knowledge"
@@ -59,6 +59,18 @@ class Config(StageBase):
     latency_rounds: int = Field(3, gt=0)  # alternating teacher/student rounds; the median round counts
     collapse_min: float | None = Field(0.2, ge=0, le=1)  # as in finetune: default gate on minority_prediction_ratio
     collapse_on_fail: Literal["stop", "warn"] = "stop"
+
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        return ("classifier",)  # the teacher: its logits on the task's labels are the soft targets
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        return "classifier"
+
+    def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
+        return "distill's teacher is a fine-tuned classifier: put a finetune stage before it"
+
+    def task_hint(self, task: TaskType) -> str | None:
+        return "distillation matches a classifier's logits; an embedding model is not distilled here"
 
     def metric_names(self) -> set[str]:
         teacher = {f"teacher_{m}" for m in (*CLASSIFICATION, *TORCH_LATENCY, "params_total", "size_mb")}

@@ -30,19 +30,30 @@ from pydantic import Field
 from lifecycle.components.onnx import ONNX_METRICS, OnnxLatency
 from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
 from lifecycle.evaluation import CLASSIFICATION
-from lifecycle.schema import Gate, StageBase
+from lifecycle.schema import Gate, Holds, StageBase, TaskType
 
 
 class Config(StageBase):
     kind: Literal["export"]
-    consumes = "hf-model"
-    produces = "onnx-model"
+    tasks = ("classification", "embedding")
     exporter: Literal["torch", "optimum"] = "torch"  # see the module docstring for why torch is the default
     opset: int = Field(17, ge=14)  # 14+ has the ops BERT needs; 17 adds LayerNormalization
     optimize: bool = True  # onnxruntime transformer fusions, kept only when measured no slower
     parity_samples: int = Field(32, gt=1, description="validation texts used for the parity check (largest batch)")
     parity_max: float = Field(1e-4, gt=0, description="default gate on parity_max_abs_diff")
     latency: OnnxLatency = OnnxLatency()
+
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        # classification: the logits of a trained head; embedding: an encoder body with its pooling
+        return ("encoder", "masked-lm") if task == "embedding" else ("classifier",)
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        return "onnx-encoder" if task == "embedding" else "onnx-classifier"
+
+    def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
+        if task == "embedding":
+            return "an embedding export reads an encoder (pretrain or adapt with `objective: contrastive`)"
+        return "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
 
     def metric_names(self) -> set[str]:
         # task type embedding: knn_accuracy / spearman and cosine to PyTorch instead of accuracy / argmax

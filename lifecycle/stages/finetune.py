@@ -27,7 +27,7 @@ from lifecycle.components.training import EarlyStopping, TrainConfig
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
 from lifecycle.models import ModelSource
-from lifecycle.schema import StageBase, Strict
+from lifecycle.schema import HF_HOLDS, Holds, StageBase, Strict, TaskType
 
 CONTROL_METRICS = (*(f"control_{m}" for m in CLASSIFICATION), "pretraining_gain")
 
@@ -49,7 +49,7 @@ class Control(Strict):
 
 class Config(StageBase):
     kind: Literal["finetune"]
-    consumes = "hf-model"
+    tasks = ("classification",)
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # start from here instead of the parent stage's artifact
     train: TrainConfig = TrainConfig()
@@ -78,6 +78,15 @@ class Config(StageBase):
 
     def needs_parent(self) -> bool:
         return self.model is None
+
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        return HF_HOLDS  # a new head on any encoder or decoder; a classifier is fine-tuned again
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        return "classifier"
+
+    def task_hint(self, task: TaskType) -> str | None:
+        return "an embedding model is trained by pretrain or adapt with `objective: contrastive`"
 
     def metric_names(self) -> set[str]:
         return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",

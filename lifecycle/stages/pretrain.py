@@ -21,13 +21,12 @@ from lifecycle.components.training import TrainConfig
 from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
 from lifecycle.data.corpus import STAT_KEYS
 from lifecycle.models import PRESETS, ModelSource
-from lifecycle.schema import StageBase, unset
+from lifecycle.schema import Holds, StageBase, TaskType, unset
 
 
 class Config(StageBase):
     kind: Literal["pretrain"]
-    consumes = None
-    produces = "hf-model"
+    reads_parent = False
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     data: str = Field(description="name of the corpus source in `data` (its labels, if any, are ignored)")
     model: ModelSource = ModelSource(preset="bert-tiny")  # a preset: bert-* -> masked-LM, gpt-* -> causal-LM
@@ -57,6 +56,21 @@ class Config(StageBase):
         if positions and self.block_size > positions:
             raise ValueError(f"block_size: {self.block_size} tokens exceed the model's {positions} positions")
         return self
+
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        return ()
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        if self.objective == "contrastive":
+            return "encoder"
+        return "masked-lm" if self.model.family == "bert" else "causal-lm"
+
+    def data_refs(self) -> dict[str, tuple[str, bool]]:
+        return {"data": (self.data, False), **({"probe.data": (self.probe.data, True)} if self.probe else {})}
+
+    def files(self) -> dict[str, str]:
+        pairs = self.contrastive.pairs if self.contrastive else None
+        return {"contrastive.pairs.path": pairs.path} if pairs else {}
 
     def metric_names(self) -> set[str]:
         if self.objective == "contrastive":

@@ -34,7 +34,7 @@ from pydantic import Field, computed_field, model_validator
 from lifecycle.components.onnx import ONNX_METRICS, OnnxLatency
 from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
 from lifecycle.gates import SPLIT_SCORES
-from lifecycle.schema import StageBase, Strict
+from lifecycle.schema import Holds, StageBase, Strict, TaskType
 
 Method = Literal["dynamic-int8", "static-int8", "fp16", "none"]
 
@@ -49,8 +49,7 @@ class Calibration(Strict):
 
 class Config(StageBase):
     kind: Literal["quantize"]
-    consumes = "onnx-model"
-    produces = "onnx-model"
+    tasks = ("classification", "embedding")
     method: Method | None = None  # the single rung when `fallback` is empty; None: dynamic-int8
     fallback: list[Method] = Field([], description="the whole ladder, tried in order, e.g. [static-int8, dynamic-int8, none]")
     per_channel: bool = True  # int8 weights scaled per output channel: closer to fp32, same size and speed
@@ -85,6 +84,12 @@ class Config(StageBase):
     @classmethod
     def _drop_derived(cls, data):
         return {k: v for k, v in data.items() if k != "ladder_gates"} if isinstance(data, dict) else data
+
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        return ("onnx-encoder",) if task == "embedding" else ("onnx-classifier",)
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        return consumed or "onnx-classifier"  # the same model, in int8
 
     def metric_names(self) -> set[str]:
         # task type embedding: knn_accuracy / spearman and cosine to the fp32 parent instead of accuracy
