@@ -31,3 +31,4 @@ test-all: setup
 
 lint: setup
 	$(BIN)/ruff check lifecycle tests benchmarks serving pipelines
+	$(BIN)/lint-imports --no-cache

@@ -39,9 +39,10 @@ def measure_all(arts: dict, cfg, work: Path, budget: dict) -> dict:
     from transformers import AutoModel
 
     from lifecycle import models
+    from lifecycle.components.inference import embed_torch
     from lifecycle.data import load
     from lifecycle.edge import Predictor
-    from lifecycle.embedding import embed_torch, embedding_model, fidelity, read_pooling, task_metrics
+    from lifecycle.embedding import embedding_model, fidelity, read_pooling, task_metrics
     from lifecycle.stages import quantize as quantize_stage
 
     adapted, export = arts["adapt"].path, arts["export"].path

@@ -71,9 +71,9 @@ def plain_loop(art, raw: dict, steps: int, sparse: bool) -> float:
     from transformers import BertForMaskedLM, get_linear_schedule_with_warmup, set_seed
 
     from lifecycle import models
+    from lifecycle.components.language_model import sparse_mlm_class
     from lifecycle.config import build
     from lifecycle.data.corpus import MaskedLMCollator, load_corpus, tokenize_and_pack
-    from lifecycle.stages.pretrain import sparse_mlm_class
 
     stage = raw["stages"][0]
     batch, block, seed = stage["train"]["batch_size"], stage["block_size"], raw["seed"]

@@ -125,9 +125,9 @@ def measure_all(arts: dict, edge_dirs: dict, test, budget: dict) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     from lifecycle import models
+    from lifecycle.components.inference import predict_logits
     from lifecycle.edge import Predictor
     from lifecycle.evaluation import classification_metrics
-    from lifecycle.training import predict_logits
 
     finetuned = arts["finetune"].path
     model = models.load_model(AutoModelForSequenceClassification, finetuned).eval()
@@ -161,15 +161,13 @@ def plain_export(finetuned: Path, export_dir: Path, out: Path) -> Path:
     from transformers import AutoModelForSequenceClassification
 
     from lifecycle import models
-    from lifecycle.stages.export import RUNTIME_FILES, export_torch
+    from lifecycle.components.onnx import copy_runtime_files, export_torch
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     model = models.load_model(AutoModelForSequenceClassification, finetuned).eval()
     export_torch(model, models.load_tokenizer(finetuned, SEQ), out / "model.onnx", opset=17)
-    for name in RUNTIME_FILES:
-        if (export_dir / name).is_file():
-            shutil.copy2(export_dir / name, out / name)
+    copy_runtime_files(export_dir, out)
     return out
 
 

@@ -73,7 +73,14 @@ class Artifact:
 
     @property
     def kind(self) -> str:
+        """The family: hf-model (a model directory), onnx-model (what lifecycle.edge opens), service-check."""
         return self.manifest["kind"]
+
+    @property
+    def holds(self) -> str | None:
+        """What the model is (lifecycle.schema.Holds: masked-lm, classifier, onnx-encoder...); None for an
+        artifact written before artifacts said so."""
+        return self.manifest.get("holds")
 
     @property
     def cache_key(self) -> str:

@@ -33,6 +33,7 @@ from lifecycle.edge import (
     Predictor,
     check_external_data,
 )
+from lifecycle.serving.source import last_onnx_artifact
 
 FORMAT = "lifecycle-bundle/1"
 CARD = "model_card.md"
@@ -107,14 +108,6 @@ def onnx_artifact(source: Path) -> Artifact:
         if art.kind != "onnx-model":
             raise LifecycleError(f"{source}: a {art.kind} artifact; bundle an export or quantize artifact")
         return art
-    resolved = source / "pipeline.json"
-    if not resolved.is_file():
+    if not (source / "pipeline.json").is_file():
         raise LifecycleError(f"{source}: neither an artifact (no {MANIFEST}) nor a run directory (no pipeline.json)")
-    stages = json.loads(resolved.read_text())["pipeline"]["stages"]
-    for stage in reversed(stages):
-        path = source / (stage.get("name") or stage["kind"])
-        if (path / MANIFEST).is_file():
-            art = Artifact.load(path)
-            if art.kind == "onnx-model":
-                return art
-    raise LifecycleError(f"{source}: the run has no finished onnx-model stage (export or quantize); run it first")
+    return Artifact.load(last_onnx_artifact(source))

@@ -15,7 +15,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 
 from lifecycle import ConfigError
 from lifecycle.data.sources import DataSource
-from lifecycle.schema import Gate, Strict, Task
+from lifecycle.schema import MADE_BY, Gate, Holds, Strict, Task, TaskType, one_of
 from lifecycle.stages import stage_configs
 from lifecycle.tracking import Tracking
 
@@ -46,20 +46,22 @@ class Pipeline(Strict):
 
     @model_validator(mode="after")
     def _check_graph(self) -> Pipeline:
+        self._check_data()
+        task = self.task.type if self.task else None
+        holds: dict[str, Holds] = {}
         seen: dict[str, Any] = {}
         for i, stage in enumerate(self.stages):
             where = f"stages[{i}]"
             if stage.label in seen:
                 raise ValueError(f"{where}.name: '{stage.label}' is used twice; give each stage a unique name")
-            parent = self.parent_of(stage, seen)
-            if stage.needs_parent():
-                if parent is None:
-                    raise ValueError(f"{where}: a '{stage.kind}' stage needs a parent producing {stage.consumes}")
-                if parent.produces != stage.consumes:
-                    raise ValueError(
-                        f"{where}: '{stage.kind}' reads {stage.consumes} but its parent '{parent.label}' "
-                        f"produces {parent.produces}"
-                    )
+            if stage.tasks is not None and task is None:
+                raise ValueError(f"task: missing; stage '{stage.label}' ({where}, {stage.kind}) needs it: add "
+                                 "`task: {data: SOURCE}` naming a labelled data source")
+            if stage.tasks is not None and task not in stage.tasks:
+                hint = stage.task_hint(task) or "remove the stage or change `task.type`"
+                raise ValueError(f"task.type: stage '{stage.label}' ({where}, {stage.kind}) works for "
+                                 f"{one_of(stage.tasks)} tasks, not {task}; {hint}")
+            holds[stage.label] = stage.produces(self._consumed(stage, where, seen, holds, task), task)
             for j, gate in enumerate(stage.gates):
                 gwhere = f"{where}.gates[{j}]"
                 if gate.metric not in stage.metric_names():
@@ -80,12 +82,54 @@ class Pipeline(Strict):
                         hint = (" (it measures another runtime: name the reference's metric with `reference_metric` "
                                 "to compare across runtimes)") if cross else ""
                         raise ValueError(f"{gwhere}.vs: stage '{ref.label}' does not report '{gate.ref_key}'{hint}")
-            if getattr(stage, "data", None) and stage.data not in self.data:
-                raise ValueError(f"{where}.data: no data source named '{stage.data}' (have {sorted(self.data)})")
+            for field, (name, labelled) in stage.data_refs().items():
+                self._check_source(f"{where}.{field}", name, labelled)
             seen[stage.label] = stage
-        if self.task and self.task.data not in self.data:
-            raise ValueError(f"task.data: no data source named '{self.task.data}' (have {sorted(self.data)})")
         return self
+
+    def _consumed(self, stage, where: str, earlier: dict[str, Any], holds: dict[str, Holds],
+                  task: TaskType | None) -> Holds | None:
+        """What the stage reads from its parent, refused (naming the stage) when it cannot read it."""
+        parent = self.parent_of(stage, earlier)
+        if not stage.needs_parent():
+            return None
+        accepted = stage.accepts(task)
+        if parent is None:
+            raise ValueError(f"{where}: stage '{stage.label}' ({stage.kind}) needs a parent holding {one_of(accepted)} "
+                             f"({MADE_BY[accepted[0]]}); add one before it or name one with `parent:`")
+        consumed = holds[parent.label]
+        if consumed not in accepted:
+            under = f" (task type {task})" if stage.tasks and len(stage.tasks) > 1 else ""
+            hint = stage.chain_hint(consumed, task) or (f"read from a stage holding {accepted[0]} "
+                                                        f"({MADE_BY[accepted[0]]}) with `parent:`, or reorder")
+            raise ValueError(f"{where}.parent: '{stage.kind}'{under} reads {one_of(accepted)}, but its parent "
+                             f"'{parent.label}' holds {consumed}; {hint}")
+        return consumed
+
+    def _check_data(self) -> None:
+        """Names only (no file is read here: `lifecycle gate` rebuilds a run's config where its data may
+        be absent); `check_files` reads the disk."""
+        for name, src in self.data.items():
+            for j, part in enumerate(src.sources):
+                if part not in self.data:
+                    raise ValueError(f"data.{name}.sources[{j}]: no data source named '{part}' (have {sorted(self.data)})")
+                if self.data[part].format == "mix":
+                    raise ValueError(f"data.{name}.sources[{j}]: '{part}' is itself a mix; list its sources directly")
+        if self.task:
+            self._check_source("task.data", self.task.data, labelled=True)
+
+    def _check_source(self, field: str, name: str, labelled: bool) -> None:
+        if name not in self.data:
+            raise ValueError(f"{field}: no data source named '{name}' (have {sorted(self.data)})")
+        if labelled and not self.data[name].labelled:
+            what = "a mix of corpora" if self.data[name].format == "mix" else "a corpus (label_field: null)"
+            raise ValueError(f"{field}: '{name}' is {what}; name a source with labels (a `label_field`)")
+
+    def holds(self, stage) -> Holds:
+        """What the stage's artifact holds (the manifest's `holds`), as the chain of declarations says."""
+        parent = self.parent_of(stage)
+        consumed = self.holds(parent) if parent is not None and stage.needs_parent() else None
+        return stage.produces(consumed, self.task.type if self.task else None)
 
     def parent_of(self, stage, earlier: dict[str, Any] | None = None):
         earlier = earlier if earlier is not None else self.earlier(stage)
@@ -171,7 +215,31 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
         raise ConfigError(f"{path}: a pipeline file is a mapping with name, data, task and stages")
     for item in overrides or []:
         apply_override(raw, item)
-    return build(raw, base_dir=path.resolve().parent, source=str(path))
+    pipeline = build(raw, base_dir=path.resolve().parent, source=str(path))
+    check_files(pipeline, str(path))
+    return pipeline
+
+
+def check_files(pipeline: Pipeline, source: str = "pipeline") -> None:
+    """Every file the pipeline names exists: each data source's files (globs match, a package source is
+    installed) and pairs files. Run when a pipeline file is loaded and before a run starts, not in
+    `build` (a run's recorded config is rebuilt to gate it where its data may be absent)."""
+    from lifecycle import LifecycleError
+
+    for name, src in pipeline.data.items():
+        if src.format == "mix":
+            continue  # its parts are sources of their own
+        try:
+            src.files(pipeline)
+        except LifecycleError as exc:
+            raise ConfigError(f"{source}: invalid pipeline\n  data.{name}: {exc}") from None
+    named = {f"stages[{i}].{field}": path for i, stage in enumerate(pipeline.stages) for field, path in stage.files().items()}
+    if pipeline.task and pipeline.task.embedding and pipeline.task.embedding.pairs:
+        named["task.embedding.pairs.path"] = pipeline.task.embedding.pairs.path
+    for field, path in named.items():
+        if not pipeline.resolve(path).is_file():
+            raise ConfigError(f"{source}: invalid pipeline\n  {field}: no file {pipeline.resolve(path)} "
+                              "(paths are relative to the pipeline file)")
 
 
 def build(raw: dict, base_dir: Path | None = None, source: str = "pipeline") -> Pipeline:
@@ -196,7 +264,7 @@ def format_errors(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key '{loc[-1]}'"
-        lines.append(f"  {path or '<root>'}: {msg}")
+        lines.append(f"  {path}: {msg}" if path else f"  {msg}")  # the pipeline's own checks name their field
     return "\n".join(lines)
 
 

@@ -136,7 +136,8 @@ def train(stage, model, tokenizer, start_pooling: Pooling, ctx, corpus=None) -> 
     (weights, tokenizer, pooling.json) and return its metrics. Shared by pretrain and adapt."""
     from datasets import Dataset
 
-    from lifecycle import models, training
+    from lifecycle import models
+    from lifecycle.components import training
     from lifecycle.data.corpus import load_corpus
     from lifecycle.embedding import read_pairs, write_pooling
 
@@ -195,7 +196,8 @@ def measure(model, tokenizer, pooling: Pooling, spec: Contrastive, texts, positi
     has `task: {type: embedding}`. Unsupervised alignment compares two dropout views (train mode)."""
     import torch
 
-    from lifecycle.embedding import alignment_uniformity, embed_torch, embedding_model, task_metrics
+    from lifecycle.components.inference import embed_torch
+    from lifecycle.embedding import alignment_uniformity, embedding_model, task_metrics
 
     wrapped = embedding_model(model, pooling)
     embed = functools.partial(embed_torch, wrapped, tokenizer, max_length=spec.max_length)
@@ -218,12 +220,7 @@ def measure(model, tokenizer, pooling: Pooling, spec: Contrastive, texts, positi
 
 
 def _embed_noisy(wrapped, tokenizer, texts, max_length: int, batch_size: int = 64):
-    import numpy as np
+    """Embeddings in whatever mode the model is in (train: a dropout view); the caller holds no_grad."""
+    from lifecycle.components.inference import MODEL_INPUTS, batched
 
-    out = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[i : i + batch_size]), truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt")
-        out.append(wrapped(**{k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc})
-                   .float().numpy())
-    return np.concatenate(out)
+    return batched(lambda enc: wrapped(**enc), tokenizer, texts, max_length, batch_size, inputs=MODEL_INPUTS)

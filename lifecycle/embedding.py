@@ -142,22 +142,6 @@ def embedding_model(body, pooling: Pooling):
     return EmbeddingModel()
 
 
-def embed_torch(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64):
-    """Embeddings (float32 numpy) of an `embedding_model`, eval mode, no grad."""
-    import numpy as np
-    import torch
-
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(list(texts[i : i + batch_size]), truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt")
-            feeds = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-            out.append(model(**feeds).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.hidden_size), dtype=np.float32)
-
-
 # ------------------------------------------------------------------------------------------- metrics
 def _unit(x):
     import numpy as np
@@ -255,69 +239,3 @@ def read_pairs(pairs, pipeline) -> dict[str, list]:
             raise LifecycleError(f"{path}: row {missing + 1} has no field '{name}' (fields: {sorted(rows[missing])})")
         out[key] = [float(r[name]) if key == "score" else str(r[name]) for r in rows]
     return out
-
-
-# ---------------------------------------------------------------------------------------------- ONNX
-def export(cfg, parent, ctx) -> dict:
-    """The export stage for `task: {type: embedding}`: encoder + pooling + normalisation in one graph
-    (output `embeddings`), parity-gated against PyTorch like a classifier's logits, fused when
-    measured no slower, and scored with kNN accuracy and cosine to PyTorch on the test texts."""
-    import shutil
-
-    from transformers import AutoModel
-
-    from lifecycle import LifecycleError, models
-    from lifecycle.edge import Predictor
-    from lifecycle.stages import export as onnx_export
-
-    if cfg.exporter != "torch":
-        raise LifecycleError("export: optimum's feature-extraction export leaves pooling out of the graph; "
-                             "use `exporter: torch` for `task: {type: embedding}`")
-    task, src = ctx.pipeline.task, Path(parent.path)
-    pooling = read_pooling(src)
-    body = models.load_model(AutoModel, src).eval()
-    model = embedding_model(body, pooling).eval()
-    tokenizer = models.load_tokenizer(src, task.max_length)
-    plain = ctx.scratch_dir / "plain" / "model.onnx"
-    plain.parent.mkdir(parents=True, exist_ok=True)
-    onnx_export.export_torch(model, tokenizer, plain, cfg.opset, output="embeddings")
-    onnx_export.write_runtime_files(ctx.out_dir, src, body, tokenizer, task.max_length, onnx_export.onnx_input_names(plain))
-    schema = json.loads((ctx.out_dir / "schema.json").read_text())
-    schema.update(outputs={"embeddings": {"dtype": "float32", "shape": ["batch", body.config.hidden_size]}},
-                  task="embedding", pooling=pooling.model_dump())
-    (ctx.out_dir / "schema.json").write_text(json.dumps(schema, indent=2))
-    (ctx.out_dir / "labels.json").write_text("[]")  # no labels: the bundle format stays the same
-
-    def reference(_model, tok, texts, max_length, batch_size=64):
-        return embed_torch(model, tok, texts, max_length, batch_size)
-
-    data = ctx.task_data()
-    parity_texts = data.splits["validation"]["text"][: cfg.parity_samples]
-    chosen = onnx_export._maybe_fused(cfg, plain, model, tokenizer, parity_texts, ctx, reference) if cfg.optimize else plain
-    shutil.copy2(chosen, ctx.out_dir / "model.onnx")
-    predictor = Predictor.open(ctx.out_dir, threads=cfg.latency.threads)
-    metrics = onnx_export.parity(model, tokenizer, predictor, parity_texts, task.max_length, reference)
-    metrics.pop("argmax_agreement")  # the argmax of an embedding means nothing
-    test = data.splits["test"]
-    fp32 = embed_torch(model, tokenizer, test["text"], task.max_length)
-    found, test_x = onnx_metrics(predictor, cfg.latency, task.max_length, ctx.pipeline, fp32)
-    val = task_metrics(predictor.embed, ctx.pipeline, split="validation")  # what a later selection compares with
-    ctx.details.update(pooling=pooling.model_dump(), **onnx_export.prediction_details(predictor, test, test_x))
-    return {**metrics, **found, "val_knn_accuracy": val["knn_accuracy"]}
-
-
-def onnx_metrics(predictor, latency, max_length: int, pipeline, reference=None, split: str = "test"):
-    """(metrics, `split` embeddings) of an embedding onnx-model: kNN accuracy (+ Spearman), cosine to
-    the fp32 reference embeddings of the same texts, and (with `latency`) latency and size as every
-    onnx-model stage reports."""
-    from lifecycle.data import load
-    from lifecycle.stages.export import onnx_latency
-
-    rows = load(pipeline.data[pipeline.task.data], pipeline).splits[split]
-    x = predictor.embed(rows["text"])
-    metrics = task_metrics(predictor.embed, pipeline, test_embeddings=x, split=split)
-    if reference is not None:
-        metrics.update(fidelity(reference, x))
-    if latency is not None:
-        metrics.update(onnx_latency(predictor, rows["text"][0], latency, max_length))
-    return metrics, x

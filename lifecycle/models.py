@@ -17,7 +17,7 @@ from lifecycle import LifecycleError
 from lifecycle.schema import Strict
 
 if TYPE_CHECKING:
-    from lifecycle.config import Pipeline
+    from lifecycle.data.sources import PipelineView
 
 
 # Presets derive from each other; sizes chosen for CPU work (tiny: tests, mini/small: real runs).
@@ -77,7 +77,7 @@ class ModelSource(Strict):
         return PRESETS[self.preset]()["family"] if self.preset else "bert"
 
 
-def model_dir(source: ModelSource, pipeline: Pipeline) -> Path:
+def model_dir(source: ModelSource, pipeline: PipelineView) -> Path:
     """The directory of a path or package source, checked to hold a config and safetensors weights."""
     if source.path:
         d = pipeline.resolve(source.path)

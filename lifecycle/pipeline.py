@@ -15,14 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifecycle import GateFailed, LifecycleError, __version__, tracking
+from lifecycle import GateFailed, LifecycleError, __version__, quiet, tracking
 from lifecycle import distributed as dist
 from lifecycle import gates as gatelib
 from lifecycle import seeds as seeds_mod
 from lifecycle import stages as registry
 from lifecycle.artifact import Artifact, ArtifactError, commit, stable_hash, update_manifest, write_json
-from lifecycle.config import Pipeline
+from lifecycle.config import Pipeline, check_files
 from lifecycle.environment import environment
+from lifecycle.schema import artifact_kind
 
 RESOLVED = "pipeline.json"  # the resolved config, written into the run directory
 
@@ -123,6 +124,7 @@ def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str |
         pipeline.stage(from_stage)  # raises ConfigError on an unknown name
     # Every data file is read (hashed) before the run directory is touched: a missing file fails here
     # and leaves the previous run's record as it was.
+    check_files(pipeline)
     fingerprints = data_fingerprints(pipeline)
     run_dir.mkdir(parents=True, exist_ok=True)
     record = {"base_dir": str(pipeline.base_dir), "pipeline": pipeline.model_dump(mode="json"),
@@ -254,7 +256,8 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo=pri
         scratch.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed, echo=echo)
         try:
-            metrics = registry.module(stage.kind).run(stage, parent, ctx)
+            with quiet.relative_attention():  # the first forward pass may be a probe or an evaluation
+                metrics = registry.module(stage.kind).run(stage, parent, ctx)
         except LifecycleError:
             # A user-fixable error (unreadable data, diverged training) leaves nothing behind but the
             # checkpoints a re-run could resume from; a crash or a kill keeps everything for the resume.
@@ -278,8 +281,10 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo=pri
         shutil.rmtree(tmp, ignore_errors=True)
         dist.barrier()
         return Artifact.load(final)
+    holds = pipeline.holds(stage)
     manifest = {
-        "kind": stage.produces,
+        "kind": artifact_kind(holds),  # hf-model / onnx-model: what readers of older artifacts check
+        "holds": holds,
         "stage": stage.label,
         "stage_kind": stage.kind,
         "parent": {"path": str(parent.path), "cache_key": parent.cache_key, "digest": parent.digest} if parent else None,

@@ -84,11 +84,44 @@ class Gate(Strict):
         ]
 
 
-class StageBase(Strict):
-    """Fields every stage has. A stage module subclasses this with `kind: Literal[...]` and its own fields."""
+# What an artifact holds. A stage declares which of these it reads from its parent and which it writes
+# (both may depend on its config and on the task type), so `lifecycle validate` refuses a chain that
+# could only fail at run time, or silently produce nonsense (a masked-LM exported as a classifier).
+Holds = Literal["masked-lm", "causal-lm", "encoder", "classifier", "onnx-classifier", "onnx-encoder",
+                "service-check"]
+TaskType = Literal["classification", "embedding"]
+HF_HOLDS: tuple[Holds, ...] = ("masked-lm", "causal-lm", "encoder", "classifier")  # a Hugging Face model directory
+ONNX_HOLDS: tuple[Holds, ...] = ("onnx-classifier", "onnx-encoder")  # model.onnx + runtime files (lifecycle.edge)
+# Where a chain gets each kind: the hint of a refused chain.
+MADE_BY: dict[str, str] = {
+    "masked-lm": "pretrain with a bert-* preset, or adapt",
+    "causal-lm": "pretrain with a gpt-* preset, or adapt",
+    "encoder": "pretrain or adapt with `objective: contrastive`",
+    "classifier": "finetune or distill",
+    "onnx-classifier": "export under a classification task, or quantize after it",
+    "onnx-encoder": "export under `task: {type: embedding}`, or quantize after it",
+    "service-check": "serve",
+}
 
-    consumes: ClassVar[str | None] = "hf-model"  # artifact kind of the parent; None: needs no parent
-    produces: ClassVar[str] = "hf-model"
+
+def artifact_kind(holds: str) -> str:
+    """The manifest's `kind` for an artifact holding `holds`: the family every artifact reader checks
+    (hf-model: a model directory; onnx-model: what lifecycle.edge opens), unchanged by the finer kinds."""
+    return "onnx-model" if holds in ONNX_HOLDS else "hf-model" if holds in HF_HOLDS else holds
+
+
+def one_of(kinds) -> str:
+    kinds = list(kinds)
+    return kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
+
+
+class StageBase(Strict):
+    """Fields every stage has. A stage module subclasses this with `kind: Literal[...]` and its own fields,
+    and declares what it reads and writes (`accepts`, `produces`) and which task types it works for."""
+
+    reads_parent: ClassVar[bool] = True  # False: the stage starts from nothing (pretrain)
+    # Task types the stage works for; None: it needs no `task:` section (and runs under any).
+    tasks: ClassVar[tuple[TaskType, ...] | None] = None
     # Training stages run on every rank under torchrun (the Trainer does DDP); the others run on rank 0.
     distributed: ClassVar[bool] = False
 
@@ -108,7 +141,32 @@ class StageBase(Strict):
         raise NotImplementedError
 
     def needs_parent(self) -> bool:
-        return self.consumes is not None
+        return self.reads_parent
+
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        """What the stage can read from its parent under the pipeline's task type."""
+        raise NotImplementedError
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        """What its artifact holds, given what the parent's holds (None: no parent, e.g. `model:` given).
+        Called only with `consumed` in `accepts(task)` or None."""
+        raise NotImplementedError
+
+    def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
+        """A stage-specific fix when the parent holds `consumed`, which the stage does not accept."""
+        return None
+
+    def task_hint(self, task: TaskType) -> str | None:
+        """A stage-specific fix when the pipeline's task type is not one of `tasks`."""
+        return None
+
+    def data_refs(self) -> dict[str, tuple[str, bool]]:
+        """Data sources the stage names: field path -> (source name, whether it must be labelled)."""
+        return {}
+
+    def files(self) -> dict[str, str]:
+        """Files the stage reads besides data sources: field path -> path (relative to the pipeline file)."""
+        return {}
 
 
 class Pairs(Strict):

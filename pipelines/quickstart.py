@@ -8,13 +8,13 @@ metrics a stage cannot produce, `vs` stages that do not come earlier) before any
 import sys
 
 from lifecycle import GateFailed
+from lifecycle.components.training import TrainConfig
 from lifecycle.config import Pipeline
 from lifecycle.data.sources import DataSource, Split
 from lifecycle.models import ModelSource, TokenizerSpec
 from lifecycle.pipeline import run
 from lifecycle.schema import Gate, Task
 from lifecycle.stages import adapt, distill, export, finetune, pretrain, quantize, serve
-from lifecycle.training import TrainConfig
 
 split = Split(validation=0.1, test=0.1)
 encoder = ModelSource(preset="bert-tiny", tokenizer=TokenizerSpec(vocab_size=8000),

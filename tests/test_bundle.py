@@ -12,7 +12,7 @@ import onnx
 import pytest
 from test_export import run_tiny, shared_workdir
 
-from lifecycle import GateFailed, LifecycleError, cli
+from lifecycle import GateFailed, LifecycleError, cli, serving
 from lifecycle.artifact import Artifact, commit
 from lifecycle.bundle import onnx_artifact, write_bundle
 from lifecycle.edge import Predictor
@@ -59,6 +59,7 @@ def test_run_dir_bundles_the_last_onnx_stage(quantized_run, tmp_path):
     again = write_bundle(quantized_run / "quantize", tmp_path / "again.zip")
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(again.read_bytes()).digest()
     assert onnx_artifact(quantized_run).path == onnx_artifact(quantized_run / "quantize").path
+    assert serving.resolve(quantized_run).path == quantized_run / "quantize"  # `lifecycle serve` picks the same
 
 
 def test_failed_gates_and_wrong_sources_are_refused(onnx_workdir, tmp_path):
@@ -73,6 +74,12 @@ def test_failed_gates_and_wrong_sources_are_refused(onnx_workdir, tmp_path):
         write_bundle(run / "finetune", tmp_path / "model.zip")
     with pytest.raises(LifecycleError, match="neither an artifact"):
         write_bundle(tmp_path, tmp_path / "model.zip")
+    # a run without a finished onnx-model stage: `lifecycle bundle` and `lifecycle serve` say the same
+    (tmp_path / "pipeline.json").write_text(json.dumps({"pipeline": {"stages": [{"kind": "finetune"}]}}))
+    with pytest.raises(LifecycleError, match="no finished onnx-model stage"):
+        write_bundle(tmp_path, tmp_path / "model.zip")
+    with pytest.raises(LifecycleError, match="no finished onnx-model stage"):
+        serving.resolve(tmp_path)
 
 
 def test_cli_bundle(quantized_run, tmp_path, capsys):

@@ -113,9 +113,8 @@ def test_mix_reads_several_formats_and_dedups_across_them(tmp_path):
 def test_mix_errors_name_the_fix(tmp_path):
     with pytest.raises(Exception, match="sources"):
         pipeline(tmp_path, {"m": {"format": "mix", "sources": [], "label_field": None}})
-    p = pipeline(tmp_path, {"m": {"format": "mix", "sources": ["nope"]}})
-    with pytest.raises(LifecycleError, match="no data source named"):
-        load_corpus(p.data["m"], p, 0)
+    with pytest.raises(LifecycleError, match=r"data\.m\.sources\[0\]: no data source named 'nope'"):
+        pipeline(tmp_path, {"m": {"format": "mix", "sources": ["nope"]}})  # refused at load, not mid-run
 
 
 def test_labelled_path_still_works():

@@ -19,8 +19,8 @@ from test_export import run_tiny, shared_workdir, tiny_pipeline
 
 from lifecycle.artifact import Artifact
 from lifecycle.bundle import write_bundle
+from lifecycle.components.onnx import copy_runtime_files
 from lifecycle.edge import BundleError, Predictor, check_external_data, external_data_locations
-from lifecycle.stages.export import RUNTIME_FILES
 
 EDGE = Path(__file__).parents[1] / "lifecycle" / "edge.py"
 
@@ -38,9 +38,7 @@ def export_dir(onnx_workdir) -> Path:
 def _external_copy(export_dir: Path, dest: Path, location: str = "weights.bin") -> Path:
     """The export's model saved with every initializer in one external-data file, plus runtime files."""
     dest.mkdir(parents=True)
-    for name in RUNTIME_FILES:
-        if (export_dir / name).is_file():
-            shutil.copy2(export_dir / name, dest / name)
+    copy_runtime_files(export_dir, dest)
     model = onnx.load(str(export_dir / "model.onnx"))
     onnx.save_model(model, str(dest / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=location, size_threshold=0)

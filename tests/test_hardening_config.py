@@ -91,7 +91,7 @@ def _tiny_trainer(out: Path, max_steps: int):
     from datasets import Dataset
     from transformers import BertConfig, BertForSequenceClassification, Trainer
 
-    from lifecycle.training import TrainConfig, training_args
+    from lifecycle.components.training import TrainConfig, training_args
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
@@ -121,39 +121,40 @@ HALF_WRITTEN = {
 def test_resume_takes_the_newest_complete_checkpoint(damage, tmp_path, capsys):
     """A kill while checkpoint-3 was being written: the re-run resumes from checkpoint-2 (and says so),
     drops the broken one, and finishes; it never fails on the broken directory."""
-    from lifecycle import training
+    from lifecycle.components import checkpoints as ck
+    from lifecycle.components import training
 
     checkpoints = tmp_path / "checkpoints"
     _tiny_trainer(checkpoints, max_steps=3).train()
     assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-3"]
     HALF_WRITTEN[damage](checkpoints / "checkpoint-3")
-    assert training.last_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
+    assert ck.last_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
 
     trainer = _tiny_trainer(checkpoints, max_steps=4)
-    training.train(trainer, checkpoints)
+    training.train(trainer, checkpoints, echo=print)
     out = capsys.readouterr().out
     assert "discarding incomplete checkpoint checkpoint-3" in out
     assert "resuming from checkpoint-2" in out
     assert trainer.state.global_step == 4
-    assert training.checkpoint_problem(checkpoints / "checkpoint-4") is None  # the new one is whole
+    assert ck.checkpoint_problem(checkpoints / "checkpoint-4") is None  # the new one is whole
 
 
 def test_no_complete_checkpoint_starts_over(tmp_path, capsys):
-    from lifecycle import training
+    from lifecycle.components import training
 
     checkpoints = tmp_path / "checkpoints"
     (checkpoints / "checkpoint-5").mkdir(parents=True)  # killed before the first file landed
     trainer = _tiny_trainer(checkpoints, max_steps=2)
-    training.train(trainer, checkpoints)
+    training.train(trainer, checkpoints, echo=print)
     assert "resuming" not in capsys.readouterr().out and trainer.state.global_step == 2
     assert not (checkpoints / "checkpoint-5").exists()
 
 
 # ---------------------------------------------------------------------------------- NaN parity
 def test_parity_and_agreement_count_non_finite_values_as_failure():
+    from lifecycle.components.onnx import argmax_agreeing, max_abs_diff
     from lifecycle.gates import check
     from lifecycle.schema import Gate
-    from lifecycle.stages.export import argmax_agreeing, max_abs_diff
 
     ok = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
     nan = np.full_like(ok, np.nan)
@@ -172,8 +173,8 @@ def test_parity_of_a_nan_model_fails(tmp_path):
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
+    from lifecycle.components.onnx import export_torch, onnx_input_names, parity, write_runtime_files
     from lifecycle.edge import Predictor
-    from lifecycle.stages.export import export_torch, onnx_input_names, parity, write_runtime_files
 
     tokenizer = _word_tokenizer()
     model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16,

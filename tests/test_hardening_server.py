@@ -131,7 +131,7 @@ def slow_body_attack(port: int, attackers: int, seconds: float, trickle_s: float
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while time.monotonic() < deadline:
             writer.write(request)
-            status, _, close = await serving._read_response(reader)
+            status, _, close = await serving.loadgen._read_response(reader)
             statuses.append(status)
             if close:
                 writer.close()

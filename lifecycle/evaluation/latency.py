@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from pydantic import Field
+
+from lifecycle.schema import Strict
 
 
 def measure(call: Callable[[], object], warmup: int = 3, runs: int = 20, runtime: str = "torch") -> dict[str, float]:
@@ -23,6 +26,45 @@ def latency_metrics(runtime: str, batch: str = "") -> tuple[str, ...]:
 
 
 TORCH_LATENCY = latency_metrics("torch")
+
+
+class Latency(Strict):
+    """How a stage times its model: one text repeated `batch_size` times, padded to `seq_len`."""
+
+    batch_size: int = Field(1, gt=0)
+    seq_len: int | None = Field(None, gt=0, description="None: the task's max_length")
+    runs: int = Field(20, gt=0)
+    warmup: int = Field(3, ge=0)
+
+
+class TorchLatency(Latency):
+    threads: int | None = Field(None, gt=0, description="torch intra-op threads while timing; None: torch's default")
+
+
+def torch_latency(model, tokenizer, text: str, cfg: TorchLatency, max_length: int) -> dict:
+    """torch latency of one forward pass (ms) at the configured batch, sequence length (padded) and thread
+    count, on the CPU (where later stages serve the model), also after training on a GPU."""
+    import torch
+
+    model.to("cpu")
+    before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        seq_len = cfg.seq_len or max_length
+        enc = tokenizer([text] * cfg.batch_size, truncation=True, max_length=seq_len, padding="max_length",
+                        return_tensors="pt")
+        model.eval()
+
+        def call():
+            with torch.inference_mode():
+                model(**enc)
+
+        out = measure(call, warmup=cfg.warmup, runs=cfg.runs, runtime="torch")
+        return {**out, "latency_batch_size": cfg.batch_size, "latency_seq_len": seq_len,
+                "latency_threads": torch.get_num_threads()}
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- relative latency, A/B

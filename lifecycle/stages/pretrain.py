@@ -4,38 +4,29 @@ bert-* presets train an encoder with masked-LM, gpt-* presets a decoder with cau
 (WordPiece / byte-level BPE) is trained on the training split, the corpus is packed into fixed-length
 blocks, and the transformers Trainer does the rest: gradient accumulation, warm-up + decay,
 precision, gradient checkpointing, periodic evaluation, checkpoints in the scratch directory and
-automatic resume after a crash, DDP under `torchrun`. The `adapt` stage reuses the functions below
-(continued pre-training is this loop with an initial checkpoint, not a second copy).
-
-Masked-LM computes the vocabulary projection only at the masked positions (~15% of tokens). For small
-encoders that projection dominates the cost, so this is ~2x faster, with the same weights and the
-same checkpoint format (the artifact is saved as a plain BertForMaskedLM).
+automatic resume after a crash, DDP under `torchrun`. The loop lives in
+`lifecycle.components.language_model`, which the `adapt` stage shares (continued pre-training is
+this loop with an initial checkpoint, not a second copy).
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import time
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from lifecycle.components.language_model import LM_METRICS
+from lifecycle.components.probe import Probe
+from lifecycle.components.training import TrainConfig
 from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
 from lifecycle.data.corpus import STAT_KEYS
-from lifecycle.evaluation.probe import Probe
 from lifecycle.models import PRESETS, ModelSource
-from lifecycle.schema import StageBase, unset
-from lifecycle.training import TrainConfig
-
-LM_METRICS = {"eval_loss", "perplexity", "train_loss", "tokens_per_second", "train_seconds", "train_tokens",
-              "params_total", "vocab_size", "world_size", "data_wait_fraction", *STAT_KEYS}
+from lifecycle.schema import Holds, StageBase, TaskType, unset
 
 
 class Config(StageBase):
     kind: Literal["pretrain"]
-    consumes = None
-    produces = "hf-model"
+    reads_parent = False
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     data: str = Field(description="name of the corpus source in `data` (its labels, if any, are ignored)")
     model: ModelSource = ModelSource(preset="bert-tiny")  # a preset: bert-* -> masked-LM, gpt-* -> causal-LM
@@ -66,6 +57,21 @@ class Config(StageBase):
             raise ValueError(f"block_size: {self.block_size} tokens exceed the model's {positions} positions")
         return self
 
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        return ()
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        if self.objective == "contrastive":
+            return "encoder"
+        return "masked-lm" if self.model.family == "bert" else "causal-lm"
+
+    def data_refs(self) -> dict[str, tuple[str, bool]]:
+        return {"data": (self.data, False), **({"probe.data": (self.probe.data, True)} if self.probe else {})}
+
+    def files(self) -> dict[str, str]:
+        pairs = self.contrastive.pairs if self.contrastive else None
+        return {"contrastive.pairs.path": pairs.path} if pairs else {}
+
     def metric_names(self) -> set[str]:
         if self.objective == "contrastive":
             return {*CONTRASTIVE_METRICS, *STAT_KEYS, "vocab_size"}
@@ -76,34 +82,34 @@ def run(cfg: Config, parent, ctx) -> dict:
     from transformers import set_seed
 
     from lifecycle import models
+    from lifecycle.components import language_model as lm
     from lifecycle.data.corpus import load_corpus
-    from lifecycle.evaluation.perplexity import unigram_perplexity
 
     if cfg.objective == "contrastive":
         return _contrastive(cfg, ctx)
     objective = "mlm" if cfg.model.family == "bert" else "clm"
-    args = lm_training_args(cfg.train, ctx)
+    args = lm.lm_training_args(cfg.train, ctx)
     corpus = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)
     with args.main_process_first(desc="train tokenizer"):
         tokenizer = _tokenizer(cfg, corpus, ctx)
-    blocks, eval_blocks = lm_blocks(corpus, tokenizer, cfg.block_size, objective, cfg.mlm_probability, ctx, args,
-                                    cfg.num_proc)
+    blocks, eval_blocks = lm.lm_blocks(corpus, tokenizer, cfg.block_size, objective, cfg.mlm_probability, ctx, args,
+                                       cfg.num_proc)
     set_seed(ctx.seed)
     config = models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    model = new_model(config, objective)
-    trainer = lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
+    model = lm.new_model(config, objective)
+    trainer = lm.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
     if cfg.probe and cfg.probe.every_eval:
-        from lifecycle.evaluation.probe import transfer_callback
+        from lifecycle.components.language_model import transfer_callback
 
         trainer.add_callback(transfer_callback(cfg.probe, tokenizer, ctx))
-    metrics = fit(trainer, ctx, cfg.block_size)
+    metrics = lm.fit(trainer, ctx, cfg.block_size)
     metrics.update(corpus.stats, vocab_size=len(tokenizer), params_total=models.count_parameters(model)["params_total"])
-    metrics["unigram_perplexity"] = unigram_perplexity(blocks, eval_blocks, objective, len(tokenizer),
-                                                       tokenizer.all_special_ids)
+    metrics["unigram_perplexity"] = lm.unigram_perplexity(blocks, eval_blocks, objective, len(tokenizer),
+                                                          tokenizer.all_special_ids)
     # below 1 = the model beats word frequencies on the same targets; a gate can bound it
     metrics["perplexity_vs_unigram"] = metrics["perplexity"] / metrics["unigram_perplexity"]
     ctx.details.update(objective=objective, block_size=cfg.block_size, data=corpus.stats)
-    return finish(trainer, tokenizer, cfg.probe, ctx, metrics)
+    return lm.finish(trainer, tokenizer, cfg.probe, ctx, metrics)
 
 
 def _contrastive(cfg: Config, ctx) -> dict:
@@ -134,128 +140,3 @@ def _tokenizer(cfg: Config, corpus, ctx):
                                        cfg.block_size)
     tokenizer.save_pretrained(saved)
     return tokenizer
-
-
-# --------------------------------------------------------------------- shared with the adapt stage
-def lm_training_args(train: TrainConfig, ctx, **extra):
-    from lifecycle import training
-
-    # Only the loss is needed at evaluation; keeping logits of a 30k vocabulary would cost memory for nothing.
-    # The block datasets hold model inputs only, so the Trainer need not drop columns.
-    return training.training_args(train, ctx.scratch_dir / "checkpoints", ctx.seed, prediction_loss_only=True,
-                                  remove_unused_columns=False, **extra)
-
-
-def lm_blocks(corpus, tokenizer, block_size: int, objective: str, mlm_probability: float, ctx, args, num_proc=None):
-    """Packed training blocks and a validation set with fixed masks; tokenized once per content
-    (cache under the run directory), by the main process first under DDP."""
-    from lifecycle.data.corpus import mask_for_eval, tokenize_and_pack
-
-    with args.main_process_first(desc="tokenize corpus"):
-        packed = tokenize_and_pack(corpus.splits, tokenizer, block_size, objective, ctx.run_dir / ".cache" / "corpus",
-                                   num_proc)
-    val = packed["validation"]
-    if objective == "mlm":
-        val = mask_for_eval(val, tokenizer, mlm_probability, ctx.seed)
-    return packed["train"], val
-
-
-def new_model(config, objective: str):
-    from transformers import AutoModelForCausalLM
-
-    if objective == "mlm":
-        return sparse_mlm_class()(config)
-    return AutoModelForCausalLM.from_config(config)
-
-
-@functools.cache
-def sparse_mlm_class():
-    """BertForMaskedLM whose training loss projects only the masked positions onto the vocabulary.
-    Without labels it is exactly BertForMaskedLM (full logits)."""
-    import torch.nn.functional as F
-    from transformers import BertForMaskedLM
-    from transformers.modeling_outputs import MaskedLMOutput
-
-    class SparseBertForMaskedLM(BertForMaskedLM):
-        accepts_loss_kwargs = True  # the Trainer passes num_items_in_batch: exact means under grad accumulation
-
-        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                    num_items_in_batch=None, **kwargs):
-            if labels is None:
-                return super().forward(input_ids=input_ids, attention_mask=attention_mask,
-                                       token_type_ids=token_type_ids, position_ids=position_ids, **kwargs)
-            hidden = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                               position_ids=position_ids).last_hidden_state
-            masked = labels != -100
-            logits = self.cls(hidden[masked])
-            loss = F.cross_entropy(logits.float(), labels[masked], reduction="sum")
-            loss = loss / (num_items_in_batch if num_items_in_batch is not None else masked.sum().clamp(min=1))
-            return MaskedLMOutput(loss=loss, logits=logits)
-
-    return SparseBertForMaskedLM
-
-
-def plain_model(model):
-    """The artifact holds a stock class (BertForMaskedLM), whatever ran the training loss."""
-    if type(model) is not sparse_mlm_class():
-        return model
-    from transformers import BertForMaskedLM
-
-    plain = BertForMaskedLM(model.config)
-    plain.load_state_dict(model.state_dict())
-    return plain
-
-
-def lm_trainer(model, tokenizer, objective: str, blocks, eval_blocks, args, mlm_probability: float = 0.15):
-    from transformers import Trainer, default_data_collator
-
-    from lifecycle.data.corpus import MaskedLMCollator
-
-    # Validation examples come with fixed masks (labels); training blocks are masked as they are batched.
-    collate = MaskedLMCollator(tokenizer, mlm_probability, args.seed) if objective == "mlm" else default_data_collator
-    return Trainer(model=model, args=args, train_dataset=blocks, eval_dataset=eval_blocks, data_collator=collate)
-
-
-def finish(trainer, tokenizer, probe, ctx, metrics: dict) -> dict:
-    """Probe and save on the main process only: under torchrun, one process writes the artifact."""
-    from lifecycle import models
-
-    if trainer.is_world_process_zero():
-        if probe:
-            from lifecycle.evaluation.probe import probe_accuracy
-
-            task = ctx.data(probe.data)
-            metrics.update(probe_accuracy(trainer.model, tokenizer, task, probe, ctx.seed))
-        models.save(plain_model(trainer.model), tokenizer, ctx.out_dir)
-    return metrics
-
-
-def fit(trainer, ctx, block_size: int) -> dict:
-    """Train (resuming from the last complete checkpoint if a previous run crashed), evaluate, and measure."""
-    from lifecycle import training
-    from lifecycle.evaluation.perplexity import perplexity
-
-    checkpoints = ctx.scratch_dir / "checkpoints"
-    last = training.last_checkpoint(checkpoints)  # the one training.train resumes from
-    first_step = int(last.name.rsplit("-", 1)[1]) if last else 0
-    started = time.perf_counter()
-    training.train(trainer, checkpoints, ctx)
-    wall = time.perf_counter() - started
-    history = trainer.state.log_history
-    # tokens/s counts training only: evaluations inside train() are timed by the Trainer and taken out.
-    eval_seconds = sum(r.get("eval_runtime", 0.0) for r in history if r.get("step", 0) > first_step)
-    args = trainer.args
-    tokens = (trainer.state.global_step - first_step) * args.per_device_train_batch_size \
-        * args.gradient_accumulation_steps * args.world_size * block_size
-    final = trainer.evaluate()
-    for row in history:
-        if "eval_loss" in row:
-            row["eval_perplexity"] = perplexity(row["eval_loss"])
-    ctx.details["log_history"] = training.log_history(trainer)
-    ctx.details["resumed_from_step"] = first_step
-    train_losses = [r["loss"] for r in history if "loss" in r]
-    seconds = max(wall - eval_seconds, 1e-9)
-    return {"eval_loss": final["eval_loss"], "perplexity": perplexity(final["eval_loss"]),
-            "train_loss": train_losses[-1] if train_losses else math.nan, "train_tokens": tokens,
-            "train_seconds": seconds, "tokens_per_second": tokens / seconds, "world_size": args.world_size}
-

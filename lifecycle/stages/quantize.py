@@ -23,7 +23,7 @@ raise.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import random
 import shutil
 from pathlib import Path
@@ -31,10 +31,10 @@ from typing import Literal
 
 from pydantic import Field, computed_field, model_validator
 
+from lifecycle.components.onnx import ONNX_METRICS, OnnxLatency
 from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
 from lifecycle.gates import SPLIT_SCORES
-from lifecycle.schema import StageBase, Strict
-from lifecycle.stages.export import ONNX_METRICS, RUNTIME_FILES, OnnxLatency
+from lifecycle.schema import Holds, StageBase, Strict, TaskType
 
 Method = Literal["dynamic-int8", "static-int8", "fp16", "none"]
 
@@ -49,8 +49,7 @@ class Calibration(Strict):
 
 class Config(StageBase):
     kind: Literal["quantize"]
-    consumes = "onnx-model"
-    produces = "onnx-model"
+    tasks = ("classification", "embedding")
     method: Method | None = None  # the single rung when `fallback` is empty; None: dynamic-int8
     fallback: list[Method] = Field([], description="the whole ladder, tried in order, e.g. [static-int8, dynamic-int8, none]")
     per_channel: bool = True  # int8 weights scaled per output channel: closer to fp32, same size and speed
@@ -86,6 +85,12 @@ class Config(StageBase):
     def _drop_derived(cls, data):
         return {k: v for k, v in data.items() if k != "ladder_gates"} if isinstance(data, dict) else data
 
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        return ("onnx-encoder",) if task == "embedding" else ("onnx-classifier",)
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        return consumed or "onnx-classifier"  # the same model, in int8
+
     def metric_names(self) -> set[str]:
         # task type embedding: knn_accuracy / spearman and cosine to the fp32 parent instead of accuracy
         scores = {*ONNX_METRICS, "argmax_agreement", "logit_max_abs_diff", *EMBEDDING_METRICS, *FIDELITY_METRICS}
@@ -95,8 +100,8 @@ class Config(StageBase):
 def run(cfg: Config, parent, ctx) -> dict:
     from lifecycle import LifecycleError
     from lifecycle import gates as gatelib
+    from lifecycle.components.onnx import onnx_latency, prediction_details
     from lifecycle.edge import Predictor
-    from lifecycle.stages.export import onnx_latency, prediction_details
 
     max_length = ctx.pipeline.task.max_length
     splits = ctx.task_data().splits
@@ -145,15 +150,15 @@ def measure(predictor, rows, reference, pipeline, split: str, out_dir: Path | No
     """(scores, outputs) on one split: accuracy/F1 plus agreement with the fp32 parent's logits (argmax
     agreement, max |logit diff|); for an embedding model kNN accuracy (+ Spearman) and cosine to the
     parent's fp32 embeddings (the parent is gated to PyTorch by its parity check, so this is fidelity to
-    PyTorch as well). Latency and size are split-free: see export.onnx_latency. With `out_dir` (the test
+    PyTorch as well). Latency and size are split-free: see components.onnx.onnx_latency. With `out_dir` (the test
     split, scored once) the per-example predictions are written there (lifecycle.evaluation.score_test)."""
     if predictor.task == "embedding":
-        from lifecycle.embedding import onnx_metrics
+        from lifecycle.components.onnx import embedding_metrics
 
-        return onnx_metrics(predictor, None, 0, pipeline, reference, split)
+        return embedding_metrics(predictor, None, 0, pipeline, reference, split)
 
+    from lifecycle.components.onnx import argmax_agreeing, max_abs_diff
     from lifecycle.evaluation import classification_metrics, score_test
-    from lifecycle.stages.export import argmax_agreeing, max_abs_diff
 
     logits = predictor.logits(rows["text"])
     if out_dir is not None:
@@ -169,21 +174,17 @@ def measure(predictor, rows, reference, pipeline, split: str, out_dir: Path | No
 def build(method: str, cfg: Config, src: Path, out: Path, ctx) -> None:
     """Write the rung's model.onnx plus the parent's runtime files (schema notes the method) to out."""
     import json
-    import logging
+
+    from lifecycle.components.onnx import copy_runtime_files
 
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    for name in RUNTIME_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, out / name)
+    copy_runtime_files(src, out)
     schema = json.loads((out / "schema.json").read_text())
     (out / "schema.json").write_text(json.dumps({**schema, "weights": method}, indent=2))
     model_in, model_out = src / "model.onnx", out / "model.onnx"
-    # The quantizers log a warning per tensor they cannot type (fused contrib ops): noise for a user.
-    root, level = logging.getLogger(), logging.getLogger().level
-    root.setLevel(logging.ERROR)
-    try:
+    with _quiet_quantizers():
         if method == "none":
             shutil.copy2(model_in, model_out)
         elif method == "dynamic-int8":
@@ -192,8 +193,34 @@ def build(method: str, cfg: Config, src: Path, out: Path, ctx) -> None:
             static_int8(cfg, model_in, model_out, ctx)
         elif method == "fp16":
             fp16(cfg, model_in, model_out)
+
+
+@contextlib.contextmanager
+def _quiet_quantizers():
+    """Drop onnxruntime's warnings and info while a rung is built, and nothing else.
+
+    The quantizers log a warning per tensor they cannot type (fused contrib ops): noise for a user. They
+    log through the module-level `logging.warning(...)`, i.e. on the root logger itself rather than a
+    named logger, so no logger level of theirs can be lowered. A filter on the root logger sees only
+    records logged on it directly (not those propagated from named loggers); this one drops those that
+    come from onnxruntime's files below ERROR, leaves every other record and the root's level alone,
+    and is removed on the way out. onnxruntime's named loggers (onnxruntime.*) get level ERROR for the
+    same span, restored afterwards.
+    """
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+    root, named = logging.getLogger(), logging.getLogger("onnxruntime")
+    level = named.level
+    root.addFilter(keep)
+    named.setLevel(logging.ERROR)
+    try:
+        yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(keep)
+        named.setLevel(level)
 
 
 def _common(cfg: Config, registry: dict) -> dict:
@@ -224,7 +251,6 @@ def dynamic_int8(cfg: Config, model_in: Path, model_out: Path) -> None:
 def static_int8(cfg: Config, model_in: Path, model_out: Path, ctx) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.registry import QDQRegistry
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from lifecycle.edge import Predictor
 
@@ -233,15 +259,9 @@ def static_int8(cfg: Config, model_in: Path, model_out: Path, ctx) -> None:
     # contrib ops, and the quantizer then fails on the pooler); the plain TorchScript export makes
     # that inference fail ("Incomplete symbolic shape inference") and needs onnx's only.
     # When symbolic inference fails it dumps sym_shape_infer_temp.onnx (+ external data) into the working
-    # directory: run it from the stage's scratch directory, not the user's.
-    here = os.getcwd()
-    os.chdir(ctx.scratch_dir)
-    try:
-        quant_pre_process(str(model_in.resolve()), str(pre.resolve()))
-    except Exception:
-        quant_pre_process(str(model_in.resolve()), str(pre.resolve()), skip_symbolic_shape=True)
-    finally:
-        os.chdir(here)
+    # directory: it runs in a child process whose working directory is the stage's scratch directory, so
+    # neither the user's directory nor this process's working directory is touched.
+    _pre_process(model_in.resolve(), pre.resolve(), ctx.scratch_dir)
     texts = list(ctx.task_data().splits[cfg.calibration.split]["text"])
     texts = random.Random(ctx.seed).sample(texts, min(cfg.calibration.samples, len(texts)))
     encoder = Predictor.open(model_in.parent)
@@ -262,6 +282,31 @@ def static_int8(cfg: Config, model_in: Path, model_out: Path, ctx) -> None:
                         **_common(cfg, QDQRegistry))
     finally:
         pre.unlink(missing_ok=True)
+
+
+PRE_PROCESS = """
+import sys
+from onnxruntime.quantization.shape_inference import quant_pre_process
+try:
+    quant_pre_process(sys.argv[1], sys.argv[2])
+except Exception:
+    quant_pre_process(sys.argv[1], sys.argv[2], skip_symbolic_shape=True)
+"""
+
+
+def _pre_process(model_in: Path, model_out: Path, cwd: Path) -> None:
+    """onnxruntime's quant_pre_process (symbolic shape inference, else onnx's only) run with `cwd` as the
+    working directory (see static_int8)."""
+    import subprocess
+    import sys
+
+    from lifecycle import LifecycleError
+
+    done = subprocess.run([sys.executable, "-c", PRE_PROCESS, str(model_in), str(model_out)], cwd=cwd,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LifecycleError(f"quantize: onnxruntime's quant_pre_process failed on {model_in}: {tail}")
 
 
 def fp16(cfg: Config, model_in: Path, model_out: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lifecycle.schema import Gate, StageBase
+from lifecycle.schema import Gate, Holds, StageBase, TaskType
 from lifecycle.serving import ServingSettings
 
 HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms", "requests_per_s",
@@ -29,8 +29,7 @@ HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_
 
 class Config(StageBase):
     kind: Literal["serve"]
-    consumes = "onnx-model"
-    produces = "service-check"
+    tasks = ("classification",)  # it scores /classify answers against the test labels
     clients: int = Field(8, ge=1, description="concurrent keep-alive connections")
     texts_per_request: int = Field(1, ge=1)  # 1: latency per text, as a user calling the API sees it
     warmup_requests: int = Field(16, ge=0)  # not measured
@@ -38,6 +37,19 @@ class Config(StageBase):
     startup_timeout_s: float = Field(120.0, gt=0)
     # How far an HTTP answer's scores may be from the in-process answer for the same text.
     score_tolerance: float = Field(1e-5, ge=0)
+
+    def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
+        return ("onnx-classifier",)
+
+    def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
+        return "service-check"
+
+    def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
+        return self.task_hint("embedding") if consumed == "onnx-encoder" else None
+
+    def task_hint(self, task: TaskType) -> str | None:
+        return ("the serve stage measures /classify against the test labels; serve an embedding model with "
+                "`lifecycle serve RUN_DIR` (POST /embed) instead")
 
     def metric_names(self) -> set[str]:
         return set(HTTP_METRICS)

@@ -26,20 +26,20 @@ class Probe(Strict):
 
 def features(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32):
     """Mean-pooled last hidden states of the model's encoder / decoder body, no gradients."""
-    import numpy as np
     import torch
 
+    from lifecycle.components.inference import batched
+
     body = model.base_model  # BertModel / GPT2Model: no LM head, whatever the wrapper
+
+    def mean_pooled(enc):
+        hidden = body(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
     body.eval()
-    out = []
     with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt").to(body.device)
-            hidden = body(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy())
-    return np.concatenate(out)
+        return batched(mean_pooled, tokenizer, texts, max_length, batch_size, device=body.device)
 
 
 def probe_accuracy(model, tokenizer, data, cfg: Probe, seed: int = 0, split: str = "test") -> dict[str, float]:
@@ -60,26 +60,3 @@ def probe_accuracy(model, tokenizer, data, cfg: Probe, seed: int = 0, split: str
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.C, max_iter=2000, random_state=seed))
     clf.fit(x_train, train["label"])
     return {"probe_accuracy": float(clf.score(x_test, test["label"]))}
-
-
-def transfer_callback(cfg: Probe, tokenizer, ctx):
-    """A TrainerCallback that probes the model at each evaluation, on the validation split, and records
-    {stage, step, perplexity, probe_accuracy} in ctx.details["transfer"] (the report plots them)."""
-    import math
-
-    from transformers import TrainerCallback
-
-    task = ctx.data(cfg.data)
-    points = ctx.details.setdefault("transfer", [])
-
-    class TransferProbe(TrainerCallback):
-        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
-            if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics or model is None:
-                return
-            if points and points[-1]["stage"] == ctx.stage.label and points[-1]["step"] == state.global_step:
-                return  # the final evaluation after training repeats the last step
-            score = probe_accuracy(model, tokenizer, task, cfg, args.seed, split="validation")["probe_accuracy"]
-            points.append({"stage": ctx.stage.label, "step": state.global_step,
-                           "perplexity": math.exp(min(metrics["eval_loss"], 50.0)), "probe_accuracy": score})
-
-    return TransferProbe()

@@ -1,5 +1,7 @@
-"""Pieces every training stage shares: the training config, Trainer arguments, crash-resume, and
-PyTorch inference for metrics and latency. Plain functions, no base class."""
+"""Pieces every training stage shares: the training config, Trainer arguments (plain, and keeping the
+best checkpoint), callbacks (early stopping, divergence guard), the length-grouped sampler and
+crash-resume. Plain functions, no base class. Batched inference lives in
+`lifecycle.components.inference`, checkpoint checks in `lifecycle.components.checkpoints`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lifecycle import LifecycleError
+from lifecycle import LifecycleError, quiet
 from lifecycle.schema import Strict
 
 
@@ -76,19 +78,24 @@ def training_args(cfg: TrainConfig, output_dir: Path, seed: int, **extra):
     return TrainingArguments(**args)
 
 
-def train(trainer, checkpoint_dir: Path, ctx=None):
+def train(trainer, checkpoint_dir: Path, ctx=None, echo=None):
     """Train, resuming from the newest complete checkpoint in checkpoint_dir when a previous run crashed.
 
     A loss or a weight that is no longer finite stops training with a LifecycleError (and its
     checkpoints go: resuming would only diverge again). With the stage context: per-step metrics go to
     <run>/metrics/<stage>.jsonl as they are logged, time spent waiting for data is measured
     (`data_wait_fraction`), the Trainer's log history goes into the manifest (for the loss plots), and
-    an active MLflow run gets a nested run for the stage.
+    an active MLflow run gets a nested run for the stage. What it says (a resume) goes to `echo`,
+    else the context's echo; without either it says nothing.
     """
     import shutil
     import time
 
     from lifecycle import tracking
+    from lifecycle.components.checkpoints import last_checkpoint
+
+    if echo is None:
+        echo = ctx.echo if ctx is not None else _quiet
 
     counters = None
     trainer.add_callback(divergence_guard(ctx.stage.label if ctx is not None else None))
@@ -99,12 +106,13 @@ def train(trainer, checkpoint_dir: Path, ctx=None):
             trainer.add_callback(tracking.mlflow_callback())
     # The main process removes incomplete checkpoints first; the others then find the same newest one.
     with trainer.args.main_process_first(desc="check checkpoints"):
-        last = last_checkpoint(checkpoint_dir, discard=trainer.is_world_process_zero(), echo=print)
+        last = last_checkpoint(checkpoint_dir, discard=trainer.is_world_process_zero(), echo=echo)
     if last:
-        print(f"   resuming from {last.name} (verified complete: {last})")
+        echo(f"   resuming from {last.name} (verified complete: {last})")
     started = time.perf_counter()
     try:
-        out = trainer.train(resume_from_checkpoint=str(last) if last else None)
+        with quiet.training():
+            out = trainer.train(resume_from_checkpoint=str(last) if last else None)
     except TrainingDiverged:
         if trainer.is_world_process_zero():
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -116,68 +124,57 @@ def train(trainer, checkpoint_dir: Path, ctx=None):
     return out
 
 
-# ------------------------------------------------------------------------------------ checkpoints
-WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
-WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+def _quiet(_text: str) -> None:
+    pass
 
 
-def last_checkpoint(checkpoint_dir: Path, discard: bool = False, echo=None) -> Path | None:
-    """The newest complete Trainer checkpoint under checkpoint_dir, or None.
-
-    A kill while the Trainer writes a checkpoint leaves a directory that is missing files (it writes
-    the weights, then the optimizer, then trainer_state.json) or holds a truncated one; the newest
-    directory alone (transformers' get_last_checkpoint) would then fail every later run. With
-    `discard`, incomplete checkpoints are removed, so the Trainer's rotation never counts them."""
-    import re
-    import shutil
-
-    found = [d for d in checkpoint_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", d.name) and d.is_dir()]
-    for d in sorted(found, key=lambda d: int(d.name.split("-")[1]), reverse=True):
-        problem = checkpoint_problem(d)
-        if problem is None:
-            return d
-        if echo is not None:
-            echo(f"   {'discarding' if discard else 'skipping'} incomplete checkpoint {d.name}: {problem}")
-        if discard:
-            shutil.rmtree(d, ignore_errors=True)
-    return None
+# ------------------------------------------------------------------------ keeping the best checkpoint
+class EarlyStopping(Strict):
+    patience: int = Field(3, gt=0)  # evaluations without improvement before training stops
+    threshold: float = Field(0.0, ge=0)  # smallest change of the metric that counts as improvement
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why a Trainer checkpoint cannot be resumed from, or None: trainer_state.json parses, and the
-    weights and the optimizer state open. Tensor data is not read (safetensors checks its header
-    against the file size; torch.load with mmap needs the zip's directory, written last)."""
-    import json
+def best_checkpoint_args(train: TrainConfig, checkpoints: Path, seed: int, metric: str, **extra):
+    """Trainer arguments that keep the checkpoint best on the validation `metric` (higher is better)."""
+    # Keeping the best checkpoint needs a save at every evaluation, so saves follow the eval cadence
+    # (per epoch, or every eval_steps); save_steps then only matters without eval_steps.
+    saves = {"save_strategy": "steps", "save_steps": train.eval_steps} if train.eval_steps else {"save_strategy": "epoch"}
+    return training_args(train, checkpoints, seed, metric_for_best_model=metric, greater_is_better=True,
+                         load_best_model_at_end=True, **saves, **extra)
 
+
+def callbacks(early: EarlyStopping | None) -> list:
+    if early is None:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=early.patience, early_stopping_threshold=early.threshold)]
+
+
+def length_grouped_sampler(args, dataset):
+    """Training batches of similar lengths, drawn in a random order seeded by (data seed, epoch).
+
+    Far less padding on uneven sentences (ChemProt: 1.5-2x less compute per epoch on a CPU) for slightly
+    less random batches. transformers' own `group_by_length` draws from the global RNG, which a resumed
+    run does not reproduce; seeding by epoch makes a resumed run see the batches an uninterrupted one saw.
+    """
     import torch
-    from safetensors import safe_open
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-    try:
-        json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return "no readable trainer_state.json"
-    index = next((path / n for n in WEIGHT_INDEXES if (path / n).is_file()), None)
-    try:
-        if index is not None:
-            weights = [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-        else:
-            weights = [path / n for n in WEIGHT_FILES if (path / n).is_file()]
-    except (OSError, ValueError, KeyError):
-        return f"unreadable {index.name}"
-    if not weights:
-        return "no model weights"
-    for f in [*weights, path / "optimizer.pt"]:
-        if not f.is_file():
-            return f"no {f.name}"
-        try:
-            if f.suffix == ".safetensors":
-                with safe_open(str(f), framework="pt") as st:
-                    st.keys()
-            else:
-                torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # noqa: BLE001 - any failure to open means the file is unusable
-            return f"unreadable {f.name} ({type(exc).__name__})"
-    return None
+    seed = args.data_seed if args.data_seed is not None else args.seed
+
+    class SeededLengthGroupedSampler(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:  # the Trainer calls this before each epoch (and before a resume)
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(seed + self.epoch)
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    return SeededLengthGroupedSampler(args.train_batch_size * args.gradient_accumulation_steps, dataset=dataset,
+                                      model_input_name="input_ids")
 
 
 # ------------------------------------------------------------------------------------ divergence
@@ -229,35 +226,3 @@ def log_history(trainer) -> list[dict]:
     """Trainer's log (loss, eval_loss, lr by step): the data behind the report's loss curves."""
     keep = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "eval_perplexity")
     return [{k: v for k, v in row.items() if k in keep or k.startswith("eval_")} for row in trainer.state.log_history]
-
-
-def predict_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64):
-    """Logits of a sequence classifier over texts, in eval mode, no grad."""
-    import numpy as np
-    import torch
-
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[i : i + batch_size], truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt").to(model.device)
-            out.append(model(**enc).logits.float().cpu().numpy())
-    return np.concatenate(out)
-
-
-def torch_latency(model, tokenizer, text: str, batch_size: int, seq_len: int, runs: int = 20, warmup: int = 3) -> dict:
-    """Latency of one forward pass at a fixed batch and sequence length (padded), in ms."""
-    import torch
-
-    from lifecycle.evaluation.latency import measure
-
-    enc = tokenizer([text] * batch_size, truncation=True, max_length=seq_len, padding="max_length", return_tensors="pt")
-    model.eval()
-
-    def call():
-        with torch.inference_mode():
-            model(**enc)
-
-    out = measure(call, warmup=warmup, runs=runs, runtime="torch")
-    return {**out, "latency_batch_size": batch_size, "latency_seq_len": seq_len, "latency_threads": torch.get_num_threads()}

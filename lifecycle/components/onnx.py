@@ -1,0 +1,247 @@
+"""ONNX: the torch and optimum exporters, onnxruntime's transformer fusions (kept only when measured
+no slower), the runtime files beside model.onnx, parity with PyTorch, and how every onnx-model stage
+is scored and timed in onnxruntime (latency settings included). Shared by export and quantize, and by
+both tasks (a classifier's logits, an encoder's pooled embeddings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from pydantic import Field
+
+from lifecycle import quiet
+from lifecycle.evaluation import CLASSIFICATION
+from lifecycle.evaluation.latency import Latency, latency_metrics
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
+RUNTIME_FILES = ("labels.json", "schema.json", *TOKENIZER_FILES)  # everything beside model.onnx
+ONNX_METRICS = (*CLASSIFICATION, *latency_metrics("ort"), *latency_metrics("ort", "b32_"), "size_mb")
+SAMPLE_PREDICTIONS = 8  # test texts whose predicted label and scores go into the manifest (and the bundle)
+FUSED_SLOWER_TOLERANCE = 1.05  # timing noise on a shared CPU: keep fusions unless clearly slower
+# transformers model_type -> onnxruntime optimizer model_type (its BERT pass covers the encoder family)
+FUSION_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert",
+                "gpt2": "gpt2"}
+
+
+class OnnxLatency(Latency):
+    """Latency in onnxruntime: `batch_size` (default 1) gives ort_latency_p50_ms..., and batch 32 gives
+    ort_latency_b32_*, both padded to `seq_len` (default: the task's max_length)."""
+
+    batch32: bool = True  # also measure at batch 32; costs about 30x one batch-1 run per timed run
+    threads: int | None = Field(None, gt=0, description="onnxruntime intra-op threads; None: one per core")
+
+
+# ------------------------------------------------------------------------------------------ exporters
+def export_torch(model, tokenizer, path: Path, opset: int, output: str = "logits") -> None:
+    import torch
+
+    sample = tokenizer(["export sample"] * 2, return_tensors="pt", padding="max_length", max_length=16)
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    with torch.inference_mode(), quiet.onnx_export():
+        torch.onnx.export(model, tuple(sample[n] for n in names), str(path), input_names=names,
+                          output_names=[output], dynamic_axes={**axes, output: {0: "batch"}},
+                          opset_version=opset, dynamo=False)
+
+
+def export_optimum(src: Path, path: Path, opset: int) -> None:
+    """optimum's exporter on the parent directory. Its own validation is off: our parity check is the
+    gate, on real validation texts rather than random ids."""
+    from optimum.exporters.onnx import main_export
+
+    out = path.parent / "optimum"
+    main_export(str(src), output=out, task="text-classification", opset=opset, library_name="transformers",
+                do_validation=False, local_files_only=True)
+    shutil.move(out / "model.onnx", path)
+
+
+def onnx_input_names(path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers]
+
+
+# ------------------------------------------------------------------------------------ graph fusions
+def fuse(plain: Path, out: Path, model_type: str = "bert") -> dict[str, int]:
+    """onnxruntime's transformer fusions (Python pass only, portable); returns the fused-operator counts."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(str(plain), model_type=model_type, num_heads=0, hidden_size=0, opt_level=0)
+    opt.save_model_to_file(str(out))
+    return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+
+
+def maybe_fused(plain: Path, runtime_dir: Path, work_dir: Path, model, tokenizer, texts, latency: OnnxLatency,
+                max_length: int, parity_max: float, reference=None) -> tuple[Path, dict]:
+    """Fuse, then keep the fused graph only if it is no slower at batch 1 and within the parity bound.
+    Returns the graph to keep and what was found (the manifest's `graph_optimization`). `runtime_dir`
+    holds the runtime files; the fused graph is built under `work_dir`."""
+    from lifecycle.edge import Predictor
+    from lifecycle.evaluation.latency import measure
+
+    model_type = FUSION_TYPES.get(model.config.model_type)
+    if model_type is None:
+        return plain, {"kept": False, "reason": f"onnxruntime has no fusions for model type '{model.config.model_type}'"}
+    fused_dir = work_dir / "fused"
+    fused_dir.mkdir(exist_ok=True)
+    copy_runtime_files(runtime_dir, fused_dir)
+    ops = fuse(plain, fused_dir / "model.onnx", model_type)
+    seq = latency.seq_len or max_length
+    copy_runtime_files(runtime_dir, plain.parent)
+    timings = {}
+    for name, root in (("plain", plain.parent), ("fused", fused_dir)):
+        p = Predictor.open(root, threads=latency.threads)
+        feeds = p.encode([texts[0]] * latency.batch_size, pad_to=seq)
+        timings[name] = measure(lambda p=p, feeds=feeds: p.session.run(None, feeds), latency.warmup,
+                                latency.runs, runtime="ort")["ort_latency_p50_ms"]
+    fused_parity = parity(model, tokenizer, Predictor.open(fused_dir), texts, max_length, reference)
+    faster = timings["fused"] <= timings["plain"] * FUSED_SLOWER_TOLERANCE
+    within = fused_parity["parity_max_abs_diff"] <= parity_max
+    keep = bool(ops) and faster and within
+    found = {
+        "fused_operators": ops, "ort_latency_p50_ms_plain": timings["plain"], "ort_latency_p50_ms_fused": timings["fused"],
+        "parity_max_abs_diff_fused": fused_parity["parity_max_abs_diff"], "kept": keep,
+        "reason": "fused graph kept" if keep else ("no fusion applied" if not ops else
+                  ("fused graph slower" if not faster else "fused graph outside the parity bound")),
+    }
+    return (fused_dir / "model.onnx" if keep else plain), found
+
+
+# ------------------------------------------------------------------------------ files and metrics
+def copy_runtime_files(src: Path, dst: Path) -> None:
+    """The runtime files (everything an onnx-model directory holds beside model.onnx) that src has, into dst."""
+    for name in RUNTIME_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+
+
+def write_runtime_files(out: Path, src: Path, model, tokenizer, max_length: int, input_names: list[str]) -> None:
+    """tokenizer.json, labels.json and schema.json beside model.onnx: what lifecycle.edge needs.
+    config.json and the tokenizer files are kept too, so optimum's ORTModel can load the directory."""
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+    id2label = model.config.id2label
+    (out / "labels.json").write_text(json.dumps([id2label[i] for i in range(len(id2label))]))
+    schema = {
+        "inputs": {n: {"dtype": "int64", "shape": ["batch", "sequence"]} for n in input_names},
+        "outputs": {"logits": {"dtype": "float32", "shape": ["batch", len(id2label)]}},
+        "max_length": max_length,
+        "pad_token": tokenizer.pad_token,
+        "pad_token_id": tokenizer.pad_token_id,
+        "task": "classification",
+    }
+    (out / "schema.json").write_text(json.dumps(schema, indent=2))
+
+
+def parity(model, tokenizer, predictor, texts: list[str], max_length: int, reference=None) -> dict:
+    """Max |logit difference| and argmax agreement, PyTorch vs onnxruntime, at batch 1 and the
+    largest batch, on the shortest and the longest texts. `reference(model, tokenizer, texts,
+    max_length, batch_size)` computes PyTorch's outputs (default: a classifier's logits)."""
+    import numpy as np
+
+    from lifecycle.components.inference import predict_logits
+
+    predict_logits = reference or predict_logits
+
+    by_len = sorted(texts, key=len)
+    cases = [[by_len[0]], [by_len[-1]], by_len]  # batch 1 short, batch 1 long, whole batch (mixed lengths)
+    diffs, agree, total = [], 0, 0
+    for batch in cases:
+        ref = predict_logits(model, tokenizer, batch, max_length, batch_size=len(batch))
+        got = predictor.logits(batch, batch_size=len(batch))
+        diffs.append(max_abs_diff(ref, got))
+        agree += argmax_agreeing(ref, got)
+        total += len(batch)
+    return {"parity_max_abs_diff": float(np.max(diffs)), "argmax_agreement": agree / total}  # np.max keeps a NaN
+
+
+def max_abs_diff(a, b) -> float:
+    """max |a - b|, or NaN when either side holds a NaN or an infinity, so a broken model fails its
+    parity gate: NaN - NaN is NaN, but Python's max(0.0, nan) is 0.0 and inf - inf is NaN too."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")
+    return float(np.abs(a - b).max()) if a.size else 0.0
+
+
+def argmax_agreeing(a, b) -> int:
+    """Rows whose argmax agrees; a row with a non-finite value disagrees (argmax of all-NaN rows is 0
+    on both sides, which would count as agreement)."""
+    import numpy as np
+
+    a, b = np.asarray(a), np.asarray(b)
+    finite = np.isfinite(a).all(-1) & np.isfinite(b).all(-1)
+    return int(((a.argmax(-1) == b.argmax(-1)) & finite).sum())
+
+
+def evaluate(predictor, test, latency: OnnxLatency, max_length: int, logits=None) -> dict:
+    """What every onnx-model stage reports: accuracy/F1 on the full test split, latency at batch 1
+    (ort_latency_p50_ms...) and batch 32 (ort_latency_b32_*) padded to seq_len, and size_mb. The per-example
+    test predictions go beside the model (predictor.root)."""
+    from lifecycle.evaluation import score_test
+
+    logits = predictor.logits(test["text"]) if logits is None else logits
+    metrics = score_test(logits, test["label"], test["text"], predictor.root)
+    metrics.update(onnx_latency(predictor, test["text"][0], latency, max_length))
+    return metrics
+
+
+def onnx_latency(predictor, text: str, latency: OnnxLatency, max_length: int) -> dict:
+    """Latency at batch `latency.batch_size` (ort_latency_p50_ms...) and batch 32 (ort_latency_b32_*), one text
+    padded to seq_len, in onnxruntime; and size_mb. Shared by every onnx-model stage and task."""
+    from lifecycle.evaluation.latency import measure
+
+    metrics = {}
+    seq = latency.seq_len or max_length
+    feeds = predictor.encode([text] * latency.batch_size, pad_to=seq)
+    metrics.update(measure(lambda: predictor.session.run(None, feeds), latency.warmup, latency.runs, runtime="ort"))
+    if latency.batch32:
+        feeds32 = predictor.encode([text] * 32, pad_to=seq)
+        b32 = measure(lambda: predictor.session.run(None, feeds32), min(latency.warmup, 2), latency.runs, runtime="ort")
+        metrics.update({k.replace("latency_", "latency_b32_"): v for k, v in b32.items()})  # ort_latency_b32_p50_ms
+    metrics.update(latency_batch_size=latency.batch_size, latency_seq_len=seq,
+                   latency_threads=latency.threads or os.cpu_count(), size_mb=model_size_mb(predictor.root))
+    return metrics
+
+
+def prediction_details(predictor, test, logits) -> dict:
+    """Predictions for the manifest: the label id of every test text, and label + scores of the first
+    few (a bundle carries these, and `Predictor.check()` reproduces them on the device). An embedding
+    model records the embeddings of the first few texts instead."""
+    texts = test["text"][:SAMPLE_PREDICTIONS]
+    if predictor.task == "embedding":
+        return {"sample_predictions": [{"text": t, "embedding": [float(x) for x in e]}
+                                       for t, e in zip(texts, predictor.embed(texts))]}
+    return {"test_predictions": [int(i) for i in logits.argmax(-1)],
+            "sample_predictions": [{"text": t, **p} for t, p in zip(texts, predictor.predict(texts))]}
+
+
+def model_size_mb(root: Path) -> float:
+    """model.onnx plus any external-data files it uses (everything but the runtime files)."""
+    skip = {*RUNTIME_FILES, "manifest.json"}
+    return sum(f.stat().st_size for f in Path(root).iterdir() if f.is_file() and f.name not in skip) / 1e6
+
+
+def embedding_metrics(predictor, latency, max_length: int, pipeline, reference=None, split: str = "test"):
+    """(metrics, `split` embeddings) of an embedding onnx-model: kNN accuracy (+ Spearman), cosine to
+    the fp32 reference embeddings of the same texts, and (with `latency`) latency and size as every
+    onnx-model stage reports."""
+    from lifecycle.data import load
+    from lifecycle.embedding import fidelity, task_metrics
+
+    rows = load(pipeline.data[pipeline.task.data], pipeline).splits[split]
+    x = predictor.embed(rows["text"])
+    metrics = task_metrics(predictor.embed, pipeline, test_embeddings=x, split=split)
+    if reference is not None:
+        metrics.update(fidelity(reference, x))
+    if latency is not None:
+        metrics.update(onnx_latency(predictor, rows["text"][0], latency, max_length))
+    return metrics, x

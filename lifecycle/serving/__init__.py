@@ -1,0 +1,42 @@
+"""Serving a model with BentoML (the service itself is serving/service.py, a top-level folder of the
+project installed as lifecycle._service), by job:
+
+    settings  ServingSettings, where the service files are, the config file the service reads
+    source    what is served: run directory, export/quantize artifact or bundle -> Served
+    server    the `bentoml serve` process (start, wait for /readyz, stop; foreground for the CLI)
+    loadgen   loopback load: keep-alive clients on raw sockets
+    tuning    `lifecycle serve --tune`: measure a grid of settings, keep the best
+    commands  `lifecycle serve`
+    bento     `lifecycle build`
+
+Measured on 2 CPU cores: adaptive batching gains little on CPU, the HTTP/Python path costs more CPU
+per request than a small model's inference (~5 ms with BentoML's defaults, ~3 ms with tracing off and
+single texts inferred on the event loop, as serving/service.py does; inference ~1.3 ms), and a too-low
+`max_latency_ms` makes the batching dispatcher answer 503. So the defaults are one unbatched worker
+(which can never answer 503) and `--tune` measures a small grid on the actual model and machine and
+keeps the fastest error-free setting.
+"""
+
+from lifecycle.serving.bento import build
+from lifecycle.serving.commands import serve
+from lifecycle.serving.loadgen import LoadResult, json_request, run_load
+from lifecycle.serving.server import Server, bentoml_command, foreground, free_port, service_command
+from lifecycle.serving.settings import (
+    CONFIG_ENV,
+    SAMPLE_TEXT,
+    SERVICE_DIR,
+    STORED_SUBDIR,
+    TUNED_SUFFIX,
+    ServingSettings,
+    load_settings,
+    write_config,
+)
+from lifecycle.serving.source import Served, checked, last_onnx_artifact, resolve
+from lifecycle.serving.tuning import measure_settings, pick_best, tune_settings, tuning_grid
+
+__all__ = [
+    "CONFIG_ENV", "SAMPLE_TEXT", "SERVICE_DIR", "STORED_SUBDIR", "TUNED_SUFFIX", "LoadResult", "Served", "Server",
+    "ServingSettings", "bentoml_command", "build", "checked", "foreground", "free_port", "json_request",
+    "last_onnx_artifact", "load_settings", "measure_settings", "pick_best", "resolve", "run_load", "serve",
+    "service_command", "tune_settings", "tuning_grid", "write_config",
+]

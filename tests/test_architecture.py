@@ -1,0 +1,63 @@
+"""The import rules of pyproject.toml's [tool.importlinter]: layers (cli > pipeline > config > stages >
+components > schema/artifact), stages independent of each other, no import cycles, and an edge
+runtime that needs onnxruntime, tokenizers and numpy only. Checked by running import-linter itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(cwd: Path, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    """lint-imports with the project's contracts (the pyproject.toml in `cwd`), without a cache, so the
+    graph is the code as it is now; `pythonpath` first on the path decides which `lifecycle` is read."""
+    assert LINT_IMPORTS.is_file(), f"no {LINT_IMPORTS}: install the dev extra (pip install -e '.[dev]': import-linter)"
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_import_contracts_hold():
+    out = lint_imports(ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "0 broken" in out.stdout
+    for name in ("Layers:", "Stages are plug-ins", "No import cycles", "The edge runtime"):
+        assert name in out.stdout, out.stdout  # every contract ran
+
+
+def _copy_of_the_package(tmp_path: Path) -> Path:
+    """lifecycle's sources (no caches) plus the project's pyproject.toml, under tmp_path."""
+    shutil.copytree(ROOT / "lifecycle", tmp_path / "lifecycle", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def test_a_stage_importing_another_stage_breaks_the_contracts(tmp_path):
+    """The same contracts on a copy of the package where distill borrows from finetune (what the code
+    did before the shared pieces moved to lifecycle.components): lint-imports fails and names it."""
+    copy = _copy_of_the_package(tmp_path)
+    distill = copy / "lifecycle" / "stages" / "distill.py"
+    distill.write_text(distill.read_text() + "\n\ndef _borrowed():\n    from lifecycle.stages.finetune import with_lora\n\n"
+                       "    return with_lora\n")
+    out = lint_imports(copy, pythonpath=copy)
+    assert out.returncode == 1, out.stdout[-3000:]
+    assert "Stages are plug-ins: no stage imports another BROKEN" in out.stdout, out.stdout[-3000:]
+    assert "lifecycle.stages.distill -> lifecycle.stages.finetune" in out.stdout, out.stdout[-3000:]
+
+
+def test_a_component_importing_a_stage_breaks_the_layers(tmp_path):
+    copy = _copy_of_the_package(tmp_path)
+    onnx = copy / "lifecycle" / "components" / "onnx.py"
+    onnx.write_text(onnx.read_text() + "\n\ndef _upward():\n    from lifecycle.stages import quantize\n\n"
+                    "    return quantize\n")
+    out = lint_imports(copy, pythonpath=copy)
+    assert out.returncode == 1, out.stdout[-3000:]
+    assert "Layers: cli > pipeline > config > stages > components > schema/artifact BROKEN" in out.stdout
