@@ -51,7 +51,7 @@ def training():
     here): the Trainer orders checkpoint-N folders by mtime to pick which ones save_total_limit removes,
     and when they were written less than a second apart (small models on fast steps) it warns and
     orders them by step number instead: the order it would have found anyway, and the one
-    lifecycle.training.last_checkpoint uses."""
+    lifecycle.components.checkpoints.last_checkpoint uses."""
     with warnings.catch_warnings(), relative_attention():
         warnings.filterwarnings("ignore", message=MTIME, category=UserWarning, module=r"transformers\.trainer$")
         yield
