@@ -223,7 +223,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
 def check_files(pipeline: Pipeline, source: str = "pipeline") -> None:
     """Every file the pipeline names exists: each data source's files (globs match, a package source is
     installed) and pairs files. Run when a pipeline file is loaded and before a run starts, not in
-    `build` (a run's recorded config is rebuilt to gate it where its data may be absent)."""
+    `build` (a run's recorded config is rebuilt to gate it where its data may be absent). A missing file
+    is a data error (LifecycleError, exit 1), not an invalid config: the same file may be there tomorrow."""
     from lifecycle import LifecycleError
 
     for name, src in pipeline.data.items():
@@ -232,14 +233,14 @@ def check_files(pipeline: Pipeline, source: str = "pipeline") -> None:
         try:
             src.files(pipeline)
         except LifecycleError as exc:
-            raise ConfigError(f"{source}: invalid pipeline\n  data.{name}: {exc}") from None
+            raise LifecycleError(f"{source}: data.{name}: {exc}") from None
     named = {f"stages[{i}].{field}": path for i, stage in enumerate(pipeline.stages) for field, path in stage.files().items()}
     if pipeline.task and pipeline.task.embedding and pipeline.task.embedding.pairs:
         named["task.embedding.pairs.path"] = pipeline.task.embedding.pairs.path
     for field, path in named.items():
         if not pipeline.resolve(path).is_file():
-            raise ConfigError(f"{source}: invalid pipeline\n  {field}: no file {pipeline.resolve(path)} "
-                              "(paths are relative to the pipeline file)")
+            raise LifecycleError(f"{source}: {field}: no file {pipeline.resolve(path)} "
+                                 "(paths are relative to the pipeline file)")
 
 
 def build(raw: dict, base_dir: Path | None = None, source: str = "pipeline") -> Pipeline:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lifecycle import ConfigError
+from lifecycle import ConfigError, LifecycleError
 from lifecycle import pipeline as runner
 from lifecycle.cli import main
 from lifecycle.config import build, load
@@ -173,7 +173,7 @@ def test_a_missing_data_file_is_refused_by_validate_but_not_when_a_recorded_run_
     r = raw([{"kind": "finetune", "model": BERT}], CLASSIFY)
     r["data"]["news"]["path"] = "missing.jsonl"
     path = write(tmp_path, r)
-    assert main(["validate", str(path)]) == 2
+    assert main(["validate", str(path)]) == 1  # a data error, not an invalid config
     err = capsys.readouterr().err
     assert "data.news: data source: no file matches 'missing.jsonl'" in err and str(tmp_path / "missing.jsonl") in err
     # `lifecycle gate` rebuilds a run's recorded config where its data may be absent: names only there
@@ -185,15 +185,15 @@ def test_missing_pairs_files_are_refused_at_load_and_before_a_run(tmp_path):
     pairs.write_text(json.dumps({"text1": "a", "text2": "b", "score": 1.0}) + "\n")
     supervised = {**CONTRASTIVE, "contrastive": {"mode": "supervised", "pairs": {"path": "triplets.jsonl"}}}
     r = raw([supervised], {**EMBED, "embedding": {"pairs": {"path": "pairs.jsonl", "score_field": "score"}}})
-    with pytest.raises(ConfigError, match=r"stages\[0\]\.contrastive\.pairs\.path: no file .*triplets\.jsonl "
+    with pytest.raises(LifecycleError, match=r"stages\[0\]\.contrastive\.pairs\.path: no file .*triplets\.jsonl "
                                           r"\(paths are relative to the pipeline file\)"):
         load(write(tmp_path, r))
     (tmp_path / "triplets.jsonl").write_text(pairs.read_text())
     assert load(write(tmp_path, r)).stages[0].contrastive.pairs.path == "triplets.jsonl"
     pairs.unlink()
-    with pytest.raises(ConfigError, match=r"task\.embedding\.pairs\.path: no file .*pairs\.jsonl"):
+    with pytest.raises(LifecycleError, match=r"task\.embedding\.pairs\.path: no file .*pairs\.jsonl"):
         load(write(tmp_path, r))
     p = build(r, base_dir=tmp_path)  # the Python API: refused when the run starts, before any stage
-    with pytest.raises(ConfigError, match=r"task\.embedding\.pairs\.path: no file"):
+    with pytest.raises(LifecycleError, match=r"task\.embedding\.pairs\.path: no file"):
         runner.run(p, workdir=tmp_path / "runs", echo=lambda *a: None)
     assert not (tmp_path / "runs").exists()
