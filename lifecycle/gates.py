@@ -169,9 +169,9 @@ def check_release(gate: Gate, artifact, baseline, seed: int = 0) -> GateResult:
         result = check(gate, artifact.metrics, baseline.metrics, f"{gate.vs} [{baseline.version}]")
         result.bound, result.vs = describe_release(gate, baseline.version, ref_value), gate.vs
         return result
-    from lifecycle.evaluation import TEST_PREDICTIONS
+    from lifecycle.evaluation import TEST_PREDICTIONS, Predictions
 
-    cand = release.Predictions.load(artifact.path / TEST_PREDICTIONS)
+    cand = Predictions.load(artifact.path / TEST_PREDICTIONS)
     c = release.compare(gate.metric, baseline.predictions(), cand, seed,
                         what=f"release {gate.release} ({baseline.version}, {baseline.path})")
     t, eps = gate.threshold, 1e-12  # eps: a drop of exactly the margin, in float arithmetic, passes

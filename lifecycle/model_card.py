@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from lifecycle.artifact import MANIFEST
-from lifecycle.evaluation import TEST_PREDICTIONS
+from lifecycle.evaluation import TEST_PREDICTIONS, Predictions
 
 SMALL_TEST = 1000  # below this, a one-example difference is more than 0.1 point
 
@@ -155,8 +155,6 @@ def _test_set(art) -> tuple[int | None, str]:
     path = art.path / TEST_PREDICTIONS
     if not path.is_file():
         return None, ""
-    from lifecycle.release import Predictions
-
     preds = Predictions.load(path)
     return len(preds.ids), preds.fingerprint
 

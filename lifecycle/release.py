@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lifecycle import ConfigError, LifecycleError
-from lifecycle.evaluation import TEST_PREDICTIONS
+from lifecycle.evaluation import TEST_PREDICTIONS, Predictions
 
 PAIRED = ("accuracy", "f1_macro", "f1_micro")  # metrics recomputable from per-example test predictions
 DEFAULT_REGISTRY = "~/.lifecycle/registry"
@@ -56,32 +56,6 @@ def check_name(name: str, what: str = "alias") -> str:
 
 def registry_root(explicit: str | Path | None = None) -> Path:
     return Path(explicit or os.environ.get("LIFECYCLE_REGISTRY") or DEFAULT_REGISTRY).expanduser().resolve()
-
-
-# ------------------------------------------------------------------------------------------ predictions
-@dataclass
-class Predictions:
-    """Per-example test predictions, in example-id order (so two files pair up row by row)."""
-
-    ids: list[str]
-    labels: list
-    preds: list
-
-    @classmethod
-    def load(cls, path: Path) -> Predictions:
-        if not path.is_file():
-            raise LifecycleError(f"{path.parent.parent}: no per-example test predictions ({TEST_PREDICTIONS}); "
-                                 "re-run the stage with this version of lifecycle to write them")
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows.sort(key=lambda r: (r["id"], json.dumps(r["label"])))  # duplicates: a stable, label-aware order
-        return cls([r["id"] for r in rows], [r["label"] for r in rows], [r["pred"] for r in rows])
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies the test examples and their labels, whatever the model predicted."""
-        from lifecycle.artifact import stable_hash
-
-        return stable_hash([self.ids, self.labels])
 
 
 @dataclass

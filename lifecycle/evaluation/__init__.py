@@ -9,7 +9,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+from lifecycle import LifecycleError
 
 METRICS_DIR = Path(__file__).parent / "metrics"
 CLASSIFICATION = ("accuracy", "f1_macro", "f1_micro")
@@ -93,3 +96,28 @@ def write_predictions(path: Path, texts: list[str], predicted, references) -> No
     with open(path, "w") as f:
         for text, p, r in zip(texts, pred, ref):
             f.write(json.dumps({"id": example_id(text), "label": r, "pred": p}) + "\n")
+
+
+@dataclass
+class Predictions:
+    """Per-example test predictions, in example-id order (so two files pair up row by row)."""
+
+    ids: list[str]
+    labels: list
+    preds: list
+
+    @classmethod
+    def load(cls, path: Path) -> Predictions:
+        if not path.is_file():
+            raise LifecycleError(f"{path.parent.parent}: no per-example test predictions ({TEST_PREDICTIONS}); "
+                                 "re-run the stage with this version of lifecycle to write them")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows.sort(key=lambda r: (r["id"], json.dumps(r["label"])))  # duplicates: a stable, label-aware order
+        return cls([r["id"] for r in rows], [r["label"] for r in rows], [r["pred"] for r in rows])
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the test examples and their labels, whatever the model predicted."""
+        from lifecycle.artifact import stable_hash
+
+        return stable_hash([self.ids, self.labels])
