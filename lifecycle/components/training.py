@@ -98,6 +98,7 @@ def train(trainer, checkpoint_dir: Path, ctx=None, echo=None):
         echo = ctx.echo if ctx is not None else _quiet
 
     counters = None
+    one_progress_bar(trainer, ctx.stage.label if ctx is not None else None)
     trainer.add_callback(divergence_guard(ctx.stage.label if ctx is not None else None))
     if ctx is not None:
         trainer.add_callback(tracking.step_logger(ctx.run_dir / "metrics" / f"{ctx.stage.label}.jsonl"))
@@ -126,6 +127,39 @@ def train(trainer, checkpoint_dir: Path, ctx=None, echo=None):
 
 def _quiet(_text: str) -> None:
     pass
+
+
+# Shown in the bar (as loss, val_loss, val_<metric>); the Trainer's other log keys are timings and counters.
+_HIDDEN = ("runtime", "per_second", "epoch", "total_flos", "grad_norm", "learning_rate", "train_")
+
+
+def one_progress_bar(trainer, label: str | None) -> None:
+    """One progress bar per training stage, named after it, with the latest loss and validation metrics
+    in the bar. The Trainer's own ProgressCallback writes each log dict as a line between bar fragments
+    and opens a second bar for every evaluation; everything it would print is in metrics/<stage>.jsonl."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import ProgressCallback
+
+    class StageProgress(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, desc=label)
+            self.current_step, self.shown = 0, {}
+
+        def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+            pass  # evaluation shows up as val_* in the training bar, not as a bar of its own
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or self.training_bar is None:
+                return
+            for key, value in (logs or {}).items():
+                if isinstance(value, (int, float)) and not any(h in key for h in _HIDDEN):
+                    self.shown[key.replace("eval_", "val_", 1)] = f"{value:.4g}"
+            self.training_bar.set_postfix(self.shown, refresh=False)
+
+    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(StageProgress())
 
 
 # ------------------------------------------------------------------------ keeping the best checkpoint

@@ -218,7 +218,9 @@ def _warm_up_head(cfg: Config, trainer, blocks, ctx) -> None:
                        warmup_ratio=0.1, logging_steps=max(1, cfg.head_warmup_steps // 5), weight_decay=0.0)
     args = training.training_args(warm, ctx.scratch_dir / "head-warmup", ctx.seed, save_strategy="no",
                                   eval_strategy="no", remove_unused_columns=False, prediction_loss_only=True)
+    warmup = Trainer(model=model, args=args, train_dataset=blocks, data_collator=trainer.data_collator)
+    training.one_progress_bar(warmup, f"{ctx.stage.label} head warm-up")
     with quiet.training():
-        Trainer(model=model, args=args, train_dataset=blocks, data_collator=trainer.data_collator).train()
+        warmup.train()
     for p in body:
         p.requires_grad_(True)
