@@ -85,13 +85,11 @@ def test_case(case, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------ half-written checkpoints
-def _tiny_trainer(out: Path, max_steps: int):
-    """A real Trainer on a 1-layer BERT classifier and 16 random sequences (steps take milliseconds)."""
+def tiny_classifier_and_data():
+    """A 1-layer BERT classifier and 16 random labelled sequences: real Trainer steps in milliseconds."""
     import torch
     from datasets import Dataset
-    from transformers import BertConfig, BertForSequenceClassification, Trainer
-
-    from lifecycle.components.training import TrainConfig, training_args
+    from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
@@ -99,6 +97,15 @@ def _tiny_trainer(out: Path, max_steps: int):
     rng = np.random.default_rng(0)
     data = Dataset.from_dict({"input_ids": rng.integers(1, 64, size=(16, 8)).tolist(),
                               "attention_mask": [[1] * 8] * 16, "labels": (np.arange(16) % 2).tolist()})
+    return model, data
+
+
+def _tiny_trainer(out: Path, max_steps: int):
+    from transformers import Trainer
+
+    from lifecycle.components.training import TrainConfig, training_args
+
+    model, data = tiny_classifier_and_data()
     cfg = TrainConfig(max_steps=max_steps, save_steps=1, batch_size=4, lr=1e-3, logging_steps=1)
     return Trainer(model=model, args=training_args(cfg, out, seed=0, eval_strategy="no"), train_dataset=data)
 

@@ -3,22 +3,15 @@ dicts printed between bar fragments, no second bar per evaluation (a real Traine
 
 from __future__ import annotations
 
-import numpy as np
+from test_hardening_config import tiny_classifier_and_data
 
 
 def tiny_trainer(out, with_callback_swap: bool):
-    import torch
-    from datasets import Dataset
-    from transformers import BertConfig, BertForSequenceClassification, Trainer
+    from transformers import Trainer
 
     from lifecycle.components.training import TrainConfig, one_progress_bar, training_args
 
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
-                                                     num_attention_heads=2, intermediate_size=32, num_labels=2))
-    rng = np.random.default_rng(0)
-    data = Dataset.from_dict({"input_ids": rng.integers(1, 64, size=(16, 8)).tolist(),
-                              "attention_mask": [[1] * 8] * 16, "labels": (np.arange(16) % 2).tolist()})
+    model, data = tiny_classifier_and_data()
     cfg = TrainConfig(max_steps=6, batch_size=4, lr=1e-3, logging_steps=2, eval_steps=3, save_steps=100)
     trainer = Trainer(model=model, args=training_args(cfg, out, seed=0), train_dataset=data, eval_dataset=data)
     if with_callback_swap:
