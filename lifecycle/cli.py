@@ -176,7 +176,7 @@ def cmd_run(args) -> int:
     from lifecycle.signing import load_private_key, sign_run
 
     load_private_key(args.sign)  # a bad key fails now, not after hours of training
-    run_dir = Path(args.workdir or cfg.workdir).resolve() / cfg.name
+    run_dir = pipeline.run_directory(cfg, args.workdir)
     try:
         pipeline.run(cfg, workdir=args.workdir, from_stage=args.from_stage)
     except GateFailed:  # a finished run whose gate failed is signed too: the signature says who made it, not that it passed

@@ -117,9 +117,14 @@ def cache_key(pipeline: Pipeline, stage, parent_key: str | None, fingerprints: d
     )
 
 
+def run_directory(pipeline: Pipeline, workdir: str | Path | None = None) -> Path:
+    """Where `run` writes: <workdir or the pipeline's workdir>/<name>."""
+    return Path(workdir or pipeline.workdir).resolve() / pipeline.name
+
+
 def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str | None = None, echo=print) -> list[StageOutcome]:
     """Run the pipeline; returns one outcome per stage. Raises GateFailed after writing the report."""
-    run_dir = Path(workdir or pipeline.workdir).resolve() / pipeline.name
+    run_dir = run_directory(pipeline, workdir)
     if from_stage is not None:
         pipeline.stage(from_stage)  # raises ConfigError on an unknown name
     # Every data file is read (hashed) before the run directory is touched: a missing file fails here

@@ -156,8 +156,9 @@ def run_signature_problem(run_dir: str | Path, trusted_keys: list) -> str | None
     if not sig.is_file():
         return f"unsigned (no {RUN_SIGNATURE}); a trusted key is given, so only runs signed with `--sign` pass"
     try:
-        signed = json.loads(sig.read_bytes())["files"]
-        check_signature(_canonical(signed), sig.read_bytes(), trusted_keys, run_dir, names=("run digests", RUN_SIGNATURE))
+        record = sig.read_bytes()
+        signed = json.loads(record)["files"]
+        check_signature(_canonical(signed), record, trusted_keys, run_dir, names=("run digests", RUN_SIGNATURE))
     except (ValueError, KeyError, TypeError) as exc:
         return f"unreadable {RUN_SIGNATURE} ({exc})"
     except BundleError as exc:
