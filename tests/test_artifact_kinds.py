@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import needs_shared_data
 
 from lifecycle import ConfigError, LifecycleError
 from lifecycle import pipeline as runner
@@ -128,6 +129,10 @@ def test_shipped_pipelines_hold_what_their_stages_declare():
     quickstart = load(ROOT / "pipelines" / "quickstart.yaml")
     assert [quickstart.holds(s) for s in quickstart.stages] == [
         "masked-lm", "masked-lm", "classifier", "classifier", "onnx-classifier", "onnx-classifier", "service-check"]
+
+
+@needs_shared_data()
+def test_shipped_shared_data_pipelines_hold_what_their_stages_declare():
     embedding = load(ROOT / "pipelines" / "minilm_embedding.yaml")
     assert [embedding.holds(s) for s in embedding.stages] == ["encoder", "onnx-encoder", "onnx-encoder"]
     chemprot = load(ROOT / "pipelines" / "minilm_chemprot.yaml")
