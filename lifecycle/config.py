@@ -61,6 +61,8 @@ class Pipeline(Strict):
                 hint = stage.task_hint(task) or "remove the stage or change `task.type`"
                 raise ValueError(f"task.type: stage '{stage.label}' ({where}, {stage.kind}) works for "
                                  f"{one_of(stage.tasks)} tasks, not {task}; {hint}")
+            if stage.tasks is not None and (problem := stage.task_problem(task)):
+                raise ValueError(f"{where}.{problem}")
             holds[stage.label] = stage.produces(self._consumed(stage, where, seen, holds, task), task)
             for j, gate in enumerate(stage.gates):
                 gwhere = f"{where}.gates[{j}]"

@@ -196,8 +196,9 @@ def measure(model, tokenizer, pooling: Pooling, spec: Contrastive, texts, positi
     has `task: {type: embedding}`. Unsupervised alignment compares two dropout views (train mode)."""
     import torch
 
+    from lifecycle import tasks
     from lifecycle.components.inference import embed_torch
-    from lifecycle.embedding import alignment_uniformity, embedding_model, task_metrics
+    from lifecycle.embedding import alignment_uniformity, embedding_model
 
     wrapped = embedding_model(model, pooling)
     embed = functools.partial(embed_torch, wrapped, tokenizer, max_length=spec.max_length)
@@ -212,9 +213,8 @@ def measure(model, tokenizer, pooling: Pooling, spec: Contrastive, texts, positi
     else:
         out = {"alignment": alignment_uniformity(embed(positives[0]), embed(positives[1]))["alignment"],
                "uniformity": alignment_uniformity(x, x)["uniformity"]}
-    task = ctx.pipeline.task
-    if task is not None and task.type == "embedding":
-        out.update(task_metrics(lambda t: embed(list(t)), ctx.pipeline, task))
+    if ctx.pipeline.task is not None:  # the task's own scores of an encoder (embedding: kNN accuracy...)
+        out.update(tasks.get(ctx.pipeline.task.type).encoder_scores(lambda t: embed(list(t)), ctx.pipeline))
     model.train(was_training)
     return out
 

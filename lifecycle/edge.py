@@ -1,11 +1,14 @@
 """The small runtime shared by the edge bundle, the BentoML service and the export/quantize/serve
 stages: onnxruntime + tokenizers + numpy and the standard library, nothing else. This file has no
-import from the rest of `lifecycle`, so it can be copied alone onto a device.
+import from the rest of `lifecycle`, so it can be copied alone onto a device: that is why it is one
+module of ~540 lines (predictor, bundle verification, signatures, the external-data reader) and not
+a package.
 
     from lifecycle.edge import Predictor
     p = Predictor.open("model.zip")          # or an export/quantize artifact directory
     p.predict(["some text"])                 # [{"label": ..., "score": ..., "scores": {...}}]
-    p.embed(["some text"])                   # an embedding model (schema task "embedding"): (n, dim) array
+    p.embed(["some text"])                   # an embedding model: (n, dim) array
+    p.answers(["some text"])                 # whichever of those the model's task declares, as JSON
     p.check()                                # re-runs the predictions the pipeline recorded
 
 A text's answer does not depend on what it is batched with (see Predictor.logits): texts are never
@@ -80,8 +83,27 @@ class Predictor:
 
     @property
     def task(self) -> str:
-        """"classification" (output: logits) or "embedding" (output: pooled, normalised embeddings)."""
+        """What the model is for, as the pipeline's task plug-in named it (lifecycle.tasks)."""
         return self.schema.get("task", "classification")
+
+    @property
+    def method(self) -> str:
+        """The method that answers for this model ("predict", "embed"...), declared by its task."""
+        return self.schema.get("method", "predict")
+
+    @property
+    def route(self) -> str:
+        """The service's POST route for this model ("/classify", "/embed"...), declared by its task."""
+        return self.schema.get("route", "/classify")
+
+    def answers(self, texts: list[str]) -> list:
+        """The answer per text of the model's own method, as JSON values (what a service returns)."""
+        out = getattr(self, self.method)(texts)
+        return out.tolist() if isinstance(out, np.ndarray) else out
+
+    def _only_for(self, method: str) -> None:
+        if self.method != method:
+            raise BundleError(f"{self.root}: this {self.task} model answers {self.method}(), not {method}()")
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, spinning: bool = True,
@@ -185,13 +207,12 @@ class Predictor:
 
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Embeddings (n, dim), float32: pooling and normalisation are inside the graph."""
-        if self.task != "embedding":
-            raise BundleError(f"{self.root}: a {self.task} model has no embeddings; use predict()")
+        self._only_for("embed")
         return self.logits(texts, batch_size)
 
     def predict(self, texts: list[str]) -> list[dict]:
-        if self.task != "classification":
-            raise BundleError(f"{self.root}: an {self.task} model predicts no labels; use embed()")
+        """{"label", "score", "scores"} per text: the softmax of a classifier's logits."""
+        self._only_for("predict")
         logits = self.logits(texts)
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
@@ -204,25 +225,35 @@ class Predictor:
 
     def check(self, atol: float = 1e-4) -> int:
         """Re-run the sample predictions recorded by the pipeline (in the manifest) and raise
-        BundleError if a label differs or a score moves by more than atol; returns how many matched.
-        A device runs this once after install to prove its runtime reproduces the pipeline."""
+        BundleError if an answer differs: a label or any other string, or a number by more than atol.
+        Returns how many matched. A device runs this once after install to prove its runtime
+        reproduces the pipeline."""
         m = self.manifest or {}
         expected = m.get("sample_predictions") or m.get("details", {}).get("sample_predictions") or []
         if not expected:
             raise BundleError(f"{self.root}: the manifest records no sample predictions to check")
-        if self.task == "embedding":
-            got = self.embed([e["text"] for e in expected])
-            for e, g in zip(expected, got):
-                if float(np.abs(np.asarray(e["embedding"]) - g).max()) > atol:
-                    raise BundleError(f"embedding differs from the pipeline's for {e['text'][:60]!r} by more "
-                                      f"than {atol}")
-            return len(expected)
-        got = self.predict([e["text"] for e in expected])
-        for e, g in zip(expected, got):
-            if e["label"] != g["label"] or abs(e["score"] - g["score"]) > atol:
-                raise BundleError(f"prediction differs from the pipeline's for {e['text'][:60]!r}: expected "
-                                  f"{e['label']} ({e['score']:.6f}), got {g['label']} ({g['score']:.6f})")
+        for e, got in zip(expected, self.answers([e["text"] for e in expected])):
+            where = _difference(e["answer"], got, atol)
+            if where is not None:
+                raise BundleError(f"prediction differs from the pipeline's for {e['text'][:60]!r}: {where}")
         return len(expected)
+
+
+def _difference(want, got, atol: float, path: str = "answer") -> str | None:
+    """Where two JSON answers differ (strings exactly, numbers by more than atol), or None."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        if set(want) != set(got):
+            return f"{path}: expected keys {sorted(want)}, got {sorted(got)}"
+        return next((d for k in want if (d := _difference(want[k], got[k], atol, f"{path}.{k}"))), None)
+    if isinstance(want, list) and isinstance(got, list):
+        if len(want) != len(got):
+            return f"{path}: expected {len(want)} values, got {len(got)}"
+        return next((d for i, (w, g) in enumerate(zip(want, got)) if (d := _difference(w, g, atol, f"{path}[{i}]"))),
+                    None)
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (want, got))
+    if numbers and abs(want - got) <= atol or not numbers and want == got:
+        return None
+    return f"{path}: expected {want!r}, got {got!r}"
 
 
 def verify(root: Path) -> dict:

@@ -133,6 +133,7 @@ def embedding_model(body, pooling: Pooling):
             super().__init__()
             self.body = body
             self.config = body.config
+            self.pooling = pooling
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             hidden = self.body(input_ids=input_ids, attention_mask=attention_mask,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from lifecycle import tasks
 from lifecycle.schema import Gate
 
 
@@ -119,8 +120,7 @@ def check_interleaved(gate: Gate, candidate, reference, reference_name: str, max
 # Scores that depend on the examples they were computed on. A stage that selects (a ladder rung, a
 # checkpoint) judges candidates on validation; so every stage also reports each of these it computes on
 # validation as `val_<name>`, and a reference stage is read through `on_validation` during a selection.
-SPLIT_SCORES = ("accuracy", "f1_macro", "f1_micro", "argmax_agreement", "logit_max_abs_diff", "knn_accuracy",
-                "embedding_cosine_min", "embedding_cosine_mean")
+SPLIT_SCORES = tuple(m for t in tasks.REGISTRY.values() for m in t.split_scores)
 
 
 def on_validation(metrics: dict) -> dict:

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+from lifecycle import tasks
 from lifecycle.artifact import MANIFEST
 from lifecycle.evaluation import TEST_PREDICTIONS, Predictions
 
@@ -31,7 +32,7 @@ def render(art, release: dict | None = None) -> str:
     lines += ["## Intended task", ""]
     task = (run or {}).get("task") or {}
     labels = _labels(art)
-    kind = task.get("type", "classification")
+    kind = task.get("type", tasks.DEFAULT)
     lines.append(f"- {kind}" + (f" into {len(labels)} labels: {', '.join(map(str, labels))}" if labels else ""))
     if task:
         lines.append(f"- data source `{task.get('data')}`, texts truncated to {task.get('max_length')} tokens")

@@ -7,13 +7,14 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from lifecycle import tasks
 from lifecycle.artifact import write_json
 
 HEADLINE = ("accuracy", "f1_micro", "perplexity", "torch_latency_p50_ms", "ort_latency_p50_ms", "http_latency_p50_ms",
             "size_mb")
-SCORES = ("accuracy", "knn_accuracy")
+SCORES = tuple(t.scores[0] for t in tasks.REGISTRY.values())  # each task's headline score
 # One column per runtime: PyTorch eager, onnxruntime and HTTP latencies are different quantities.
-LATENCY_COLUMNS = ("torch_latency_p50_ms", "ort_latency_p50_ms", "http_latency_p50_ms")  # the task's headline score: a classifier's, or an embedding model's
+LATENCY_COLUMNS = ("torch_latency_p50_ms", "ort_latency_p50_ms", "http_latency_p50_ms")
 
 
 def write(run_dir: Path, pipeline_name: str, outcomes, junit_path: Path | None = None,
@@ -208,7 +209,7 @@ def summary_table_of(data: dict) -> str:
     for s in data["stages"]:
         m = s["metrics"]
         ok = sum(g["passed"] for g in s["gates"])
-        score = next((m[k] for k in SCORES if k in m), None)  # knn_accuracy for an embedding model
+        score = next((m[k] for k in SCORES if k in m), None)
         rows.append([s["name"], s["status"], _fmt(score), *(_fmt(m.get(k)) for k in latency), _fmt(m.get("size_mb")),
                      f"{ok}/{len(s['gates'])}"])
     return table(head, rows)

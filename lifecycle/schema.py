@@ -3,7 +3,8 @@ stage modules can subclass `StageBase` without an import cycle."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -115,6 +116,21 @@ def one_of(kinds) -> str:
     return kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " or " + kinds[-1]
 
 
+@dataclass(frozen=True)
+class Trains:
+    """What a training stage trains, as the stage declares it (lifecycle.planning reads this; the objective
+    and head follow from what the stage `produces`: masked-lm, causal-lm, encoder or classifier)."""
+
+    train: Any  # the stage's TrainConfig (batch size, accumulation, steps, precision, checkpointing)
+    source: Any = None  # a ModelSource the stage starts from; None: the parent stage's model
+    student: Any = None  # distill: the student built from the parent (the teacher)
+    data: str | None = None  # the source it trains on; None: the task's labelled data
+    seq: int | None = None  # tokens per example; None: the task's max_length
+    masked_fraction: float = 1.0  # share of positions a masked-LM head is computed at
+    lora: Any = None  # LoRA settings: only the adapters (and the head) train
+    adapters: bool = False  # whether the stage can train LoRA adapters instead of every weight
+
+
 class StageBase(Strict):
     """Fields every stage has. A stage module subclasses this with `kind: Literal[...]` and its own fields,
     and declares what it reads and writes (`accepts`, `produces`) and which task types it works for."""
@@ -160,6 +176,14 @@ class StageBase(Strict):
         """A stage-specific fix when the pipeline's task type is not one of `tasks`."""
         return None
 
+    def trains(self) -> Trains | None:
+        """What the stage trains (None: it trains nothing): read by `lifecycle plan`."""
+        return None
+
+    def task_problem(self, task: TaskType) -> str | None:
+        """"field: why it cannot work under this task type" for a setting the task rules out, else None."""
+        return None
+
     def data_refs(self) -> dict[str, tuple[str, bool]]:
         """Data sources the stage names: field path -> (source name, whether it must be labelled)."""
         return {}
@@ -201,15 +225,17 @@ def unset(value) -> bool:
 class Task(Strict):
     """The downstream task the model is trained and measured on."""
 
-    type: Literal["classification", "embedding"] = "classification"
+    type: TaskType = "classification"
     data: str = Field(description="name of a labelled source in `data`")
     max_length: int = Field(128, gt=0, description="tokens per text; longer texts are truncated")
     embedding: EmbeddingTask | None = Field(None, exclude_if=unset)
 
     @model_validator(mode="after")
-    def _embedding_settings(self) -> Task:
-        if self.embedding is not None and self.type != "embedding":
-            raise ValueError("embedding: settings for `type: embedding` only")
+    def _settings_of_its_type(self) -> Task:
+        # Each task type's own settings sit under a key named after it (`embedding: {...}`).
+        stray = sorted({key for key in get_args(TaskType) if getattr(self, key, None) is not None} - {self.type})
+        if stray:
+            raise ValueError(f"{stray[0]}: settings for `type: {stray[0]}` only")
         return self
 
     @property

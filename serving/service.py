@@ -1,5 +1,7 @@
-"""The BentoML service: classifies texts with an export/quantize artifact or an edge bundle, through
-`lifecycle.edge` (the one inference path shared with the bundle and the `serve` stage).
+"""The BentoML service: answers with an export/quantize artifact or an edge bundle, through
+`lifecycle.edge` (the one inference path shared with the bundle and the `serve` stage), on the route
+the model's task declares. One module of ~320 lines on purpose: BentoML imports the service by this
+module's path in every worker and packs it into a Bento alone, beside bentofile.yaml.
 
     lifecycle serve runs/tiny            # writes the serving config below and runs `bentoml serve`
     curl -s 127.0.0.1:3000/classify -H 'content-type: application/json' -d '{"texts": ["some text"]}'
@@ -52,8 +54,7 @@ from pydantic import BaseModel
 from lifecycle.edge import Predictor
 
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
-ROUTE = "/classify"
-ROUTES = {ROUTE: "classification", "/embed": "embedding"}  # route -> the model task it serves
+ROUTES = ("/classify", "/embed")  # every POST route below; a model answers on the one its task declares
 
 
 def _load_config() -> dict:
@@ -110,10 +111,10 @@ class RequestLimits:
             return await self.app(scope, receive, send)
         if scope["path"] not in ROUTES or scope["method"] != "POST":
             return await self.limited(scope, receive, send)
-        task = LOADED["predictor"].task if "predictor" in LOADED else ROUTES[scope["path"]]
-        if ROUTES[scope["path"]] != task:
-            other = next(r for r, t in ROUTES.items() if t == task)
-            return await _error(scope, receive, send, 404, f"this server serves an {task} model: POST {other}")
+        predictor = LOADED["predictor"]
+        if scope["path"] != predictor.route:
+            return await _error(scope, receive, send, 404,
+                                f"this server serves a {predictor.task} model: POST {predictor.route}")
         headers = dict(scope["headers"])
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if media != b"application/json":  # includes application/vnd.bentoml+pickle: never unpickle input
@@ -258,7 +259,8 @@ def _metadata_app():
     async def metadata(_request):
         predictor = LOADED["predictor"]
         return JSONResponse({"name": MODEL["name"], "version": MODEL["version"], "source": MODEL.get("source"),
-                             "gates": MODEL.get("gates", []), "task": predictor.task, "labels": predictor.labels,
+                             "gates": MODEL.get("gates", []), "task": predictor.task, "route": predictor.route,
+                             "labels": predictor.labels,
                              "max_length": predictor.max_length, "over_length": SETTINGS["over_length"],
                              "settings": SETTINGS})
 
@@ -301,7 +303,7 @@ class Classifier:
             return fn(texts)
         return await anyio.to_thread.run_sync(fn, texts, limiter=self.busy)
 
-    @bentoml.api(route=ROUTE, batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+    @bentoml.api(route="/classify", batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
                  max_latency_ms=SETTINGS["max_latency_ms"])
     # The content type is stated because BentoML otherwise derives it from the output's JSON schema on
     # every response: measured at ~12% of a worker's CPU time at full load.

@@ -1,4 +1,4 @@
-"""The import rules of pyproject.toml's [tool.importlinter]: layers (cli > pipeline > config > stages >
+"""The import rules of pyproject.toml's [tool.importlinter]: layers (cli > pipeline > config > stages > tasks >
 components > schema/artifact), stages independent of each other, no import cycles, and an edge
 runtime that needs onnxruntime, tokenizers and numpy only. Checked by running import-linter itself."""
 
@@ -60,4 +60,4 @@ def test_a_component_importing_a_stage_breaks_the_layers(tmp_path):
                     "    return quantize\n")
     out = lint_imports(copy, pythonpath=copy)
     assert out.returncode == 1, out.stdout[-3000:]
-    assert "Layers: cli > pipeline > config > stages > components > schema/artifact BROKEN" in out.stdout
+    assert "Layers: cli > pipeline > config > stages > tasks > components > schema/artifact BROKEN" in out.stdout

@@ -52,6 +52,9 @@ IMPOSSIBLE = {
     "quantize reads an hf model": ([{"kind": "finetune", "model": BERT}, {"kind": "quantize"}], CLASSIFY,
                                    r"stages\[1\]\.parent: 'quantize' \(task type classification\) reads onnx-classifier, "
                                    r"but its parent 'finetune' holds classifier"),
+    "optimum export of an embedding model": (
+        [CONTRASTIVE, {"kind": "export", "exporter": "optimum"}], EMBED,
+        r"stages\[1\]\.exporter: optimum cannot export embedding models .*use `exporter: torch`"),
     "export of a causal LM as an embedding model": (
         [{**PRETRAIN, "model": {"preset": "gpt-tiny"}}, {"kind": "export"}], EMBED,
         r"stages\[1\]\.parent: 'export' \(task type embedding\) reads encoder or masked-lm, but its parent "

@@ -15,6 +15,7 @@ from lifecycle import data as datalib
 from lifecycle import serving
 from lifecycle.edge import BATCH_DEPENDENT_OPS, Predictor, op_types
 from lifecycle.stages.serve import one_path_agreement
+from lifecycle.tasks.classification import TASK as CLASSIFICATION
 
 TEXT = "the striker scored twice in the final"
 SHORT = ["rain", "shares fell", "a new album", "the minister resigned today", "profits rose sharply"]
@@ -121,11 +122,11 @@ def _answer(scores: dict[str, float]) -> dict:
 def test_serve_agreement_counts_a_flip_only_beyond_the_tolerance():
     tol = 1e-5
     clear = _answer({"a": 0.7, "b": 0.3})
-    mismatches = lambda got, local: one_path_agreement([got], [local], tol)["prediction_mismatches"]  # noqa: E731
+    mismatches = lambda got, local: one_path_agreement(CLASSIFICATION, [got], [local], tol)["prediction_mismatches"]  # noqa: E731
     # a near tie (in-process margin 4e-6 <= tol) that flips, scores within 3e-6: not a mismatch
     tie = _answer({"a": 0.5 + 2e-6, "b": 0.5 - 2e-6})
     flipped = _answer({"a": 0.5 - 1e-6, "b": 0.5 + 1e-6})
-    assert one_path_agreement([flipped], [tie], tol) == {"prediction_mismatches": 0,
+    assert one_path_agreement(CLASSIFICATION, [flipped], [tie], tol) == {"prediction_mismatches": 0,
                                                           "score_max_abs_diff": pytest.approx(3e-6)}
     # margin 1.2e-5 > tol: the same flip with scores still within tol is a mismatch
     assert mismatches(flipped, _answer({"a": 0.5 + 6e-6, "b": 0.5 - 6e-6})) == 1
@@ -133,5 +134,5 @@ def test_serve_agreement_counts_a_flip_only_beyond_the_tolerance():
     assert mismatches(_answer({"a": 0.7 + 2e-5, "b": 0.3 - 2e-5}), clear) == 1
     assert mismatches(_answer({"a": 0.7 + 5e-6, "b": 0.3 - 5e-6}), clear) == 0
     assert mismatches(_answer({"a": 0.3, "b": 0.7}), clear) == 1
-    assert one_path_agreement([None, clear], [clear, clear], tol) == {"prediction_mismatches": 1,
+    assert one_path_agreement(CLASSIFICATION, [None, clear], [clear, clear], tol) == {"prediction_mismatches": 1,
                                                                       "score_max_abs_diff": 0.0}

@@ -131,7 +131,7 @@ def test_simcse_pretrain_export_quantize_embeddings(tmp_path):
     emb = p.embed(["the striker scored twice", "shares fell"])
     assert emb.shape == (2, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)  # normalised in-graph
     assert p.check() == 8
-    with pytest.raises(BundleError, match="use embed"):
+    with pytest.raises(BundleError, match=r"answers embed\(\), not predict\(\)"):
         p.predict(["a"])
 
     q = out["quantize"].artifact

@@ -165,8 +165,8 @@ def test_tampered_or_padded_bundles_are_refused(export_dir, tmp_path):
 
 def test_check_detects_a_runtime_that_does_not_reproduce(export_dir, tmp_path):
     p = Predictor.open(write_bundle(export_dir, tmp_path / "model.zip"))
-    p.manifest["sample_predictions"][0]["score"] += 0.01
-    with pytest.raises(BundleError, match="differs from the pipeline"):
+    p.manifest["sample_predictions"][0]["answer"]["score"] += 0.01
+    with pytest.raises(BundleError, match=r"differs from the pipeline's for .*: answer.score: expected"):
         p.check()
 
 

@@ -182,6 +182,7 @@ def test_parity_of_a_nan_model_fails(tmp_path):
 
     from lifecycle.components.onnx import export_torch, onnx_input_names, parity, write_runtime_files
     from lifecycle.edge import Predictor
+    from lifecycle.tasks.classification import TASK as CLASSIFICATION
 
     tokenizer = _word_tokenizer()
     model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16,
@@ -194,7 +195,8 @@ def test_parity_of_a_nan_model_fails(tmp_path):
     tokenizer.save_pretrained(src)
     out.mkdir()
     export_torch(model, tokenizer, out / "model.onnx", opset=17)
-    write_runtime_files(out, src, model, tokenizer, 16, onnx_input_names(out / "model.onnx"))
+    write_runtime_files(out, src, tokenizer, 16, onnx_input_names(out / "model.onnx"),
+                        CLASSIFICATION.graph_schema(model), CLASSIFICATION.labels(model))
     result = parity(model, tokenizer, Predictor.open(out), ["a b", "c d e f"], 16)
     assert np.isnan(result["parity_max_abs_diff"])  # was 0.0: max(0.0, nan) kept the 0.0
     assert result["argmax_agreement"] == 0.0  # was 1.0: argmax of NaN rows is 0 on both sides

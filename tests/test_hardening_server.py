@@ -284,7 +284,7 @@ def test_bundle_cli_error_is_one_line(run_dir, tmp_path, capsys):  # noqa: F811
     (work / "manifest.json").unlink()
     manifest = json.loads((src / "manifest.json").read_text())
     for sample in manifest["details"]["sample_predictions"]:
-        sample["score"] = 1.5  # no softmax gives this
+        sample["answer"]["score"] = 1.5  # no softmax gives this
     art = commit(work, tmp_path / "export", {k: v for k, v in manifest.items() if k != "files"})
     assert Artifact.load(art.path).kind == "onnx-model"
     assert cli.main(["bundle", str(art.path), "-o", str(tmp_path / "m.zip")]) == 1

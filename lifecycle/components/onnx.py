@@ -1,7 +1,7 @@
 """ONNX: the torch and optimum exporters, onnxruntime's transformer fusions (kept only when measured
 no slower), the runtime files beside model.onnx, parity with PyTorch, and how every onnx-model stage
-is scored and timed in onnxruntime (latency settings included). Shared by export and quantize, and by
-both tasks (a classifier's logits, an encoder's pooled embeddings)."""
+is timed in onnxruntime (latency settings included). Shared by export and quantize, for every task
+(what the graph outputs and how it is scored is the task's: lifecycle.tasks)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ from pathlib import Path
 from pydantic import Field
 
 from lifecycle import quiet
-from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import Latency, latency_metrics
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
 RUNTIME_FILES = ("labels.json", "schema.json", *TOKENIZER_FILES)  # everything beside model.onnx
-ONNX_METRICS = (*CLASSIFICATION, *latency_metrics("ort"), *latency_metrics("ort", "b32_"), "size_mb")
-SAMPLE_PREDICTIONS = 8  # test texts whose predicted label and scores go into the manifest (and the bundle)
+ONNX_METRICS = (*latency_metrics("ort"), *latency_metrics("ort", "b32_"), "size_mb")  # the task adds its scores
 FUSED_SLOWER_TOLERANCE = 1.05  # timing noise on a shared CPU: keep fusions unless clearly slower
 # transformers model_type -> onnxruntime optimizer model_type (its BERT pass covers the encoder family)
 FUSION_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert",
@@ -47,13 +45,13 @@ def export_torch(model, tokenizer, path: Path, opset: int, output: str = "logits
                           opset_version=opset, dynamo=False)
 
 
-def export_optimum(src: Path, path: Path, opset: int) -> None:
+def export_optimum(src: Path, path: Path, opset: int, task: str) -> None:
     """optimum's exporter on the parent directory. Its own validation is off: our parity check is the
     gate, on real validation texts rather than random ids."""
     from optimum.exporters.onnx import main_export
 
     out = path.parent / "optimum"
-    main_export(str(src), output=out, task="text-classification", opset=opset, library_name="transformers",
+    main_export(str(src), output=out, task=task, opset=opset, library_name="transformers",
                 do_validation=False, local_files_only=True)
     shutil.move(out / "model.onnx", path)
 
@@ -120,28 +118,28 @@ def copy_runtime_files(src: Path, dst: Path) -> None:
             shutil.copy2(Path(src) / name, Path(dst) / name)
 
 
-def write_runtime_files(out: Path, src: Path, model, tokenizer, max_length: int, input_names: list[str]) -> None:
-    """tokenizer.json, labels.json and schema.json beside model.onnx: what lifecycle.edge needs.
-    config.json and the tokenizer files are kept too, so optimum's ORTModel can load the directory."""
+def write_runtime_files(out: Path, src: Path, tokenizer, max_length: int, input_names: list[str], graph: dict,
+                        labels: list[str]) -> None:
+    """tokenizer.json, labels.json and schema.json beside model.onnx: what lifecycle.edge needs. `graph`:
+    what the task says about the output (lifecycle.tasks: outputs, task, method, route...). config.json
+    and the tokenizer files are kept too, so optimum's ORTModel can load the directory."""
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, out / name)
-    id2label = model.config.id2label
-    (out / "labels.json").write_text(json.dumps([id2label[i] for i in range(len(id2label))]))
+    (out / "labels.json").write_text(json.dumps(labels))  # [] for a task without labels: one bundle format
     schema = {
         "inputs": {n: {"dtype": "int64", "shape": ["batch", "sequence"]} for n in input_names},
-        "outputs": {"logits": {"dtype": "float32", "shape": ["batch", len(id2label)]}},
         "max_length": max_length,
         "pad_token": tokenizer.pad_token,
         "pad_token_id": tokenizer.pad_token_id,
-        "task": "classification",
+        **graph,
     }
     (out / "schema.json").write_text(json.dumps(schema, indent=2))
 
 
-def parity(model, tokenizer, predictor, texts: list[str], max_length: int, reference=None) -> dict:
-    """Max |logit difference| and argmax agreement, PyTorch vs onnxruntime, at batch 1 and the
-    largest batch, on the shortest and the longest texts. `reference(model, tokenizer, texts,
+def parity(model, tokenizer, predictor, texts: list[str], max_length: int, reference=None, argmax: bool = True) -> dict:
+    """Max |output difference| and (with `argmax`) argmax agreement, PyTorch vs onnxruntime, at batch 1
+    and the largest batch, on the shortest and the longest texts. `reference(model, tokenizer, texts,
     max_length, batch_size)` computes PyTorch's outputs (default: a classifier's logits)."""
     import numpy as np
 
@@ -158,7 +156,8 @@ def parity(model, tokenizer, predictor, texts: list[str], max_length: int, refer
         diffs.append(max_abs_diff(ref, got))
         agree += argmax_agreeing(ref, got)
         total += len(batch)
-    return {"parity_max_abs_diff": float(np.max(diffs)), "argmax_agreement": agree / total}  # np.max keeps a NaN
+    found = {"parity_max_abs_diff": float(np.max(diffs))}  # np.max keeps a NaN
+    return {**found, "argmax_agreement": agree / total} if argmax else found
 
 
 def max_abs_diff(a, b) -> float:
@@ -182,18 +181,6 @@ def argmax_agreeing(a, b) -> int:
     return int(((a.argmax(-1) == b.argmax(-1)) & finite).sum())
 
 
-def evaluate(predictor, test, latency: OnnxLatency, max_length: int, logits=None) -> dict:
-    """What every onnx-model stage reports: accuracy/F1 on the full test split, latency at batch 1
-    (ort_latency_p50_ms...) and batch 32 (ort_latency_b32_*) padded to seq_len, and size_mb. The per-example
-    test predictions go beside the model (predictor.root)."""
-    from lifecycle.evaluation import score_test
-
-    logits = predictor.logits(test["text"]) if logits is None else logits
-    metrics = score_test(logits, test["label"], test["text"], predictor.root)
-    metrics.update(onnx_latency(predictor, test["text"][0], latency, max_length))
-    return metrics
-
-
 def onnx_latency(predictor, text: str, latency: OnnxLatency, max_length: int) -> dict:
     """Latency at batch `latency.batch_size` (ort_latency_p50_ms...) and batch 32 (ort_latency_b32_*), one text
     padded to seq_len, in onnxruntime; and size_mb. Shared by every onnx-model stage and task."""
@@ -212,36 +199,7 @@ def onnx_latency(predictor, text: str, latency: OnnxLatency, max_length: int) ->
     return metrics
 
 
-def prediction_details(predictor, test, logits) -> dict:
-    """Predictions for the manifest: the label id of every test text, and label + scores of the first
-    few (a bundle carries these, and `Predictor.check()` reproduces them on the device). An embedding
-    model records the embeddings of the first few texts instead."""
-    texts = test["text"][:SAMPLE_PREDICTIONS]
-    if predictor.task == "embedding":
-        return {"sample_predictions": [{"text": t, "embedding": [float(x) for x in e]}
-                                       for t, e in zip(texts, predictor.embed(texts))]}
-    return {"test_predictions": [int(i) for i in logits.argmax(-1)],
-            "sample_predictions": [{"text": t, **p} for t, p in zip(texts, predictor.predict(texts))]}
-
-
 def model_size_mb(root: Path) -> float:
     """model.onnx plus any external-data files it uses (everything but the runtime files)."""
     skip = {*RUNTIME_FILES, "manifest.json"}
     return sum(f.stat().st_size for f in Path(root).iterdir() if f.is_file() and f.name not in skip) / 1e6
-
-
-def embedding_metrics(predictor, latency, max_length: int, pipeline, reference=None, split: str = "test"):
-    """(metrics, `split` embeddings) of an embedding onnx-model: kNN accuracy (+ Spearman), cosine to
-    the fp32 reference embeddings of the same texts, and (with `latency`) latency and size as every
-    onnx-model stage reports."""
-    from lifecycle.data import load
-    from lifecycle.embedding import fidelity, task_metrics
-
-    rows = load(pipeline.data[pipeline.task.data], pipeline).splits[split]
-    x = predictor.embed(rows["text"])
-    metrics = task_metrics(predictor.embed, pipeline, test_embeddings=x, split=split)
-    if reference is not None:
-        metrics.update(fidelity(reference, x))
-    if latency is not None:
-        metrics.update(onnx_latency(predictor, rows["text"][0], latency, max_length))
-    return metrics, x

@@ -20,22 +20,21 @@ fusions, parity, onnxruntime latency) are in `lifecycle.components.onnx`.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
+from lifecycle import tasks
 from lifecycle.components.onnx import ONNX_METRICS, OnnxLatency
-from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
-from lifecycle.evaluation import CLASSIFICATION
+from lifecycle.gates import SPLIT_SCORES
 from lifecycle.schema import Gate, Holds, StageBase, TaskType
 
 
 class Config(StageBase):
     kind: Literal["export"]
-    tasks = ("classification", "embedding")
+    tasks = tuple(tasks.REGISTRY)
     exporter: Literal["torch", "optimum"] = "torch"  # see the module docstring for why torch is the default
     opset: int = Field(17, ge=14)  # 14+ has the ops BERT needs; 17 adds LayerNormalization
     optimize: bool = True  # onnxruntime transformer fusions, kept only when measured no slower
@@ -44,21 +43,26 @@ class Config(StageBase):
     latency: OnnxLatency = OnnxLatency()
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
-        # classification: the logits of a trained head; embedding: an encoder body with its pooling
-        return ("encoder", "masked-lm") if task == "embedding" else ("classifier",)
+        return tasks.get(task).export_reads
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
-        return "onnx-encoder" if task == "embedding" else "onnx-classifier"
+        return tasks.get(task).onnx_holds
 
     def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
-        if task == "embedding":
-            return "an embedding export reads an encoder (pretrain or adapt with `objective: contrastive`)"
-        return "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
+        return tasks.get(task).export_hint
+
+    def task_problem(self, task: TaskType) -> str | None:
+        if self.exporter == "optimum" and tasks.get(task).optimum_task is None:
+            return (f"exporter: optimum cannot export {task} models with everything in the graph (its "
+                    "export would leave task parts such as pooling out); use `exporter: torch`")
+        return None
 
     def metric_names(self) -> set[str]:
-        # task type embedding: knn_accuracy / spearman and cosine to PyTorch instead of accuracy / argmax
-        return {*ONNX_METRICS, "parity_max_abs_diff", "argmax_agreement", *EMBEDDING_METRICS, *FIDELITY_METRICS,
-                *(f"val_{m}" for m in (*CLASSIFICATION, "knn_accuracy"))}
+        names = {*ONNX_METRICS, "parity_max_abs_diff"}
+        for t in tasks.REGISTRY.values():  # scores on test and validation; fidelity on test where measured
+            names |= {*t.scores, *(f"val_{m}" for m in t.scores if m in t.split_scores)}
+            names |= {*(t.fidelity if t.fidelity_at_export else ()), *(("argmax_agreement",) if t.argmax_parity else ())}
+        return names
 
     def model_post_init(self, _ctx) -> None:
         # Parity is always gated: add the default gate unless the user wrote one.
@@ -67,100 +71,43 @@ class Config(StageBase):
 
 
 def run(cfg: Config, parent, ctx) -> dict:
-    from transformers import AutoModelForSequenceClassification
-
     from lifecycle import models
     from lifecycle.components import onnx
     from lifecycle.edge import Predictor
 
-    task = ctx.pipeline.task
-    if task.type == "embedding":  # encoder + pooling in one graph
-        return _export_embedding(cfg, parent, ctx)
-    src = Path(parent.path)
-    model = models.load_model(AutoModelForSequenceClassification, src).eval()
+    task, src = ctx.pipeline.task, Path(parent.path)
+    plugin = tasks.get(task.type)
+    model = plugin.torch_model(src)
     tokenizer = models.load_tokenizer(src, task.max_length)
     plain = ctx.scratch_dir / "plain" / "model.onnx"
     plain.parent.mkdir(parents=True, exist_ok=True)
     if cfg.exporter == "torch":
-        onnx.export_torch(model, tokenizer, plain, cfg.opset)
+        onnx.export_torch(model, tokenizer, plain, cfg.opset, output=plugin.output)
     else:
-        onnx.export_optimum(src, plain, cfg.opset)
-    onnx.write_runtime_files(ctx.out_dir, src, model, tokenizer, task.max_length, onnx.onnx_input_names(plain))
+        onnx.export_optimum(src, plain, cfg.opset, plugin.optimum_task)
+    onnx.write_runtime_files(ctx.out_dir, src, tokenizer, task.max_length, onnx.onnx_input_names(plain),
+                             plugin.graph_schema(model), plugin.labels(model))
 
-    data = ctx.task_data()
-    parity_texts = data.splits["validation"]["text"][: cfg.parity_samples]
-    chosen = _optimized(cfg, plain, model, tokenizer, parity_texts, ctx) if cfg.optimize else plain
+    splits = ctx.task_data().splits
+    parity_texts = splits["validation"]["text"][: cfg.parity_samples]
+    chosen = plain
+    if cfg.optimize:
+        chosen, ctx.details["graph_optimization"] = onnx.maybe_fused(
+            plain, ctx.out_dir, ctx.scratch_dir, model, tokenizer, parity_texts, cfg.latency, task.max_length,
+            cfg.parity_max, plugin.reference)
     shutil.copy2(chosen, ctx.out_dir / "model.onnx")
 
     predictor = Predictor.open(ctx.out_dir, threads=cfg.latency.threads)
-    metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length)
-    test = data.splits["test"]
-    logits = predictor.logits(test["text"])
-    metrics.update(onnx.evaluate(predictor, test, cfg.latency, task.max_length, logits))
-    from lifecycle.evaluation import classification_metrics
-
-    val = data.splits["validation"]  # what a later selection (the quantize ladder) compares with
-    val_scores = classification_metrics(predictor.logits(val["text"]).argmax(-1), val["label"])
-    metrics.update({f"val_{k}": v for k, v in val_scores.items()})
-    ctx.details.update(onnx.prediction_details(predictor, test, logits))
+    metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length, plugin.reference,
+                          plugin.argmax_parity)
+    test = splits["test"]
+    fp32 = plugin.reference(model, tokenizer, test["text"], task.max_length) if plugin.fidelity_at_export else None
+    scores, outputs = plugin.score(predictor, test, ctx.pipeline, "test", fp32, out_dir=ctx.out_dir)
+    metrics.update(scores)
+    metrics.update(onnx.onnx_latency(predictor, test["text"][0], cfg.latency, task.max_length))
+    # what a later selection (the quantize ladder) compares with
+    val, _ = plugin.score(predictor, splits["validation"], ctx.pipeline, "validation")
+    metrics.update({f"val_{k}": v for k, v in val.items() if k in SPLIT_SCORES})
+    ctx.details.update(plugin.prediction_details(predictor, test, outputs))
     return metrics
-
-
-def _optimized(cfg: Config, plain: Path, model, tokenizer, texts, ctx, reference=None) -> Path:
-    """The fused graph when it is measured no slower and within the parity bound, else the plain one."""
-    from lifecycle.components.onnx import maybe_fused
-
-    chosen, found = maybe_fused(plain, ctx.out_dir, ctx.scratch_dir, model, tokenizer, texts, cfg.latency,
-                                ctx.pipeline.task.max_length, cfg.parity_max, reference)
-    ctx.details["graph_optimization"] = found
-    return chosen
-
-
-def _export_embedding(cfg: Config, parent, ctx) -> dict:
-    """The export stage for `task: {type: embedding}`: encoder + pooling + normalisation in one graph
-    (output `embeddings`), parity-gated against PyTorch like a classifier's logits, fused when
-    measured no slower, and scored with kNN accuracy and cosine to PyTorch on the test texts."""
-    from transformers import AutoModel
-
-    from lifecycle import LifecycleError, models
-    from lifecycle.components import onnx
-    from lifecycle.components.inference import embed_torch
-    from lifecycle.edge import Predictor
-    from lifecycle.embedding import embedding_model, read_pooling, task_metrics
-
-    if cfg.exporter != "torch":
-        raise LifecycleError("export: optimum's feature-extraction export leaves pooling out of the graph; "
-                             "use `exporter: torch` for `task: {type: embedding}`")
-    task, src = ctx.pipeline.task, Path(parent.path)
-    pooling = read_pooling(src)
-    body = models.load_model(AutoModel, src).eval()
-    model = embedding_model(body, pooling).eval()
-    tokenizer = models.load_tokenizer(src, task.max_length)
-    plain = ctx.scratch_dir / "plain" / "model.onnx"
-    plain.parent.mkdir(parents=True, exist_ok=True)
-    onnx.export_torch(model, tokenizer, plain, cfg.opset, output="embeddings")
-    onnx.write_runtime_files(ctx.out_dir, src, body, tokenizer, task.max_length, onnx.onnx_input_names(plain))
-    schema = json.loads((ctx.out_dir / "schema.json").read_text())
-    schema.update(outputs={"embeddings": {"dtype": "float32", "shape": ["batch", body.config.hidden_size]}},
-                  task="embedding", pooling=pooling.model_dump())
-    (ctx.out_dir / "schema.json").write_text(json.dumps(schema, indent=2))
-    (ctx.out_dir / "labels.json").write_text("[]")  # no labels: the bundle format stays the same
-
-    def reference(_model, tok, texts, max_length, batch_size=64):
-        return embed_torch(model, tok, texts, max_length, batch_size)
-
-    data = ctx.task_data()
-    parity_texts = data.splits["validation"]["text"][: cfg.parity_samples]
-    chosen = _optimized(cfg, plain, model, tokenizer, parity_texts, ctx, reference) if cfg.optimize else plain
-    shutil.copy2(chosen, ctx.out_dir / "model.onnx")
-    predictor = Predictor.open(ctx.out_dir, threads=cfg.latency.threads)
-    metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length, reference)
-    metrics.pop("argmax_agreement")  # the argmax of an embedding means nothing
-    test = data.splits["test"]
-    fp32 = embed_torch(model, tokenizer, test["text"], task.max_length)
-    found, test_x = onnx.embedding_metrics(predictor, cfg.latency, task.max_length, ctx.pipeline, fp32)
-    val = task_metrics(predictor.embed, ctx.pipeline, split="validation")  # what a later selection compares with
-    ctx.details.update(pooling=pooling.model_dump(), **onnx.prediction_details(predictor, test, test_x))
-    return {**metrics, **found, "val_knn_accuracy": val["knn_accuracy"]}
-
 

@@ -31,9 +31,8 @@ from typing import Literal
 
 from pydantic import Field, computed_field, model_validator
 
+from lifecycle import tasks
 from lifecycle.components.onnx import ONNX_METRICS, OnnxLatency
-from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
-from lifecycle.gates import SPLIT_SCORES
 from lifecycle.schema import Holds, StageBase, Strict, TaskType
 
 Method = Literal["dynamic-int8", "static-int8", "fp16", "none"]
@@ -49,7 +48,7 @@ class Calibration(Strict):
 
 class Config(StageBase):
     kind: Literal["quantize"]
-    tasks = ("classification", "embedding")
+    tasks = tuple(tasks.REGISTRY)
     method: Method | None = None  # the single rung when `fallback` is empty; None: dynamic-int8
     fallback: list[Method] = Field([], description="the whole ladder, tried in order, e.g. [static-int8, dynamic-int8, none]")
     per_channel: bool = True  # int8 weights scaled per output channel: closer to fp32, same size and speed
@@ -86,23 +85,23 @@ class Config(StageBase):
         return {k: v for k, v in data.items() if k != "ladder_gates"} if isinstance(data, dict) else data
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
-        return ("onnx-encoder",) if task == "embedding" else ("onnx-classifier",)
+        return (tasks.get(task).onnx_holds,)
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
-        return consumed or "onnx-classifier"  # the same model, in int8
+        return tasks.get(task).onnx_holds  # the same model, in int8
 
     def metric_names(self) -> set[str]:
-        # task type embedding: knn_accuracy / spearman and cosine to the fp32 parent instead of accuracy
-        scores = {*ONNX_METRICS, "argmax_agreement", "logit_max_abs_diff", *EMBEDDING_METRICS, *FIDELITY_METRICS}
-        return scores | {f"val_{m}" for m in scores & set(SPLIT_SCORES)}
+        # the task's scores and fidelity to the fp32 parent, on test and (val_*) on validation
+        return {*ONNX_METRICS, *(m for t in tasks.REGISTRY.values() for m in t.metrics)}
 
 
 def run(cfg: Config, parent, ctx) -> dict:
     from lifecycle import LifecycleError
     from lifecycle import gates as gatelib
-    from lifecycle.components.onnx import onnx_latency, prediction_details
+    from lifecycle.components.onnx import onnx_latency
     from lifecycle.edge import Predictor
 
+    task = tasks.get(ctx.pipeline.task.type)
     max_length = ctx.pipeline.task.max_length
     splits = ctx.task_data().splits
     fp32 = Predictor.open(parent.path)
@@ -115,7 +114,7 @@ def run(cfg: Config, parent, ctx) -> dict:
         try:
             build(method, cfg, Path(parent.path), rung_dir, ctx)
             predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
-            metrics, _ = measure(predictor, splits["validation"], reference["validation"], ctx.pipeline, "validation")
+            metrics, _ = task.score(predictor, splits["validation"], ctx.pipeline, "validation", reference["validation"])
             metrics.update(onnx_latency(predictor, splits["test"]["text"][0], cfg.latency, max_length))
         except Exception as exc:  # a rung that cannot be built or run is a failed attempt, not a crash
             attempts.append({"method": method, "error": f"{type(exc).__name__}: {exc}", "passed": False})
@@ -125,7 +124,7 @@ def run(cfg: Config, parent, ctx) -> dict:
         passed = not gatelib.blocking(results)
         attempts.append({"method": method, "split": "validation", "metrics": metrics,
                          "gates": [r.to_dict() for r in results], "passed": passed})
-        score = "accuracy" if "accuracy" in metrics else "knn_accuracy"
+        score = task.scores[0]
         ctx.echo(f"   rung {method}: validation {score} {metrics[score]:.4f}, p50 {metrics['ort_latency_p50_ms']:.2f} ms, "
                  f"{metrics['size_mb']:.2f} MB: {'passes' if passed else 'misses'} the gates")
         built = (method, rung_dir, predictor, metrics)
@@ -136,38 +135,14 @@ def run(cfg: Config, parent, ctx) -> dict:
         raise LifecycleError("quantize: every rung failed: " + "; ".join(f"{a['method']}: {a['error']}" for a in attempts))
     method, rung_dir, predictor, chosen = built
     test = splits["test"]
-    metrics, outputs = measure(predictor, test, reference["test"], ctx.pipeline, "test", ctx.out_dir)
+    metrics, outputs = task.score(predictor, test, ctx.pipeline, "test", reference["test"], ctx.out_dir)
     metrics.update({k: v for k, v in chosen.items() if k not in gatelib.SPLIT_SCORES})  # latency, size
     metrics.update({f"val_{k}": v for k, v in chosen.items() if k in gatelib.SPLIT_SCORES})
-    ctx.details.update(method=method, passed=attempts[-1]["passed"], **prediction_details(predictor, test, outputs))
+    ctx.details.update(method=method, passed=attempts[-1]["passed"], **task.prediction_details(predictor, test, outputs))
     for f in rung_dir.iterdir():
         if f.is_file():
             shutil.copy2(f, ctx.out_dir / f.name)
     return metrics
-
-
-def measure(predictor, rows, reference, pipeline, split: str, out_dir: Path | None = None):
-    """(scores, outputs) on one split: accuracy/F1 plus agreement with the fp32 parent's logits (argmax
-    agreement, max |logit diff|); for an embedding model kNN accuracy (+ Spearman) and cosine to the
-    parent's fp32 embeddings (the parent is gated to PyTorch by its parity check, so this is fidelity to
-    PyTorch as well). Latency and size are split-free: see components.onnx.onnx_latency. With `out_dir` (the test
-    split, scored once) the per-example predictions are written there (lifecycle.evaluation.score_test)."""
-    if predictor.task == "embedding":
-        from lifecycle.components.onnx import embedding_metrics
-
-        return embedding_metrics(predictor, None, 0, pipeline, reference, split)
-
-    from lifecycle.components.onnx import argmax_agreeing, max_abs_diff
-    from lifecycle.evaluation import classification_metrics, score_test
-
-    logits = predictor.logits(rows["text"])
-    if out_dir is not None:
-        metrics = score_test(logits, rows["label"], rows["text"], out_dir)
-    else:
-        metrics = classification_metrics(logits.argmax(-1), rows["label"])
-    metrics.update(argmax_agreement=argmax_agreeing(logits, reference) / len(logits),  # non-finite rows disagree
-                   logit_max_abs_diff=max_abs_diff(logits, reference))  # NaN for a NaN model: its gates fail
-    return metrics, logits
 
 
 # ---------------------------------------------------------------------------------------- rungs

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from lifecycle import tasks
 from lifecycle.schema import Gate, Holds, StageBase, TaskType
 from lifecycle.serving import ServingSettings
 
@@ -39,17 +40,14 @@ class Config(StageBase):
     score_tolerance: float = Field(1e-5, ge=0)
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
-        return ("onnx-classifier",)
+        return (tasks.get(task).onnx_holds,)
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
         return "service-check"
 
-    def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
-        return self.task_hint("embedding") if consumed == "onnx-encoder" else None
-
     def task_hint(self, task: TaskType) -> str | None:
-        return ("the serve stage measures /classify against the test labels; serve an embedding model with "
-                "`lifecycle serve RUN_DIR` (POST /embed) instead")
+        return (f"the serve stage scores HTTP answers against the test labels; serve a {task} model with "
+                f"`lifecycle serve RUN_DIR` (POST {tasks.get(task).route}) instead")
 
     def metric_names(self) -> set[str]:
         return set(HTTP_METRICS)
@@ -65,35 +63,34 @@ class Config(StageBase):
 
 def run(cfg: Config, parent, ctx) -> dict:
     from lifecycle.edge import Predictor
-    from lifecycle.evaluation import classification_metrics
     from lifecycle.serving import Server, json_request, resolve, run_load, write_config
 
+    task = tasks.get(ctx.pipeline.task.type)
     served = resolve(parent.path)
     config = write_config(served, cfg.serving, ctx.out_dir / "serving.json")
     test = ctx.task_data().splits["test"]
-    texts, labels = list(test["text"]), list(test["label"])
+    texts = list(test["text"])
     n = cfg.texts_per_request
     chunks = [texts[i : i + n] for i in range(0, len(texts), n)]
 
     with Server(config, log=ctx.out_dir / "server.log", startup_timeout_s=cfg.startup_timeout_s) as server:
-        names = json.loads(_get(server.url + "/metadata"))["labels"]
-        requests = [json_request(server.port, {"texts": chunk}) for chunk in chunks]
+        requests = [json_request(server.port, {"texts": chunk}, task.route) for chunk in chunks]
         if cfg.warmup_requests:
             run_load(server.port, requests, cfg.clients, max_requests=cfg.warmup_requests)
         result = run_load(server.port, requests, cfg.clients, max_requests=len(requests), keep_bodies=True)
     summary = result.summary()
     exit_code = server.proc.returncode  # stopped by SIGTERM when the `with` block ended: 0 is a clean stop
 
-    answers: list[dict | None] = [None] * len(texts)  # a failed request leaves None: wrong by construction
+    answers: list = [None] * len(texts)  # a failed request leaves None: wrong by construction
     for i, body in result.bodies.items():
         try:
             for j, item in enumerate(json.loads(body)):
                 answers[i * n + j] = item
         except (ValueError, TypeError):
             continue
-    predicted = [names.index(a["label"]) if a else -1 for a in answers]
-    metrics = classification_metrics(predicted, labels)
-    metrics.update(one_path_agreement(answers, Predictor.open(parent.path).predict(texts), cfg.score_tolerance))
+    local = Predictor.open(parent.path)
+    metrics = task.answer_scores(answers, test, local)
+    metrics.update(one_path_agreement(task, answers, local.answers(texts), cfg.score_tolerance))
     metrics["http_accuracy"] = metrics["accuracy"]
     metrics.update({k: summary[k] for k in ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms",
                                             "requests_per_s", "error_count")})
@@ -106,26 +103,16 @@ def run(cfg: Config, parent, ctx) -> dict:
     return metrics
 
 
-def one_path_agreement(answers: list[dict | None], local: list[dict], tolerance: float) -> dict:
-    """Each HTTP answer against the same text run in-process. A mismatch: a missing answer, a class score
-    further than `tolerance` from the in-process one, or a different label where the in-process margin
-    between the top two scores exceeds `tolerance` (within it, the label is a tie). Also the largest
-    score difference. Catches answers mixed up between requests, which accuracy alone misses when a
-    model predicts mostly one class."""
+def one_path_agreement(task, answers: list, local: list, tolerance: float) -> dict:
+    """Each HTTP answer against the same text run in-process (the task says when two answers agree); a
+    missing answer is a mismatch. Also the largest difference. Catches answers mixed up between
+    requests, which accuracy alone misses when a model predicts mostly one class."""
     mismatches, diffs = 0, []
     for a, b in zip(answers, local):
         if a is None:
             mismatches += 1
             continue
-        diff = max(abs(a["scores"].get(name, float("inf")) - p) for name, p in b["scores"].items())
+        agree, diff = task.answers_agree(a, b, tolerance)
         diffs.append(diff)
-        top = sorted(b["scores"].values(), reverse=True)
-        margin = top[0] - top[1] if len(top) > 1 else float("inf")
-        mismatches += diff > tolerance or (a["label"] != b["label"] and margin > tolerance)
+        mismatches += not agree
     return {"prediction_mismatches": mismatches, "score_max_abs_diff": max(diffs, default=float("nan"))}
-
-
-def _get(url: str) -> str:
-    import httpx
-
-    return httpx.get(url, timeout=10, trust_env=False).text

@@ -1,0 +1,36 @@
+"""Tasks as plug-ins: what a model is for, declared in one module per task.
+
+A task module defines one `TaskPlugin` subclass and `TASK = ThatClass()`; `REGISTRY` below lists them
+under the names `task: {type: ...}` takes (`schema.TaskType`). Stages, the edge runtime, the service and
+the report never branch on the task's name: they ask the plug-in.
+
+What a plug-in declares:
+- artifacts: which model kinds the export stage turns into its ONNX kind (`export_reads`, `onnx_holds`),
+  and the hint when a chain gives export something else (`export_hint`);
+- the graph: the in-process model whose outputs the ONNX graph reproduces (`torch_model`), those
+  outputs for texts (`reference`, the parity reference), what the graph returns and how it is read
+  (`graph_schema`: output name, dtype, shape, the edge method, the service route; `labels`);
+- metrics: `scores` (quality on a split; the first is the headline of the report), `fidelity` (to
+  the fp32 reference, which export and quantize report and gates may name), and `score()` that
+  computes both from a predictor;
+- samples: `sample_predictions()` for the manifest, reproduced on a device by `Predictor.check()`;
+- serving: `route`, how a service's answers are scored (`answer_scores`) and how an HTTP answer is
+  compared with the same text run in-process (`answers_agree`).
+
+Adding a task: a module here (the plug-in), its name in `schema.TaskType` and in `REGISTRY`, the edge
+method in `lifecycle.edge` and the route in `serving/service.py` when they are new, and tests. See
+docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+from lifecycle.tasks import classification, embedding
+from lifecycle.tasks.base import TaskPlugin
+
+REGISTRY: dict[str, TaskPlugin] = {t.name: t for t in (classification.TASK, embedding.TASK)}
+DEFAULT = "classification"  # a pipeline without `task: {type: ...}`
+
+
+def get(name: str | None) -> TaskPlugin:
+    """The plug-in for `task: {type: name}`."""
+    return REGISTRY[name or DEFAULT]

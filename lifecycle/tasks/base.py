@@ -1,0 +1,87 @@
+"""The plug-in contract every task module implements (see lifecycle.tasks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from lifecycle.schema import Holds
+
+SAMPLE_PREDICTIONS = 8  # test texts whose answers go into the manifest (and the bundle)
+
+
+class TaskPlugin:
+    name: ClassVar[str]
+    export_reads: ClassVar[tuple[Holds, ...]]  # what the export stage reads under this task
+    export_hint: ClassVar[str]  # how to fix a chain that gives export something else
+    onnx_holds: ClassVar[Holds]  # what export writes (and quantize keeps)
+    output: ClassVar[str]  # the graph's one output
+    edge_method: ClassVar[str]  # the lifecycle.edge.Predictor method that answers for this task
+    route: ClassVar[str]  # the service's POST route
+    scores: ClassVar[tuple[str, ...]]  # quality on a split, gateable; scores[0] is the headline
+    fidelity: ClassVar[tuple[str, ...]]  # agreement with the fp32 reference on the same texts
+    split_free: ClassVar[tuple[str, ...]] = ()  # scores not computed on the task's splits (no val_ twin)
+    # Whether parity's argmax agreement means anything (a classifier's logits: yes; an embedding: no).
+    argmax_parity: ClassVar[bool] = False
+    # Whether export also scores `fidelity` on the whole test split (beyond the parity texts).
+    fidelity_at_export: ClassVar[bool] = False
+    optimum_task: ClassVar[str | None] = None  # optimum's export task name; None: optimum cannot export it
+
+    @property
+    def split_scores(self) -> tuple[str, ...]:
+        """Scores that depend on the examples: reported on test, and on validation as val_<name>."""
+        return tuple(m for m in (*self.scores, *self.fidelity) if m not in self.split_free)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """What export and quantize report for this task besides the ONNX metrics (latency, size)."""
+        return (*self.scores, *self.fidelity, *(f"val_{m}" for m in self.split_scores))
+
+    def torch_model(self, src: Path):
+        """The eval-mode PyTorch module (with a Hugging Face `config`) that the graph reproduces."""
+        raise NotImplementedError
+
+    def reference(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64):
+        """The model's outputs for texts (float32 numpy): what parity compares the graph with."""
+        raise NotImplementedError
+
+    def width(self, model) -> int:
+        """The size of the output's second axis: (batch, width)."""
+        raise NotImplementedError
+
+    def graph_schema(self, model) -> dict:
+        """What schema.json says about the graph's output and how to use it (beside the inputs,
+        max_length and padding that every text graph has): lifecycle.edge and the service read it."""
+        return {"outputs": {self.output: {"dtype": "float32", "shape": ["batch", self.width(model)]}},
+                "task": self.name, "method": self.edge_method, "route": self.route}
+
+    def labels(self, model) -> list[str]:
+        return []
+
+    def score(self, predictor, rows, pipeline, split: str, reference=None, out_dir: Path | None = None):
+        """(metrics, outputs) of an ONNX predictor on `rows` of `split`: the quality `scores`, and the
+        `fidelity` to `reference` (fp32 outputs of the same texts) when given. With `out_dir`, the
+        per-example predictions a release gate pairs up are written there."""
+        raise NotImplementedError
+
+    def sample_predictions(self, predictor, texts: list[str]) -> list[dict]:
+        """{"text", "answer"} per text, the answer as the edge method gives it (JSON)."""
+        return [{"text": t, "answer": a} for t, a in zip(texts, predictor.answers(texts))]
+
+    def prediction_details(self, predictor, rows, outputs) -> dict:
+        """What the manifest records of a test run: the sample predictions (and whatever else the task keeps)."""
+        return {"sample_predictions": self.sample_predictions(predictor, rows["text"][:SAMPLE_PREDICTIONS])}
+
+    def encoder_scores(self, embed, pipeline) -> dict:
+        """Scores of an encoder being trained (the contrastive objective) under this task; `embed(texts)`."""
+        return {}
+
+    def answer_scores(self, answers: list, rows, predictor) -> dict:
+        """The quality `scores` of answers a service gave for `rows` (None: no answer, wrong by construction);
+        `predictor`: the same model in-process. Tasks the serve stage does not score leave this out."""
+        raise NotImplementedError
+
+    def answers_agree(self, http, local, tolerance: float) -> tuple[bool, float]:
+        """(whether an HTTP answer equals the in-process answer for the same text, largest difference)."""
+        raise NotImplementedError
+

@@ -1,0 +1,73 @@
+"""Tasks as plug-ins (lifecycle.tasks): every task-specific decision is declared by one task module, and
+nothing outside lifecycle/tasks/ branches on which task it is. The plug-ins' behaviour is exercised end
+to end by the export, quantize, serving, bundle and contrastive tests; here: the contract itself."""
+
+import re
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from lifecycle import tasks
+from lifecycle.edge import Predictor
+from lifecycle.schema import ONNX_HOLDS, TaskType
+from lifecycle.stages import export, quantize
+
+ROOT = Path(__file__).resolve().parents[1]
+# `task == ...`, `x.type != ...`, `... == task`, `task in ("...", ...)`, `== "embedding"`: a decision taken
+# on which task this is. (`model_type == "bert"` is about an architecture and does not match.)
+NAMES = "|".join(get_args(TaskType))
+BRANCH = re.compile(rf"""(\btask\w*|\.type|\btype)\s*(==|!=)|(==|!=)\s*[\w.]*\b(task|type)\b"""
+                    rf"""|\b(task|type)\s+(not\s+)?in\s+[(\[{{]|(==|!=)\s*["']({NAMES})["']""")
+
+
+def test_no_task_branch_outside_the_task_modules():
+    found = []
+    for f in sorted([*(ROOT / "lifecycle").rglob("*.py"), *(ROOT / "serving").glob("*.py")]):
+        if (ROOT / "lifecycle" / "tasks") in f.parents:
+            continue
+        found += [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for i, line in enumerate(f.read_text().splitlines(), 1)
+                  if BRANCH.search(line)]
+    assert not found, "ask the task plug-in (lifecycle.tasks) instead:\n" + "\n".join(found)
+
+
+def test_the_branch_pattern_catches_what_it_is_for():
+    for line in ('if task == "embedding":', 'if cfg.task.type != "classification":', 'x if "embedding" == task else y',
+                 'if predictor.task in ("embedding", "generation"):', 'if head != "embedding":'):
+        assert BRANCH.search(line), line
+    for line in ('if config.model_type == "bert":', "for task in tasks.REGISTRY:", "plugin = tasks.get(task.type)"):
+        assert not BRANCH.search(line), line
+
+
+def test_every_task_type_has_one_complete_plug_in():
+    assert set(tasks.REGISTRY) == set(get_args(TaskType))
+    base = tasks.TaskPlugin
+    for name, plugin in tasks.REGISTRY.items():
+        assert plugin.name == name and isinstance(plugin, base)
+        assert plugin.onnx_holds in ONNX_HOLDS and plugin.export_reads and plugin.export_hint
+        assert plugin.output and plugin.route.startswith("/") and plugin.scores
+        assert callable(getattr(Predictor, plugin.edge_method, None)), f"lifecycle.edge has no {plugin.edge_method}()"
+        for method in ("torch_model", "reference", "width", "score", "answers_agree"):
+            assert getattr(type(plugin), method) is not getattr(base, method), f"{name} does not implement {method}"
+        # every metric the task reports can be named by a gate on the stages that report it
+        assert set(plugin.metrics) <= quantize.Config(kind="quantize").metric_names()
+        assert set(plugin.scores) <= export.Config(kind="export").metric_names()
+
+
+def test_routes_and_edge_methods_are_distinct():
+    plugins = list(tasks.REGISTRY.values())
+    assert len({p.route for p in plugins}) == len({p.edge_method for p in plugins}) == len(plugins)
+    served = set(re.findall(r'route="(/\w+)"', (ROOT / "serving" / "service.py").read_text()))
+    assert {p.route for p in plugins} <= served, "serving/service.py defines no route for a task"
+
+
+@pytest.mark.parametrize("name", sorted(tasks.REGISTRY))
+def test_the_answer_comparison_is_exact_at_zero_tolerance(name):
+    plugin = tasks.get(name)
+    answer = ({"label": "a", "score": 0.75, "scores": {"a": 0.75, "b": 0.25}} if plugin.edge_method == "predict"
+              else [0.6, 0.8])
+    assert plugin.answers_agree(answer, answer, 0.0) == (True, 0.0)
+
+
+def test_a_pipeline_without_a_type_is_classification():
+    assert tasks.get(None) is tasks.get("classification")
