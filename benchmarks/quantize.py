@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
 
-from lifecycle import GateFailed, config, pipeline
+from lifecycle import GateFailed, config, pipeline, verdict
 
 PIPELINE = ROOT / "pipelines" / "minilm_quantize.yaml"
 THREADS, SEQ = 2, 128
@@ -43,7 +43,7 @@ def run_pipeline(budget: dict, workdir: Path, path: Path = PIPELINE) -> tuple[di
         outcomes = pipeline.run(cfg, workdir=workdir, echo=print)
     except GateFailed as exc:  # still measured and reported: the checks below say what missed
         print(f"pipeline gate failed: {exc}")
-        outcomes = pipeline.load_run(workdir / cfg.name)[1]
+        outcomes = verdict.load_run(workdir / cfg.name)[1]
     return {o.name: o.artifact for o in outcomes}, cfg
 
 

@@ -195,7 +195,7 @@ def cmd_sign(args) -> int:
 
 def cmd_gate(args) -> int:
     from lifecycle import gates, report
-    from lifecycle.pipeline import load_run, read_record
+    from lifecycle.verdict import load_run, read_record
 
     state = read_record(args.run_dir).get("state")
     pipeline, outcomes = load_run(args.run_dir, args.registry)
@@ -265,7 +265,7 @@ def cmd_promote(args) -> int:
 
 def cmd_report(args) -> int:
     from lifecycle import report
-    from lifecycle.pipeline import load_run, read_record
+    from lifecycle.verdict import load_run, read_record
 
     pipeline, outcomes = load_run(args.run_dir)
     report.write(Path(args.run_dir), pipeline.name, outcomes, run_state=read_record(args.run_dir).get("state"))

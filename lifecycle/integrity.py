@@ -6,7 +6,7 @@ manifest) would pass `lifecycle gate` on its recorded metrics. `load_problem` op
 way its consumer will: an onnx-model in an onnxruntime session (what lifecycle.edge and the server
 run; `onnx.checker` validates against the ONNX spec alone and knows nothing of the com.microsoft
 fused operators our optimised graphs hold), after lifecycle.edge's external-data path check; an hf-model's safetensors headers (every
-tensor named, no pickle). `lifecycle.pipeline.load_run` calls it for every artifact it judges: a problem is a failed gate.
+tensor named, no pickle). `lifecycle.verdict.load_run` calls it for every artifact it judges: a problem is a failed gate.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import yaml
 from test_finetune import MODEL, TRAIN, keyword_data, raw_pipeline, run
 
 from lifecycle.cli import main
-from lifecycle.stages.distill import distillation_loss, init_from_teacher, pick_layers
+from lifecycle.components.distillation import distillation_loss, init_from_teacher, pick_layers
 
 TEACHER = {"kind": "finetune", "name": "teacher", "model": MODEL, "train": TRAIN}  # 2 layers
 # Latency at batch 8 x 64 tokens: enough work per call that layer count, not call overhead, dominates.
@@ -86,7 +86,7 @@ def hidden_distance(student_dir, teacher_dir, layer_map: list[int], texts: list[
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lifecycle.stages.distill import hidden_loss
+    from lifecycle.components.distillation import hidden_loss
 
     enc = AutoTokenizer.from_pretrained(teacher_dir)(texts, return_tensors="pt", padding=True)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()

@@ -2,12 +2,13 @@ import json
 
 import pytest
 from conftest import tiny_pipeline
+from peak_memory import measure_peak
 
 from lifecycle.cli import main
 from lifecycle.config import build
-from lifecycle.planning import Shape, advise, measure_peak, memory, plan, training_flops
+from lifecycle.planning import Shape, advise, memory, plan, training_flops
 
-SIZES = [  # (architecture, head, batch, seq, gradient checkpointing)
+SIZES = [  # (architecture, objective, batch, seq, gradient checkpointing)
     # The smallest runs in the default suite (~6 s: a fresh process imports torch and trains one step;
     # measured ratio 1.20 on 2 busy cores, stable to +-0.01 over 4 runs); the others with `make test-all`.
     pytest.param({"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 256,
@@ -21,12 +22,12 @@ SIZES = [  # (architecture, head, batch, seq, gradient checkpointing)
 
 # Each size trains in a fresh process and samples its memory (anonymous resident pages); on a loaded
 # shared machine the kernel's reclaim made earlier RSS-based figures swing 2x.
-@pytest.mark.parametrize("arch, head, batch, seq, ckpt", SIZES)
-def test_memory_estimate_within_25_percent_of_measured_peak(arch, head, batch, seq, ckpt):
-    measured = measure_peak(arch, head, batch, seq, checkpointing=ckpt)
+@pytest.mark.parametrize("arch, objective, batch, seq, ckpt", SIZES)
+def test_memory_estimate_within_25_percent_of_measured_peak(arch, objective, batch, seq, ckpt):
+    measured = measure_peak(arch, objective, batch, seq, checkpointing=ckpt)
     n = measured["params"]
     shape = Shape(arch["num_hidden_layers"], arch["hidden_size"], arch["num_attention_heads"], arch["intermediate_size"],
-                  arch["vocab_size"], batch, seq, head, n, n)
+                  arch["vocab_size"], batch, seq, objective, n, n)
     ratio = memory(shape, checkpointing=ckpt)["total"] / measured["peak_bytes"]
     assert 0.75 <= ratio <= 1.25, f"estimate/measured = {ratio:.2f}"
 
@@ -76,3 +77,18 @@ def test_plan_command_prints_table_and_json(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     mem = data["stages"][0]["memory"]
     assert set(mem) == {"weights", "gradients", "optimizer", "activations", "total"}
+
+
+def test_each_training_stage_is_planned_with_the_objective_it_declares():
+    """A contrastive adapt trains an encoder (two views per example, no vocabulary head), not a
+    masked-LM: the plan follows what the stage produces, not a guess from its fields."""
+    from test_artifact_kinds import EMBED, PRETRAIN, raw
+
+    tiny = {"max_steps": 2, "batch_size": 4}
+    pipeline = build(raw([{**PRETRAIN, "train": tiny},
+                          {"kind": "adapt", "data": "corpus", "objective": "contrastive", "train": tiny}], EMBED))
+    mlm, contrastive = plan(pipeline, calibrate_steps=1)
+    assert (mlm.objective, contrastive.objective) == ("mlm", "contrastive")
+    assert contrastive.step_seconds > 0
+    # the same encoder and sequence length: no vocabulary logits, but twice the examples per step
+    assert contrastive.params_total < mlm.params_total

@@ -33,7 +33,7 @@ from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
 from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
 from lifecycle.models import ModelSource
-from lifecycle.schema import Holds, StageBase, TaskType, unset
+from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
 
 ADAPT_METRICS = {"perplexity_before", "domain_perplexity_gain", "general_perplexity", "general_perplexity_before",
                  "general_perplexity_change", "head_added", "probe_accuracy", "probe_accuracy_before",
@@ -72,6 +72,10 @@ class Config(StageBase):
 
     def needs_parent(self) -> bool:
         return self.model is None
+
+    def trains(self) -> Trains:
+        return Trains(self.train, source=self.model, data=self.data, seq=self.block_size,
+                      masked_fraction=self.mlm_probability)
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
         # The parent's objective is continued; a classifier's head would be thrown away for an LM head.

@@ -27,7 +27,7 @@ from lifecycle.components.training import EarlyStopping, TrainConfig
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
 from lifecycle.models import ModelSource
-from lifecycle.schema import HF_HOLDS, Holds, StageBase, Strict, TaskType
+from lifecycle.schema import HF_HOLDS, Holds, StageBase, Strict, TaskType, Trains
 
 CONTROL_METRICS = (*(f"control_{m}" for m in CLASSIFICATION), "pretraining_gain")
 
@@ -78,6 +78,9 @@ class Config(StageBase):
 
     def needs_parent(self) -> bool:
         return self.model is None
+
+    def trains(self) -> Trains:
+        return Trains(self.train, source=self.model, lora=self.lora, adapters=True)
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
         return HF_HOLDS  # a new head on any encoder or decoder; a classifier is fine-tuned again

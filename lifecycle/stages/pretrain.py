@@ -21,7 +21,7 @@ from lifecycle.components.training import TrainConfig
 from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
 from lifecycle.data.corpus import STAT_KEYS
 from lifecycle.models import PRESETS, ModelSource
-from lifecycle.schema import Holds, StageBase, TaskType, unset
+from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
 
 
 class Config(StageBase):
@@ -56,6 +56,10 @@ class Config(StageBase):
         if positions and self.block_size > positions:
             raise ValueError(f"block_size: {self.block_size} tokens exceed the model's {positions} positions")
         return self
+
+    def trains(self) -> Trains:
+        return Trains(self.train, source=self.model, data=self.data, seq=self.block_size,
+                      masked_fraction=self.mlm_probability)
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
         return ()

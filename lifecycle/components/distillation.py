@@ -1,0 +1,84 @@
+"""Distillation: a student from a teacher's layers, the teacher's logits (cached once per training set),
+and the losses (soft targets with temperature, hidden-state cosine). Used by the distill stage."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lifecycle import LifecycleError
+
+LAYER_KEY = re.compile(r"\.(layer|layers|h)\.(\d+)\.")  # BERT/RoBERTa/DistilBERT/GPT-2 block prefixes
+
+
+def pick_layers(teacher_layers: int, keep: int) -> list[int]:
+    """`keep` layer indices spread evenly over the teacher's depth, first and last included."""
+    if keep > teacher_layers:
+        raise LifecycleError(f"distill: the student cannot have {keep} layers; the teacher has {teacher_layers}")
+    if keep == 1:
+        return [teacher_layers - 1]
+    return sorted({round(i * (teacher_layers - 1) / (keep - 1)) for i in range(keep)})
+
+
+def init_from_teacher(student, teacher, layers: list[int]) -> float:
+    """Copy teacher tensors into the student (teacher block layers[j] -> student block j); tensors
+    whose shape differs keep their random init. Returns the fraction of student parameters copied."""
+    import torch
+
+    position = {t: s for s, t in enumerate(layers)}
+    target = student.state_dict()
+    picked = {}
+    for key, tensor in teacher.state_dict().items():
+        m = LAYER_KEY.search(key)
+        if m:
+            if int(m.group(2)) not in position:
+                continue
+            key = key[: m.start()] + f".{m.group(1)}.{position[int(m.group(2))]}." + key[m.end():]
+        if key in target and target[key].shape == tensor.shape:
+            picked[key] = tensor
+    with torch.no_grad():
+        student.load_state_dict(picked, strict=False)
+    total = sum(t.numel() for t in target.values())
+    return sum(picked[k].numel() for k in picked) / total
+
+
+def teacher_logits(teacher, tokenizer, texts: list[str], max_length: int, cache_dir: Path):
+    """Teacher logits over the training texts, cached in the stage's scratch directory (a crash and
+    resume reuses them; the directory is keyed by the stage's cache key)."""
+    import os
+
+    import numpy as np
+
+    from lifecycle.components.inference import logits_of
+
+    path = cache_dir / "teacher_logits.npy"
+    if path.is_file():
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape[0] == len(texts):
+            return cached
+    logits = logits_of(teacher, tokenizer, texts, max_length).astype(np.float32)
+    part = path.with_name(f"{path.stem}.{os.getpid()}.npy")  # under torchrun every rank writes the same values
+    np.save(part, logits, allow_pickle=False)
+    os.replace(part, path)
+    return logits
+
+
+def distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
+    import torch.nn.functional as F
+
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+    return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def hidden_loss(student_hidden, teacher_hidden, layer_map: list[int], mask):
+    """Mean (1 - cosine) between student layer j and teacher layer layer_map[j], over real tokens."""
+    import torch.nn.functional as F
+
+    m = mask.unsqueeze(-1).to(student_hidden[0].dtype)
+    losses = []
+    for j, t in enumerate(layer_map):
+        cos = F.cosine_similarity(student_hidden[j + 1], teacher_hidden[t + 1], dim=-1).unsqueeze(-1)
+        losses.append(((1 - cos) * m).sum() / m.sum())
+    return sum(losses) / len(losses)
