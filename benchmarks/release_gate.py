@@ -9,10 +9,11 @@ start makes retrains agree with each other far more than a from-scratch model's 
 on dozens of the 223 texts) is run:
 - baseline: seed 0, promoted to `production` in a private registry;
 - 5 retrains: seeds 1-5, same data: each one the gate flags is a false alarm (target 0 of 5);
-- 5 degraded: seeds 1-5 with --noise of the training labels replaced by another label (the issue asks
-  for about a 2-point regression; the measured drops are recorded): each one flagged is a detection
-  (target >= 4). MiniLM shrugs off label noise unevenly: at 0.3 the five drops were 1.8, 0.0, 2.2, 4.5
-  and -0.5 points (mean 1.6, commit 2cae6ae), so the default is 0.4.
+- 5 degraded: seeds 1-5 with a share of the training labels replaced by another label, calibrated to
+  a --target regression (2 points): MiniLM shrugs off label noise unevenly (at a fixed 0.3 the five
+  test drops were 1.8, 0.0, 2.2, 4.5 and -0.5 points, commit 2cae6ae; at 0.4: 1.8, 1.3, 0.0, 1.3, 2.7),
+  so each seed's noise is chosen by bisection on the *validation* drop (at most --rounds trainings,
+  starting at 0.4) and the candidate is then gated on test. Each one flagged is a detection (target >= 4).
 Every candidate is gated as `{metric: accuracy, max_drop: --margin, vs: "release:production"}` under
 each bound (mean, lower_ci, upper_ci), so the one run shows the trade-off; the checks use --bound.
 Writes benchmarks/results/release_gate.json.
@@ -80,6 +81,25 @@ def finetune(files: dict, seed: int, b: dict, workdir: Path, name: str) -> Path:
     return workdir / name
 
 
+def degraded(files: dict, seed: int, b: dict, workdir: Path, baseline_val: float, args) -> tuple[Path, dict]:
+    """The noisy-label retrain of `seed` whose validation accuracy is closest to `args.target` below the
+    baseline's: bisection on the noise share over at most `args.rounds` trainings. Selection reads
+    validation only; the test split is scored by the gate afterwards."""
+    lo, hi, noise, tried = 0.0, 0.8, 0.4, {}
+    for _ in range(args.rounds):
+        noisy = noisy_train(files, noise, seed, workdir / "data" / f"noisy{seed}-{noise:.2f}")
+        run_dir = finetune(noisy, seed, b, workdir / "runs", f"noisy{seed}-{noise:.2f}")
+        drop = baseline_val - release.candidate(run_dir).metrics["val_accuracy"]
+        tried[noise] = (drop, run_dir)
+        if abs(drop - args.target) < 0.5 / 100:  # within half a point (one validation text is 0.45)
+            break
+        lo, hi = (noise, hi) if drop < args.target else (lo, noise)
+        noise = round((lo + hi) / 2, 2)
+    noise = min(tried, key=lambda n: abs(tried[n][0] - args.target))
+    return tried[noise][1], {"noise": noise, "val_drop": tried[noise][0],
+                             "tried": {f"{n:.2f}": d for n, (d, _) in sorted(tried.items())}}
+
+
 def gate_all(run_dir: Path, baseline, margin: float) -> dict:
     art = release.candidate(run_dir)
     out = {"accuracy": art.metrics["accuracy"]}
@@ -97,18 +117,21 @@ def run(args, b: dict) -> dict:
     registry = workdir / "registry"
     base_run = finetune(files, 0, b, workdir / "runs", "baseline")
     baseline = release.promote(base_run, "production", registry)
-    clean, degraded = {}, {}
+    baseline_val = release.candidate(base_run).metrics["val_accuracy"]
+    clean, worse = {}, {}
     for seed in b["seeds"]:
         clean[seed] = gate_all(finetune(files, seed, b, workdir / "runs", f"seed{seed}"), baseline, args.margin)
-        noisy = noisy_train(files, args.noise, seed, workdir / "data" / f"noisy{seed}")
-        degraded[seed] = gate_all(finetune(noisy, seed, b, workdir / "runs", f"noisy{seed}"), baseline, args.margin)
-    return {"budget": {**b, "noise": args.noise, "margin": args.margin, "model": MODEL},
+        run_dir, calibration = degraded(files, seed, b, workdir, baseline_val, args)
+        worse[seed] = {**gate_all(run_dir, baseline, args.margin), **calibration}
+    return {"budget": {**b, "target_drop": args.target, "rounds": args.rounds, "margin": args.margin, "model": MODEL},
             "test_examples": baseline.meta["test_examples"], "baseline_accuracy": baseline.metrics["accuracy"],
-            "retrains": {str(k): v for k, v in clean.items()}, "degraded": {str(k): v for k, v in degraded.items()},
+            "retrains": {str(k): v for k, v in clean.items()}, "degraded": {str(k): v for k, v in worse.items()},
             "flagged": {bound: {"false_alarms": sum(not c[bound]["passed"] for c in clean.values()),
-                                "detections": sum(not d[bound]["passed"] for d in degraded.values())}
+                                "detections": sum(not d[bound]["passed"] for d in worse.values())}
                         for bound in BOUNDS},
-            "mean_degraded_drop": -sum(d["delta"] for d in degraded.values()) / len(degraded),
+            "baseline_val_accuracy": baseline_val,
+            "mean_degraded_val_drop": sum(d["val_drop"] for d in worse.values()) / len(worse),
+            "mean_degraded_drop": -sum(d["delta"] for d in worse.values()) / len(worse),
             "run_dir": str(workdir)}
 
 
@@ -127,7 +150,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke check: 300 texts per split, 1 candidate of each kind")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lifecycle-bench-release"))
-    ap.add_argument("--noise", type=float, default=0.4, help="share of training labels replaced in a degraded run")
+    ap.add_argument("--target", type=float, default=0.02, help="validation accuracy drop a degraded run is calibrated to")
+    ap.add_argument("--rounds", type=int, default=3, help="trainings per degraded seed to calibrate its label noise")
     ap.add_argument("--margin", type=float, default=0.01, help="max_drop of the gate (default 1 point)")
     ap.add_argument("--bound", choices=BOUNDS, default="mean", help="the gate variant the checks read")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
