@@ -4,8 +4,8 @@ sensitive on purpose; keep-best reporting when the trial budget runs out.
 The tiny classifier's export is edited so that fp32 answers are unchanged but the input of the
 classifier's Gemm carries an outlier channel: Add(pooled, 1000 * e_j) in front of it, and the Gemm's
 bias minus 1000 * W[:, j] behind it. Static int8 then gives that input one per-tensor scale stretched
-by the outlier, every real activation rounds to zero and the logits are lost; leaving that one Gemm in
-float restores them. (Add is not an op the QDQ quantizer quantizes, so the offset itself stays float.)
+by the outlier, every real activation rounds to zero and the logits are lost; leaving the Gemm and the
+Add that writes the tensor (onnxruntime's QDQ quantizer quantizes its output) in float restores them.
 """
 
 from __future__ import annotations
@@ -70,27 +70,36 @@ def sensitive_run(onnx_workdir, tmp_path_factory):
     return workdir, gemm
 
 
-def quantize_sensitive(workdir, **fields):
+def quantize_sensitive(workdir, agreement: float = 0.95, **fields):
     stage = {"kind": "quantize", "latency": {"runs": 3, "warmup": 1}, "min_speedup": None,
              "method": "static-int8", "calibration": {"samples": 16},
-             "gates": [{"metric": "argmax_agreement", "min": 0.95}], **fields}
+             "gates": [{"metric": "argmax_agreement", "min": agreement}], **fields}
     return pipeline.run(tiny_pipeline(stage), workdir=workdir, echo=lambda *a, **k: None)
 
 
-def test_the_sensitive_node_ranks_first_and_excluding_it_fixes_static_int8(sensitive_run):
+def test_the_sensitive_node_ranks_first_and_excluding_it_fixes_static_int8(onnx_workdir, sensitive_run):
+    """The bar: what static int8 of the unedited model reaches (the barely trained tiny model has near-tie
+    logits, so even a healthy int8 graph flips some), less 0.1; the outlier drops the edited one below it."""
     workdir, gemm = sensitive_run
-    quantize_sensitive(workdir, selective_fallback={"trials": 3, "top": 5})
+    with pytest.raises(GateFailed):
+        quantize_sensitive(onnx_workdir, agreement=1.01, selective_fallback={"trials": 0})
+    healthy = Artifact.load(onnx_workdir / NAME / "quantize").manifest["details"]["attempts"][0]["metrics"]
+    bar = healthy["argmax_agreement"] - 0.1
+    quantize_sensitive(workdir, agreement=bar, selective_fallback={"trials": 3, "top": 5})
     art = Artifact.load(workdir / NAME / "quantize")
     attempt = art.manifest["details"]["attempts"][0]
     sel = attempt["selective_fallback"]
-    assert sel["ranking"][0]["node"] == gemm and sel["ranking"][0]["error"] > 0.5  # typical element lost
-    assert all(r["error"] < 0.2 for r in sel["ranking"][1:])  # the others quantize fine
-    assert sel["steps"][0]["excluded"] == [gemm] and sel["steps"][0]["passed"] and len(sel["steps"]) == 1
-    assert sel["kept"] == [gemm] and attempt["excluded_nodes"] == [gemm] and attempt["passed"]
+    # the outlier tensor charges its producer (the Add, whose output the quantizer quantizes) and its
+    # consumer (the Gemm): both rank first, a typical element lost; every other node quantizes fine
+    top = {r["node"] for r in sel["ranking"][:2]}
+    assert top == {gemm, "outlier_add"} and all(r["error"] > 0.5 for r in sel["ranking"][:2])
+    assert all(r["error"] < 0.2 for r in sel["ranking"][2:])
+    assert attempt["whole_graph"]["metrics"]["argmax_agreement"] < bar
+    assert sel["steps"][-1]["passed"] and set(sel["steps"][-1]["excluded"]) == top and len(sel["steps"]) <= 2
+    assert set(sel["kept"]) == top and attempt["excluded_nodes"] == sel["kept"] and attempt["passed"]
     # the whole static graph missed the gate that the graph without the node passes
-    assert attempt["whole_graph"]["metrics"]["argmax_agreement"] < 0.95
     assert [m["metric"] for m in attempt["whole_graph"]["misses"]] == ["argmax_agreement"]
-    assert art.metrics["val_argmax_agreement"] >= 0.95 and art.metrics["argmax_agreement"] >= 0.9
+    assert art.metrics["val_argmax_agreement"] >= bar
     import onnx
 
     graph = onnx.load(str(art.path / "model.onnx")).graph
@@ -102,22 +111,22 @@ def test_the_sensitive_node_ranks_first_and_excluding_it_fixes_static_int8(sensi
 
 
 def test_keep_best_names_the_closest_candidate_when_the_budget_runs_out(sensitive_run):
-    """No trial budget: the static rung misses; dynamic int8 (no activation ranges to stretch) is closer.
-    Neither passes an impossible bar, so the closer one is written and named, with each gate's shortfall."""
+    """No trial budget and an impossible bar: neither rung passes, so the closer one (the smaller
+    shortfall; on a tie the later rung, the ladder's fallback) is written and named, with each gate's
+    shortfall. (Dynamic int8 quantizes activations per tensor too, so the outlier hurts it as well.)"""
     workdir, _ = sensitive_run
     with pytest.raises(GateFailed):
-        quantize_sensitive(workdir, method=None, fallback=["static-int8", "dynamic-int8"],
-                           selective_fallback={"trials": 0},
-                           gates=[{"metric": "argmax_agreement", "min": 1.01}, {"metric": "accuracy", "min": 0.0}])
+        quantize_sensitive(workdir, agreement=1.01, method=None, fallback=["static-int8", "dynamic-int8"],
+                           selective_fallback={"trials": 0})
     details = Artifact.load(workdir / NAME / "quantize").manifest["details"]
     static, dynamic = details["attempts"]
     assert not static["passed"] and not dynamic["passed"]
-    assert static["metrics"]["argmax_agreement"] < dynamic["metrics"]["argmax_agreement"]
-    assert details["closest"]["rung"] == "dynamic-int8" and details["rung"] == "dynamic-int8"
+    closest = static if static["metrics"]["argmax_agreement"] > dynamic["metrics"]["argmax_agreement"] else dynamic
+    assert details["closest"]["rung"] == closest["rung"] == details["rung"]
     [miss] = details["closest"]["misses"]
     assert miss["metric"] == "argmax_agreement"
-    assert miss["missed_by"] == pytest.approx(1.01 - dynamic["metrics"]["argmax_agreement"])
-    assert details["reason"].startswith("no rung passes every gate; the closest is dynamic-int8: argmax_agreement")
+    assert miss["missed_by"] == pytest.approx(1.01 - closest["metrics"]["argmax_agreement"])
+    assert details["reason"].startswith(f"no rung passes every gate; the closest is {closest['rung']}: argmax_agreement")
 
 
 def test_relative_error_sees_what_sqnr_hides():

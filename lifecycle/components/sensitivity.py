@@ -5,8 +5,8 @@ Measured with onnxruntime's quantization debugging tools (onnxruntime.quantizati
 both graphs are augmented to output every float tensor, run on the same calibration inputs, and each
 quantized tensor is compared before and after its QuantizeLinear/DequantizeLinear pair (the error
 quantizing it adds, where it happens) and with the fp32 graph's tensor (the error accumulated so far,
-as SQNR in dB). A node's sensitivity is the worst error on its quantized inputs (activations and
-weights): excluding the node (nodes_to_exclude) removes exactly those quantizers.
+as SQNR in dB). A node's sensitivity is the worst error on the quantized activations it reads or
+writes: a bad tensor charges its producer and its consumers, which greedy exclusion then leaves in float.
 
 Why not SQNR for the ranking: SQNR is a norm ratio, so one outlier channel dominates both norms, and a
 tensor whose other channels were all rounded to zero (the classic transformer failure: an outlier
@@ -73,24 +73,33 @@ def node_errors(pre: Path, qdq: Path, feeds: list[dict], work: Path) -> list[dic
     matched = {t: m for t, m in create_activation_matching(acts["qdq"], acts["float"]).items() if m.get("float")}
     errors = {t: e["qdq_err"] for t, e in compute_activation_error(matched, relative_error).items()}
     sqnr = {t: e["xmodel_err"] for t, e in compute_activation_error(matched).items()}
-    for w, m in create_weight_matching(str(pre), str(qdq)).items():
-        errors[w] = relative_error([m["float"]], [m["dequantized"]])
-        sqnr[w] = compute_signal_to_quantization_noice_ratio(m["float"], m["dequantized"])
+    # Weights are not ranked: create_weight_matching dequantized the token-type embedding table of a
+    # working tiny BERT to -12 dB SQNR (it reads a DequantizeLinear without an `axis` attribute as axis
+    # -1, where ONNX's default is 1), which would put a harmless node first. Their SQNR is kept for the
+    # table as `weight_sqnr_db` where it can be computed.
+    weight_sqnr = {w: compute_signal_to_quantization_noice_ratio(m["float"], m["dequantized"])
+                   for w, m in create_weight_matching(str(pre), str(qdq)).items()}
 
     graph = onnx.load(str(qdq), load_external_data=False).graph
+    # A tensor's quantizer is owned by its consumers and by its producer: onnxruntime's QDQ quantizer
+    # quantizes an op's output too (an Add before a Gemm), and leaving only the consumer in float still
+    # feeds it the dequantized tensor. So a node is charged with the error on its inputs and its outputs.
     dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    q_inputs = {i for n in graph.node if n.op_type == "QuantizeLinear" for i in n.input}
     quantized = {n.name for n in graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
-                 and any(i in dq_outputs for i in n.input)}
+                 and (any(i in dq_outputs for i in n.input) or any(o in q_inputs for o in n.output))}
     rows = []
     for node in onnx.load(str(pre), load_external_data=False).graph.node:
         if node.name not in quantized:
             continue
-        inputs = [i for i in node.input if i in errors]
+        inputs = [i for i in (*node.input, *node.output) if i in errors]
         if not inputs:
             continue
         worst = max(inputs, key=lambda i: errors[i])
+        weights = [weight_sqnr[i] for i in node.input if i in weight_sqnr]
         rows.append({"node": node.name, "op_type": node.op_type, "input": worst, "error": float(errors[worst]),
-                     "sqnr_db": float(sqnr.get(worst, float("nan")))})
+                     "sqnr_db": float(sqnr.get(worst, float("nan"))),
+                     "weight_sqnr_db": float(min(weights)) if weights else None})
     return sorted(rows, key=lambda r: -r["error"])
 
 
