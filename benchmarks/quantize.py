@@ -2,14 +2,20 @@
 
     flock /tmp/lifecycle-heavy.lock python benchmarks/quantize.py --quick   # ~10 minutes on 2 busy cores
 
-Runs pipelines/minilm_quantize.yaml (MiniLM fine-tuned on SST-2 -> export -> quantize ladder), then,
-in the same process and on the same fine-tuned model, what a user would otherwise run: optimum's
-exporter (the CLI) and ORTQuantizer dynamic int8 with the AutoQuantizationConfig for this CPU
-(per_channel=False, as in optimum's documentation). Every model is scored on the same full test split
-and timed with the same inputs (one text padded to 128 tokens, batch 1 and 32, 2 threads and 1), in rounds
-that alternate between the models so drift from other jobs on the machine hits them alike. Also
-measures dynamic int8 per-channel vs per-tensor (and 7-bit reduce_range) on the same export, the
-evidence behind the quantize stage's default. Writes benchmarks/results/quantize.json.
+Runs pipelines/minilm_quantize.yaml (MiniLM fine-tuned on SST-2 -> export -> int4 and the int8 ladder
+with its speed gates and selective fallback), then, in the same process and on the same fine-tuned
+model, what a user would otherwise run: optimum's exporter (the CLI) and ORTQuantizer dynamic int8 with
+the AutoQuantizationConfig for this CPU (per_channel=False, as in optimum's documentation). Static int8
+(with the nodes the ladder's sensitivity scan left in float) and dynamic int8 are rebuilt from the same
+export so that both are timed side by side. Every model is scored on the same full test split and timed
+with the same inputs (one text padded to 128 tokens, batch 1 and 32, 2 threads and 1), in rounds that
+alternate between the models so drift from other jobs hits them alike; the raw timings are stored.
+The full budget also runs pipelines/quickstart.yaml and checks its quantize stage's speed verdict.
+
+A figure from a busy machine is not a figure: the run is refused when the load average exceeds the
+cores (benchmarks/common.Recorder), and recorded but marked `"valid": false` when other processes used
+CPU during it or when the eager baseline's own spread (p95/p50 at batch 1) shows contention. Writes
+benchmarks/results/quantize.json.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
 
-from lifecycle import GateFailed, config, pipeline, verdict
+from lifecycle import GateFailed, config, environment, pipeline, verdict
 
 PIPELINE = ROOT / "pipelines" / "minilm_quantize.yaml"
 THREADS, SEQ = 2, 128
-TARGETS = {"speedup_b1": 3.0, "accuracy_drop_points": 1.0, "size_ratio": 0.30, "vs_optimum_latency": 1.0,
-           "vs_optimum_accuracy_points": 0.5}
+QUICKSTART = ROOT / "pipelines" / "quickstart.yaml"
+TARGETS = {"speedup_b1": 3.5, "accuracy_drop_points": 0.5, "size_ratio": 0.30, "vs_optimum_latency": 0.9,
+           "vs_optimum_accuracy_points": 0.5, "int4_size_ratio": 0.2, "eager_spread": 1.25}
 BUDGETS = {  # quick: a few minutes of training; full: the pipeline file as shipped
     "quick": {"overrides": ["data.sst2.limit=2000", "stages.finetune.train.eval_steps=40"], "runs": 20, "rounds": 4},
     "full": {"overrides": [], "runs": 40, "rounds": 6},
@@ -98,7 +105,8 @@ def timed_rounds(calls: dict, runs: int, rounds: int) -> dict:
                 t0 = time.perf_counter()
                 calls[name]()
                 samples[name].append((time.perf_counter() - t0) * 1000)
-    return {name: {f"p{q}": float(np.percentile(s, q)) for q in (50, 95, 99)} for name, s in samples.items()}
+    return {name: {**{f"p{q}": float(np.percentile(s, q)) for q in (50, 95, 99)}, "raw_ms": [round(x, 4) for x in s]}
+            for name, s in samples.items()}
 
 
 def latency_calls(model, tokenizer, predictors: dict, text: str, batch: int) -> dict:
@@ -120,7 +128,8 @@ def latency_calls(model, tokenizer, predictors: dict, text: str, batch: int) -> 
     return calls
 
 
-def measure_all(arts: dict, edge_dirs: dict, test, budget: dict) -> dict:
+def measure_all(arts: dict, edge_dirs: dict, test, budget: dict, raw: dict) -> dict:
+    """Accuracy and latency of PyTorch eager and every ONNX model in `edge_dirs`; raw timings into `raw`."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -148,6 +157,7 @@ def measure_all(arts: dict, edge_dirs: dict, test, budget: dict) -> dict:
             runs = budget["runs"] if batch == 1 else max(5, budget["runs"] // 4)
             for name, lat in timed_rounds(calls, runs, budget["rounds"]).items():
                 suffix = "" if threads == THREADS else f"_{threads}thread"
+                raw.setdefault(name, {})[f"b{batch}{suffix}"] = lat.pop("raw_ms")
                 out[name].update({f"latency_b{batch}_{k}_ms{suffix}": v for k, v in lat.items()})
     torch.set_num_threads(THREADS)
     out["pytorch_fp32"]["size_mb"] = models.size_mb(finetuned / "model.safetensors")
@@ -174,9 +184,9 @@ def plain_export(finetuned: Path, export_dir: Path, out: Path) -> Path:
 def channel_study(export_dir: Path, plain_dir: Path, work: Path, test, budget: dict) -> dict:
     """Dynamic int8 of the same export: per-channel vs per-tensor weights, 8- vs 7-bit (reduce_range),
     and per-channel on the unfused graph (what the fusions are worth once weights are int8)."""
+    from lifecycle.components.quantization import Settings, build
     from lifecycle.edge import Predictor
     from lifecycle.evaluation import classification_metrics
-    from lifecycle.stages import quantize
 
     texts, labels = list(test["text"]), list(test["label"])
     reference = Predictor.open(export_dir).logits(texts)
@@ -186,8 +196,7 @@ def channel_study(export_dir: Path, plain_dir: Path, work: Path, test, budget: d
     for per_channel, reduce_range, src in variants:
         name = f"{'per_channel' if per_channel else 'per_tensor'}{'_7bit' if reduce_range else ''}"
         name += "_unfused" if src == plain_dir else ""
-        cfg = quantize.Config(kind="quantize", per_channel=per_channel, reduce_range=reduce_range)
-        quantize.build("dynamic-int8", cfg, src, work / name, None)
+        build(Settings(method="dynamic-int8", per_channel=per_channel, reduce_range=reduce_range), src, work / name)
         p = Predictor.open(work / name, threads=THREADS)
         lg = p.logits(texts)
         out[name] = {**classification_metrics(lg.argmax(-1), labels),
@@ -201,23 +210,74 @@ def channel_study(export_dir: Path, plain_dir: Path, work: Path, test, budget: d
     return out
 
 
-def checks(m: dict) -> list[dict]:
+def static_and_dynamic(arts: dict, cfg, work: Path) -> dict:
+    """The ladder's static int8 rung (its settings, and the nodes its sensitivity scan left in float) and
+    dynamic int8, rebuilt from the same export, so that both can be timed side by side (the stage keeps
+    only the rung it chose)."""
+    from lifecycle import data as datalib
+    from lifecycle.components.quantization import Settings, build, calibration_inputs, calibration_texts
+    from lifecycle.edge import Predictor
+
+    export = arts["export"].path
+    attempts = arts["quantize"].manifest["details"]["attempts"]
+    static = next((a for a in attempts if a["method"] == "static-int8" and "error" not in a), None)
+    out = {}
+    if static is not None:
+        settings = Settings(**static["settings"])
+        splits = datalib.load(cfg.data["sst2"], cfg).splits
+        texts = calibration_texts(splits[settings.calibration.split]["text"], settings.calibration.samples, cfg.seed)
+        feeds = calibration_inputs(Predictor.open(export), texts, settings.calibration.method)
+        build(settings, export, work / "static_int8", feeds, exclude_nodes=static.get("excluded_nodes"))
+        out["static_int8"] = {"dir": work / "static_int8", "rung": static["rung"],
+                              "excluded_nodes": static.get("excluded_nodes") or [], "ladder_passed": static["passed"]}
+    build(Settings(method="dynamic-int8"), export, work / "dynamic_int8")
+    out["dynamic_int8"] = {"dir": work / "dynamic_int8"}
+    return out
+
+
+def quickstart_verdict(workdir: Path) -> dict:
+    """The quickstart's quantize stage: its gates include min_speedup's, and it keeps a rung at least as
+    fast as its fp32 parent at both batches, or keeps fp32 with the reason written."""
+    art = run_pipeline({"overrides": []}, workdir, QUICKSTART)[0]["quantize"]
+    details, metrics = art.manifest["details"], art.metrics
+    gated = {g["metric"] for g in art.manifest["gates"]} >= {"speedup", "speedup_served"}
+    faster = metrics.get("speedup", 0) >= 1.0 and metrics.get("speedup_served", 0) >= 1.0
+    explained = details.get("method") == "none" and details.get("reason", "").startswith("kept none")
+    return {"method": details.get("rung"), "reason": details.get("reason"), "speedup": metrics.get("speedup"),
+            "speedup_served": metrics.get("speedup_served"), "gates_include_min_speedup": gated,
+            "ok": bool(gated and ((faster and details.get("method") != "none") or explained))}
+
+
+def checks(m: dict, int4_size: float, quickstart: dict | None) -> list[dict]:
+    """Exactly the issue's "Done when" list, plus the eager baseline's spread (contention)."""
     ours, eager, opt = m["lifecycle_int8"], m["pytorch_fp32"], m["optimum_int8"]
     rows = [
-        ("int8 speedup vs PyTorch fp32 eager, batch 1 (p50 ratio)", eager["latency_b1_p50_ms"] / ours["latency_b1_p50_ms"],
-         ">=", TARGETS["speedup_b1"]),
         ("int8 accuracy drop vs PyTorch fp32 (points)", 100 * (eager["accuracy"] - ours["accuracy"]),
          "<=", TARGETS["accuracy_drop_points"]),
-        ("int8 size / fp32 size", ours["size_mb"] / eager["size_mb"], "<=", TARGETS["size_ratio"]),
+        ("int8 speedup vs PyTorch fp32 eager, batch 1, seq 128, 2 threads (p50 ratio)",
+         eager["latency_b1_p50_ms"] / ours["latency_b1_p50_ms"], ">=", TARGETS["speedup_b1"]),
         ("int8 p50 / optimum int8 p50, batch 1", ours["latency_b1_p50_ms"] / opt["latency_b1_p50_ms"],
          "<=", TARGETS["vs_optimum_latency"]),
         ("int8 p50 / optimum int8 p50, batch 32", ours["latency_b32_p50_ms"] / opt["latency_b32_p50_ms"],
          "<=", TARGETS["vs_optimum_latency"]),
-        ("|int8 accuracy - optimum int8 accuracy| (points)", 100 * abs(ours["accuracy"] - opt["accuracy"]),
+        ("optimum int8 accuracy - int8 accuracy (points, one-sided)", 100 * (opt["accuracy"] - ours["accuracy"]),
          "<=", TARGETS["vs_optimum_accuracy_points"]),
+        ("int8 size / fp32 size", ours["size_mb"] / eager["size_mb"], "<=", TARGETS["size_ratio"]),
+        ("int4 size / fp32 size", int4_size / eager["size_mb"], "<=", TARGETS["int4_size_ratio"]),
+        ("PyTorch eager batch-1 p95/p50 (spread; above: contention)",
+         eager["latency_b1_p95_ms"] / eager["latency_b1_p50_ms"], "<=", TARGETS["eager_spread"]),
     ]
-    return [{"name": n, "value": v, "target": f"{op} {t:g}", "passed": bool(v >= t if op == ">=" else v <= t)}
-            for n, v, op, t in rows]
+    if "static_int8" in m:  # static int8 with sensitivity-guided exclusion
+        static, dynamic = m["static_int8"], m["dynamic_int8"]
+        rows += [("static int8 (selective fallback) accuracy drop vs PyTorch fp32 (points)",
+                  100 * (eager["accuracy"] - static["accuracy"]), "<=", TARGETS["accuracy_drop_points"]),
+                 ("static int8 p50 / dynamic int8 p50, batch 1", static["latency_b1_p50_ms"] / dynamic["latency_b1_p50_ms"],
+                  "<", 1.0)]
+    if quickstart is not None:
+        rows.append(("quickstart quantize: faster than fp32, or fp32 kept with the reason (1 = yes)",
+                     float(quickstart["ok"]), ">=", 1.0))
+    ops = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t}
+    return [{"name": n, "value": v, "target": f"{op} {t:g}", "passed": bool(ops[op](v, t))} for n, v, op, t in rows]
 
 
 def one_thread_ratios(m: dict) -> dict:
@@ -238,6 +298,23 @@ def table(m: dict) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
 
 
+QUIET_CHECKS = ("1-minute load average before the run", "CPU used by other processes", "PyTorch eager batch-1 p95/p50")
+
+
+def mark_validity(path: Path) -> None:
+    """`"valid": false` in the result when a quiet-machine check failed: the figures were written, but
+    they measured other jobs too and must not be quoted."""
+    import json
+
+    data = json.loads(path.read_text())
+    quiet = [c for c in data["checks"] if c["name"].startswith(QUIET_CHECKS)]
+    data["valid"] = all(c["passed"] for c in quiet)
+    data["invalid_because"] = [c["name"] for c in quiet if not c["passed"]]
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    if not data["valid"]:
+        print(f"INVALID: {', '.join(data['invalid_because'])}: do not quote these figures")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2,000 examples per split, fewer timed runs")
@@ -248,36 +325,49 @@ def main() -> int:
         return 0
     budget = BUDGETS["quick" if args.quick else "full"]
     recorder = Recorder("quantize", args.quick)
+    cpu_flags_before = environment.isa_flags()
     arts, cfg = run_pipeline(budget, args.workdir)
     from lifecycle import data as datalib
 
     test = datalib.load(cfg.data["sst2"], cfg).splits["test"]
     opt_dirs, optimum_info = optimum_int8(arts["finetune"].path, arts["export"].path, args.workdir / "optimum")
+    rebuilt = static_and_dynamic(arts, cfg, args.workdir / "rebuilt")
     edge_dirs = {"lifecycle_fp32": arts["export"].path, "lifecycle_int8": arts["quantize"].path,
-                 "optimum_fp32": opt_dirs["fp32"], "optimum_int8": opt_dirs["int8"]}
-    models = measure_all(arts, edge_dirs, test, budget)
+                 "lifecycle_int4": arts["int4"].path, "optimum_fp32": opt_dirs["fp32"], "optimum_int8": opt_dirs["int8"],
+                 **{name: r["dir"] for name, r in rebuilt.items()}}
+    raw: dict = {}
+    models = measure_all(arts, edge_dirs, test, budget, raw)
     plain = plain_export(arts["finetune"].path, arts["export"].path, args.workdir / "plain")
     study = channel_study(arts["export"].path, plain, args.workdir / "channels", test, budget)
+    quickstart = None if args.quick else quickstart_verdict(args.workdir)
     q = arts["quantize"].manifest["details"]
-    found = checks(models)
+    found = checks(models, arts["int4"].metrics["size_mb"], quickstart)
     results = {
         "models": models,
-        "ladder": [{"method": a["method"], "passed": a["passed"],
-                    **{k: a["metrics"][k] for k in ("accuracy", "ort_latency_p50_ms", "ort_latency_b32_p50_ms", "size_mb",
-                                                      "argmax_agreement", "logit_max_abs_diff")}}
+        "ladder": [{"rung": a["rung"], "passed": a["passed"], "excluded_nodes": a.get("excluded_nodes"),
+                    **{k: a["metrics"].get(k) for k in ("accuracy", "ort_latency_p50_ms", "ort_latency_b32_p50_ms", "size_mb",
+                                                        "speedup", "speedup_served", "argmax_agreement", "logit_max_abs_diff")}}
                    if "metrics" in a else a for a in q["attempts"]],
-        "lifecycle_int8_method": q["method"],
+        "ladder_reason": q.get("reason"),
+        "sensitivity": [a["selective_fallback"] for a in q["attempts"] if a.get("selective_fallback")],
+        "lifecycle_int8_rung": q.get("rung"),
+        "static_int8_rebuilt": {k: v for k, v in rebuilt.get("static_int8", {}).items() if k != "dir"},
+        "int4": {"metrics": arts["int4"].metrics, "gates": arts["int4"].manifest["gates"]},
+        "quickstart_quantize": quickstart,
         "graph_optimization": arts["export"].manifest["details"].get("graph_optimization"),
         "dynamic_int8_weights": study,
         "optimum": optimum_info,
         "ratios_at_1_thread": one_thread_ratios(models),
         "stage_seconds": {name: a.manifest["timings"]["seconds"] for name, a in arts.items()},
         "test_examples": len(test), "seq_len": SEQ, "threads": THREADS, "budget": budget,
+        "cpu_flags": cpu_flags_before, "raw_timings_ms": raw,
         "run_dir": str(args.workdir / cfg.name),
     }
     path = recorder.save(results, found)
+    mark_validity(path)
     print("\n" + table(models))
-    print("\nladder: " + ", ".join(f"{a['method']} {'pass' if a['passed'] else 'miss'}" for a in results["ladder"]))
+    print("\nladder: " + ", ".join(f"{a['rung']} {'pass' if a['passed'] else 'miss'}" for a in results["ladder"]))
+    print(f"reason: {q.get('reason')}")
     print("dynamic int8 weights: " + ", ".join(f"{k} acc {v['accuracy']:.4f} agree {v['argmax_agreement_vs_fp32']:.4f}"
                                               for k, v in study.items()))
     print("1 thread: " + ", ".join(f"{k} {v:.3g}" for k, v in results["ratios_at_1_thread"].items()))

@@ -69,6 +69,9 @@ def write_bundle(source: Path, output: Path, sign: Path | None = None) -> Path:
         "source": {"stage": art.manifest.get("stage"), "stage_kind": art.manifest.get("stage_kind"),
                    "method": details.get("method"), "cache_key": art.cache_key, "digest": art.digest},
         "environment": art.manifest.get("environment"),
+        # the CPU flags the gates were checked on: lifecycle.edge warns when an int8 graph runs on a CPU
+        # that differs in one that changes int8 numerics (VNNI)
+        "isa": (art.manifest.get("environment") or {}).get("isa", []),
         "lifecycle_version": __version__,
     }
     output = Path(output)

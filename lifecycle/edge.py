@@ -31,6 +31,7 @@ import re
 import shutil
 import stat
 import tempfile
+import warnings
 import weakref
 import zipfile
 import zlib
@@ -50,6 +51,41 @@ BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul
 SIGNATURE = "manifest.sig"  # signature over manifest.json: the one file the manifest cannot list
 
 
+# x86 int8 dot-product instructions. Without one, onnxruntime's u8s8 kernels (uint8 activations, int8
+# weights: what the quantize stage writes) add pairs of products in int16 and can saturate, so a graph
+# answers differently on a CPU with VNNI than on one without; 7-bit weights (reduce_range) avoid it.
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags() -> set[str] | None:
+    """This CPU's instruction-set flags from /proc/cpuinfo; None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def int8_isa_warning(schema: dict, manifest: dict | None, running: set[str] | None, source) -> str | None:
+    """Why this u8s8 int8 graph may answer differently here than on the CPU its gates were checked on
+    (the manifest's `isa`, or its environment's), or None: only x86 on both sides, and only a change in
+    VNNI matters."""
+    int8 = schema.get("int8")
+    if not int8 or int8.get("reduce_range") or not manifest or running is None:
+        return None
+    gated = set(manifest.get("isa") or (manifest.get("environment") or {}).get("isa") or ())
+    x86 = {"avx2", "avx512f"}
+    if not (gated & x86 and running & x86) or bool(gated & VNNI_FLAGS) == bool(running & VNNI_FLAGS):
+        return None
+    had, has = ("with", "without") if gated & VNNI_FLAGS else ("without", "with")
+    return (f"{source}: this u8s8 int8 model was gated on a CPU {had} VNNI and runs on one {has} it; onnxruntime's "
+            "u8s8 kernels can saturate without VNNI, so its answers may differ from the ones its gates checked. "
+            "For such targets quantize with `reduce_range: true` (7-bit weights) and gate on such a CPU.")
+
+
 class BundleError(Exception):
     """A bundle that is incomplete, tampered with, or points outside itself."""
 
@@ -61,6 +97,7 @@ class Predictor:
 
         self.root = Path(root)
         self.manifest: dict | None = None  # set by open() when the source has a manifest
+        self.isa_warning: str | None = None  # set by open(): see int8_isa_warning
         self.schema = json.loads((self.root / SCHEMA).read_text())
         self.labels: list[str] = json.loads((self.root / LABELS).read_text())
         self.max_length: int = self.schema["max_length"]
@@ -136,6 +173,9 @@ class Predictor:
                 shutil.rmtree(extracted, ignore_errors=True)
             raise
         predictor.manifest = manifest
+        predictor.isa_warning = int8_isa_warning(predictor.schema, manifest, cpu_flags(), source)
+        if predictor.isa_warning:
+            warnings.warn(predictor.isa_warning, RuntimeWarning, stacklevel=2)
         if extracted:  # the session holds the weights now; the files go when the predictor does
             weakref.finalize(predictor, shutil.rmtree, extracted, True)
         return predictor

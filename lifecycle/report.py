@@ -44,6 +44,8 @@ def as_json(pipeline_name: str, outcomes, run_state: str | None = "finished") ->
                        "p_value": g.p_value, "details": g.details} for g in o.gates],
             "seconds": round(o.seconds, 2),
             "environment": art.manifest.get("environment") if art else None,
+            # what the stage says about its own outcome, for people (quantize: why this rung, the attempts)
+            "summary": (art.manifest.get("details") or {}).get("summary", []) if art else [],
         })
     passed = run_state == "finished" and all(s["status"] in ("passed", "cached") for s in stages)
     return {"pipeline": pipeline_name, "passed": passed, "run_state": run_state, "stages": stages}
@@ -85,6 +87,8 @@ def markdown(data: dict, run_dir: Path) -> str:
             lines += ["", f"![{png}](plots/{png})"]
     for s in data["stages"]:
         lines += ["", f"## {s['name']} ({s['kind']}): {s['status']}", ""]
+        if s.get("summary"):
+            lines += [*s["summary"], ""]
         if s["gates"]:
             lines += ["| gate | value | reference | interval, p | verdict |", "|---|---|---|---|---|"]
             for g in s["gates"]:
@@ -112,11 +116,14 @@ def write_junit(data: dict, path: Path) -> None:
         text = f"value={_fmt(g['value'])} bound: {g['bound']} reference={_fmt(g['reference'])}{_stat(g)}"
         if g.get("verdict"):
             text += f" verdict={g['verdict']}"
+        if s.get("summary") and not g["passed"]:  # the stage's own account of the miss (quantize: attempts, attribution)
+            text += "\n" + "\n".join(s["summary"])
         if g.get("interval") is not None and g["passed"]:  # a passed comparison still shows its statistics
             ET.SubElement(case, "system-out").text = g["message"] or text
         if not g["passed"]:
             tag = "failure" if g["on_fail"] == "stop" else "system-out"
-            el = ET.SubElement(case, tag, message=g["message"] or text) if tag == "failure" else ET.SubElement(case, tag)
+            message = (g["message"] or text) + (f" ({s['summary'][0]})" if s.get("summary") else "")
+            el = ET.SubElement(case, tag, message=message) if tag == "failure" else ET.SubElement(case, tag)
             el.text = text if tag == "failure" else f"warning: {text}"
     if not cases:  # a suite with no gates still says how the run went
         case = ET.SubElement(suite, "testcase", classname=data["pipeline"], name="pipeline completed")

@@ -17,7 +17,7 @@ from lifecycle.artifact import Artifact, commit
 from lifecycle.bundle import onnx_artifact, write_bundle
 from lifecycle.edge import Predictor
 
-QUANTIZE = {"kind": "quantize", "latency": {"runs": 3, "warmup": 1}}
+QUANTIZE = {"kind": "quantize", "latency": {"runs": 3, "warmup": 1}, "min_speedup": None}
 
 
 @pytest.fixture(scope="session")

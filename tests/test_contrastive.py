@@ -106,7 +106,7 @@ def test_simcse_pretrain_export_quantize_embeddings(tmp_path):
     pairs = write_pairs(tmp_path)
     stages = [SIMCSE,
               {"kind": "export", "latency": FAST, "gates": [{"metric": "embedding_cosine_min", "min": 0.9999}]},
-              {"kind": "quantize", "latency": FAST,
+              {"kind": "quantize", "latency": FAST, "min_speedup": None,
                "gates": [{"metric": "embedding_cosine_mean", "min": 0.9},
                          {"metric": "knn_accuracy", "max_drop": 0.2, "vs": "export"}]}]
     out = run(tmp_path, embedding_pipeline(tmp_path, stages, pairs))

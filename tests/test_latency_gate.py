@@ -46,7 +46,7 @@ def test_cross_runtime_latency_gate_needs_both_metrics_named():
 
 def test_interleaved_gate_in_a_run_records_ratio_interval_and_environment(tmp_path):
     raw = tiny_pipeline()
-    raw["stages"].append({"kind": "quantize", "latency": {"runs": 3, "batch32": False}, "gates": [
+    raw["stages"].append({"kind": "quantize", "latency": {"runs": 3, "batch32": False}, "min_speedup": None, "gates": [
         {"metric": "ort_latency_p50_ms", "max_ratio": 20.0, "vs": "export"},   # clearly met
         {"metric": "ort_latency_p50_ms", "max_ratio": 0.01, "vs": "export", "on_fail": "warn"},  # clearly missed
     ]})

@@ -16,7 +16,9 @@ FAST = {"runs": 3, "warmup": 1}  # latency is not what these tests check
 
 
 def quantize(**fields) -> dict:
-    return {"kind": "quantize", "latency": FAST, **fields}
+    """A quantize stage without the default speed gates (test_quantize_speed.py checks those): int8 of
+    a tiny model is slower than fp32 on a CPU, and these tests check the other mechanics."""
+    return {"kind": "quantize", "latency": FAST, "min_speedup": None, **fields}
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +74,8 @@ def test_ladder_falls_back_from_static_to_dynamic_int8(onnx_workdir):
     The bar is measured first (phase 1, every rung evaluated under an impossible gate) because on a
     60-text test split the two rungs' accuracy is often equal: accuracy alone cannot separate them
     reliably on a tiny model, so closeness to fp32 (logit_max_abs_diff) is gated beside it."""
-    ladder = {"fallback": ["static-int8", "dynamic-int8"], "calibration": {"samples": 1}}
+    ladder = {"fallback": ["static-int8", "dynamic-int8"], "calibration": {"samples": 1},
+              "selective_fallback": {"trials": 0}}  # no rescue by exclusion: test_sensitivity checks that
     with pytest.raises(GateFailed):
         run_tiny(onnx_workdir, quantize(**ladder, gates=[{"metric": "accuracy", "min": 1.01}]))
     static, dynamic = (a["metrics"] for a in Artifact.load(onnx_workdir / "onnx-tiny" / "quantize")
@@ -129,7 +132,7 @@ def test_quieting_the_quantizers_drops_onnxruntime_records_only():
     are dropped, every other record still goes through, and the root logger is left as it was."""
     import logging
 
-    from lifecycle.stages.quantize import _quiet_quantizers
+    from lifecycle.components.quantization import quiet_quantizers
 
     root = logging.getLogger()
     seen: list[str] = []
@@ -141,7 +144,7 @@ def test_quieting_the_quantizers_drops_onnxruntime_records_only():
     handler, level = Keep(level=logging.DEBUG), root.level
     root.addHandler(handler)
     try:
-        with _quiet_quantizers():
+        with quiet_quantizers():
             root.handle(logging.LogRecord("root", logging.WARNING, "/x/onnxruntime/quantization/onnx_quantizer.py",
                                           1, "untyped tensor", None, None))
             root.handle(logging.LogRecord("root", logging.ERROR, "/x/onnxruntime/quantization/onnx_quantizer.py",
@@ -170,3 +173,26 @@ def test_static_int8_leaves_the_working_directory_alone(onnx_workdir, tmp_path, 
     assert "error" not in art.manifest["details"]["attempts"][0]
     ops = {n.op_type for n in __import__("onnx").load(str(art.path / "model.onnx")).graph.node}
     assert "QuantizeLinear" in ops  # a QDQ graph: calibrated static int8
+
+
+def test_int4_weight_only_rung(onnx_workdir, export_art):
+    """Block-wise int4 MatMul weights (MatMulNBits) with int8 for what it cannot take: smaller than dynamic
+    int8 of the same export, its accuracy and fidelity reported, and gated like any rung."""
+    import onnx
+
+    run = run_tiny(onnx_workdir, quantize())
+    int8_size = Artifact.load(run / "quantize").metrics["size_mb"]
+    run = run_tiny(onnx_workdir, quantize(fallback=[{"method": "int4", "block_size": 32, "accuracy_level": 4}],
+                                          gates=[{"metric": "size_mb", "max_ratio": 0.5, "vs": "export"},
+                                                 {"metric": "argmax_agreement", "min": 0.5}]))
+    art = Artifact.load(run / "quantize")
+    assert art.manifest["details"]["method"] == "int4" and art.manifest["details"]["passed"]
+    assert art.metrics["size_mb"] < int8_size < export_art.metrics["size_mb"]
+    assert 0 < art.metrics["accuracy"] <= 1 and "argmax_agreement" in art.metrics
+    nodes = [n for n in onnx.load(str(art.path / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert nodes, "int4 MatMul weights"
+    attrs = {a.name: a.i for a in nodes[0].attribute}
+    assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
+    schema = json.loads((art.path / "schema.json").read_text())
+    assert schema["weights"] == "int4" and schema["int8"]["reduce_range"] is False
+    assert Predictor.open(art.path).check() == 8

@@ -31,6 +31,7 @@ def test_the_ladder_chooses_by_validation_even_when_test_disagrees(tmp_path):
              "train": {"epochs": 15, "batch_size": 16, "lr": 1e-3}, "latency": {"runs": 3}},  # ~20 s
             {"kind": "export", "latency": {"runs": 3}},
             {"kind": "quantize", "fallback": ["dynamic-int8", "none"], "latency": {"runs": 3, "batch32": False},
+             "min_speedup": None,
              "gates": [{"metric": "accuracy", "min": 0.3}]},
         ],
     }

@@ -1,30 +1,31 @@
-"""quantize: onnx-model -> onnx-model with onnxruntime quantization, tried as a ladder of methods.
+"""quantize: onnx-model -> onnx-model with onnxruntime quantization, tried as a ladder of rungs.
 
-Methods (rungs):
-- `dynamic-int8` (default): int8 weights, activations quantized at run time. Needs no data.
-  Per-channel weights by default: on MiniLM it agrees with fp32 far better than per-tensor at the
-  same size and speed (benchmarks/quantize.py measures both).
-- `static-int8`: QDQ graph, activation ranges calibrated on `calibration.samples` texts drawn
-  (seeded) from the training split. Often faster than dynamic, often less accurate on transformers.
-- `fp16`: half-precision weights, float32 inputs and outputs; meant for GPU targets (evaluated on
-  CUDA when onnxruntime has it, else on CPU where fused contrib ops may have no fp16 kernel: such
-  a rung is recorded as failed).
-- `none`: the parent model unchanged: a last rung that always exists.
+A rung is a method (dynamic-int8, static-int8, int4, fp16, none; see components/quantization.py) or a
+method with its own settings (`{method: static-int8, calibration: {method: entropy, samples: 512}}`).
+`fallback: [static-int8, dynamic-int8, none]` is the whole ladder: each rung is built, evaluated on
+validation (the task's scores and fidelity to the fp32 parent, latency at batch 1 and 32, size, and its
+speed against the fp32 parent) and checked against this stage's gates; the first rung that passes is
+written, and test is scored once, on it. Every attempt, side by side, goes into the manifest
+(`details.attempts`) and the report (`details.summary`), with the reason the kept rung was kept.
 
-`fallback: [static-int8, dynamic-int8, none]` is the whole ladder: each rung is built, evaluated
-(accuracy/F1 on the full test split, latency at batch 1 and 32, size) and checked against this
-stage's gates; the first rung that passes is written. Every attempt, with its metrics and gate
-verdicts, goes into the manifest (`details.attempts`). When no rung passes, the last rung that ran
-is written and its metrics returned, so the pipeline's own gate check fails the stage (exit 3) with
-the artifact and every attempt on disk to inspect; a rung that cannot be built or run (say fp16 on a
-CPU without the kernels) is recorded with its error, and only when every rung errored does the stage
-raise.
+Speed is a gate like any other: with `min_speedup` (default 1.0) a rung must be at least that much
+faster than the fp32 parent at batch 1 and at `served_batch`, both timed in alternating rounds in
+this process (`speedup`, `speedup_served`). On a small model int8 is often slower than fp32 on a CPU
+(the quantize/dequantize work does not pay for itself): then `none`, the parent unchanged, is the
+right rung to keep, and the report says why (e.g. "int8 was 1.6x slower than fp32 at batch 1").
+
+Static int8 that misses a gate on a score gets a per-node sensitivity scan and a greedy selective
+fallback (components/sensitivity.py): the worst nodes stay in float until the gates pass, within
+`selective_fallback.trials`; the attribution table goes into the manifest and the report. When no
+rung passes, the closest candidate (fewest blocking misses, then the smallest shortfall) is written and
+the report names it and by how much each gate missed; the pipeline's own gate check then fails the
+stage (exit 3) with the artifact and every attempt on disk to inspect. A rung that cannot be built or
+run (fp16 on a CPU without the kernels) is recorded with its error; only when every rung errored
+does the stage raise.
 """
 
 from __future__ import annotations
 
-import contextlib
-import random
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -33,43 +34,70 @@ from pydantic import Field, computed_field, model_validator
 
 from lifecycle import tasks
 from lifecycle.components.onnx import ONNX_METRICS, OnnxLatency
-from lifecycle.schema import Holds, StageBase, Strict, TaskType
+from lifecycle.components.quantization import Calibration, Method, Rung, Settings
+from lifecycle.components.sensitivity import SelectiveFallback
+from lifecycle.schema import Gate, Holds, StageBase, TaskType
 
-Method = Literal["dynamic-int8", "static-int8", "fp16", "none"]
-
-
-class Calibration(Strict):
-    """Data for static int8: texts from a split of the task data, fed one at a time (no padding)."""
-
-    split: Literal["train", "validation"] = "train"  # never test: calibrating on it leaks into the score
-    samples: int = Field(128, gt=0)  # more samples: steadier ranges, slower calibration
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"  # entropy/percentile clip outliers, cost memory
+SPEED_METRICS = ("speedup", "speedup_served")  # fp32 p50 / rung p50, at batch 1 and at served_batch
 
 
 class Config(StageBase):
     kind: Literal["quantize"]
     tasks = tuple(tasks.REGISTRY)
     method: Method | None = None  # the single rung when `fallback` is empty; None: dynamic-int8
-    fallback: list[Method] = Field([], description="the whole ladder, tried in order, e.g. [static-int8, dynamic-int8, none]")
+    fallback: list[Method | Rung] = Field(
+        [], description="the whole ladder, tried in order, e.g. [static-int8, dynamic-int8, none]; a rung may "
+                        "be a mapping: {method: static-int8, calibration: {method: entropy, samples: 512}}")
     per_channel: bool = True  # int8 weights scaled per output channel: closer to fp32, same size and speed
     reduce_range: bool = False  # 7-bit weights: avoids u8s8 saturation on CPUs without VNNI, costs accuracy
     calibration: Calibration = Calibration()
     exclude_op_types: list[str] = []  # op types left in float, e.g. [Gather] keeps embeddings fp32
-    exclude_nodes: list[str] = []  # node names left in float (names as in model.onnx)
+    exclude_nodes: list[str] = []  # node names left in float (static int8: names after quant_pre_process)
     latency: OnnxLatency = OnnxLatency()
+    # Each rung must be at least this much faster than its fp32 parent (p50, timed interleaved in this
+    # process) at batch 1 and at served_batch: adds gates on speedup and speedup_served unless written.
+    # None: speed is neither gated nor measured (unless a gate names it).
+    min_speedup: float | None = Field(1.0, gt=0)
+    served_batch: int = Field(32, ge=1)  # the batch the pipeline serves (BentoML's max_batch_size if batching)
+    selective_fallback: SelectiveFallback = SelectiveFallback()
 
     @model_validator(mode="after")
     def _ladder(self) -> Config:
-        if self.fallback and self.method is not None and self.method != self.fallback[0]:
-            raise ValueError(f"fallback is the whole ladder; it starts with {self.fallback[0]}, not method "
+        if self.fallback and self.method is not None and self.method != self.rungs[0].method:
+            raise ValueError(f"fallback is the whole ladder; it starts with {self.rungs[0].label}, not method "
                              f"{self.method}: drop `method` or list it first")
-        if len(set(self.fallback)) != len(self.fallback):
-            raise ValueError("fallback lists a method twice")
+        if len(set(self.ladder)) != len(self.ladder):
+            raise ValueError("fallback lists a rung twice")
         return self
+
+    def model_post_init(self, _ctx) -> None:
+        # min_speedup is a gate like any other (in the manifest, report and junit), unless the user
+        # wrote their own gate on the metric.
+        mine = {g.metric for g in self.gates}
+        if self.min_speedup is not None:
+            defaults = [Gate(metric=m, min=self.min_speedup) for m in SPEED_METRICS]
+            self.gates = [*self.gates, *(g for g in defaults if g.metric not in mine)]
+
+    @property
+    def rungs(self) -> list[Rung]:
+        found = [r if isinstance(r, Rung) else Rung(method=r) for r in self.fallback]
+        return found or [Rung(method=self.method or "dynamic-int8")]
 
     @property
     def ladder(self) -> list[str]:
-        return list(self.fallback) or [self.method or "dynamic-int8"]
+        return [r.label for r in self.rungs]
+
+    def settings(self, rung: Rung) -> Settings:
+        """The rung's settings: its own overrides, else the stage's."""
+        return Settings(method=rung.method, calibration=rung.calibration or self.calibration,
+                        per_channel=self.per_channel if rung.per_channel is None else rung.per_channel,
+                        reduce_range=self.reduce_range if rung.reduce_range is None else rung.reduce_range,
+                        exclude_op_types=self.exclude_op_types, exclude_nodes=self.exclude_nodes,
+                        block_size=rung.block_size, accuracy_level=rung.accuracy_level)
+
+    @property
+    def measures_speed(self) -> bool:
+        return any(g.metric in SPEED_METRICS for g in self.gates)
 
     # The pipeline leaves `gates` out of a stage's cache key (they only judge an artifact), but on a
     # ladder they pick which rung is written: so they enter the key (and the dumped config) through
@@ -92,203 +120,254 @@ class Config(StageBase):
 
     def metric_names(self) -> set[str]:
         # the task's scores and fidelity to the fp32 parent, on test and (val_*) on validation
-        return {*ONNX_METRICS, *(m for t in tasks.REGISTRY.values() for m in t.metrics)}
+        return {*ONNX_METRICS, *SPEED_METRICS, "served_batch_size",
+                *(m for t in tasks.REGISTRY.values() for m in t.metrics)}
 
 
 def run(cfg: Config, parent, ctx) -> dict:
     from lifecycle import LifecycleError
     from lifecycle import gates as gatelib
-    from lifecycle.components.onnx import onnx_latency
     from lifecycle.edge import Predictor
 
-    task = tasks.get(ctx.pipeline.task.type)
-    max_length = ctx.pipeline.task.max_length
-    splits = ctx.task_data().splits
-    fp32 = Predictor.open(parent.path)
-    # Rungs are judged on validation and test is scored once, on the rung kept: choosing by test scores
-    # would make the reported test score the best of several looks at it.
-    reference = {split: fp32.logits(splits[split]["text"]) for split in ("validation", "test")}  # fp32 outputs
-    attempts, built = [], None
-    for method in cfg.ladder:
-        rung_dir = ctx.scratch_dir / method
-        try:
-            build(method, cfg, Path(parent.path), rung_dir, ctx)
-            predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
-            metrics, _ = task.score(predictor, splits["validation"], ctx.pipeline, "validation", reference["validation"])
-            metrics.update(onnx_latency(predictor, splits["test"]["text"][0], cfg.latency, max_length))
-        except Exception as exc:  # a rung that cannot be built or run is a failed attempt, not a crash
-            attempts.append({"method": method, "error": f"{type(exc).__name__}: {exc}", "passed": False})
-            ctx.echo(f"   rung {method}: failed ({type(exc).__name__}: {exc})")
-            continue
-        results = ctx.check_gates(metrics, split="validation")
-        passed = not gatelib.blocking(results)
-        attempts.append({"method": method, "split": "validation", "metrics": metrics,
-                         "gates": [r.to_dict() for r in results], "passed": passed})
-        score = task.scores[0]
-        ctx.echo(f"   rung {method}: validation {score} {metrics[score]:.4f}, p50 {metrics['ort_latency_p50_ms']:.2f} ms, "
-                 f"{metrics['size_mb']:.2f} MB: {'passes' if passed else 'misses'} the gates")
-        built = (method, rung_dir, predictor, metrics)
-        if passed:
+    ladder = Ladder(cfg, Path(parent.path), ctx)
+    attempts, candidates = [], []
+    for rung in cfg.rungs:
+        attempt, candidate = ladder.attempt(rung)
+        attempts.append(attempt)
+        if candidate is not None:
+            candidates.append((attempt, candidate))
+        if attempt["passed"]:
             break
     ctx.details["attempts"] = attempts
-    if built is None:
-        raise LifecycleError("quantize: every rung failed: " + "; ".join(f"{a['method']}: {a['error']}" for a in attempts))
-    method, rung_dir, predictor, chosen = built
-    test = splits["test"]
-    metrics, outputs = task.score(predictor, test, ctx.pipeline, "test", reference["test"], ctx.out_dir)
-    metrics.update({k: v for k, v in chosen.items() if k not in gatelib.SPLIT_SCORES})  # latency, size
+    if not candidates:
+        raise LifecycleError("quantize: every rung failed: " + "; ".join(f"{a['rung']}: {a['error']}" for a in attempts))
+    passed = [c for c in candidates if c[0]["passed"]]
+    # keep-best: the closest candidate; on a tie the later rung (the ladder's fallback order)
+    attempt, (rung_dir, chosen) = passed[0] if passed else min(reversed(candidates), key=lambda c: closeness(c[0]))
+    ctx.details.update(explain(cfg, attempts, attempt, ladder.score))
+
+    task, test = ladder.task, ladder.splits["test"]
+    predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
+    reference = ladder.fp32.logits(test["text"])
+    metrics, outputs = task.score(predictor, test, ctx.pipeline, "test", reference, ctx.out_dir)
+    metrics.update({k: v for k, v in chosen.items() if k not in gatelib.SPLIT_SCORES})  # latency, size, speed
     metrics.update({f"val_{k}": v for k, v in chosen.items() if k in gatelib.SPLIT_SCORES})
-    ctx.details.update(method=method, passed=attempts[-1]["passed"], **task.prediction_details(predictor, test, outputs))
+    ctx.details.update(method=attempt["method"], rung=attempt["rung"], passed=attempt["passed"],
+                       **task.prediction_details(predictor, test, outputs))
     for f in rung_dir.iterdir():
         if f.is_file():
             shutil.copy2(f, ctx.out_dir / f.name)
     return metrics
 
 
-# ---------------------------------------------------------------------------------------- rungs
-def build(method: str, cfg: Config, src: Path, out: Path, ctx) -> None:
-    """Write the rung's model.onnx plus the parent's runtime files (schema notes the method) to out."""
-    import json
+class Ladder:
+    """Builds and judges rungs against the fp32 parent, on validation."""
 
-    from lifecycle.components.onnx import copy_runtime_files
+    def __init__(self, cfg: Config, src: Path, ctx):
+        from lifecycle.edge import Predictor
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    copy_runtime_files(src, out)
-    schema = json.loads((out / "schema.json").read_text())
-    (out / "schema.json").write_text(json.dumps({**schema, "weights": method}, indent=2))
-    model_in, model_out = src / "model.onnx", out / "model.onnx"
-    with _quiet_quantizers():
-        if method == "none":
-            shutil.copy2(model_in, model_out)
-        elif method == "dynamic-int8":
-            dynamic_int8(cfg, model_in, model_out)
-        elif method == "static-int8":
-            static_int8(cfg, model_in, model_out, ctx)
-        elif method == "fp16":
-            fp16(cfg, model_in, model_out)
+        self.cfg, self.src, self.ctx = cfg, src, ctx
+        self.task = tasks.get(ctx.pipeline.task.type)
+        self.score = self.task.scores[0]
+        self.splits = ctx.task_data().splits
+        self.fp32 = Predictor.open(src, threads=cfg.latency.threads)
+        # Rungs are judged on validation and test is scored once, on the rung kept: choosing by test
+        # scores would make the reported test score the best of several looks at it.
+        self.reference = self.fp32.logits(self.splits["validation"]["text"])
+        self.work = ctx.scratch_dir / "work"
 
+    def calibration(self, settings: Settings) -> tuple[list[str], list[dict]]:
+        from lifecycle.components.quantization import calibration_inputs, calibration_texts
 
-@contextlib.contextmanager
-def _quiet_quantizers():
-    """Drop onnxruntime's warnings and info while a rung is built, and nothing else.
+        c = settings.calibration
+        texts = calibration_texts(self.splits[c.split]["text"], c.samples, self.ctx.seed)
+        return texts, calibration_inputs(self.fp32, texts, c.method)
 
-    The quantizers log a warning per tensor they cannot type (fused contrib ops): noise for a user. They
-    log through the module-level `logging.warning(...)`, i.e. on the root logger itself rather than a
-    named logger, so no logger level of theirs can be lowered. A filter on the root logger sees only
-    records logged on it directly (not those propagated from named loggers); this one drops those that
-    come from onnxruntime's files below ERROR, leaves every other record and the root's level alone,
-    and is removed on the way out. onnxruntime's named loggers (onnxruntime.*) get level ERROR for the
-    same span, restored afterwards.
-    """
-    import logging
+    def build(self, settings: Settings, out: Path, exclude_nodes: list[str] | None = None) -> None:
+        from lifecycle.components.quantization import build
 
-    def keep(record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+        feeds = self.calibration(settings)[1] if settings.method == "static-int8" else None
+        build(settings, self.src, out, feeds, work=self.work, exclude_nodes=exclude_nodes)
 
-    root, named = logging.getLogger(), logging.getLogger("onnxruntime")
-    level = named.level
-    root.addFilter(keep)
-    named.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.removeFilter(keep)
-        named.setLevel(level)
+    def scores(self, rung_dir: Path) -> dict:
+        from lifecycle.edge import Predictor
 
+        predictor = Predictor.open(rung_dir, threads=self.cfg.latency.threads)
+        return self.task.score(predictor, self.splits["validation"], self.ctx.pipeline, "validation", self.reference)[0]
 
-def _common(cfg: Config, registry: dict) -> dict:
-    import onnx
+    def measure(self, rung_dir: Path, method: str) -> tuple[dict, dict]:
+        """Latency and size (onnx_latency), and speed against the fp32 parent: (metrics, speed details)."""
+        from lifecycle.components.onnx import onnx_latency
+        from lifecycle.components.quantization import speedup
+        from lifecycle.edge import Predictor
 
-    from lifecycle import LifecycleError
+        cfg, text = self.cfg, self.splits["test"]["text"][0]
+        predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
+        max_length = self.ctx.pipeline.task.max_length
+        metrics = onnx_latency(predictor, text, cfg.latency, max_length)
+        if not cfg.measures_speed:
+            return metrics, {}
+        batches = {"speedup": 1, "speedup_served": cfg.served_batch}
+        if method == "none":  # the parent itself: timing it against itself would only measure noise
+            speed = {name: {"speedup": 1.0, "batch_size": b, "note": "the fp32 parent itself"}
+                     for name, b in batches.items()}
+        else:
+            seq, runs = cfg.latency.seq_len or max_length, cfg.latency.runs
+            speed = {name: speedup(predictor, self.fp32, text, b, seq, max(3, runs // 2) if b == 1 else max(2, runs // 8),
+                                   cfg.min_speedup) for name, b in batches.items()}
+        metrics.update({name: s["speedup"] for name, s in speed.items()}, served_batch_size=cfg.served_batch)
+        return metrics, speed
 
-    ops = None
-    if cfg.exclude_op_types:  # the op types the quantizer knows, minus the excluded ones
-        ops = sorted(set(registry) - set(cfg.exclude_op_types))
-        if not ops:  # an empty list means "all op types" to onnxruntime: the opposite of what was asked
-            raise LifecycleError(f"quantize.exclude_op_types excludes every op type the quantizer knows "
-                                 f"({sorted(registry)}); use method none instead")
-    # DefaultTensorType: a fused graph has contrib ops whose output types onnx shape inference does
-    # not know; without a default the quantizer fails on them.
-    return {"per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "op_types_to_quantize": ops,
-            "nodes_to_exclude": cfg.exclude_nodes or None,
-            "extra_options": {"DefaultTensorType": onnx.TensorProto.FLOAT}}
+    def attempt(self, rung: Rung) -> tuple[dict, tuple[Path, dict] | None]:
+        """Build, evaluate and gate one rung (with selective fallback for static int8); returns its record
+        and, when it could be evaluated, (its directory, its validation metrics)."""
+        from lifecycle import gates as gatelib
 
+        settings, rung_dir = self.cfg.settings(rung), self.ctx.scratch_dir / rung.label
+        record = {"rung": rung.label, "method": rung.method, "settings": settings.model_dump(mode="json")}
+        try:
+            self.build(settings, rung_dir)
+            metrics = self.scores(rung_dir)
+            extra, speed = self.measure(rung_dir, rung.method)
+            metrics.update(extra)
+        except Exception as exc:  # a rung that cannot be built or run is a failed attempt, not a crash
+            self.ctx.echo(f"   rung {rung.label}: failed ({type(exc).__name__}: {exc})")
+            return {**record, "error": f"{type(exc).__name__}: {exc}", "passed": False}, None
+        results = self.ctx.check_gates(metrics, split="validation")
+        record.update(split="validation", metrics=metrics, speed=speed, gates=[r.to_dict() for r in results],
+                      passed=not gatelib.blocking(results), misses=misses(self.cfg, results))
+        if not record["passed"] and rung.method == "static-int8" and self.cfg.selective_fallback.trials \
+                and any(m["metric"] in self.task.split_scores for m in record["misses"]):
+            try:
+                record["selective_fallback"], found = self.selective_fallback(rung, settings, rung_dir)
+            except Exception as exc:  # the scan or a trial failed: the rung stays as measured, with the error
+                record["selective_fallback"], found = {"error": f"{type(exc).__name__}: {exc}", "table": []}, None
+                self.ctx.echo(f"   {rung.label}: selective fallback failed ({type(exc).__name__}: {exc})")
+            if found is not None:
+                rung_dir, metrics, trial = found
+                record["whole_graph"] = {"metrics": record["metrics"], "misses": record["misses"]}
+                record.update(metrics=metrics, passed=True, misses=[], speed=trial.get("speed", {}),
+                              gates=trial["gates"], excluded_nodes=record["selective_fallback"]["kept"])
+        m = record["metrics"]
+        self.ctx.echo(f"   rung {rung.label}: validation {self.score} {m[self.score]:.4f}, p50 {m['ort_latency_p50_ms']:.2f} ms"
+                      + (f", speedup {m['speedup']:.2f}x" if "speedup" in m else "")
+                      + f", {m['size_mb']:.2f} MB: {'passes' if record['passed'] else 'misses'} the gates")
+        return record, (rung_dir, record["metrics"])
 
-def dynamic_int8(cfg: Config, model_in: Path, model_out: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.registry import IntegerOpsRegistry
+    def selective_fallback(self, rung: Rung, settings: Settings, rung_dir: Path) -> tuple[dict, tuple | None]:
+        """Rank the static graph's nodes by quantization error, then leave the worst in float until the
+        gates on scores pass (greedy, within the trial budget); a trial that passes them is measured in
+        full and judged on every gate. Returns the record (ranking, steps, attribution table) and, for a
+        trial that passes, (its directory, its metrics, its step)."""
+        from lifecycle import gates as gatelib
+        from lifecycle.components.sensitivity import attribution_lines, greedy, node_errors
 
-    quantize_dynamic(str(model_in), str(model_out), weight_type=QuantType.QInt8, **_common(cfg, IntegerOpsRegistry))
+        sel = self.cfg.selective_fallback
+        texts = self.calibration(settings)[0][: sel.samples]
+        feeds = [self.fp32.encode([t]) for t in texts]  # unpadded: errors on real tokens only
+        ranking = node_errors(self.work / "preprocessed.onnx", rung_dir / "model.onnx", feeds, self.work / "sensitivity")
+        dirs, full = {}, {}
 
+        def trial(excluded: list[str]) -> dict:
+            out = self.ctx.scratch_dir / f"{rung.label}-without-{len(excluded)}"
+            self.build(settings, out, exclude_nodes=excluded)
+            metrics = self.scores(out)
+            on_scores = [r for r in self.ctx.check_gates(metrics, split="validation") if r.metric in metrics]
+            passed = not gatelib.blocking(on_scores)
+            if passed:  # latency, size and speed only for a trial whose scores pass
+                extra, speed = self.measure(out, rung.method)
+                metrics.update(extra)
+                results = self.ctx.check_gates(metrics, split="validation")
+                passed = not gatelib.blocking(results)
+                full[len(excluded)] = {"gates": [r.to_dict() for r in results], "speed": speed}
+            dirs[len(excluded)] = out
+            self.ctx.echo(f"   {rung.label} without the {len(excluded)} worst node(s): validation {self.score} "
+                          f"{metrics[self.score]:.4f}: {'passes' if passed else 'misses'}")
+            return {"metrics": metrics, "passed": passed}
 
-def static_int8(cfg: Config, model_in: Path, model_out: Path, ctx) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.registry import QDQRegistry
-
-    from lifecycle.edge import Predictor
-
-    pre = model_out.with_name("preprocessed.onnx")
-    # A fused graph needs onnxruntime's symbolic shape inference (onnx's own does not type the
-    # contrib ops, and the quantizer then fails on the pooler); the plain TorchScript export makes
-    # that inference fail ("Incomplete symbolic shape inference") and needs onnx's only.
-    # When symbolic inference fails it dumps sym_shape_infer_temp.onnx (+ external data) into the working
-    # directory: it runs in a child process whose working directory is the stage's scratch directory, so
-    # neither the user's directory nor this process's working directory is touched.
-    _pre_process(model_in.resolve(), pre.resolve(), ctx.scratch_dir)
-    texts = list(ctx.task_data().splits[cfg.calibration.split]["text"])
-    texts = random.Random(ctx.seed).sample(texts, min(cfg.calibration.samples, len(texts)))
-    encoder = Predictor.open(model_in.parent)
-    # The histogram calibrators (entropy, percentile) stack activations across samples, so every
-    # sample must have the same shape: pad those to max_length; min/max sees each text as it is.
-    pad_to = None if cfg.calibration.method == "minmax" else encoder.max_length
-    reader = iter([encoder.encode([t], pad_to=pad_to) for t in texts])
-
-    class Reader:  # onnxruntime's CalibrationDataReader protocol
-        def get_next(self):
-            return next(reader, None)
-
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[cfg.calibration.method]
-    try:
-        quantize_static(str(pre), str(model_out), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-                        **_common(cfg, QDQRegistry))
-    finally:
-        pre.unlink(missing_ok=True)
-
-
-PRE_PROCESS = """
-import sys
-from onnxruntime.quantization.shape_inference import quant_pre_process
-try:
-    quant_pre_process(sys.argv[1], sys.argv[2])
-except Exception:
-    quant_pre_process(sys.argv[1], sys.argv[2], skip_symbolic_shape=True)
-"""
-
-
-def _pre_process(model_in: Path, model_out: Path, cwd: Path) -> None:
-    """onnxruntime's quant_pre_process (symbolic shape inference, else onnx's only) run with `cwd` as the
-    working directory (see static_int8)."""
-    import subprocess
-    import sys
-
-    from lifecycle import LifecycleError
-
-    done = subprocess.run([sys.executable, "-c", PRE_PROCESS, str(model_in), str(model_out)], cwd=cwd,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise LifecycleError(f"quantize: onnxruntime's quant_pre_process failed on {model_in}: {tail}")
+        steps = greedy(ranking, trial, sel.trials)
+        for s in steps:
+            s.update(full.get(len(s["excluded"]), {}))
+        kept = next((s for s in steps if s["passed"]), None)
+        record = {"ranking": ranking[: max(sel.top, len(steps[-1]["excluded"]) if steps else 0)], "steps": steps,
+                  "kept": kept["excluded"] if kept else None,
+                  "table": attribution_lines(ranking, steps, self.score, sel.top)}
+        return record, ((dirs[len(kept["excluded"])], kept["metrics"], kept) if kept else None)
 
 
-def fp16(cfg: Config, model_in: Path, model_out: Path) -> None:
-    import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+# ------------------------------------------------------------------------------ reasons and keep-best
+def misses(cfg: Config, results) -> list[dict]:
+    """Each blocking gate a candidate missed, and by how much (in the metric's unit, and relative to the
+    bound) — what 'closest' is judged on."""
+    from lifecycle import gates as gatelib
 
-    model = convert_float_to_float16(onnx.load(str(model_in)), keep_io_types=True,
-                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, *cfg.exclude_op_types],
-                                     node_block_list=cfg.exclude_nodes or None)
-    onnx.save(model, str(model_out))
+    gates = [g for g in cfg.gates if g.release is None]  # the ladder's check skips release gates
+    out = []
+    for gate, r in zip(gates, results):
+        if r.passed or r.on_fail != "stop":
+            continue
+        ref, t = r.reference, gate.threshold
+        target = {"min": t, "max": t, "max_drop": None if ref is None else ref - t,
+                  "min_gain": None if ref is None else ref + t, "max_ratio": None if ref is None else ref * t,
+                  "min_ratio": None if ref is None else ref * t}[gate.kind]
+        finite = gatelib._finite(r.value) and target is not None
+        by = ((r.value - target) if gate.kind in ("max", "max_ratio") else (target - r.value)) if finite else None
+        out.append({"metric": r.metric, "value": r.value, "bound": r.bound, "missed_by": by,
+                    "relative": by / max(abs(target), 1e-12) if finite else None})  # None: not measurable
+    return out
+
+
+def closeness(attempt: dict) -> tuple[int, float]:
+    """Fewer missed gates first, then the smaller summed relative shortfall (an unmeasurable miss counts
+    as infinitely far)."""
+    found = attempt.get("misses", [])
+    return len(found), sum(float("inf") if m["relative"] is None else m["relative"] for m in found)
+
+
+def explain(cfg: Config, attempts: list[dict], kept: dict, score: str) -> dict:
+    """details.reason (one line), details.summary (lines for report.md and the junit messages: every
+    attempt side by side, the attribution table) and, when nothing passed, details.closest."""
+    from lifecycle.components.quantization import speed_words
+    from lifecycle.environment import cpu_model, isa_flags
+
+    cpu = f"{cpu_model()} ({' '.join(isa_flags()) or 'no ISA flags read'})"
+
+    def why(a: dict) -> str:
+        if "error" in a:
+            return a["error"]
+        parts = []
+        for m in a["misses"]:
+            speed = a.get("speed", {}).get(m["metric"])
+            words = f": {speed_words(a['method'], speed)} on this CPU" if speed else ""
+            parts.append(f"{m['metric']} {_num(m['value'])} missed `{m['bound']}` by {_num(m['missed_by'])}{words}")
+        return "; ".join(parts)
+
+    earlier = [a for a in attempts if a is not kept]
+    if kept["passed"]:
+        reason = f"kept {kept['rung']}: the first rung that passes every gate"
+        if kept["method"] == "none" and earlier:
+            reason = "kept none (the fp32 parent): " + "; ".join(f"{a['rung']} {why(a)}" for a in earlier)
+        elif earlier:
+            reason += " (" + "; ".join(f"{a['rung']}: {why(a)}" for a in earlier) + ")"
+    else:
+        reason = f"no rung passes every gate; the closest is {kept['rung']}: {why(kept)}"
+    lines = [reason, f"CPU: {cpu}", "",
+             f"| rung | validation {score} | p50 ms | b32 p50 ms | speedup b1 | speedup served | size MB | gates |",
+             "|---|---|---|---|---|---|---|---|"]
+    for a in attempts:
+        m = a.get("metrics", {})
+        lines.append(f"| {a['rung']} | " + " | ".join(_num(m.get(k)) for k in (
+            score, "ort_latency_p50_ms", "ort_latency_b32_p50_ms", "speedup", "speedup_served", "size_mb"))
+            + f" | {'pass' if a['passed'] else ('error' if 'error' in a else 'miss')} |")
+    for a in attempts:
+        if a.get("selective_fallback"):
+            lines += ["", f"Per-node sensitivity of {a['rung']} (worst first) and selective fallback:", "",
+                      *a["selective_fallback"]["table"]]
+    out = {"reason": reason, "summary": lines, "gated_on": {"cpu": cpu_model(), "isa": isa_flags()}}
+    if not kept["passed"]:
+        out["closest"] = {"rung": kept["rung"], "misses": kept.get("misses", [])}
+    return out
+
+
+def _num(v) -> str:
+    return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))

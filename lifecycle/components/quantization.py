@@ -1,0 +1,300 @@
+"""Quantization rungs: what a rung is (a method plus its settings), how onnxruntime builds it, and how
+fast it is against the fp32 graph it came from. Shared by the quantize stage and benchmarks/quantize.py;
+the per-node sensitivity scan and selective fallback live in components/sensitivity.py.
+
+Methods:
+- `dynamic-int8`: int8 weights (per-channel by default), activations quantized at run time. No data.
+- `static-int8`: QDQ graph, activation ranges calibrated on texts from train or validation (never test).
+- `int4`: weight-only, block-wise 4-bit MatMul weights (onnxruntime's MatMulNBits, with its
+  accuracy_level: the precision its kernel computes in); what MatMulNBits cannot take (fused attention,
+  embeddings) is dynamic int8. For size-bound edge builds: int4 pays in size, rarely in speed on a CPU.
+- `fp16`: half-precision weights, float32 inputs and outputs; for GPU targets.
+- `none`: the parent model unchanged.
+
+u8s8: both int8 methods quantize activations to uint8 and weights to int8. On x86 CPUs without VNNI,
+onnxruntime's u8s8 kernels sum pairs of products in int16 (vpmaddubsw) and can saturate, so the same
+graph can answer differently on a CPU with VNNI and one without; `reduce_range` (7-bit weights) avoids
+the saturation at some cost in accuracy. schema.json records the numerics (`int8`), the manifest the
+CPU's ISA flags, and lifecycle.edge warns when a graph runs on a CPU that differs in VNNI from the one
+it was gated on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from lifecycle.schema import Strict
+
+Method = Literal["dynamic-int8", "static-int8", "int4", "fp16", "none"]
+INT8 = ("dynamic-int8", "static-int8", "int4")  # graphs with u8s8 int8 kernels (int4 keeps some int8)
+
+
+class Calibration(Strict):
+    """Data for static int8: texts from a split of the task data, fed one at a time (no padding)."""
+
+    split: Literal["train", "validation"] = "train"  # never test: calibrating on it leaks into the score
+    samples: int = Field(128, gt=0)  # more samples: steadier ranges, slower calibration
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"  # entropy/percentile clip outliers, cost memory
+
+
+class Rung(Strict):
+    """One rung of the ladder: a method and the settings it overrides (None: the stage's). In YAML either
+    a method name (`dynamic-int8`) or a mapping (`{method: static-int8, calibration: {method: entropy,
+    samples: 512}}`), so one ladder can try several calibrations in order of cost."""
+
+    method: Method
+    calibration: Calibration | None = None  # static-int8 only
+    per_channel: bool | None = None  # int8 weights: one scale per output channel
+    reduce_range: bool | None = None  # int8: 7-bit weights (u8s8 without VNNI)
+    block_size: int = Field(32, ge=16)  # int4: weights per scale; smaller is closer to fp32 and larger
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4  # int4: MatMulNBits compute type (4: int8 activations, fastest on CPU)
+
+    @property
+    def label(self) -> str:
+        """The rung's name in attempts and reports: the method, plus what it overrides."""
+        parts = [self.method]
+        if self.calibration is not None:
+            parts += [self.calibration.method, str(self.calibration.samples)]
+            parts += ["validation"] if self.calibration.split == "validation" else []
+        parts += ["per-tensor"] if self.per_channel is False else []
+        parts += ["per-channel"] if self.per_channel is True else []
+        parts += ["7bit"] if self.reduce_range else []
+        if self.method == "int4" and (self.block_size, self.accuracy_level) != (32, 4):
+            parts += [f"b{self.block_size}", f"acc{self.accuracy_level}"]
+        return "-".join(parts)
+
+
+class Settings(Strict):
+    """What a rung is built with once its overrides are applied to the stage's settings."""
+
+    method: Method
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibration: Calibration = Calibration()
+    exclude_op_types: list[str] = []
+    exclude_nodes: list[str] = []
+    block_size: int = 32
+    accuracy_level: int = 4
+
+
+# ----------------------------------------------------------------------------------------- building
+def build(settings: Settings, src: Path, out: Path, feeds: list[dict] | None = None, work: Path | None = None,
+          exclude_nodes: list[str] | None = None) -> None:
+    """Write the rung's model.onnx plus the parent's runtime files to `out`; schema.json notes the method
+    (`weights`) and, for int8 graphs, the numerics (`int8`). `feeds`: static-int8's calibration inputs
+    (`calibration_inputs`); `work`: scratch space for the pre-processed graph (kept there for the
+    sensitivity scan and later trials); `exclude_nodes`: more nodes left in float."""
+    import json
+
+    from lifecycle.components.onnx import copy_runtime_files
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    copy_runtime_files(src, out)
+    schema = {**json.loads((out / "schema.json").read_text()), "weights": settings.method}
+    if settings.method in INT8:
+        schema["int8"] = {"activations": "uint8", "weights": "int8", "reduce_range": settings.reduce_range}
+    (out / "schema.json").write_text(json.dumps(schema, indent=2))
+    model_in, model_out = src / "model.onnx", out / "model.onnx"
+    with quiet_quantizers():
+        if settings.method == "none":
+            shutil.copy2(model_in, model_out)
+        elif settings.method == "dynamic-int8":
+            dynamic_int8(settings, model_in, model_out)
+        elif settings.method == "static-int8":
+            pre = preprocessed(model_in, (work or out) / "preprocessed.onnx")
+            try:
+                static_int8(settings, pre, model_out, feeds, exclude_nodes)
+            finally:
+                if work is None:
+                    pre.unlink(missing_ok=True)
+        elif settings.method == "int4":
+            int4(settings, model_in, model_out)
+        elif settings.method == "fp16":
+            fp16(settings, model_in, model_out)
+
+
+@contextlib.contextmanager
+def quiet_quantizers():
+    """Drop onnxruntime's warnings and info while a rung is built, and nothing else.
+
+    The quantizers log a warning per tensor they cannot type (fused contrib ops): noise for a user. They
+    log through the module-level `logging.warning(...)`, i.e. on the root logger itself rather than a
+    named logger, so no logger level of theirs can be lowered. A filter on the root logger sees only
+    records logged on it directly (not those propagated from named loggers); this one drops those that
+    come from onnxruntime's files below ERROR, leaves every other record and the root's level alone,
+    and is removed on the way out. onnxruntime's named loggers (onnxruntime.*) get level ERROR for the
+    same span, restored afterwards.
+    """
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+    root, named = logging.getLogger(), logging.getLogger("onnxruntime")
+    level = named.level
+    root.addFilter(keep)
+    named.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+        named.setLevel(level)
+
+
+def _common(settings: Settings, registry: dict, exclude_nodes: list[str] | None = None) -> dict:
+    import onnx
+
+    from lifecycle import LifecycleError
+
+    ops = None
+    if settings.exclude_op_types:  # the op types the quantizer knows, minus the excluded ones
+        ops = sorted(set(registry) - set(settings.exclude_op_types))
+        if not ops:  # an empty list means "all op types" to onnxruntime: the opposite of what was asked
+            raise LifecycleError(f"quantize.exclude_op_types excludes every op type the quantizer knows "
+                                 f"({sorted(registry)}); use method none instead")
+    nodes = [*settings.exclude_nodes, *(exclude_nodes or [])]
+    # DefaultTensorType: a fused graph has contrib ops whose output types onnx shape inference does
+    # not know; without a default the quantizer fails on them.
+    return {"per_channel": settings.per_channel, "reduce_range": settings.reduce_range, "op_types_to_quantize": ops,
+            "nodes_to_exclude": nodes or None, "extra_options": {"DefaultTensorType": onnx.TensorProto.FLOAT}}
+
+
+def dynamic_int8(settings: Settings, model_in: Path, model_out: Path, op_types: list[str] | None = None) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    kwargs = _common(settings, IntegerOpsRegistry)
+    if op_types is not None:
+        kwargs["op_types_to_quantize"] = [o for o in op_types if o not in settings.exclude_op_types]
+    quantize_dynamic(str(model_in), str(model_out), weight_type=QuantType.QInt8, **kwargs)
+
+
+def calibration_inputs(encoder, texts: list[str], method: str) -> list[dict]:
+    """Feeds for calibration: one text per feed. The histogram calibrators (entropy, percentile) stack
+    activations across samples, so every sample must have the same shape: those are padded to
+    max_length; min/max sees each text as it is."""
+    pad_to = None if method == "minmax" else encoder.max_length
+    return [encoder.encode([t], pad_to=pad_to) for t in texts]
+
+
+def calibration_texts(split_texts, samples: int, seed: int) -> list[str]:
+    """`samples` texts drawn (seeded) from a split."""
+    texts = list(split_texts)
+    return random.Random(seed).sample(texts, min(samples, len(texts)))
+
+
+def static_int8(settings: Settings, pre: Path, model_out: Path, feeds: list[dict],
+                exclude_nodes: list[str] | None = None) -> None:
+    """QDQ static int8 of the pre-processed graph `pre` (see `preprocessed`), calibrated on `feeds`."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
+
+    reader = iter(feeds)
+
+    class Reader:  # onnxruntime's CalibrationDataReader protocol
+        def get_next(self):
+            return next(reader, None)
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[settings.calibration.method]
+    quantize_static(str(pre), str(model_out), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                    **_common(settings, QDQRegistry, exclude_nodes))
+
+
+PRE_PROCESS = """
+import sys
+from onnxruntime.quantization.shape_inference import quant_pre_process
+try:
+    quant_pre_process(sys.argv[1], sys.argv[2])
+except Exception:
+    quant_pre_process(sys.argv[1], sys.argv[2], skip_symbolic_shape=True)
+"""
+
+
+def preprocessed(model_in: Path, model_out: Path) -> Path:
+    """onnxruntime's quant_pre_process, the graph static int8 quantizes (node names for nodes_to_exclude
+    are this graph's).
+
+    A fused graph needs onnxruntime's symbolic shape inference (onnx's own does not type the contrib ops,
+    and the quantizer then fails on the pooler); the plain TorchScript export makes that inference fail
+    ("Incomplete symbolic shape inference") and needs onnx's only. When symbolic inference fails it dumps
+    sym_shape_infer_temp.onnx (+ external data) into the working directory: so it runs in a child process
+    whose working directory is the folder of `model_out` (scratch space), and neither the user's
+    directory nor this process's working directory is touched. An existing `model_out` is reused."""
+    import subprocess
+    import sys
+
+    from lifecycle import LifecycleError
+
+    if model_out.is_file():
+        return model_out
+    cwd = model_out.parent
+    cwd.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-c", PRE_PROCESS, str(model_in.resolve()), str(model_out.resolve())],
+                          cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise LifecycleError(f"quantize: onnxruntime's quant_pre_process failed on {model_in}: {tail}")
+    return model_out
+
+
+def int4(settings: Settings, model_in: Path, model_out: Path) -> None:
+    """Block-wise int4 MatMul weights (MatMulNBits), then dynamic int8 for the fused attention and
+    embedding ops MatMulNBits does not take (without it a fused MiniLM keeps ~60% of its fp32 bytes)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(model_in)), bits=4, block_size=settings.block_size,
+                                     is_symmetric=True, accuracy_level=settings.accuracy_level or None,
+                                     nodes_to_exclude=settings.exclude_nodes)
+    quantizer.process()
+    half = model_out.with_name("int4-matmul.onnx")
+    quantizer.model.save_model_to_file(str(half), use_external_data_format=False)
+    try:
+        dynamic_int8(settings, half, model_out,
+                     op_types=["Attention", "EmbedLayerNormalization", "Gather", "MultiHeadAttention"])
+    finally:
+        half.unlink(missing_ok=True)
+
+
+def fp16(settings: Settings, model_in: Path, model_out: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(model_in)), keep_io_types=True,
+                                     op_block_list=[*DEFAULT_OP_BLOCK_LIST, *settings.exclude_op_types],
+                                     node_block_list=settings.exclude_nodes or None)
+    onnx.save(model, str(model_out))
+
+
+# ------------------------------------------------------------------------------------------- speed
+def speedup(candidate, reference, text: str, batch: int, seq: int, calls: int, min_speedup: float | None) -> dict:
+    """fp32 p50 / candidate p50 at `batch`, both onnxruntime predictors timed in alternating rounds in this
+    process on the same padded input (lifecycle.evaluation.latency.ab_ratio), with its 95% interval."""
+    from lifecycle.evaluation.latency import ab_ratio
+
+    feeds = candidate.encode([text] * batch, pad_to=seq)
+    ab = ab_ratio(lambda: candidate.session.run(None, feeds), lambda: reference.session.run(None, feeds),
+                  1.0 / (min_speedup or 1.0), "max_ratio", rounds=6, max_rounds=12, calls=calls, warmup=2)
+    lo, hi = ab["interval"]
+    return {"speedup": 1.0 / ab["ratio"], "interval": [1.0 / hi, 1.0 / lo], "batch_size": batch,
+            "candidate_ms": ab["candidate_ms"], "fp32_ms": ab["reference_ms"], "rounds": ab["rounds"],
+            "calls_per_round": calls, "load_before": ab["load_before"], "load_after": ab["load_after"]}
+
+
+def speed_words(method: str, speed: dict) -> str:
+    """'int8 was 1.6x slower at batch 1' / '2.1x faster at batch 32' for a report."""
+    s, batch = speed["speedup"], speed["batch_size"]
+    kind = {"dynamic-int8": "int8", "static-int8": "int8"}.get(method, method)
+    if s >= 1:
+        return f"{kind} was {s:.2f}x faster than fp32 at batch {batch}"
+    return f"{kind} was {1 / s:.2f}x slower than fp32 at batch {batch}"

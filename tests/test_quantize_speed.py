@@ -1,0 +1,107 @@
+"""The quantize ladder pays in speed: min_speedup gates each rung against the fp32 parent, timed side by
+side in one process at batch 1 and at the served batch; `none` (keep fp32) is a legitimate outcome and
+the reason is written to the manifest, report.md and junit.xml. Rungs given as configurations."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+from test_export import run_tiny, shared_workdir, tiny_pipeline
+
+from lifecycle import GateFailed
+from lifecycle.artifact import Artifact
+
+FAST = {"runs": 4, "warmup": 1}
+
+
+@pytest.fixture(scope="session")
+def onnx_workdir(tmp_path_factory):
+    return shared_workdir(tmp_path_factory)
+
+
+def test_min_speedup_is_a_default_gate_written_once():
+    stage = tiny_pipeline({"kind": "quantize"}).stages[2]
+    assert [(g.metric, g.min) for g in stage.gates] == [("speedup", 1.0), ("speedup_served", 1.0)]
+    # a dumped config read back (lifecycle gate, the cache key) gets no second copy
+    again = tiny_pipeline(stage.model_dump(mode="json")).stages[2]
+    assert [g.metric for g in again.gates] == ["speedup", "speedup_served"]
+    own = tiny_pipeline({"kind": "quantize", "gates": [{"metric": "speedup", "min": 1.5}]}).stages[2]
+    assert [(g.metric, g.min) for g in own.gates] == [("speedup", 1.5), ("speedup_served", 1.0)]
+    off = tiny_pipeline({"kind": "quantize", "min_speedup": None}).stages[2]
+    assert off.gates == [] and not off.measures_speed
+
+
+def test_rungs_as_configurations():
+    p = tiny_pipeline({"kind": "quantize", "min_speedup": None, "fallback": [
+        {"method": "static-int8", "calibration": {"method": "entropy", "samples": 512}},
+        {"method": "static-int8", "calibration": {"method": "minmax", "samples": 64, "split": "validation"}},
+        "dynamic-int8", {"method": "dynamic-int8", "per_channel": False}, "none"]})
+    stage = p.stages[2]
+    assert stage.ladder == ["static-int8-entropy-512", "static-int8-minmax-64-validation", "dynamic-int8",
+                            "dynamic-int8-per-tensor", "none"]
+    first = stage.settings(stage.rungs[0])
+    assert first.calibration.method == "entropy" and first.calibration.samples == 512 and first.per_channel
+    assert stage.settings(stage.rungs[3]).per_channel is False
+    from lifecycle import ConfigError
+
+    with pytest.raises(ConfigError, match="twice"):
+        tiny_pipeline({"kind": "quantize", "fallback": [{"method": "dynamic-int8"}, "dynamic-int8"]})
+    with pytest.raises(ConfigError, match=r"calibration\.split"):
+        tiny_pipeline({"kind": "quantize", "fallback": [{"method": "static-int8", "calibration": {"split": "test"}}]})
+
+
+def test_speed_gate_decides_between_int8_and_none(onnx_workdir):
+    """dynamic int8 of the tiny model against its fp32 parent, timed interleaved at batch 1 and 8: the
+    ladder keeps int8 only when it is at least as fast at both, else `none` with the reason. Whichever
+    way this CPU goes, the kept rung, the gates and the reason must follow from the measured speedups."""
+    stage = {"kind": "quantize", "latency": FAST, "served_batch": 8, "fallback": ["dynamic-int8", "none"],
+             "gates": [{"metric": "accuracy", "max_drop": 0.2, "vs": "export"}]}
+    run = run_tiny(onnx_workdir, stage)
+    art = Artifact.load(run / "quantize")
+    details = art.manifest["details"]
+    int8 = details["attempts"][0]
+    assert int8["rung"] == "dynamic-int8"
+    speed = int8["speed"]
+    assert speed["speedup"]["batch_size"] == 1 and speed["speedup_served"]["batch_size"] == 8
+    for s in speed.values():  # a ratio of the same rounds' medians, with an interval around it
+        assert s["rounds"] >= 6 and s["interval"][0] <= s["speedup"] <= s["interval"][1]
+        assert s["fp32_ms"] > 0 and s["candidate_ms"] > 0
+    fast = int8["metrics"]["speedup"] >= 1.0 and int8["metrics"]["speedup_served"] >= 1.0
+    assert int8["passed"] == fast
+    gates = {g["metric"]: g for g in art.manifest["gates"]}
+    assert {"speedup", "speedup_served", "accuracy"} <= set(gates) and all(g["passed"] for g in gates.values())
+    if fast:
+        assert details["method"] == "dynamic-int8" and len(details["attempts"]) == 1
+    else:
+        assert details["method"] == "none" and details["attempts"][1]["metrics"]["speedup"] == 1.0
+        assert art.metrics["speedup"] == 1.0 and art.metrics["size_mb"] == pytest.approx(
+            Artifact.load(run / "export").metrics["size_mb"])
+        slow = min(("speedup", "speedup_served"), key=lambda k: int8["metrics"][k])
+        factor = 1 / int8["metrics"][slow]
+        assert details["reason"].startswith("kept none (the fp32 parent): dynamic-int8")
+        assert f"int8 was {factor:.2f}x slower than fp32 at batch {speed[slow]['batch_size']}" in details["reason"]
+    report = (run / "report.md").read_text()
+    assert details["reason"] in report and "| dynamic-int8 |" in report  # the attempts side by side
+
+
+def test_a_rung_that_misses_speed_fails_the_stage_with_the_reason_in_junit(onnx_workdir):
+    """One rung and a speed bound no int8 reaches on this model: the stage fails its gate (exit 3), and
+    junit.xml's failure carries the reason and the attempts table."""
+    stage = {"kind": "quantize", "latency": FAST, "min_speedup": 50.0, "served_batch": 4}
+    with pytest.raises(GateFailed, match="speedup"):
+        run_tiny(onnx_workdir, stage)
+    run = onnx_workdir / "onnx-tiny"
+    details = Artifact.load(run / "quantize").manifest["details"]
+    assert details["passed"] is False and details["closest"]["rung"] == "dynamic-int8"
+    missed = {m["metric"]: m for m in details["closest"]["misses"]}
+    assert set(missed) == {"speedup", "speedup_served"}
+    metrics = details["attempts"][0]["metrics"]
+    assert missed["speedup"]["missed_by"] == pytest.approx(50.0 - metrics["speedup"])
+    assert details["reason"].startswith("no rung passes every gate; the closest is dynamic-int8")
+    failures = [f for f in ET.parse(run / "junit.xml").iter("failure")]
+    assert failures and all("no rung passes every gate" in f.get("message") for f in failures)
+    assert all("| dynamic-int8 |" in f.text for f in failures)
+    report = json.loads((run / "report.json").read_text())
+    assert report["stages"][-1]["summary"][0] == details["reason"]
