@@ -1,7 +1,7 @@
 """The small runtime shared by the edge bundle, the BentoML service and the export/quantize/serve
 stages: onnxruntime + tokenizers + numpy and the standard library, nothing else. This file has no
 import from the rest of `lifecycle`, so it can be copied alone onto a device: that is why it is one
-module of ~540 lines (predictor, bundle verification, signatures, the external-data reader) and not
+module of ~580 lines (predictor, bundle verification, signatures, the external-data reader, the ISA check) and not
 a package.
 
     from lifecycle.edge import Predictor

@@ -22,6 +22,9 @@ the report names it and by how much each gate missed; the pipeline's own gate ch
 stage (exit 3) with the artifact and every attempt on disk to inspect. A rung that cannot be built or
 run (fp16 on a CPU without the kernels) is recorded with its error; only when every rung errored
 does the stage raise.
+
+About 370 lines on purpose: the ladder loop, the speed gates, selective fallback and keep-best share one
+attempts record and read as one flow; the rung builders and the sensitivity scan are components.
 """
 
 from __future__ import annotations
