@@ -15,6 +15,7 @@ from pathlib import Path
 from lifecycle import tasks
 from lifecycle.artifact import MANIFEST
 from lifecycle.evaluation import TEST_PREDICTIONS, Predictions
+from lifecycle.report import fmt
 
 SMALL_TEST = 1000  # below this, a one-example difference is more than 0.1 point
 
@@ -52,8 +53,8 @@ def render(art, release: dict | None = None) -> str:
     lines += ["", "## Metrics", "", "| metric | value | 95% interval |", "|---|---|---|"]
     for key in sorted(k for k in metrics if not k.endswith(("_std", "_ci_low", "_ci_high"))):
         lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-        interval = f"[{_fmt(lo)}, {_fmt(hi)}] across seeds" if lo is not None and hi is not None else "-"
-        lines.append(f"| {key} | {_fmt(metrics[key])} | {interval} |")
+        interval = f"[{fmt(lo)}, {fmt(hi)}] across seeds" if lo is not None and hi is not None else "-"
+        lines.append(f"| {key} | {fmt(metrics[key])} | {interval} |")
 
     lines += ["", "## Gates", ""]
     gates = [(s, g) for s in chain for g in s.get("gates", [])]
@@ -64,7 +65,7 @@ def render(art, release: dict | None = None) -> str:
             iv, p = g.get("interval"), g.get("p_value")
             stat = " ".join(x for x in (f"[{iv[0]:+.4f}, {iv[1]:+.4f}]" if iv else "",
                                         f"p={p:.3g}" if p is not None else "") if x) or "-"
-            lines.append(f"| {stage.get('stage')} | `{g['bound']}` | {_fmt(g.get('value'))} | {stat} | {verdict} |")
+            lines.append(f"| {stage.get('stage')} | `{g['bound']}` | {fmt(g.get('value'))} | {stat} | {verdict} |")
     else:
         lines.append("No gates were configured.")
 
@@ -162,12 +163,6 @@ def _test_set(art) -> tuple[int | None, str]:
 
 def _num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "-" if v is None else str(v)
 
 
 def _short(spec: dict) -> str:

@@ -66,7 +66,7 @@ def _stat(g: dict) -> str:
     return out + (f" p={p:.3g}" if p is not None else "")
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -81,7 +81,7 @@ def markdown(data: dict, run_dir: Path) -> str:
     lines += ["| stage | kind | status | " + " | ".join(HEADLINE) + " |", "|" + "---|" * (3 + len(HEADLINE))]
     for s in data["stages"]:
         lines.append(f"| {s['name']} | {s['kind']} | {s['status']} | "
-                     + " | ".join(_fmt(s["metrics"].get(k)) for k in HEADLINE) + " |")
+                     + " | ".join(fmt(s["metrics"].get(k)) for k in HEADLINE) + " |")
     for png in ("stages.png", "loss.png", "transfer.png"):
         if (run_dir / "plots" / png).is_file():
             lines += ["", f"![{png}](plots/{png})"]
@@ -93,12 +93,12 @@ def markdown(data: dict, run_dir: Path) -> str:
             lines += ["| gate | value | reference | interval, p | verdict |", "|---|---|---|---|---|"]
             for g in s["gates"]:
                 word = g.get("verdict") or ("pass" if g["passed"] else ("FAIL" if g["on_fail"] == "stop" else "fail (warn)"))
-                lines.append(f"| `{g['bound']}` | {_fmt(g['value'])} | {_fmt(g['reference'])} | "
+                lines.append(f"| `{g['bound']}` | {fmt(g['value'])} | {fmt(g['reference'])} | "
                              f"{_stat(g).strip() or '-'} | {word} |")
             lines.append("")
         if s["metrics"]:
             lines += ["| metric | value |", "|---|---|"]
-            lines += [f"| {k} | {_fmt(v)} |" for k, v in s["metrics"].items()]
+            lines += [f"| {k} | {fmt(v)} |" for k, v in s["metrics"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -113,7 +113,7 @@ def write_junit(data: dict, path: Path) -> None:
         ET.SubElement(case, "failure", message=f"the last `lifecycle run` did not finish ({data['run_state']})")
     for s, g in cases:
         case = ET.SubElement(suite, "testcase", classname=f"{data['pipeline']}.{s['name']}", name=g["bound"])
-        text = f"value={_fmt(g['value'])} bound: {g['bound']} reference={_fmt(g['reference'])}{_stat(g)}"
+        text = f"value={fmt(g['value'])} bound: {g['bound']} reference={fmt(g['reference'])}{_stat(g)}"
         if g.get("verdict"):
             text += f" verdict={g['verdict']}"
         if s.get("summary") and not g["passed"]:  # the stage's own account of the miss (quantize: attempts, attribution)
@@ -195,7 +195,7 @@ def plots(run_dir: Path, outcomes) -> None:
             names = [n for n, m in rows if key in m]
             vals = [m[key] for n, m in rows if key in m]
             bars = ax.bar(names, vals, color="#4C72B0")
-            ax.bar_label(bars, labels=[_fmt(v) for v in vals], fontsize=8)
+            ax.bar_label(bars, labels=[fmt(v) for v in vals], fontsize=8)
             ax.set_title(key)
             ax.tick_params(axis="x", rotation=30)
         fig.tight_layout()
@@ -217,14 +217,14 @@ def summary_table_of(data: dict) -> str:
         m = s["metrics"]
         ok = sum(g["passed"] for g in s["gates"])
         score = next((m[k] for k in SCORES if k in m), None)
-        rows.append([s["name"], s["status"], _fmt(score), *(_fmt(m.get(k)) for k in latency), _fmt(m.get("size_mb")),
+        rows.append([s["name"], s["status"], fmt(score), *(fmt(m.get(k)) for k in latency), fmt(m.get("size_mb")),
                      f"{ok}/{len(s['gates'])}"])
     return table(head, rows)
 
 
 def stage_table(name: str, metrics: dict, results) -> str:
-    rows = [[k, _fmt(v)] for k, v in metrics.items()]
-    rows += [[f"gate {r.bound}", f"{_fmt(r.value)}  {'pass' if r.passed else ('FAIL' if r.on_fail == 'stop' else 'warn')}"]
+    rows = [[k, fmt(v)] for k, v in metrics.items()]
+    rows += [[f"gate {r.bound}", f"{fmt(r.value)}  {'pass' if r.passed else ('FAIL' if r.on_fail == 'stop' else 'warn')}"]
              for r in results]
     return table([f"{name}", "value"], rows)
 

@@ -6,32 +6,22 @@ so that they differ from this CPU's, whichever way this CPU goes."""
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 import zipfile
 
 import pytest
-from test_export import run_tiny, shared_workdir
+from test_bundle import onnx_workdir, quantized_run  # noqa: F401 (fixtures: one quantized tiny run)
 
 from lifecycle.bundle import write_bundle
 from lifecycle.edge import VNNI_FLAGS, Predictor, cpu_flags, int8_isa_warning
 
 RUNNING = cpu_flags() or set()
 X86 = bool(RUNNING & {"avx2", "avx512f"})
-QUANTIZE = {"kind": "quantize", "latency": {"runs": 3, "warmup": 1}, "min_speedup": None}
-
-
-@pytest.fixture(scope="session")
-def onnx_workdir(tmp_path_factory):
-    return shared_workdir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(onnx_workdir, tmp_path_factory):
-    run = run_tiny(onnx_workdir, QUANTIZE)
-    out = tmp_path_factory.mktemp("isa")
-    shutil.copytree(run, out / run.name)
-    return write_bundle(out / run.name, out / "model.zip")
+def int8_bundle(quantized_run, tmp_path_factory):  # noqa: F811
+    return write_bundle(quantized_run, tmp_path_factory.mktemp("isa") / "model.zip")
 
 
 def with_isa(src, dst, isa: list[str]):

@@ -332,6 +332,7 @@ def explain(cfg: Config, attempts: list[dict], kept: dict, score: str) -> dict:
     attempt side by side, the attribution table) and, when nothing passed, details.closest."""
     from lifecycle.components.quantization import speed_words
     from lifecycle.environment import cpu_model, isa_flags
+    from lifecycle.report import fmt
 
     cpu = f"{cpu_model()} ({' '.join(isa_flags()) or 'no ISA flags read'})"
 
@@ -342,7 +343,7 @@ def explain(cfg: Config, attempts: list[dict], kept: dict, score: str) -> dict:
         for m in a["misses"]:
             speed = a.get("speed", {}).get(m["metric"])
             words = f": {speed_words(a['method'], speed)} on this CPU" if speed else ""
-            parts.append(f"{m['metric']} {_num(m['value'])} missed `{m['bound']}` by {_num(m['missed_by'])}{words}")
+            parts.append(f"{m['metric']} {fmt(m['value'])} missed `{m['bound']}` by {fmt(m['missed_by'])}{words}")
         return "; ".join(parts)
 
     earlier = [a for a in attempts if a is not kept]
@@ -359,7 +360,7 @@ def explain(cfg: Config, attempts: list[dict], kept: dict, score: str) -> dict:
              "|---|---|---|---|---|---|---|---|"]
     for a in attempts:
         m = a.get("metrics", {})
-        lines.append(f"| {a['rung']} | " + " | ".join(_num(m.get(k)) for k in (
+        lines.append(f"| {a['rung']} | " + " | ".join(fmt(m.get(k)) for k in (
             score, "ort_latency_p50_ms", "ort_latency_b32_p50_ms", "speedup", "speedup_served", "size_mb"))
             + f" | {'pass' if a['passed'] else ('error' if 'error' in a else 'miss')} |")
     for a in attempts:
@@ -370,7 +371,3 @@ def explain(cfg: Config, attempts: list[dict], kept: dict, score: str) -> dict:
     if not kept["passed"]:
         out["closest"] = {"rung": kept["rung"], "misses": kept.get("misses", [])}
     return out
-
-
-def _num(v) -> str:
-    return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
