@@ -4,8 +4,9 @@
     python docs/render.py                         # render from what is stored
 
 Sources: docs/quickstart/report.json (a finished `make quickstart`, copied here by --run),
-benchmarks/results/serving.json (`python benchmarks/serving.py`) and benchmarks/results/reliability.json
-(`python benchmarks/reliability.py`). Each section sits between
+benchmarks/results/serving.json (`python benchmarks/serving.py`), benchmarks/results/reliability.json
+(`python benchmarks/reliability.py`) and, for the table of every benchmark's checks, all of
+benchmarks/results/*.json. Each section sits between
 `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` in README.md; everything else is left alone.
 """
 
@@ -20,8 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "docs" / "quickstart"
-SERVING = ROOT / "benchmarks" / "results" / "serving.json"
-RELIABILITY = ROOT / "benchmarks" / "results" / "reliability.json"
+RESULTS = ROOT / "benchmarks" / "results"
+SERVING = RESULTS / "serving.json"
+RELIABILITY = RESULTS / "reliability.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,16 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.run is not None:
         store(args.run)
     readme = ROOT / "README.md"
-    text = readme.read_text()
+    text = render(readme.read_text())
+    readme.write_text(text)
+    print(f"rendered {readme.relative_to(ROOT)} from {QUICKSTART.relative_to(ROOT)}/report.json and "
+          f"{RESULTS.relative_to(ROOT)}/*.json")
+    return 0
+
+
+def render(text: str) -> str:
+    """README.md's text with every generated section rendered from what is stored."""
     text = replace(text, "quickstart", quickstart_section(json.loads((QUICKSTART / "report.json").read_text())))
     if SERVING.is_file():
         text = replace(text, "serving", serving_section(json.loads(SERVING.read_text())))
     if RELIABILITY.is_file():
         text = replace(text, "reliability", reliability_section(json.loads(RELIABILITY.read_text())))
-    readme.write_text(text)
-    print(f"rendered {readme.relative_to(ROOT)} from {QUICKSTART.relative_to(ROOT)}/report.json, "
-          f"{SERVING.relative_to(ROOT)} and {RELIABILITY.relative_to(ROOT)}")
-    return 0
+    return replace(text, "benchmarks", benchmarks_section(sorted(RESULTS.glob("*.json"))))
 
 
 def store(run_dir: Path) -> None:
@@ -125,6 +132,30 @@ def reliability_section(data: dict) -> str:
         f"Checks: {len(data['checks']) - len(failed)} of {len(data['checks'])} pass"
         + (f" (missed: {', '.join(failed)})." if failed else "."),
     ]) + "\n"
+
+
+def benchmarks_section(paths: list[Path]) -> str:
+    """One row per check of every stored result, failed ones included: what each benchmark claims,
+    against what, under which load, and whether it held."""
+    rows = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        env = data.get("environment", {})
+        commit = (env.get("git_commit") or "")[:7]
+        recorded = (f"{'quick' if data.get('quick') else 'full'}, load {_load(data['loadavg_before']):.2f}"
+                    + (f", `{commit}`" if commit else ""))
+        validity = "" if data.get("valid", True) else " **(marked invalid)**"
+        for i, c in enumerate(data["checks"]):
+            first = f"[{path.stem}](benchmarks/{path.stem}.py){validity} | {recorded}" if i == 0 else " | "
+            name = c["name"].replace("|", "\\|")  # |x - y| in a name would end the cell
+            rows.append(f"| {first} | {name} | {_value(c['value'])} | {c['target']} | "
+                        f"{'pass' if c['passed'] else '**miss**'} |")
+    return "\n".join(["| benchmark | recorded (budget, 1-min load before, commit) | check | value | target | |",
+                      "|---|---|---|---|---|---|", *rows]) + "\n"
+
+
+def _value(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 if __name__ == "__main__":
