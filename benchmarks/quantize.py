@@ -2,8 +2,8 @@
 
     flock /tmp/lifecycle-heavy.lock python benchmarks/quantize.py --quick   # ~10 minutes on 2 busy cores
 
-Runs pipelines/minilm_quantize.yaml (MiniLM fine-tuned on SST-2 -> export -> int4 and the int8 ladder
-with its speed gates and selective fallback), then, in the same process and on the same fine-tuned
+Runs pipelines/minilm_quantize.yaml (MiniLM fine-tuned on SST-2 -> export -> the int8 ladder with its
+speed gates and selective fallback; -> unfused export -> int4), then, in the same process and on the same fine-tuned
 model, what a user would otherwise run: optimum's exporter (the CLI) and ORTQuantizer dynamic int8 with
 the AutoQuantizationConfig for this CPU (per_channel=False, as in optimum's documentation). Static int8
 (with the nodes the ladder's sensitivity scan left in float) and dynamic int8 are rebuilt from the same
@@ -166,21 +166,6 @@ def measure_all(arts: dict, edge_dirs: dict, test, budget: dict, raw: dict) -> d
     return out
 
 
-def plain_export(finetuned: Path, export_dir: Path, out: Path) -> Path:
-    """The same model exported without onnxruntime's fusions (export's `optimize: false`)."""
-    from transformers import AutoModelForSequenceClassification
-
-    from lifecycle import models
-    from lifecycle.components.onnx import copy_runtime_files, export_torch
-
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    model = models.load_model(AutoModelForSequenceClassification, finetuned).eval()
-    export_torch(model, models.load_tokenizer(finetuned, SEQ), out / "model.onnx", opset=17)
-    copy_runtime_files(export_dir, out)
-    return out
-
-
 def channel_study(export_dir: Path, plain_dir: Path, work: Path, test, budget: dict) -> dict:
     """Dynamic int8 of the same export: per-channel vs per-tensor weights, 8- vs 7-bit (reduce_range),
     and per-channel on the unfused graph (what the fusions are worth once weights are int8)."""
@@ -337,8 +322,7 @@ def main() -> int:
                  **{name: r["dir"] for name, r in rebuilt.items()}}
     raw: dict = {}
     models = measure_all(arts, edge_dirs, test, budget, raw)
-    plain = plain_export(arts["finetune"].path, arts["export"].path, args.workdir / "plain")
-    study = channel_study(arts["export"].path, plain, args.workdir / "channels", test, budget)
+    study = channel_study(arts["export"].path, arts["export-plain"].path, args.workdir / "channels", test, budget)
     quickstart = None if args.quick else quickstart_verdict(args.workdir)
     q = arts["quantize"].manifest["details"]
     found = checks(models, arts["int4"].metrics["size_mb"], quickstart)

@@ -196,3 +196,38 @@ def test_int4_weight_only_rung(onnx_workdir, export_art):
     schema = json.loads((art.path / "schema.json").read_text())
     assert schema["weights"] == "int4" and schema["int8"]["reduce_range"] is False
     assert Predictor.open(art.path).check() == 8
+
+
+def test_int4_takes_the_embedding_tables_of_an_unfused_graph(export_art, tmp_path):
+    """On the plain graph, the vocabulary (half of a small BERT's weights) goes 4-bit too
+    (GatherBlockQuantized) instead of staying float; the graph still runs and answers like fp32."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from lifecycle import models
+    from lifecycle.components import onnx as onnx_export
+    from lifecycle.components.quantization import Settings, int4
+    from lifecycle.tasks import classification
+
+    finetune = export_art.path.parent / "finetune"
+    model = classification.TASK.torch_model(finetune)
+    tokenizer = models.load_tokenizer(finetune, 32)
+    plain, quantized = tmp_path / "plain.onnx", tmp_path / "int4.onnx"
+    onnx_export.export_torch(model, tokenizer, plain, opset=17)
+    int4(Settings(method="int4"), plain, quantized)
+
+    graph = onnx.load(str(quantized)).graph
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= {n.op_type for n in graph.node}
+    vocab = tuple(model.get_input_embeddings().weight.shape)
+    floats = [t.name for t in graph.initializer if tuple(t.dims) == vocab and t.data_type == onnx.TensorProto.FLOAT]
+    assert not floats, "the vocabulary stayed float"
+    feeds = dict(tokenizer(["a tiny test sentence", "another one"], return_tensors="np", padding="max_length",
+                           max_length=32))
+    outputs = {}
+    for path in (plain, quantized):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        outputs[path] = session.run(None, {k: v.astype(np.int64) for k, v in feeds.items() if k in names})[0]
+    assert np.isfinite(outputs[quantized]).all() and outputs[quantized].shape == outputs[plain].shape
+    assert np.abs(outputs[quantized] - outputs[plain]).max() < 0.5 * np.abs(outputs[plain]).max() + 1e-3

@@ -5,9 +5,12 @@ the per-node sensitivity scan and selective fallback live in components/sensitiv
 Methods:
 - `dynamic-int8`: int8 weights (per-channel by default), activations quantized at run time. No data.
 - `static-int8`: QDQ graph, activation ranges calibrated on texts from train or validation (never test).
-- `int4`: weight-only, block-wise 4-bit MatMul weights (onnxruntime's MatMulNBits, with its
-  accuracy_level: the precision its kernel computes in); what MatMulNBits cannot take (fused attention,
-  embeddings) is dynamic int8. For size-bound edge builds: int4 pays in size, rarely in speed on a CPU.
+- `int4`: weight-only, block-wise 4-bit MatMul weights and embedding tables (onnxruntime's MatMulNBits
+  and GatherBlockQuantized; accuracy_level: the precision MatMulNBits computes in); what neither takes
+  (a fused graph's attention and EmbedLayerNormalization) is dynamic int8. For size-bound edge builds:
+  int4 pays in size, rarely in speed on a CPU. Give it an unfused export (`optimize: false`): MiniLM's
+  vocabulary is half its weights, and inside EmbedLayerNormalization it stays int8 (0.22x of fp32 with
+  the fused graph, 0.16x with the plain one; pipelines/minilm_quantize.yaml).
 - `fp16`: half-precision weights, float32 inputs and outputs; for GPU targets.
 - `none`: the parent model unchanged.
 
@@ -248,14 +251,15 @@ def preprocessed(model_in: Path, model_out: Path) -> Path:
 
 
 def int4(settings: Settings, model_in: Path, model_out: Path) -> None:
-    """Block-wise int4 MatMul weights (MatMulNBits), then dynamic int8 for the fused attention and
-    embedding ops MatMulNBits does not take (without it a fused MiniLM keeps ~60% of its fp32 bytes)."""
+    """Block-wise int4 MatMul weights (MatMulNBits) and embedding tables (GatherBlockQuantized, blocks
+    along the hidden axis), then dynamic int8 for the fused attention and embedding ops neither takes
+    (without it a fused MiniLM keeps ~60% of its fp32 bytes)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantizer = MatMulNBitsQuantizer(onnx.load(str(model_in)), bits=4, block_size=settings.block_size,
                                      is_symmetric=True, accuracy_level=settings.accuracy_level or None,
-                                     nodes_to_exclude=settings.exclude_nodes)
+                                     nodes_to_exclude=settings.exclude_nodes, op_types_to_quantize=("MatMul", "Gather"))
     quantizer.process()
     half = model_out.with_name("int4-matmul.onnx")
     quantizer.model.save_model_to_file(str(half), use_external_data_format=False)
