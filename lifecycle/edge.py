@@ -42,7 +42,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imp
 import numpy as np  # noqa: E402
 
 MODEL, TOKENIZER, LABELS, SCHEMA, MANIFEST = "model.onnx", "tokenizer.json", "labels.json", "schema.json", "manifest.json"
-REQUIRED = (MODEL, TOKENIZER, LABELS, SCHEMA)
+REQUIRED = (MODEL, LABELS, SCHEMA)  # plus the preprocessor schema.json names (preprocessor_file)
 # Ops that quantize activations with a scale computed at run time over the whole input tensor: in such
 # a graph every text in a batch (and every padding token) moves the scale, so co-batched texts change
 # each other's scores (see Predictor.logits). QAttention / MatMulIntegerToFloat are fed by
@@ -93,17 +93,24 @@ class BundleError(Exception):
 class Predictor:
     def __init__(self, root: Path, threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.root = Path(root)
         self.manifest: dict | None = None  # set by open() when the source has a manifest
         self.isa_warning: str | None = None  # set by open(): see int8_isa_warning
         self.schema = json.loads((self.root / SCHEMA).read_text())
         self.labels: list[str] = json.loads((self.root / LABELS).read_text())
-        self.max_length: int = self.schema["max_length"]
-        self.tokenizer = Tokenizer.from_file(str(self.root / TOKENIZER))
-        self.tokenizer.enable_truncation(self.max_length)
-        self.tokenizer.no_padding()  # logits() never pads; encode() pads by hand (no shared state to toggle)
+        # What turns raw input into the graph's feeds: a tokenizer for texts, TablePreprocessing for rows.
+        self.tokenizer = self.table = None
+        if preprocessor_file(self.schema) == PREPROCESSING:
+            self.table = TablePreprocessing.load(self.root / PREPROCESSING)
+            self.max_length = 0  # rows have no length
+        else:
+            from tokenizers import Tokenizer
+
+            self.max_length: int = self.schema["max_length"]
+            self.tokenizer = Tokenizer.from_file(str(self.root / TOKENIZER))
+            self.tokenizer.enable_truncation(self.max_length)
+            self.tokenizer.no_padding()  # logits() never pads; encode() pads by hand (no shared state to toggle)
         self.pad_id: int = self.schema.get("pad_token_id") or 0
         check_external_data(self.root / MODEL)
         # True: one text per session call (see logits); found by scanning the graph, not the schema's
@@ -155,7 +162,7 @@ class Predictor:
                 shutil.rmtree(extracted, ignore_errors=True)
                 raise BundleError(f"{source}: a bundle needs {MANIFEST}; write it with `lifecycle bundle`")
         try:
-            for name in REQUIRED:
+            for name in (*REQUIRED, preprocessor_file(_read_schema(path))):
                 if (path / name).is_symlink():
                     raise BundleError(f"{path / name}: symlinks are not allowed in a bundle")
                 if not (path / name).is_file():
@@ -180,9 +187,12 @@ class Predictor:
             weakref.finalize(predictor, shutil.rmtree, extracted, True)
         return predictor
 
-    def encode(self, texts: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
+    def encode(self, texts: list, pad_to: int | None = None) -> dict[str, np.ndarray]:
         """Feeds for texts, right-padded to the longest (or to pad_to). For latency measurements and
-        calibration; logits() batches only texts of equal length and never pads."""
+        calibration; logits() batches only texts of equal length and never pads. A table model takes
+        rows (mappings column -> value) instead of texts, and pad_to does not apply."""
+        if self.table is not None:
+            return self.table.transform_rows(list(texts))[0]
         return self._feeds(self.tokenizer.encode_batch(list(texts)), pad_to)
 
     def _feeds(self, encs: list, pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -227,6 +237,8 @@ class Predictor:
         #   bert-small fp32 46 -> 61, static 85 -> 113, dynamic 118 -> 157 (160).
         #   Padding 32 news texts to the longest wastes more compute than the extra calls cost, and
         #   batching gains onnxruntime little on CPU: one call per text costs dynamic int8 2-8%.
+        if self.table is not None:
+            return self.table_outputs(texts, batch_size)[0]
         encs = self.tokenizer.encode_batch(list(texts))
         groups: dict[int, list[int]] = {}
         for i, e in enumerate(encs):
@@ -250,10 +262,31 @@ class Predictor:
         self._only_for("embed")
         return self.logits(texts, batch_size)
 
+    def table_outputs(self, rows: list[dict], batch_size: int = 64) -> tuple[np.ndarray, dict]:
+        """(the graph's output per row, what preprocessing counted: missing values, unknown categories,
+        out-of-range numbers, extra columns). Rows have no length, so any rows share a call; a graph
+        with run-time activation scales still gets one row per call (see logits)."""
+        feeds, counts = self.table.transform_rows(list(rows))
+        n = len(rows)
+        size = 1 if self.batch_dependent else max(1, batch_size)
+        outs = [self.session.run(None, {k: v[i : i + size] for k, v in feeds.items() if k in self.input_names})[0]
+                for i in range(0, n, size)]
+        if not outs:
+            return np.zeros((0, max(1, len(self.labels))), dtype=np.float32), counts
+        return np.concatenate(outs).astype(np.float32), counts
+
+    def predict_rows(self, rows: list[dict]) -> list[dict]:
+        """{"label", "score", "scores"} per table row (a mapping column -> value; null for a missing
+        value): a table classifier's answer from the raw row, preprocessing included."""
+        self._only_for("predict_rows")
+        return self._label_scores(self.table_outputs(rows)[0])
+
     def predict(self, texts: list[str]) -> list[dict]:
         """{"label", "score", "scores"} per text: the softmax of a classifier's logits."""
         self._only_for("predict")
-        logits = self.logits(texts)
+        return self._label_scores(self.logits(texts))
+
+    def _label_scores(self, logits: np.ndarray) -> list[dict]:
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         out = []
@@ -272,10 +305,11 @@ class Predictor:
         expected = m.get("sample_predictions") or m.get("details", {}).get("sample_predictions") or []
         if not expected:
             raise BundleError(f"{self.root}: the manifest records no sample predictions to check")
-        for e, got in zip(expected, self.answers([e["text"] for e in expected])):
+        inputs = [e["row"] if "row" in e else e["text"] for e in expected]  # a table model records rows
+        for x, e, got in zip(inputs, expected, self.answers(inputs)):
             where = _difference(e["answer"], got, atol)
             if where is not None:
-                raise BundleError(f"prediction differs from the pipeline's for {e['text'][:60]!r}: {where}")
+                raise BundleError(f"prediction differs from the pipeline's for {str(x)[:60]!r}: {where}")
         return len(expected)
 
 
@@ -305,7 +339,7 @@ def verify(root: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise BundleError(f"{root / MANIFEST}: unreadable manifest ({exc})") from None
     files: dict[str, str] = manifest.get("files", {})
-    for name in REQUIRED:
+    for name in (*REQUIRED, preprocessor_file(_read_schema(root))):
         if name not in files:
             raise BundleError(f"{root}: the manifest does not list {name}")
     for rel, digest in files.items():
@@ -319,6 +353,19 @@ def verify(root: Path) -> dict:
         if f.is_symlink() or (f.is_file() and rel not in (MANIFEST, SIGNATURE) and rel not in files):
             raise BundleError(f"{f}: not listed in the manifest; refusing a bundle with unlisted files or symlinks")
     return manifest
+
+
+def preprocessor_file(schema: dict) -> str:
+    """The file that turns raw input into the graph's feeds, as schema.json names it: tokenizer.json
+    for a text model (the default: older artifacts do not name it), preprocessing.json for a table."""
+    return schema.get("preprocessor", TOKENIZER)
+
+
+def _read_schema(root: Path) -> dict:
+    try:
+        return json.loads((Path(root) / SCHEMA).read_text())
+    except (OSError, ValueError):
+        return {}  # a missing or broken schema.json is refused with REQUIRED's message
 
 
 def key_id(raw_public_key: bytes) -> str:

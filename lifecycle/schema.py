@@ -90,7 +90,7 @@ class Gate(Strict):
 # could only fail at run time, or silently produce nonsense (a masked-LM exported as a classifier).
 Holds = Literal["masked-lm", "causal-lm", "encoder", "classifier", "onnx-classifier", "onnx-encoder",
                 "service-check"]
-TaskType = Literal["classification", "embedding"]
+TaskType = Literal["classification", "embedding", "tabular-classification"]
 HF_HOLDS: tuple[Holds, ...] = ("masked-lm", "causal-lm", "encoder", "classifier")  # a Hugging Face model directory
 ONNX_HOLDS: tuple[Holds, ...] = ("onnx-classifier", "onnx-encoder")  # model.onnx + runtime files (lifecycle.edge)
 # Where a chain gets each kind: the hint of a refused chain.

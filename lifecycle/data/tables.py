@@ -178,7 +178,8 @@ def resolve_schema(frame: pd.DataFrame, spec: TableSpec, where: str) -> Schema:
 
 def canonical(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     """Values as the preprocessing reads them: numeric columns float (NaN missing), categorical columns
-    text (None missing; 1.0 read from a file is the category "1"), booleans left for the transform."""
+    text (None missing; 1.0 read from a file is the category "1"), booleans left for the transform.
+    The features come first and the target last (task plug-ins read a split's rows that way)."""
     import pandas as pd
 
     out = pd.DataFrame(index=frame.index)
