@@ -140,6 +140,10 @@ class Predictor:
         """The service's POST route for this model ("/classify", "/embed"...), declared by its task."""
         return self.schema.get("route", "/classify")
 
+    def sample_input(self):
+        """One input the model accepts (a warm-up): a text, or a row of missing values for a table model."""
+        return {c: None for c in self.table.columns} if self.table is not None else "warm-up"
+
     def answers(self, texts: list[str]) -> list:
         """The answer per text of the model's own method, as JSON values (what a service returns)."""
         out = getattr(self, self.method)(texts)

@@ -64,7 +64,7 @@ def test_routes_and_edge_methods_are_distinct():
 @pytest.mark.parametrize("name", sorted(tasks.REGISTRY))
 def test_the_answer_comparison_is_exact_at_zero_tolerance(name):
     plugin = tasks.get(name)
-    answer = ({"label": "a", "score": 0.75, "scores": {"a": 0.75, "b": 0.25}} if plugin.edge_method == "predict"
+    answer = ({"label": "a", "score": 0.75, "scores": {"a": 0.75, "b": 0.25}} if plugin.output == "logits"
               else [0.6, 0.8])
     assert plugin.answers_agree(answer, answer, 0.0) == (True, 0.0)
 

@@ -1,0 +1,162 @@
+"""Table classification end to end (lifecycle.tasks.tabular_classification): real training steps on
+scikit-learn's breast-cancer table and on palmerpenguins (categories and real missing values), real
+torch.onnx export and onnxruntime, dynamic int8, the bundle, the edge runtime from raw rows, and
+`bentoml serve` answering POST /predict on 127.0.0.1 with its refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from lifecycle import ConfigError, config, data, pipeline, serving
+from lifecycle.edge import Predictor, RowError, TablePreprocessing
+
+ROOT = Path(__file__).resolve().parents[1]
+CANCER = ROOT / "pipelines" / "tabular_classification.yaml"
+PENGUINS = {
+    "name": "penguins", "seed": 0,
+    "data": {"penguins": {"format": "palmerpenguins", "table": {"target": "species", "drop": ["year"]}}},
+    "task": {"type": "tabular-classification", "data": "penguins"},
+    "stages": [
+        {"kind": "finetune", "model": {"preset": "bert-tiny"}, "collapse_min": None,
+         "train": {"epochs": 30, "batch_size": 32, "lr": 3.0e-3, "warmup_ratio": 0.0, "logging_steps": 1000},
+         "gates": [{"metric": "accuracy", "min": 0.9}]},
+        {"kind": "export", "latency": {"runs": 2, "batch32": False}},
+    ],
+}
+ROW = {"island": "Dream", "sex": "male", "bill_length_mm": 49.0, "bill_depth_mm": 18.5,
+       "flipper_length_mm": 195.0, "body_mass_g": 3700.0}
+
+
+def quiet(*_a, **_k):
+    pass
+
+
+@pytest.fixture(scope="module")
+def cancer_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("cancer")
+    outcomes = pipeline.run(config.load(CANCER), workdir=workdir, echo=quiet)
+    assert [o.status for o in outcomes] == ["passed"] * 3
+    return workdir / "tabular-classification"
+
+
+@pytest.fixture(scope="module")
+def penguins_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("penguins")
+    pipeline.run(config.build(PENGUINS), workdir=workdir, echo=quiet)
+    return workdir / "penguins"
+
+
+def metrics(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "manifest.json").read_text())["metrics"]
+
+
+def test_the_shipped_pipeline_passes_and_reports_control_and_trees_beside_the_model(cancer_run):
+    m = metrics(cancer_run, "finetune")
+    for name in ("accuracy", "f1_macro", "auroc"):
+        assert 0 <= m[name] <= 1 and 0 <= m[f"control_{name}"] <= 1 and 0 <= m[f"baseline_gbdt_{name}"] <= 1
+    assert m["accuracy"] >= 0.9 and m["baseline_gbdt_accuracy"] >= 0.9  # both learn the table
+    assert metrics(cancer_run, "export")["parity_max_abs_diff"] <= 1e-4
+    report = (cancer_run / "report.md").read_text()
+    assert "baseline_gbdt_accuracy" in report and "control_accuracy" in report
+
+
+def test_the_onnx_artifact_holds_the_graph_and_its_preprocessing(cancer_run):
+    for stage in ("export", "quantize"):
+        files = {f.name for f in (cancer_run / stage).iterdir()}
+        assert files == {"model.onnx", "schema.json", "labels.json", "preprocessing.json", "manifest.json"}, stage
+    schema = json.loads((cancer_run / "quantize" / "schema.json").read_text())
+    assert schema["method"] == "predict_rows" and schema["route"] == "/predict" and schema["weights"] == "dynamic-int8"
+    assert list(schema["inputs"]) == ["numeric", "numeric_missing", "categorical"]
+
+
+def test_the_bundle_reproduces_the_pipelines_answers_from_raw_rows(cancer_run, tmp_path):
+    from lifecycle.bundle import write_bundle
+
+    zipped = write_bundle(cancer_run, tmp_path / "model.zip")
+    p = Predictor.open(zipped)
+    assert p.check() == 8  # the recorded rows, answered again by the int8 graph on the edge runtime
+    row = p.manifest["sample_predictions"][0]["row"]
+    [answer] = p.predict_rows([row])
+    assert answer["label"] in p.labels and abs(sum(answer["scores"].values()) - 1) < 1e-5
+
+
+def test_training_edge_and_torch_agree_on_the_same_rows(penguins_run):
+    """Same row in, same tensors out (the training path reads a split's columns, the edge runtime JSON
+    rows), and the same logits from the torch model and its ONNX graph."""
+    from lifecycle.tabular import TableTransformer, predict
+
+    pipe = config.build(PENGUINS)
+    table = data.load(pipe.data["penguins"], pipe)
+    trained, _ = table.features("test")
+    edge = Predictor.open(penguins_run / "export")
+    rows = json.loads(table.splits["test"][table.schema.features].to_json(orient="records"))
+    fed = edge.encode(rows)
+    assert all(np.array_equal(trained[k], fed[k]) for k in trained)
+    torch_logits = predict(TableTransformer.from_pretrained(penguins_run / "finetune"), trained)
+    assert np.abs(edge.logits(rows) - torch_logits).max() <= 1e-4
+    assert metrics(penguins_run, "finetune")["accuracy"] >= 0.9
+
+
+def test_missing_values_and_unknown_categories_are_answered_and_counted(penguins_run):
+    p = Predictor.open(penguins_run / "export")
+    odd = [{**ROW, "island": "Atlantis"}, {**ROW, "sex": None, "body_mass_g": None}, {k: None for k in ROW}]
+    answers = p.predict_rows(odd)
+    assert len(answers) == 3 and all(a["label"] in p.labels for a in answers)
+    _, counts = p.table_outputs(odd + [{**ROW, "colour": "blue", "body_mass_g": 1e9}])
+    assert counts["unknown_category"] == {"island": 1} and counts["extra_columns"] == {"colour": 1}
+    assert counts["out_of_range"] == {"body_mass_g": 1} and counts["missing"]["body_mass_g"] == 2
+    with pytest.raises(RowError, match="column 'island': missing from row 0"):
+        p.predict_rows([{k: v for k, v in ROW.items() if k != "island"}])
+    assert isinstance(p.table, TablePreprocessing)
+
+
+def test_a_text_task_on_a_table_and_text_only_settings_are_refused():
+    raw = json.loads(json.dumps(PENGUINS))
+    raw["task"]["type"] = "classification"
+    with pytest.raises(ConfigError, match="task.data: 'penguins' is a table, but a classification task reads text"):
+        config.build(raw)
+    raw = json.loads(json.dumps(PENGUINS))
+    raw["stages"][0]["lora"] = {"r": 4}
+    with pytest.raises(ConfigError, match=r"stages\[0\].lora: not supported for tabular-classification"):
+        config.build(raw)
+
+
+# ------------------------------------------------------------------------------------ POST /predict
+@pytest.fixture(scope="module")
+def server(penguins_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    settings = serving.ServingSettings(max_texts=4, max_concurrency=2, timeout_s=5.0)
+    cfg = serving.write_config(serving.resolve(penguins_run), settings, tmp / "serving.json")
+    with serving.Server(cfg, log=tmp / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=10) as client:
+        yield client
+
+
+def test_predict_answers_as_the_edge_runtime_does(server, penguins_run):
+    rows = [ROW, {**ROW, "sex": None, "island": "Atlantis", "colour": "blue"}]
+    r = server.post("/predict", json={"rows": rows})
+    assert r.status_code == 200, r.text
+    local = Predictor.open(penguins_run / "export").predict_rows(rows)
+    assert [a["label"] for a in r.json()] == [a["label"] for a in local]
+    assert max(abs(a["scores"][k] - b["scores"][k]) for a, b in zip(r.json(), local) for k in a["scores"]) < 1e-5
+    counts = server.get("/metadata").json()["input_counts"]
+    assert counts["extra_columns"]["colour"] >= 1 and counts["unknown_category"]["island"] >= 1
+
+
+@pytest.mark.parametrize("body, says", [
+    ({"rows": [{k: v for k, v in ROW.items() if k != "sex"}]}, "column 'sex': missing from row 0"),
+    ({"rows": [{**ROW, "body_mass_g": "heavy"}]}, "column 'body_mass_g': expected a number"),
+    ({"rows": [ROW] * 5}, '"rows" has 5 items; the limit is 4'),
+    ({"rows": []}, '"rows" must be a non-empty list'),
+    ({"texts": ["a text"]}, 'exactly one key, "rows"'),
+    ({"rows": ["not a row"]}, "row 0 is not a mapping"),
+])
+def test_predict_refusals_name_what_is_wrong(server, body, says):
+    r = server.post("/predict", json=body)
+    assert r.status_code == 422, r.text
+    assert says in r.json()["error"] and "Traceback" not in r.text
+    assert server.post("/classify", json={"texts": ["x"]}).status_code == 404  # a table model answers /predict
