@@ -180,7 +180,7 @@ def finetune(cfg, parent, ctx) -> dict:
     import json
     import time
 
-    from lifecycle import models
+    from lifecycle import LifecycleError, models
     from lifecycle.components.classification import collapse_metrics, seed_everything
     from lifecycle.edge import PREPROCESSING
     from lifecycle.evaluation.tables import classification_scores, gradient_boosting
@@ -189,6 +189,12 @@ def finetune(cfg, parent, ctx) -> dict:
     source = cfg.model
     if source is not None and source.path:
         source = source.model_copy(update={"path": str(ctx.pipeline.resolve(source.path))})
+    start = Path(parent.path) if source is None else Path(source.path) if source.path else None  # None: a preset
+    if start is not None:  # continue a table model: read the table through its preprocessing
+        if not (start / PREPROCESSING).is_file():
+            raise LifecycleError(f"{start}: not a table model (no {PREPROCESSING}); start a table task from a "
+                                 "`preset` or a masked-feature pretrain stage")
+        data = data.read_through(json.loads((start / PREPROCESSING).read_text()), start)
     seed_everything(ctx.seed)
     model = build(data, source, None if parent is None else parent.path)
     counts = models.count_parameters(model)

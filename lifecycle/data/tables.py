@@ -88,9 +88,20 @@ class TableData:
         """(feeds, counts) of a split: the model's input arrays and what preprocessing counted."""
         from lifecycle.edge import TablePreprocessing
 
-        frame = self.splits[split]
-        return TablePreprocessing(self.preprocessing).transform_columns(
-            {c: frame[c].tolist() for c in self.schema.features}, len(frame))
+        frame, pre = self.splits[split], TablePreprocessing(self.preprocessing)
+        return pre.transform_columns({c: frame[c].tolist() for c in pre.columns}, len(frame))
+
+    def read_through(self, preprocessing: dict, where) -> TableData:
+        """This table read through another model's preprocessing (a pre-trained table model's, as a text
+        model keeps its tokenizer); every column it needs must be here."""
+        import dataclasses
+
+        needed = [c["name"] for c in (*preprocessing["numeric"], *preprocessing["categorical"])]
+        absent = [c for c in needed if c not in self.splits["train"].columns]
+        if absent:
+            raise LifecycleError(f"{where}: the model was trained on columns this table lacks: {absent}; pre-train "
+                                 "and fine-tune on tables with the same feature columns")
+        return dataclasses.replace(self, preprocessing=preprocessing)
 
     def target(self, split: str):
         """Class ids (int64) for a classification target, floats for a regression one."""

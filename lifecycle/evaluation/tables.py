@@ -5,6 +5,9 @@ network has to clear; on small tables they often win, and the report should say 
 from __future__ import annotations
 
 TABLE_CLASSIFICATION = ("accuracy", "f1_macro", "auroc")
+# what masked-feature pre-training reports (lifecycle.masked_features)
+MASKED_FEATURE_METRICS = ("reconstruction_loss", "numeric_rmse", "categorical_accuracy", "probe_accuracy",
+                          "probe_accuracy_init", "probe_gain", "train_seconds", "params_total")
 
 
 def classification_scores(logits, targets) -> dict[str, float]:
