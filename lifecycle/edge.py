@@ -285,6 +285,11 @@ class Predictor:
         self._only_for("predict_rows")
         return self._label_scores(self.table_outputs(rows)[0])
 
+    def regress_rows(self, rows: list[dict]) -> list[dict]:
+        """{"value"} per table row: a table regressor's prediction, in the target's units."""
+        self._only_for("regress_rows")
+        return [{"value": float(v)} for v in self.table_outputs(rows)[0].reshape(-1)]
+
     def predict(self, texts: list[str]) -> list[dict]:
         """{"label", "score", "scores"} per text: the softmax of a classifier's logits."""
         self._only_for("predict")

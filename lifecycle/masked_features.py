@@ -106,7 +106,8 @@ def reconstruction(model: MaskedFeatureModel, feeds: dict, fraction: float, seed
     rmse = float(((num_pred - batch["numeric"])[num_target] ** 2).mean().sqrt()) if num_target.any() else float("nan")
     right = cat_logits.argmax(-1) == batch["categorical"] + model.features.offsets
     accuracy = float(right[cat_target].float().mean()) if cat_target.any() else float("nan")
-    return {"reconstruction_loss": loss, "numeric_rmse": rmse, "categorical_accuracy": accuracy}
+    found = {"reconstruction_loss": loss, "numeric_rmse": rmse, "categorical_accuracy": accuracy}
+    return {k: v for k, v in found.items() if v == v}  # a table without numbers or categories has no such score
 
 
 @torch.inference_mode()

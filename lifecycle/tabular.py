@@ -73,8 +73,9 @@ class FeatureTokenizer(nn.Module):
 
 
 class TableTransformer(BertPreTrainedModel):
-    """Feature tokenizer + BERT encoder + a head on [CLS]: logits (batch, num_labels); num_labels 1 is a
-    regression (MSE on the target as given)."""
+    """Feature tokenizer + BERT encoder + a head on [CLS]: logits (batch, num_labels). num_labels 1 is a
+    regression: the head predicts the standardised target (MSE there) and the output is scaled back by
+    `config.target_scale` ([mean, std] of the training targets), inside the graph."""
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -92,9 +93,13 @@ class TableTransformer(BertPreTrainedModel):
         hidden = self.bert(inputs_embeds=self.features(numeric, numeric_missing, categorical)).last_hidden_state
         logits = self.head(hidden[:, 0])
         loss = None
-        if labels is not None:
-            loss = (nn.functional.mse_loss(logits.squeeze(-1), labels.float()) if self.config.num_labels == 1
-                    else nn.functional.cross_entropy(logits, labels.long()))
+        if self.config.num_labels == 1:
+            mean, std = getattr(self.config, "target_scale", None) or (0.0, 1.0)
+            if labels is not None:
+                loss = nn.functional.mse_loss(logits.squeeze(-1), (labels.float() - mean) / std)
+            logits = logits * std + mean
+        elif labels is not None:
+            loss = nn.functional.cross_entropy(logits, labels.long())
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
@@ -155,35 +160,35 @@ def fit(model: TableTransformer, data, train, out_dir: Path, seed: int = 0, ctx=
 
 
 # ------------------------------------------------------------------------------------ the recipe
-def build(data, source=None, parent: Path | None = None) -> TableTransformer:
-    """A classifier for `data`: from a size preset (a ModelSource with `preset`, sizes as lifecycle.models
+def build(data, head: dict, source=None, parent: Path | None = None) -> TableTransformer:
+    """A model for `data`: from a size preset (a ModelSource with `preset`, sizes as lifecycle.models
     declares them) or from a table model directory (`source.path`, or the parent's artifact), with a
-    new head for data's classes."""
+    new head: `head` holds num_labels and the task's config fields (labels, or a target's scale)."""
     from lifecycle import models
 
-    id2label = dict(enumerate(data.labels))
-    extra = {"id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
     if source is not None and source.preset:
         fields = {**models.PRESETS[source.preset](), **source.overrides}
         fields.pop("family")
         fields.pop("max_position_embeddings", None)  # one position per feature, set from the data
-        config = table_config(data.preprocessing, len(data.labels))
-        config.update({**fields, **extra})
+        config = table_config(data.preprocessing, head["num_labels"])
+        config.update({**fields, **head})
         return TableTransformer(config)
     src = Path(source.path) if source is not None else Path(parent)
-    return TableTransformer.from_pretrained(src, num_labels=len(data.labels), ignore_mismatched_sizes=True, **extra)
+    config = BertConfig.from_pretrained(src)
+    config.update(head)  # num_labels first: its setter resets id2label, which `head` may then set
+    return TableTransformer.from_pretrained(src, config=config, ignore_mismatched_sizes=True)
 
 
-def finetune(cfg, parent, ctx) -> dict:
-    """The finetune stage for a table classifier: build or load, train, save (with preprocessing.json),
-    score on test with the from-scratch control (when asked) and the gradient-boosting baseline (always)."""
+def finetune(cfg, parent, ctx, task) -> dict:
+    """The finetune stage for a table task (`task`: its plug-in, lifecycle.tasks.table_task): build or
+    load, train, save (with preprocessing.json), score on test with the from-scratch control (when
+    asked) and the gradient-boosting baseline (always)."""
     import json
     import time
 
     from lifecycle import LifecycleError, models
-    from lifecycle.components.classification import collapse_metrics, seed_everything
+    from lifecycle.components.classification import seed_everything
     from lifecycle.edge import PREPROCESSING
-    from lifecycle.evaluation.tables import classification_scores, gradient_boosting
 
     data = ctx.task_data()
     source = cfg.model
@@ -196,7 +201,7 @@ def finetune(cfg, parent, ctx) -> dict:
                                  "`preset` or a masked-feature pretrain stage")
         data = data.read_through(json.loads((start / PREPROCESSING).read_text()), start)
     seed_everything(ctx.seed)
-    model = build(data, source, None if parent is None else parent.path)
+    model = build(data, task.head(data), source, None if parent is None else parent.path)
     counts = models.count_parameters(model)
     started = time.time()
     fit(model, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
@@ -206,18 +211,17 @@ def finetune(cfg, parent, ctx) -> dict:
     ctx.details.update(labels=data.labels, schema=vars(data.schema), data_stats=data.stats)
 
     test, val = data.features("test")[0], data.features("validation")[0]
-    logits = predict(model, test)
-    metrics = {**classification_scores(logits, data.target("test")),
-               **collapse_metrics(logits, data.target("test"), len(data.labels)),
-               **{f"val_{k}": v for k, v in classification_scores(predict(model, val), data.target("validation")).items()},
+    metrics = {**task.test_metrics(predict(model, test), data.target("test")),
+               **{f"val_{k}": v for k, v in task.evaluate(predict(model, val), data.target("validation")).items()},
                **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
                "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds}
     if cfg.control is not None:  # the same architecture from random init, same data, budget and seed
         seed_everything(ctx.seed)
         scratch = fit(TableTransformer(model.config), data, cfg.control.train or cfg.train,
                       ctx.scratch_dir / "control", ctx.seed)
-        control = classification_scores(predict(scratch, test), data.target("test"))
+        control = task.evaluate(predict(scratch, test), data.target("test"))
         metrics.update({f"control_{k}": v for k, v in control.items()})
-        metrics["pretraining_gain"] = metrics["accuracy"] - metrics["control_accuracy"]  # the task's headline
-    metrics.update(gradient_boosting(data, ctx.seed))
+        headline = task.scores[0]  # higher is better for every table task's headline (accuracy, r2)
+        metrics["pretraining_gain"] = metrics[headline] - metrics[f"control_{headline}"]
+    metrics.update(task.baseline(data, ctx.seed))
     return metrics

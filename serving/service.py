@@ -15,7 +15,8 @@ Endpoints: POST /classify {"texts": [...]} -> [{"label", "score", "scores"}, ...
 order) for a classifier; POST /embed {"texts": [...]} -> [[float, ...], ...] (pooled, normalised as in
 the graph) for an embedding model; POST /predict {"rows": [{column: value, ...}, ...]} -> the same
 answers as /classify for a table classifier (null: a missing value; the preprocessing inside the model
-directory turns raw rows into the graph's inputs), with the same batching and the same refusals; the route the
+directory turns raw rows into the graph's inputs), POST /regress {"rows": [...]} -> [{"value": float}, ...]
+for a table regressor, with the same batching and the same refusals; the route the
 served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
 /livez, /readyz, /metrics. Every refusal has a JSON body {"error": "..."} and never a stack trace:
 
@@ -59,7 +60,7 @@ from pydantic import BaseModel
 from lifecycle.edge import Predictor
 
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
-ROUTES = ("/classify", "/embed", "/predict")  # every POST route below; a model answers on the one its task declares
+ROUTES = ("/classify", "/embed", "/predict", "/regress")  # every POST route below; a model answers on the one its task declares
 
 
 def _load_config() -> dict:
@@ -79,6 +80,10 @@ class Prediction(BaseModel):
     label: str
     score: float
     scores: dict[str, float]
+
+
+class Regression(BaseModel):
+    value: float
 
 
 # A single text shorter than this is inferred on the event loop (Classifier.infer); longer ones, and the
@@ -343,6 +348,11 @@ class Classifier:
                  max_latency_ms=SETTINGS["max_latency_ms"])
     async def predict(self, rows: list[dict]) -> Annotated[list[Prediction], ContentType("application/json")]:
         return await self.infer(self.predictor.predict_rows, rows)
+
+    @bentoml.api(route="/regress", batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    async def regress(self, rows: list[dict]) -> Annotated[list[Regression], ContentType("application/json")]:
+        return await self.infer(self.predictor.regress_rows, rows)
 
 
 Classifier.add_asgi_middleware(RequestLimits, settings=SETTINGS)

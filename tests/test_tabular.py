@@ -219,3 +219,48 @@ def test_a_table_model_refuses_a_table_without_its_columns(tmp_path):
            "stages": [{**PRETRAINED["stages"][1], "model": {"path": str(tmp_path / "penguins-pretrained" / "pretrain")}}]}
     with pytest.raises(LifecycleError, match=r"trained on columns this table lacks: \['bill_length_mm'"):
         pipeline.run(config.build(raw), workdir=tmp_path, echo=quiet)
+
+
+# ----------------------------------------------------------------------------------------- regression
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("regression")
+    outcomes = pipeline.run(config.load(ROOT / "pipelines" / "tabular_regression.yaml"), workdir=workdir, echo=quiet)
+    assert [o.status for o in outcomes] == ["passed"] * 4
+    return workdir / "tabular-regression"
+
+
+def test_the_regression_pipeline_answers_in_the_targets_units(regression_run):
+    fine = metrics(regression_run, "finetune")
+    assert {"r2", "rmse", "mae", "control_r2", "baseline_gbdt_r2", "baseline_gbdt_rmse", "pretraining_gain"} <= set(fine)
+    assert metrics(regression_run, "pretrain")["numeric_rmse"] < 1.0
+    assert "categorical_accuracy" not in metrics(regression_run, "pretrain")  # diabetes has no categories
+    p = Predictor.open(regression_run / "quantize")
+    rows = [r["row"] for r in p.manifest["details"]["sample_predictions"]]
+    values = [a["value"] for a in p.regress_rows(rows)]
+    # disease progression is 25..346 with mean ~152: raw standardised outputs would sit near 0
+    assert 50 < np.mean(values) < 300 and p.check() == 8
+    with pytest.raises(Exception, match="answers regress_rows"):
+        p.predict_rows(rows)
+
+
+def test_a_regression_finetune_must_drop_the_collapse_gate():
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "pipelines" / "tabular_regression.yaml").read_text())
+    raw["stages"][1].pop("collapse_min")
+    with pytest.raises(ConfigError, match=r"stages\[1\].collapse_min: a regression has no classes"):
+        config.build(raw)
+
+
+def test_regress_answers_over_http(regression_run, tmp_path):
+    settings = serving.ServingSettings(max_texts=4, max_concurrency=2, timeout_s=5.0)
+    cfg = serving.write_config(serving.resolve(regression_run), settings, tmp_path / "serving.json")
+    p = Predictor.open(regression_run / "quantize")
+    rows = [r["row"] for r in p.manifest["details"]["sample_predictions"][:3]]
+    with serving.Server(cfg, log=tmp_path / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        r = c.post("/regress", json={"rows": rows})
+        assert r.status_code == 200, r.text
+        assert [round(a["value"], 3) for a in r.json()] == [round(a["value"], 3) for a in p.regress_rows(rows)]
+        bad = c.post("/regress", json={"rows": [{**rows[0], "bmi": "high"}]})
+        assert bad.status_code == 422 and "column 'bmi': expected a number" in bad.json()["error"]

@@ -27,13 +27,14 @@ from lifecycle.components.classification import (
 from lifecycle.components.training import EarlyStopping, TrainConfig
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
-from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
+from lifecycle.evaluation.tables import TABLE_CLASSIFICATION, TABLE_REGRESSION
 from lifecycle.models import ModelSource
 from lifecycle.schema import HF_HOLDS, Holds, StageBase, Strict, TaskType, Trains
 
-CONTROL_METRICS = (*(f"control_{m}" for m in (*CLASSIFICATION, *TABLE_CLASSIFICATION)), "pretraining_gain")
-# a table task's recipe (lifecycle.tabular) reports AUROC and the gradient-boosting baseline beside these
-TABLE_METRICS = ("auroc", "val_auroc", *(f"baseline_gbdt_{m}" for m in TABLE_CLASSIFICATION))
+TABLE_SCORES = (*TABLE_CLASSIFICATION, *TABLE_REGRESSION)
+CONTROL_METRICS = (*(f"control_{m}" for m in (*CLASSIFICATION, *TABLE_SCORES)), "pretraining_gain")
+# a table task's recipe (lifecycle.tabular) reports its scores and the gradient-boosting baseline
+TABLE_METRICS = (*TABLE_SCORES, *(f"val_{m}" for m in TABLE_SCORES), *(f"baseline_gbdt_{m}" for m in TABLE_SCORES))
 
 
 class LoRA(Strict):
@@ -53,7 +54,7 @@ class Control(Strict):
 
 class Config(StageBase):
     kind: Literal["finetune"]
-    tasks = ("classification", "tabular-classification")
+    tasks = ("classification", "tabular-classification", "tabular-regression")
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # start from here instead of the parent stage's artifact
     train: TrainConfig = TrainConfig()
@@ -90,7 +91,7 @@ class Config(StageBase):
         return HF_HOLDS  # a new head on any encoder or decoder; a classifier is fine-tuned again
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
-        return "classifier"
+        return tasks.get(task).finetunes_into
 
     def task_hint(self, task: TaskType) -> str | None:
         return "an embedding model is trained by pretrain or adapt with `objective: contrastive`"

@@ -35,6 +35,7 @@ class TaskPlugin:
     # A task whose model is not a text model trains it with its own recipe under the finetune stage
     # (`finetune`, and `finetune_problem` for the stage settings it cannot honour).
     own_finetune: ClassVar[bool] = False
+    finetunes_into: ClassVar[Holds] = "classifier"  # what a finetune stage under this task holds
 
     def finetune(self, cfg, parent, ctx) -> dict:
         """Train the task's model under the finetune stage `cfg`; returns the stage's metrics."""

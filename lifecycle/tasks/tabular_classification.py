@@ -10,14 +10,11 @@ trains it with `train_table` (the from-scratch model is built from the data's sc
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin
+from lifecycle.tasks.table_task import TableTask
 
 
-class TabularClassification(TaskPlugin):
+class TabularClassification(TableTask):
     name = "tabular-classification"
     export_reads = ("classifier",)
     export_hint = "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
@@ -28,68 +25,25 @@ class TabularClassification(TaskPlugin):
     scores = TABLE_CLASSIFICATION
     fidelity = ("argmax_agreement", "logit_max_abs_diff")
     argmax_parity = True
-    reads = "table"
-    graph_fusions = False  # onnxruntime's BERT fusions look for input_ids and a mask; a table graph has neither
 
-    own_finetune = True
+    def head(self, data) -> dict:
+        id2label = dict(enumerate(data.labels))
+        return {"num_labels": len(data.labels), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
 
-    def finetune(self, cfg, parent, ctx) -> dict:
-        from lifecycle import tabular
+    def evaluate(self, outputs, targets) -> dict:
+        from lifecycle.evaluation.tables import classification_scores
 
-        return tabular.finetune(cfg, parent, ctx)
+        return classification_scores(outputs, targets)
 
-    def finetune_problem(self, cfg) -> str | None:
-        # The table recipe trains every weight for the stage's budget and keeps the last step (no
-        # checkpoint selection yet); settings for the text recipe are refused rather than ignored.
-        unsupported = {"lora": cfg.lora, "multi_label": cfg.multi_label, "class_weights": cfg.class_weights,
-                       "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit,
-                       "baseline": cfg.baseline or None, "head_pooling": None if cfg.head_pooling == "auto" else 1}
-        given = next((k for k, v in unsupported.items() if v is not None), None)
-        if given:
-            return f"{given}: not supported for {self.name} yet (the gradient-boosting baseline is always reported)"
-        if cfg.model is not None and cfg.model.package:
-            return "model.package: a table model starts from a `preset` (a size) or a table model `path`"
-        return None
+    def test_metrics(self, outputs, targets) -> dict:
+        from lifecycle.components.classification import collapse_metrics
 
-    # --------------------------------------------------------------------------------- the graph
-    def torch_model(self, src: Path):
-        from lifecycle.tabular import TableTransformer
+        return {**self.evaluate(outputs, targets), **collapse_metrics(outputs, targets, outputs.shape[1])}
 
-        return TableTransformer.from_pretrained(src).eval()
+    def baseline(self, data, seed: int) -> dict:
+        from lifecycle.evaluation.tables import gradient_boosting
 
-    def preprocessor(self, src: Path, task):
-        from lifecycle.edge import PREPROCESSING, TablePreprocessing
-
-        return TablePreprocessing.load(src / PREPROCESSING)
-
-    def inputs(self, split) -> list[dict]:
-        """Rows as a service receives them: column -> value, None for a missing one (the feature
-        columns: lifecycle.data.tables puts the target last)."""
-        return [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
-                for row in split.iloc[:, :-1].to_dict("records")]
-
-    def reference(self, model, tokenizer, texts, max_length, batch_size=64):
-        from lifecycle.tabular import predict
-
-        return predict(model, tokenizer.transform_rows(texts)[0], batch_size)
-
-    def export_graph(self, model, preprocessor, path, opset):
-        from lifecycle.tabular import export_onnx
-
-        sample = preprocessor.transform_rows([{c: None for c in preprocessor.columns}] * 2)[0]  # all missing
-        export_onnx(model, sample, path, opset, output=self.output)
-
-    def write_runtime_files(self, out, src, preprocessor, task, input_names, model):
-        import shutil
-
-        from lifecycle.edge import PREPROCESSING
-
-        shutil.copy2(src / PREPROCESSING, out / PREPROCESSING)
-        (out / "labels.json").write_text(json.dumps(self.labels(model)))
-        dtypes = {"numeric": "float32", "numeric_missing": "float32", "categorical": "int64"}
-        schema = {"inputs": {n: {"dtype": dtypes[n], "shape": ["batch", "features"]} for n in input_names},
-                  "preprocessor": PREPROCESSING, "columns": preprocessor.columns, **self.graph_schema(model)}
-        (out / "schema.json").write_text(json.dumps(schema, indent=2))
+        return gradient_boosting(data, seed)
 
     def width(self, model) -> int:
         return model.config.num_labels
@@ -98,40 +52,33 @@ class TabularClassification(TaskPlugin):
         id2label = model.config.id2label
         return [id2label[i] for i in range(len(id2label))]
 
-    # ------------------------------------------------------------------------------------ scores
     def targets(self, predictor, split):
         """Class ids of a split's target column by the model's labels (-1: a class the model does not know)."""
         import numpy as np
 
         index = {name: i for i, name in enumerate(predictor.labels)}
-        return np.array([index.get(v, -1) for v in split[split.columns[-1]]], dtype=np.int64)
+        return np.array([index.get(v, -1) for v in self.target_values(split)], dtype=np.int64)
 
     def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
         from lifecycle.components.onnx import argmax_agreeing, max_abs_diff
-        from lifecycle.evaluation.tables import classification_scores
 
         logits = predictor.logits(self.inputs(rows))
-        metrics = classification_scores(logits, self.targets(predictor, rows))
+        metrics = self.evaluate(logits, self.targets(predictor, rows))
         if reference is not None:
             metrics.update(argmax_agreement=argmax_agreeing(logits, reference) / len(logits),
                            logit_max_abs_diff=max_abs_diff(logits, reference))
         return metrics, logits
 
-    def sample_predictions(self, predictor, texts):
-        return [{"row": r, "answer": a} for r, a in zip(texts, predictor.answers(texts))]
-
     def prediction_details(self, predictor, rows, outputs) -> dict:
         return {"test_predictions": [int(i) for i in outputs.argmax(-1)],
-                "sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}
+                **super().prediction_details(predictor, rows, outputs)}
 
     def answer_scores(self, answers, rows, predictor) -> dict:
         import numpy as np
 
-        from lifecycle.evaluation.tables import classification_scores
-
         scores = np.array([[a["scores"][n] for n in predictor.labels] if a else [0.0] * len(predictor.labels)
                            for a in answers])
-        return classification_scores(np.log(np.clip(scores, 1e-12, 1)), self.targets(predictor, rows))
+        return self.evaluate(np.log(np.clip(scores, 1e-12, 1)), self.targets(predictor, rows))
 
     def answers_agree(self, http, local, tolerance):
         from lifecycle.tasks.classification import TASK
