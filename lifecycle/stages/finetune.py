@@ -112,7 +112,7 @@ class Config(StageBase):
 
 def run(cfg: Config, parent, ctx) -> dict:
     plugin = tasks.get(ctx.pipeline.task.type)
-    if plugin.own_finetune:  # a model that does not read text (a table's): the task's recipe
+    if plugin.own_training:  # a model that does not read text (a table's): the task's recipe
         return plugin.finetune(cfg, parent, ctx)
     return finetune_text(cfg, parent, ctx)
 

@@ -19,7 +19,7 @@ What a plug-in declares:
 - inputs: what the model reads (`reads`: text or table), a split's raw inputs (`inputs`), what turns them
   into the graph's feeds (`preprocessor`), the export sample and the files beside the graph
   (`export_graph`, `write_runtime_files`); defaults are the text graphs' (a tokenizer);
-- training: a task whose model is not a text model brings its finetune recipe (`own_finetune`, `finetune`).
+- training: a task whose model is not a text model brings its finetune recipe (`own_training`, `finetune`).
 
 Adding a task: a module here (the plug-in), its name in `schema.TaskType` and in `REGISTRY`, the edge
 method in `lifecycle.edge` and the route in `serving/service.py` when they are new, and tests. See

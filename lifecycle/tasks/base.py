@@ -30,11 +30,12 @@ class TaskPlugin:
     # lifecycle.edge.TablePreprocessing). The task's data source must be of the same kind.
     reads: ClassVar[str] = "text"
     graph_fusions: ClassVar[bool] = True  # whether export tries onnxruntime's transformer fusions
+    request_key: ClassVar[str] = "texts"  # the key of a service request's inputs: {"texts": [...]}
 
     # ------------------------------------------------------------------------------ training
-    # A task whose model is not a text model trains it with its own recipe under the finetune stage
-    # (`finetune`, and `finetune_problem` for the stage settings it cannot honour).
-    own_finetune: ClassVar[bool] = False
+    # A task whose model is not a text model trains it with its own recipes under the finetune and distill
+    # stages (`finetune`, `distill`; `*_problem` for the stage settings they cannot honour).
+    own_training: ClassVar[bool] = False
     finetunes_into: ClassVar[Holds] = "classifier"  # what a finetune stage under this task holds
 
     def finetune(self, cfg, parent, ctx) -> dict:
@@ -43,6 +44,14 @@ class TaskPlugin:
 
     def finetune_problem(self, cfg) -> str | None:
         """"field: why" for a finetune setting this task's recipe does not support, else None."""
+        return None
+
+    def distill(self, cfg, parent, ctx) -> dict:
+        """Distil the parent (the teacher) under the distill stage `cfg`; returns the stage's metrics."""
+        raise NotImplementedError
+
+    def distill_problem(self, cfg) -> str | None:
+        """"field: why" for a distill setting this task's recipe does not support, else None."""
         return None
 
     # ---------------------------------------------------------------- inputs: what the graph is fed

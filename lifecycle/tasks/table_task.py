@@ -13,12 +13,18 @@ from pathlib import Path
 from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin
 
 INPUT_DTYPES = {"numeric": "float32", "numeric_missing": "float32", "categorical": "int64"}
+DISTILL_PROBLEMS = {  # settings of the text distillation recipe the table recipe does not honour
+    "hidden_weight": lambda c: c.hidden_weight > 0, "cache_teacher_logits": lambda c: not c.cache_teacher_logits,
+    "early_stopping": lambda c: c.early_stopping is not None, "validation_limit": lambda c: c.validation_limit is not None,
+    "student.model": lambda c: c.student.model is not None,
+}
 
 
 class TableTask(TaskPlugin):
     reads = "table"
     graph_fusions = False  # onnxruntime's BERT fusions look for input_ids and a mask; a table graph has neither
-    own_finetune = True
+    own_training = True
+    request_key = "rows"  # {"rows": [{column: value, ...}, ...]}
 
     # ------------------------------------------------------------------------------- training
     def finetune(self, cfg, parent, ctx) -> dict:
@@ -38,6 +44,15 @@ class TableTask(TaskPlugin):
         if cfg.model is not None and cfg.model.package:
             return "model.package: a table model starts from a `preset` (a size) or a table model `path`"
         return None
+
+    def distill(self, cfg, parent, ctx) -> dict:
+        from lifecycle import table_distillation
+
+        return table_distillation.distill(cfg, parent, ctx, self)
+
+    def distill_problem(self, cfg) -> str | None:
+        given = next((field for field, refused in DISTILL_PROBLEMS.items() if refused(cfg)), None)
+        return f"{given}: not supported for {self.name} yet" if given else None
 
     def head(self, data) -> dict:
         """Config fields of the model's head for `data` (num_labels and what the answers need)."""

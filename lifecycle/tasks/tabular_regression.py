@@ -30,6 +30,9 @@ class TabularRegression(TableTask):
             return "collapse_min: a regression has no classes to collapse onto; set `collapse_min: null`"
         return super().finetune_problem(cfg)
 
+    def distill_problem(self, cfg) -> str | None:
+        return "distill: a regressor is not distilled yet (its loss would be MSE to the teacher's predictions)"
+
     def head(self, data) -> dict:
         import numpy as np
 
