@@ -264,3 +264,18 @@ def test_regress_answers_over_http(regression_run, tmp_path):
         assert [round(a["value"], 3) for a in r.json()] == [round(a["value"], 3) for a in p.regress_rows(rows)]
         bad = c.post("/regress", json={"rows": [{**rows[0], "bmi": "high"}]})
         assert bad.status_code == 422 and "column 'bmi': expected a number" in bad.json()["error"]
+
+
+# ----------------------------------------------------------------------------------------- quickstart
+def test_the_tabular_quickstart_passes_every_gate_from_pretraining_to_http(tmp_path):
+    """pipelines/tabular_quickstart.yaml as shipped: masked-feature pretrain -> finetune -> distil -> export
+    -> int8 -> serve (a real `bentoml serve` on 127.0.0.1 answering POST /predict)."""
+    outcomes = pipeline.run(config.load(ROOT / "pipelines" / "tabular_quickstart.yaml"), workdir=tmp_path, echo=quiet)
+    assert [(o.name, o.status) for o in outcomes] == [(s, "passed") for s in
+                                                      ("pretrain", "finetune", "distill", "export", "quantize", "serve")]
+    run = tmp_path / "tabular-quickstart"
+    student = json.loads((run / "distill" / "config.json").read_text())
+    assert student["num_hidden_layers"] == 1 and metrics(run, "distill")["compression"] > 1.5
+    assert metrics(run, "serve")["prediction_mismatches"] == 0
+    report = json.loads((run / "report.json").read_text())
+    assert report["passed"] and all(g["passed"] for s in report["stages"] for g in s["gates"])
