@@ -177,3 +177,19 @@ def test_table_config_errors_name_the_field(source, says):
            "stages": [{"kind": "export"}]}
     with pytest.raises(ConfigError, match=says):
         config.build(raw)
+
+
+def test_rare_training_categories_train_the_unknown_embedding(tmp_path):
+    """With min_frequency, categories seen too rarely in train map to the unknown id already in training,
+    so the embedding that unseen categories get at serving time has been trained."""
+    rows = pd.DataFrame({"colour": ["red"] * 20 + ["blue"] * 18 + ["teal", "mauve"],
+                         "size": np.arange(40, dtype=float), "y": ["a", "b"] * 20})
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    src = DataSource(format="csv", path="rows.csv", split={"validation": 0.1, "test": 0.1},
+                     table={"target": "y", "min_frequency": 2})
+    d = data.load(src, View(tmp_path))
+    assert {c["name"]: c["vocabulary"] for c in d.preprocessing["categorical"]} == {"colour": ["blue", "red"]}
+    feeds, counts = d.features("train")
+    rare = d.splits["train"]["colour"].isin(["teal", "mauve"]).to_numpy()
+    assert rare.any(), "a rare category is in train at seed 0"
+    assert (feeds["categorical"][rare, 0] == UNKNOWN_ID).all() and counts["unknown_category"].get("colour", 0) == rare.sum()
