@@ -195,8 +195,8 @@ class Predictor:
         """Feeds for texts, right-padded to the longest (or to pad_to). For latency measurements and
         calibration; logits() batches only texts of equal length and never pads. A table model takes
         rows (mappings column -> value) instead of texts, and pad_to does not apply."""
-        if self.table is not None:
-            return self.table.transform_rows(list(texts))[0]
+        if self.table is not None:  # a graph may leave out an input it does not use (no categorical columns)
+            return {k: v for k, v in self.table.transform_rows(list(texts))[0].items() if k in self.input_names}
         return self._feeds(self.tokenizer.encode_batch(list(texts)), pad_to)
 
     def _feeds(self, encs: list, pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -284,6 +284,11 @@ class Predictor:
         value): a table classifier's answer from the raw row, preprocessing included."""
         self._only_for("predict_rows")
         return self._label_scores(self.table_outputs(rows)[0])
+
+    def score_rows(self, rows: list[dict]) -> list[dict]:
+        """{"anomaly_score"} per table row: higher is more anomalous (a masked-feature model's reconstruction error)."""
+        self._only_for("score_rows")
+        return [{"anomaly_score": float(v)} for v in self.table_outputs(rows)[0].reshape(-1)]
 
     def regress_rows(self, rows: list[dict]) -> list[dict]:
         """{"value"} per table row: a table regressor's prediction, in the target's units."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import BertModel, BertPreTrainedModel
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
 
 from lifecycle.tabular import FeatureTokenizer, Rows, table_config
 
@@ -169,3 +169,37 @@ def pretrain(cfg, ctx) -> dict:
     (ctx.out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
     ctx.details.update(objective="masked-feature", mask_fraction=cfg.mlm_probability, schema=vars(data.schema))
     return metrics
+
+
+class AnomalyScorer(nn.Module):
+    """A row's anomaly score from a masked-feature model: each feature is masked in turn and reconstructed
+    from the others; the score is the mean reconstruction error over the features that have a value
+    (squared error in normalised units for numbers, cross-entropy for categories). One forward pass over
+    batch x features rows, so the whole score is inside the ONNX graph."""
+
+    def __init__(self, model: MaskedFeatureModel):
+        super().__init__()
+        self.model, self.config = model, model.config
+        n = model.config.table["n_numeric"] + len(model.config.table["cardinalities"])
+        self.register_buffer("eye", torch.eye(n, dtype=torch.bool), persistent=False)
+
+    def forward(self, numeric, numeric_missing, categorical):
+        batch, n = numeric.shape[0], self.eye.shape[0]
+
+        def each(x):  # (batch, k) -> (batch * n, k): every row once per masked feature
+            if x.shape[1] == 0:  # no such features (a static count): ONNX's Reshape reads a 0 as "keep that dim"
+                return x.new_zeros((batch * n, 0))
+            return x.unsqueeze(1).expand(batch, n, x.shape[1]).reshape(batch * n, x.shape[1])
+
+        masked = self.eye.unsqueeze(0).expand(batch, n, n).reshape(batch * n, n)
+        num, missing, cat = each(numeric), each(numeric_missing), each(categorical)
+        num_pred, cat_logits = self.model.reconstruct(num, missing, cat, masked)
+        num_target, cat_target = targets(missing, cat, masked)
+        num_err = ((num_pred - num) ** 2 * num_target).sum(-1)
+        ids = (cat + self.model.features.offsets).unsqueeze(-1)
+        nll = -torch.log_softmax(cat_logits, -1).gather(-1, ids).squeeze(-1)
+        cat_err = (nll * cat_target).sum(-1)
+        has_value = (num_target.sum(-1) + cat_target.sum(-1)).view(batch, n)
+        err = (num_err + cat_err).view(batch, n)
+        score = err.sum(1, keepdim=True) / has_value.sum(1, keepdim=True).clamp(min=1)
+        return SequenceClassifierOutput(logits=score)

@@ -16,7 +16,8 @@ order) for a classifier; POST /embed {"texts": [...]} -> [[float, ...], ...] (po
 the graph) for an embedding model; POST /predict {"rows": [{column: value, ...}, ...]} -> the same
 answers as /classify for a table classifier (null: a missing value; the preprocessing inside the model
 directory turns raw rows into the graph's inputs), POST /regress {"rows": [...]} -> [{"value": float}, ...]
-for a table regressor, with the same batching and the same refusals; the route the
+for a table regressor, POST /score {"rows": [...]} -> [{"anomaly_score": float}, ...] for a table
+anomaly scorer, with the same batching and the same refusals; the route the
 served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
 /livez, /readyz, /metrics. Every refusal has a JSON body {"error": "..."} and never a stack trace:
 
@@ -60,7 +61,7 @@ from pydantic import BaseModel
 from lifecycle.edge import Predictor
 
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
-ROUTES = ("/classify", "/embed", "/predict", "/regress")  # every POST route below; a model answers on the one its task declares
+ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score")  # every POST route below; a model answers on the one its task declares
 
 
 def _load_config() -> dict:
@@ -84,6 +85,10 @@ class Prediction(BaseModel):
 
 class Regression(BaseModel):
     value: float
+
+
+class AnomalyScore(BaseModel):
+    anomaly_score: float
 
 
 # A single text shorter than this is inferred on the event loop (Classifier.infer); longer ones, and the
@@ -353,6 +358,11 @@ class Classifier:
                  max_latency_ms=SETTINGS["max_latency_ms"])
     async def regress(self, rows: list[dict]) -> Annotated[list[Regression], ContentType("application/json")]:
         return await self.infer(self.predictor.regress_rows, rows)
+
+    @bentoml.api(route="/score", batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    async def score(self, rows: list[dict]) -> Annotated[list[AnomalyScore], ContentType("application/json")]:
+        return await self.infer(self.predictor.score_rows, rows)
 
 
 Classifier.add_asgi_middleware(RequestLimits, settings=SETTINGS)

@@ -279,3 +279,17 @@ def test_the_tabular_quickstart_passes_every_gate_from_pretraining_to_http(tmp_p
     assert metrics(run, "serve")["prediction_mismatches"] == 0
     report = json.loads((run / "report.json").read_text())
     assert report["passed"] and all(g["passed"] for s in report["stages"] for g in s["gates"])
+
+
+# -------------------------------------------------------------------------------------------- anomaly
+def test_the_anomaly_pipeline_scores_rows_by_reconstruction_error(tmp_path):
+    outcomes = pipeline.run(config.load(ROOT / "pipelines" / "tabular_anomaly.yaml"), workdir=tmp_path, echo=quiet)
+    assert [o.status for o in outcomes] == ["passed"] * 3
+    run = tmp_path / "tabular-anomaly"
+    m = metrics(run, "export")
+    assert 0.6 <= m["auroc"] <= 1 and 0 < m["average_precision"] <= 1 and m["parity_max_abs_diff"] <= 1e-4
+    p = Predictor.open(run / "quantize")
+    row = p.manifest["details"]["sample_predictions"][0]["row"]
+    typical, odd = p.score_rows([row, {**row, "mean radius": 1e3, "worst area": -5.0}])
+    assert typical["anomaly_score"] >= 0 and odd["anomaly_score"] > typical["anomaly_score"]  # out of range: clipped, still odd
+    assert p.check() == 8

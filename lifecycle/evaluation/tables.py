@@ -81,3 +81,18 @@ def gradient_boosting_regression(data, seed: int = 0) -> dict[str, float]:
     model = HistGradientBoostingRegressor(categorical_features=is_cat or None, random_state=seed)
     model.fit(x_train, data.target("train"))
     return {f"baseline_gbdt_{k}": v for k, v in regression_scores(model.predict(x_test), data.target("test")).items()}
+
+
+TABLE_ANOMALY = ("auroc", "average_precision")
+
+
+def anomaly_scores(scores, is_anomaly) -> dict[str, float]:
+    """AUROC and average precision of anomaly scores (higher: more anomalous) against labelled anomalies."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    scores, is_anomaly = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(is_anomaly, dtype=bool)
+    if not np.isfinite(scores).all() or is_anomaly.all() or not is_anomaly.any():
+        return {"auroc": float("nan"), "average_precision": float("nan")}  # undefined: its gates fail
+    return {"auroc": float(roc_auc_score(is_anomaly, scores)),
+            "average_precision": float(average_precision_score(is_anomaly, scores))}

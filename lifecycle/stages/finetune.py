@@ -94,7 +94,7 @@ class Config(StageBase):
         return tasks.get(task).finetunes_into
 
     def task_hint(self, task: TaskType) -> str | None:
-        return "an embedding model is trained by pretrain or adapt with `objective: contrastive`"
+        return f"a {task} model is trained by pretrain ({tasks.get(task).export_hint})"
 
     def metric_names(self) -> set[str]:
         return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",

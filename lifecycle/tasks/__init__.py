@@ -28,11 +28,17 @@ docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
-from lifecycle.tasks import classification, embedding, tabular_classification, tabular_regression
+from lifecycle.tasks import (
+    classification,
+    embedding,
+    tabular_anomaly,
+    tabular_classification,
+    tabular_regression,
+)
 from lifecycle.tasks.base import TaskPlugin
 
 REGISTRY: dict[str, TaskPlugin] = {t.name: t for t in (classification.TASK, embedding.TASK, tabular_classification.TASK,
-                                                        tabular_regression.TASK)}
+                                                        tabular_regression.TASK, tabular_anomaly.TASK)}
 DEFAULT = "classification"  # a pipeline without `task: {type: ...}`
 
 
