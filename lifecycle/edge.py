@@ -1,20 +1,23 @@
 """The small runtime shared by the edge bundle, the BentoML service and the export/quantize/serve
 stages: onnxruntime + tokenizers + numpy and the standard library, nothing else. This file has no
 import from the rest of `lifecycle`, so it can be copied alone onto a device: that is why it is one
-module of ~580 lines (predictor, bundle verification, signatures, the external-data reader, the ISA check) and not
-a package.
+module of ~750 lines (predictor, table preprocessing, bundle verification, signatures, the external-data
+reader, the ISA check) and not a package.
 
     from lifecycle.edge import Predictor
     p = Predictor.open("model.zip")          # or an export/quantize artifact directory
     p.predict(["some text"])                 # [{"label": ..., "score": ..., "scores": {...}}]
     p.embed(["some text"])                   # an embedding model: (n, dim) array
+    p.predict_rows([{"island": "Dream", "body_mass_g": None}])  # a table model, from raw rows (also
+                                             # regress_rows, score_rows); missing values as None
     p.answers(["some text"])                 # whichever of those the model's task declares, as JSON
     p.check()                                # re-runs the predictions the pipeline recorded
 
 A text's answer does not depend on what it is batched with (see Predictor.logits): texts are never
 padded, and a graph that quantizes activations at run time gets one text per call.
 
-A directory or zip holds model.onnx, tokenizer.json, labels.json and schema.json. When it holds
+A directory or zip holds model.onnx, tokenizer.json (preprocessing.json for a table model: schema.json
+names it), labels.json and schema.json. When it holds
 manifest.json (a bundle always does), every file's sha256 is checked before anything is loaded and
 files the manifest does not list are refused. ONNX external data is accepted only when every location
 is a plain relative path to a regular file inside the bundle: no absolute paths, no `..`, no symlinks.
