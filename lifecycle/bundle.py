@@ -29,9 +29,9 @@ from lifecycle.edge import (
     MODEL,
     SCHEMA,
     SIGNATURE,
-    TOKENIZER,
     Predictor,
     check_external_data,
+    preprocessor_file,
 )
 from lifecycle.serving.source import last_onnx_artifact
 
@@ -52,7 +52,8 @@ def write_bundle(source: Path, output: Path, sign: Path | None = None) -> Path:
         from lifecycle import signing
 
         key = signing.load_private_key(sign)
-    names = [MODEL, *check_external_data(art.path / MODEL), TOKENIZER, LABELS, SCHEMA]
+    schema = json.loads((art.path / SCHEMA).read_text())
+    names = [MODEL, *check_external_data(art.path / MODEL), preprocessor_file(schema), LABELS, SCHEMA]
     files = {name: sha256_file(art.path / name) for name in sorted(set(names))}
     card = model_card.render(art).encode()  # from manifests only: the same artifact gives the same card
     files[CARD] = hashlib.sha256(card).hexdigest()
@@ -60,7 +61,7 @@ def write_bundle(source: Path, output: Path, sign: Path | None = None) -> Path:
     manifest = {
         "format": FORMAT,
         "files": files,
-        "schema": json.loads((art.path / SCHEMA).read_text()),
+        "schema": schema,
         "labels": json.loads((art.path / LABELS).read_text()),
         "metrics": art.metrics,
         "gates": art.manifest.get("gates", []),

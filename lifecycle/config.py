@@ -119,6 +119,13 @@ class Pipeline(Strict):
                     raise ValueError(f"data.{name}.sources[{j}]: '{part}' is itself a mix; list its sources directly")
         if self.task:
             self._check_source("task.data", self.task.data, labelled=True)
+            from lifecycle import tasks
+
+            reads, table = tasks.get(self.task.type).reads, self.data[self.task.data].table is not None
+            if table != (reads == "table"):
+                raise ValueError(f"task.data: '{self.task.data}' is {'a table' if table else 'text'}, but a "
+                                 f"{self.task.type} task reads {reads}; name a {reads} source"
+                                 + (" (one with `table: {target: COLUMN}`)" if reads == "table" else ""))
 
     def _check_source(self, field: str, name: str, labelled: bool) -> None:
         if name not in self.data:

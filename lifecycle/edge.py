@@ -1,20 +1,23 @@
 """The small runtime shared by the edge bundle, the BentoML service and the export/quantize/serve
 stages: onnxruntime + tokenizers + numpy and the standard library, nothing else. This file has no
 import from the rest of `lifecycle`, so it can be copied alone onto a device: that is why it is one
-module of ~580 lines (predictor, bundle verification, signatures, the external-data reader, the ISA check) and not
-a package.
+module of ~750 lines (predictor, table preprocessing, bundle verification, signatures, the external-data
+reader, the ISA check) and not a package.
 
     from lifecycle.edge import Predictor
     p = Predictor.open("model.zip")          # or an export/quantize artifact directory
     p.predict(["some text"])                 # [{"label": ..., "score": ..., "scores": {...}}]
     p.embed(["some text"])                   # an embedding model: (n, dim) array
+    p.predict_rows([{"island": "Dream", "body_mass_g": None}])  # a table model, from raw rows (also
+                                             # regress_rows, score_rows); missing values as None
     p.answers(["some text"])                 # whichever of those the model's task declares, as JSON
     p.check()                                # re-runs the predictions the pipeline recorded
 
 A text's answer does not depend on what it is batched with (see Predictor.logits): texts are never
 padded, and a graph that quantizes activations at run time gets one text per call.
 
-A directory or zip holds model.onnx, tokenizer.json, labels.json and schema.json. When it holds
+A directory or zip holds model.onnx, tokenizer.json (preprocessing.json for a table model: schema.json
+names it), labels.json and schema.json. When it holds
 manifest.json (a bundle always does), every file's sha256 is checked before anything is loaded and
 files the manifest does not list are refused. ONNX external data is accepted only when every location
 is a plain relative path to a regular file inside the bundle: no absolute paths, no `..`, no symlinks.
@@ -42,7 +45,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imp
 import numpy as np  # noqa: E402
 
 MODEL, TOKENIZER, LABELS, SCHEMA, MANIFEST = "model.onnx", "tokenizer.json", "labels.json", "schema.json", "manifest.json"
-REQUIRED = (MODEL, TOKENIZER, LABELS, SCHEMA)
+REQUIRED = (MODEL, LABELS, SCHEMA)  # plus the preprocessor schema.json names (preprocessor_file)
 # Ops that quantize activations with a scale computed at run time over the whole input tensor: in such
 # a graph every text in a batch (and every padding token) moves the scale, so co-batched texts change
 # each other's scores (see Predictor.logits). QAttention / MatMulIntegerToFloat are fed by
@@ -93,17 +96,24 @@ class BundleError(Exception):
 class Predictor:
     def __init__(self, root: Path, threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         self.root = Path(root)
         self.manifest: dict | None = None  # set by open() when the source has a manifest
         self.isa_warning: str | None = None  # set by open(): see int8_isa_warning
         self.schema = json.loads((self.root / SCHEMA).read_text())
         self.labels: list[str] = json.loads((self.root / LABELS).read_text())
-        self.max_length: int = self.schema["max_length"]
-        self.tokenizer = Tokenizer.from_file(str(self.root / TOKENIZER))
-        self.tokenizer.enable_truncation(self.max_length)
-        self.tokenizer.no_padding()  # logits() never pads; encode() pads by hand (no shared state to toggle)
+        # What turns raw input into the graph's feeds: a tokenizer for texts, TablePreprocessing for rows.
+        self.tokenizer = self.table = None
+        if preprocessor_file(self.schema) == PREPROCESSING:
+            self.table = TablePreprocessing.load(self.root / PREPROCESSING)
+            self.max_length = 0  # rows have no length
+        else:
+            from tokenizers import Tokenizer
+
+            self.max_length: int = self.schema["max_length"]
+            self.tokenizer = Tokenizer.from_file(str(self.root / TOKENIZER))
+            self.tokenizer.enable_truncation(self.max_length)
+            self.tokenizer.no_padding()  # logits() never pads; encode() pads by hand (no shared state to toggle)
         self.pad_id: int = self.schema.get("pad_token_id") or 0
         check_external_data(self.root / MODEL)
         # True: one text per session call (see logits); found by scanning the graph, not the schema's
@@ -133,6 +143,10 @@ class Predictor:
         """The service's POST route for this model ("/classify", "/embed"...), declared by its task."""
         return self.schema.get("route", "/classify")
 
+    def sample_input(self):
+        """One input the model accepts (a warm-up): a text, or a row of missing values for a table model."""
+        return {c: None for c in self.table.columns} if self.table is not None else "warm-up"
+
     def answers(self, texts: list[str]) -> list:
         """The answer per text of the model's own method, as JSON values (what a service returns)."""
         out = getattr(self, self.method)(texts)
@@ -155,7 +169,7 @@ class Predictor:
                 shutil.rmtree(extracted, ignore_errors=True)
                 raise BundleError(f"{source}: a bundle needs {MANIFEST}; write it with `lifecycle bundle`")
         try:
-            for name in REQUIRED:
+            for name in (*REQUIRED, preprocessor_file(_read_schema(path))):
                 if (path / name).is_symlink():
                     raise BundleError(f"{path / name}: symlinks are not allowed in a bundle")
                 if not (path / name).is_file():
@@ -180,9 +194,12 @@ class Predictor:
             weakref.finalize(predictor, shutil.rmtree, extracted, True)
         return predictor
 
-    def encode(self, texts: list[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
+    def encode(self, texts: list, pad_to: int | None = None) -> dict[str, np.ndarray]:
         """Feeds for texts, right-padded to the longest (or to pad_to). For latency measurements and
-        calibration; logits() batches only texts of equal length and never pads."""
+        calibration; logits() batches only texts of equal length and never pads. A table model takes
+        rows (mappings column -> value) instead of texts, and pad_to does not apply."""
+        if self.table is not None:  # a graph may leave out an input it does not use (no categorical columns)
+            return {k: v for k, v in self.table.transform_rows(list(texts))[0].items() if k in self.input_names}
         return self._feeds(self.tokenizer.encode_batch(list(texts)), pad_to)
 
     def _feeds(self, encs: list, pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -227,6 +244,8 @@ class Predictor:
         #   bert-small fp32 46 -> 61, static 85 -> 113, dynamic 118 -> 157 (160).
         #   Padding 32 news texts to the longest wastes more compute than the extra calls cost, and
         #   batching gains onnxruntime little on CPU: one call per text costs dynamic int8 2-8%.
+        if self.table is not None:
+            return self.table_outputs(texts, batch_size)[0]
         encs = self.tokenizer.encode_batch(list(texts))
         groups: dict[int, list[int]] = {}
         for i, e in enumerate(encs):
@@ -250,10 +269,41 @@ class Predictor:
         self._only_for("embed")
         return self.logits(texts, batch_size)
 
+    def table_outputs(self, rows: list[dict], batch_size: int = 64) -> tuple[np.ndarray, dict]:
+        """(the graph's output per row, what preprocessing counted: missing values, unknown categories,
+        out-of-range numbers, extra columns). Rows have no length, so any rows share a call; a graph
+        with run-time activation scales still gets one row per call (see logits)."""
+        feeds, counts = self.table.transform_rows(list(rows))
+        n = len(rows)
+        size = 1 if self.batch_dependent else max(1, batch_size)
+        outs = [self.session.run(None, {k: v[i : i + size] for k, v in feeds.items() if k in self.input_names})[0]
+                for i in range(0, n, size)]
+        if not outs:
+            return np.zeros((0, max(1, len(self.labels))), dtype=np.float32), counts
+        return np.concatenate(outs).astype(np.float32), counts
+
+    def predict_rows(self, rows: list[dict]) -> list[dict]:
+        """{"label", "score", "scores"} per table row (a mapping column -> value; null for a missing
+        value): a table classifier's answer from the raw row, preprocessing included."""
+        self._only_for("predict_rows")
+        return self._label_scores(self.table_outputs(rows)[0])
+
+    def score_rows(self, rows: list[dict]) -> list[dict]:
+        """{"anomaly_score"} per table row: higher is more anomalous (a masked-feature model's reconstruction error)."""
+        self._only_for("score_rows")
+        return [{"anomaly_score": float(v)} for v in self.table_outputs(rows)[0].reshape(-1)]
+
+    def regress_rows(self, rows: list[dict]) -> list[dict]:
+        """{"value"} per table row: a table regressor's prediction, in the target's units."""
+        self._only_for("regress_rows")
+        return [{"value": float(v)} for v in self.table_outputs(rows)[0].reshape(-1)]
+
     def predict(self, texts: list[str]) -> list[dict]:
         """{"label", "score", "scores"} per text: the softmax of a classifier's logits."""
         self._only_for("predict")
-        logits = self.logits(texts)
+        return self._label_scores(self.logits(texts))
+
+    def _label_scores(self, logits: np.ndarray) -> list[dict]:
         z = logits - logits.max(-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         out = []
@@ -272,10 +322,11 @@ class Predictor:
         expected = m.get("sample_predictions") or m.get("details", {}).get("sample_predictions") or []
         if not expected:
             raise BundleError(f"{self.root}: the manifest records no sample predictions to check")
-        for e, got in zip(expected, self.answers([e["text"] for e in expected])):
+        inputs = [e["row"] if "row" in e else e["text"] for e in expected]  # a table model records rows
+        for x, e, got in zip(inputs, expected, self.answers(inputs)):
             where = _difference(e["answer"], got, atol)
             if where is not None:
-                raise BundleError(f"prediction differs from the pipeline's for {e['text'][:60]!r}: {where}")
+                raise BundleError(f"prediction differs from the pipeline's for {str(x)[:60]!r}: {where}")
         return len(expected)
 
 
@@ -305,7 +356,7 @@ def verify(root: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise BundleError(f"{root / MANIFEST}: unreadable manifest ({exc})") from None
     files: dict[str, str] = manifest.get("files", {})
-    for name in REQUIRED:
+    for name in (*REQUIRED, preprocessor_file(_read_schema(root))):
         if name not in files:
             raise BundleError(f"{root}: the manifest does not list {name}")
     for rel, digest in files.items():
@@ -319,6 +370,19 @@ def verify(root: Path) -> dict:
         if f.is_symlink() or (f.is_file() and rel not in (MANIFEST, SIGNATURE) and rel not in files):
             raise BundleError(f"{f}: not listed in the manifest; refusing a bundle with unlisted files or symlinks")
     return manifest
+
+
+def preprocessor_file(schema: dict) -> str:
+    """The file that turns raw input into the graph's feeds, as schema.json names it: tokenizer.json
+    for a text model (the default: older artifacts do not name it), preprocessing.json for a table."""
+    return schema.get("preprocessor", TOKENIZER)
+
+
+def _read_schema(root: Path) -> dict:
+    try:
+        return json.loads((Path(root) / SCHEMA).read_text())
+    except (OSError, ValueError):
+        return {}  # a missing or broken schema.json is refused with REQUIRED's message
 
 
 def key_id(raw_public_key: bytes) -> str:
@@ -577,3 +641,114 @@ def _write_member(zip_path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, ta
             _check_size(zip_path, info.filename, written, info.compress_size, max_member_bytes, max_ratio)
             dst.write(block)
     return written
+
+
+# ------------------------------------------------------------------------------- table preprocessing
+# One transform from raw rows to the graph's feeds, used by training (lifecycle.data.tables), the edge
+# runtime and the service, so the same row gives the same tensors everywhere. Its parameters (fitted
+# on the training split only) are plain JSON: preprocessing.json beside the graph.
+PREPROCESSING = "preprocessing.json"
+MISSING_ID, UNKNOWN_ID = 0, 1  # category ids 0 and 1; a vocabulary's own values start at 2
+_TRUE, _FALSE = {"true", "1", "yes", "t", "y"}, {"false", "0", "no", "f", "n"}
+
+
+class RowError(ValueError):
+    """A row the schema refuses: a required column absent, or a value of the wrong type. `column` names it."""
+
+    def __init__(self, column: str, reason: str):
+        super().__init__(f"column '{column}': {reason}")
+        self.column, self.reason = column, reason
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)  # NaN (numpy floats are Python floats too)
+
+
+def _boolean(column: str, v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    s = str(v).strip().lower() if isinstance(v, (str, int, np.integer)) else None
+    if s in _TRUE or s in _FALSE:
+        return "true" if s in _TRUE else "false"
+    raise RowError(column, f"expected a boolean (true/false, 1/0, yes/no), got {v!r}")
+
+
+class TablePreprocessing:
+    """Raw table rows -> the feature tokenizer's inputs, with its fitted parameters:
+    - numeric: (x - mean) / std, clipped to the training range (an out-of-range value is counted); a
+      missing value is 0 in `numeric` and 1 in `numeric_missing`, from which the model takes a learned
+      "missing" embedding instead of reading the 0 as a value;
+    - categorical and boolean: id 0 missing, 1 unknown (not in the training vocabulary: counted), 2.. the
+      vocabulary; booleans have the vocabulary ["false", "true"].
+    A column the schema requires but a row lacks, or a value of the wrong type, raises RowError."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.numeric: list[dict] = spec["numeric"]  # {"name", "mean", "std", "min", "max"}
+        self.categorical: list[dict] = spec["categorical"]  # {"name", "vocabulary", "boolean"}
+        self.columns = [c["name"] for c in (*self.numeric, *self.categorical)]
+        self._ids = [{v: i + 2 for i, v in enumerate(c["vocabulary"])} for c in self.categorical]
+
+    @classmethod
+    def load(cls, path: Path) -> TablePreprocessing:
+        return cls(json.loads(Path(path).read_text()))
+
+    def transform_rows(self, rows: list[dict]) -> tuple[dict[str, np.ndarray], dict]:
+        """Rows (mappings column -> value) -> (feeds, counts). Extra keys are ignored and counted."""
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise RowError("*", f"row {i} is not a mapping of column -> value")
+            for name in self.columns:
+                if name not in row:
+                    raise RowError(name, f"missing from row {i} (a required column; send null for a missing value)")
+        known = set(self.columns)
+        extra: dict[str, int] = {}
+        for row in rows:
+            for k in row:
+                if k not in known:
+                    extra[k] = extra.get(k, 0) + 1
+        feeds, counts = self.transform_columns({c: [r[c] for r in rows] for c in self.columns}, len(rows))
+        counts["extra_columns"] = extra
+        return feeds, counts
+
+    def transform_columns(self, columns: dict[str, list], n: int) -> tuple[dict[str, np.ndarray], dict]:
+        """Column-wise: columns[name] holds n values (None or NaN: missing)."""
+        counts: dict[str, dict[str, int]] = {"missing": {}, "unknown_category": {}, "out_of_range": {}}
+        num = np.zeros((n, len(self.numeric)), dtype=np.float32)
+        missing = np.zeros((n, len(self.numeric)), dtype=np.float32)
+        for j, c in enumerate(self.numeric):
+            values = np.empty(n, dtype=np.float64)
+            for i, v in enumerate(columns[c["name"]]):
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating, type(None))):
+                    raise RowError(c["name"], f"expected a number or null, got {v!r}")
+                values[i] = np.nan if v is None else float(v)
+            gone = np.isnan(values)
+            outside = ~gone & ((values < c["min"]) | (values > c["max"]))
+            values = np.clip(values, c["min"], c["max"])
+            num[:, j] = np.where(gone, 0.0, (values - c["mean"]) / c["std"])
+            missing[:, j] = gone
+            _count(counts["missing"], c["name"], int(gone.sum()))
+            _count(counts["out_of_range"], c["name"], int(outside.sum()))
+        cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        for j, (c, ids) in enumerate(zip(self.categorical, self._ids)):
+            gone = unknown = 0
+            for i, v in enumerate(columns[c["name"]]):
+                if _is_missing(v):
+                    cat[i, j], gone = MISSING_ID, gone + 1
+                    continue
+                if c.get("boolean"):
+                    key = _boolean(c["name"], v)
+                elif isinstance(v, (str, int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+                    key = str(v)
+                else:
+                    raise RowError(c["name"], f"expected a category (text or integer) or null, got {v!r}")
+                cat[i, j] = ids.get(key, UNKNOWN_ID)
+                unknown += key not in ids
+            _count(counts["missing"], c["name"], gone)
+            _count(counts["unknown_category"], c["name"], unknown)
+        return {"numeric": num, "numeric_missing": missing, "categorical": cat}, counts
+
+
+def _count(into: dict, name: str, n: int) -> None:
+    if n:
+        into[name] = into.get(name, 0) + n

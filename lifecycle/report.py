@@ -211,7 +211,9 @@ def summary_table(outcomes) -> str:
 def summary_table_of(data: dict) -> str:
     """The same table from a report.json (the README's quickstart table is rendered from a stored one)."""
     latency = [k for k in LATENCY_COLUMNS if any(k in s["metrics"] for s in data["stages"])]
-    head = ["stage", "status", "accuracy", *latency, "size_mb", "gates"]
+    # the column is named for the task's headline score (accuracy, r2...)
+    headline = next((k for s in data["stages"] for k in SCORES if k in s["metrics"]), "accuracy")
+    head = ["stage", "status", headline, *latency, "size_mb", "gates"]
     rows = []
     for s in data["stages"]:
         m = s["metrics"]

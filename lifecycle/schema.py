@@ -88,19 +88,24 @@ class Gate(Strict):
 # What an artifact holds. A stage declares which of these it reads from its parent and which it writes
 # (both may depend on its config and on the task type), so `lifecycle validate` refuses a chain that
 # could only fail at run time, or silently produce nonsense (a masked-LM exported as a classifier).
-Holds = Literal["masked-lm", "causal-lm", "encoder", "classifier", "onnx-classifier", "onnx-encoder",
-                "service-check"]
-TaskType = Literal["classification", "embedding"]
-HF_HOLDS: tuple[Holds, ...] = ("masked-lm", "causal-lm", "encoder", "classifier")  # a Hugging Face model directory
-ONNX_HOLDS: tuple[Holds, ...] = ("onnx-classifier", "onnx-encoder")  # model.onnx + runtime files (lifecycle.edge)
+Holds = Literal["masked-lm", "causal-lm", "encoder", "classifier", "regressor", "onnx-classifier", "onnx-encoder",
+                "onnx-regressor", "onnx-anomaly-scorer", "service-check"]
+TaskType = Literal["classification", "embedding", "tabular-classification", "tabular-regression", "tabular-anomaly"]
+# a Hugging Face model directory
+HF_HOLDS: tuple[Holds, ...] = ("masked-lm", "causal-lm", "encoder", "classifier", "regressor")
+# model.onnx + runtime files (lifecycle.edge)
+ONNX_HOLDS: tuple[Holds, ...] = ("onnx-classifier", "onnx-encoder", "onnx-regressor", "onnx-anomaly-scorer")
 # Where a chain gets each kind: the hint of a refused chain.
 MADE_BY: dict[str, str] = {
-    "masked-lm": "pretrain with a bert-* preset, or adapt",
+    "masked-lm": "pretrain with a bert-* preset (`objective: masked-feature` for a table), or adapt",
     "causal-lm": "pretrain with a gpt-* preset, or adapt",
     "encoder": "pretrain or adapt with `objective: contrastive`",
     "classifier": "finetune or distill",
+    "regressor": "finetune under `task: {type: tabular-regression}`",
     "onnx-classifier": "export under a classification task, or quantize after it",
     "onnx-encoder": "export under `task: {type: embedding}`, or quantize after it",
+    "onnx-regressor": "export under `task: {type: tabular-regression}`, or quantize after it",
+    "onnx-anomaly-scorer": "export under `task: {type: tabular-anomaly}`, or quantize after it",
     "service-check": "serve",
 }
 

@@ -13,13 +13,20 @@ threads, batching, limits). The decorators below read it at import time, in ever
 
 Endpoints: POST /classify {"texts": [...]} -> [{"label", "score", "scores"}, ...] (one per text, same
 order) for a classifier; POST /embed {"texts": [...]} -> [[float, ...], ...] (pooled, normalised as in
-the graph) for an embedding model, with the same batching and the same refusals; the route the
+the graph) for an embedding model; POST /predict {"rows": [{column: value, ...}, ...]} -> the same
+answers as /classify for a table classifier (null: a missing value; the preprocessing inside the model
+directory turns raw rows into the graph's inputs), POST /regress {"rows": [...]} -> [{"value": float}, ...]
+for a table regressor, POST /score {"rows": [...]} -> [{"anomaly_score": float}, ...] for a table
+anomaly scorer, with the same batching and the same refusals; the route the
 served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
 /livez, /readyz, /metrics. Every refusal has a JSON body {"error": "..."} and never a stack trace:
 
     415  content type other than application/json (BentoML's pickle type included: never unpickled)
     400  body that is not JSON (or not UTF-8)
-    422  not {"texts": [...]}, an empty list, more than max_texts, an item that is not a string; and,
+    422  not {"texts": [...]} ({"rows": [...]} for a table model), an empty list, more than max_texts
+         items, an item that is not a string (a row: not an object, a required column absent, a value of
+         the wrong type; each message names the column; extra columns are ignored and counted in
+         GET /metadata's "input_counts"); and,
          with over_length "reject", a text over the model's max_length tokens (the default, "truncate",
          cuts it to max_length tokens, as in training and in the edge bundle)
     400  also JSON nested too deeply for the parser (Python's recursion limit)
@@ -54,7 +61,7 @@ from pydantic import BaseModel
 from lifecycle.edge import Predictor
 
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
-ROUTES = ("/classify", "/embed")  # every POST route below; a model answers on the one its task declares
+ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score")  # every POST route below; a model answers on the one its task declares
 
 
 def _load_config() -> dict:
@@ -74,6 +81,14 @@ class Prediction(BaseModel):
     label: str
     score: float
     scores: dict[str, float]
+
+
+class Regression(BaseModel):
+    value: float
+
+
+class AnomalyScore(BaseModel):
+    anomaly_score: float
 
 
 # A single text shorter than this is inferred on the event loop (Classifier.infer); longer ones, and the
@@ -149,7 +164,7 @@ class RequestLimits:
             return await _error(scope, receive, send, 400, "body is not valid JSON")
         except RecursionError:  # [[[[... the C parser recurses once per level
             return await _error(scope, receive, send, 400, "body is not valid JSON (nested too deeply)")
-        problem = self.check(payload)
+        problem = self.check(payload, predictor)
         if problem:
             return await _error(scope, receive, send, 422, problem)
 
@@ -164,7 +179,7 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.limited(scope, replay, send, payload["texts"])
+        await self.limited(scope, replay, send, payload.get("texts"))
 
     async def limited(self, scope, receive, send, texts: list[str] | None = None) -> None:
         """The app, within one of this worker's max_concurrency slots, or 429 when none is free."""
@@ -195,17 +210,36 @@ class RequestLimits:
         del self.opened[key]
         return True
 
-    def check(self, payload) -> str | None:
-        if not isinstance(payload, dict) or set(payload) != {"texts"}:
-            return 'expected a JSON object with exactly one key, "texts": a list of strings'
-        texts = payload["texts"]
+    def check(self, payload, predictor) -> str | None:
+        key, what = ("rows", "objects (column -> value)") if predictor.table is not None else ("texts", "strings")
+        if not isinstance(payload, dict) or set(payload) != {key}:
+            return f'expected a JSON object with exactly one key, "{key}": a list of {what}'
+        texts = payload[key]
         if not isinstance(texts, list) or not texts:
-            return '"texts" must be a non-empty list of strings'
+            return f'"{key}" must be a non-empty list of {what}'
         if len(texts) > self.s["max_texts"]:
-            return f'"texts" has {len(texts)} items; the limit is {self.s["max_texts"]} per request'
+            return f'"{key}" has {len(texts)} items; the limit is {self.s["max_texts"]} per request'
+        if predictor.table is not None:
+            return self.check_rows(texts, predictor)
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             return f'"texts"[{bad}] is a {type(texts[bad]).__name__}, not a string'
+        return None
+
+    def check_rows(self, rows: list, predictor) -> str | None:
+        """A table model's rows against its schema, with the transform the model runs (lifecycle.edge):
+        the first refusal names the column. What it counts (missing values, unknown categories, values
+        outside the training range, extra columns) adds up in /metadata's input_counts."""
+        from lifecycle.edge import RowError
+
+        try:
+            _, counts = predictor.table.transform_rows(rows)
+        except RowError as exc:
+            return f'"rows": {exc}'
+        totals = LOADED.setdefault("input_counts", {})
+        for kind, per_column in counts.items():
+            for column, n in per_column.items():
+                totals.setdefault(kind, {})[column] = totals.get(kind, {}).get(column, 0) + n
         return None
 
     async def over_length(self, texts: list[str]) -> str | None:
@@ -260,7 +294,7 @@ def _metadata_app():
         predictor = LOADED["predictor"]
         return JSONResponse({"name": MODEL["name"], "version": MODEL["version"], "source": MODEL.get("source"),
                              "gates": MODEL.get("gates", []), "task": predictor.task, "route": predictor.route,
-                             "labels": predictor.labels,
+                             "labels": predictor.labels, "input_counts": LOADED.get("input_counts", {}),
                              "max_length": predictor.max_length, "over_length": SETTINGS["over_length"],
                              "settings": SETTINGS})
 
@@ -288,7 +322,7 @@ class Classifier:
         keys = [k.encode() for k in MODEL["trusted_keys"]] if MODEL.get("trusted_keys") else None
         self.predictor = Predictor.open(root, threads=SETTINGS["ort_threads"], spinning=SETTINGS["ort_spinning"],
                                         trusted_keys=keys)  # with keys: the signature is checked in every worker
-        self.predictor.logits(["warm-up"])  # first run allocates; keep it off the first request
+        self.predictor.logits([self.predictor.sample_input()])  # first run allocates; keep it off the first request
         self.busy = anyio.CapacityLimiter(1)  # one inference at a time, on the event loop or in the thread
         LOADED["predictor"] = self.predictor
 
@@ -314,6 +348,21 @@ class Classifier:
                  max_latency_ms=SETTINGS["max_latency_ms"])
     async def embed(self, texts: list[str]) -> Annotated[list[list[float]], ContentType("application/json")]:
         return (await self.infer(self.predictor.embed, texts)).tolist()
+
+    @bentoml.api(route="/predict", batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    async def predict(self, rows: list[dict]) -> Annotated[list[Prediction], ContentType("application/json")]:
+        return await self.infer(self.predictor.predict_rows, rows)
+
+    @bentoml.api(route="/regress", batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    async def regress(self, rows: list[dict]) -> Annotated[list[Regression], ContentType("application/json")]:
+        return await self.infer(self.predictor.regress_rows, rows)
+
+    @bentoml.api(route="/score", batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    async def score(self, rows: list[dict]) -> Annotated[list[AnomalyScore], ContentType("application/json")]:
+        return await self.infer(self.predictor.score_rows, rows)
 
 
 Classifier.add_asgi_middleware(RequestLimits, settings=SETTINGS)

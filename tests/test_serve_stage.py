@@ -82,7 +82,7 @@ def test_server_is_stopped_after_the_stage(run):
 
 
 def test_serve_needs_an_onnx_parent_and_known_metrics():
-    with pytest.raises(ConfigError, match=r"stages\[1\]\.parent: 'serve' reads onnx-classifier, but its parent 'finetune' holds classifier"):
+    with pytest.raises(ConfigError, match=r"stages\[1\]\.parent: 'serve' \(task type classification\) reads onnx-classifier, but its parent 'finetune' holds classifier"):
         config.build({**tiny_with([]), "stages": [tiny_with([])["stages"][0], {"kind": "serve"}]}, base_dir=TINY.parent)
     with pytest.raises(ConfigError, match="cannot produce 'ort_latency_p95_ms'"):
         config.build(tiny_with([{"kind": "serve", "gates": [{"metric": "ort_latency_p95_ms", "max": 10}]}]),

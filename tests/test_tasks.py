@@ -64,8 +64,9 @@ def test_routes_and_edge_methods_are_distinct():
 @pytest.mark.parametrize("name", sorted(tasks.REGISTRY))
 def test_the_answer_comparison_is_exact_at_zero_tolerance(name):
     plugin = tasks.get(name)
-    answer = ({"label": "a", "score": 0.75, "scores": {"a": 0.75, "b": 0.25}} if plugin.edge_method == "predict"
-              else [0.6, 0.8])
+    answer = {"logits": {"label": "a", "score": 0.75, "scores": {"a": 0.75, "b": 0.25}},  # a label per input
+              "prediction": {"value": 152.5}, "anomaly_score": {"anomaly_score": 0.25},  # a number
+              }.get(plugin.output, [0.6, 0.8])  # a vector
     assert plugin.answers_agree(answer, answer, 0.0) == (True, 0.0)
 
 

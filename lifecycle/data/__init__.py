@@ -18,13 +18,18 @@ from lifecycle.data.labelled import (
     strip_pos_tags,
 )
 from lifecycle.data.sources import DataSource, PipelineView
+from lifecycle.data.tables import TableData
 
-__all__ = ["Corpus", "LabelledData", "check_classes", "clean", "describe_files", "load", "load_labelled",
+__all__ = ["Corpus", "LabelledData", "TableData", "check_classes", "clean", "describe_files", "load", "load_labelled",
            "read_records", "strip_pos_tags"]
 
 
-def load(src: DataSource, pipeline: PipelineView) -> LabelledData | Corpus:
+def load(src: DataSource, pipeline: PipelineView) -> LabelledData | Corpus | TableData:
     seed = pipeline.seed if src.split.seed is None else src.split.seed
+    if src.table is not None:
+        from lifecycle.data.tables import load_table
+
+        return load_table(src, pipeline, seed)
     if src.labelled:
         data = load_labelled(src, pipeline, seed)
         check_classes(data, src, pipeline)

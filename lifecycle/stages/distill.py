@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lifecycle import LifecycleError
+from lifecycle import LifecycleError, tasks
 from lifecycle.components.classification import COLLAPSE_METRICS, VAL_METRICS, ValMetric, collapse_gate
 from lifecycle.components.distillation import (
     distillation_loss,
@@ -35,6 +35,7 @@ from lifecycle.components.distillation import (
 from lifecycle.components.training import EarlyStopping, TrainConfig
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
+from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
 from lifecycle.models import ModelSource
 from lifecycle.schema import Holds, StageBase, Strict, TaskType, Trains
 
@@ -48,7 +49,7 @@ class Student(Strict):
 
 class Config(StageBase):
     kind: Literal["distill"]
-    tasks = ("classification",)
+    tasks = ("classification", "tabular-classification")
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     student: Student = Student()
     temperature: float = Field(2.0, gt=0)  # softens both distributions; 2-4 passes the teacher's "dark knowledge"
@@ -79,9 +80,13 @@ class Config(StageBase):
     def task_hint(self, task: TaskType) -> str | None:
         return "distillation matches a classifier's logits; an embedding model is not distilled here"
 
+    def task_problem(self, task: TaskType) -> str | None:
+        return tasks.get(task).distill_problem(self)
+
     def metric_names(self) -> set[str]:
-        teacher = {f"teacher_{m}" for m in (*CLASSIFICATION, *TORCH_LATENCY, "params_total", "size_mb")}
-        return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, *teacher, "retention", "speedup", "compression",
+        scores = {*CLASSIFICATION, *TABLE_CLASSIFICATION}  # a table task's recipe adds AUROC
+        teacher = {f"teacher_{m}" for m in (*scores, *TORCH_LATENCY, "params_total", "size_mb")}
+        return {*scores, *TORCH_LATENCY, *VAL_METRICS, "val_auroc", *teacher, "retention", "speedup", "compression",
                 "eval_loss", "params_total", "size_mb", "train_seconds", "train_steps", "data_wait_fraction",
                 *COLLAPSE_METRICS}
 
@@ -90,6 +95,13 @@ class Config(StageBase):
 
 
 def run(cfg: Config, parent, ctx) -> dict:
+    plugin = tasks.get(ctx.pipeline.task.type)
+    if plugin.own_training:  # a model that does not read text (a table's): the task's recipe
+        return plugin.distill(cfg, parent, ctx)
+    return distill_text(cfg, parent, ctx)
+
+
+def distill_text(cfg: Config, parent, ctx) -> dict:
     import time
 
     from lifecycle import models

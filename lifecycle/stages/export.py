@@ -71,27 +71,27 @@ class Config(StageBase):
 
 
 def run(cfg: Config, parent, ctx) -> dict:
-    from lifecycle import models
     from lifecycle.components import onnx
     from lifecycle.edge import Predictor
 
     task, src = ctx.pipeline.task, Path(parent.path)
     plugin = tasks.get(task.type)
     model = plugin.torch_model(src)
-    tokenizer = models.load_tokenizer(src, task.max_length)
+    tokenizer = plugin.preprocessor(src, task)  # a text task's tokenizer; whatever feeds the graph otherwise
     plain = ctx.scratch_dir / "plain" / "model.onnx"
     plain.parent.mkdir(parents=True, exist_ok=True)
     if cfg.exporter == "torch":
-        onnx.export_torch(model, tokenizer, plain, cfg.opset, output=plugin.output)
+        plugin.export_graph(model, tokenizer, plain, cfg.opset)
     else:
         onnx.export_optimum(src, plain, cfg.opset, plugin.optimum_task)
-    onnx.write_runtime_files(ctx.out_dir, src, tokenizer, task.max_length, onnx.onnx_input_names(plain),
-                             plugin.graph_schema(model), plugin.labels(model))
+    plugin.write_runtime_files(ctx.out_dir, src, tokenizer, task, onnx.onnx_input_names(plain), model)
 
     splits = ctx.task_data().splits
-    parity_texts = splits["validation"]["text"][: cfg.parity_samples]
+    parity_texts = plugin.inputs(splits["validation"])[: cfg.parity_samples]
     chosen = plain
-    if cfg.optimize:
+    if not plugin.graph_fusions:
+        ctx.details["graph_optimization"] = {"kept": False, "reason": f"no fusions for {plugin.name} graphs"}
+    elif cfg.optimize:
         chosen, ctx.details["graph_optimization"] = onnx.maybe_fused(
             plain, ctx.out_dir, ctx.scratch_dir, model, tokenizer, parity_texts, cfg.latency, task.max_length,
             cfg.parity_max, plugin.reference)
@@ -101,10 +101,11 @@ def run(cfg: Config, parent, ctx) -> dict:
     metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length, plugin.reference,
                           plugin.argmax_parity)
     test = splits["test"]
-    fp32 = plugin.reference(model, tokenizer, test["text"], task.max_length) if plugin.fidelity_at_export else None
+    test_inputs = plugin.inputs(test)
+    fp32 = plugin.reference(model, tokenizer, test_inputs, task.max_length) if plugin.fidelity_at_export else None
     scores, outputs = plugin.score(predictor, test, ctx.pipeline, "test", fp32, out_dir=ctx.out_dir)
     metrics.update(scores)
-    metrics.update(onnx.onnx_latency(predictor, test["text"][0], cfg.latency, task.max_length))
+    metrics.update(onnx.onnx_latency(predictor, test_inputs[0], cfg.latency, task.max_length))
     # what a later selection (the quantize ladder) compares with
     val, _ = plugin.score(predictor, splits["validation"], ctx.pipeline, "validation")
     metrics.update({f"val_{k}": v for k, v in val.items() if k in SPLIT_SCORES})

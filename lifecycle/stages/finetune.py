@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from lifecycle import tasks
 from lifecycle.components.classification import (
     COLLAPSE_METRICS,
     VAL_METRICS,
@@ -26,10 +27,14 @@ from lifecycle.components.classification import (
 from lifecycle.components.training import EarlyStopping, TrainConfig
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
+from lifecycle.evaluation.tables import TABLE_CLASSIFICATION, TABLE_REGRESSION
 from lifecycle.models import ModelSource
 from lifecycle.schema import HF_HOLDS, Holds, StageBase, Strict, TaskType, Trains
 
-CONTROL_METRICS = (*(f"control_{m}" for m in CLASSIFICATION), "pretraining_gain")
+TABLE_SCORES = (*TABLE_CLASSIFICATION, *TABLE_REGRESSION)
+CONTROL_METRICS = (*(f"control_{m}" for m in (*CLASSIFICATION, *TABLE_SCORES)), "pretraining_gain")
+# a table task's recipe (lifecycle.tabular) reports its scores and the gradient-boosting baseline
+TABLE_METRICS = (*TABLE_SCORES, *(f"val_{m}" for m in TABLE_SCORES), *(f"baseline_gbdt_{m}" for m in TABLE_SCORES))
 
 
 class LoRA(Strict):
@@ -49,7 +54,7 @@ class Control(Strict):
 
 class Config(StageBase):
     kind: Literal["finetune"]
-    tasks = ("classification",)
+    tasks = ("classification", "tabular-classification", "tabular-regression")
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # start from here instead of the parent stage's artifact
     train: TrainConfig = TrainConfig()
@@ -86,16 +91,19 @@ class Config(StageBase):
         return HF_HOLDS  # a new head on any encoder or decoder; a classifier is fine-tuned again
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
-        return "classifier"
+        return tasks.get(task).finetunes_into
 
     def task_hint(self, task: TaskType) -> str | None:
-        return "an embedding model is trained by pretrain or adapt with `objective: contrastive`"
+        return f"a {task} model is trained by pretrain ({tasks.get(task).export_hint})"
 
     def metric_names(self) -> set[str]:
         return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",
                 "trainable_fraction", "size_mb", "train_seconds", "train_steps", "lora_merge_max_abs_diff",
                 "data_wait_fraction", *CONTROL_METRICS, *(f"baseline_tfidf_{m}" for m in CLASSIFICATION),
-                *COLLAPSE_METRICS}
+                *COLLAPSE_METRICS, *TABLE_METRICS}
+
+    def task_problem(self, task: TaskType) -> str | None:
+        return tasks.get(task).finetune_problem(self)
 
     def model_post_init(self, _ctx) -> None:
         if self.multi_label is None:  # a label set per example has no majority class to collapse onto
@@ -103,6 +111,13 @@ class Config(StageBase):
 
 
 def run(cfg: Config, parent, ctx) -> dict:
+    plugin = tasks.get(ctx.pipeline.task.type)
+    if plugin.own_training:  # a model that does not read text (a table's): the task's recipe
+        return plugin.finetune(cfg, parent, ctx)
+    return finetune_text(cfg, parent, ctx)
+
+
+def finetune_text(cfg: Config, parent, ctx) -> dict:
     import time
 
     from lifecycle import models

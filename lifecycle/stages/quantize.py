@@ -151,7 +151,7 @@ def run(cfg: Config, parent, ctx) -> dict:
 
     task, test = ladder.task, ladder.splits["test"]
     predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
-    reference = ladder.fp32.logits(test["text"])
+    reference = ladder.fp32.logits(task.inputs(test))
     metrics, outputs = task.score(predictor, test, ctx.pipeline, "test", reference, ctx.out_dir)
     metrics.update({k: v for k, v in chosen.items() if k not in gatelib.SPLIT_SCORES})  # latency, size, speed
     metrics.update({f"val_{k}": v for k, v in chosen.items() if k in gatelib.SPLIT_SCORES})
@@ -176,14 +176,14 @@ class Ladder:
         self.fp32 = Predictor.open(src, threads=cfg.latency.threads)
         # Rungs are judged on validation and test is scored once, on the rung kept: choosing by test
         # scores would make the reported test score the best of several looks at it.
-        self.reference = self.fp32.logits(self.splits["validation"]["text"])
+        self.reference = self.fp32.logits(self.task.inputs(self.splits["validation"]))
         self.work = ctx.scratch_dir / "work"
 
     def calibration(self, settings: Settings) -> tuple[list[str], list[dict]]:
         from lifecycle.components.quantization import calibration_inputs, calibration_texts
 
         c = settings.calibration
-        texts = calibration_texts(self.splits[c.split]["text"], c.samples, self.ctx.seed)
+        texts = calibration_texts(self.task.inputs(self.splits[c.split]), c.samples, self.ctx.seed)
         return texts, calibration_inputs(self.fp32, texts, c.method)
 
     def build(self, settings: Settings, out: Path, exclude_nodes: list[str] | None = None) -> None:
@@ -204,7 +204,7 @@ class Ladder:
         from lifecycle.components.quantization import speedup
         from lifecycle.edge import Predictor
 
-        cfg, text = self.cfg, self.splits["test"]["text"][0]
+        cfg, text = self.cfg, self.task.inputs(self.splits["test"])[0]
         predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
         max_length = self.ctx.pipeline.task.max_length
         metrics = onnx_latency(predictor, text, cfg.latency, max_length)

@@ -24,13 +24,13 @@ from lifecycle.schema import Gate, Holds, StageBase, TaskType
 from lifecycle.serving import ServingSettings
 
 HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms", "requests_per_s",
-                "error_count", "http_accuracy", "accuracy", "f1_macro", "f1_micro", "prediction_mismatches",
+                "error_count", "http_accuracy", "accuracy", "f1_macro", "f1_micro", "auroc", "prediction_mismatches",
                 "score_max_abs_diff")
 
 
 class Config(StageBase):
     kind: Literal["serve"]
-    tasks = ("classification",)  # it scores /classify answers against the test labels
+    tasks = ("classification", "tabular-classification")  # it scores the answers' labels against the test labels
     clients: int = Field(8, ge=1, description="concurrent keep-alive connections")
     texts_per_request: int = Field(1, ge=1)  # 1: latency per text, as a user calling the API sees it
     warmup_requests: int = Field(16, ge=0)  # not measured
@@ -69,12 +69,12 @@ def run(cfg: Config, parent, ctx) -> dict:
     served = resolve(parent.path)
     config = write_config(served, cfg.serving, ctx.out_dir / "serving.json")
     test = ctx.task_data().splits["test"]
-    texts = list(test["text"])
+    texts = list(task.inputs(test))  # texts, or rows for a table model
     n = cfg.texts_per_request
     chunks = [texts[i : i + n] for i in range(0, len(texts), n)]
 
     with Server(config, log=ctx.out_dir / "server.log", startup_timeout_s=cfg.startup_timeout_s) as server:
-        requests = [json_request(server.port, {"texts": chunk}, task.route) for chunk in chunks]
+        requests = [json_request(server.port, {task.request_key: chunk}, task.route) for chunk in chunks]
         if cfg.warmup_requests:
             run_load(server.port, requests, cfg.clients, max_requests=cfg.warmup_requests)
         result = run_load(server.port, requests, cfg.clients, max_requests=len(requests), keep_bodies=True)

@@ -26,6 +26,60 @@ class TaskPlugin:
     # Whether export also scores `fidelity` on the whole test split (beyond the parity texts).
     fidelity_at_export: ClassVar[bool] = False
     optimum_task: ClassVar[str | None] = None  # optimum's export task name; None: optimum cannot export it
+    # What the model reads: "text" (a tokenizer's ids) or "table" (rows of a table source, through
+    # lifecycle.edge.TablePreprocessing). The task's data source must be of the same kind.
+    reads: ClassVar[str] = "text"
+    graph_fusions: ClassVar[bool] = True  # whether export tries onnxruntime's transformer fusions
+    request_key: ClassVar[str] = "texts"  # the key of a service request's inputs: {"texts": [...]}
+
+    # ------------------------------------------------------------------------------ training
+    # A task whose model is not a text model trains it with its own recipes under the finetune and distill
+    # stages (`finetune`, `distill`; `*_problem` for the stage settings they cannot honour).
+    own_training: ClassVar[bool] = False
+    finetunes_into: ClassVar[Holds] = "classifier"  # what a finetune stage under this task holds
+
+    def finetune(self, cfg, parent, ctx) -> dict:
+        """Train the task's model under the finetune stage `cfg`; returns the stage's metrics."""
+        raise NotImplementedError
+
+    def finetune_problem(self, cfg) -> str | None:
+        """"field: why" for a finetune setting this task's recipe does not support, else None."""
+        return None
+
+    def distill(self, cfg, parent, ctx) -> dict:
+        """Distil the parent (the teacher) under the distill stage `cfg`; returns the stage's metrics."""
+        raise NotImplementedError
+
+    def distill_problem(self, cfg) -> str | None:
+        """"field: why" for a distill setting this task's recipe does not support, else None."""
+        return None
+
+    # ---------------------------------------------------------------- inputs: what the graph is fed
+    # The defaults are the text graphs' (a tokenizer: input_ids, attention_mask...); a task on other
+    # inputs (table rows, images) overrides these four, and export, quantize and the edge runtime follow.
+    def inputs(self, split) -> list:
+        """A split's raw inputs as lifecycle.edge takes them (Predictor.logits / encode): its texts."""
+        return split["text"]
+
+    def preprocessor(self, src: Path, task):
+        """What turns raw inputs into the model's feeds, read from the model directory `src`: the
+        tokenizer. `reference` receives it (as `tokenizer`)."""
+        from lifecycle import models
+
+        return models.load_tokenizer(src, task.max_length)
+
+    def export_graph(self, model, preprocessor, path: Path, opset: int) -> None:
+        """Write the torch export of `model` to `path` (its inputs and dynamic axes are the task's)."""
+        from lifecycle.components import onnx
+
+        onnx.export_torch(model, preprocessor, path, opset, output=self.output)
+
+    def write_runtime_files(self, out: Path, src: Path, preprocessor, task, input_names: list[str], model) -> None:
+        """Everything lifecycle.edge needs beside model.onnx: schema.json, labels.json and the preprocessor's files."""
+        from lifecycle.components import onnx
+
+        onnx.write_runtime_files(out, src, preprocessor, task.max_length, input_names, self.graph_schema(model),
+                                 self.labels(model))
 
     @property
     def split_scores(self) -> tuple[str, ...]:

@@ -1,0 +1,98 @@
+"""Scores of table models, and the baseline every table report shows beside them: scikit-learn's
+HistGradientBoosting fit on the same training split (gradient-boosted trees are the bar a tabular
+network has to clear; on small tables they often win, and the report should say so)."""
+
+from __future__ import annotations
+
+TABLE_CLASSIFICATION = ("accuracy", "f1_macro", "auroc")
+# what masked-feature pre-training reports (lifecycle.masked_features)
+MASKED_FEATURE_METRICS = ("reconstruction_loss", "numeric_rmse", "categorical_accuracy", "probe_accuracy",
+                          "probe_accuracy_init", "probe_gain", "train_seconds", "params_total")
+
+
+def classification_scores(logits, targets) -> dict[str, float]:
+    """accuracy, macro-F1 and AUROC (one-vs-rest macro for more than two classes) of class logits."""
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    logits, targets = np.asarray(logits, dtype=np.float64), np.asarray(targets)
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    probs = z / z.sum(-1, keepdims=True)
+    k = probs.shape[1]
+    try:
+        auroc = (roc_auc_score(targets, probs[:, 1]) if k == 2
+                 else roc_auc_score(targets, probs, multi_class="ovr", average="macro", labels=list(range(k))))
+    except ValueError:  # one class present in the split: AUROC is undefined
+        auroc = float("nan")
+    predicted = probs.argmax(-1)
+    return {"accuracy": float(accuracy_score(targets, predicted)),
+            "f1_macro": float(f1_score(targets, predicted, average="macro", labels=list(range(k)), zero_division=0)),
+            "auroc": float(auroc)}
+
+
+def boosting_features(feeds: dict):
+    """The preprocessed feeds as trees take them: numbers with NaN where missing, category ids last
+    (scikit-learn treats them as categorical; id 0, missing, is a category of its own)."""
+    import numpy as np
+
+    numeric = np.where(feeds["numeric_missing"] > 0, np.nan, feeds["numeric"])
+    x = np.concatenate([numeric, feeds["categorical"].astype(np.float64)], axis=1)
+    is_cat = [False] * numeric.shape[1] + [True] * feeds["categorical"].shape[1]
+    return x, is_cat
+
+
+def gradient_boosting(data, seed: int = 0) -> dict[str, float]:
+    """`data`: a classification TableData; returns baseline_gbdt_<score> on its test split."""
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    x_train, is_cat = boosting_features(data.features("train")[0])
+    x_test, _ = boosting_features(data.features("test")[0])
+    model = HistGradientBoostingClassifier(categorical_features=is_cat or None, random_state=seed)
+    model.fit(x_train, data.target("train"))
+    proba = model.predict_proba(x_test)
+    full = np.full((len(x_test), len(data.labels)), 1e-12)
+    full[:, model.classes_] = proba  # a class absent from train gets no probability
+    scores = classification_scores(np.log(full), data.target("test"))
+    return {f"baseline_gbdt_{k}": v for k, v in scores.items()}
+
+
+TABLE_REGRESSION = ("r2", "rmse", "mae")  # r2 first: the headline, higher is better like every other headline
+
+
+def regression_scores(predicted, targets) -> dict[str, float]:
+    """R2, RMSE and MAE (in the target's units) of predicted values (n,) or (n, 1)."""
+    import numpy as np
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    predicted, targets = np.asarray(predicted, dtype=np.float64).reshape(-1), np.asarray(targets, dtype=np.float64)
+    if not np.isfinite(predicted).all():  # a NaN model fails its gates instead of crashing the metric
+        return {"r2": float("nan"), "rmse": float("nan"), "mae": float("nan")}
+    return {"r2": float(r2_score(targets, predicted)), "rmse": float(np.sqrt(mean_squared_error(targets, predicted))),
+            "mae": float(mean_absolute_error(targets, predicted))}
+
+
+def gradient_boosting_regression(data, seed: int = 0) -> dict[str, float]:
+    """`data`: a regression TableData; returns baseline_gbdt_<score> on its test split."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    x_train, is_cat = boosting_features(data.features("train")[0])
+    x_test, _ = boosting_features(data.features("test")[0])
+    model = HistGradientBoostingRegressor(categorical_features=is_cat or None, random_state=seed)
+    model.fit(x_train, data.target("train"))
+    return {f"baseline_gbdt_{k}": v for k, v in regression_scores(model.predict(x_test), data.target("test")).items()}
+
+
+TABLE_ANOMALY = ("auroc", "average_precision")
+
+
+def anomaly_scores(scores, is_anomaly) -> dict[str, float]:
+    """AUROC and average precision of anomaly scores (higher: more anomalous) against labelled anomalies."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    scores, is_anomaly = np.asarray(scores, dtype=np.float64).reshape(-1), np.asarray(is_anomaly, dtype=bool)
+    if not np.isfinite(scores).all() or is_anomaly.all() or not is_anomaly.any():
+        return {"auroc": float("nan"), "average_precision": float("nan")}  # undefined: its gates fail
+    return {"auroc": float(roc_auc_score(is_anomaly, scores)),
+            "average_precision": float(average_precision_score(is_anomaly, scores))}

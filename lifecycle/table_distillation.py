@@ -1,0 +1,105 @@
+"""The distill stage for a table classifier (the task plug-in's recipe; lifecycle.tasks.table_task): the
+student is the teacher's TableTransformer with fewer encoder layers, initialised from teacher layers
+spread over the depth (lifecycle.components.distillation.pick_layers, as for text), trained on the
+teacher's soft targets at temperature T plus the labels (the same loss as text distillation). Teacher
+logits are computed once over the training rows. `speedup` is teacher / student PyTorch p50 latency on
+one row, measured in alternating rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from lifecycle.tabular import Rows, TableTransformer, predict
+
+
+class SoftRows(Rows):
+    def __init__(self, feeds: dict, target, teacher_logits):
+        super().__init__(feeds, target)
+        self.teacher = torch.as_tensor(teacher_logits)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**super().__getitem__(i), "teacher_logits": self.teacher[i]}
+
+
+class DistillationTrainer(Trainer):
+    def __init__(self, *args, temperature: float, alpha: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.temperature, self.alpha = temperature, alpha
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from lifecycle.components.distillation import distillation_loss
+
+        teacher, labels = inputs.pop("teacher_logits"), inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = distillation_loss(outputs.logits, teacher, labels, self.temperature, self.alpha)
+        return (loss, outputs) if return_outputs else loss
+
+
+def distill(cfg, parent, ctx, task) -> dict:
+    import json
+    import time
+
+    from lifecycle import models
+    from lifecycle.components.classification import seed_everything
+    from lifecycle.components.distillation import init_from_teacher, pick_layers
+    from lifecycle.components.training import train as run_trainer
+    from lifecycle.components.training import training_args
+    from lifecycle.edge import PREPROCESSING
+
+    src = Path(parent.path)
+    data = ctx.task_data().read_through(json.loads((src / PREPROCESSING).read_text()), src)
+    teacher = TableTransformer.from_pretrained(src).eval()
+    n = teacher.config.num_hidden_layers
+    layers = cfg.student.layers or pick_layers(n, cfg.student.num_layers or (n + 1) // 2)
+    config = teacher.config.__class__.from_dict({**teacher.config.to_dict(), **cfg.student.overrides,
+                                                  "num_hidden_layers": len(layers)})
+    seed_everything(ctx.seed)
+    student = TableTransformer(config)
+    copied = init_from_teacher(student, teacher, layers)
+    ctx.details.update(student_layers=layers, copied_from_teacher=copied)
+
+    train = data.features("train")[0]
+    rows = SoftRows(train, data.target("train"), predict(teacher, train))
+    args = training_args(cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, eval_strategy="no", save_strategy="no",
+                         remove_unused_columns=False)
+    trainer = DistillationTrainer(model=student, args=args, train_dataset=rows, temperature=cfg.temperature,
+                                  alpha=cfg.alpha)
+    started = time.time()
+    run_trainer(trainer, ctx.scratch_dir / "checkpoints", ctx)
+    train_seconds = time.time() - started
+    student = student.eval()
+    student.save_pretrained(ctx.out_dir, safe_serialization=True)
+    (ctx.out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
+
+    test, val = data.features("test")[0], data.features("validation")[0]
+    metrics = {**task.test_metrics(predict(student, test), data.target("test")),
+               **{f"val_{k}": v for k, v in task.evaluate(predict(student, val), data.target("validation")).items()}}
+    teacher_scores = task.evaluate(predict(teacher, test), data.target("test"))
+    t_lat, s_lat = paired_latency(teacher, student, test, cfg)
+    s_params, t_params = models.count_parameters(student)["params_total"], models.count_parameters(teacher)["params_total"]
+    headline = task.scores[0]
+    metrics.update({f"teacher_{k}": v for k, v in teacher_scores.items()}, **s_lat,
+                   **{f"teacher_{k}": v for k, v in t_lat.items()},
+                   retention=metrics[headline] / teacher_scores[headline] if teacher_scores[headline] else float("nan"),
+                   speedup=t_lat["torch_latency_p50_ms"] / s_lat["torch_latency_p50_ms"], compression=t_params / s_params,
+                   params_total=s_params, size_mb=models.size_mb(ctx.out_dir / "model.safetensors"),
+                   train_seconds=train_seconds)
+    return metrics
+
+
+def paired_latency(teacher, student, feeds: dict, cfg) -> tuple[dict, dict]:
+    """Batch-1 PyTorch latency of teacher and student in alternating rounds; per model the median round."""
+    from lifecycle.evaluation.latency import measure
+    from lifecycle.tabular import tensors
+
+    one = {k: v[:1] for k, v in tensors(feeds).items()}
+    rounds: dict[str, list[dict]] = {"teacher": [], "student": []}
+    with torch.inference_mode():
+        for _ in range(cfg.latency_rounds):
+            for name, model in (("teacher", teacher), ("student", student)):
+                rounds[name].append(measure(lambda m=model: m(**one), cfg.latency.warmup, cfg.latency.runs))
+    median = {k: sorted(v, key=lambda r: r["torch_latency_p50_ms"])[len(v) // 2] for k, v in rounds.items()}
+    return median["teacher"], median["student"]

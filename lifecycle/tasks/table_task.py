@@ -1,0 +1,121 @@
+"""What every table task declares alike (tabular_classification, tabular_regression subclass it): rows of a
+table source in, lifecycle.edge.TablePreprocessing (preprocessing.json beside the graph) between the raw
+row and the graph's inputs `numeric`, `numeric_missing`, `categorical`, the feature-tokenizer transformer
+of lifecycle.tabular, and its finetune recipe. A subclass adds what its answers are: the head
+(`head`), the scores (`evaluate`, `test_metrics`), the gradient-boosting baseline, and how the edge
+runtime and the service answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin
+
+INPUT_DTYPES = {"numeric": "float32", "numeric_missing": "float32", "categorical": "int64"}
+DISTILL_PROBLEMS = {  # settings of the text distillation recipe the table recipe does not honour
+    "hidden_weight": lambda c: c.hidden_weight > 0, "cache_teacher_logits": lambda c: not c.cache_teacher_logits,
+    "early_stopping": lambda c: c.early_stopping is not None, "validation_limit": lambda c: c.validation_limit is not None,
+    "student.model": lambda c: c.student.model is not None,
+}
+
+
+class TableTask(TaskPlugin):
+    reads = "table"
+    graph_fusions = False  # onnxruntime's BERT fusions look for input_ids and a mask; a table graph has neither
+    own_training = True
+    request_key = "rows"  # {"rows": [{column: value, ...}, ...]}
+
+    # ------------------------------------------------------------------------------- training
+    def finetune(self, cfg, parent, ctx) -> dict:
+        from lifecycle import tabular
+
+        return tabular.finetune(cfg, parent, ctx, self)
+
+    def finetune_problem(self, cfg) -> str | None:
+        # The table recipe trains every weight for the stage's budget and keeps the last step (no
+        # checkpoint selection yet); settings for the text recipe are refused rather than ignored.
+        unsupported = {"lora": cfg.lora, "multi_label": cfg.multi_label, "class_weights": cfg.class_weights,
+                       "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit,
+                       "baseline": cfg.baseline or None, "head_pooling": None if cfg.head_pooling == "auto" else 1}
+        given = next((k for k, v in unsupported.items() if v is not None), None)
+        if given:
+            return f"{given}: not supported for {self.name} yet (the gradient-boosting baseline is always reported)"
+        if cfg.model is not None and cfg.model.package:
+            return "model.package: a table model starts from a `preset` (a size) or a table model `path`"
+        return None
+
+    def distill(self, cfg, parent, ctx) -> dict:
+        from lifecycle import table_distillation
+
+        return table_distillation.distill(cfg, parent, ctx, self)
+
+    def distill_problem(self, cfg) -> str | None:
+        given = next((field for field, refused in DISTILL_PROBLEMS.items() if refused(cfg)), None)
+        return f"{given}: not supported for {self.name} yet" if given else None
+
+    def head(self, data) -> dict:
+        """Config fields of the model's head for `data` (num_labels and what the answers need)."""
+        raise NotImplementedError
+
+    def evaluate(self, outputs, targets) -> dict:
+        """The task's `scores` of model outputs against a split's targets (TableData.target)."""
+        raise NotImplementedError
+
+    def test_metrics(self, outputs, targets) -> dict:
+        """What the finetune stage reports on test: the scores, and whatever the task adds."""
+        return self.evaluate(outputs, targets)
+
+    def baseline(self, data, seed: int) -> dict:
+        """baseline_gbdt_<score>: gradient-boosted trees on the same split."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------------- the graph
+    def torch_model(self, src: Path):
+        from lifecycle.tabular import TableTransformer
+
+        return TableTransformer.from_pretrained(src).eval()
+
+    def preprocessor(self, src: Path, task):
+        from lifecycle.edge import PREPROCESSING, TablePreprocessing
+
+        return TablePreprocessing.load(src / PREPROCESSING)
+
+    def inputs(self, split) -> list[dict]:
+        """Rows as a service receives them: column -> value, None for a missing one (the feature
+        columns: lifecycle.data.tables puts the target last)."""
+        return [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
+                for row in split.iloc[:, :-1].to_dict("records")]
+
+    @staticmethod
+    def target_values(split) -> list:
+        return split[split.columns[-1]].tolist()
+
+    def reference(self, model, tokenizer, texts, max_length, batch_size=64):
+        from lifecycle.tabular import predict
+
+        return predict(model, tokenizer.transform_rows(texts)[0], batch_size)
+
+    def export_graph(self, model, preprocessor, path, opset):
+        from lifecycle.tabular import export_onnx
+
+        sample = preprocessor.transform_rows([{c: None for c in preprocessor.columns}] * 2)[0]  # all missing
+        export_onnx(model, sample, path, opset, output=self.output)
+
+    def write_runtime_files(self, out, src, preprocessor, task, input_names, model):
+        import shutil
+
+        from lifecycle.edge import PREPROCESSING
+
+        shutil.copy2(src / PREPROCESSING, out / PREPROCESSING)
+        (out / "labels.json").write_text(json.dumps(self.labels(model)))
+        schema = {"inputs": {n: {"dtype": INPUT_DTYPES[n], "shape": ["batch", "features"]} for n in input_names},
+                  "preprocessor": PREPROCESSING, "columns": preprocessor.columns, **self.graph_schema(model)}
+        (out / "schema.json").write_text(json.dumps(schema, indent=2))
+
+    # ----------------------------------------------------------------------------------- samples
+    def sample_predictions(self, predictor, texts):
+        return [{"row": r, "answer": a} for r, a in zip(texts, predictor.answers(texts))]
+
+    def prediction_details(self, predictor, rows, outputs) -> dict:
+        return {"sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}

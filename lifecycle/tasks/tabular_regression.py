@@ -1,0 +1,77 @@
+"""Table regression: the feature-tokenizer transformer (lifecycle.tabular) predicting one number per row.
+
+Graph: the table inputs (lifecycle.tasks.table_task), output `prediction` (batch, 1) in the target's
+units (the head predicts the standardised target; the scale fitted on the training split is applied
+inside the graph); edge method `regress_rows` ({"value"} per row); route POST /regress. Scores: R2
+(the headline), RMSE and MAE in the target's units; fidelity to the fp32 parent: the largest
+prediction difference. The finetune stage reports HistGradientBoostingRegressor on the same split.
+"""
+
+from __future__ import annotations
+
+from lifecycle.evaluation.tables import TABLE_REGRESSION
+from lifecycle.tasks.table_task import TableTask
+
+
+class TabularRegression(TableTask):
+    name = "tabular-regression"
+    export_reads = ("regressor",)
+    export_hint = "export writes a regressor's predictions: fine-tune the model first (a finetune stage between them)"
+    onnx_holds = "onnx-regressor"
+    output = "prediction"
+    edge_method = "regress_rows"
+    route = "/regress"
+    scores = TABLE_REGRESSION
+    fidelity = ("prediction_max_abs_diff",)
+    finetunes_into = "regressor"
+
+    def finetune_problem(self, cfg) -> str | None:
+        if cfg.collapse_min is not None:  # the finetune stage adds that gate unless told not to
+            return "collapse_min: a regression has no classes to collapse onto; set `collapse_min: null`"
+        return super().finetune_problem(cfg)
+
+    def distill_problem(self, cfg) -> str | None:
+        return "distill: a regressor is not distilled yet (its loss would be MSE to the teacher's predictions)"
+
+    def head(self, data) -> dict:
+        import numpy as np
+
+        y = data.target("train").astype(np.float64)
+        return {"num_labels": 1, "target_scale": [float(y.mean()), float(y.std()) or 1.0]}
+
+    def evaluate(self, outputs, targets) -> dict:
+        from lifecycle.evaluation.tables import regression_scores
+
+        return regression_scores(outputs, targets)
+
+    def baseline(self, data, seed: int) -> dict:
+        from lifecycle.evaluation.tables import gradient_boosting_regression
+
+        return gradient_boosting_regression(data, seed)
+
+    def width(self, model) -> int:
+        return 1
+
+    def targets(self, split):
+        import numpy as np
+
+        return np.asarray(self.target_values(split), dtype=np.float64)
+
+    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
+        from lifecycle.components.onnx import max_abs_diff
+
+        outputs = predictor.logits(self.inputs(rows))
+        metrics = self.evaluate(outputs, self.targets(rows))
+        if reference is not None:
+            metrics["prediction_max_abs_diff"] = max_abs_diff(outputs, reference)
+        return metrics, outputs
+
+    def answer_scores(self, answers, rows, predictor) -> dict:
+        return self.evaluate([a["value"] if a else float("nan") for a in answers], self.targets(rows))
+
+    def answers_agree(self, http, local, tolerance):
+        diff = abs(float(http["value"]) - float(local["value"]))
+        return diff <= tolerance, diff
+
+
+TASK = TabularRegression()
