@@ -40,7 +40,8 @@ class TableTask(TaskPlugin):
                        "baseline": cfg.baseline or None, "head_pooling": None if cfg.head_pooling == "auto" else 1}
         given = next((k for k, v in unsupported.items() if v is not None), None)
         if given:
-            return f"{given}: not supported for {self.name} yet (the gradient-boosting baseline is always reported)"
+            why = " (the gradient-boosting baseline is always reported)" if given == "baseline" else ""
+            return f"{given}: not supported for {self.name} yet{why}"
         if cfg.model is not None and cfg.model.package:
             return "model.package: a table model starts from a `preset` (a size) or a table model `path`"
         return None
