@@ -43,11 +43,12 @@ IMPOSSIBLE = {
                            r"stages\[1\]\.parent: 'export' \(task type classification\) reads classifier, "
                            r"but its parent 'pretrain' holds masked-lm; .*fine-tune the model first"),
     "adapt -> distill": ([PRETRAIN, {"kind": "adapt", "data": "corpus"}, {"kind": "distill"}], CLASSIFY,
-                         r"stages\[2\]\.parent: 'distill' reads classifier, but its parent 'adapt' holds masked-lm; "
+                         r"stages\[2\]\.parent: 'distill' \(task type classification\) reads classifier, but its parent 'adapt' holds masked-lm; "
                          r".*put a finetune stage before it"),
     "serve after an embedding export": (
         [CONTRASTIVE, {"kind": "export"}, {"kind": "serve"}], EMBED,
-        r"task\.type: stage 'serve' \(stages\[2\], serve\) works for classification tasks, not embedding; "
+        r"task\.type: stage 'serve' \(stages\[2\], serve\) works for classification or tabular-classification tasks, "
+        r"not embedding; "
         r".*POST /embed"),
     "quantize reads an hf model": ([{"kind": "finetune", "model": BERT}, {"kind": "quantize"}], CLASSIFY,
                                    r"stages\[1\]\.parent: 'quantize' \(task type classification\) reads onnx-classifier, "
@@ -61,7 +62,8 @@ IMPOSSIBLE = {
         r"'pretrain' holds causal-lm"),
     "finetune under an embedding task": (
         [CONTRASTIVE, {"kind": "finetune", "model": BERT, "name": "clf"}, {"kind": "export", "parent": "clf"}],
-        EMBED, r"task\.type: stage 'clf' \(stages\[1\], finetune\) works for classification tasks"),
+        EMBED, r"task\.type: stage 'clf' \(stages\[1\], finetune\) works for classification, .* tasks, not embedding; "
+               r"embedding models are trained by pretrain or adapt with `objective: contrastive`"),
     "adapt without objective after a sentence encoder": (
         [CONTRASTIVE, {"kind": "adapt", "data": "corpus"}], None,
         r"stages\[1\]\.parent: 'adapt' reads masked-lm or causal-lm, but its parent 'pretrain' holds encoder; "

@@ -230,6 +230,7 @@ def regression_run(tmp_path_factory) -> Path:
     return workdir / "tabular-regression"
 
 
+@pytest.mark.slow  # a second and third shipped pipeline: the quickstart covers the path by default
 def test_the_regression_pipeline_answers_in_the_targets_units(regression_run):
     fine = metrics(regression_run, "finetune")
     assert {"r2", "rmse", "mae", "control_r2", "baseline_gbdt_r2", "baseline_gbdt_rmse", "pretraining_gain"} <= set(fine)
@@ -253,6 +254,7 @@ def test_a_regression_finetune_must_drop_the_collapse_gate():
         config.build(raw)
 
 
+@pytest.mark.slow  # a second and third shipped pipeline: the quickstart covers the path by default
 def test_regress_answers_over_http(regression_run, tmp_path):
     settings = serving.ServingSettings(max_texts=4, max_concurrency=2, timeout_s=5.0)
     cfg = serving.write_config(serving.resolve(regression_run), settings, tmp_path / "serving.json")
@@ -282,6 +284,7 @@ def test_the_tabular_quickstart_passes_every_gate_from_pretraining_to_http(tmp_p
 
 
 # -------------------------------------------------------------------------------------------- anomaly
+@pytest.mark.slow  # a second and third shipped pipeline: the quickstart covers the path by default
 def test_the_anomaly_pipeline_scores_rows_by_reconstruction_error(tmp_path):
     outcomes = pipeline.run(config.load(ROOT / "pipelines" / "tabular_anomaly.yaml"), workdir=tmp_path, echo=quiet)
     assert [o.status for o in outcomes] == ["passed"] * 3

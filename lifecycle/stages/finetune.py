@@ -94,7 +94,7 @@ class Config(StageBase):
         return tasks.get(task).finetunes_into
 
     def task_hint(self, task: TaskType) -> str | None:
-        return f"a {task} model is trained by pretrain ({tasks.get(task).export_hint})"
+        return f"{task} models are trained by {tasks.get(task).trained_by}"
 
     def metric_names(self) -> set[str]:
         return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",

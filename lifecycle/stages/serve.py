@@ -46,7 +46,7 @@ class Config(StageBase):
         return "service-check"
 
     def task_hint(self, task: TaskType) -> str | None:
-        return (f"the serve stage scores HTTP answers against the test labels; serve a {task} model with "
+        return (f"the serve stage scores HTTP answers against the test labels; serve this model with "
                 f"`lifecycle serve RUN_DIR` (POST {tasks.get(task).route}) instead")
 
     def metric_names(self) -> set[str]:

@@ -14,6 +14,7 @@ class TaskPlugin:
     name: ClassVar[str]
     export_reads: ClassVar[tuple[Holds, ...]]  # what the export stage reads under this task
     export_hint: ClassVar[str]  # how to fix a chain that gives export something else
+    trained_by: ClassVar[str] = "finetune"  # the stages that train this task's model (a refused chain's hint)
     onnx_holds: ClassVar[Holds]  # what export writes (and quantize keeps)
     output: ClassVar[str]  # the graph's one output
     edge_method: ClassVar[str]  # the lifecycle.edge.Predictor method that answers for this task

@@ -19,6 +19,7 @@ class Embedding(TaskPlugin):
     name = "embedding"
     export_reads = ("encoder", "masked-lm")
     export_hint = "an embedding export reads an encoder (pretrain or adapt with `objective: contrastive`)"
+    trained_by = "pretrain or adapt with `objective: contrastive`"
     onnx_holds = "onnx-encoder"
     output = "embeddings"
     edge_method = "embed"

@@ -20,6 +20,7 @@ class TabularAnomaly(TableTask):
     name = "tabular-anomaly"
     export_reads = ("masked-lm",)
     export_hint = "an anomaly scorer is a masked-feature model: pretrain with `objective: masked-feature` before export"
+    trained_by = "pretrain with `objective: masked-feature`"
     onnx_holds = "onnx-anomaly-scorer"
     output = "anomaly_score"
     edge_method = "score_rows"
