@@ -24,7 +24,7 @@ quickstart: setup
 	$(BIN)/lifecycle run pipelines/quickstart.yaml
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-all: setup
 	$(BIN)/pytest -q -m ""
