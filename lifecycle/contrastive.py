@@ -36,7 +36,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from lifecycle.embedding import Pooling
-from lifecycle.schema import Pairs, Strict
+from lifecycle.schema import Pairs, Strict, unset
 
 CONTRASTIVE_METRICS = {
     "eval_loss", "train_loss", "train_seconds", "train_steps", "texts_per_second", "train_texts", "params_total",
@@ -56,6 +56,9 @@ class Contrastive(Strict):
     validation: float = Field(0.05, gt=0, lt=1)  # supervised: share of pairs held out (eval_loss, alignment)
     eval_texts: int = Field(256, ge=8)  # held-out texts for alignment / uniformity (uniformity is O(n^2))
     pooling: Pooling | None = None  # None: the start model's (pooling.json or sentence-transformers), else mean
+    # tables (SCARF, lifecycle.table_contrastive): the share of a row's features replaced by draws from
+    # their training marginals; None: SCARF's 0.6.
+    corruption: float | None = Field(None, gt=0, lt=1, exclude_if=unset)
 
     @model_validator(mode="after")
     def _pairs(self) -> Contrastive:

@@ -22,7 +22,7 @@ from torch import nn
 from transformers import BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
 
-from lifecycle.tabular import FeatureTokenizer, Rows, table_config
+from lifecycle.tabular import FeatureTokenizer, Rows, preset_config
 
 
 class MaskedFeatureModel(BertPreTrainedModel):
@@ -148,13 +148,8 @@ def pretrain(cfg, ctx) -> dict:
     if not hasattr(data, "preprocessing"):
         raise LifecycleError(f"pretrain: data '{cfg.data}' is not a table; `objective: masked-feature` reads a "
                              "table source (one with `table: {target: COLUMN}`)")
-    fields = {**models.PRESETS[cfg.model.preset](), **cfg.model.overrides}
-    for key in ("family", "max_position_embeddings"):
-        fields.pop(key, None)
-    config = table_config(data.preprocessing, 2)
-    config.update(fields)
     seed_everything(ctx.seed)
-    model = MaskedFeatureModel(config)
+    model = MaskedFeatureModel(preset_config(cfg.model, data.preprocessing))
     probe_init = linear_probe(model, data) if data.labels else None
     args = training_args(cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, eval_strategy="no", save_strategy="no")
     train = MaskedRows(data.features("train")[0], cfg.mlm_probability, ctx.seed)

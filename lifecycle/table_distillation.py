@@ -1,8 +1,10 @@
-"""The distill stage for a table classifier (the task plug-in's recipe; lifecycle.tasks.table_task): the
+"""The distill stage for a table model (the task plug-in's recipe; lifecycle.tasks.table_task): the
 student is the teacher's TableTransformer with fewer encoder layers, initialised from teacher layers
-spread over the depth (lifecycle.components.distillation.pick_layers, as for text), trained on the
-teacher's soft targets at temperature T plus the labels (the same loss as text distillation). Teacher
-logits are computed once over the training rows. `speedup` is teacher / student PyTorch p50 latency on
+spread over the depth (lifecycle.components.distillation.pick_layers, as for text). A classifier's student
+learns the teacher's soft targets at temperature T plus the labels (the same loss as text distillation);
+a regressor's, the teacher's predictions plus the targets, both by squared error in the standardised
+units the head predicts (`alpha` weighs the teacher, as for classes; there is no temperature to soften a
+number). Teacher outputs are computed once over the training rows. `speedup` is teacher / student PyTorch p50 latency on
 one row, measured in alternating rounds."""
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ class DistillationTrainer(Trainer):
 
         teacher, labels = inputs.pop("teacher_logits"), inputs.pop("labels")
         outputs = model(**inputs)
-        loss = distillation_loss(outputs.logits, teacher, labels, self.temperature, self.alpha)
+        if model.config.num_labels == 1:  # a regressor: outputs are in the target's units
+            mean, std = model.config.target_scale
+            student = (outputs.logits.squeeze(-1) - mean) / std
+            to_teacher = torch.nn.functional.mse_loss(student, (teacher.squeeze(-1) - mean) / std)
+            loss = self.alpha * to_teacher + (1 - self.alpha) * torch.nn.functional.mse_loss(student, (labels.float() - mean) / std)
+        else:
+            loss = distillation_loss(outputs.logits, teacher, labels, self.temperature, self.alpha)
         return (loss, outputs) if return_outputs else loss
 
 

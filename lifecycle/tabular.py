@@ -47,6 +47,19 @@ def table_config(preprocessing: dict, num_labels: int, size: str = "ft-tiny", dr
     )
 
 
+def preset_config(source, preprocessing: dict, num_labels: int = 2) -> BertConfig:
+    """table_config with the sizes of a ModelSource's `preset` (and its overrides), as lifecycle.models
+    declares them; positions are one per feature, set from the table."""
+    from lifecycle import models
+
+    fields = {**models.PRESETS[source.preset](), **source.overrides}
+    for key in ("family", "max_position_embeddings"):
+        fields.pop(key, None)
+    config = table_config(preprocessing, num_labels)
+    config.update(fields)
+    return config
+
+
 class FeatureTokenizer(nn.Module):
     """One token per feature: numeric x -> x * w_j + b_j (or the feature's missing token), categorical
     c -> E_j[c] + b_j; [CLS] first."""
@@ -164,19 +177,25 @@ def build(data, head: dict, source=None, parent: Path | None = None) -> TableTra
     """A model for `data`: from a size preset (a ModelSource with `preset`, sizes as lifecycle.models
     declares them) or from a table model directory (`source.path`, or the parent's artifact), with a
     new head: `head` holds num_labels and the task's config fields (labels, or a target's scale)."""
-    from lifecycle import models
-
     if source is not None and source.preset:
-        fields = {**models.PRESETS[source.preset](), **source.overrides}
-        fields.pop("family")
-        fields.pop("max_position_embeddings", None)  # one position per feature, set from the data
-        config = table_config(data.preprocessing, head["num_labels"])
-        config.update({**fields, **head})
+        config = preset_config(source, data.preprocessing, head["num_labels"])
+        config.update(head)
         return TableTransformer(config)
     src = Path(source.path) if source is not None else Path(parent)
     config = BertConfig.from_pretrained(src)
     config.update(head)  # num_labels first: its setter resets id2label, which `head` may then set
     return TableTransformer.from_pretrained(src, config=config, ignore_mismatched_sizes=True)
+
+
+def with_lora(model: TableTransformer, lora):
+    """LoRA adapters on the encoder's attention projections (peft; `query`/`value` unless the stage names
+    others); the new head is trained in full. The feature tokenizer stays as pre-training left it: it is
+    the table's vocabulary, as a text model's embeddings are."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                            target_modules=lora.target_modules or ["query", "value"],
+                                            modules_to_save=["head"]))
 
 
 def finetune(cfg, parent, ctx, task) -> dict:
@@ -202,10 +221,19 @@ def finetune(cfg, parent, ctx, task) -> dict:
         data = data.read_through(json.loads((start / PREPROCESSING).read_text()), start)
     seed_everything(ctx.seed)
     model = build(data, task.head(data), source, None if parent is None else parent.path)
+    if cfg.lora:
+        model = with_lora(model, cfg.lora)
     counts = models.count_parameters(model)
     started = time.time()
     fit(model, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
     train_seconds = time.time() - started
+    merged = {}
+    if cfg.lora:  # merged into the weights, so export and distill see a plain TableTransformer
+        model.save_pretrained(ctx.out_dir / "adapter", safe_serialization=True)
+        probe = {k: v[:64] for k, v in data.features("validation")[0].items()}
+        before = predict(model, probe)
+        model = model.merge_and_unload()
+        merged["lora_merge_max_abs_diff"] = float(abs(before - predict(model, probe)).max())
     model.save_pretrained(ctx.out_dir, safe_serialization=True)
     (ctx.out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
     ctx.details.update(labels=data.labels, schema=vars(data.schema), data_stats=data.stats)
@@ -214,7 +242,7 @@ def finetune(cfg, parent, ctx, task) -> dict:
     metrics = {**task.test_metrics(predict(model, test), data.target("test")),
                **{f"val_{k}": v for k, v in task.evaluate(predict(model, val), data.target("validation")).items()},
                **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
-               "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds}
+               "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds, **merged}
     if cfg.control is not None:  # the same architecture from random init, same data, budget and seed
         seed_everything(ctx.seed)
         scratch = fit(TableTransformer(model.config), data, cfg.control.train or cfg.train,

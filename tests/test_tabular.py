@@ -121,8 +121,12 @@ def test_a_text_task_on_a_table_and_text_only_settings_are_refused():
     with pytest.raises(ConfigError, match="task.data: 'penguins' is a table, but a classification task reads text"):
         config.build(raw)
     raw = json.loads(json.dumps(PENGUINS))
-    raw["stages"][0]["lora"] = {"r": 4}
-    with pytest.raises(ConfigError, match=r"stages\[0\].lora: not supported for tabular-classification"):
+    raw["stages"][0]["lora"] = {"r": 4}  # on a preset: nothing pre-trained to adapt
+    with pytest.raises(ConfigError, match=r"stages\[0\].lora: adapters on a randomly initialised table model"):
+        config.build(raw)
+    raw = json.loads(json.dumps(PENGUINS))
+    raw["stages"][0]["class_weights"] = "balanced"
+    with pytest.raises(ConfigError, match=r"stages\[0\].class_weights: not supported for tabular-classification"):
         config.build(raw)
 
 
@@ -205,6 +209,83 @@ def test_masked_cells_without_a_value_are_never_reconstruction_targets():
     assert numeric.tolist() == [[True, False]] and cats.tolist() == [[False, True]]
 
 
+# ------------------------------------------------------------------------- contrastive (SCARF) pre-training
+def test_scarf_corrupts_a_share_of_features_with_values_from_other_rows():
+    import torch
+
+    from lifecycle.table_contrastive import CorruptedRows
+
+    n = 200  # every cell of row i holds a value no other row has: a corrupted cell is one that changed
+    feeds = {"numeric": np.arange(n * 3, dtype=np.float32).reshape(n, 3),
+             "numeric_missing": np.zeros((n, 3), dtype=np.float32),
+             "categorical": (np.arange(n * 2).reshape(n, 2) + 2).astype(np.int64)}
+    rows = CorruptedRows(feeds, corruption=0.6, seed=0)
+    changed = []
+    for i in range(n):
+        item = rows[i]
+        num = item["positive_numeric"] != item["numeric"]
+        cat = item["positive_categorical"] != item["categorical"]
+        changed.append(torch.cat([num, cat]).float())
+        # a corrupted cell comes from the same column of another row (a draw from that feature's marginal)
+        for j in torch.nonzero(num).flatten().tolist():
+            assert item["positive_numeric"][j].item() in feeds["numeric"][:, j]
+        for j in torch.nonzero(cat).flatten().tolist():
+            assert item["positive_categorical"][j].item() in feeds["categorical"][:, j]
+    share = torch.stack(changed)
+    assert share.sum(1).min() >= 1  # at least one feature per row
+    assert 0.55 < share.mean() < 0.72, share.mean()  # 0.6, plus the forced one, minus a donor that was the row itself
+
+
+def test_scarf_pretraining_tells_rows_apart_and_fine_tunes_from_its_encoder(tmp_path):
+    from safetensors.torch import load_file
+
+    raw = {**PRETRAINED, "name": "penguins-scarf",
+           "stages": [{"kind": "pretrain", "data": "penguins", "objective": "contrastive",
+                       "train": {**PRETRAINED["stages"][0]["train"], "epochs": 15}},
+                      PRETRAINED["stages"][1]]}
+    pipeline.run(config.build(raw), workdir=tmp_path, echo=quiet)
+    run = tmp_path / "penguins-scarf"
+    pre = metrics(run, "pretrain")
+    # held-out rows pick out their own corrupted copy better than chance (measured: top-1 0.23, chance 0.06)
+    assert pre["contrastive_loss"] < pre["contrastive_loss_chance"] - 0.1, pre
+    assert pre["contrastive_top1"] > 2 * pre["contrastive_top1_chance"], pre
+    assert {"probe_accuracy", "probe_accuracy_init", "probe_gain"} <= set(pre)
+    fine = metrics(run, "finetune")
+    assert {"control_accuracy", "pretraining_gain", "baseline_gbdt_accuracy"} <= set(fine)
+    pretrained, tuned = load_file(run / "pretrain" / "model.safetensors"), load_file(run / "finetune" / "model.safetensors")
+    assert any(k.startswith("projection.") for k in pretrained) and not any(k.startswith("projection.") for k in tuned)
+    assert set(k for k in tuned if not k.startswith("head.")) <= set(pretrained)  # the encoder came from pretrain
+
+
+def test_lora_fine_tunes_a_pretrained_table_model_and_merges_into_a_plain_one(tmp_path):
+    from safetensors.torch import load_file
+
+    lora = {**PRETRAINED["stages"][1], "control": None, "lora": {"r": 4, "alpha": 8},
+            "train": {**PRETRAINED["stages"][1]["train"], "epochs": 20, "lr": 1.0e-2}}  # adapters: a higher lr
+    raw = {**PRETRAINED, "stages": [PRETRAINED["stages"][0], lora, {"kind": "export", "latency": {"runs": 2, "batch32": False}}]}
+    pipeline.run(config.build(raw), workdir=tmp_path, echo=quiet)
+    run = tmp_path / "penguins-pretrained"
+    fine = metrics(run, "finetune")
+    assert fine["trainable_fraction"] < 0.5 and fine["lora_merge_max_abs_diff"] < 1e-4, fine
+    assert fine["accuracy"] > 0.9, fine  # the adapters and head learned the species
+    assert (run / "finetune" / "adapter" / "adapter_model.safetensors").is_file()
+    tuned = load_file(run / "finetune" / "model.safetensors")
+    assert not any("lora" in k for k in tuned)  # merged: export reads a plain TableTransformer
+    pretrained = load_file(run / "pretrain" / "model.safetensors")
+    assert all((tuned[k] == pretrained[k]).all() for k in tuned if k.startswith("features."))  # frozen tokenizer
+    assert metrics(run, "export")["accuracy"] == pytest.approx(fine["accuracy"], abs=0.02)
+
+
+def test_text_contrastive_settings_are_refused_on_a_table(tmp_path):
+    from lifecycle import LifecycleError
+
+    raw = {**PRETRAINED, "name": "scarf-bad",
+           "stages": [{"kind": "pretrain", "data": "penguins", "objective": "contrastive",
+                       "contrastive": {"max_length": 64}, "train": {"max_steps": 1}}]}
+    with pytest.raises(LifecycleError, match=r"contrastive\.max_length: a text setting"):
+        pipeline.run(config.build(raw), workdir=tmp_path, echo=quiet)
+
+
 def test_a_table_model_refuses_a_table_without_its_columns(tmp_path):
     import pandas as pd
 
@@ -226,7 +307,7 @@ def test_a_table_model_refuses_a_table_without_its_columns(tmp_path):
 def regression_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("regression")
     outcomes = pipeline.run(config.load(ROOT / "pipelines" / "tabular_regression.yaml"), workdir=workdir, echo=quiet)
-    assert [o.status for o in outcomes] == ["passed"] * 4
+    assert [o.status for o in outcomes] == ["passed"] * 5
     return workdir / "tabular-regression"
 
 
@@ -236,6 +317,9 @@ def test_the_regression_pipeline_answers_in_the_targets_units(regression_run):
     assert {"r2", "rmse", "mae", "control_r2", "baseline_gbdt_r2", "baseline_gbdt_rmse", "pretraining_gain"} <= set(fine)
     assert metrics(regression_run, "pretrain")["numeric_rmse"] < 1.0
     assert "categorical_accuracy" not in metrics(regression_run, "pretrain")  # diabetes has no categories
+    student = metrics(regression_run, "distill")
+    assert student["teacher_r2"] == pytest.approx(fine["r2"]) and student["compression"] > 1.5
+    assert student["r2"] > fine["r2"] - 0.05 and student["retention"] > 0.8, student
     p = Predictor.open(regression_run / "quantize")
     rows = [r["row"] for r in p.manifest["details"]["sample_predictions"]]
     values = [a["value"] for a in p.regress_rows(rows)]

@@ -35,7 +35,7 @@ from lifecycle.components.distillation import (
 from lifecycle.components.training import EarlyStopping, TrainConfig
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
-from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
+from lifecycle.evaluation.tables import TABLE_CLASSIFICATION, TABLE_REGRESSION
 from lifecycle.models import ModelSource
 from lifecycle.schema import Holds, StageBase, Strict, TaskType, Trains
 
@@ -49,7 +49,7 @@ class Student(Strict):
 
 class Config(StageBase):
     kind: Literal["distill"]
-    tasks = ("classification", "tabular-classification")
+    tasks = ("classification", "tabular-classification", "tabular-regression")
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     student: Student = Student()
     temperature: float = Field(2.0, gt=0)  # softens both distributions; 2-4 passes the teacher's "dark knowledge"
@@ -69,13 +69,15 @@ class Config(StageBase):
         return Trains(self.train, student=self.student)
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
-        return ("classifier",)  # the teacher: its logits on the task's labels are the soft targets
+        # the teacher: what the task's finetune stage holds (a classifier's logits are the soft targets,
+        # a regressor's predictions the targets of its student)
+        return (tasks.get(task).finetunes_into if task else "classifier",)
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
-        return "classifier"
+        return tasks.get(task).finetunes_into if task else "classifier"
 
     def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
-        return "distill's teacher is a fine-tuned classifier: put a finetune stage before it"
+        return f"distill's teacher is a fine-tuned {self.accepts(task)[0]}: put a finetune stage before it"
 
     def task_hint(self, task: TaskType) -> str | None:
         return "distillation matches a classifier's logits; an embedding model is not distilled here"
@@ -84,9 +86,10 @@ class Config(StageBase):
         return tasks.get(task).distill_problem(self)
 
     def metric_names(self) -> set[str]:
-        scores = {*CLASSIFICATION, *TABLE_CLASSIFICATION}  # a table task's recipe adds AUROC
+        scores = {*CLASSIFICATION, *TABLE_CLASSIFICATION, *TABLE_REGRESSION}  # a table task's recipe adds its own
         teacher = {f"teacher_{m}" for m in (*scores, *TORCH_LATENCY, "params_total", "size_mb")}
-        return {*scores, *TORCH_LATENCY, *VAL_METRICS, "val_auroc", *teacher, "retention", "speedup", "compression",
+        return {*scores, *TORCH_LATENCY, *VAL_METRICS, *(f"val_{m}" for m in (*TABLE_CLASSIFICATION, *TABLE_REGRESSION)),
+                *teacher, "retention", "speedup", "compression",
                 "eval_loss", "params_total", "size_mb", "train_seconds", "train_steps", "data_wait_fraction",
                 *COLLAPSE_METRICS}
 

@@ -20,7 +20,7 @@ from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
 from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
 from lifecycle.data.corpus import STAT_KEYS
-from lifecycle.evaluation.tables import MASKED_FEATURE_METRICS
+from lifecycle.evaluation.tables import MASKED_FEATURE_METRICS, SCARF_METRICS
 from lifecycle.models import PRESETS, ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
 
@@ -83,7 +83,7 @@ class Config(StageBase):
         if self.objective == "masked-feature":
             return set(MASKED_FEATURE_METRICS)
         if self.objective == "contrastive":
-            return {*CONTRASTIVE_METRICS, *STAT_KEYS, "vocab_size"}
+            return {*CONTRASTIVE_METRICS, *STAT_KEYS, "vocab_size", *SCARF_METRICS}  # text or a table
         return {*LM_METRICS, "unigram_perplexity", "perplexity_vs_unigram", "probe_accuracy"}
 
 
@@ -99,10 +99,14 @@ def run(cfg: Config, parent, ctx) -> dict:
 
         return masked_features.pretrain(cfg, ctx)
     if ctx.pipeline.data[cfg.data].table is not None:
+        if cfg.objective == "contrastive":
+            from lifecycle import table_contrastive
+
+            return table_contrastive.pretrain(cfg, ctx)
         from lifecycle import LifecycleError
 
         raise LifecycleError(f"pretrain: data '{cfg.data}' is a table; pre-train a table model with "
-                             "`objective: masked-feature`")
+                             "`objective: masked-feature` or `objective: contrastive`")
     if cfg.objective == "contrastive":
         return _contrastive(cfg, ctx)
     objective = "mlm" if cfg.model.family == "bert" else "clm"

@@ -33,9 +33,12 @@ class TableTask(TaskPlugin):
         return tabular.finetune(cfg, parent, ctx, self)
 
     def finetune_problem(self, cfg) -> str | None:
-        # The table recipe trains every weight for the stage's budget and keeps the last step (no
+        # The table recipe keeps the last step of the stage's budget (no
         # checkpoint selection yet); settings for the text recipe are refused rather than ignored.
-        unsupported = {"lora": cfg.lora, "multi_label": cfg.multi_label, "class_weights": cfg.class_weights,
+        if cfg.lora and cfg.model is not None and cfg.model.preset:
+            return ("lora: adapters on a randomly initialised table model learn next to nothing; start from a "
+                    "pre-trained table model (a pretrain stage or a `model.path`), or train in full")
+        unsupported = {"multi_label": cfg.multi_label, "class_weights": cfg.class_weights,
                        "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit,
                        "baseline": cfg.baseline or None, "head_pooling": None if cfg.head_pooling == "auto" else 1}
         given = next((k for k, v in unsupported.items() if v is not None), None)

@@ -4,13 +4,17 @@ Graph: the table inputs (lifecycle.tasks.table_task), output `prediction` (batch
 units (the head predicts the standardised target; the scale fitted on the training split is applied
 inside the graph); edge method `regress_rows` ({"value"} per row); route POST /regress. Scores: R2
 (the headline), RMSE and MAE in the target's units; fidelity to the fp32 parent: the largest
-prediction difference. The finetune stage reports HistGradientBoostingRegressor on the same split.
+prediction difference. The finetune stage reports HistGradientBoostingRegressor on the same split; distill
+shrinks the model by squared error to the teacher's predictions (lifecycle.table_distillation).
 """
 
 from __future__ import annotations
 
 from lifecycle.evaluation.tables import TABLE_REGRESSION
 from lifecycle.tasks.table_task import TableTask
+
+# the finetune and distill stages add a collapse gate (minority-class predictions) unless told not to
+NO_CLASSES = "collapse_min: a regression has no classes to collapse onto; set `collapse_min: null`"
 
 
 class TabularRegression(TableTask):
@@ -26,12 +30,10 @@ class TabularRegression(TableTask):
     finetunes_into = "regressor"
 
     def finetune_problem(self, cfg) -> str | None:
-        if cfg.collapse_min is not None:  # the finetune stage adds that gate unless told not to
-            return "collapse_min: a regression has no classes to collapse onto; set `collapse_min: null`"
-        return super().finetune_problem(cfg)
+        return NO_CLASSES if cfg.collapse_min is not None else super().finetune_problem(cfg)
 
     def distill_problem(self, cfg) -> str | None:
-        return "distill: a regressor is not distilled yet (its loss would be MSE to the teacher's predictions)"
+        return NO_CLASSES if cfg.collapse_min is not None else super().distill_problem(cfg)
 
     def head(self, data) -> dict:
         import numpy as np
