@@ -223,7 +223,12 @@ def static_and_dynamic(arts: dict, cfg, work: Path) -> dict:
 def quickstart_verdict(workdir: Path) -> dict:
     """The quickstart's quantize stage: its gates include min_speedup's, and it keeps a rung at least as
     fast as its fp32 parent at both batches, or keeps fp32 with the reason written."""
-    art = run_pipeline({"overrides": []}, workdir, QUICKSTART)[0]["quantize"]
+    arts = run_pipeline({"overrides": []}, workdir, QUICKSTART)[0]
+    art = arts["quantize"]
+    if art is None:  # an earlier stage's gate stopped the quickstart: its check then fails, saying where
+        stopped = next(name for name, a in arts.items() if a is None)
+        return {"method": None, "reason": f"the quickstart stopped before quantize (at '{stopped}' or earlier)",
+                "speedup": None, "speedup_served": None, "gates_include_min_speedup": False, "ok": False}
     details, metrics = art.manifest["details"], art.metrics
     gated = {g["metric"] for g in art.manifest["gates"]} >= {"speedup", "speedup_served"}
     faster = metrics.get("speedup", 0) >= 1.0 and metrics.get("speedup_served", 0) >= 1.0
