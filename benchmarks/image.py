@@ -53,13 +53,13 @@ def build(side: int, work: Path):
     source = ModelSource(preset="bert-tiny", overrides={"num_hidden_layers": 4, "patch_size": patch_for(side)})
     torch.manual_seed(0)
     model = ViTForImageClassification(vit_config(pre, source, **head([str(i) for i in range(10)]))).eval()
-    fp32 = work / f"fp32-{side}"
+    src, fp32 = work / f"model-{side}", work / f"fp32-{side}"
     fp32.mkdir(parents=True)
-    model.save_pretrained(fp32)
-    (fp32 / "preprocessor_config.json").write_text(json.dumps(pre))
-    preprocessor = TASK.preprocessor(fp32, None)
+    model.save_pretrained(src)
+    (src / "preprocessor_config.json").write_text(json.dumps(pre))
+    preprocessor = TASK.preprocessor(src, None)
     export_onnx(model, preprocessor.transform([preprocessor.blank()] * 2), fp32 / "model.onnx")
-    TASK.write_runtime_files(fp32, fp32, preprocessor, None, ["pixel_values"], model)
+    TASK.write_runtime_files(fp32, src, preprocessor, None, ["pixel_values"], model)
     int8 = work / f"int8-{side}"
     quantize(Settings(method="dynamic-int8"), fp32, int8)
     images = list(np.rint(load_digits().images[:32] * 255 / 16).astype(np.uint8))
