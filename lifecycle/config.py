@@ -121,11 +121,12 @@ class Pipeline(Strict):
             self._check_source("task.data", self.task.data, labelled=True)
             from lifecycle import tasks
 
-            reads, table = tasks.get(self.task.type).reads, self.data[self.task.data].table is not None
-            if table != (reads == "table"):
-                raise ValueError(f"task.data: '{self.task.data}' is {'a table' if table else 'text'}, but a "
-                                 f"{self.task.type} task reads {reads}; name a {reads} source"
-                                 + (" (one with `table: {target: COLUMN}`)" if reads == "table" else ""))
+            reads, holds = tasks.get(self.task.type).reads, self.data[self.task.data].reads
+            if holds != reads:
+                what = {"table": "a table", "image": "images", "text": "text"}
+                hint = {"table": " (one with `table: {target: COLUMN}`)", "image": " (imagefolder or sklearn-digits)"}
+                raise ValueError(f"task.data: '{self.task.data}' is {what[holds]}, but a "
+                                 f"{self.task.type} task reads {reads}; name a {reads} source" + hint.get(reads, ""))
 
     def _check_source(self, field: str, name: str, labelled: bool) -> None:
         if name not in self.data:

@@ -10,14 +10,15 @@ reader, the ISA check) and not a package.
     p.embed(["some text"])                   # an embedding model: (n, dim) array
     p.predict_rows([{"island": "Dream", "body_mass_g": None}])  # a table model, from raw rows (also
                                              # regress_rows, score_rows); missing values as None
+    p.classify_images([png_bytes, uint8_array])  # an image classifier: encoded PNG/JPEG or pixels
     p.answers(["some text"])                 # whichever of those the model's task declares, as JSON
     p.check()                                # re-runs the predictions the pipeline recorded
 
 A text's answer does not depend on what it is batched with (see Predictor.logits): texts are never
 padded, and a graph that quantizes activations at run time gets one text per call.
 
-A directory or zip holds model.onnx, tokenizer.json (preprocessing.json for a table model: schema.json
-names it), labels.json and schema.json. When it holds
+A directory or zip holds model.onnx, tokenizer.json (preprocessing.json for a table model,
+preprocessor_config.json for an image model: schema.json names it), labels.json and schema.json. When it holds
 manifest.json (a bundle always does), every file's sha256 is checked before anything is loaded and
 files the manifest does not list are refused. ONNX external data is accepted only when every location
 is a plain relative path to a regular file inside the bundle: no absolute paths, no `..`, no symlinks.
@@ -103,10 +104,13 @@ class Predictor:
         self.schema = json.loads((self.root / SCHEMA).read_text())
         self.labels: list[str] = json.loads((self.root / LABELS).read_text())
         # What turns raw input into the graph's feeds: a tokenizer for texts, TablePreprocessing for rows.
-        self.tokenizer = self.table = None
+        self.tokenizer = self.table = self.image = None
         if preprocessor_file(self.schema) == PREPROCESSING:
             self.table = TablePreprocessing.load(self.root / PREPROCESSING)
             self.max_length = 0  # rows have no length
+        elif preprocessor_file(self.schema) == IMAGE_PROCESSOR:
+            self.image = ImagePreprocessing.load(self.root / IMAGE_PROCESSOR)
+            self.max_length = 0  # images have no length: every one is resized to the model's size
         else:
             from tokenizers import Tokenizer
 
@@ -144,7 +148,10 @@ class Predictor:
         return self.schema.get("route", "/classify")
 
     def sample_input(self):
-        """One input the model accepts (a warm-up): a text, or a row of missing values for a table model."""
+        """One input the model accepts (a warm-up): a text, a row of missing values for a table model, a
+        black image for an image model."""
+        if self.image is not None:
+            return self.image.blank()
         return {c: None for c in self.table.columns} if self.table is not None else "warm-up"
 
     def answers(self, texts: list[str]) -> list:
@@ -200,6 +207,8 @@ class Predictor:
         rows (mappings column -> value) instead of texts, and pad_to does not apply."""
         if self.table is not None:  # a graph may leave out an input it does not use (no categorical columns)
             return {k: v for k, v in self.table.transform_rows(list(texts))[0].items() if k in self.input_names}
+        if self.image is not None:  # images: every one is resized to the model's size; pad_to does not apply
+            return {"pixel_values": self.image.transform(list(texts))}
         return self._feeds(self.tokenizer.encode_batch(list(texts)), pad_to)
 
     def _feeds(self, encs: list, pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -246,6 +255,8 @@ class Predictor:
         #   batching gains onnxruntime little on CPU: one call per text costs dynamic int8 2-8%.
         if self.table is not None:
             return self.table_outputs(texts, batch_size)[0]
+        if self.image is not None:
+            return self.image_outputs(texts, batch_size)
         encs = self.tokenizer.encode_batch(list(texts))
         groups: dict[int, list[int]] = {}
         for i, e in enumerate(encs):
@@ -281,6 +292,23 @@ class Predictor:
         if not outs:
             return np.zeros((0, max(1, len(self.labels))), dtype=np.float32), counts
         return np.concatenate(outs).astype(np.float32), counts
+
+    def image_outputs(self, images: list, batch_size: int = 64) -> np.ndarray:
+        """The graph's output per image (encoded PNG/JPEG bytes, a PIL image or uint8 pixels (H, W[, C])),
+        through the model's image preprocessing (ImagePreprocessing). Every image is resized to one size,
+        so any images share a call; a graph with run-time activation scales gets one image per call."""
+        pixels = self.image.transform(list(images))
+        size = 1 if self.batch_dependent else max(1, batch_size)
+        outs = [self.session.run(None, {"pixel_values": pixels[i : i + size]})[0] for i in range(0, len(pixels), size)]
+        if not outs:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return np.concatenate(outs).astype(np.float32)
+
+    def classify_images(self, images: list) -> list[dict]:
+        """{"label", "score", "scores"} per image (encoded PNG/JPEG bytes or uint8 pixels): an image
+        classifier's answer, preprocessing included (ImageError for bytes that are not an allowed image)."""
+        self._only_for("classify_images")
+        return self._label_scores(self.image_outputs(images))
 
     def predict_rows(self, rows: list[dict]) -> list[dict]:
         """{"label", "score", "scores"} per table row (a mapping column -> value; null for a missing
@@ -322,12 +350,19 @@ class Predictor:
         expected = m.get("sample_predictions") or m.get("details", {}).get("sample_predictions") or []
         if not expected:
             raise BundleError(f"{self.root}: the manifest records no sample predictions to check")
-        inputs = [e["row"] if "row" in e else e["text"] for e in expected]  # a table model records rows
+        # a table model records rows, an image model its images as base64 PNG
+        inputs = [e["row"] if "row" in e else _b64(e["image"]) if "image" in e else e["text"] for e in expected]
         for x, e, got in zip(inputs, expected, self.answers(inputs)):
             where = _difference(e["answer"], got, atol)
             if where is not None:
                 raise BundleError(f"prediction differs from the pipeline's for {str(x)[:60]!r}: {where}")
         return len(expected)
+
+
+def _b64(text: str) -> bytes:
+    import base64
+
+    return base64.b64decode(text, validate=True)
 
 
 def _difference(want, got, atol: float, path: str = "answer") -> str | None:
@@ -374,7 +409,8 @@ def verify(root: Path) -> dict:
 
 def preprocessor_file(schema: dict) -> str:
     """The file that turns raw input into the graph's feeds, as schema.json names it: tokenizer.json
-    for a text model (the default: older artifacts do not name it), preprocessing.json for a table."""
+    for a text model (the default: older artifacts do not name it), preprocessing.json for a table,
+    preprocessor_config.json for images."""
     return schema.get("preprocessor", TOKENIZER)
 
 
@@ -752,3 +788,127 @@ class TablePreprocessing:
 def _count(into: dict, name: str, n: int) -> None:
     if n:
         into[name] = into.get(name, 0) + n
+
+
+# ------------------------------------------------------------------------------- image preprocessing
+# One transform from an image to the graph's `pixel_values`, used by training (lifecycle.images), the
+# stages' evaluation, the edge runtime and the service, so the same pixels give the same tensor everywhere.
+# Its parameters are a transformers image-processor config (ViTImageProcessor's preprocessor_config.json:
+# resize to `size` with `resample`, rescale, normalise by `image_mean` / `image_std`), and the arithmetic
+# is transformers' own (rescale in float64 then float32, normalise in float32), so
+# ViTImageProcessor.from_pretrained(dir) gives the same tensor too (tested); here it needs only numpy and
+# Pillow. Decoding checks the pixel count from the header before any pixel is decoded.
+IMAGE_PROCESSOR = "preprocessor_config.json"
+IMAGE_FORMATS = ("PNG", "JPEG")  # what decode_image accepts unless told otherwise
+MAX_IMAGE_PIXELS = 4096 * 4096  # decode_image's default limit (width x height, from the header)
+# Modes converted to the model's ("L" or "RGB"); others (16-bit "I;16", float "F") would be rescaled
+# wrongly by a plain conversion and are refused.
+CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"})
+
+
+class ImageError(ValueError):
+    """Bytes that are not an image the model takes: `status` is the HTTP status a service answers with
+    (413: too many pixels, 415: not an allowed format or mode, 422: recognised but undecodable)."""
+
+    def __init__(self, reason: str, status: int = 422):
+        super().__init__(reason)
+        self.reason, self.status = reason, status
+
+
+def decode_image(data: bytes, max_pixels: int | None = MAX_IMAGE_PIXELS, formats=IMAGE_FORMATS):
+    """Encoded bytes -> a decoded PIL image. Pillow's open() reads the header only, so the pixel count is
+    refused before anything is decompressed (a small PNG can declare 100k x 100k pixels); then the whole
+    image is decoded, so a truncated or corrupt file fails here and not inside a model call."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+        try:
+            im = Image.open(io.BytesIO(bytes(data)), formats=list(formats))
+        except Image.DecompressionBombError as exc:  # Pillow's own ceiling (2 x its MAX_IMAGE_PIXELS)
+            raise ImageError(f"too many pixels ({exc})", 413) from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+            raise ImageError(f"not a {' or '.join(formats)} image", 415) from None
+        width, height = im.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageError(f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}", 413)
+        if im.mode not in CONVERTIBLE_MODES:
+            raise ImageError(f"{im.format} mode {im.mode} is not supported (8-bit grey, palette, RGB or RGBA)", 415)
+        try:
+            im.load()
+        # A decoder fed hostile bytes can raise nearly anything (OSError for a truncated file, SyntaxError,
+        # ValueError, zlib and struct errors); every one means the same to the caller.
+        except Exception as exc:  # noqa: BLE001
+            raise ImageError(f"{im.format} image could not be decoded (truncated or corrupt: {str(exc)[:120]})",
+                             422) from None
+    return im
+
+
+def to_mode(im, mode: str):
+    """A PIL image in `mode` ("L" or "RGB"). Transparent pixels are composited over black first (a plain
+    convert would keep the colour under a fully transparent pixel)."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA"))
+    return im if im.mode == mode else im.convert(mode)
+
+
+class ImagePreprocessing:
+    """Images -> `pixel_values` (n, channels, height, width) float32, by a transformers image-processor
+    config: convert to the model's mode (1 channel: "L", 3: "RGB"), resize to `size` (Pillow, `resample`),
+    x * rescale_factor (float64, then float32), (x - mean) / std (float32). Inputs are encoded bytes
+    (decode_image: PNG or JPEG, at most MAX_IMAGE_PIXELS), PIL images or uint8 arrays (H, W) / (H, W, C)."""
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.height, self.width = spec["size"]["height"], spec["size"]["width"]
+        channels = len(spec["image_mean"])
+        if channels not in (1, 3):
+            raise ValueError(f"{IMAGE_PROCESSOR}: image_mean has {channels} values; images have 1 or 3 channels")
+        self.mode = "L" if channels == 1 else "RGB"
+        self.mean = np.array(spec["image_mean"], dtype=np.float32)
+        self.std = np.array(spec["image_std"], dtype=np.float32)
+
+    @classmethod
+    def load(cls, path: Path) -> ImagePreprocessing:
+        return cls(json.loads(Path(path).read_text()))
+
+    def blank(self) -> np.ndarray:
+        shape = (self.height, self.width) if self.mode == "L" else (self.height, self.width, 3)
+        return np.zeros(shape, dtype=np.uint8)
+
+    def pixels(self, image) -> np.ndarray:
+        """One image as uint8 (H, W) or (H, W, 3) in the model's mode and size: what is normalised."""
+        from PIL import Image
+
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            image = decode_image(image)
+        elif isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+                raise ImageError(f"expected uint8 pixels (H, W) or (H, W, 1|3|4), got {image.dtype} {image.shape}")
+            image = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+        elif not isinstance(image, Image.Image):
+            raise ImageError(f"expected image bytes, a PIL image or uint8 pixels, got {type(image).__name__}")
+        image = to_mode(image, self.mode)
+        if self.spec.get("do_resize", True) and image.size != (self.width, self.height):
+            image = image.resize((self.width, self.height), resample=self.spec.get("resample", 2))
+        return np.asarray(image, dtype=np.uint8)
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (n, H, W[, C]) -> float32 (n, C, H, W), as transformers' rescale and normalize compute it."""
+        x = pixels if pixels.ndim == 4 else pixels[..., None]
+        if self.spec.get("do_rescale", True):
+            x = (x.astype(np.float64) * self.spec.get("rescale_factor", 1 / 255)).astype(np.float32)
+        else:
+            x = x.astype(np.float32)
+        if self.spec.get("do_normalize", True):
+            x = (x - self.mean) / self.std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+    def transform(self, images: list) -> np.ndarray:
+        if not images:
+            return np.zeros((0, len(self.mean), self.height, self.width), dtype=np.float32)
+        return self.normalise(np.stack([self.pixels(im) for im in images]))

@@ -90,14 +90,16 @@ class Gate(Strict):
 # could only fail at run time, or silently produce nonsense (a masked-LM exported as a classifier).
 Holds = Literal["masked-lm", "causal-lm", "encoder", "classifier", "regressor", "onnx-classifier", "onnx-encoder",
                 "onnx-regressor", "onnx-anomaly-scorer", "service-check"]
-TaskType = Literal["classification", "embedding", "tabular-classification", "tabular-regression", "tabular-anomaly"]
+TaskType = Literal["classification", "embedding", "tabular-classification", "tabular-regression", "tabular-anomaly",
+                   "image-classification"]
 # a Hugging Face model directory
 HF_HOLDS: tuple[Holds, ...] = ("masked-lm", "causal-lm", "encoder", "classifier", "regressor")
 # model.onnx + runtime files (lifecycle.edge)
 ONNX_HOLDS: tuple[Holds, ...] = ("onnx-classifier", "onnx-encoder", "onnx-regressor", "onnx-anomaly-scorer")
 # Where a chain gets each kind: the hint of a refused chain.
 MADE_BY: dict[str, str] = {
-    "masked-lm": "pretrain with a bert-* preset (`objective: masked-feature` for a table), or adapt",
+    "masked-lm": "pretrain with a bert-* preset (`objective: masked-feature` for a table, `masked-image` for "
+                 "images), or adapt",
     "causal-lm": "pretrain with a gpt-* preset, or adapt",
     "encoder": "pretrain or adapt with `objective: contrastive`",
     "classifier": "finetune or distill",

@@ -17,7 +17,10 @@ the graph) for an embedding model; POST /predict {"rows": [{column: value, ...},
 answers as /classify for a table classifier (null: a missing value; the preprocessing inside the model
 directory turns raw rows into the graph's inputs), POST /regress {"rows": [...]} -> [{"value": float}, ...]
 for a table regressor, POST /score {"rows": [...]} -> [{"anomaly_score": float}, ...] for a table
-anomaly scorer, with the same batching and the same refusals; the route the
+anomaly scorer, POST /classify_image (a body of image/png or image/jpeg: one image; or application/json
+{"images": [base64, ...]}: a batch) -> the same answers as /classify for an image classifier (converted
+to the model's mode, transparency composited over black, resized and normalised by the model's own
+image-processor config), with the same batching and the same refusals; the route the
 served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
 /livez, /readyz, /metrics. Every refusal has a JSON body {"error": "..."} and never a stack trace:
 
@@ -30,6 +33,12 @@ served model has no use for answers 404 with a JSON error. GET /metadata (name, 
          with over_length "reject", a text over the model's max_length tokens (the default, "truncate",
          cuts it to max_length tokens, as in training and in the edge bundle)
     400  also JSON nested too deeply for the parser (Python's recursion limit)
+    413  an image of more than max_image_pixels (width x height, read from its header before any pixel is
+         decoded: a decompression bomb costs nothing)
+    415  an image body of another content type; an image (or "images"[i]) that is not an allowed format
+         (image_formats; a text file, a GIF) or of a mode that cannot be converted (16-bit, float)
+    422  an image that is recognised but cannot be decoded (truncated, corrupt), an "images" item that is
+         not base64; each message names the item ("images"[2]: ...)
     413  body over max_body_bytes (Content-Length, or counted while reading a chunked body)
     408  a body still incomplete after body_timeout_s (the connection is then closed)
     429  more than max_concurrency requests in flight (split evenly across workers), counted only from
@@ -61,7 +70,7 @@ from pydantic import BaseModel
 from lifecycle.edge import Predictor
 
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
-ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score")  # every POST route below; a model answers on the one its task declares
+ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score", "/classify_image")  # every POST route below; a model answers on the one its task declares
 
 
 def _load_config() -> dict:
@@ -96,6 +105,9 @@ class AnomalyScore(BaseModel):
 # whatever max_length is (truncation comes after tokenising the whole text): 1 M characters held the
 # event loop, /livez included, for ~0.9 s. 2000 characters are ~2 ms, ten times the sample text.
 INLINE_MAX_CHARS = 2000
+# Image request bodies up to this size are decoded on the event loop; larger ones in a thread.
+INLINE_IMAGE_BYTES = 64 << 10
+IMAGE_MEDIA = (b"image/png", b"image/jpeg")  # image bodies an image model takes (besides JSON)
 # Never behind the concurrency limit, as in BentoML's own MaxConcurrencyMiddleware.
 UNLIMITED_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
@@ -132,9 +144,11 @@ class RequestLimits:
                                 f"this server serves a {predictor.task} model: POST {predictor.route}")
         headers = dict(scope["headers"])
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if media != b"application/json":  # includes application/vnd.bentoml+pickle: never unpickle input
+        image_body = predictor.image is not None and media in IMAGE_MEDIA
+        if media != b"application/json" and not image_body:  # includes application/vnd.bentoml+pickle: never unpickle input
             shown = media.decode("latin-1")[:80] or "none"
-            return await _error(scope, receive, send, 415, f"content type must be application/json (got {shown})")
+            allowed = "image/png, image/jpeg or application/json" if predictor.image is not None else "application/json"
+            return await _error(scope, receive, send, 415, f"content type must be {allowed} (got {shown})")
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.s["max_body_bytes"]):
             return await _error(scope, receive, send, 413, f"body over {self.s['max_body_bytes']} bytes")
@@ -158,6 +172,16 @@ class RequestLimits:
             return await _error(scope, receive, _with_connection_close(send), 408,
                                 f"request body not complete after {self.s['body_timeout_s']:g} s")
         body = b"".join(chunks)
+        if predictor.image is not None:
+            problem, status, payload = await self.check_images(body, image_body)
+            if problem:
+                return await _error(scope, receive, send, status, problem)
+            # BentoML gets the checked images as the JSON its route declares, whatever the client sent
+            body = json.dumps(payload).encode()
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k not in (b"content-type",
+                                                                                          b"content-length")]
+                     + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+            return await self.forward(scope, receive, send, body, None)
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -168,6 +192,10 @@ class RequestLimits:
         if problem:
             return await _error(scope, receive, send, 422, problem)
 
+        await self.forward(scope, receive, send, body, payload.get("texts"))
+
+    async def forward(self, scope, receive, send, body: bytes, texts: list[str] | None) -> None:
+        """The checked body, replayed to BentoML within a concurrency slot."""
         if self.closing(scope):
             send = _with_connection_close(send)
         replayed = False
@@ -179,7 +207,7 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.limited(scope, replay, send, payload.get("texts"))
+        await self.limited(scope, replay, send, texts)
 
     async def limited(self, scope, receive, send, texts: list[str] | None = None) -> None:
         """The app, within one of this worker's max_concurrency slots, or 429 when none is free."""
@@ -209,6 +237,54 @@ class RequestLimits:
             return False
         del self.opened[key]
         return True
+
+    async def check_images(self, body: bytes, image_body: bool) -> tuple[str | None, int, dict | None]:
+        """(problem, HTTP status, {"images": [base64, ...]}) for an image model's request: one image as the
+        body, or a JSON list of base64 images. Every image is decoded here, its pixel count checked from
+        its header first (lifecycle.edge.decode_image), so the model never sees a bad one and the message
+        names the item. Large bodies are decoded in a thread: the event loop keeps answering."""
+        import base64
+
+        if image_body:
+            items, names = [body], ["the image"]
+        else:
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                return "body is not valid JSON", 400, None
+            if not isinstance(payload, dict) or set(payload) != {"images"}:
+                return ('expected a JSON object with exactly one key, "images": a list of base64 PNG/JPEG images '
+                        "(or one image as the body, content type image/png or image/jpeg)"), 422, None
+            listed = payload["images"]
+            if not isinstance(listed, list) or not listed:
+                return '"images" must be a non-empty list of base64 strings', 422, None
+            if len(listed) > self.s["max_texts"]:
+                return f'"images" has {len(listed)} items; the limit is {self.s["max_texts"]} per request', 422, None
+            items, names = [], [f'"images"[{i}]' for i in range(len(listed))]
+            for name, item in zip(names, listed):
+                if not isinstance(item, str):
+                    return f"{name} is a {type(item).__name__}, not a base64 string", 422, None
+                try:
+                    items.append(base64.b64decode(item, validate=True))
+                except ValueError:
+                    return f"{name} is not valid base64", 422, None
+
+        def decode_all():
+            from lifecycle.edge import IMAGE_FORMATS, MAX_IMAGE_PIXELS, ImageError, decode_image
+
+            pixels = self.s.get("max_image_pixels") or MAX_IMAGE_PIXELS
+            formats = self.s.get("image_formats") or IMAGE_FORMATS
+            for name, item in zip(names, items):
+                try:
+                    decode_image(item, pixels, formats)
+                except ImageError as exc:
+                    return f"{name}: {exc.reason}", exc.status
+            return None, 200
+
+        problem, status = decode_all() if len(body) <= INLINE_IMAGE_BYTES else await anyio.to_thread.run_sync(decode_all)
+        if problem:
+            return problem, status, None
+        return None, 200, {"images": [base64.b64encode(item).decode("ascii") for item in items]}
 
     def check(self, payload, predictor) -> str | None:
         key, what = ("rows", "objects (column -> value)") if predictor.table is not None else ("texts", "strings")
@@ -363,6 +439,17 @@ class Classifier:
                  max_latency_ms=SETTINGS["max_latency_ms"])
     async def score(self, rows: list[dict]) -> Annotated[list[AnomalyScore], ContentType("application/json")]:
         return await self.infer(self.predictor.score_rows, rows)
+
+    @bentoml.api(route="/classify_image", batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    async def classify_image(self, images: list[str]) -> Annotated[list[Prediction], ContentType("application/json")]:
+        # base64 images already decoded once and checked by RequestLimits.check_images
+        return await self.infer(self.classify_base64, images)
+
+    def classify_base64(self, images: list[str]) -> list[dict]:
+        import base64
+
+        return self.predictor.classify_images([base64.b64decode(i) for i in images])
 
 
 Classifier.add_asgi_middleware(RequestLimits, settings=SETTINGS)

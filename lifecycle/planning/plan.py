@@ -55,11 +55,12 @@ def plan(pipeline, memory_gb: float | None = None, calibrate_steps: int = 3) -> 
         if trains is None:
             continue
         source = pipeline.data.get(trains.data or (pipeline.task.data if pipeline.task else ""))
-        if source is not None and source.table is not None:
+        if source is not None and source.reads != "text":
             from lifecycle import LifecycleError
 
-            raise LifecycleError(f"plan: stage '{stage.label}' trains on a table ('{trains.data or pipeline.task.data}'); "
-                                 "`lifecycle plan` sizes text models only (a table model's step is milliseconds)")
+            what = {"table": "a table", "image": "images"}[source.reads]
+            raise LifecycleError(f"plan: stage '{stage.label}' trains on {what} ('{trains.data or pipeline.task.data}'); "
+                                 f"`lifecycle plan` sizes text models only (a {source.reads} model's step is milliseconds)")
         objective = OBJECTIVE[pipeline.holds(stage)]
         arch = architecture(pipeline, stage)
         model_fn = _builder(arch, objective, trains.lora)

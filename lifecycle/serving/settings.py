@@ -13,7 +13,7 @@ from pydantic import Field
 
 from lifecycle import LifecycleError
 from lifecycle.artifact import write_json
-from lifecycle.schema import Strict
+from lifecycle.schema import Strict, unset
 
 if TYPE_CHECKING:
     from lifecycle.serving.source import Served
@@ -27,6 +27,11 @@ def _service_dir() -> Path:
     a top-level `serving` on sys.path would be this folder, not lifecycle.serving."""
     import importlib.util
 
+    beside = PACKAGE_DIR.parent / "serving"
+    if (beside / "service.py").is_file() and (beside / "bentofile.yaml").is_file():
+        # a source tree: the service that goes with this very package (an editable install of another
+        # checkout would otherwise map lifecycle._service to that checkout's serving/)
+        return beside
     spec = importlib.util.find_spec("lifecycle._service")
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
@@ -66,6 +71,11 @@ class ServingSettings(Strict):
     # A text longer than the model's max_length tokens: "truncate" (as in training and the edge bundle)
     # or "reject" with 422, for callers who must know that the model did not see the whole text.
     over_length: Literal["truncate", "reject"] = "truncate"
+    # Image models (POST /classify_image): the most pixels (width x height, read from the image's header
+    # before anything is decoded: 413 above it) and the formats taken (415 otherwise). None: the edge
+    # runtime's defaults, lifecycle.edge.MAX_IMAGE_PIXELS (4096 x 4096) and PNG + JPEG.
+    max_image_pixels: int | None = Field(None, ge=1, exclude_if=unset)
+    image_formats: list[Literal["PNG", "JPEG"]] | None = Field(None, min_length=1, exclude_if=unset)
     access_log: bool = False  # one log line per request costs CPU at hundreds of requests/s
     tracing: bool = False  # BentoML's OpenTelemetry spans: ~1.1 ms of CPU per request; on for an exporter
 

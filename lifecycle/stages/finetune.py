@@ -35,6 +35,8 @@ TABLE_SCORES = (*TABLE_CLASSIFICATION, *TABLE_REGRESSION)
 CONTROL_METRICS = (*(f"control_{m}" for m in (*CLASSIFICATION, *TABLE_SCORES)), "pretraining_gain")
 # a table task's recipe (lifecycle.tabular) reports its scores and the gradient-boosting baseline
 TABLE_METRICS = (*TABLE_SCORES, *(f"val_{m}" for m in TABLE_SCORES), *(f"baseline_gbdt_{m}" for m in TABLE_SCORES))
+# an image task's recipe (lifecycle.images) reports an RBF SVM on the same pixels beside the model
+IMAGE_METRICS = (*(f"baseline_svm_{m}" for m in TABLE_CLASSIFICATION), "torch_latency_b32_p50_ms")
 
 
 class LoRA(Strict):
@@ -54,7 +56,7 @@ class Control(Strict):
 
 class Config(StageBase):
     kind: Literal["finetune"]
-    tasks = ("classification", "tabular-classification", "tabular-regression")
+    tasks = ("classification", "tabular-classification", "tabular-regression", "image-classification")
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # start from here instead of the parent stage's artifact
     train: TrainConfig = TrainConfig()
@@ -100,7 +102,7 @@ class Config(StageBase):
         return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",
                 "trainable_fraction", "size_mb", "train_seconds", "train_steps", "lora_merge_max_abs_diff",
                 "data_wait_fraction", *CONTROL_METRICS, *(f"baseline_tfidf_{m}" for m in CLASSIFICATION),
-                *COLLAPSE_METRICS, *TABLE_METRICS}
+                *COLLAPSE_METRICS, *TABLE_METRICS, *IMAGE_METRICS}
 
     def task_problem(self, task: TaskType) -> str | None:
         return tasks.get(task).finetune_problem(self)

@@ -20,6 +20,7 @@ from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
 from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
 from lifecycle.data.corpus import STAT_KEYS
+from lifecycle.evaluation.images import MASKED_IMAGE_METRICS
 from lifecycle.evaluation.tables import MASKED_FEATURE_METRICS, SCARF_METRICS
 from lifecycle.models import PRESETS, ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
@@ -39,7 +40,10 @@ class Config(StageBase):
     # None: masked-LM for bert-* presets, causal-LM for gpt-*. contrastive: sentence embeddings
     # (lifecycle.contrastive; settings in `contrastive:`), encoders only. masked-feature: a table model
     # on a table source (lifecycle.masked_features; `mlm_probability` is the share of cells masked).
-    objective: Literal["mlm", "clm", "contrastive", "masked-feature"] | None = Field(None, exclude_if=unset)
+    # masked-image: a vision transformer on an image source (lifecycle.masked_images, SimMIM;
+    # `mlm_probability` is the share of patches masked).
+    objective: Literal["mlm", "clm", "contrastive", "masked-feature", "masked-image"] | None = Field(
+        None, exclude_if=unset)
     contrastive: Contrastive | None = Field(None, exclude_if=unset)
 
     @model_validator(mode="after")
@@ -48,10 +52,10 @@ class Config(StageBase):
             raise ValueError("model: pretrain starts from a preset; to continue from existing weights use an "
                              "`adapt` stage with `model: {path: ...}` or `model: {package: ...}`")
         natural = "mlm" if self.model.family == "bert" else "clm"
-        encoder_only = ("contrastive", "masked-feature")
+        encoder_only = ("contrastive", "masked-feature", "masked-image")
         if self.objective not in (None, natural) and not (self.objective in encoder_only and natural == "mlm"):
             raise ValueError(f"objective: '{self.objective}' does not fit preset {self.model.preset} "
-                             f"({'encoder: mlm, contrastive or masked-feature' if natural == 'mlm' else 'decoder: clm'})")
+                             f"({'encoder: mlm, contrastive, masked-feature or masked-image' if natural == 'mlm' else 'decoder: clm'})")
         if self.contrastive is not None and self.objective != "contrastive":
             raise ValueError("contrastive: settings for `objective: contrastive` only")
         fields = {**PRESETS[self.model.preset](), **self.model.overrides}
@@ -70,7 +74,7 @@ class Config(StageBase):
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
         if self.objective == "contrastive":
             return "encoder"
-        return "masked-lm" if self.objective == "masked-feature" or self.model.family == "bert" else "causal-lm"
+        return "masked-lm" if self.objective in ("masked-feature", "masked-image") or self.model.family == "bert" else "causal-lm"
 
     def data_refs(self) -> dict[str, tuple[str, bool]]:
         return {"data": (self.data, False), **({"probe.data": (self.probe.data, True)} if self.probe else {})}
@@ -82,6 +86,8 @@ class Config(StageBase):
     def metric_names(self) -> set[str]:
         if self.objective == "masked-feature":
             return set(MASKED_FEATURE_METRICS)
+        if self.objective == "masked-image":
+            return set(MASKED_IMAGE_METRICS)
         if self.objective == "contrastive":
             return {*CONTRASTIVE_METRICS, *STAT_KEYS, "vocab_size", *SCARF_METRICS}  # text or a table
         return {*LM_METRICS, "unigram_perplexity", "perplexity_vs_unigram", "probe_accuracy"}
@@ -98,6 +104,15 @@ def run(cfg: Config, parent, ctx) -> dict:
         from lifecycle import masked_features
 
         return masked_features.pretrain(cfg, ctx)
+    if cfg.objective == "masked-image":
+        from lifecycle import masked_images
+
+        return masked_images.pretrain(cfg, ctx)
+    if ctx.pipeline.data[cfg.data].reads == "image":
+        from lifecycle import LifecycleError
+
+        raise LifecycleError(f"pretrain: data '{cfg.data}' holds images; pre-train an image model with "
+                             "`objective: masked-image`")
     if ctx.pipeline.data[cfg.data].table is not None:
         if cfg.objective == "contrastive":
             from lifecycle import table_contrastive

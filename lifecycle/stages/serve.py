@@ -30,7 +30,7 @@ HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_
 
 class Config(StageBase):
     kind: Literal["serve"]
-    tasks = ("classification", "tabular-classification")  # it scores the answers' labels against the test labels
+    tasks = ("classification", "tabular-classification", "image-classification")  # it scores the answers' labels against the test labels
     clients: int = Field(8, ge=1, description="concurrent keep-alive connections")
     texts_per_request: int = Field(1, ge=1)  # 1: latency per text, as a user calling the API sees it
     warmup_requests: int = Field(16, ge=0)  # not measured
@@ -74,7 +74,7 @@ def run(cfg: Config, parent, ctx) -> dict:
     chunks = [texts[i : i + n] for i in range(0, len(texts), n)]
 
     with Server(config, log=ctx.out_dir / "server.log", startup_timeout_s=cfg.startup_timeout_s) as server:
-        requests = [json_request(server.port, {task.request_key: chunk}, task.route) for chunk in chunks]
+        requests = [json_request(server.port, {task.request_key: task.wire(chunk)}, task.route) for chunk in chunks]
         if cfg.warmup_requests:
             run_load(server.port, requests, cfg.clients, max_requests=cfg.warmup_requests)
         result = run_load(server.port, requests, cfg.clients, max_requests=len(requests), keep_bodies=True)

@@ -16,9 +16,10 @@ What a plug-in declares:
 - samples: `sample_predictions()` for the manifest, reproduced on a device by `Predictor.check()`;
 - serving: `route`, how a service's answers are scored (`answer_scores`) and how an HTTP answer is
   compared with the same text run in-process (`answers_agree`);
-- inputs: what the model reads (`reads`: text or table), a split's raw inputs (`inputs`), what turns them
+- inputs: what the model reads (`reads`: text, table or image), a split's raw inputs (`inputs`), what turns them
   into the graph's feeds (`preprocessor`), the export sample and the files beside the graph
-  (`export_graph`, `write_runtime_files`); defaults are the text graphs' (a tokenizer);
+  (`export_graph`, `write_runtime_files`), and what a request carries of them (`wire`); defaults are the
+  text graphs' (a tokenizer);
 - training: a task whose model is not a text model brings its finetune recipe (`own_training`, `finetune`).
 
 Adding a task: a module here (the plug-in), its name in `schema.TaskType` and in `REGISTRY`, the edge
@@ -31,6 +32,7 @@ from __future__ import annotations
 from lifecycle.tasks import (
     classification,
     embedding,
+    image_classification,
     tabular_anomaly,
     tabular_classification,
     tabular_regression,
@@ -38,7 +40,8 @@ from lifecycle.tasks import (
 from lifecycle.tasks.base import TaskPlugin
 
 REGISTRY: dict[str, TaskPlugin] = {t.name: t for t in (classification.TASK, embedding.TASK, tabular_classification.TASK,
-                                                        tabular_regression.TASK, tabular_anomaly.TASK)}
+                                                        tabular_regression.TASK, tabular_anomaly.TASK,
+                                                        image_classification.TASK)}
 DEFAULT = "classification"  # a pipeline without `task: {type: ...}`
 
 

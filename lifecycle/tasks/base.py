@@ -27,8 +27,9 @@ class TaskPlugin:
     # Whether export also scores `fidelity` on the whole test split (beyond the parity texts).
     fidelity_at_export: ClassVar[bool] = False
     optimum_task: ClassVar[str | None] = None  # optimum's export task name; None: optimum cannot export it
-    # What the model reads: "text" (a tokenizer's ids) or "table" (rows of a table source, through
-    # lifecycle.edge.TablePreprocessing). The task's data source must be of the same kind.
+    # What the model reads: "text" (a tokenizer's ids), "table" (rows of a table source, through
+    # lifecycle.edge.TablePreprocessing) or "image" (lifecycle.edge.ImagePreprocessing). The task's data
+    # source must be of the same kind.
     reads: ClassVar[str] = "text"
     graph_fusions: ClassVar[bool] = True  # whether export tries onnxruntime's transformer fusions
     request_key: ClassVar[str] = "texts"  # the key of a service request's inputs: {"texts": [...]}
@@ -61,6 +62,10 @@ class TaskPlugin:
     def inputs(self, split) -> list:
         """A split's raw inputs as lifecycle.edge takes them (Predictor.logits / encode): its texts."""
         return split["text"]
+
+    def wire(self, inputs: list) -> list:
+        """Raw inputs as a service request carries them (JSON values): texts and rows as they are."""
+        return list(inputs)
 
     def preprocessor(self, src: Path, task):
         """What turns raw inputs into the model's feeds, read from the model directory `src`: the
