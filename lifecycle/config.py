@@ -118,8 +118,9 @@ class Pipeline(Strict):
                 if self.data[part].format == "mix":
                     raise ValueError(f"data.{name}.sources[{j}]: '{part}' is itself a mix; list its sources directly")
         if self.task:
-            self._check_source("task.data", self.task.data, labelled=True)
             from lifecycle import tasks
+
+            self._check_source("task.data", self.task.data, labelled=tasks.get(self.task.type).labelled_data)
 
             reads, table = tasks.get(self.task.type).reads, self.data[self.task.data].table is not None
             if table != (reads == "table"):

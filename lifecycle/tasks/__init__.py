@@ -31,6 +31,7 @@ from __future__ import annotations
 from lifecycle.tasks import (
     classification,
     embedding,
+    generation,
     tabular_anomaly,
     tabular_classification,
     tabular_regression,
@@ -38,7 +39,8 @@ from lifecycle.tasks import (
 from lifecycle.tasks.base import TaskPlugin
 
 REGISTRY: dict[str, TaskPlugin] = {t.name: t for t in (classification.TASK, embedding.TASK, tabular_classification.TASK,
-                                                        tabular_regression.TASK, tabular_anomaly.TASK)}
+                                                        tabular_regression.TASK, tabular_anomaly.TASK,
+                                                        generation.TASK)}
 DEFAULT = "classification"  # a pipeline without `task: {type: ...}`
 
 

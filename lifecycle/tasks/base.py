@@ -30,6 +30,7 @@ class TaskPlugin:
     # What the model reads: "text" (a tokenizer's ids) or "table" (rows of a table source, through
     # lifecycle.edge.TablePreprocessing). The task's data source must be of the same kind.
     reads: ClassVar[str] = "text"
+    labelled_data: ClassVar[bool] = True  # whether `task.data` must be a labelled source (label_field set)
     graph_fusions: ClassVar[bool] = True  # whether export tries onnxruntime's transformer fusions
     request_key: ClassVar[str] = "texts"  # the key of a service request's inputs: {"texts": [...]}
 
@@ -54,6 +55,10 @@ class TaskPlugin:
     def distill_problem(self, cfg) -> str | None:
         """"field: why" for a distill setting this task's recipe does not support, else None."""
         return None
+
+    def data(self, ctx):
+        """The task's data (train / validation / test splits) for a stage's context `ctx`."""
+        return ctx.data(ctx.pipeline.task.data)
 
     # ---------------------------------------------------------------- inputs: what the graph is fed
     # The defaults are the text graphs' (a tokenizer: input_ids, attention_mask...); a task on other

@@ -1,0 +1,160 @@
+"""The generation task: loss masking, the ONNX decoder with its KV cache (parity with PyTorch, with and without
+the cache, GPT-2 and Llama), the edge generator (stop strings, seeded sampling, context refusal), and a tiny
+pipeline pretrain -> finetune (LoRA, response tokens only) -> export -> int8."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lifecycle.schema import Task
+
+DATA = Path(__file__).parent / "data"
+NEWS, PAIRS = DATA / "news_tiny.jsonl", DATA / "continue_tiny.jsonl"
+TEXTS = [json.loads(line)["text"] for line in NEWS.read_text().splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_decoder(preset: str, out: Path):
+    """A tiny decoder from a preset (random weights) and a BPE tokenizer trained on the news texts, saved to `out`."""
+    import torch
+
+    from lifecycle import models
+
+    spec = models.ModelSource(preset=preset, overrides={"max_position_embeddings": 64} if preset.startswith("llama")
+                              else {"n_positions": 64})
+    tokenizer = models.train_tokenizer(TEXTS, models.TokenizerSpec(vocab_size=300), "gpt2", 64)
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM
+
+    config = models.preset_config(spec, len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    models.save(model, tokenizer, out)
+    return model, models.load_tokenizer(out, 64)
+
+
+def exported(preset: str, tmp: Path, prompt_field=None):
+    """(PyTorch model, tokenizer, Predictor over the generation task's export of it)."""
+    from lifecycle.edge import Predictor
+    from lifecycle.tasks.generation import TASK
+
+    src, out = tmp / "model", tmp / "onnx"
+    out.mkdir(parents=True)
+    model, _ = tiny_decoder(preset, src)
+    task = Task(type="generation", data="x", max_length=64,
+                generation={"prompt_field": prompt_field, "new_tokens": 12})
+    tokenizer = TASK.preprocessor(src, task)
+    TASK.export_graph(model, tokenizer, out / "model.onnx", 17)
+    from lifecycle.components.onnx import onnx_input_names
+
+    TASK.write_runtime_files(out, src, tokenizer, task, onnx_input_names(out / "model.onnx"), model)
+    return model, tokenizer, Predictor.open(out, threads=1)
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory):
+    return exported("gpt-tiny", tmp_path_factory.mktemp("gpt"))
+
+
+PROMPTS = ["The government said", "Sideways, a wine-tasting comedy", "Shares in", ""]
+
+
+def test_prompt_tokens_carry_no_loss():
+    """Prompt positions are labelled -100, and the model's loss is the mean NLL of the response tokens alone."""
+    import tempfile
+
+    import torch
+
+    from lifecycle.generation import collator, examples
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tokenizer = tiny_decoder("gpt-tiny", Path(tmp))
+    split = {"prompt": ["The government said"], "response": ["it would cut taxes"]}
+    [row] = examples(split, tokenizer, 64, "\n")
+    head = len(tokenizer("The government said\n", add_special_tokens=False)["input_ids"])
+    assert row["labels"][:head] == [-100] * head
+    assert row["labels"][head:] == row["input_ids"][head:] and row["labels"][-1] == tokenizer.eos_token_id
+    batch = collator(tokenizer.pad_token_id)([row])
+    loss = float(model(**batch).loss)
+    logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0, :-1].float(), -1)
+    ids = batch["input_ids"][0]
+    response_nll = -logp[torch.arange(head - 1, len(ids) - 1), ids[head:]].mean()
+    all_nll = -logp[torch.arange(len(ids) - 1), ids[1:]].mean()
+    assert loss == pytest.approx(float(response_nll), rel=1e-5)
+    assert abs(loss - float(all_nll)) > 1e-3  # the prompt would have changed it
+    # plain text: every token is a target, in pieces of the context
+    pieces = examples({"prompt": [""], "response": [TEXTS[0] * 4]}, tokenizer, 16, None)
+    assert len(pieces) > 1 and all(p["labels"] == p["input_ids"] and len(p["input_ids"]) <= 16 for p in pieces)
+
+
+def test_kv_cache_greedy_matches_without_cache_and_pytorch(gpt):
+    from lifecycle.generation import reference_rows
+
+    model, tokenizer, predictor = gpt
+    assert predictor.past and "past_key_values.0.key" in predictor.input_names
+    cached = predictor.generate(PROMPTS, max_new_tokens=12)
+    uncached = predictor.generate(PROMPTS, max_new_tokens=12, cache=False)
+    assert [a["tokens"] for a in cached] == [a["tokens"] for a in uncached]
+    assert all(len(a["tokens"]) == 12 or a["finish_reason"] == "eos" for a in cached)
+    torch_rows = reference_rows(model, tokenizer, PROMPTS, 12, 64, None)
+    onnx_rows = predictor.logits(PROMPTS)
+    vocab = onnx_rows.shape[1] - 12
+    assert (onnx_rows[:, vocab:] == torch_rows[:, vocab:]).all()  # generation_agreement 1.0
+    assert np.abs(onnx_rows[:, :vocab] - torch_rows[:, :vocab]).max() < 1e-4
+    assert [list(r[vocab:][r[vocab:] >= 0].astype(int)) for r in onnx_rows] == [a["tokens"] for a in cached]
+
+
+def test_llama_kv_cache_parity(tmp_path):
+    from lifecycle.generation import reference_rows
+
+    model, tokenizer, predictor = exported("llama-tiny", tmp_path)
+    assert "position_ids" in predictor.input_names
+    rows = predictor.logits(PROMPTS[:2])
+    ref = reference_rows(model, tokenizer, PROMPTS[:2], 12, 64, None)
+    assert (rows[:, -12:] == ref[:, -12:]).all() and np.abs(rows[:, :-12] - ref[:, :-12]).max() < 1e-4
+    cached = predictor.generate(PROMPTS[:2], max_new_tokens=8)
+    assert cached == predictor.generate(PROMPTS[:2], max_new_tokens=8, cache=False)
+
+
+def test_onnx_perplexity_equals_pytorch(gpt):
+    from lifecycle.generation import examples, perplexity
+
+    model, tokenizer, predictor = gpt
+    split = {"prompt": ["", ""], "response": TEXTS[:2]}
+    assert predictor.perplexity(split["prompt"], split["response"]) == pytest.approx(
+        perplexity(model, examples(split, tokenizer, 64, None), tokenizer.pad_token_id), rel=1e-4)
+
+
+def test_stop_string_sampling_seed_and_context_limit(gpt):
+    from lifecycle.edge import PromptTooLong
+
+    _, _, predictor = gpt
+    greedy = predictor.generate(["The government said"], max_new_tokens=12)[0]
+    assert greedy["text"]
+    stop = greedy["text"][len(greedy["text"]) // 2 :][:2]  # a string the greedy continuation contains
+    stopped = predictor.generate(["The government said"], max_new_tokens=12, stop=[stop])[0]
+    assert stopped["finish_reason"] == "stop" and stop not in stopped["text"]
+    assert greedy["text"].startswith(stopped["text"]) and len(stopped["tokens"]) <= len(greedy["tokens"])
+
+    def sample(seed):
+        return predictor.generate(PROMPTS, max_new_tokens=10, temperature=1.0, top_k=50, top_p=0.95, seed=seed)
+
+    assert sample(7) == sample(7)
+    assert [a["tokens"] for a in sample(7)] != [a["tokens"] for a in sample(8)]
+    with pytest.raises(PromptTooLong, match="context is 64 tokens"):
+        predictor.generate([" ".join(TEXTS)], max_new_tokens=4)
+    near = predictor.tokenizer.decode(predictor.tokenizer.encode(" ".join(TEXTS)).ids[:58])
+    n = len(predictor.prompt_ids(near))
+    assert len(predictor.generate([near], max_new_tokens=50)[0]["tokens"]) <= 64 - n  # capped at the context
+    assert predictor.generate(["The"], max_new_tokens=40, time_budget_s=0.0)[0]["finish_reason"] == "time"
