@@ -158,3 +158,50 @@ def test_stop_string_sampling_seed_and_context_limit(gpt):
     n = len(predictor.prompt_ids(near))
     assert len(predictor.generate([near], max_new_tokens=50)[0]["tokens"]) <= 64 - n  # capped at the context
     assert predictor.generate(["The"], max_new_tokens=40, time_budget_s=0.0)[0]["finish_reason"] == "time"
+
+
+def generation_pipeline(*stages, **generation) -> dict:
+    return {
+        "name": "gen", "seed": 0,
+        "data": {"news": {"format": "jsonl", "path": str(NEWS), "label_field": None, "split": {"validation": 0.2}},
+                 "pairs": {"format": "jsonl", "path": str(PAIRS), "label_field": None,
+                           "split": {"validation": 0.15, "test": 0.15}}},
+        "task": {"type": "generation", "data": "pairs", "max_length": 48,
+                 "generation": {"prompt_field": "prompt", "response_field": "response", "prompts": 6, "new_tokens": 8,
+                                **generation}},
+        "stages": [{"kind": "pretrain", "data": "news", "block_size": 32,
+                    "model": {"preset": "gpt-tiny", "overrides": {"n_positions": 64}, "tokenizer": {"vocab_size": 400}},
+                    "train": {"max_steps": 30, "batch_size": 8, "lr": 3e-3, "logging_steps": 10, "save_steps": 30}},
+                   *stages],
+    }
+
+
+FINETUNE = {"kind": "finetune", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "collapse_min": None,
+            "train": {"max_steps": 20, "batch_size": 8, "lr": 3e-3, "logging_steps": 10, "save_steps": 20},
+            "gates": [{"metric": "perplexity_gain", "min": 0.0}, {"metric": "lora_merge_max_abs_diff", "max": 1e-4}]}
+
+
+def test_pipeline_finetune_lora_export_int8(tmp_path):
+    """pretrain -> LoRA finetune on response tokens -> export with the KV cache (parity and greedy agreement
+    with PyTorch gated) -> dynamic int8 gated on perplexity and agreement with the fp32 graph."""
+    from lifecycle import pipeline as runner
+    from lifecycle.config import build
+    from lifecycle.edge import Predictor
+
+    export = {"kind": "export", "latency": {"runs": 3, "warmup": 1, "batch32": False},
+              "gates": [{"metric": "generation_agreement", "min": 1.0}]}
+    quantize = {"kind": "quantize", "method": "dynamic-int8", "min_speedup": None,
+                "latency": {"runs": 3, "warmup": 1, "batch32": False},
+                "gates": [{"metric": "perplexity", "max_ratio": 1.1, "vs": "export"}]}
+    p = build(generation_pipeline(FINETUNE, export, quantize), base_dir=tmp_path)
+    outcomes = runner.run(p, workdir=tmp_path, echo=lambda *a: None)
+
+    ft, ex, q = (o.artifact for o in outcomes[1:])
+    assert ft.manifest["details"]["loss_on"] == "response tokens"
+    assert ft.metrics["perplexity"] < ft.metrics["perplexity_before"] and ft.metrics["trainable_fraction"] < 0.5
+    assert ex.metrics["generation_agreement"] == 1.0 and ex.metrics["parity_max_abs_diff"] < 1e-4
+    assert ex.metrics["perplexity"] == pytest.approx(ft.metrics["perplexity"], rel=1e-3)  # ONNX = PyTorch
+    assert "generation_agreement" in q.metrics and q.metrics["perplexity"] <= 1.1 * ex.metrics["perplexity"]
+    predictor = Predictor.open(q.path)
+    assert predictor.route == "/generate" and predictor.check() == 6
+    assert all(g["passed"] for o in outcomes for g in o.artifact.manifest["gates"])
