@@ -52,6 +52,7 @@ class Pipeline(Strict):
         seen: dict[str, Any] = {}
         for i, stage in enumerate(self.stages):
             where = f"stages[{i}]"
+            stage.adopt_task(task)
             if stage.label in seen:
                 raise ValueError(f"{where}.name: '{stage.label}' is used twice; give each stage a unique name")
             if stage.tasks is not None and task is None:

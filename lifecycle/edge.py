@@ -349,6 +349,25 @@ class Predictor:
             logits, past = self._step([token], past, total) if cache else self._step(ids + tokens, None, total)
         return {"text": text, "tokens": tokens, "finish_reason": finish}, first
 
+    def decoding_speed(self, prompt: str, new_tokens: int = 16, repeats: int = 3) -> dict:
+        """Greedy decoding of `prompt` at batch 1 with the KV cache, timed: the median over `repeats` of the
+        time to first token (the prompt's pass) and of the median milliseconds per later token."""
+        ids = self.prompt_ids(prompt)[: self.max_length // 2]
+        steps = max(1, min(new_tokens, self.max_length - len(ids) - 1))
+        firsts, per_token = [], []
+        for _ in range(repeats + 1):  # the first round warms up
+            started = time.perf_counter()
+            logits, past = self._step(ids, None, len(ids))
+            firsts.append(time.perf_counter() - started)
+            times = []
+            for k in range(steps):
+                started = time.perf_counter()
+                logits, past = self._step([int(np.argmax(logits))], past, len(ids) + k + 1)
+                times.append(time.perf_counter() - started)
+            per_token.append(float(np.median(times)))
+        first, each = float(np.median(firsts[1:])) * 1000, float(np.median(per_token[1:])) * 1000
+        return {"time_to_first_token_ms": first, "ms_per_token": each, "tokens_per_s": 1000 / each}
+
     def generator_rows(self, prompts: list[str]) -> np.ndarray:
         """A generator's `logits()`: per prompt, the next-token logits after it, then the first
         `agreement_tokens` greedy tokens with the KV cache (-1 after end-of-text): what export's parity and

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from lifecycle import LifecycleError
 
+PROMPT_STRIDE = 97  # words between two prompts taken from one held-out document (plain text)
 GENERATION_METRICS = ("perplexity", "val_perplexity", "perplexity_before", "perplexity_gain", "eval_loss",
                       "params_total", "params_trainable", "trainable_fraction", "size_mb", "train_seconds",
                       "train_steps", "lora_merge_max_abs_diff")
@@ -92,9 +93,15 @@ def _records(path: Path, src, settings) -> list[tuple[str, str]]:
 
 def prompts_of(split: dict, settings, plain: bool) -> list[str]:
     """The prompts generations are compared on: the records' prompts, or the first words of held-out texts."""
-    if plain:
-        return [" ".join(t.split()[: settings.prompt_words]) for t in split["response"][: settings.prompts]]
-    return split["prompt"][: settings.prompts]
+    if not plain:
+        return split["prompt"][: settings.prompts]
+    # Held-out documents are few and long (Brown: ~2,000 words each): a prompt every PROMPT_STRIDE words,
+    # taken from the documents in turn, so that the prompts come from every document.
+    n = settings.prompt_words
+    per_doc = [[" ".join(words[i : i + n]) for i in range(0, max(len(words) - n, 1), PROMPT_STRIDE)]
+               for words in (t.split() for t in split["response"])]
+    turns = (doc[k] for k in range(max(map(len, per_doc), default=0)) for doc in per_doc if k < len(doc))
+    return [p for p in turns if p][: settings.prompts]
 
 
 # ------------------------------------------------------------------------------------------- examples

@@ -188,6 +188,9 @@ class StageBase(Strict):
         """What the stage trains (None: it trains nothing): read by `lifecycle plan`."""
         return None
 
+    def adopt_task(self, task: TaskType | None) -> None:
+        """Settle defaults that depend on the pipeline's task type (called once, when the pipeline is loaded)."""
+
     def task_problem(self, task: TaskType) -> str | None:
         """"field: why it cannot work under this task type" for a setting the task rules out, else None."""
         return None

@@ -181,27 +181,115 @@ FINETUNE = {"kind": "finetune", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "c
             "gates": [{"metric": "perplexity_gain", "min": 0.0}, {"metric": "lora_merge_max_abs_diff", "max": 1e-4}]}
 
 
-def test_pipeline_finetune_lora_export_int8(tmp_path):
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
     """pretrain -> LoRA finetune on response tokens -> export with the KV cache (parity and greedy agreement
-    with PyTorch gated) -> dynamic int8 gated on perplexity and agreement with the fp32 graph."""
+    with PyTorch gated) -> dynamic int8 gated on perplexity against the fp32 graph."""
     from lifecycle import pipeline as runner
     from lifecycle.config import build
-    from lifecycle.edge import Predictor
 
+    tmp = tmp_path_factory.mktemp("pipeline")
     export = {"kind": "export", "latency": {"runs": 3, "warmup": 1, "batch32": False},
               "gates": [{"metric": "generation_agreement", "min": 1.0}]}
     quantize = {"kind": "quantize", "method": "dynamic-int8", "min_speedup": None,
                 "latency": {"runs": 3, "warmup": 1, "batch32": False},
                 "gates": [{"metric": "perplexity", "max_ratio": 1.1, "vs": "export"}]}
-    p = build(generation_pipeline(FINETUNE, export, quantize), base_dir=tmp_path)
-    outcomes = runner.run(p, workdir=tmp_path, echo=lambda *a: None)
+    p = build(generation_pipeline(FINETUNE, export, quantize), base_dir=tmp)
+    return runner.run(p, workdir=tmp, echo=lambda *a: None)
 
-    ft, ex, q = (o.artifact for o in outcomes[1:])
+
+def test_pipeline_finetune_lora_export_int8(pipeline_run):
+    from lifecycle.edge import Predictor
+
+    ft, ex, q = (o.artifact for o in pipeline_run[1:])
     assert ft.manifest["details"]["loss_on"] == "response tokens"
     assert ft.metrics["perplexity"] < ft.metrics["perplexity_before"] and ft.metrics["trainable_fraction"] < 0.5
     assert ex.metrics["generation_agreement"] == 1.0 and ex.metrics["parity_max_abs_diff"] < 1e-4
     assert ex.metrics["perplexity"] == pytest.approx(ft.metrics["perplexity"], rel=1e-3)  # ONNX = PyTorch
     assert "generation_agreement" in q.metrics and q.metrics["perplexity"] <= 1.1 * ex.metrics["perplexity"]
+    assert ex.metrics["ort_ms_per_token"] > 0 and ex.metrics["ort_tokens_per_s"] == pytest.approx(
+        1000 / ex.metrics["ort_ms_per_token"])
     predictor = Predictor.open(q.path)
     assert predictor.route == "/generate" and predictor.check() == 6
-    assert all(g["passed"] for o in outcomes for g in o.artifact.manifest["gates"])
+    assert all(g["passed"] for o in pipeline_run for g in o.artifact.manifest["gates"])
+
+
+def test_generate_route_limits_and_refusals(pipeline_run, tmp_path):
+    """POST /generate: greedy answers equal the edge runtime's, max_new_tokens capped, seeded sampling
+    reproducible over HTTP, a prompt over the context refused with 413 naming the limit, bad options 422,
+    a spent time budget stops cleanly; the server answers /livez and /generate after every refusal."""
+    import httpx
+
+    from lifecycle import serving
+    from lifecycle.edge import Predictor
+
+    q = pipeline_run[-1].artifact
+    local = Predictor.open(q.path)
+    settings = serving.ServingSettings(max_new_tokens=6, generate_time_budget_s=5.0)
+    cfg = serving.write_config(serving.resolve(q.path), settings, tmp_path / "serving.json")
+    prompts = ["The government said", "Shares in"]
+    with serving.Server(cfg, log=tmp_path / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        def healthy():
+            assert c.get("/livez").status_code == 200
+            assert c.post("/generate", json={"prompts": ["The"], "max_new_tokens": 2}).status_code == 200
+
+        r = c.post("/generate", json={"prompts": prompts, "max_new_tokens": 500})
+        assert r.status_code == 200, r.text
+        answers = r.json()
+        assert answers == local.generate(prompts, max_new_tokens=6)  # capped at the server's 6
+        assert all(len(a["tokens"]) <= 6 for a in answers)
+        sampled = {"prompts": prompts, "temperature": 1.0, "top_k": 20, "seed": 3, "max_new_tokens": 6}
+        assert c.post("/generate", json=sampled).json() == c.post("/generate", json=sampled).json()
+        long = c.post("/generate", json={"prompts": ["ok", " ".join(TEXTS[:20])]})
+        assert long.status_code == 413 and '"prompts"[1]' in long.json()["error"]
+        assert "context is 48 tokens" in long.json()["error"]
+        healthy()
+        for bad in ({"texts": ["x"]}, {"prompts": []}, {"prompts": [1]}, {"prompts": ["x"], "top_p": 0},
+                    {"prompts": ["x"], "max_new_tokens": True}, {"prompts": ["x"], "stop": "x"}):
+            r = c.post("/generate", json=bad)
+            assert r.status_code == 422 and "error" in r.json(), bad
+        healthy()
+        assert c.post("/classify", json={"texts": ["x"]}).status_code == 404
+
+
+@pytest.mark.slow
+def test_brown_generation_pipeline_passes_every_gate(tmp_path):
+    """pipelines/brown_generation.yaml as shipped (about 10 minutes on 2 cores; needs ../shared/data)."""
+    from lifecycle import pipeline as runner
+    from lifecycle.config import load
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "brown_generation.yaml"
+    outcomes = runner.run(load(path), workdir=tmp_path, echo=lambda *a: None)
+    assert [o.artifact.manifest["stage"] for o in outcomes] == ["pretrain", "adapt", "export", "quantize", "serve"]
+    assert all(g["passed"] or g.get("verdict") == "warn" for o in outcomes for g in o.artifact.manifest["gates"])
+
+
+EDGE_SCRIPT = """
+import json, sys
+from lifecycle.edge import Predictor
+p = Predictor.open(sys.argv[1])
+out = p.generate(["The government said"], max_new_tokens=5, temperature=0.8, top_p=0.9, seed=1, stop=["zzz"])
+p.check()  # re-runs the greedy generations the pipeline recorded
+third = sorted({m.split(".")[0] for m in sys.modules} - set(sys.stdlib_module_names)
+               - {"__main__", "_distutils_hack"} - {m for m in sys.modules if m.startswith("__editable__")}
+               - {m for m in sys.modules if m == "cython_runtime" or m.startswith("_cython_")})  # numpy.random's
+print(json.dumps({"third_party": third, "answer": out}))
+"""
+
+
+def test_edge_generator_needs_no_torch(pipeline_run):
+    """The int8 generator runs (KV cache, sampling, check()) in a fresh interpreter that imports nothing but
+    numpy, onnxruntime and tokenizers; its seeded sample equals this process's."""
+    import subprocess
+    import sys
+
+    from lifecycle.edge import Predictor
+
+    q = pipeline_run[-1].artifact
+    out = subprocess.run([sys.executable, "-c", EDGE_SCRIPT, str(q.path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(got["third_party"]) <= {"numpy", "onnxruntime", "tokenizers", "lifecycle"}, got
+    here = Predictor.open(q.path).generate(["The government said"], max_new_tokens=5, temperature=0.8, top_p=0.9,
+                                           seed=1, stop=["zzz"])
+    assert got["answer"] == here

@@ -27,10 +27,13 @@ def _service_dir() -> Path:
     a top-level `serving` on sys.path would be this folder, not lifecycle.serving."""
     import importlib.util
 
+    beside = PACKAGE_DIR.parent / "serving"
+    if (beside / "service.py").is_file():  # a source tree: its own service, even when another checkout is
+        return beside                      # installed in editable mode (which maps lifecycle._service there)
     spec = importlib.util.find_spec("lifecycle._service")
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
-    return PACKAGE_DIR.parent / "serving"
+    return beside
 
 
 SERVICE_DIR = _service_dir()
@@ -66,6 +69,11 @@ class ServingSettings(Strict):
     # A text longer than the model's max_length tokens: "truncate" (as in training and the edge bundle)
     # or "reject" with 422, for callers who must know that the model did not see the whole text.
     over_length: Literal["truncate", "reject"] = "truncate"
+    # Generators (POST /generate): a request's max_new_tokens is capped at this; and the decoding loop of one
+    # request stops cleanly (finish_reason "time", the tokens so far) after generate_time_budget_s, which
+    # should sit below timeout_s so the answer comes before BentoML's 504. None: 64 tokens, 10 s.
+    max_new_tokens: int | None = Field(None, ge=1, exclude_if=lambda v: v is None)
+    generate_time_budget_s: float | None = Field(None, gt=0, exclude_if=lambda v: v is None)
     access_log: bool = False  # one log line per request costs CPU at hundreds of requests/s
     tracing: bool = False  # BentoML's OpenTelemetry spans: ~1.1 ms of CPU per request; on for an exporter
 

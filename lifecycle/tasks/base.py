@@ -32,7 +32,10 @@ class TaskPlugin:
     reads: ClassVar[str] = "text"
     labelled_data: ClassVar[bool] = True  # whether `task.data` must be a labelled source (label_field set)
     graph_fusions: ClassVar[bool] = True  # whether export tries onnxruntime's transformer fusions
-    request_key: ClassVar[str] = "texts"  # the key of a service request's inputs: {"texts": [...]}
+    request_key: ClassVar[str] = "texts"
+    # The serve stage's default gate: its HTTP answers score as well as the parent (accuracy against the
+    # test labels); False for a task whose answers have no labels to score (a generator).
+    serve_accuracy: ClassVar[bool] = True  # the key of a service request's inputs: {"texts": [...]}
 
     # ------------------------------------------------------------------------------ training
     # A task whose model is not a text model trains it with its own recipes under the finetune and distill
