@@ -52,6 +52,7 @@ class Pipeline(Strict):
         seen: dict[str, Any] = {}
         for i, stage in enumerate(self.stages):
             where = f"stages[{i}]"
+            stage.adopt_task(task)
             if stage.label in seen:
                 raise ValueError(f"{where}.name: '{stage.label}' is used twice; give each stage a unique name")
             if stage.tasks is not None and task is None:
@@ -118,8 +119,9 @@ class Pipeline(Strict):
                 if self.data[part].format == "mix":
                     raise ValueError(f"data.{name}.sources[{j}]: '{part}' is itself a mix; list its sources directly")
         if self.task:
-            self._check_source("task.data", self.task.data, labelled=True)
             from lifecycle import tasks
+
+            self._check_source("task.data", self.task.data, labelled=tasks.get(self.task.type).labelled_data)
 
             reads, holds = tasks.get(self.task.type).reads, self.data[self.task.data].reads
             if holds != reads:

@@ -42,8 +42,14 @@ def _gpt_mini() -> dict:
     return {**_gpt_tiny(), "n_layer": 4, "n_embd": 256, "n_head": 4}
 
 
+def _llama_tiny() -> dict:
+    # Llama-style: RMSNorm, rotary positions, SwiGLU, grouped-query attention (2 KV heads for 4 query heads)
+    return {"family": "llama", "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
+
+
 PRESETS = {"bert-tiny": _bert_tiny, "bert-mini": _bert_mini, "bert-small": _bert_small,
-           "gpt-tiny": _gpt_tiny, "gpt-mini": _gpt_mini}
+           "gpt-tiny": _gpt_tiny, "gpt-mini": _gpt_mini, "llama-tiny": _llama_tiny}
 
 
 class TokenizerSpec(Strict):
@@ -98,12 +104,14 @@ def model_dir(source: ModelSource, pipeline: PipelineView) -> Path:
 
 def preset_config(source: ModelSource, vocab_size: int, **extra):
     """A transformers config for a preset, with overrides and task fields (num_labels, id2label...)."""
-    from transformers import BertConfig, GPT2Config
+    from transformers import BertConfig, GPT2Config, LlamaConfig
 
     fields = {**PRESETS[source.preset](), **source.overrides}
     family = fields.pop("family")
     if family == "bert":
         return BertConfig(vocab_size=vocab_size, **fields, **extra)
+    if family == "llama":
+        return LlamaConfig(vocab_size=vocab_size, **fields, **extra)
     return GPT2Config(vocab_size=vocab_size, **fields, **extra)
 
 

@@ -54,7 +54,9 @@ class StageContext:
     def task_data(self):
         if self.pipeline.task is None:
             raise LifecycleError(f"stage '{self.stage.label}' needs a `task:` section in the pipeline")
-        return self.data(self.pipeline.task.data)
+        from lifecycle import tasks
+
+        return tasks.get(self.pipeline.task.type).data(self)
 
     def check_gates(self, metrics: dict, split: str = "test") -> list[gatelib.GateResult]:
         """This stage's gates on candidate metrics, for stages that choose among variants: with

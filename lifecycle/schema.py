@@ -89,13 +89,14 @@ class Gate(Strict):
 # (both may depend on its config and on the task type), so `lifecycle validate` refuses a chain that
 # could only fail at run time, or silently produce nonsense (a masked-LM exported as a classifier).
 Holds = Literal["masked-lm", "causal-lm", "encoder", "classifier", "regressor", "onnx-classifier", "onnx-encoder",
-                "onnx-regressor", "onnx-anomaly-scorer", "service-check"]
+                "onnx-regressor", "onnx-anomaly-scorer", "onnx-generator", "service-check"]
 TaskType = Literal["classification", "embedding", "tabular-classification", "tabular-regression", "tabular-anomaly",
-                   "image-classification"]
+                   "image-classification", "generation"]
 # a Hugging Face model directory
 HF_HOLDS: tuple[Holds, ...] = ("masked-lm", "causal-lm", "encoder", "classifier", "regressor")
 # model.onnx + runtime files (lifecycle.edge)
-ONNX_HOLDS: tuple[Holds, ...] = ("onnx-classifier", "onnx-encoder", "onnx-regressor", "onnx-anomaly-scorer")
+ONNX_HOLDS: tuple[Holds, ...] = ("onnx-classifier", "onnx-encoder", "onnx-regressor", "onnx-anomaly-scorer",
+                                  "onnx-generator")
 # Where a chain gets each kind: the hint of a refused chain.
 MADE_BY: dict[str, str] = {
     "masked-lm": "pretrain with a bert-* preset (`objective: masked-feature` for a table, `masked-image` for "
@@ -108,6 +109,7 @@ MADE_BY: dict[str, str] = {
     "onnx-encoder": "export under `task: {type: embedding}`, or quantize after it",
     "onnx-regressor": "export under `task: {type: tabular-regression}`, or quantize after it",
     "onnx-anomaly-scorer": "export under `task: {type: tabular-anomaly}`, or quantize after it",
+    "onnx-generator": "export under `task: {type: generation}` (a decoder with its KV cache), or quantize after it",
     "service-check": "serve",
 }
 
@@ -187,6 +189,9 @@ class StageBase(Strict):
         """What the stage trains (None: it trains nothing): read by `lifecycle plan`."""
         return None
 
+    def adopt_task(self, task: TaskType | None) -> None:
+        """Settle defaults that depend on the pipeline's task type (called once, when the pipeline is loaded)."""
+
     def task_problem(self, task: TaskType) -> str | None:
         """"field: why it cannot work under this task type" for a setting the task rules out, else None."""
         return None
@@ -229,6 +234,22 @@ def unset(value) -> bool:
     return value is None
 
 
+class GenerationTask(Strict):
+    """How a causal LM is fine-tuned and scored (`task: {type: generation, generation: {...}}`). The task's
+    source is prompt/response records (jsonl / csv: `prompt_field`, `response_field`) or plain text (a
+    corpus: language modelling, every token a target)."""
+
+    prompt_field: str | None = None  # None: a plain-text source, no prompt (language modelling)
+    response_field: str = "response"
+    separator: str = "\n"  # between prompt and response in the training text (the model learns to answer after it)
+    # Prompts whose greedy continuations are compared (generation_agreement) and sampled into the manifest;
+    # each costs new_tokens decoder steps per model compared.
+    prompts: int = Field(16, gt=0)
+    new_tokens: int = Field(16, gt=0)  # greedy tokens per prompt for generation_agreement
+    prompt_words: int = Field(8, gt=0)  # plain text: the first words of a held-out text are its prompt
+    limit: int | None = Field(256, gt=0, description="held-out texts per split scored for perplexity (None: all)")
+
+
 class Task(Strict):
     """The downstream task the model is trained and measured on."""
 
@@ -236,6 +257,7 @@ class Task(Strict):
     data: str = Field(description="name of a labelled source in `data`")
     max_length: int = Field(128, gt=0, description="tokens per text; longer texts are truncated")
     embedding: EmbeddingTask | None = Field(None, exclude_if=unset)
+    generation: GenerationTask | None = Field(None, exclude_if=unset)
 
     @model_validator(mode="after")
     def _settings_of_its_type(self) -> Task:
@@ -248,3 +270,7 @@ class Task(Strict):
     @property
     def embedding_settings(self) -> EmbeddingTask:
         return self.embedding or EmbeddingTask()
+
+    @property
+    def generation_settings(self) -> GenerationTask:
+        return self.generation or GenerationTask()

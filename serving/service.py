@@ -20,7 +20,11 @@ for a table regressor, POST /score {"rows": [...]} -> [{"anomaly_score": float},
 anomaly scorer, POST /classify_image (a body of image/png or image/jpeg: one image; or application/json
 {"images": [base64, ...]}: a batch) -> the same answers as /classify for an image classifier (converted
 to the model's mode, transparency composited over black, resized and normalised by the model's own
-image-processor config), with the same batching and the same refusals; the route the
+image-processor config), with the same batching and the same refusals; POST /generate {"prompts": [...], optional
+"max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop"} -> [{"text", "tokens", "finish_reason"}, ...]
+for a generator (greedy at temperature 0; max_new_tokens capped at the settings' max_new_tokens; a request
+stops cleanly after generate_time_budget_s with finish_reason "time"; a prompt with no room left in the
+model's context is refused with 413 naming the limit; never adaptively batched); the route the
 served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
 /livez, /readyz, /metrics. Every refusal has a JSON body {"error": "..."} and never a stack trace:
 
@@ -70,7 +74,7 @@ from pydantic import BaseModel
 from lifecycle.edge import Predictor
 
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
-ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score", "/classify_image")  # every POST route below; a model answers on the one its task declares
+ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score", "/classify_image", "/generate")  # every POST route below; a model answers on the one its task declares
 
 
 def _load_config() -> dict:
@@ -98,6 +102,33 @@ class Regression(BaseModel):
 
 class AnomalyScore(BaseModel):
     anomaly_score: float
+
+
+class Generated(BaseModel):
+    text: str
+    tokens: list[int]
+    finish_reason: str  # eos | stop | length | time
+
+
+# POST /generate: what a request may set beside "prompts", with the check of each value.
+GENERATE_OPTIONS = {
+    "max_new_tokens": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "temperature": (lambda v: _number(v) and 0 <= v <= 10, "a number from 0 (greedy) to 10"),
+    "top_k": (lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: no limit)"),
+    "top_p": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "seed": (lambda v: v is None or (_integer(v) and 0 <= v < 2**63), "null or an integer >= 0"),
+    "stop": (lambda v: isinstance(v, list) and len(v) <= 8 and all(isinstance(x, str) and 0 < len(x) <= 64 for x in v),
+             "a list of at most 8 non-empty strings of at most 64 characters"),
+}
+DEFAULT_MAX_NEW_TOKENS, DEFAULT_TIME_BUDGET_S = 64, 10.0
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 # A single text shorter than this is inferred on the event loop (Classifier.infer); longer ones, and the
@@ -192,9 +223,10 @@ class RequestLimits:
         if problem:
             return await _error(scope, receive, send, 422, problem)
 
-        await self.forward(scope, receive, send, body, payload.get("texts"))
+        await self.forward(scope, receive, send, body, payload.get("texts"), payload.get("prompts"))
 
-    async def forward(self, scope, receive, send, body: bytes, texts: list[str] | None) -> None:
+    async def forward(self, scope, receive, send, body: bytes, texts: list[str] | None,
+                      prompts: list[str] | None = None) -> None:
         """The checked body, replayed to BentoML within a concurrency slot."""
         if self.closing(scope):
             send = _with_connection_close(send)
@@ -207,13 +239,18 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.limited(scope, replay, send, texts)
+        await self.limited(scope, replay, send, texts, prompts)
 
-    async def limited(self, scope, receive, send, texts: list[str] | None = None) -> None:
+    async def limited(self, scope, receive, send, texts: list[str] | None = None,
+                      prompts: list[str] | None = None) -> None:
         """The app, within one of this worker's max_concurrency slots, or 429 when none is free."""
         if self.slots.value == 0:
             return await _error(scope, receive, send, 429, "Too many requests")
         async with self.slots:
+            if prompts is not None:
+                problem = await self.over_context(prompts)
+                if problem:
+                    return await _error(scope, receive, send, 413, problem)
             if texts is not None and self.s["over_length"] == "reject":
                 problem = await self.over_length(texts)
                 if problem:
@@ -287,6 +324,8 @@ class RequestLimits:
         return None, 200, {"images": [base64.b64encode(item).decode("ascii") for item in items]}
 
     def check(self, payload, predictor) -> str | None:
+        if predictor.generation is not None:
+            return self.check_generate(payload)
         key, what = ("rows", "objects (column -> value)") if predictor.table is not None else ("texts", "strings")
         if not isinstance(payload, dict) or set(payload) != {key}:
             return f'expected a JSON object with exactly one key, "{key}": a list of {what}'
@@ -300,6 +339,42 @@ class RequestLimits:
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             return f'"texts"[{bad}] is a {type(texts[bad]).__name__}, not a string'
+        return None
+
+    def check_generate(self, payload) -> str | None:
+        """{"prompts": [str, ...], and optionally the GENERATE_OPTIONS}; max_new_tokens above the server's cap
+        is not refused: it is capped (the answer's finish_reason says "length")."""
+        if not isinstance(payload, dict) or "prompts" not in payload or set(payload) - {"prompts", *GENERATE_OPTIONS}:
+            return ('expected a JSON object with "prompts" (a list of strings) and optionally '
+                    + ", ".join(f'"{k}"' for k in GENERATE_OPTIONS))
+        prompts = payload["prompts"]
+        if not isinstance(prompts, list) or not prompts:
+            return '"prompts" must be a non-empty list of strings'
+        if len(prompts) > self.s["max_texts"]:
+            return f'"prompts" has {len(prompts)} items; the limit is {self.s["max_texts"]} per request'
+        bad = next((i for i, t in enumerate(prompts) if not isinstance(t, str)), None)
+        if bad is not None:
+            return f'"prompts"[{bad}] is a {type(prompts[bad]).__name__}, not a string'
+        for key, (valid, what) in GENERATE_OPTIONS.items():
+            if key in payload and not valid(payload[key]):
+                return f'"{key}" must be {what}'
+        return None
+
+    async def over_context(self, prompts: list[str]) -> str | None:
+        """The first prompt that leaves no room to generate in the model's context (413, naming the limit).
+        Tokenised in a thread when long (see INLINE_MAX_CHARS); the generator's tokenizer never truncates,
+        so sharing it with the inference thread is safe."""
+        predictor = LOADED["predictor"]
+
+        def lengths():
+            return [len(predictor.prompt_ids(p)) for p in prompts]
+
+        counts = lengths() if sum(map(len, prompts)) <= INLINE_MAX_CHARS else await anyio.to_thread.run_sync(lengths)
+        limit = predictor.max_length
+        for i, n in enumerate(counts):
+            if n >= limit:
+                return (f'"prompts"[{i}] has {n} tokens; the model\'s context is {limit} tokens (prompt and generated '
+                        f"tokens together): at most {limit - 1} prompt tokens")
         return None
 
     def check_rows(self, rows: list, predictor) -> str | None:
@@ -450,6 +525,22 @@ class Classifier:
         import base64
 
         return self.predictor.classify_images([base64.b64decode(i) for i in images])
+
+    # Adaptive batching off: a decoding loop runs one prompt at a time (lifecycle.edge: no padding, the same
+    # answer whatever else is in flight), so batching would only queue requests behind each other.
+    @bentoml.api(route="/generate")
+    async def generate(self, prompts: list[str], max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+                       top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+                       ) -> Annotated[list[Generated], ContentType("application/json")]:
+        import functools
+
+        cap = SETTINGS.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+        budget = SETTINGS.get("generate_time_budget_s") or min(DEFAULT_TIME_BUDGET_S, SETTINGS["timeout_s"] / 2)
+        run = functools.partial(self.predictor.generate, max_new_tokens=min(max_new_tokens, cap),
+                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop,
+                                time_budget_s=budget)
+        # always in the thread: a decoding loop would hold the event loop (and /livez) for its whole length
+        return await anyio.to_thread.run_sync(run, prompts, limiter=self.busy)
 
 
 Classifier.add_asgi_middleware(RequestLimits, settings=SETTINGS)

@@ -35,7 +35,7 @@ def _service_dir() -> Path:
     spec = importlib.util.find_spec("lifecycle._service")
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
-    return PACKAGE_DIR.parent / "serving"
+    return beside
 
 
 SERVICE_DIR = _service_dir()
@@ -76,6 +76,11 @@ class ServingSettings(Strict):
     # runtime's defaults, lifecycle.edge.MAX_IMAGE_PIXELS (4096 x 4096) and PNG + JPEG.
     max_image_pixels: int | None = Field(None, ge=1, exclude_if=unset)
     image_formats: list[Literal["PNG", "JPEG"]] | None = Field(None, min_length=1, exclude_if=unset)
+    # Generators (POST /generate): a request's max_new_tokens is capped at this; and the decoding loop of one
+    # request stops cleanly (finish_reason "time", the tokens so far) after generate_time_budget_s, which
+    # should sit below timeout_s so the answer comes before BentoML's 504. None: 64 tokens, 10 s.
+    max_new_tokens: int | None = Field(None, ge=1, exclude_if=lambda v: v is None)
+    generate_time_budget_s: float | None = Field(None, gt=0, exclude_if=lambda v: v is None)
     access_log: bool = False  # one log line per request costs CPU at hundreds of requests/s
     tracing: bool = False  # BentoML's OpenTelemetry spans: ~1.1 ms of CPU per request; on for an exporter
 

@@ -25,12 +25,13 @@ from lifecycle.serving import ServingSettings
 
 HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms", "requests_per_s",
                 "error_count", "http_accuracy", "accuracy", "f1_macro", "f1_micro", "auroc", "prediction_mismatches",
-                "score_max_abs_diff")
+                "score_max_abs_diff", "answered_fraction")
 
 
 class Config(StageBase):
     kind: Literal["serve"]
-    tasks = ("classification", "tabular-classification", "image-classification")  # it scores the answers' labels against the test labels
+    # classifiers: it scores the answers' labels against the test labels; generators: answers token for token
+    tasks = ("classification", "tabular-classification", "image-classification", "generation")
     clients: int = Field(8, ge=1, description="concurrent keep-alive connections")
     texts_per_request: int = Field(1, ge=1)  # 1: latency per text, as a user calling the API sees it
     warmup_requests: int = Field(16, ge=0)  # not measured
@@ -51,6 +52,10 @@ class Config(StageBase):
 
     def metric_names(self) -> set[str]:
         return set(HTTP_METRICS)
+
+    def adopt_task(self, task: TaskType | None) -> None:
+        if task is not None and not tasks.get(task).serve_accuracy:  # no labels to score: drop that default
+            self.gates = [g for g in self.gates if g != Gate(metric="accuracy", max_drop=0.0)]
 
     def model_post_init(self, _ctx) -> None:
         # One inference path: HTTP accuracy equal to the parent's, and no failed request, unless the
@@ -91,13 +96,14 @@ def run(cfg: Config, parent, ctx) -> dict:
     local = Predictor.open(parent.path)
     metrics = task.answer_scores(answers, test, local)
     metrics.update(one_path_agreement(task, answers, local.answers(texts), cfg.score_tolerance))
-    metrics["http_accuracy"] = metrics["accuracy"]
+    if "accuracy" in metrics:
+        metrics["http_accuracy"] = metrics["accuracy"]
     metrics.update({k: summary[k] for k in ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms",
                                             "requests_per_s", "error_count")})
     (ctx.out_dir / "measurements.json").write_text(json.dumps(
         {"clients": cfg.clients, "texts_per_request": n, "texts": len(texts), "port": server.port,
          "server_exit_code": exit_code, "score_tolerance": cfg.score_tolerance, **summary,
-         "parent_accuracy": parent.metrics.get("accuracy"), "http_accuracy": metrics["http_accuracy"]}, indent=2))
+         "parent_accuracy": parent.metrics.get("accuracy"), "http_accuracy": metrics.get("http_accuracy")}, indent=2))
     ctx.details["serving"] = {"status_counts": summary["status_counts"], "clients": cfg.clients,
                               "score_tolerance": cfg.score_tolerance}
     return metrics

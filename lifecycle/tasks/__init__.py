@@ -32,6 +32,7 @@ from __future__ import annotations
 from lifecycle.tasks import (
     classification,
     embedding,
+    generation,
     image_classification,
     tabular_anomaly,
     tabular_classification,
@@ -41,7 +42,8 @@ from lifecycle.tasks.base import TaskPlugin
 
 REGISTRY: dict[str, TaskPlugin] = {t.name: t for t in (classification.TASK, embedding.TASK, tabular_classification.TASK,
                                                         tabular_regression.TASK, tabular_anomaly.TASK,
-                                                        image_classification.TASK)}
+                                                        image_classification.TASK,
+                                                        generation.TASK)}
 DEFAULT = "classification"  # a pipeline without `task: {type: ...}`
 
 

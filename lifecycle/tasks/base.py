@@ -31,8 +31,12 @@ class TaskPlugin:
     # lifecycle.edge.TablePreprocessing) or "image" (lifecycle.edge.ImagePreprocessing). The task's data
     # source must be of the same kind.
     reads: ClassVar[str] = "text"
+    labelled_data: ClassVar[bool] = True  # whether `task.data` must be a labelled source (label_field set)
     graph_fusions: ClassVar[bool] = True  # whether export tries onnxruntime's transformer fusions
-    request_key: ClassVar[str] = "texts"  # the key of a service request's inputs: {"texts": [...]}
+    request_key: ClassVar[str] = "texts"
+    # The serve stage's default gate: its HTTP answers score as well as the parent (accuracy against the
+    # test labels); False for a task whose answers have no labels to score (a generator).
+    serve_accuracy: ClassVar[bool] = True  # the key of a service request's inputs: {"texts": [...]}
 
     # ------------------------------------------------------------------------------ training
     # A task whose model is not a text model trains it with its own recipes under the finetune and distill
@@ -55,6 +59,10 @@ class TaskPlugin:
     def distill_problem(self, cfg) -> str | None:
         """"field: why" for a distill setting this task's recipe does not support, else None."""
         return None
+
+    def data(self, ctx):
+        """The task's data (train / validation / test splits) for a stage's context `ctx`."""
+        return ctx.data(ctx.pipeline.task.data)
 
     # ---------------------------------------------------------------- inputs: what the graph is fed
     # The defaults are the text graphs' (a tokenizer: input_ids, attention_mask...); a task on other

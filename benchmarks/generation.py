@@ -1,0 +1,197 @@
+"""Decoding cost per generated token at batch 1: PyTorch eager (with its own KV cache), our ONNX decoder with
+and without the KV cache, its int8 and int4 (MatMulNBits) graphs, and optimum's ORTModelForCausalLM on the
+same exported graph, at prompt lengths 32-512.
+
+    flock /tmp/lifecycle-heavy.lock python benchmarks/generation.py --quick   # a few minutes on 2 cores
+
+The model is the gpt-mini preset (4 layers, hidden 256, 8k BPE vocabulary trained on Brown) with random
+weights (cost does not depend on the weights' values), or `--model DIR` (a local causal-LM directory).
+Per engine and prompt length: time to first token (the prompt's forward pass) and the median milliseconds
+per generated token over `--tokens` decoding steps (the step after the prompt, repeated), 2 onnxruntime /
+torch threads. Checks (issue 19): int8 >= 2x PyTorch eager per token at batch 1 (prompt 128), and our
+decoder no slower than optimum's ORTModelForCausalLM on the same model (per token, prompt 128).
+Writes benchmarks/results/generation.json and generation.png (per-token cost vs prompt length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
+
+THREADS = 2
+REFERENCE_LENGTH = 128  # the prompt length the checks read
+
+
+def build_model(out: Path):
+    import zipfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lifecycle import models
+
+    with zipfile.ZipFile(SHARED / "brown" / "brown.zip") as z:
+        texts = [z.read(n).decode("latin-1") for n in sorted(z.namelist()) if n.startswith("brown/c")][:100]
+    texts = [" ".join(t.rsplit("/", 1)[0] for t in text.split()) for text in texts]
+    tokenizer = models.train_tokenizer(texts, models.TokenizerSpec(vocab_size=8000), "gpt2", 1024)
+    source = models.ModelSource(preset="gpt-mini", overrides={"n_positions": 1024})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(models.preset_config(source, len(tokenizer), pad_token_id=0))
+    models.save(model, tokenizer, out)
+    return texts
+
+
+def export_all(src: Path, work: Path) -> dict[str, Path]:
+    from lifecycle.components.onnx import onnx_input_names
+    from lifecycle.components.quantization import Settings, build
+    from lifecycle.generation import load_causal_lm
+    from lifecycle.schema import Task
+    from lifecycle.tasks.generation import TASK
+
+    model, _ = load_causal_lm(src)
+    task = Task(type="generation", data="x", max_length=1024)
+    tokenizer = TASK.preprocessor(src, task)
+    fp32 = work / "fp32"
+    fp32.mkdir()
+    TASK.export_graph(model, tokenizer, fp32 / "model.onnx", 17)
+    TASK.write_runtime_files(fp32, src, tokenizer, task, onnx_input_names(fp32 / "model.onnx"), model)
+    dirs = {"onnx_fp32": fp32}
+    for method, name in (("dynamic-int8", "onnx_int8"), ("int4", "onnx_int4")):
+        build(Settings(method=method), fp32, work / name, work=work / "scratch")
+        dirs[name] = work / name
+    return dirs
+
+
+def per_token_ms(step, prompt: list[int], tokens: int) -> tuple[float, float]:
+    """(time to first token ms, median ms per later token): `step(ids, state) -> state`."""
+    started = time.perf_counter()
+    state = step(prompt, None)
+    first = (time.perf_counter() - started) * 1000
+    times = []
+    for _ in range(tokens):
+        started = time.perf_counter()
+        state = step([1], state)
+        times.append((time.perf_counter() - started) * 1000)
+    return first, statistics.median(times)
+
+
+def onnx_step(predictor, cache: bool):
+    def step(ids, state):
+        seq = (state or []) + ids
+        if cache:
+            past = None if state is None else state_past[0]
+            _, present = predictor._step(ids, past, len(seq))
+            state_past[0] = present
+        else:
+            predictor._step(seq, None, len(seq))
+        return seq
+
+    state_past = [None]
+    return step
+
+
+def torch_step(model):
+    import torch
+
+    def step(ids, state):
+        past, n = state or (None, 0)
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), past_key_values=past, use_cache=True)
+        return out.past_key_values, n + len(ids)
+
+    return step
+
+
+def optimum_ms(path: Path, prompt: list[int], tokens: int) -> float:
+    """optimum's ORTModelForCausalLM on our fp32 graph: (generate tokens+1 - generate 1) / tokens."""
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(path, use_cache=True, local_files_only=True)
+    x = torch.tensor([prompt])
+
+    def timed(n):
+        started = time.perf_counter()
+        model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return (time.perf_counter() - started) * 1000
+
+    timed(2)
+    return (statistics.median(timed(tokens + 1) for _ in range(3)) - statistics.median(timed(1) for _ in range(3))) / tokens
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="prompt lengths 32 and 128, 16 tokens")
+    parser.add_argument("--model", type=Path, help="a local causal-LM directory (default: gpt-mini, random weights)")
+    parser.add_argument("--tokens", type=int, default=32)
+    args = parser.parse_args()
+    import torch
+
+    from lifecycle.edge import Predictor
+    from lifecycle.generation import load_causal_lm
+
+    torch.set_num_threads(THREADS)
+    recorder = Recorder("generation", args.quick)
+    lengths = [32, REFERENCE_LENGTH] if args.quick else [32, 64, 128, 256, 512]
+    tokens = 16 if args.quick else args.tokens
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        src = args.model or work / "model"
+        if args.model is None:
+            build_model(src)
+        dirs = export_all(src, work)
+        model, _ = load_causal_lm(src)
+        engines = {"torch_eager_cache": torch_step(model)}
+        for name, path in dirs.items():
+            predictor = Predictor.open(path, threads=THREADS)
+            engines[f"{name}_cache"] = onnx_step(predictor, cache=True)
+            if name == "onnx_fp32":
+                engines["onnx_fp32_no_cache"] = onnx_step(predictor, cache=False)
+        results: dict = {"lengths": lengths, "tokens": tokens, "threads": THREADS, "engines": {}}
+        for name, step in engines.items():
+            per = {}
+            for n in lengths:
+                per_token_ms(step, [1] * 8, 2)  # warm-up
+                first, ms = per_token_ms(step, [1] * n, tokens)
+                per[n] = {"time_to_first_token_ms": first, "ms_per_token": ms, "tokens_per_s": 1000 / ms}
+                print(f"{name:22s} prompt {n:4d}: first token {first:8.2f} ms, {ms:7.2f} ms/token")
+            results["engines"][name] = per
+        results["engines"]["optimum_ort_cache"] = {REFERENCE_LENGTH: {"ms_per_token": optimum_ms(
+            dirs["onnx_fp32"], [1] * REFERENCE_LENGTH, tokens)}}
+    e, n = results["engines"], REFERENCE_LENGTH
+    speedup = e["torch_eager_cache"][n]["ms_per_token"] / e["onnx_int8_cache"][n]["ms_per_token"]
+    vs_optimum = e["onnx_fp32_cache"][n]["ms_per_token"] / e["optimum_ort_cache"][n]["ms_per_token"]
+    checks = [{"name": f"ONNX int8 vs PyTorch eager per token, batch 1, prompt {n} (x faster)", "value": speedup,
+               "target": ">= 2.0", "passed": speedup >= 2.0},
+              {"name": f"our fp32 decoder / optimum ORTModelForCausalLM per token, prompt {n}", "value": vs_optimum,
+               "target": "<= 1.0", "passed": vs_optimum <= 1.0}]
+    plot(results, ROOT / "benchmarks" / "results" / "generation.png")
+    return recorder.report(checks, recorder.save(results, checks))
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, per in results["engines"].items():
+        xs = sorted(per)
+        ax.plot(xs, [per[x]["ms_per_token"] for x in xs], marker="o", label=name)
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("ms per generated token (batch 1)")
+    ax.set_xscale("log", base=2)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

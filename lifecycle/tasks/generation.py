@@ -1,0 +1,180 @@
+"""Text generation: a causal LM (GPT-2 or Llama style) that continues a prompt, exported with its KV cache.
+
+Training: the finetune stage runs `lifecycle.generation.finetune` (full or LoRA; the loss covers response
+tokens only); pretrain and adapt train decoders from scratch / on a domain as for any causal LM.
+
+Graph: optimum-onnx's `text-generation-with-past` export of the decoder: inputs `input_ids`,
+`attention_mask`, (`position_ids`,) `past_key_values.N.key/value`; outputs `logits` (batch, sequence,
+vocab) and `present.N.key/value`. One graph serves the prompt (past of length 0) and every later token
+(past = the previous step's present). Why optimum and not torch.onnx: measured here on tiny GPT-2 and
+Llama configs from a local directory, offline, `main_export(task="text-generation-with-past")` exported
+both in 0.4 s with dynamic past lengths, while transformers 4.57 feeds the cache as `Cache` objects that
+torch.onnx's tracer cannot take as graph inputs without a hand-written wrapper per architecture (optimum
+carries those wrappers, and the per-architecture KV layouts: GPT-2's heads, Llama's grouped KV heads).
+onnxruntime-genai's model builder was not measured (not installed; it covers the Llama family only).
+
+`Predictor.logits(prompts)` of a generator (what export's parity and the quantize ladder compare) is one
+row per prompt: the next-token logits after the prompt, then `new_tokens` greedy token ids decoded with
+the KV cache (-1 after end-of-text). So `parity_max_abs_diff` is small only when the logits agree *and*
+the greedy generations are identical to PyTorch's; `generation_agreement` is the share of prompts whose
+greedy continuation is identical. Scores: held-out `perplexity` (the headline; lower is better) on the
+split's response tokens, computed from the ONNX graph. Edge method `generate`; route POST /generate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin
+
+
+class Generation(TaskPlugin):
+    name = "generation"
+    export_reads = ("causal-lm",)
+    export_hint = "export writes a decoder with its KV cache: give it a causal LM (pretrain / adapt with a gpt-* " \
+                  "or llama-* preset, or finetune under this task)"
+    trained_by = "pretrain, adapt or finetune"
+    onnx_holds = "onnx-generator"
+    output = "logits"
+    edge_method = "generate"
+    route = "/generate"
+    # perplexity (lower is better) on the split; decoding speed at batch 1 with the KV cache in onnxruntime
+    # (the runtime of the export and quantize stages), measured on the split's first prompt
+    scores = ("perplexity", "ort_time_to_first_token_ms", "ort_ms_per_token", "ort_tokens_per_s")
+    split_free = ("ort_time_to_first_token_ms", "ort_ms_per_token", "ort_tokens_per_s")
+    fidelity = ("generation_agreement", "next_token_agreement", "logit_max_abs_diff")
+    fidelity_at_export = True  # PyTorch's greedy generations are the reference of the exported graph
+    optimum_task = "text-generation-with-past"
+    labelled_data = False  # prompt/response records or plain text, read by lifecycle.generation
+    graph_fusions = False  # onnxruntime's BERT fusions do not apply to a decoder with past inputs
+    own_training = True
+    finetunes_into = "causal-lm"
+    request_key = "prompts"
+    serve_accuracy = False  # served answers are checked token for token against the same prompts run in-process
+
+    def data(self, ctx):
+        from lifecycle import generation
+
+        key = ("generation", ctx.pipeline.task.data)
+        if key not in ctx._loaded:
+            src = ctx.pipeline.data[ctx.pipeline.task.data]
+            seed = ctx.pipeline.seed if src.split.seed is None else src.split.seed
+            ctx._loaded[key] = generation.load_data(src, ctx.pipeline, ctx.pipeline.task.generation_settings, seed)
+        return ctx._loaded[key]
+
+    # --------------------------------------------------------------------------------- training
+    def finetune(self, cfg, parent, ctx) -> dict:
+        from lifecycle import generation
+
+        return generation.finetune(cfg, parent, ctx, self)
+
+    def finetune_problem(self, cfg) -> str | None:
+        unsupported = {"multi_label": cfg.multi_label, "class_weights": cfg.class_weights,
+                       "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit,
+                       "control": cfg.control, "baseline": cfg.baseline or None,
+                       "head_pooling": None if cfg.head_pooling == "auto" else 1}
+        given = next((k for k, v in unsupported.items() if v is not None), None)
+        if given:
+            return f"{given}: not supported for generation (the recipe keeps the last step; perplexity is its score)"
+        if cfg.collapse_min is not None:  # the finetune stage adds that gate unless told not to
+            return "collapse_min: a generator has no classes to collapse onto; set `collapse_min: null`"
+        if cfg.model is not None and cfg.model.preset:
+            return "model: a generation finetune continues a causal LM (`path`, or the parent); pre-train presets first"
+        return None
+
+    def distill_problem(self, cfg) -> str | None:
+        return "kind: distillation of a decoder is not implemented yet (issue 19)"
+
+    # ------------------------------------------------------------------------------------ inputs
+    def inputs(self, split) -> list[str]:
+        """Prompts: what a generator is asked (and what its parity and quantization are judged on)."""
+        return split["prompts"]
+
+    def preprocessor(self, src: Path, task):
+        """The tokenizer, carrying the task's generation settings to `reference` (which gets only it)."""
+        from lifecycle import models
+
+        tokenizer = models.load_tokenizer(src, task.max_length)
+        tokenizer.generation_settings = task.generation_settings
+        return tokenizer
+
+    def export_graph(self, model, preprocessor, path: Path, opset: int) -> None:
+        import tempfile
+
+        from lifecycle.components import onnx
+
+        with tempfile.TemporaryDirectory() as tmp:  # optimum exports from a directory: the model as loaded
+            model.save_pretrained(tmp, safe_serialization=True)
+            preprocessor.save_pretrained(tmp)
+            onnx.export_optimum(Path(tmp), path, opset, self.optimum_task)
+
+    def write_runtime_files(self, out, src, preprocessor, task, input_names, model) -> None:
+        from lifecycle.components import onnx
+
+        settings = task.generation_settings
+        graph = self.graph_schema(model)
+        graph["generation"] = {"eos_token_id": preprocessor.eos_token_id, "agreement_tokens": settings.new_tokens,
+                               "separator": self._separator(task)}
+        onnx.write_runtime_files(out, src, preprocessor, task.max_length, input_names, graph, [])
+
+    def _separator(self, task) -> str | None:
+        return task.generation_settings.separator if task.generation_settings.prompt_field else None
+
+    # --------------------------------------------------------------------------------- the graph
+    def torch_model(self, src: Path):
+        from lifecycle.generation import load_causal_lm
+
+        return load_causal_lm(src)[0]
+
+    def reference(self, model, tokenizer, texts, max_length, batch_size=64):
+        from lifecycle.generation import reference_rows
+
+        s = tokenizer.generation_settings
+        return reference_rows(model, tokenizer, texts, s.new_tokens, max_length,
+                              s.separator if s.prompt_field else None)
+
+    def width(self, model) -> int:
+        return model.config.vocab_size
+
+    def graph_schema(self, model) -> dict:
+        return {"outputs": {"logits": {"dtype": "float32", "shape": ["batch", "sequence", self.width(model)]}},
+                "task": self.name, "method": self.edge_method, "route": self.route}
+
+    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
+        import numpy as np
+
+        from lifecycle.components.onnx import max_abs_diff
+
+        settings = pipeline.task.generation_settings
+        limit = settings.limit
+        metrics = {"perplexity": predictor.perplexity(rows["prompt"][:limit], rows["response"][:limit])}
+        prompts = self.inputs(rows)
+        if prompts:
+            speed = predictor.decoding_speed(prompts[0], settings.new_tokens)
+            metrics.update({f"ort_{k}": v for k, v in speed.items()})
+        outputs = predictor.logits(prompts)
+        if reference is not None:
+            vocab = outputs.shape[1] - settings.new_tokens
+            metrics.update(
+                generation_agreement=float(np.mean([(a[vocab:] == b[vocab:]).all() for a, b in zip(outputs, reference)])),
+                next_token_agreement=float(np.mean(outputs[:, :vocab].argmax(-1) == reference[:, :vocab].argmax(-1))),
+                logit_max_abs_diff=max_abs_diff(outputs[:, :vocab], reference[:, :vocab]))
+        return metrics, outputs
+
+    # ----------------------------------------------------------------------------------- samples
+    def sample_predictions(self, predictor, texts):
+        return [{"text": t, "answer": a} for t, a in zip(texts, predictor.answers(texts))]
+
+    def prediction_details(self, predictor, rows, outputs) -> dict:
+        return {"sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}
+
+    def answer_scores(self, answers, rows, predictor) -> dict:
+        return {"answered_fraction": sum(a is not None for a in answers) / max(len(answers), 1)}
+
+    def answers_agree(self, http, local, tolerance):
+        """Greedy answers are the same tokens or they differ (largest difference: 1.0 when they do)."""
+        same = http.get("tokens") == local.get("tokens")
+        return same, 0.0 if same else 1.0
+
+
+TASK = Generation()
