@@ -181,6 +181,7 @@ PRETRAINED = {
 }
 
 
+@pytest.mark.slow  # the tabular quickstart runs the same chain (and gates reconstruction) by default
 def test_masked_feature_pretraining_reconstructs_and_fine_tunes_from_its_encoder(tmp_path):
     from safetensors.torch import load_file
 
