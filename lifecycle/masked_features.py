@@ -133,7 +133,6 @@ def linear_probe(model, data) -> float:
 
 def pretrain(cfg, ctx) -> dict:
     """The pretrain stage's masked-feature objective on the table source `cfg.data`."""
-    import json
     import time
 
     from transformers import Trainer
@@ -142,7 +141,6 @@ def pretrain(cfg, ctx) -> dict:
     from lifecycle.components.classification import seed_everything
     from lifecycle.components.training import train as run_trainer
     from lifecycle.components.training import training_args
-    from lifecycle.edge import PREPROCESSING
 
     data = ctx.data(cfg.data)
     if not hasattr(data, "preprocessing"):
@@ -157,13 +155,23 @@ def pretrain(cfg, ctx) -> dict:
     run_trainer(Trainer(model=model, args=args, train_dataset=train), ctx.scratch_dir / "checkpoints", ctx)
     metrics = {**reconstruction(model, data.features("validation")[0], cfg.mlm_probability, ctx.seed + 1),
                "train_seconds": time.time() - started, "params_total": models.count_parameters(model)["params_total"]}
+    finish(model, data, ctx, metrics, probe_init)
+    ctx.details.update(objective="masked-feature", mask_fraction=cfg.mlm_probability, schema=vars(data.schema))
+    return metrics
+
+
+def finish(model, data, ctx, metrics: dict, probe_init: float | None) -> None:
+    """What every table pre-training objective ends with: the probe after training beside the one before
+    (into `metrics`), the model and the preprocessing it read, saved to the stage's directory."""
+    import json
+
+    from lifecycle.edge import PREPROCESSING
+
     if probe_init is not None:  # a probe on a classification target; a regression target has none
         metrics.update(probe_accuracy_init=probe_init, probe_accuracy=linear_probe(model, data))
         metrics["probe_gain"] = metrics["probe_accuracy"] - probe_init
     model.save_pretrained(ctx.out_dir, safe_serialization=True)
     (ctx.out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
-    ctx.details.update(objective="masked-feature", mask_fraction=cfg.mlm_probability, schema=vars(data.schema))
-    return metrics
 
 
 class AnomalyScorer(nn.Module):

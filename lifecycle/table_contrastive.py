@@ -125,7 +125,6 @@ def held_out(model: ScarfModel, feeds: dict, corruption: float, seed: int, batch
 
 def pretrain(cfg, ctx) -> dict:
     """The pretrain stage's contrastive objective on the table source `cfg.data`."""
-    import json
     import time
 
     from transformers import Trainer
@@ -135,8 +134,7 @@ def pretrain(cfg, ctx) -> dict:
     from lifecycle.components.training import train as run_trainer
     from lifecycle.components.training import training_args
     from lifecycle.contrastive import Contrastive
-    from lifecycle.edge import PREPROCESSING
-    from lifecycle.masked_features import linear_probe
+    from lifecycle.masked_features import finish, linear_probe
 
     settings = cfg.contrastive
     given = [f for f in TEXT_ONLY if settings is not None and f in settings.model_fields_set]
@@ -157,11 +155,7 @@ def pretrain(cfg, ctx) -> dict:
     run_trainer(Trainer(model=model, args=args, train_dataset=train), ctx.scratch_dir / "checkpoints", ctx)
     metrics = {**held_out(model, data.features("validation")[0], corruption, ctx.seed + 1, cfg.train.batch_size),
                "train_seconds": time.time() - started, "params_total": models.count_parameters(model)["params_total"]}
-    if probe_init is not None:  # a probe on a classification target; a regression target has none
-        metrics.update(probe_accuracy_init=probe_init, probe_accuracy=linear_probe(model, data))
-        metrics["probe_gain"] = metrics["probe_accuracy"] - probe_init
-    model.save_pretrained(ctx.out_dir, safe_serialization=True)
-    (ctx.out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
+    finish(model, data, ctx, metrics, probe_init)
     ctx.details.update(objective="contrastive (SCARF)", corruption=corruption, temperature=temperature,
                        schema=vars(data.schema), inputs=list(INPUTS))
     return metrics
