@@ -153,3 +153,56 @@ class TaskPlugin:
         """(whether an HTTP answer equals the in-process answer for the same text, largest difference)."""
         raise NotImplementedError
 
+
+class ClassAnswers:
+    """A classifier whose labels live in its config (`id2label`), for task plug-ins that are not text
+    classification (tables, images): width, labels, targets, scores against the fp32 reference and of HTTP
+    answers, and the answer comparison, all as text classification does them. A plug-in says where a
+    split's labels are (`split_labels`)."""
+
+    def split_labels(self, split) -> list:
+        raise NotImplementedError
+
+    def width(self, model) -> int:
+        return model.config.num_labels
+
+    def labels(self, model) -> list[str]:
+        id2label = model.config.id2label
+        return [id2label[i] for i in range(len(id2label))]
+
+    def targets(self, predictor, split):
+        """Class ids of a split's labels by the model's labels (-1: a class the model does not know)."""
+        import numpy as np
+
+        index = {name: i for i, name in enumerate(predictor.labels)}
+        return np.array([index.get(v, -1) for v in self.split_labels(split)], dtype=np.int64)
+
+    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
+        from lifecycle.components.onnx import argmax_agreeing, max_abs_diff
+
+        logits = predictor.logits(self.inputs(rows))
+        metrics = self.evaluate(logits, self.targets(predictor, rows))
+        if reference is not None:
+            metrics.update(argmax_agreement=argmax_agreeing(logits, reference) / len(logits),
+                           logit_max_abs_diff=max_abs_diff(logits, reference))
+        return metrics, logits
+
+    def answer_scores(self, answers, rows, predictor) -> dict:
+        import numpy as np
+
+        scores = np.array([[a["scores"][n] for n in predictor.labels] if a else [0.0] * len(predictor.labels)
+                           for a in answers])
+        return self.evaluate(np.log(np.clip(scores, 1e-12, 1)), self.targets(predictor, rows))
+
+    def answers_agree(self, http, local, tolerance):
+        return labels_agree(http, local, tolerance)
+
+
+def labels_agree(http: dict, local: dict, tolerance: float) -> tuple[bool, float]:
+    """Two classifier answers ({"label", "scores"}) agree: every class score within `tolerance`, and the same
+    label unless the in-process top two scores are within `tolerance` of each other (a tie that rounding may
+    break either way). Returns (agree, largest score difference)."""
+    diff = max(abs(http["scores"].get(name, float("inf")) - p) for name, p in local["scores"].items())
+    top = sorted(local["scores"].values(), reverse=True)
+    margin = top[0] - top[1] if len(top) > 1 else float("inf")
+    return not (diff > tolerance or (http["label"] != local["label"] and margin > tolerance)), diff

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.evaluation import CLASSIFICATION
-from lifecycle.tasks.base import TaskPlugin
+from lifecycle.tasks.base import TaskPlugin, labels_agree
 
 
 class Classification(TaskPlugin):
@@ -71,12 +71,7 @@ class Classification(TaskPlugin):
         return classification_metrics(predicted, rows["label"])
 
     def answers_agree(self, http, local, tolerance):
-        """Every class score within `tolerance`, and the same label unless the in-process top two scores
-        are within `tolerance` of each other (a tie that rounding may break either way)."""
-        diff = max(abs(http["scores"].get(name, float("inf")) - p) for name, p in local["scores"].items())
-        top = sorted(local["scores"].values(), reverse=True)
-        margin = top[0] - top[1] if len(top) > 1 else float("inf")
-        return not (diff > tolerance or (http["label"] != local["label"] and margin > tolerance)), diff
+        return labels_agree(http, local, tolerance)
 
 
 TASK = Classification()

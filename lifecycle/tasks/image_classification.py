@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin
+from lifecycle.tasks.base import SAMPLE_PREDICTIONS, ClassAnswers, TaskPlugin
 from lifecycle.tasks.table_task import DISTILL_PROBLEMS
 
 
-class ImageClassification(TaskPlugin):
+class ImageClassification(ClassAnswers, TaskPlugin):
     name = "image-classification"
     export_reads = ("classifier",)
     export_hint = "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
@@ -117,30 +117,6 @@ class ImageClassification(TaskPlugin):
                   **self.graph_schema(model)}
         (out / "schema.json").write_text(json.dumps(schema, indent=2))
 
-    def width(self, model) -> int:
-        return model.config.num_labels
-
-    def labels(self, model) -> list[str]:
-        id2label = model.config.id2label
-        return [id2label[i] for i in range(len(id2label))]
-
-    def targets(self, predictor, split):
-        """Class ids of a split's labels by the model's labels (-1: a class the model does not know)."""
-        import numpy as np
-
-        index = {name: i for i, name in enumerate(predictor.labels)}
-        return np.array([index.get(v, -1) for v in split.labels], dtype=np.int64)
-
-    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
-        from lifecycle.components.onnx import argmax_agreeing, max_abs_diff
-
-        logits = predictor.logits(self.inputs(rows))
-        metrics = self.evaluate(logits, self.targets(predictor, rows))
-        if reference is not None:
-            metrics.update(argmax_agreement=argmax_agreeing(logits, reference) / len(logits),
-                           logit_max_abs_diff=max_abs_diff(logits, reference))
-        return metrics, logits
-
     # ----------------------------------------------------------------------------------- samples
     def sample_predictions(self, predictor, texts):
         images = list(texts)
@@ -150,18 +126,8 @@ class ImageClassification(TaskPlugin):
         return {"test_predictions": [int(i) for i in outputs.argmax(-1)],
                 "sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}
 
-    # ----------------------------------------------------------------------------------- serving
-    def answer_scores(self, answers, rows, predictor) -> dict:
-        import numpy as np
-
-        scores = np.array([[a["scores"][n] for n in predictor.labels] if a else [0.0] * len(predictor.labels)
-                           for a in answers])
-        return self.evaluate(np.log(np.clip(scores, 1e-12, 1)), self.targets(predictor, rows))
-
-    def answers_agree(self, http, local, tolerance):
-        from lifecycle.tasks.classification import TASK
-
-        return TASK.answers_agree(http, local, tolerance)  # the same answer shape: label, score, scores
+    def split_labels(self, split) -> list:  # scores, targets and served answers: ClassAnswers
+        return split.labels
 
 
 def png_base64(pixels) -> str:

@@ -11,10 +11,11 @@ trains it with `train_table` (the from-scratch model is built from the data's sc
 from __future__ import annotations
 
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
+from lifecycle.tasks.base import ClassAnswers
 from lifecycle.tasks.table_task import TableTask
 
 
-class TabularClassification(TableTask):
+class TabularClassification(ClassAnswers, TableTask):
     name = "tabular-classification"
     export_reads = ("classifier",)
     export_hint = "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
@@ -45,45 +46,12 @@ class TabularClassification(TableTask):
 
         return gradient_boosting(data, seed)
 
-    def width(self, model) -> int:
-        return model.config.num_labels
-
-    def labels(self, model) -> list[str]:
-        id2label = model.config.id2label
-        return [id2label[i] for i in range(len(id2label))]
-
-    def targets(self, predictor, split):
-        """Class ids of a split's target column by the model's labels (-1: a class the model does not know)."""
-        import numpy as np
-
-        index = {name: i for i, name in enumerate(predictor.labels)}
-        return np.array([index.get(v, -1) for v in self.target_values(split)], dtype=np.int64)
-
-    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
-        from lifecycle.components.onnx import argmax_agreeing, max_abs_diff
-
-        logits = predictor.logits(self.inputs(rows))
-        metrics = self.evaluate(logits, self.targets(predictor, rows))
-        if reference is not None:
-            metrics.update(argmax_agreement=argmax_agreeing(logits, reference) / len(logits),
-                           logit_max_abs_diff=max_abs_diff(logits, reference))
-        return metrics, logits
-
     def prediction_details(self, predictor, rows, outputs) -> dict:
         return {"test_predictions": [int(i) for i in outputs.argmax(-1)],
                 **super().prediction_details(predictor, rows, outputs)}
 
-    def answer_scores(self, answers, rows, predictor) -> dict:
-        import numpy as np
-
-        scores = np.array([[a["scores"][n] for n in predictor.labels] if a else [0.0] * len(predictor.labels)
-                           for a in answers])
-        return self.evaluate(np.log(np.clip(scores, 1e-12, 1)), self.targets(predictor, rows))
-
-    def answers_agree(self, http, local, tolerance):
-        from lifecycle.tasks.classification import TASK
-
-        return TASK.answers_agree(http, local, tolerance)  # the same answer shape: label, score, scores
+    def split_labels(self, split) -> list:  # scores, targets and served answers: ClassAnswers
+        return self.target_values(split)
 
 
 TASK = TabularClassification()
