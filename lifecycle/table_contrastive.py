@@ -99,6 +99,8 @@ def held_out(model: ScarfModel, feeds: dict, corruption: float, seed: int, batch
 
     import torch.nn.functional as F
 
+    from lifecycle.contrastive import info_nce
+
     model.eval()
     rows = CorruptedRows(feeds, corruption, seed)
     items = [rows[i] for i in range(len(rows))]
@@ -110,12 +112,11 @@ def held_out(model: ScarfModel, feeds: dict, corruption: float, seed: int, batch
         if len(chunk) < 2:  # one row has no negative: its loss is 0 whatever the model
             continue
         batch = {k: torch.stack([it[k] for it in chunk]) for k in chunk[0] if k != "labels"}
-        anchors = F.normalize(model.embed(batch["numeric"], batch["numeric_missing"], batch["categorical"]), dim=-1)
-        positives = F.normalize(model.embed(batch["positive_numeric"], batch["positive_numeric_missing"],
-                                            batch["positive_categorical"]), dim=-1)
-        nearest = (anchors @ positives.T).argmax(-1)
+        anchors = model.embed(batch["numeric"], batch["numeric_missing"], batch["categorical"])
+        positives = model.embed(batch["positive_numeric"], batch["positive_numeric_missing"], batch["positive_categorical"])
+        nearest = (F.normalize(anchors, dim=-1) @ F.normalize(positives, dim=-1).T).argmax(-1)
         b = len(chunk)
-        sums["contrastive_loss"] += float(model(**batch).loss) * b
+        sums["contrastive_loss"] += float(info_nce(anchors, positives, model.config.scarf_temperature)) * b
         sums["contrastive_loss_chance"] += math.log(b) * b
         sums["contrastive_top1"] += float((nearest == torch.arange(b)).sum())
         sums["contrastive_top1_chance"] += 1.0

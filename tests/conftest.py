@@ -40,3 +40,15 @@ def tiny_pipeline(**overrides) -> dict:
 def needs_shared_data(*parts: str):
     path = SHARED_DATA.joinpath(*parts)
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (../shared/data is only on project machines)")
+
+
+@pytest.fixture
+def one_thread():
+    """Two cores shared by several jobs: one intra-op torch thread avoids oversubscription stalls. Training
+    test modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,14 +14,7 @@ NEWS = Path(__file__).parent / "data" / "news_tiny.jsonl"
 TRAIN = {"max_steps": 16, "batch_size": 8, "lr": 3e-3, "logging_steps": 4, "save_steps": 8}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (conftest)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_adapt import one_thread  # noqa: F401  (autouse: one torch thread, as in the other training tests)
 
 from lifecycle import ConfigError
 from lifecycle import pipeline as runner
@@ -21,6 +20,7 @@ NEWS = Path(__file__).parent / "data" / "news_tiny.jsonl"
 TRAIN = {"max_steps": 8, "batch_size": 16, "lr": 1e-3, "logging_steps": 2, "save_steps": 4}
 MODEL = {"preset": "bert-tiny", "overrides": {"hidden_size": 32, "intermediate_size": 64}, "tokenizer": {"vocab_size": 400}}
 FAST = {"runs": 3, "warmup": 1, "batch32": False}
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (conftest)
 
 
 def write_pairs(tmp_path: Path) -> dict[str, str]:

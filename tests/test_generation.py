@@ -15,14 +15,7 @@ NEWS, PAIRS = DATA / "news_tiny.jsonl", DATA / "continue_tiny.jsonl"
 TEXTS = [json.loads(line)["text"] for line in NEWS.read_text().splitlines()]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (conftest)
 
 
 def tiny_decoder(preset: str, out: Path):

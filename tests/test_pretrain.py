@@ -21,15 +21,7 @@ TINY_BERT = {"preset": "bert-tiny", "overrides": {"hidden_size": 32, "intermedia
              "tokenizer": {"vocab_size": 400}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores shared by several jobs: one intra-op thread avoids oversubscription stalls."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (conftest)
 
 
 def raw_pipeline(model=TINY_BERT, train=None, **stage) -> dict:

@@ -206,3 +206,22 @@ def labels_agree(http: dict, local: dict, tolerance: float) -> tuple[bool, float
     top = sorted(local["scores"].values(), reverse=True)
     margin = top[0] - top[1] if len(top) > 1 else float("inf")
     return not (diff > tolerance or (http["label"] != local["label"] and margin > tolerance)), diff
+
+
+def own_recipe_problem(cfg, task: str, baseline: str, model_kind: str, lora: bool = False) -> str | None:
+    """"field: why" for a finetune setting that a task's own recipe (tables, images) does not honour: those
+    recipes keep the last step of the stage's budget (no checkpoint selection yet), so the text recipe's
+    settings are refused rather than ignored. `baseline`: what the recipe always reports instead of TF-IDF;
+    `model_kind`: what a `model.path` must hold; `lora`: whether the recipe takes adapters."""
+    unsupported = {"multi_label": cfg.multi_label, "class_weights": cfg.class_weights,
+                   "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit,
+                   "baseline": cfg.baseline or None, "head_pooling": None if cfg.head_pooling == "auto" else 1}
+    if not lora:
+        unsupported = {"lora": cfg.lora, **unsupported}
+    given = next((k for k, v in unsupported.items() if v is not None), None)
+    if given:
+        why = f" (the {baseline} baseline is always reported)" if given == "baseline" else ""
+        return f"{given}: not supported for {task} yet{why}"
+    if cfg.model is not None and cfg.model.package:
+        return f"model.package: {model_kind} starts from a `preset` (a size) or {model_kind} `path`"
+    return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, ClassAnswers, TaskPlugin
+from lifecycle.tasks.base import SAMPLE_PREDICTIONS, ClassAnswers, TaskPlugin, own_recipe_problem
 from lifecycle.tasks.table_task import DISTILL_PROBLEMS
 
 
@@ -42,18 +42,7 @@ class ImageClassification(ClassAnswers, TaskPlugin):
         return images.finetune(cfg, parent, ctx, self)
 
     def finetune_problem(self, cfg) -> str | None:
-        # The image recipe trains every weight for the stage's budget and keeps the last step; settings of
-        # the text recipe are refused rather than ignored.
-        unsupported = {"lora": cfg.lora, "multi_label": cfg.multi_label, "class_weights": cfg.class_weights,
-                       "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit,
-                       "baseline": cfg.baseline or None, "head_pooling": None if cfg.head_pooling == "auto" else 1}
-        given = next((k for k, v in unsupported.items() if v is not None), None)
-        if given:
-            why = " (the RBF SVM baseline is always reported)" if given == "baseline" else ""
-            return f"{given}: not supported for {self.name} yet{why}"
-        if cfg.model is not None and cfg.model.package:
-            return "model.package: an image model starts from a `preset` (a size) or an image model `path`"
-        return None
+        return own_recipe_problem(cfg, self.name, "RBF SVM", "an image model")
 
     def distill(self, cfg, parent, ctx) -> dict:
         from lifecycle import images

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin
+from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin, own_recipe_problem
 
 INPUT_DTYPES = {"numeric": "float32", "numeric_missing": "float32", "categorical": "int64"}
 DISTILL_PROBLEMS = {  # settings of the text distillation recipe the table recipe does not honour
@@ -33,21 +33,10 @@ class TableTask(TaskPlugin):
         return tabular.finetune(cfg, parent, ctx, self)
 
     def finetune_problem(self, cfg) -> str | None:
-        # The table recipe keeps the last step of the stage's budget (no
-        # checkpoint selection yet); settings for the text recipe are refused rather than ignored.
         if cfg.lora and cfg.model is not None and cfg.model.preset:
             return ("lora: adapters on a randomly initialised table model learn next to nothing; start from a "
                     "pre-trained table model (a pretrain stage or a `model.path`), or train in full")
-        unsupported = {"multi_label": cfg.multi_label, "class_weights": cfg.class_weights,
-                       "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit,
-                       "baseline": cfg.baseline or None, "head_pooling": None if cfg.head_pooling == "auto" else 1}
-        given = next((k for k, v in unsupported.items() if v is not None), None)
-        if given:
-            why = " (the gradient-boosting baseline is always reported)" if given == "baseline" else ""
-            return f"{given}: not supported for {self.name} yet{why}"
-        if cfg.model is not None and cfg.model.package:
-            return "model.package: a table model starts from a `preset` (a size) or a table model `path`"
-        return None
+        return own_recipe_problem(cfg, self.name, "gradient-boosting", "a table model", lora=True)
 
     def distill(self, cfg, parent, ctx) -> dict:
         from lifecycle import table_distillation
