@@ -95,6 +95,12 @@ class BundleError(Exception):
     """A bundle that is incomplete, tampered with, or points outside itself."""
 
 
+# A serving worker that refuses its bundle writes this line before it fails, so that whoever waits for
+# the server (lifecycle.serving.Server) stops waiting at once with the reason: BentoML keeps the server
+# up and restarts the worker, which would refuse again, until the startup timeout.
+BUNDLE_REFUSED = "lifecycle: bundle refused:"
+
+
 class Predictor:
     def __init__(self, root: Path, threads: int | None = None, spinning: bool = True):
         import onnxruntime as ort

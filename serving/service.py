@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -71,7 +72,7 @@ import bentoml
 from bentoml.validators import ContentType
 from pydantic import BaseModel
 
-from lifecycle.edge import Predictor
+from lifecycle.edge import BUNDLE_REFUSED, BundleError, Predictor
 
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
 ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score", "/classify_image", "/generate")  # every POST route below; a model answers on the one its task declares
@@ -471,8 +472,12 @@ class Classifier:
     def __init__(self) -> None:
         root = Path(self.stored_model.path) / "model" if MODEL.get("tag") else Path(MODEL["path"])
         keys = [k.encode() for k in MODEL["trusted_keys"]] if MODEL.get("trusted_keys") else None
-        self.predictor = Predictor.open(root, threads=SETTINGS["ort_threads"], spinning=SETTINGS["ort_spinning"],
-                                        trusted_keys=keys)  # with keys: the signature is checked in every worker
+        try:
+            self.predictor = Predictor.open(root, threads=SETTINGS["ort_threads"], spinning=SETTINGS["ort_spinning"],
+                                            trusted_keys=keys)  # with keys: the signature is checked in every worker
+        except BundleError as e:
+            print(BUNDLE_REFUSED, e, file=sys.stderr, flush=True)
+            raise
         self.predictor.logits([self.predictor.sample_input()])  # first run allocates; keep it off the first request
         self.busy = anyio.CapacityLimiter(1)  # one inference at a time, on the event loop or in the thread
         LOADED["predictor"] = self.predictor

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from lifecycle import LifecycleError
+from lifecycle.edge import BUNDLE_REFUSED
 from lifecycle.serving.settings import CONFIG_ENV, SERVICE_DIR
 
 
@@ -78,6 +79,8 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LifecycleError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if refusal := self.refusal():
+                raise LifecycleError(f"bentoml serve will not get ready: {refusal}")
             try:
                 # trust_env=False: loopback traffic must not go to an HTTP(S)_PROXY from the environment
                 if httpx.get(self.url + "/readyz", timeout=2, trust_env=False).status_code == 200:
@@ -121,6 +124,13 @@ class Server:
         used = [after[pid] - before.get(pid, 0.0) for pid in after if pid != self.proc.pid]
         total = sum(used)
         return [u / total for u in used] if total > 0 else []
+
+    def refusal(self) -> str | None:
+        """The line a worker wrote when it refused the bundle (bad signature, tampered file), if any."""
+        if not self.log.is_file():
+            return None
+        with open(self.log, errors="replace") as f:
+            return next((line.strip() for line in f if line.startswith(BUNDLE_REFUSED)), None)
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.is_file() else ""
