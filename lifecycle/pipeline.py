@@ -41,10 +41,13 @@ class StageContext:
     details: dict[str, Any] = field(default_factory=dict)  # extra manifest content (curves, attempts)
     extra_metrics: dict[str, float] = field(default_factory=dict)  # shared measurements (data wait); the stage's own win
     echo: Callable[[str], None] = print  # the run's output: stages say what they do through it
-    _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
+    # data sources loaded so far, shared by the stages of one run: a corpus is read, cleaned and
+    # deduplicated once, not once per stage. Safe to share: a load depends only on the pipeline's data
+    # config and seed, and stages derive new datasets (map, select) from it without changing it.
+    _loaded: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def data(self, name: str):
-        """A data source of the pipeline by name, loaded once per stage run (see lifecycle.data)."""
+        """A data source of the pipeline by name, loaded once per run (see lifecycle.data)."""
         from lifecycle import data
 
         if name not in self._loaded:
@@ -166,6 +169,7 @@ def _run_stages(pipeline: Pipeline, run_dir: Path, from_stage: str | None, finge
 
     outcomes: list[StageOutcome] = []
     artifacts: dict[str, Artifact] = {}
+    loaded: dict = {}  # StageContext._loaded
     forced = False
     stopped = False
     params = {"pipeline": pipeline.name, "seed": pipeline.seed, "stages": ",".join(s.label for s in pipeline.stages)}
@@ -179,7 +183,7 @@ def _run_stages(pipeline: Pipeline, run_dir: Path, from_stage: str | None, finge
             parent_cfg = pipeline.parent_of(stage)
             parent = artifacts.get(parent_cfg.label) if parent_cfg is not None else None
             key = cache_key(pipeline, stage, parent.cache_key if parent else None, fingerprints)
-            outcome = _run_stage(pipeline, stage, parent, artifacts, run_dir, key, forced, echo)
+            outcome = _run_stage(pipeline, stage, parent, artifacts, run_dir, key, forced, echo, loaded)
             outcomes.append(outcome)
             artifacts[stage.label] = outcome.artifact
             stopped = outcome.status == "failed"
@@ -198,7 +202,8 @@ def _run_stages(pipeline: Pipeline, run_dir: Path, from_stage: str | None, finge
     return outcomes
 
 
-def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, key: str, forced: bool, echo) -> StageOutcome:
+def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, key: str, forced: bool, echo,
+               loaded: dict) -> StageOutcome:
     final = run_dir / stage.label
     art = None if forced else _cached(final, key, echo)
     status = "cached"
@@ -209,7 +214,7 @@ def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, key: str, forc
             ref = pipeline.reference_name(stage, gate) if gate.relative else None
             ref_v = artifacts[ref].metrics.get(gate.metric) if ref in artifacts else None
             echo(f"   gate: {gatelib.describe(gate, ref, ref_v)}{'  [warn only]' if gate.on_fail == 'warn' else ''}")
-        art = _build(pipeline, stage, parent, artifacts, run_dir, key, echo)
+        art = _build(pipeline, stage, parent, artifacts, run_dir, key, echo, loaded)
         status = "passed"
     else:
         echo(f"\n== stage {stage.label} ({stage.kind}): cached, artifact verified ({final})")
@@ -239,7 +244,7 @@ def _cached(final: Path, key: str, echo) -> Artifact | None:
     return art if art.cache_key == key else None
 
 
-def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo=print) -> Artifact:
+def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, loaded: dict) -> Artifact:
     rank = dist.rank()
     final = run_dir / stage.label
     if rank != 0 and not stage.distributed:
@@ -260,7 +265,7 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo=pri
         suffix = "" if len(seeds) == 1 else f"-seed{seed}"
         scratch = run_dir / ".scratch" / f"{stage.label}-{key[:16]}{suffix}"
         scratch.mkdir(parents=True, exist_ok=True)
-        ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed, echo=echo)
+        ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed, echo=echo, _loaded=loaded)
         try:
             with quiet.relative_attention():  # the first forward pass may be a probe or an evaluation
                 metrics = registry.module(stage.kind).run(stage, parent, ctx)
