@@ -371,6 +371,9 @@ def test_the_anomaly_pipeline_scores_rows_by_reconstruction_error(tmp_path):
     run = tmp_path / "tabular-anomaly"
     m = metrics(run, "export")
     assert 0.6 <= m["auroc"] <= 1 and 0 < m["average_precision"] <= 1 and m["parity_max_abs_diff"] <= 1e-4
+    # beside it: the scorer untrained, IsolationForest (also label-free) and supervised trees (a ceiling)
+    assert m["pretraining_gain"] == pytest.approx(m["auroc"] - m["control_auroc"], abs=1e-3)
+    assert m["baseline_gbdt_auroc"] > 0.95 and 0.5 < m["baseline_iforest_auroc"] < m["baseline_gbdt_auroc"]
     p = Predictor.open(run / "quantize")
     row = p.manifest["details"]["sample_predictions"][0]["row"]
     typical, odd = p.score_rows([row, {**row, "mean radius": 1e3, "worst area": -5.0}])

@@ -62,6 +62,7 @@ class Config(StageBase):
         for t in tasks.REGISTRY.values():  # scores on test and validation; fidelity on test where measured
             names |= {*t.scores, *(f"val_{m}" for m in t.scores if m in t.split_scores)}
             names |= {*(t.fidelity if t.fidelity_at_export else ()), *(("argmax_agreement",) if t.argmax_parity else ())}
+            names |= set(t.comparisons)
         return names
 
     def model_post_init(self, _ctx) -> None:
@@ -105,6 +106,7 @@ def run(cfg: Config, parent, ctx) -> dict:
     fp32 = plugin.reference(model, tokenizer, test_inputs, task.max_length) if plugin.fidelity_at_export else None
     scores, outputs = plugin.score(predictor, test, ctx.pipeline, "test", fp32, out_dir=ctx.out_dir)
     metrics.update(scores)
+    metrics.update(plugin.compare(model, tokenizer, ctx.pipeline, ctx.seed))
     metrics.update(onnx.onnx_latency(predictor, test_inputs[0], cfg.latency, task.max_length))
     # what a later selection (the quantize ladder) compares with
     val, _ = plugin.score(predictor, splits["validation"], ctx.pipeline, "validation")

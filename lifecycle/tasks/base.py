@@ -105,6 +105,13 @@ class TaskPlugin:
         """What export and quantize report for this task besides the ONNX metrics (latency, size)."""
         return (*self.scores, *self.fidelity, *(f"val_{m}" for m in self.split_scores))
 
+    comparisons: ClassVar[tuple[str, ...]] = ()  # the metrics compare() reports
+
+    def compare(self, model, preprocessor, pipeline, seed: int) -> dict:
+        """For a task that no finetune stage trains (so no finetune reports its control and baseline):
+        what export reports on test beside the model, named in `comparisons`."""
+        return {}
+
     def torch_model(self, src: Path):
         """The eval-mode PyTorch module (with a Hugging Face `config`) that the graph reproduces."""
         raise NotImplementedError

@@ -28,6 +28,8 @@ class TabularAnomaly(TableTask):
     scores = TABLE_ANOMALY
     fidelity = ("anomaly_score_max_abs_diff",)
     own_training = False  # trained by pretrain (masked-feature); finetune and distill do not apply
+    comparisons = (*(f"{who}_{m}" for who in ("control", "baseline_iforest", "baseline_gbdt") for m in TABLE_ANOMALY),
+                   "pretraining_gain")
 
     def torch_model(self, src: Path):
         from lifecycle.masked_features import AnomalyScorer, MaskedFeatureModel
@@ -44,15 +46,39 @@ class TabularAnomaly(TableTask):
         train = data.load(pipeline.data[pipeline.task.data], pipeline).splits["train"]
         return str(train[train.columns[-1]].value_counts().idxmin())
 
-    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
+    def is_anomaly(self, rows, pipeline):
         import numpy as np
 
+        anomalous = self.anomalous(pipeline)
+        return np.array([str(v) == anomalous for v in self.target_values(rows)])
+
+    def compare(self, model, preprocessor, pipeline, seed: int) -> dict:
+        """On test, beside the model: the same scorer untrained (control_: what pre-training learnt;
+        pretraining_gain in AUROC), IsolationForest and supervised trees (lifecycle.evaluation.tables)."""
+        import torch
+
+        from lifecycle import data
+        from lifecycle.evaluation.tables import anomaly_baselines, anomaly_scores
+        from lifecycle.masked_features import AnomalyScorer
+
+        table = data.load(pipeline.data[pipeline.task.data], pipeline)
+        is_anomaly = {split: self.is_anomaly(table.splits[split], pipeline) for split in ("train", "test")}
+        torch.manual_seed(seed)
+        untrained = AnomalyScorer(type(model.model)(model.config)).eval()
+        test = self.inputs(table.splits["test"])
+        trained, control = (anomaly_scores(self.reference(m, preprocessor, test, pipeline.task.max_length),
+                                           is_anomaly["test"]) for m in (model, untrained))
+        metrics = {f"control_{k}": v for k, v in control.items()}
+        metrics["pretraining_gain"] = trained["auroc"] - control["auroc"]
+        metrics.update(anomaly_baselines(table, is_anomaly, seed))
+        return metrics
+
+    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
         from lifecycle.components.onnx import max_abs_diff
         from lifecycle.evaluation.tables import anomaly_scores
 
         outputs = predictor.logits(self.inputs(rows))
-        is_anomaly = np.array([str(v) == self.anomalous(pipeline) for v in self.target_values(rows)])
-        metrics = anomaly_scores(outputs, is_anomaly)
+        metrics = anomaly_scores(outputs, self.is_anomaly(rows, pipeline))
         if reference is not None:
             metrics["anomaly_score_max_abs_diff"] = max_abs_diff(outputs, reference)
         return metrics, outputs
