@@ -199,6 +199,34 @@ def reference_rows(model, tokenizer, prompts: list[str], new_tokens: int, contex
     return np.stack(rows).astype(np.float32)
 
 
+def split_rows(data: GenerationData, tokenizer, task, stage: str):
+    """(separator, examples per split, held-out examples scored: the first `limit` of validation and test)."""
+    settings = task.generation_settings
+    separator = None if data.plain else settings.separator
+    rows = {k: examples(v, tokenizer, task.max_length, separator) for k, v in data.splits.items()}
+    if not rows["train"]:
+        raise LifecycleError(f"{stage}: no training example has a response token within task.max_length")
+    return separator, rows, {k: rows[k][: settings.limit] for k in ("validation", "test")}
+
+
+def lm_trainer(trainer_class, model, train_cfg, ctx, train_rows: list[dict], val_rows: list[dict], pad_id: int,
+               **kwargs):
+    """A `trainer_class` (the Trainer or a subclass) over examples() rows: batches grouped by length, right-padded,
+    the loss only (no logits kept in evaluation), checkpoints in the stage's scratch directory."""
+    from datasets import Dataset
+
+    from lifecycle.components import training
+
+    class LengthGrouped(trainer_class):
+        def _get_train_sampler(self, train_dataset=None):
+            return training.length_grouped_sampler(self.args, train_dataset or self.train_dataset)
+
+    args = training.training_args(train_cfg, ctx.scratch_dir / "checkpoints", ctx.seed, remove_unused_columns=False,
+                                  prediction_loss_only=True)
+    return LengthGrouped(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(val_rows), data_collator=collator(pad_id), **kwargs)
+
+
 # ------------------------------------------------------------------------------------------- finetune
 def finetune(cfg, parent, ctx, plugin) -> dict:
     """The finetune stage under `task: {type: generation}`: full or LoRA on response tokens only."""
@@ -213,11 +241,7 @@ def finetune(cfg, parent, ctx, plugin) -> dict:
     source = Path(parent.path) if cfg.model is None else models.model_dir(cfg.model, ctx.pipeline)
     set_seed(ctx.seed)
     model, tokenizer = load_causal_lm(source)
-    separator = None if data.plain else settings.separator
-    rows = {k: examples(v, tokenizer, task.max_length, separator) for k, v in data.splits.items()}
-    if not rows["train"]:
-        raise LifecycleError("finetune: no training example has a response token within task.max_length")
-    held = {k: rows[k][: settings.limit] for k in ("validation", "test")}
+    separator, rows, held = split_rows(data, tokenizer, task, "finetune")
     before = perplexity(model, held["test"], tokenizer.pad_token_id)
     if cfg.lora:
         from peft import LoraConfig, TaskType, get_peft_model
@@ -225,18 +249,7 @@ def finetune(cfg, parent, ctx, plugin) -> dict:
         model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                  lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules))
     counts = models.count_parameters(model)
-    args = training.training_args(cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, remove_unused_columns=False,
-                                  prediction_loss_only=True)
-
-    class GenerationTrainer(Trainer):
-        def _get_train_sampler(self, train_dataset=None):
-            return training.length_grouped_sampler(self.args, train_dataset or self.train_dataset)
-
-    from datasets import Dataset
-
-    trainer = GenerationTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows["train"]),
-                                eval_dataset=Dataset.from_list(held["validation"]),
-                                data_collator=collator(tokenizer.pad_token_id))
+    trainer = lm_trainer(Trainer, model, cfg.train, ctx, rows["train"], held["validation"], tokenizer.pad_token_id)
     started = time.time()
     training.train(trainer, ctx.scratch_dir / "checkpoints", ctx)
     train_seconds = time.time() - started
