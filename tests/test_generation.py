@@ -153,6 +153,25 @@ def test_stop_string_sampling_seed_and_context_limit(gpt):
     assert predictor.generate(["The"], max_new_tokens=40, time_budget_s=0.0)[0]["finish_reason"] == "time"
 
 
+def test_stream_pieces_join_into_the_generated_answer(gpt):
+    """Predictor.stream: the same answers as generate(), a token event per token it yields, and text pieces that
+    join into the answer, also when a stop string cuts it (the pieces never show the start of a stop string)."""
+    _, _, predictor = gpt
+    greedy = predictor.generate(PROMPTS[:2], max_new_tokens=12)
+    stop = [greedy[0]["text"][len(greedy[0]["text"]) // 2 :][:2]]
+    for kwargs in ({}, {"stop": stop}, {"temperature": 1.0, "top_k": 50, "seed": 7}):
+        expected = predictor.generate(PROMPTS[:2], max_new_tokens=12, **kwargs)
+        events = list(predictor.stream(PROMPTS[:2], max_new_tokens=12, **kwargs))
+        assert [e["answer"] for e in events if "answer" in e] == expected
+        for i, answer in enumerate(expected):
+            pieces = [e for e in events if e["index"] == i and "answer" not in e]
+            assert "".join(e["text"] for e in pieces) == answer["text"]
+            streamed = [e["token"] for e in pieces if e["token"] is not None]
+            assert streamed == answer["tokens"][: len(streamed)] and len(answer["tokens"]) - len(streamed) <= 1
+        if "stop" in kwargs:
+            assert expected[0]["finish_reason"] == "stop" and not any(stop[0] in e.get("text", "") for e in events)
+
+
 def generation_pipeline(*stages, **generation) -> dict:
     return {
         "name": "gen", "seed": 0,
@@ -207,42 +226,99 @@ def test_pipeline_finetune_lora_export_int8(pipeline_run):
     assert all(g["passed"] for o in pipeline_run for g in o.artifact.manifest["gates"])
 
 
-def test_generate_route_limits_and_refusals(pipeline_run, tmp_path):
-    """POST /generate: greedy answers equal the edge runtime's, max_new_tokens capped, seeded sampling
-    reproducible over HTTP, a prompt over the context refused with 413 naming the limit, bad options 422,
-    a spent time budget stops cleanly; the server answers /livez and /generate after every refusal."""
+@pytest.fixture(scope="module")
+def generator_server(pipeline_run, tmp_path_factory):
+    """A real `bentoml serve` of the int8 generator (max_new_tokens capped at 6), with an httpx client."""
     import httpx
 
     from lifecycle import serving
+
+    tmp = tmp_path_factory.mktemp("serve")
+    q = pipeline_run[-1].artifact
+    settings = serving.ServingSettings(max_new_tokens=6, generate_time_budget_s=5.0)
+    cfg = serving.write_config(serving.resolve(q.path), settings, tmp / "serving.json")
+    with serving.Server(cfg, log=tmp / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        yield client
+
+
+def assert_healthy(c):
+    assert c.get("/livez").status_code == 200
+    assert c.post("/generate", json={"prompts": ["The"], "max_new_tokens": 2}).status_code == 200
+
+
+def test_generate_route_limits_and_refusals(pipeline_run, generator_server):
+    """POST /generate: greedy answers equal the edge runtime's, max_new_tokens capped, seeded sampling
+    reproducible over HTTP, a prompt over the context refused with 413 naming the limit, bad options 422,
+    a spent time budget stops cleanly; the server answers /livez and /generate after every refusal."""
     from lifecycle.edge import Predictor
 
-    q = pipeline_run[-1].artifact
-    local = Predictor.open(q.path)
-    settings = serving.ServingSettings(max_new_tokens=6, generate_time_budget_s=5.0)
-    cfg = serving.write_config(serving.resolve(q.path), settings, tmp_path / "serving.json")
+    c = generator_server
+    local = Predictor.open(pipeline_run[-1].artifact.path)
     prompts = ["The government said", "Shares in"]
-    with serving.Server(cfg, log=tmp_path / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        def healthy():
-            assert c.get("/livez").status_code == 200
-            assert c.post("/generate", json={"prompts": ["The"], "max_new_tokens": 2}).status_code == 200
+    r = c.post("/generate", json={"prompts": prompts, "max_new_tokens": 500})
+    assert r.status_code == 200, r.text
+    answers = r.json()
+    assert answers == local.generate(prompts, max_new_tokens=6)  # capped at the server's 6
+    assert all(len(a["tokens"]) <= 6 for a in answers)
+    sampled = {"prompts": prompts, "temperature": 1.0, "top_k": 20, "seed": 3, "max_new_tokens": 6}
+    assert c.post("/generate", json=sampled).json() == c.post("/generate", json=sampled).json()
+    long = c.post("/generate", json={"prompts": ["ok", " ".join(TEXTS[:20])]})
+    assert long.status_code == 413 and '"prompts"[1]' in long.json()["error"]
+    assert "context is 48 tokens" in long.json()["error"]
+    assert_healthy(c)
+    for bad in ({"texts": ["x"]}, {"prompts": []}, {"prompts": [1]}, {"prompts": ["x"], "top_p": 0},
+                {"prompts": ["x"], "max_new_tokens": True}, {"prompts": ["x"], "stop": "x"},
+                {"prompts": ["x"], "stream": 1}, {"prompts": ["x"], "time_budget_s": 0}):
+        r = c.post("/generate", json=bad)
+        assert r.status_code == 422 and "error" in r.json(), bad
+    assert_healthy(c)
+    assert c.post("/classify", json={"texts": ["x"]}).status_code == 404
 
-        r = c.post("/generate", json={"prompts": prompts, "max_new_tokens": 500})
-        assert r.status_code == 200, r.text
-        answers = r.json()
-        assert answers == local.generate(prompts, max_new_tokens=6)  # capped at the server's 6
-        assert all(len(a["tokens"]) <= 6 for a in answers)
-        sampled = {"prompts": prompts, "temperature": 1.0, "top_k": 20, "seed": 3, "max_new_tokens": 6}
-        assert c.post("/generate", json=sampled).json() == c.post("/generate", json=sampled).json()
-        long = c.post("/generate", json={"prompts": ["ok", " ".join(TEXTS[:20])]})
-        assert long.status_code == 413 and '"prompts"[1]' in long.json()["error"]
-        assert "context is 48 tokens" in long.json()["error"]
-        healthy()
-        for bad in ({"texts": ["x"]}, {"prompts": []}, {"prompts": [1]}, {"prompts": ["x"], "top_p": 0},
-                    {"prompts": ["x"], "max_new_tokens": True}, {"prompts": ["x"], "stop": "x"}):
-            r = c.post("/generate", json=bad)
-            assert r.status_code == 422 and "error" in r.json(), bad
-        healthy()
-        assert c.post("/classify", json={"texts": ["x"]}).status_code == 404
+
+def server_sent_events(c, payload: dict, headers: dict | None = None) -> tuple[str, list[tuple[str, dict]]]:
+    """(content type, [(event, data), ...]) of a streamed POST /generate, read as the events arrive."""
+    events = []
+    with c.stream("POST", "/generate", json=payload, headers=headers or {}) as r:
+        assert r.status_code == 200, r.read()
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[len("data: "):])))
+        return r.headers["content-type"], events
+
+
+def test_generate_streams_server_sent_events(pipeline_run, generator_server):
+    """{"stream": true} (or Accept: text/event-stream) answers with server-sent events: a `token` event per new
+    token whose text pieces join into the answer, an `answer` event per prompt equal to the unstreamed answer,
+    then `done`; a spent time budget ends the stream cleanly (finish_reason "time") and the server stays live."""
+    c = generator_server
+    prompts = ["The government said", "Shares in"]
+    plain = c.post("/generate", json={"prompts": prompts, "max_new_tokens": 6, "stop": ["zz"]}).json()
+    media, events = server_sent_events(c, {"prompts": prompts, "max_new_tokens": 6, "stop": ["zz"], "stream": True})
+    assert media.startswith("text/event-stream")
+    assert [k for k, _ in events][-1] == "done" and [k for k, _ in events].count("answer") == len(prompts)
+    for i, expected in enumerate(plain):
+        tokens = [d for k, d in events if k == "token" and d["index"] == i]
+        [answer] = [d["answer"] for k, d in events if k == "answer" and d["index"] == i]
+        assert answer == expected
+        assert "".join(d["text"] for d in tokens) == answer["text"]
+        streamed = [d["token"] for d in tokens if d["token"] is not None]
+        assert streamed == answer["tokens"][: len(streamed)] and len(answer["tokens"]) - len(streamed) <= 1
+    # the header asks for a stream; "stream": false overrides it
+    assert server_sent_events(c, {"prompts": prompts[:1], "max_new_tokens": 6},
+                              {"accept": "text/event-stream"})[1][-2][1]["answer"] == plain[0]
+    r = c.post("/generate", json={"prompts": prompts[:1], "max_new_tokens": 6, "stream": False},
+               headers={"accept": "text/event-stream"})
+    assert r.headers["content-type"].startswith("application/json") and r.json() == plain[:1]
+    # a budget spent after the first token: one token, then the answer says why it stopped
+    _, events = server_sent_events(c, {"prompts": prompts[:1], "max_new_tokens": 6, "stream": True,
+                                       "time_budget_s": 1e-9})
+    assert [k for k, _ in events] == ["token", "answer", "done"]
+    assert events[1][1]["answer"]["finish_reason"] == "time" and len(events[1][1]["answer"]["tokens"]) == 1
+    assert c.post("/generate_stream", json={"prompts": ["x"]}).status_code == 404  # only through /generate
+    assert_healthy(c)
 
 
 @pytest.mark.slow
