@@ -91,6 +91,32 @@ def test_prompt_tokens_carry_no_loss():
     assert len(pieces) > 1 and all(p["labels"] == p["input_ids"] and len(p["input_ids"]) <= 16 for p in pieces)
 
 
+def test_records_from_several_fields_with_prompts_cut_and_a_lead(tmp_path):
+    """pubmedqa-style records: the prompt is the named fields one per line (a list joined by spaces), cut to
+    max_prompt_words; the lead baseline's source is kept beside it, whole."""
+    from lifecycle.config import build
+    from lifecycle.generation import load_data
+
+    items = {str(i): {"QUESTION": f"Question {i}?", "CONTEXTS": [f"First part {i}. Second", f"part {i}."],
+                      "LONG_ANSWER": f"Answer {i}."} for i in range(10)}
+    (tmp_path / "qa.json").write_text(json.dumps(items))
+    raw = generation_pipeline(prompt_field=["QUESTION", "CONTEXTS"], response_field="LONG_ANSWER",
+                              max_prompt_words=5, rouge={"lead_field": "CONTEXTS"})
+    raw["data"]["pairs"] = {"format": "pubmedqa", "path": str(tmp_path / "qa.json"), "label_field": None,
+                            "split": {"validation": 0.2, "test": 0.2}}
+    p = build(raw, base_dir=tmp_path)
+    data = load_data(p.data["pairs"], p, p.task.generation_settings, 0)
+    assert sorted(len(v["prompt"]) for v in data.splits.values()) == [2, 2, 6]
+    i = data.splits["test"]["response"][0].split()[1].rstrip(".")
+    test = data.splits["test"]
+    assert test["prompt"][0] == f"Question {i}?\nFirst part {i}."  # 5 words
+    assert test["lead"][0] == f"First part {i}. Second part {i}."
+    from lifecycle import LifecycleError
+
+    with pytest.raises((LifecycleError, ValueError), match="prompt_field"):
+        build(generation_pipeline(prompt_field=None, rouge={}), base_dir=tmp_path)
+
+
 def test_kv_cache_greedy_matches_without_cache_and_pytorch(gpt):
     from lifecycle.generation import reference_rows
 
@@ -206,7 +232,8 @@ def pipeline_run(tmp_path_factory):
     quantize = {"kind": "quantize", "method": "dynamic-int8", "min_speedup": None,
                 "latency": {"runs": 3, "warmup": 1, "batch32": False},
                 "gates": [{"metric": "perplexity", "max_ratio": 1.1, "vs": "export"}]}
-    p = build(generation_pipeline(FINETUNE, export, quantize), base_dir=tmp)
+    rouge = {"records": 6, "answer_tokens": 8, "lead_field": "prompt", "lead_sentences": 1}
+    p = build(generation_pipeline(FINETUNE, export, quantize, rouge=rouge), base_dir=tmp)
     return runner.run(p, workdir=tmp, echo=lambda *a: None)
 
 
@@ -215,6 +242,11 @@ def test_pipeline_finetune_lora_export_int8(pipeline_run):
 
     ft, ex, q = (o.artifact for o in pipeline_run[1:])
     assert ft.manifest["details"]["loss_on"] == "response tokens"
+    m = ft.metrics  # ROUGE-L of 6 test answers before and after, and the prompts' first sentence as answers
+    assert all(0 <= m[k] <= 1 for k in ("rouge_l", "rouge_l_before", "baseline_lead_rouge_l"))
+    assert m["rouge_l_gain"] == pytest.approx(m["rouge_l"] - m["rouge_l_before"])
+    [example, *_] = ft.manifest["details"]["rouge_examples"]
+    assert {"prompt", "reference", "before", "after", "lead"} <= set(example) and example["reference"]
     assert ft.metrics["perplexity"] < ft.metrics["perplexity_before"] and ft.metrics["trainable_fraction"] < 0.5
     assert ex.metrics["generation_agreement"] == 1.0 and ex.metrics["parity_max_abs_diff"] < 1e-4
     assert ex.metrics["perplexity"] == pytest.approx(ft.metrics["perplexity"], rel=1e-3)  # ONNX = PyTorch
