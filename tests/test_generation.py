@@ -355,14 +355,32 @@ def test_generate_streams_server_sent_events(pipeline_run, generator_server):
 
 @pytest.mark.slow
 def test_brown_generation_pipeline_passes_every_gate(tmp_path):
-    """pipelines/brown_generation.yaml as shipped (about 10 minutes on 2 cores; needs ../shared/data)."""
+    """pipelines/brown_generation.yaml as shipped (about 8 minutes on 2 cores; needs ../shared/data)."""
     from lifecycle import pipeline as runner
     from lifecycle.config import load
 
     path = Path(__file__).resolve().parents[1] / "pipelines" / "brown_generation.yaml"
     outcomes = runner.run(load(path), workdir=tmp_path, echo=lambda *a: None)
-    assert [o.artifact.manifest["stage"] for o in outcomes] == ["pretrain", "adapt", "export", "quantize", "serve"]
+    assert [o.artifact.manifest["stage"] for o in outcomes] == ["pretrain", "adapt", "distill", "export", "quantize",
+                                                                  "serve"]
     assert all(g["passed"] or g.get("verdict") == "warn" for o in outcomes for g in o.artifact.manifest["gates"])
+    distill = outcomes[2].artifact
+    assert distill.manifest["details"]["student_layers"] == [0, 3]
+    assert outcomes[3].artifact.metrics["perplexity"] == pytest.approx(distill.metrics["perplexity"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_pubmedqa_generation_pipeline_passes_every_gate(tmp_path):
+    """pipelines/pubmedqa_generation.yaml as shipped (about 5 minutes on 2 cores; needs ../shared/data): fine-tuning
+    raises ROUGE-L, and the lead baseline is reported beside it."""
+    from lifecycle import pipeline as runner
+    from lifecycle.config import load
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "pubmedqa_generation.yaml"
+    outcomes = runner.run(load(path), workdir=tmp_path, echo=lambda *a: None)
+    assert all(g["passed"] for o in outcomes for g in o.artifact.manifest["gates"])
+    m = outcomes[-1].artifact.metrics
+    assert m["rouge_l"] > m["rouge_l_before"] and 0 < m["baseline_lead_rouge_l"] < 1
 
 
 EDGE_SCRIPT = """
