@@ -264,6 +264,8 @@ class GenerationTask(Strict):
     def _records_settings(self) -> GenerationTask:
         if self.prompt_field is None and (self.rouge is not None or self.max_prompt_words is not None):
             raise ValueError("rouge / max_prompt_words: for prompt/response records; set `prompt_field`")
+        if self.prompt_field == []:
+            raise ValueError("prompt_field: name at least one field (or null for plain text)")
         return self
     separator: str = "\n"  # between prompt and response in the training text (the model learns to answer after it)
     # Prompts whose greedy continuations are compared (generation_agreement) and sampled into the manifest;

@@ -113,8 +113,9 @@ def test_records_from_several_fields_with_prompts_cut_and_a_lead(tmp_path):
     assert test["lead"][0] == f"First part {i}. Second part {i}."
     from lifecycle import LifecycleError
 
-    with pytest.raises((LifecycleError, ValueError), match="prompt_field"):
-        build(generation_pipeline(prompt_field=None, rouge={}), base_dir=tmp_path)
+    for bad in ({"prompt_field": None, "rouge": {}}, {"prompt_field": []}):
+        with pytest.raises((LifecycleError, ValueError), match="prompt_field"):
+            build(generation_pipeline(**bad), base_dir=tmp_path)
 
 
 def test_kv_cache_greedy_matches_without_cache_and_pytorch(gpt):
