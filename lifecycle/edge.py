@@ -339,7 +339,48 @@ class Predictor:
         return [self._continue(self.prompt_ids(p), max_new_tokens, temperature, top_k, top_p, rng, stop or [],
                                deadline, cache)[0] for p in prompts]
 
+    def stream(self, prompts: list[str], max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+               time_budget_s: float | None = None):
+        """generate(), one event at a time: {"index", "token", "text"} per new token ("text": what the token adds
+        to the answer; "token" None for a last piece of text held back until the end) and {"index", "answer"}
+        when a prompt's answer is complete (the dict generate() returns for it). The "text" pieces of a prompt
+        join into its answer's text: text that could still turn into a stop string, or an incomplete UTF-8
+        character (decoded as U+FFFD), is held back until the next token settles it. Lazy: a consumer that
+        stops iterating stops the decoding."""
+        self._only_for("generate")
+        rng = np.random.default_rng(seed)
+        deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
+        stop = stop or []
+        for index, prompt in enumerate(prompts):
+            steps, sent = self._decode(self.prompt_ids(prompt), max_new_tokens, temperature, top_k, top_p, rng, stop,
+                                       deadline, True), ""
+            while True:
+                try:
+                    token, text = next(steps)
+                except StopIteration as done:
+                    answer = done.value[0]
+                    break
+                settled = _settled(text, stop)
+                piece = settled[len(sent):] if settled.startswith(sent) else ""
+                sent += piece
+                yield {"index": index, "token": token, "text": piece}
+            if answer["text"].startswith(sent) and len(answer["text"]) > len(sent):
+                yield {"index": index, "token": None, "text": answer["text"][len(sent):]}
+            yield {"index": index, "answer": answer}
+
     def _continue(self, ids, max_new_tokens, temperature, top_k, top_p, rng, stop, deadline, cache):
+        """(the answer, the first next-token logits): _decode run to its end."""
+        steps = self._decode(ids, max_new_tokens, temperature, top_k, top_p, rng, stop, deadline, cache)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def _decode(self, ids, max_new_tokens, temperature, top_k, top_p, rng, stop, deadline, cache):
+        """Yields (token, answer text so far) per new token that does not end the answer; returns (the answer,
+        the first next-token logits)."""
         if len(ids) >= self.max_length:
             raise PromptTooLong(len(ids), self.max_length)
         eos = self.generation["eos_token_id"]
@@ -357,6 +398,7 @@ class Predictor:
             if cut >= 0:
                 text, finish = text[:cut], "stop"
                 break
+            yield token, text
             if deadline is not None and time.monotonic() > deadline:
                 finish = "time"
                 break
@@ -1071,6 +1113,14 @@ class _Ids:
 
     def __init__(self, ids: list[int]):
         self.ids, self.attention_mask, self.type_ids = ids, [1] * len(ids), [0] * len(ids)
+
+
+def _settled(text: str, stop: list[str]) -> str:
+    """`text` without what a later token may still change: a trailing incomplete UTF-8 character (U+FFFD) and
+    the longest ending that begins one of the `stop` strings."""
+    text = text.rstrip("\ufffd")
+    held = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    return text[: len(text) - held]
 
 
 def _pick(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:

@@ -10,12 +10,15 @@ pieces (no piece crosses a document).
 
 Fine-tuning: full or LoRA (peft, CAUSAL_LM, merged before the artifact is written), batches grouped by
 length (lifecycle.components.training.length_grouped_sampler: far less padding than random batches of
-uneven records). Perplexity is exp(mean NLL over target tokens), the same targets the loss has.
+uneven records). Perplexity is exp(mean NLL over target tokens), the same targets the loss has. With
+`task.generation.rouge`, the model before and after fine-tuning answers the same test records greedily, and
+ROUGE-L (lifecycle.evaluation.rouge) scores both against the references, beside the lead-sentences baseline.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import random
@@ -28,14 +31,17 @@ from lifecycle import LifecycleError
 PROMPT_STRIDE = 97  # words between two prompts taken from one held-out document (plain text)
 GENERATION_METRICS = ("perplexity", "val_perplexity", "perplexity_before", "perplexity_gain", "eval_loss",
                       "params_total", "params_trainable", "trainable_fraction", "size_mb", "train_seconds",
-                      "train_steps", "lora_merge_max_abs_diff")
+                      "train_steps", "lora_merge_max_abs_diff",
+                      # with task.generation.rouge: greedy answers against the references (0..1; gain = after - before)
+                      "rouge_l", "rouge_l_before", "rouge_l_gain", "baseline_lead_rouge_l")
 
 
 @dataclass
 class GenerationData:
     """train / validation / test splits, each {"prompt": [...], "response": [...]} (prompt "" for plain text)."""
 
-    # each {"prompt": [...], "response": [...], "prompts": [...]}: "prompts" are what generations are compared on
+    # each {"prompt": [...], "response": [...], "prompts": [...]}: "prompts" are what generations are compared on;
+    # "lead" too (the lead baseline's source text per record) when task.generation.rouge names a lead_field
     splits: dict[str, dict[str, list[str]]]
     plain: bool  # a corpus: no prompts, language modelling
 
@@ -64,9 +70,8 @@ def load_data(src, pipeline, settings, seed: int) -> GenerationData:
     if n_val < 1 or n_test < 1:
         raise LifecycleError("task.data: split.validation and split.test must each leave at least one record")
     cuts = {"validation": records[:n_val], "test": records[n_val : n_val + n_test], "train": records[n_val + n_test :]}
-    limit = src.limit
-    return _with_prompts({k: {"prompt": [r[0] for r in v[:limit]], "response": [r[1] for r in v[:limit]]}
-                          for k, v in cuts.items()}, settings, False)
+    return _with_prompts({k: {key: [r[key] for r in v[: src.limit]] for key in records[0]} for k, v in cuts.items()},
+                         settings, False)
 
 
 def _with_prompts(splits: dict, settings, plain: bool) -> GenerationData:
@@ -75,20 +80,48 @@ def _with_prompts(splits: dict, settings, plain: bool) -> GenerationData:
     return GenerationData(splits, plain)
 
 
-def _records(path: Path, src, settings) -> list[tuple[str, str]]:
-    p, r = settings.prompt_field, settings.response_field
+def _records(path: Path, src, settings) -> list[dict[str, str]]:
+    """{"prompt", "response"} per record with a response (and "lead": the lead baseline's source, when asked)."""
     if src.format == "jsonl":
         rows = [json.loads(line) for line in path.read_text(encoding=src.encoding).splitlines() if line.strip()]
     elif src.format in ("csv", "tsv"):
         with path.open(encoding=src.encoding, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t" if src.format == "tsv" else ","))
+    elif src.format == "pubmedqa":  # {id: {QUESTION, CONTEXTS: [...], LONG_ANSWER, ...}}, in id order
+        items = json.loads(path.read_text(encoding=src.encoding))
+        rows = [items[key] for key in sorted(items)]
     else:
-        raise LifecycleError(f"task.data: prompt/response records come from jsonl, csv or tsv, not {src.format}")
-    missing = next((k for k in (p, r) if rows and k not in rows[0]), None)
+        raise LifecycleError(f"task.data: prompt/response records come from jsonl, csv, tsv or pubmedqa, not {src.format}")
+    p = [settings.prompt_field] if isinstance(settings.prompt_field, str) else settings.prompt_field
+    fields = {"prompt_field": p, "response_field": [settings.response_field]}
+    if settings.rouge and settings.rouge.lead_field:
+        fields["rouge.lead_field"] = [settings.rouge.lead_field]
+    missing = next(((name, k) for name, keys in fields.items() for k in keys if rows and k not in rows[0]), None)
     if missing:
-        raise LifecycleError(f"{path}: no field '{missing}' (have {sorted(rows[0])}); set task.generation."
-                             f"{'prompt_field' if missing == p else 'response_field'}")
-    return [(str(row[p]).strip(), str(row[r]).strip()) for row in rows if str(row[r]).strip()]
+        raise LifecycleError(f"{path}: no field '{missing[1]}' (have {sorted(rows[0])}); set task.generation."
+                             f"{missing[0]}")
+
+    def text(value) -> str:
+        return (" ".join(map(str, value)) if isinstance(value, list) else str(value)).strip()
+
+    out = []
+    for row in rows:
+        record = {"prompt": "\n".join(text(row[k]) for k in p), "response": text(row[settings.response_field])}
+        if settings.max_prompt_words:
+            record["prompt"] = cut_words(record["prompt"], settings.max_prompt_words)
+        if "rouge.lead_field" in fields:
+            record["lead"] = text(row[settings.rouge.lead_field])
+        if record["response"]:
+            out.append(record)
+    return out
+
+
+def cut_words(text: str, n: int) -> str:
+    """The first `n` white-space separated words of `text`, its line breaks kept."""
+    import re
+
+    words = list(re.finditer(r"\S+", text))
+    return text if len(words) <= n else text[: words[n - 1].end()]
 
 
 def prompts_of(split: dict, settings, plain: bool) -> list[str]:
@@ -199,6 +232,34 @@ def reference_rows(model, tokenizer, prompts: list[str], new_tokens: int, contex
     return np.stack(rows).astype(np.float32)
 
 
+def split_rows(data: GenerationData, tokenizer, task, stage: str):
+    """(separator, examples per split, held-out examples scored: the first `limit` of validation and test)."""
+    settings = task.generation_settings
+    separator = None if data.plain else settings.separator
+    rows = {k: examples(v, tokenizer, task.max_length, separator) for k, v in data.splits.items()}
+    if not rows["train"]:
+        raise LifecycleError(f"{stage}: no training example has a response token within task.max_length")
+    return separator, rows, {k: rows[k][: settings.limit] for k in ("validation", "test")}
+
+
+def lm_trainer(trainer_class, model, train_cfg, ctx, train_rows: list[dict], val_rows: list[dict], pad_id: int,
+               **kwargs):
+    """A `trainer_class` (the Trainer or a subclass) over examples() rows: batches grouped by length, right-padded,
+    the loss only (no logits kept in evaluation), checkpoints in the stage's scratch directory."""
+    from datasets import Dataset
+
+    from lifecycle.components import training
+
+    class LengthGrouped(trainer_class):
+        def _get_train_sampler(self, train_dataset=None):
+            return training.length_grouped_sampler(self.args, train_dataset or self.train_dataset)
+
+    args = training.training_args(train_cfg, ctx.scratch_dir / "checkpoints", ctx.seed, remove_unused_columns=False,
+                                  prediction_loss_only=True)
+    return LengthGrouped(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(val_rows), data_collator=collator(pad_id), **kwargs)
+
+
 # ------------------------------------------------------------------------------------------- finetune
 def finetune(cfg, parent, ctx, plugin) -> dict:
     """The finetune stage under `task: {type: generation}`: full or LoRA on response tokens only."""
@@ -213,30 +274,19 @@ def finetune(cfg, parent, ctx, plugin) -> dict:
     source = Path(parent.path) if cfg.model is None else models.model_dir(cfg.model, ctx.pipeline)
     set_seed(ctx.seed)
     model, tokenizer = load_causal_lm(source)
-    separator = None if data.plain else settings.separator
-    rows = {k: examples(v, tokenizer, task.max_length, separator) for k, v in data.splits.items()}
-    if not rows["train"]:
-        raise LifecycleError("finetune: no training example has a response token within task.max_length")
-    held = {k: rows[k][: settings.limit] for k in ("validation", "test")}
+    separator, rows, held = split_rows(data, tokenizer, task, "finetune")
     before = perplexity(model, held["test"], tokenizer.pad_token_id)
+    answer = functools.partial(answers, tokenizer=tokenizer, context=task.max_length, separator=separator)
+    if settings.rouge:  # the same model before fine-tuning answers the same test records
+        scored = {k: v[: settings.rouge.records] for k, v in data.splits["test"].items()}
+        answered_before = answer(model, scored["prompt"], settings.rouge.answer_tokens)
     if cfg.lora:
         from peft import LoraConfig, TaskType, get_peft_model
 
         model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                  lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules))
     counts = models.count_parameters(model)
-    args = training.training_args(cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, remove_unused_columns=False,
-                                  prediction_loss_only=True)
-
-    class GenerationTrainer(Trainer):
-        def _get_train_sampler(self, train_dataset=None):
-            return training.length_grouped_sampler(self.args, train_dataset or self.train_dataset)
-
-    from datasets import Dataset
-
-    trainer = GenerationTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows["train"]),
-                                eval_dataset=Dataset.from_list(held["validation"]),
-                                data_collator=collator(tokenizer.pad_token_id))
+    trainer = lm_trainer(Trainer, model, cfg.train, ctx, rows["train"], held["validation"], tokenizer.pad_token_id)
     started = time.time()
     training.train(trainer, ctx.scratch_dir / "checkpoints", ctx)
     train_seconds = time.time() - started
@@ -261,6 +311,9 @@ def finetune(cfg, parent, ctx, plugin) -> dict:
                    trainable_fraction=counts["params_trainable"] / counts["params_total"],
                    size_mb=models.size_mb(ctx.out_dir / "model.safetensors"), train_seconds=train_seconds,
                    train_steps=trainer.state.global_step)
+    if settings.rouge:
+        metrics.update(rouge_scores(settings.rouge, scored, answered_before, answer(model, scored["prompt"],
+                                                                                    settings.rouge.answer_tokens), ctx))
     prompts = prompts_of(data.splits["test"], settings, data.plain)[:4]
     ctx.details.update(loss_on="response tokens" if separator is not None else "every token",
                        sample_generations=sample_generations(model, tokenizer, prompts, settings.new_tokens,
@@ -268,11 +321,31 @@ def finetune(cfg, parent, ctx, plugin) -> dict:
     return metrics
 
 
-def sample_generations(model, tokenizer, prompts, new_tokens, context, separator) -> list[dict]:
+def rouge_scores(settings, records: dict, before: list[str], after: list[str], ctx) -> dict:
+    """rouge_l (after), rouge_l_before, rouge_l_gain (absolute) and baseline_lead_rouge_l of `records`' answers;
+    the first few answers go into the manifest beside their reference."""
+    from lifecycle.evaluation.rouge import lead_sentences, rouge_l
+
+    refs = records["response"]
+    out = {"rouge_l": rouge_l(after, refs), "rouge_l_before": rouge_l(before, refs)}
+    out["rouge_l_gain"] = out["rouge_l"] - out["rouge_l_before"]
+    leads = [lead_sentences(t, settings.lead_sentences) for t in records.get("lead", [])]
+    if leads:
+        out["baseline_lead_rouge_l"] = rouge_l(leads, refs)
+    ctx.details["rouge_examples"] = [
+        {"prompt": p[:300], "reference": r, "before": b, "after": a, **({"lead": leads[i]} if leads else {})}
+        for i, (p, r, b, a) in enumerate(zip(records["prompt"], refs, before, after)) if i < 3]
+    return out
+
+
+def answers(model, prompts: list[str], new_tokens: int, tokenizer, context: int, separator) -> list[str]:
+    """The greedy answer to each prompt (up to `new_tokens`, ending at end-of-text), as text."""
     rows = reference_rows(model, tokenizer, prompts, new_tokens, context, separator)
     vocab = rows.shape[1] - new_tokens
-    out = []
-    for prompt, row in zip(prompts, rows):
-        ids = [int(t) for t in row[vocab:] if t >= 0 and int(t) != tokenizer.eos_token_id]
-        out.append({"prompt": prompt, "text": tokenizer.decode(ids)})
-    return out
+    return [tokenizer.decode([int(t) for t in row[vocab:] if t >= 0 and int(t) != tokenizer.eos_token_id])
+            for row in rows]
+
+
+def sample_generations(model, tokenizer, prompts, new_tokens, context, separator) -> list[dict]:
+    texts = answers(model, prompts, new_tokens, tokenizer, context, separator)
+    return [{"prompt": prompt, "text": text} for prompt, text in zip(prompts, texts)]

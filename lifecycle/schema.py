@@ -234,13 +234,39 @@ def unset(value) -> bool:
     return value is None
 
 
+class RougeL(Strict):
+    """ROUGE-L of greedy answers against the records' responses, reported by finetune for the model before and
+    after (`rouge_l_before`, `rouge_l`, `rouge_l_gain`), beside the lead-sentences baseline."""
+
+    records: int = Field(100, gt=0)  # test records answered per model; each costs up to answer_tokens decoder steps
+    answer_tokens: int = Field(64, gt=0)  # greedy tokens per answer (an answer also ends at end-of-text)
+    # The record field whose first `lead_sentences` sentences are the baseline answer (`baseline_lead_rouge_l`);
+    # None: no baseline.
+    lead_field: str | None = None
+    lead_sentences: int = Field(2, gt=0)
+
+
 class GenerationTask(Strict):
     """How a causal LM is fine-tuned and scored (`task: {type: generation, generation: {...}}`). The task's
-    source is prompt/response records (jsonl / csv: `prompt_field`, `response_field`) or plain text (a
-    corpus: language modelling, every token a target)."""
+    source is prompt/response records (jsonl / csv / pubmedqa: `prompt_field`, `response_field`) or plain text
+    (a corpus: language modelling, every token a target)."""
 
-    prompt_field: str | None = None  # None: a plain-text source, no prompt (language modelling)
+    # None: a plain-text source, no prompt (language modelling). A list: those fields, one per line (a list
+    # value, as pubmedqa's CONTEXTS, joined by spaces).
+    prompt_field: str | list[str] | None = None
     response_field: str = "response"
+    # Records' prompts cut to their first N words (the tail of a long context goes first), so that prompt and
+    # answer fit the context; None: prompts as they are (a longer one is truncated with its response).
+    max_prompt_words: int | None = Field(None, gt=0, exclude_if=unset)
+    rouge: RougeL | None = Field(None, exclude_if=unset)  # records with references: ROUGE-L at finetune
+
+    @model_validator(mode="after")
+    def _records_settings(self) -> GenerationTask:
+        if self.prompt_field is None and (self.rouge is not None or self.max_prompt_words is not None):
+            raise ValueError("rouge / max_prompt_words: for prompt/response records; set `prompt_field`")
+        if self.prompt_field == []:
+            raise ValueError("prompt_field: name at least one field (or null for plain text)")
+        return self
     separator: str = "\n"  # between prompt and response in the training text (the model learns to answer after it)
     # Prompts whose greedy continuations are compared (generation_agreement) and sampled into the manifest;
     # each costs new_tokens decoder steps per model compared.

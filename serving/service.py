@@ -21,10 +21,11 @@ anomaly scorer, POST /classify_image (a body of image/png or image/jpeg: one ima
 {"images": [base64, ...]}: a batch) -> the same answers as /classify for an image classifier (converted
 to the model's mode, transparency composited over black, resized and normalised by the model's own
 image-processor config), with the same batching and the same refusals; POST /generate {"prompts": [...], optional
-"max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop"} -> [{"text", "tokens", "finish_reason"}, ...]
+"max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "time_budget_s", "stream"} -> [{"text", "tokens", "finish_reason"}, ...]
 for a generator (greedy at temperature 0; max_new_tokens capped at the settings' max_new_tokens; a request
 stops cleanly after generate_time_budget_s with finish_reason "time"; a prompt with no room left in the
-model's context is refused with 413 naming the limit; never adaptively batched); the route the
+model's context is refused with 413 naming the limit; never adaptively batched; with "stream": true or an
+Accept: text/event-stream header, server-sent events as tokens come: see Classifier.generate_stream); the route the
 served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
 /livez, /readyz, /metrics. Every refusal has a JSON body {"error": "..."} and never a stack trace:
 
@@ -64,6 +65,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Annotated
 
@@ -120,7 +122,12 @@ GENERATE_OPTIONS = {
     "seed": (lambda v: v is None or (_integer(v) and 0 <= v < 2**63), "null or an integer >= 0"),
     "stop": (lambda v: isinstance(v, list) and len(v) <= 8 and all(isinstance(x, str) and 0 < len(x) <= 64 for x in v),
              "a list of at most 8 non-empty strings of at most 64 characters"),
+    "time_budget_s": (lambda v: _number(v) and v > 0, "a number of seconds > 0 (capped at the server's budget)"),
+    "stream": (lambda v: isinstance(v, bool), "true or false"),
 }
+# {"stream": true} (or an Accept: text/event-stream header) on POST /generate: RequestLimits hands the checked
+# request to this route, which answers with server-sent events. Not a public route: called directly, it is 404.
+STREAM_ROUTE = "/generate_stream"
 DEFAULT_MAX_NEW_TOKENS, DEFAULT_TIME_BUDGET_S = 64, 10.0
 
 
@@ -168,6 +175,8 @@ class RequestLimits:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             return await self.app(scope, receive, send)
+        if scope["path"] == STREAM_ROUTE:
+            return await _error(scope, receive, send, 404, 'POST /generate with {"stream": true} streams')
         if scope["path"] not in ROUTES or scope["method"] != "POST":
             return await self.limited(scope, receive, send)
         predictor = LOADED["predictor"]
@@ -223,6 +232,8 @@ class RequestLimits:
         problem = self.check(payload, predictor)
         if problem:
             return await _error(scope, receive, send, 422, problem)
+        if predictor.generation is not None:
+            scope, body = _generate_scope(scope, payload, body, headers)
 
         await self.forward(scope, receive, send, body, payload.get("texts"), payload.get("prompts"))
 
@@ -421,6 +432,20 @@ class RequestLimits:
         return self.tokenizer
 
 
+def _generate_scope(scope, payload: dict, body: bytes, headers: dict) -> tuple[dict, bytes]:
+    """A checked /generate request as BentoML gets it: to STREAM_ROUTE when it asks for a stream ({"stream":
+    true}, or Accept: text/event-stream unless "stream" is false), and without the "stream" key either way."""
+    streamed = b"text/event-stream" in headers.get(b"accept", b"").lower()
+    if "stream" in payload:
+        streamed = payload.pop("stream")
+        body = json.dumps(payload).encode()
+        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+                 + [(b"content-length", str(len(body)).encode())]}
+    if streamed:
+        scope = {**scope, "path": STREAM_ROUTE, "raw_path": STREAM_ROUTE.encode()}
+    return scope, body
+
+
 def _with_connection_close(send):
     async def wrapped(message):
         if message["type"] == "http.response.start":
@@ -536,16 +561,38 @@ class Classifier:
     @bentoml.api(route="/generate")
     async def generate(self, prompts: list[str], max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
                        top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
+                       time_budget_s: float | None = None,
                        ) -> Annotated[list[Generated], ContentType("application/json")]:
         import functools
 
-        cap = SETTINGS.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
-        budget = SETTINGS.get("generate_time_budget_s") or min(DEFAULT_TIME_BUDGET_S, SETTINGS["timeout_s"] / 2)
-        run = functools.partial(self.predictor.generate, max_new_tokens=min(max_new_tokens, cap),
-                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop,
-                                time_budget_s=budget)
+        run = functools.partial(self.predictor.generate, **_generate_options(max_new_tokens, temperature, top_k, top_p,
+                                                                             seed, stop, time_budget_s))
         # always in the thread: a decoding loop would hold the event loop (and /livez) for its whole length
         return await anyio.to_thread.run_sync(run, prompts, limiter=self.busy)
+
+    @bentoml.api(route=STREAM_ROUTE)
+    async def generate_stream(self, prompts: list[str], max_new_tokens: int = 32, temperature: float = 0.0,
+                              top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                              stop: list[str] | None = None, time_budget_s: float | None = None,
+                              ) -> AsyncGenerator[str, None]:
+        """POST /generate streamed: server-sent events `token` ({"index", "token", "text"}) per new token, `answer`
+        per prompt (what /generate answers for it, finish_reason "time" when the budget is spent), then `done`.
+        Each decoding step is one hop to the thread (one inference at a time, as for every route): tokens reach
+        the client as they come, and a client that goes away stops the decoding at its next step."""
+        events = self.predictor.stream(prompts, **_generate_options(max_new_tokens, temperature, top_k, top_p,
+                                                                    seed, stop, time_budget_s))
+        while (event := await anyio.to_thread.run_sync(next, events, None, limiter=self.busy)) is not None:
+            yield f"event: {'answer' if 'answer' in event else 'token'}\ndata: {json.dumps(event)}\n\n"
+        yield "event: done\ndata: {}\n\n"
+
+
+def _generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop, time_budget_s) -> dict:
+    """A /generate request's options as Predictor.generate / stream take them: max_new_tokens capped at the
+    settings' max_new_tokens, and the time budget for the whole request at most the settings' budget."""
+    cap = SETTINGS.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+    budget = SETTINGS.get("generate_time_budget_s") or min(DEFAULT_TIME_BUDGET_S, SETTINGS["timeout_s"] / 2)
+    return dict(max_new_tokens=min(max_new_tokens, cap), temperature=temperature, top_k=top_k, top_p=top_p,
+                seed=seed, stop=stop, time_budget_s=min(budget, time_budget_s or budget))
 
 
 Classifier.add_asgi_middleware(RequestLimits, settings=SETTINGS)

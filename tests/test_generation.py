@@ -91,6 +91,33 @@ def test_prompt_tokens_carry_no_loss():
     assert len(pieces) > 1 and all(p["labels"] == p["input_ids"] and len(p["input_ids"]) <= 16 for p in pieces)
 
 
+def test_records_from_several_fields_with_prompts_cut_and_a_lead(tmp_path):
+    """pubmedqa-style records: the prompt is the named fields one per line (a list joined by spaces), cut to
+    max_prompt_words; the lead baseline's source is kept beside it, whole."""
+    from lifecycle.config import build
+    from lifecycle.generation import load_data
+
+    items = {str(i): {"QUESTION": f"Question {i}?", "CONTEXTS": [f"First part {i}. Second", f"part {i}."],
+                      "LONG_ANSWER": f"Answer {i}."} for i in range(10)}
+    (tmp_path / "qa.json").write_text(json.dumps(items))
+    raw = generation_pipeline(prompt_field=["QUESTION", "CONTEXTS"], response_field="LONG_ANSWER",
+                              max_prompt_words=5, rouge={"lead_field": "CONTEXTS"})
+    raw["data"]["pairs"] = {"format": "pubmedqa", "path": str(tmp_path / "qa.json"), "label_field": None,
+                            "split": {"validation": 0.2, "test": 0.2}}
+    p = build(raw, base_dir=tmp_path)
+    data = load_data(p.data["pairs"], p, p.task.generation_settings, 0)
+    assert sorted(len(v["prompt"]) for v in data.splits.values()) == [2, 2, 6]
+    i = data.splits["test"]["response"][0].split()[1].rstrip(".")
+    test = data.splits["test"]
+    assert test["prompt"][0] == f"Question {i}?\nFirst part {i}."  # 5 words
+    assert test["lead"][0] == f"First part {i}. Second part {i}."
+    from lifecycle import LifecycleError
+
+    for bad in ({"prompt_field": None, "rouge": {}}, {"prompt_field": []}):
+        with pytest.raises((LifecycleError, ValueError), match="prompt_field"):
+            build(generation_pipeline(**bad), base_dir=tmp_path)
+
+
 def test_kv_cache_greedy_matches_without_cache_and_pytorch(gpt):
     from lifecycle.generation import reference_rows
 
@@ -153,6 +180,25 @@ def test_stop_string_sampling_seed_and_context_limit(gpt):
     assert predictor.generate(["The"], max_new_tokens=40, time_budget_s=0.0)[0]["finish_reason"] == "time"
 
 
+def test_stream_pieces_join_into_the_generated_answer(gpt):
+    """Predictor.stream: the same answers as generate(), a token event per token it yields, and text pieces that
+    join into the answer, also when a stop string cuts it (the pieces never show the start of a stop string)."""
+    _, _, predictor = gpt
+    greedy = predictor.generate(PROMPTS[:2], max_new_tokens=12)
+    stop = [greedy[0]["text"][len(greedy[0]["text"]) // 2 :][:2]]
+    for kwargs in ({}, {"stop": stop}, {"temperature": 1.0, "top_k": 50, "seed": 7}):
+        expected = predictor.generate(PROMPTS[:2], max_new_tokens=12, **kwargs)
+        events = list(predictor.stream(PROMPTS[:2], max_new_tokens=12, **kwargs))
+        assert [e["answer"] for e in events if "answer" in e] == expected
+        for i, answer in enumerate(expected):
+            pieces = [e for e in events if e["index"] == i and "answer" not in e]
+            assert "".join(e["text"] for e in pieces) == answer["text"]
+            streamed = [e["token"] for e in pieces if e["token"] is not None]
+            assert streamed == answer["tokens"][: len(streamed)] and len(answer["tokens"]) - len(streamed) <= 1
+        if "stop" in kwargs:
+            assert expected[0]["finish_reason"] == "stop" and not any(stop[0] in e.get("text", "") for e in events)
+
+
 def generation_pipeline(*stages, **generation) -> dict:
     return {
         "name": "gen", "seed": 0,
@@ -187,7 +233,8 @@ def pipeline_run(tmp_path_factory):
     quantize = {"kind": "quantize", "method": "dynamic-int8", "min_speedup": None,
                 "latency": {"runs": 3, "warmup": 1, "batch32": False},
                 "gates": [{"metric": "perplexity", "max_ratio": 1.1, "vs": "export"}]}
-    p = build(generation_pipeline(FINETUNE, export, quantize), base_dir=tmp)
+    rouge = {"records": 6, "answer_tokens": 8, "lead_field": "prompt", "lead_sentences": 1}
+    p = build(generation_pipeline(FINETUNE, export, quantize, rouge=rouge), base_dir=tmp)
     return runner.run(p, workdir=tmp, echo=lambda *a: None)
 
 
@@ -196,6 +243,11 @@ def test_pipeline_finetune_lora_export_int8(pipeline_run):
 
     ft, ex, q = (o.artifact for o in pipeline_run[1:])
     assert ft.manifest["details"]["loss_on"] == "response tokens"
+    m = ft.metrics  # ROUGE-L of 6 test answers before and after, and the prompts' first sentence as answers
+    assert all(0 <= m[k] <= 1 for k in ("rouge_l", "rouge_l_before", "baseline_lead_rouge_l"))
+    assert m["rouge_l_gain"] == pytest.approx(m["rouge_l"] - m["rouge_l_before"])
+    [example, *_] = ft.manifest["details"]["rouge_examples"]
+    assert {"prompt", "reference", "before", "after", "lead"} <= set(example) and example["reference"]
     assert ft.metrics["perplexity"] < ft.metrics["perplexity_before"] and ft.metrics["trainable_fraction"] < 0.5
     assert ex.metrics["generation_agreement"] == 1.0 and ex.metrics["parity_max_abs_diff"] < 1e-4
     assert ex.metrics["perplexity"] == pytest.approx(ft.metrics["perplexity"], rel=1e-3)  # ONNX = PyTorch
@@ -207,54 +259,129 @@ def test_pipeline_finetune_lora_export_int8(pipeline_run):
     assert all(g["passed"] for o in pipeline_run for g in o.artifact.manifest["gates"])
 
 
-def test_generate_route_limits_and_refusals(pipeline_run, tmp_path):
-    """POST /generate: greedy answers equal the edge runtime's, max_new_tokens capped, seeded sampling
-    reproducible over HTTP, a prompt over the context refused with 413 naming the limit, bad options 422,
-    a spent time budget stops cleanly; the server answers /livez and /generate after every refusal."""
+@pytest.fixture(scope="module")
+def generator_server(pipeline_run, tmp_path_factory):
+    """A real `bentoml serve` of the int8 generator (max_new_tokens capped at 6), with an httpx client."""
     import httpx
 
     from lifecycle import serving
+
+    tmp = tmp_path_factory.mktemp("serve")
+    q = pipeline_run[-1].artifact
+    settings = serving.ServingSettings(max_new_tokens=6, generate_time_budget_s=5.0)
+    cfg = serving.write_config(serving.resolve(q.path), settings, tmp / "serving.json")
+    with serving.Server(cfg, log=tmp / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        yield client
+
+
+def assert_healthy(c):
+    assert c.get("/livez").status_code == 200
+    assert c.post("/generate", json={"prompts": ["The"], "max_new_tokens": 2}).status_code == 200
+
+
+def test_generate_route_limits_and_refusals(pipeline_run, generator_server):
+    """POST /generate: greedy answers equal the edge runtime's, max_new_tokens capped, seeded sampling
+    reproducible over HTTP, a prompt over the context refused with 413 naming the limit, bad options 422,
+    a spent time budget stops cleanly; the server answers /livez and /generate after every refusal."""
     from lifecycle.edge import Predictor
 
-    q = pipeline_run[-1].artifact
-    local = Predictor.open(q.path)
-    settings = serving.ServingSettings(max_new_tokens=6, generate_time_budget_s=5.0)
-    cfg = serving.write_config(serving.resolve(q.path), settings, tmp_path / "serving.json")
+    c = generator_server
+    local = Predictor.open(pipeline_run[-1].artifact.path)
     prompts = ["The government said", "Shares in"]
-    with serving.Server(cfg, log=tmp_path / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        def healthy():
-            assert c.get("/livez").status_code == 200
-            assert c.post("/generate", json={"prompts": ["The"], "max_new_tokens": 2}).status_code == 200
+    r = c.post("/generate", json={"prompts": prompts, "max_new_tokens": 500})
+    assert r.status_code == 200, r.text
+    answers = r.json()
+    assert answers == local.generate(prompts, max_new_tokens=6)  # capped at the server's 6
+    assert all(len(a["tokens"]) <= 6 for a in answers)
+    sampled = {"prompts": prompts, "temperature": 1.0, "top_k": 20, "seed": 3, "max_new_tokens": 6}
+    assert c.post("/generate", json=sampled).json() == c.post("/generate", json=sampled).json()
+    long = c.post("/generate", json={"prompts": ["ok", " ".join(TEXTS[:20])]})
+    assert long.status_code == 413 and '"prompts"[1]' in long.json()["error"]
+    assert "context is 48 tokens" in long.json()["error"]
+    assert_healthy(c)
+    for bad in ({"texts": ["x"]}, {"prompts": []}, {"prompts": [1]}, {"prompts": ["x"], "top_p": 0},
+                {"prompts": ["x"], "max_new_tokens": True}, {"prompts": ["x"], "stop": "x"},
+                {"prompts": ["x"], "stream": 1}, {"prompts": ["x"], "time_budget_s": 0}):
+        r = c.post("/generate", json=bad)
+        assert r.status_code == 422 and "error" in r.json(), bad
+    assert_healthy(c)
+    assert c.post("/classify", json={"texts": ["x"]}).status_code == 404
 
-        r = c.post("/generate", json={"prompts": prompts, "max_new_tokens": 500})
-        assert r.status_code == 200, r.text
-        answers = r.json()
-        assert answers == local.generate(prompts, max_new_tokens=6)  # capped at the server's 6
-        assert all(len(a["tokens"]) <= 6 for a in answers)
-        sampled = {"prompts": prompts, "temperature": 1.0, "top_k": 20, "seed": 3, "max_new_tokens": 6}
-        assert c.post("/generate", json=sampled).json() == c.post("/generate", json=sampled).json()
-        long = c.post("/generate", json={"prompts": ["ok", " ".join(TEXTS[:20])]})
-        assert long.status_code == 413 and '"prompts"[1]' in long.json()["error"]
-        assert "context is 48 tokens" in long.json()["error"]
-        healthy()
-        for bad in ({"texts": ["x"]}, {"prompts": []}, {"prompts": [1]}, {"prompts": ["x"], "top_p": 0},
-                    {"prompts": ["x"], "max_new_tokens": True}, {"prompts": ["x"], "stop": "x"}):
-            r = c.post("/generate", json=bad)
-            assert r.status_code == 422 and "error" in r.json(), bad
-        healthy()
-        assert c.post("/classify", json={"texts": ["x"]}).status_code == 404
+
+def server_sent_events(c, payload: dict, headers: dict | None = None) -> tuple[str, list[tuple[str, dict]]]:
+    """(content type, [(event, data), ...]) of a streamed POST /generate, read as the events arrive."""
+    events = []
+    with c.stream("POST", "/generate", json=payload, headers=headers or {}) as r:
+        assert r.status_code == 200, r.read()
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[len("data: "):])))
+        return r.headers["content-type"], events
+
+
+def test_generate_streams_server_sent_events(pipeline_run, generator_server):
+    """{"stream": true} (or Accept: text/event-stream) answers with server-sent events: a `token` event per new
+    token whose text pieces join into the answer, an `answer` event per prompt equal to the unstreamed answer,
+    then `done`; a spent time budget ends the stream cleanly (finish_reason "time") and the server stays live."""
+    c = generator_server
+    prompts = ["The government said", "Shares in"]
+    plain = c.post("/generate", json={"prompts": prompts, "max_new_tokens": 6, "stop": ["zz"]}).json()
+    media, events = server_sent_events(c, {"prompts": prompts, "max_new_tokens": 6, "stop": ["zz"], "stream": True})
+    assert media.startswith("text/event-stream")
+    assert [k for k, _ in events][-1] == "done" and [k for k, _ in events].count("answer") == len(prompts)
+    for i, expected in enumerate(plain):
+        tokens = [d for k, d in events if k == "token" and d["index"] == i]
+        [answer] = [d["answer"] for k, d in events if k == "answer" and d["index"] == i]
+        assert answer == expected
+        assert "".join(d["text"] for d in tokens) == answer["text"]
+        streamed = [d["token"] for d in tokens if d["token"] is not None]
+        assert streamed == answer["tokens"][: len(streamed)] and len(answer["tokens"]) - len(streamed) <= 1
+    # the header asks for a stream; "stream": false overrides it
+    assert server_sent_events(c, {"prompts": prompts[:1], "max_new_tokens": 6},
+                              {"accept": "text/event-stream"})[1][-2][1]["answer"] == plain[0]
+    r = c.post("/generate", json={"prompts": prompts[:1], "max_new_tokens": 6, "stream": False},
+               headers={"accept": "text/event-stream"})
+    assert r.headers["content-type"].startswith("application/json") and r.json() == plain[:1]
+    # a budget spent after the first token: one token, then the answer says why it stopped
+    _, events = server_sent_events(c, {"prompts": prompts[:1], "max_new_tokens": 6, "stream": True,
+                                       "time_budget_s": 1e-9})
+    assert [k for k, _ in events] == ["token", "answer", "done"]
+    assert events[1][1]["answer"]["finish_reason"] == "time" and len(events[1][1]["answer"]["tokens"]) == 1
+    assert c.post("/generate_stream", json={"prompts": ["x"]}).status_code == 404  # only through /generate
+    assert_healthy(c)
 
 
 @pytest.mark.slow
 def test_brown_generation_pipeline_passes_every_gate(tmp_path):
-    """pipelines/brown_generation.yaml as shipped (about 10 minutes on 2 cores; needs ../shared/data)."""
+    """pipelines/brown_generation.yaml as shipped (about 8 minutes on 2 cores; needs ../shared/data)."""
     from lifecycle import pipeline as runner
     from lifecycle.config import load
 
     path = Path(__file__).resolve().parents[1] / "pipelines" / "brown_generation.yaml"
     outcomes = runner.run(load(path), workdir=tmp_path, echo=lambda *a: None)
-    assert [o.artifact.manifest["stage"] for o in outcomes] == ["pretrain", "adapt", "export", "quantize", "serve"]
+    assert [o.artifact.manifest["stage"] for o in outcomes] == ["pretrain", "adapt", "distill", "export", "quantize",
+                                                                  "serve"]
     assert all(g["passed"] or g.get("verdict") == "warn" for o in outcomes for g in o.artifact.manifest["gates"])
+    distill = outcomes[2].artifact
+    assert distill.manifest["details"]["student_layers"] == [0, 3]
+    assert outcomes[3].artifact.metrics["perplexity"] == pytest.approx(distill.metrics["perplexity"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_pubmedqa_generation_pipeline_passes_every_gate(tmp_path):
+    """pipelines/pubmedqa_generation.yaml as shipped (about 5 minutes on 2 cores; needs ../shared/data): fine-tuning
+    raises ROUGE-L, and the lead baseline is reported beside it."""
+    from lifecycle import pipeline as runner
+    from lifecycle.config import load
+
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "pubmedqa_generation.yaml"
+    outcomes = runner.run(load(path), workdir=tmp_path, echo=lambda *a: None)
+    assert all(g["passed"] for o in outcomes for g in o.artifact.manifest["gates"])
+    m = outcomes[-1].artifact.metrics
+    assert m["rouge_l"] > m["rouge_l_before"] and 0 < m["baseline_lead_rouge_l"] < 1
 
 
 EDGE_SCRIPT = """

@@ -20,6 +20,29 @@ def pick_layers(teacher_layers: int, keep: int) -> list[int]:
     return sorted({round(i * (teacher_layers - 1) / (keep - 1)) for i in range(keep)})
 
 
+def student_layers(spec, n_teacher: int) -> list[int]:
+    """The teacher layers a student keeps (distill's `student` settings): `spec.layers`, else
+    `spec.num_layers` evenly spaced (default: half the teacher's, rounded up)."""
+    layers = spec.layers if spec.layers is not None else pick_layers(n_teacher, spec.num_layers or (n_teacher + 1) // 2)
+    if not layers or len(set(layers)) < len(layers) or any(not 0 <= i < n_teacher for i in layers):
+        raise LifecycleError(f"distill: student.layers must be distinct teacher layer indices in 0..{n_teacher - 1}; "
+                             f"got {layers}")
+    return layers
+
+
+def student_config(teacher_config, layers: list[int], overrides: dict):
+    """The teacher's config with `len(layers)` layers and the student's `overrides` (each must be a field)."""
+    import copy
+
+    config = copy.deepcopy(teacher_config)
+    config.num_hidden_layers = len(layers)
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise LifecycleError(f"distill: student.overrides.{key} is not a field of {type(config).__name__}")
+        setattr(config, key, value)
+    return config
+
+
 def init_from_teacher(student, teacher, layers: list[int]) -> float:
     """Copy teacher tensors into the student (teacher block layers[j] -> student block j); tensors
     whose shape differs keep their random init. Returns the fraction of student parameters copied."""
@@ -70,6 +93,27 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     soft = F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
                     reduction="batchmean", log_target=True) * t * t
     return alpha * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def token_distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
+    """distillation_loss per token of a causal LM: position i predicts token i + 1, and only positions whose
+    next token is a target (label != -100: response tokens, not prompt or padding) count, each equally."""
+    keep = labels[:, 1:] != -100
+    return distillation_loss(student_logits[:, :-1][keep], teacher_logits[:, :-1][keep], labels[:, 1:][keep],
+                             temperature, alpha)
+
+
+def paired_latency(teacher, t_tok, student, s_tok, text: str, cfg, max_length: int) -> tuple[dict, dict]:
+    """Teacher and student torch latency in alternating rounds (`cfg.latency_rounds` of `cfg.latency`), so that
+    load from other processes hits both alike; per model, the round with the median p50."""
+    from lifecycle.evaluation.latency import torch_latency
+
+    rounds: dict[str, list[dict]] = {"teacher": [], "student": []}
+    for _ in range(cfg.latency_rounds):
+        rounds["teacher"].append(torch_latency(teacher, t_tok, text, cfg.latency, max_length))
+        rounds["student"].append(torch_latency(student, s_tok, text, cfg.latency, max_length))
+    median = {k: sorted(v, key=lambda r: r["torch_latency_p50_ms"])[len(v) // 2] for k, v in rounds.items()}
+    return median["teacher"], median["student"]
 
 
 def hidden_loss(student_hidden, teacher_hidden, layer_map: list[int], mask):

@@ -14,6 +14,9 @@ teacher's activations at every step.
 `retention` = student metric / teacher metric and `speedup` = teacher p50 latency / student p50,
 both measured here, on the same test split and with the same latency settings, alternating teacher and
 student rounds so that load from other processes hits both alike.
+
+A decoder (`task: {type: generation}`) is distilled token by token by its task's recipe
+(lifecycle.decoder_distillation): the same student and loss at every target position, scored by perplexity.
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ from lifecycle.components.distillation import (
     distillation_loss,
     hidden_loss,
     init_from_teacher,
+    paired_latency,
     pick_layers,
+    student_config,
+    student_layers,
     teacher_logits,
 )
 from lifecycle.components.training import EarlyStopping, TrainConfig
+from lifecycle.decoder_distillation import DISTILL_METRICS as DECODER_METRICS
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION, TABLE_REGRESSION
@@ -49,7 +56,7 @@ class Student(Strict):
 
 class Config(StageBase):
     kind: Literal["distill"]
-    tasks = ("classification", "tabular-classification", "tabular-regression", "image-classification")
+    tasks = ("classification", "tabular-classification", "tabular-regression", "image-classification", "generation")
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     student: Student = Student()
     temperature: float = Field(2.0, gt=0)  # softens both distributions; 2-4 passes the teacher's "dark knowledge"
@@ -91,7 +98,7 @@ class Config(StageBase):
         return {*scores, *TORCH_LATENCY, *VAL_METRICS, *(f"val_{m}" for m in (*TABLE_CLASSIFICATION, *TABLE_REGRESSION)),
                 *teacher, "retention", "speedup", "compression",
                 "eval_loss", "params_total", "size_mb", "train_seconds", "train_steps", "data_wait_fraction",
-                *COLLAPSE_METRICS}
+                *COLLAPSE_METRICS, *DECODER_METRICS}
 
     def model_post_init(self, _ctx) -> None:
         self.gates = collapse_gate(self.gates, self.collapse_min, self.collapse_on_fail)
@@ -197,8 +204,6 @@ def _teacher_labels(parent, data):
 # ------------------------------------------------------------------------------------------------ student
 def build_student(spec: Student, teacher, t_tok, ctx, data, labels):
     """(student, tokenizer, layer_map): layer_map[j] is the teacher layer student layer j started from."""
-    import copy
-
     from transformers import AutoModelForSequenceClassification
 
     from lifecycle.components.classification import load_classifier
@@ -210,16 +215,8 @@ def build_student(spec: Student, teacher, t_tok, ctx, data, labels):
         student, tok = loaded.model, loaded.tokenizer
         ctx.details.update(loaded.details())
         return student, tok, pick_layers(n_teacher, min(student.config.num_hidden_layers, n_teacher))
-    layers = spec.layers if spec.layers is not None else pick_layers(n_teacher, spec.num_layers or (n_teacher + 1) // 2)
-    if not layers or len(set(layers)) < len(layers) or any(not 0 <= i < n_teacher for i in layers):
-        raise LifecycleError(f"distill: student.layers must be distinct teacher layer indices in 0..{n_teacher - 1}; "
-                             f"got {layers}")
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = len(layers)
-    for key, value in spec.overrides.items():
-        if not hasattr(config, key):
-            raise LifecycleError(f"distill: student.overrides.{key} is not a field of {type(config).__name__}")
-        setattr(config, key, value)
+    layers = student_layers(spec, n_teacher)
+    config = student_config(teacher.config, layers, spec.overrides)
     student = apply_head_pooling(AutoModelForSequenceClassification.from_config(config))  # the teacher's head pooling
     copied = init_from_teacher(student, teacher, layers)
     ctx.details["initialised_from_teacher"] = copied
@@ -266,15 +263,3 @@ def distillation_trainer(cfg: Config, teacher, layer_map: list[int], **kwargs):
             return (loss, outputs) if return_outputs else loss
 
     return DistillationTrainer(**kwargs)
-
-
-def paired_latency(teacher, t_tok, student, s_tok, text: str, cfg: Config, max_length: int) -> tuple[dict, dict]:
-    """Teacher and student latency in alternating rounds; per model, the round with the median p50."""
-    from lifecycle.evaluation.latency import torch_latency
-
-    rounds: dict[str, list[dict]] = {"teacher": [], "student": []}
-    for _ in range(cfg.latency_rounds):
-        rounds["teacher"].append(torch_latency(teacher, t_tok, text, cfg.latency, max_length))
-        rounds["student"].append(torch_latency(student, s_tok, text, cfg.latency, max_length))
-    median = {k: sorted(v, key=lambda r: r["torch_latency_p50_ms"])[len(v) // 2] for k, v in rounds.items()}
-    return median["teacher"], median["student"]

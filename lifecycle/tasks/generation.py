@@ -1,7 +1,9 @@
 """Text generation: a causal LM (GPT-2 or Llama style) that continues a prompt, exported with its KV cache.
 
 Training: the finetune stage runs `lifecycle.generation.finetune` (full or LoRA; the loss covers response
-tokens only); pretrain and adapt train decoders from scratch / on a domain as for any causal LM.
+tokens only), the distill stage `lifecycle.decoder_distillation.distill` (token-level KD on the teacher's
+logits, student from every other teacher layer); pretrain and adapt train decoders from scratch / on a
+domain as for any causal LM.
 
 Graph: optimum-onnx's `text-generation-with-past` export of the decoder: inputs `input_ids`,
 `attention_mask`, (`position_ids`,) `past_key_values.N.key/value`; outputs `logits` (batch, sequence,
@@ -82,8 +84,24 @@ class Generation(TaskPlugin):
             return "model: a generation finetune continues a causal LM (`path`, or the parent); pre-train presets first"
         return None
 
+    def distill(self, cfg, parent, ctx) -> dict:
+        from lifecycle import decoder_distillation
+
+        return decoder_distillation.distill(cfg, parent, ctx)
+
     def distill_problem(self, cfg) -> str | None:
-        return "kind: distillation of a decoder is not implemented yet (issue 19)"
+        unsupported = {"student.model": cfg.student.model, "hidden_weight": cfg.hidden_weight or None,
+                       "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit}
+        given = next((k for k, v in unsupported.items() if v is not None), None)
+        if given:
+            return f"{given}: not supported for generation (the student is the teacher with fewer layers, trained " \
+                   f"on the teacher's token logits; the recipe keeps the last step)"
+        if {"metric", "cache_teacher_logits"} & cfg.model_fields_set:
+            return "metric / cache_teacher_logits: a decoder's student keeps the last step, and its teacher runs at " \
+                   "every step (a vocabulary of logits per token is too large to cache); leave both unset"
+        if cfg.collapse_min is not None:  # the distill stage adds that gate unless told not to
+            return "collapse_min: a generator has no classes to collapse onto; set `collapse_min: null`"
+        return None
 
     # ------------------------------------------------------------------------------------ inputs
     def inputs(self, split) -> list[str]:
