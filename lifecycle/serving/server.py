@@ -87,7 +87,7 @@ class Server:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.25)
+            time.sleep(0.1)  # a refused connect costs ~1 ms; the server is ready ~1.5 s after start
         raise LifecycleError(f"bentoml serve not ready after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
 
     def stop(self, grace_s: float = 20.0) -> int | None:
