@@ -134,15 +134,17 @@ def latency(model, pixel_values) -> dict:
     return {**found, **{k.replace("latency_", "latency_b32_"): v for k, v in b32.items()}}
 
 
-def fit(model, data, train, out_dir: Path, seed: int = 0, ctx=None, trainer_class=Trainer, **extra):
+def fit(model, data, train, out_dir: Path, seed: int = 0, ctx=None, trainer_class=Trainer, dataset_class=None,
+        **extra):
     """Train on `data`'s training split (lifecycle.data.images.ImageData) with the Trainer, augmented as
-    its source says; `train` is a TrainConfig. Returns the model in eval mode."""
+    its source says; `train` is a TrainConfig; `dataset_class`: an Images subclass (None: Images). Returns
+    the model in eval mode."""
     from lifecycle.components.training import train as run_trainer
     from lifecycle.components.training import training_args
 
     out_dir = Path(out_dir)
     args = training_args(train, out_dir, seed, eval_strategy="no", save_strategy="no", remove_unused_columns=False)
-    dataset = Images(data.splits["train"].images, data.target("train"), data.preprocessing, data.spec.augment, seed)
+    dataset = (dataset_class or Images)(data.splits["train"].images, data.target("train"), data.preprocessing, data.spec.augment, seed)
     trainer = trainer_class(model=model, args=args, train_dataset=dataset, **extra)
     run_trainer(trainer, out_dir, ctx)
     return model.eval()
@@ -164,6 +166,18 @@ def read_through_model(data, start: Path):
 
 
 # ---------------------------------------------------------------------------------------- recipes
+def starting_point(cfg, parent, ctx):
+    """(the task's data, the stage's model source, the model directory it starts from) for a finetune stage
+    `cfg`: the parent's artifact, or `model.path` (resolved), or None for a `preset` (built from scratch).
+    The data is read through the start model's own preprocessing."""
+    data = ctx.task_data()
+    source = cfg.model
+    if source is not None and source.path:
+        source = source.model_copy(update={"path": str(ctx.pipeline.resolve(source.path))})
+    start = Path(parent.path) if source is None else Path(source.path) if source.path else None
+    return (data if start is None else read_through_model(data, start)), source, start
+
+
 def finetune(cfg, parent, ctx, task) -> dict:
     """The finetune stage for an image classifier: build (a preset) or load (the parent, or `model.path`)
     with a new head, train every weight, save with its preprocessor_config.json, score on test beside
@@ -174,13 +188,7 @@ def finetune(cfg, parent, ctx, task) -> dict:
     from lifecycle.components.classification import seed_everything
     from lifecycle.evaluation.images import svm_baseline
 
-    data = ctx.task_data()
-    source = cfg.model
-    if source is not None and source.path:
-        source = source.model_copy(update={"path": str(ctx.pipeline.resolve(source.path))})
-    start = Path(parent.path) if source is None else Path(source.path) if source.path else None  # None: a preset
-    if start is not None:
-        data = read_through_model(data, start)
+    data, source, start = starting_point(cfg, parent, ctx)
     seed_everything(ctx.seed)
     if start is None:
         model = ViTForImageClassification(vit_config(data.preprocessing, source, **head(data.labels)))

@@ -91,7 +91,7 @@ class Gate(Strict):
 Holds = Literal["masked-lm", "causal-lm", "encoder", "classifier", "regressor", "onnx-classifier", "onnx-encoder",
                 "onnx-regressor", "onnx-anomaly-scorer", "onnx-generator", "service-check"]
 TaskType = Literal["classification", "embedding", "tabular-classification", "tabular-regression", "tabular-anomaly",
-                   "image-classification", "generation"]
+                   "image-classification", "image-embedding", "generation"]
 # a Hugging Face model directory
 HF_HOLDS: tuple[Holds, ...] = ("masked-lm", "causal-lm", "encoder", "classifier", "regressor")
 # model.onnx + runtime files (lifecycle.edge)
@@ -106,7 +106,7 @@ MADE_BY: dict[str, str] = {
     "classifier": "finetune or distill",
     "regressor": "finetune under `task: {type: tabular-regression}`",
     "onnx-classifier": "export under a classification task, or quantize after it",
-    "onnx-encoder": "export under `task: {type: embedding}`, or quantize after it",
+    "onnx-encoder": "export under `task: {type: embedding}` or `image-embedding`, or quantize after it",
     "onnx-regressor": "export under `task: {type: tabular-regression}`, or quantize after it",
     "onnx-anomaly-scorer": "export under `task: {type: tabular-anomaly}`, or quantize after it",
     "onnx-generator": "export under `task: {type: generation}` (a decoder with its KV cache), or quantize after it",
@@ -261,10 +261,15 @@ class Task(Strict):
 
     @model_validator(mode="after")
     def _settings_of_its_type(self) -> Task:
-        # Each task type's own settings sit under a key named after it (`embedding: {...}`).
-        stray = sorted({key for key in get_args(TaskType) if getattr(self, key, None) is not None} - {self.type})
+        # Each task type's own settings sit under a key named after it (`embedding: {...}`); image
+        # embeddings are scored as text embeddings are (kNN), so they read `embedding:` too.
+        settings_of = {"image-embedding": "embedding"}
+        own = settings_of.get(self.type, self.type)
+        stray = sorted({key for key in get_args(TaskType) if getattr(self, key, None) is not None} - {own})
         if stray:
             raise ValueError(f"{stray[0]}: settings for `type: {stray[0]}` only")
+        if self.type == "image-embedding" and self.embedding is not None and self.embedding.pairs is not None:
+            raise ValueError("embedding.pairs: scored text pairs do not apply to image embeddings (kNN accuracy only)")
         return self
 
     @property

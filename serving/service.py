@@ -20,7 +20,8 @@ for a table regressor, POST /score {"rows": [...]} -> [{"anomaly_score": float},
 anomaly scorer, POST /classify_image (a body of image/png or image/jpeg: one image; or application/json
 {"images": [base64, ...]}: a batch) -> the same answers as /classify for an image classifier (converted
 to the model's mode, transparency composited over black, resized and normalised by the model's own
-image-processor config), with the same batching and the same refusals; POST /generate {"prompts": [...], optional
+image-processor config), with the same batching and the same refusals; POST /embed_image (the same bodies,
+checks and refusals) -> [[float, ...], ...] for an image embedder; POST /generate {"prompts": [...], optional
 "max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop"} -> [{"text", "tokens", "finish_reason"}, ...]
 for a generator (greedy at temperature 0; max_new_tokens capped at the settings' max_new_tokens; a request
 stops cleanly after generate_time_budget_s with finish_reason "time"; a prompt with no room left in the
@@ -74,7 +75,7 @@ from pydantic import BaseModel
 from lifecycle.edge import Predictor
 
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
-ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score", "/classify_image", "/generate")  # every POST route below; a model answers on the one its task declares
+ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score", "/classify_image", "/embed_image", "/generate")  # every POST route below; a model answers on the one its task declares
 
 
 def _load_config() -> dict:
@@ -519,12 +520,20 @@ class Classifier:
                  max_latency_ms=SETTINGS["max_latency_ms"])
     async def classify_image(self, images: list[str]) -> Annotated[list[Prediction], ContentType("application/json")]:
         # base64 images already decoded once and checked by RequestLimits.check_images
-        return await self.infer(self.classify_base64, images)
+        return await self.infer(self.from_base64(self.predictor.classify_images), images)
 
-    def classify_base64(self, images: list[str]) -> list[dict]:
+    @bentoml.api(route="/embed_image", batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    async def embed_image(self, images: list[str]) -> Annotated[list[list[float]], ContentType("application/json")]:
+        # the same checks as /classify_image (RequestLimits.check_images): only the edge method differs
+        return (await self.infer(self.from_base64(self.predictor.embed_images), images)).tolist()
+
+    @staticmethod
+    def from_base64(method):
+        """An edge image method taking the base64 images of a checked request."""
         import base64
 
-        return self.predictor.classify_images([base64.b64decode(i) for i in images])
+        return lambda images: method([base64.b64decode(i) for i in images])
 
     # Adaptive batching off: a decoding loop runs one prompt at a time (lifecycle.edge: no padding, the same
     # answer whatever else is in flight), so batching would only queue requests behind each other.

@@ -138,7 +138,7 @@ class TaskPlugin:
 
     def prediction_details(self, predictor, rows, outputs) -> dict:
         """What the manifest records of a test run: the sample predictions (and whatever else the task keeps)."""
-        return {"sample_predictions": self.sample_predictions(predictor, rows["text"][:SAMPLE_PREDICTIONS])}
+        return {"sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}
 
     def encoder_scores(self, embed, pipeline) -> dict:
         """Scores of an encoder being trained (the contrastive objective) under this task; `embed(texts)`."""
@@ -149,9 +149,34 @@ class TaskPlugin:
         `predictor`: the same model in-process. Tasks the serve stage does not score leave this out."""
         raise NotImplementedError
 
+    def served_scores(self, answers: list, ctx, predictor) -> dict:
+        """The quality `scores` of the answers a service gave for the test split of a serve stage's context
+        `ctx`: `answer_scores` on it, unless the task needs more than the test split (kNN: the train split)."""
+        return self.answer_scores(answers, ctx.task_data().splits["test"], predictor)
+
     def answers_agree(self, http, local, tolerance: float) -> tuple[bool, float]:
         """(whether an HTTP answer equals the in-process answer for the same text, largest difference)."""
         raise NotImplementedError
+
+
+class EmbeddingAnswers:
+    """An embedder (texts or images): its graph's output is one pooled vector per input, the pooling recorded
+    in schema.json and the manifest; an HTTP answer agrees with the in-process one number by number."""
+
+    def width(self, model) -> int:
+        return model.config.hidden_size
+
+    def graph_schema(self, model) -> dict:
+        return {**super().graph_schema(model), "pooling": model.pooling.model_dump()}
+
+    def prediction_details(self, predictor, rows, outputs) -> dict:
+        return {"pooling": predictor.schema.get("pooling"), **super().prediction_details(predictor, rows, outputs)}
+
+    def answers_agree(self, http, local, tolerance):
+        import numpy as np
+
+        diff = float(np.abs(np.asarray(http, dtype=np.float64) - np.asarray(local, dtype=np.float64)).max())
+        return diff <= tolerance, diff
 
 
 class ClassAnswers:
