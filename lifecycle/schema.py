@@ -259,18 +259,11 @@ class Task(Strict):
     embedding: EmbeddingTask | None = Field(None, exclude_if=unset)
     generation: GenerationTask | None = Field(None, exclude_if=unset)
 
-    @model_validator(mode="after")
-    def _settings_of_its_type(self) -> Task:
-        # Each task type's own settings sit under a key named after it (`embedding: {...}`); image
-        # embeddings are scored as text embeddings are (kNN), so they read `embedding:` too.
-        settings_of = {"image-embedding": "embedding"}
-        own = settings_of.get(self.type, self.type)
-        stray = sorted({key for key in get_args(TaskType) if getattr(self, key, None) is not None} - {own})
-        if stray:
-            raise ValueError(f"{stray[0]}: settings for `type: {stray[0]}` only")
-        if self.type == "image-embedding" and self.embedding is not None and self.embedding.pairs is not None:
-            raise ValueError("embedding.pairs: scored text pairs do not apply to image embeddings (kNN accuracy only)")
-        return self
+    def stray_settings(self, own: str) -> str | None:
+        """The first key of another task type's settings given here; `own`: the key this type reads (each
+        task type's settings sit under a key named after it, `embedding: {...}`, unless its plug-in says)."""
+        return next(iter(sorted({key for key in get_args(TaskType) if getattr(self, key, None) is not None} - {own})),
+                    None)
 
     @property
     def embedding_settings(self) -> EmbeddingTask:

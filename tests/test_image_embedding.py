@@ -71,7 +71,7 @@ def test_image_embedding_settings_are_checked_at_load():
     assert [g.metric for g in p.stage("serve").gates if g.relative] == ["knn_accuracy"]  # not accuracy
     bad = copy.deepcopy(raw)
     bad["task"]["embedding"]["pairs"] = {"path": "pairs.jsonl"}
-    with pytest.raises(ConfigError, match="task: embedding.pairs: scored text pairs do not apply to image"):
+    with pytest.raises(ConfigError, match="task.embedding.pairs: scored text pairs do not apply to image"):
         config.build(bad)
     bad = copy.deepcopy(raw)
     bad["stages"].insert(2, {"kind": "distill"})
@@ -81,6 +81,22 @@ def test_image_embedding_settings_are_checked_at_load():
     bad["stages"][1]["lora"] = {}
     with pytest.raises(ConfigError, match=r"stages\[1\].lora: not supported for image-embedding"):
         config.build(bad)
+
+
+def test_label_positives_generalise_info_nce():
+    import torch
+
+    from lifecycle.embedding import info_nce
+
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    assert torch.allclose(info_nce(a, b, 0.1, torch.eye(6, dtype=torch.bool)), info_nce(a, b, 0.1))  # one positive
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    same = labels[:, None] == labels[None, :]
+    grouped = torch.stack([torch.tensor([1.0, 0, 0, 0])] * 3 + [torch.tensor([0, 1.0, 0, 0])] * 3)
+    noisy = grouped + 0.05 * torch.randn(6, 4)
+    # same-label candidates count as positives: embeddings grouped by label score far better than by chance
+    assert info_nce(noisy, grouped, 0.1, same) < info_nce(noisy, grouped[torch.randperm(6)], 0.1, same) - 1
 
 
 # ------------------------------------------------------------------------------- the small pipeline

@@ -32,6 +32,7 @@ class TaskPlugin:
     # source must be of the same kind.
     reads: ClassVar[str] = "text"
     labelled_data: ClassVar[bool] = True  # whether `task.data` must be a labelled source (label_field set)
+    settings_key: ClassVar[str | None] = None  # the key of `task:` holding this task's settings; None: its name
     graph_fusions: ClassVar[bool] = True  # whether export tries onnxruntime's transformer fusions
     request_key: ClassVar[str] = "texts"
     # The serve stage's default gate: its HTTP answers score as well as the parent (accuracy against the
@@ -58,6 +59,10 @@ class TaskPlugin:
 
     def distill_problem(self, cfg) -> str | None:
         """"field: why" for a distill setting this task's recipe does not support, else None."""
+        return None
+
+    def settings_problem(self, task) -> str | None:
+        """"field: why" for a setting under `task:` (schema.Task) that this task cannot honour, else None."""
         return None
 
     def data(self, ctx):

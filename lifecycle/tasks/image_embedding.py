@@ -34,6 +34,12 @@ class ImageEmbedding(EmbeddingAnswers, ImageTask):
     fidelity = FIDELITY_METRICS
     fidelity_at_export = True
     finetunes_into = "encoder"
+    settings_key = "embedding"  # scored as text embeddings are: `task.embedding` (k, limit)
+
+    def settings_problem(self, task) -> str | None:
+        if task.embedding is not None and task.embedding.pairs is not None:
+            return "embedding.pairs: scored text pairs do not apply to image embeddings (kNN accuracy only)"
+        return None
 
     # ------------------------------------------------------------------------------- training
     def finetune(self, cfg, parent, ctx) -> dict:
