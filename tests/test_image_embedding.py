@@ -153,7 +153,9 @@ def test_embed_image_answers_as_the_edge_runtime_and_refuses_as_classify_image(t
         one = client.post("/embed_image", content=png(DIGIT), headers={"content-type": "image/png"})
         batch = client.post("/embed_image", json={"images": [base64.b64encode(png(DIGIT)).decode()] * 2})
         assert one.status_code == 200 and batch.status_code == 200, (one.text, batch.text)
-        for answer in [one.json()[0], *batch.json()]:
+        upload = client.post("/embed_image", files=[("images", ("digit.png", png(DIGIT), "image/png"))])
+        assert upload.status_code == 200, upload.text
+        for answer in [one.json()[0], *batch.json(), *upload.json()]:
             assert np.abs(np.asarray(answer) - local).max() < 1e-5
         bomb = png(np.zeros((2000, 2000), np.uint8))  # 4 M pixels in a few kB
         refusals = [(bomb, "image/png", 413, "the limit is 1000000"),
