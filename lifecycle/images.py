@@ -185,6 +185,7 @@ def finetune(cfg, parent, ctx, task) -> dict:
     import time
 
     from lifecycle import models
+    from lifecycle.components.adapters import attention_lora, merged
     from lifecycle.components.classification import seed_everything
     from lifecycle.evaluation.images import svm_baseline
 
@@ -196,20 +197,25 @@ def finetune(cfg, parent, ctx, task) -> dict:
         config = ViTConfig.from_pretrained(start)
         config.update(head(data.labels))
         model = ViTForImageClassification.from_pretrained(start, config=config, ignore_mismatched_sizes=True)
+    if cfg.lora:  # the patch projection stays as pre-training left it
+        model = attention_lora(model, cfg.lora, head="classifier")
     counts = models.count_parameters(model)
     started = time.time()
     fit(model, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
     train_seconds = time.time() - started
+    test, val = data.pixel_values("test"), data.pixel_values("validation")
+    lora = {}
+    if cfg.lora:  # merged into the weights, so export and distill see a plain ViTForImageClassification
+        model, lora = merged(model, ctx.out_dir, lambda m: predict(m, val[:64]))
     save(model, data.preprocessing, ctx.out_dir)
     ctx.details.update(labels=data.labels, data_stats=data.stats, image_size=model.config.image_size,
                        patch_size=model.config.patch_size, augment=data.spec.augment.model_dump())
 
-    test, val = data.pixel_values("test"), data.pixel_values("validation")
     metrics = {**task.test_metrics(predict(model, test), data.target("test")),
                **{f"val_{k}": v for k, v in task.evaluate(predict(model, val), data.target("validation")).items()},
                **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
                "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds,
-               **latency(model, test)}
+               **lora, **latency(model, test)}
     if cfg.control is not None:  # the same architecture from random init, same data, budget and seed
         seed_everything(ctx.seed)
         scratch = fit(ViTForImageClassification(model.config), data, cfg.control.train or cfg.train,

@@ -71,7 +71,7 @@ def test_an_image_task_needs_an_image_source_and_refuses_text_only_settings():
     raw = {"name": "d", "data": {"digits": {"format": "sklearn-digits"}},
            "task": {"type": "image-classification", "data": "digits"},
            "stages": [{"kind": "finetune", "model": {"preset": "bert-tiny"}, "lora": {}}]}
-    with pytest.raises(ConfigError, match=r"stages\[0\].lora: not supported for image-classification"):
+    with pytest.raises(ConfigError, match=r"stages\[0\].lora: adapters on a randomly initialised image model"):
         config.build(raw)
 
 
@@ -267,9 +267,11 @@ def test_masked_image_pretraining_learns_to_reconstruct_and_the_classifier_start
            "task": {"type": "image-classification", "data": "digits"},
            "stages": [{"kind": "pretrain", "data": "digits", "objective": "masked-image", "mlm_probability": 0.5,
                        "model": {"preset": "bert-tiny", "overrides": {"patch_size": 2}}, "train": TRAIN},
-                      {"kind": "finetune", "train": {**TRAIN, "epochs": 1}, "collapse_min": None}]}
+                      {"kind": "finetune", "train": {**TRAIN, "epochs": 1}, "collapse_min": None},
+                      {"kind": "finetune", "name": "lora", "parent": "pretrain", "lora": {"r": 4, "alpha": 8},
+                       "train": {**TRAIN, "epochs": 1}, "collapse_min": None}]}
     outcomes = pipeline.run(config.build(raw), workdir=tmp_path, echo=quiet)
-    assert [o.status for o in outcomes] == ["passed", "passed"]
+    assert [o.status for o in outcomes] == ["passed", "passed", "passed"]
     run = tmp_path / "mim"
     m = metrics(run, "pretrain")
     assert m["reconstruction_loss"] < 0.9 * m["reconstruction_loss_init"]
@@ -279,6 +281,14 @@ def test_masked_image_pretraining_learns_to_reconstruct_and_the_classifier_start
     assert pre[key].shape == fine[key].shape and "decoder.0.weight" in pre and "classifier.weight" in fine
     assert json.loads((run / "finetune" / IMAGE_PROCESSOR).read_text()) == json.loads(
         (run / "pretrain" / IMAGE_PROCESSOR).read_text())  # the pre-trained model's preprocessing travels
+
+    # LoRA on the attention projections, merged: a plain classifier whose patch projection pre-training left
+    lora, tuned = metrics(run, "lora"), load_file(run / "lora" / "model.safetensors")
+    assert lora["trainable_fraction"] < 0.5 and lora["lora_merge_max_abs_diff"] < 1e-4, lora
+    assert not any("lora" in k for k in tuned) and (run / "lora" / "adapter" / "adapter_config.json").is_file()
+    assert (tuned[key] == pre[key]).all()
+    query = "vit.encoder.layer.0.attention.attention.query.weight"
+    assert not (tuned[query] == pre[query]).all()  # the adapter's update, merged into the weights
 
 
 # ------------------------------------------------------------------------------------------- digits

@@ -248,6 +248,10 @@ def own_recipe_problem(cfg, task: str, baseline: str, model_kind: str, lora: boo
                    "baseline": cfg.baseline or None, "head_pooling": None if cfg.head_pooling == "auto" else 1}
     if not lora:
         unsupported = {"lora": cfg.lora, **unsupported}
+    elif cfg.lora and cfg.model is not None and cfg.model.preset:
+        noun = model_kind.split(" ", 1)[1]  # "a table model" -> "table model"
+        return (f"lora: adapters on a randomly initialised {noun} learn next to nothing; start from a pre-trained "
+                f"{noun} (a pretrain stage or a `model.path`), or train in full")
     given = next((k for k, v in unsupported.items() if v is not None), None)
     if given:
         why = f" (the {baseline} baseline is always reported)" if given == "baseline" else ""

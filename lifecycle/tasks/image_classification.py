@@ -39,7 +39,7 @@ class ImageClassification(ClassAnswers, ImageTask):
         return images.finetune(cfg, parent, ctx, self)
 
     def finetune_problem(self, cfg) -> str | None:
-        return own_recipe_problem(cfg, self.name, "RBF SVM", "an image model")
+        return own_recipe_problem(cfg, self.name, "RBF SVM", "an image model", lora=True)
 
     def distill(self, cfg, parent, ctx) -> dict:
         from lifecycle import images
