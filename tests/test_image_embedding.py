@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from safetensors.numpy import load_file
 
 from lifecycle import ConfigError, config, pipeline, serving
 from lifecycle.edge import IMAGE_PROCESSOR, BundleError, Predictor
@@ -48,7 +49,7 @@ def small(serve: bool) -> dict:
     raw = yaml.safe_load(SHIPPED.read_text())
     pretrain, finetune, export, quantize, served = copy.deepcopy(raw["stages"])
     pretrain.update(train=TINY, gates=[])
-    finetune.update(train={**TINY, "epochs": 2}, gates=[{"metric": "knn_accuracy", "min": 0.3}])
+    finetune.update(train={**TINY, "epochs": 2, "logging_steps": 10}, gates=[{"metric": "knn_accuracy", "min": 0.3}])
     finetune.pop("control")
     export.update(latency=FAST_LATENCY)
     quantize.update(latency=FAST_LATENCY, gates=[{"metric": "embedding_cosine_mean", "min": 0.99}])
@@ -100,8 +101,17 @@ def test_label_positives_generalise_info_nce():
 
 
 # ------------------------------------------------------------------------------- the small pipeline
-def test_contrastive_finetune_learns_embeddings_from_the_pretrained_encoder(run):
+def test_contrastive_finetune_trains_the_pretrained_encoder(run):
     m = metrics(run, "finetune")
+    losses = [r["loss"] for r in json.loads((run / "finetune" / "manifest.json").read_text())["details"]["log_history"]
+              if "loss" in r]
+    assert len(losses) == 4 and all(np.isfinite(losses)), losses  # 46 real steps, logged every 10
+    pre, fine = load_file(run / "pretrain" / "model.safetensors"), load_file(run / "finetune" / "model.safetensors")
+    query = "encoder.layer.0.attention.attention.query.weight"  # the encoder alone: no `vit.` prefix, no decoder
+    assert not (pre[f"vit.{query}"] == fine[query]).all() and not any(k.startswith("decoder") for k in fine)
+    # kNN well above chance (0.1) after 2 epochs; the gain over the pre-trained encoder's mean-pooled states is
+    # reported whatever its sign (negative this early: the loss barely moves in the first ~100 steps; the
+    # shipped budget ends at ~1.0, which the slow test checks)
     assert m["knn_accuracy"] > 0.3 and m["knn_accuracy_gain"] == pytest.approx(m["knn_accuracy"] - m["knn_accuracy_before"])
     assert m["baseline_pixels_knn_accuracy"] > 0.95  # raw pixels are a strong kNN baseline on digits: reported beside
     assert m["minority_prediction_ratio"] > 0.2
