@@ -3,7 +3,8 @@
 The test split goes through a real `bentoml serve` process on 127.0.0.1 (a free port) from `clients`
 concurrent keep-alive connections, each text exactly once. Accuracy over HTTP must equal the parent's:
 the server runs the same `lifecycle.edge` predictor as the export/quantize stage (one inference path),
-so the default gates are `accuracy` with no drop vs the parent, zero errors, and every answer equal to
+so the default gates are `accuracy` with no drop vs the parent (an embedder's headline instead: `knn_accuracy`
+of the HTTP embeddings against the in-process ones of the training split), zero errors, and every answer equal to
 the same text's answer run in-process (`prediction_mismatches`): every class score within
 `score_tolerance`, and the same label unless the in-process top two scores are within
 `score_tolerance` of each other (a tie that rounding may break either way). `lifecycle.edge` makes a
