@@ -121,7 +121,13 @@ class Pipeline(Strict):
         if self.task:
             from lifecycle import tasks
 
-            self._check_source("task.data", self.task.data, labelled=tasks.get(self.task.type).labelled_data)
+            plugin = tasks.get(self.task.type)
+            self._check_source("task.data", self.task.data, labelled=plugin.labelled_data)
+            stray = self.task.stray_settings(plugin.settings_key or plugin.name)
+            if stray:
+                raise ValueError(f"task.{stray}: settings for `type: {stray}` only")
+            if problem := plugin.settings_problem(self.task):
+                raise ValueError(f"task.{problem}")
 
             reads, holds = tasks.get(self.task.type).reads, self.data[self.task.data].reads
             if holds != reads:

@@ -35,7 +35,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lifecycle.embedding import Pooling
+from lifecycle.embedding import Pooling, info_nce
 from lifecycle.schema import Pairs, Strict, unset
 
 CONTRASTIVE_METRICS = {
@@ -65,16 +65,6 @@ class Contrastive(Strict):
         if (self.mode == "supervised") != (self.pairs is not None):
             raise ValueError("pairs: supervised mode trains on `pairs` (and only it uses them)")
         return self
-
-
-def info_nce(anchors, candidates, temperature: float):
-    """Mean cross-entropy of each anchor against all candidates; anchor i's positive is candidate i."""
-    import torch
-    import torch.nn.functional as F
-
-    a, c = F.normalize(anchors, dim=-1), F.normalize(candidates, dim=-1)
-    logits = a @ c.T / temperature
-    return F.cross_entropy(logits.float(), torch.arange(len(a), device=a.device))
 
 
 class PairCollator:

@@ -11,6 +11,7 @@ reader, the ISA check) and not a package.
     p.predict_rows([{"island": "Dream", "body_mass_g": None}])  # a table model, from raw rows (also
                                              # regress_rows, score_rows); missing values as None
     p.classify_images([png_bytes, uint8_array])  # an image classifier: encoded PNG/JPEG or pixels
+    p.embed_images([png_bytes, uint8_array])     # an image embedder: (n, dim) float32, normalised in the graph
     p.answers(["some text"])                 # whichever of those the model's task declares, as JSON
     p.check()                                # re-runs the predictions the pipeline recorded
 
@@ -496,6 +497,13 @@ class Predictor:
         classifier's answer, preprocessing included (ImageError for bytes that are not an allowed image)."""
         self._only_for("classify_images")
         return self._label_scores(self.image_outputs(images))
+
+    def embed_images(self, images: list) -> np.ndarray:
+        """Embeddings (n, dim), float32, per image (encoded PNG/JPEG bytes or uint8 pixels), preprocessing
+        included; pooling and normalisation are inside the graph (ImageError for bytes that are not an
+        allowed image)."""
+        self._only_for("embed_images")
+        return self.image_outputs(images)
 
     def predict_rows(self, rows: list[dict]) -> list[dict]:
         """{"label", "score", "scores"} per table row (a mapping column -> value; null for a missing

@@ -26,6 +26,9 @@ from lifecycle.schema import Strict
 POOLING_FILE = "pooling.json"
 EMBEDDING_METRICS = ("knn_accuracy", "spearman")
 FIDELITY_METRICS = ("embedding_cosine_min", "embedding_cosine_mean")
+# what an image-embedding finetune reports besides the finetune stage's own (lifecycle.image_embedding)
+IMAGE_EMBEDDING_TRAINING = ("knn_accuracy", "val_knn_accuracy", "knn_accuracy_before", "knn_accuracy_gain",
+                            "baseline_pixels_knn_accuracy", "temperature", "control_knn_accuracy")
 
 
 class Pooling(Strict):
@@ -72,6 +75,22 @@ def pool(hidden, attention_mask, pooling: Pooling):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         out = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     return F.normalize(out, p=2.0, dim=-1) if pooling.normalize else out
+
+
+def info_nce(anchors, candidates, temperature: float, positives=None):
+    """Mean cross-entropy of each anchor against all candidates; anchor i's positive is candidate i. With
+    `positives` (a bool matrix, anchors x candidates; each row holds at least one), every candidate marked in
+    an anchor's row is a positive and the loss is the mean of their log-probabilities (SupCon, Khosla et al.
+    2020): same-label examples of the batch stop being pushed apart as negatives."""
+    import torch
+    import torch.nn.functional as F
+
+    a, c = F.normalize(anchors, dim=-1), F.normalize(candidates, dim=-1)
+    logits = (a @ c.T / temperature).float()
+    if positives is None:
+        return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+    positives = positives.to(logits.dtype)
+    return -((logits.log_softmax(-1) * positives).sum(-1) / positives.sum(-1)).mean()
 
 
 # ------------------------------------------------------------------------------ classifier head pooling
@@ -151,12 +170,19 @@ def _unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def knn_accuracy(train_x, train_y, test_x, test_y, k: int) -> float:
-    """Majority label of the k cosine-nearest train embeddings (scikit-learn, brute force)."""
+def knn_predictions(train_x, train_y, test_x, k: int):
+    """Majority label of the k cosine-nearest train embeddings (scikit-learn, brute force), per test embedding."""
     from sklearn.neighbors import KNeighborsClassifier
 
     knn = KNeighborsClassifier(n_neighbors=min(k, len(train_y)), metric="cosine", algorithm="brute")
-    return float(knn.fit(train_x, train_y).score(test_x, test_y))
+    return knn.fit(train_x, train_y).predict(test_x)
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, k: int) -> float:
+    """Share of test embeddings whose kNN label (knn_predictions) is their own."""
+    import numpy as np
+
+    return float(np.mean(knn_predictions(train_x, train_y, test_x, k) == np.asarray(test_y)))
 
 
 def spearman(a, b, scores) -> float:

@@ -134,15 +134,17 @@ def latency(model, pixel_values) -> dict:
     return {**found, **{k.replace("latency_", "latency_b32_"): v for k, v in b32.items()}}
 
 
-def fit(model, data, train, out_dir: Path, seed: int = 0, ctx=None, trainer_class=Trainer, **extra):
+def fit(model, data, train, out_dir: Path, seed: int = 0, ctx=None, trainer_class=Trainer, dataset_class=None,
+        **extra):
     """Train on `data`'s training split (lifecycle.data.images.ImageData) with the Trainer, augmented as
-    its source says; `train` is a TrainConfig. Returns the model in eval mode."""
+    its source says; `train` is a TrainConfig; `dataset_class`: an Images subclass (None: Images). Returns
+    the model in eval mode."""
     from lifecycle.components.training import train as run_trainer
     from lifecycle.components.training import training_args
 
     out_dir = Path(out_dir)
     args = training_args(train, out_dir, seed, eval_strategy="no", save_strategy="no", remove_unused_columns=False)
-    dataset = Images(data.splits["train"].images, data.target("train"), data.preprocessing, data.spec.augment, seed)
+    dataset = (dataset_class or Images)(data.splits["train"].images, data.target("train"), data.preprocessing, data.spec.augment, seed)
     trainer = trainer_class(model=model, args=args, train_dataset=dataset, **extra)
     run_trainer(trainer, out_dir, ctx)
     return model.eval()
@@ -164,6 +166,18 @@ def read_through_model(data, start: Path):
 
 
 # ---------------------------------------------------------------------------------------- recipes
+def starting_point(cfg, parent, ctx):
+    """(the task's data, the stage's model source, the model directory it starts from) for a finetune stage
+    `cfg`: the parent's artifact, or `model.path` (resolved), or None for a `preset` (built from scratch).
+    The data is read through the start model's own preprocessing."""
+    data = ctx.task_data()
+    source = cfg.model
+    if source is not None and source.path:
+        source = source.model_copy(update={"path": str(ctx.pipeline.resolve(source.path))})
+    start = Path(parent.path) if source is None else Path(source.path) if source.path else None
+    return (data if start is None else read_through_model(data, start)), source, start
+
+
 def finetune(cfg, parent, ctx, task) -> dict:
     """The finetune stage for an image classifier: build (a preset) or load (the parent, or `model.path`)
     with a new head, train every weight, save with its preprocessor_config.json, score on test beside
@@ -171,16 +185,11 @@ def finetune(cfg, parent, ctx, task) -> dict:
     import time
 
     from lifecycle import models
+    from lifecycle.components.adapters import attention_lora, merged
     from lifecycle.components.classification import seed_everything
     from lifecycle.evaluation.images import svm_baseline
 
-    data = ctx.task_data()
-    source = cfg.model
-    if source is not None and source.path:
-        source = source.model_copy(update={"path": str(ctx.pipeline.resolve(source.path))})
-    start = Path(parent.path) if source is None else Path(source.path) if source.path else None  # None: a preset
-    if start is not None:
-        data = read_through_model(data, start)
+    data, source, start = starting_point(cfg, parent, ctx)
     seed_everything(ctx.seed)
     if start is None:
         model = ViTForImageClassification(vit_config(data.preprocessing, source, **head(data.labels)))
@@ -188,20 +197,25 @@ def finetune(cfg, parent, ctx, task) -> dict:
         config = ViTConfig.from_pretrained(start)
         config.update(head(data.labels))
         model = ViTForImageClassification.from_pretrained(start, config=config, ignore_mismatched_sizes=True)
+    if cfg.lora:  # the patch projection stays as pre-training left it
+        model = attention_lora(model, cfg.lora, head="classifier")
     counts = models.count_parameters(model)
     started = time.time()
     fit(model, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
     train_seconds = time.time() - started
+    test, val = data.pixel_values("test"), data.pixel_values("validation")
+    lora = {}
+    if cfg.lora:  # merged into the weights, so export and distill see a plain ViTForImageClassification
+        model, lora = merged(model, ctx.out_dir, lambda m: predict(m, val[:64]))
     save(model, data.preprocessing, ctx.out_dir)
     ctx.details.update(labels=data.labels, data_stats=data.stats, image_size=model.config.image_size,
                        patch_size=model.config.patch_size, augment=data.spec.augment.model_dump())
 
-    test, val = data.pixel_values("test"), data.pixel_values("validation")
     metrics = {**task.test_metrics(predict(model, test), data.target("test")),
                **{f"val_{k}": v for k, v in task.evaluate(predict(model, val), data.target("validation")).items()},
                **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
                "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds,
-               **latency(model, test)}
+               **lora, **latency(model, test)}
     if cfg.control is not None:  # the same architecture from random init, same data, budget and seed
         seed_everything(ctx.seed)
         scratch = fit(ViTForImageClassification(model.config), data, cfg.control.train or cfg.train,

@@ -91,7 +91,7 @@ class Gate(Strict):
 Holds = Literal["masked-lm", "causal-lm", "encoder", "classifier", "regressor", "onnx-classifier", "onnx-encoder",
                 "onnx-regressor", "onnx-anomaly-scorer", "onnx-generator", "service-check"]
 TaskType = Literal["classification", "embedding", "tabular-classification", "tabular-regression", "tabular-anomaly",
-                   "image-classification", "generation"]
+                   "image-classification", "image-embedding", "generation"]
 # a Hugging Face model directory
 HF_HOLDS: tuple[Holds, ...] = ("masked-lm", "causal-lm", "encoder", "classifier", "regressor")
 # model.onnx + runtime files (lifecycle.edge)
@@ -106,7 +106,7 @@ MADE_BY: dict[str, str] = {
     "classifier": "finetune or distill",
     "regressor": "finetune under `task: {type: tabular-regression}`",
     "onnx-classifier": "export under a classification task, or quantize after it",
-    "onnx-encoder": "export under `task: {type: embedding}`, or quantize after it",
+    "onnx-encoder": "export under `task: {type: embedding}` or `image-embedding`, or quantize after it",
     "onnx-regressor": "export under `task: {type: tabular-regression}`, or quantize after it",
     "onnx-anomaly-scorer": "export under `task: {type: tabular-anomaly}`, or quantize after it",
     "onnx-generator": "export under `task: {type: generation}` (a decoder with its KV cache), or quantize after it",
@@ -285,13 +285,11 @@ class Task(Strict):
     embedding: EmbeddingTask | None = Field(None, exclude_if=unset)
     generation: GenerationTask | None = Field(None, exclude_if=unset)
 
-    @model_validator(mode="after")
-    def _settings_of_its_type(self) -> Task:
-        # Each task type's own settings sit under a key named after it (`embedding: {...}`).
-        stray = sorted({key for key in get_args(TaskType) if getattr(self, key, None) is not None} - {self.type})
-        if stray:
-            raise ValueError(f"{stray[0]}: settings for `type: {stray[0]}` only")
-        return self
+    def stray_settings(self, own: str) -> str | None:
+        """The first key of another task type's settings given here; `own`: the key this type reads (each
+        task type's settings sit under a key named after it, `embedding: {...}`, unless its plug-in says)."""
+        return next(iter(sorted({key for key in get_args(TaskType) if getattr(self, key, None) is not None} - {own})),
+                    None)
 
     @property
     def embedding_settings(self) -> EmbeddingTask:

@@ -187,17 +187,6 @@ def build(data, head: dict, source=None, parent: Path | None = None) -> TableTra
     return TableTransformer.from_pretrained(src, config=config, ignore_mismatched_sizes=True)
 
 
-def with_lora(model: TableTransformer, lora):
-    """LoRA adapters on the encoder's attention projections (peft; `query`/`value` unless the stage names
-    others); the new head is trained in full. The feature tokenizer stays as pre-training left it: it is
-    the table's vocabulary, as a text model's embeddings are."""
-    from peft import LoraConfig, get_peft_model
-
-    return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                            target_modules=lora.target_modules or ["query", "value"],
-                                            modules_to_save=["head"]))
-
-
 def finetune(cfg, parent, ctx, task) -> dict:
     """The finetune stage for a table task (`task`: its plug-in, lifecycle.tasks.table_task): build or
     load, train, save (with preprocessing.json), score on test with the from-scratch control (when
@@ -206,6 +195,7 @@ def finetune(cfg, parent, ctx, task) -> dict:
     import time
 
     from lifecycle import LifecycleError, models
+    from lifecycle.components.adapters import attention_lora, merged
     from lifecycle.components.classification import seed_everything
     from lifecycle.edge import PREPROCESSING
 
@@ -221,19 +211,16 @@ def finetune(cfg, parent, ctx, task) -> dict:
         data = data.read_through(json.loads((start / PREPROCESSING).read_text()), start)
     seed_everything(ctx.seed)
     model = build(data, task.head(data), source, None if parent is None else parent.path)
-    if cfg.lora:
-        model = with_lora(model, cfg.lora)
+    if cfg.lora:  # the feature tokenizer stays: it is the table's vocabulary, as a text model's embeddings are
+        model = attention_lora(model, cfg.lora, head="head")
     counts = models.count_parameters(model)
     started = time.time()
     fit(model, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
     train_seconds = time.time() - started
-    merged = {}
+    lora = {}
     if cfg.lora:  # merged into the weights, so export and distill see a plain TableTransformer
-        model.save_pretrained(ctx.out_dir / "adapter", safe_serialization=True)
         probe = {k: v[:64] for k, v in data.features("validation")[0].items()}
-        before = predict(model, probe)
-        model = model.merge_and_unload()
-        merged["lora_merge_max_abs_diff"] = float(abs(before - predict(model, probe)).max())
+        model, lora = merged(model, ctx.out_dir, lambda m: predict(m, probe))
     model.save_pretrained(ctx.out_dir, safe_serialization=True)
     (ctx.out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
     ctx.details.update(labels=data.labels, schema=vars(data.schema), data_stats=data.stats)
@@ -242,7 +229,7 @@ def finetune(cfg, parent, ctx, task) -> dict:
     metrics = {**task.test_metrics(predict(model, test), data.target("test")),
                **{f"val_{k}": v for k, v in task.evaluate(predict(model, val), data.target("validation")).items()},
                **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
-               "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds, **merged}
+               "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds, **lora}
     if cfg.control is not None:  # the same architecture from random init, same data, budget and seed
         seed_everything(ctx.seed)
         scratch = fit(TableTransformer(model.config), data, cfg.control.train or cfg.train,

@@ -17,10 +17,12 @@ the graph) for an embedding model; POST /predict {"rows": [{column: value, ...},
 answers as /classify for a table classifier (null: a missing value; the preprocessing inside the model
 directory turns raw rows into the graph's inputs), POST /regress {"rows": [...]} -> [{"value": float}, ...]
 for a table regressor, POST /score {"rows": [...]} -> [{"anomaly_score": float}, ...] for a table
-anomaly scorer, POST /classify_image (a body of image/png or image/jpeg: one image; or application/json
-{"images": [base64, ...]}: a batch) -> the same answers as /classify for an image classifier (converted
-to the model's mode, transparency composited over black, resized and normalised by the model's own
-image-processor config), with the same batching and the same refusals; POST /generate {"prompts": [...], optional
+anomaly scorer, POST /classify_image (a body of image/png or image/jpeg: one image; multipart/form-data:
+one file part per image; or application/json {"images": [base64, ...]}: a batch) -> the same answers as
+/classify for an image classifier (converted to the model's mode, transparency composited over black,
+resized and normalised by the model's own image-processor config), with the same batching and the same
+refusals; POST /embed_image (the same bodies, checks and refusals) -> [[float, ...], ...] for an image
+embedder; POST /generate {"prompts": [...], optional
 "max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "time_budget_s", "stream"} -> [{"text", "tokens", "finish_reason"}, ...]
 for a generator (greedy at temperature 0; max_new_tokens capped at the settings' max_new_tokens; a request
 stops cleanly after generate_time_budget_s with finish_reason "time"; a prompt with no room left in the
@@ -40,10 +42,12 @@ served model has no use for answers 404 with a JSON error. GET /metadata (name, 
     400  also JSON nested too deeply for the parser (Python's recursion limit)
     413  an image of more than max_image_pixels (width x height, read from its header before any pixel is
          decoded: a decompression bomb costs nothing)
-    415  an image body of another content type; an image (or "images"[i]) that is not an allowed format
-         (image_formats; a text file, a GIF) or of a mode that cannot be converted (16-bit, float)
+    415  an image body of another content type; an image (or "images"[i], or a multipart file part) that is
+         not an allowed format (image_formats; a text file, a GIF) or of a mode that cannot be converted
     422  an image that is recognised but cannot be decoded (truncated, corrupt), an "images" item that is
-         not base64; each message names the item ("images"[2]: ...)
+         not base64, a multipart field that is not a file or more than max_texts files; each message
+         names the item ("images"[2]: ..., part "file" (a.png): ...)
+    400  a multipart body that cannot be parsed (no boundary, truncated)
     413  body over max_body_bytes (Content-Length, or counted while reading a chunked body)
     408  a body still incomplete after body_timeout_s (the connection is then closed)
     429  more than max_concurrency requests in flight (split evenly across workers), counted only from
@@ -77,7 +81,7 @@ from pydantic import BaseModel
 from lifecycle.edge import BUNDLE_REFUSED, BundleError, Predictor
 
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"
-ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score", "/classify_image", "/generate")  # every POST route below; a model answers on the one its task declares
+ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score", "/classify_image", "/embed_image", "/generate")  # every POST route below; a model answers on the one its task declares
 
 
 def _load_config() -> dict:
@@ -186,9 +190,11 @@ class RequestLimits:
         headers = dict(scope["headers"])
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         image_body = predictor.image is not None and media in IMAGE_MEDIA
-        if media != b"application/json" and not image_body:  # includes application/vnd.bentoml+pickle: never unpickle input
+        upload = predictor.image is not None and media == b"multipart/form-data"
+        if media != b"application/json" and not (image_body or upload):  # includes application/vnd.bentoml+pickle: never unpickle input
             shown = media.decode("latin-1")[:80] or "none"
-            allowed = "image/png, image/jpeg or application/json" if predictor.image is not None else "application/json"
+            allowed = ("image/png, image/jpeg, multipart/form-data or application/json" if predictor.image is not None
+                       else "application/json")
             return await _error(scope, receive, send, 415, f"content type must be {allowed} (got {shown})")
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.s["max_body_bytes"]):
@@ -214,7 +220,7 @@ class RequestLimits:
                                 f"request body not complete after {self.s['body_timeout_s']:g} s")
         body = b"".join(chunks)
         if predictor.image is not None:
-            problem, status, payload = await self.check_images(body, image_body)
+            problem, status, payload = await self.check_images(body, image_body, scope if upload else None)
             if problem:
                 return await _error(scope, receive, send, status, problem)
             # BentoML gets the checked images as the JSON its route declares, whatever the client sent
@@ -287,15 +293,20 @@ class RequestLimits:
         del self.opened[key]
         return True
 
-    async def check_images(self, body: bytes, image_body: bool) -> tuple[str | None, int, dict | None]:
+    async def check_images(self, body: bytes, image_body: bool, upload=None) -> tuple[str | None, int, dict | None]:
         """(problem, HTTP status, {"images": [base64, ...]}) for an image model's request: one image as the
-        body, or a JSON list of base64 images. Every image is decoded here, its pixel count checked from
-        its header first (lifecycle.edge.decode_image), so the model never sees a bad one and the message
-        names the item. Large bodies are decoded in a thread: the event loop keeps answering."""
+        body, a multipart upload (`upload`: its scope) of image files, or a JSON list of base64 images. Every
+        image is decoded here, its pixel count checked from its header first (lifecycle.edge.decode_image),
+        so the model never sees a bad one and the message names the item. Large bodies are decoded in a
+        thread: the event loop keeps answering."""
         import base64
 
         if image_body:
             items, names = [body], ["the image"]
+        elif upload is not None:
+            problem, status, items, names = await self.uploaded_images(body, upload)
+            if problem:
+                return problem, status, None
         else:
             try:
                 payload = json.loads(body)
@@ -334,6 +345,33 @@ class RequestLimits:
         if problem:
             return problem, status, None
         return None, 200, {"images": [base64.b64encode(item).decode("ascii") for item in items]}
+
+    async def uploaded_images(self, body: bytes, scope) -> tuple[str | None, int, list[bytes], list[str]]:
+        """(problem, HTTP status, images, their names) of a multipart/form-data body (already read, within
+        max_body_bytes): every part must be a file, at most max_texts of them, in the order sent. Parsed by
+        Starlette's parser (python-multipart), as BentoML's own form inputs are."""
+        from starlette.datastructures import Headers, UploadFile
+        from starlette.formparsers import MultiPartException, MultiPartParser
+
+        async def stream():
+            yield body
+
+        limit = self.s["max_texts"]
+        try:  # the parser stops at the first file over the limit
+            form = await MultiPartParser(Headers(scope=scope), stream(), max_files=limit, max_fields=limit).parse()
+        except MultiPartException as exc:
+            if exc.message.startswith("Too many files"):
+                return f"multipart body has more than {limit} files; the limit is {limit} per request", 422, [], []
+            return f"multipart body: {exc.message}", 400, [], []
+        try:
+            parts = form.multi_items()
+            field = next((name for name, value in parts if not isinstance(value, UploadFile)), None)
+            if field is not None or not parts:
+                shown = f'field "{field}" is not a file' if field is not None else "body has no parts"
+                return f"multipart {shown}; send each image as a file part", 422, [], []
+            return None, 200, [await f.read() for _, f in parts], [f'part "{n}" ({f.filename})' for n, f in parts]
+        finally:
+            await form.close()
 
     def check(self, payload, predictor) -> str | None:
         if predictor.generation is not None:
@@ -549,12 +587,20 @@ class Classifier:
                  max_latency_ms=SETTINGS["max_latency_ms"])
     async def classify_image(self, images: list[str]) -> Annotated[list[Prediction], ContentType("application/json")]:
         # base64 images already decoded once and checked by RequestLimits.check_images
-        return await self.infer(self.classify_base64, images)
+        return await self.infer(self.from_base64(self.predictor.classify_images), images)
 
-    def classify_base64(self, images: list[str]) -> list[dict]:
+    @bentoml.api(route="/embed_image", batchable=SETTINGS["batching"], max_batch_size=SETTINGS["max_batch_size"],
+                 max_latency_ms=SETTINGS["max_latency_ms"])
+    async def embed_image(self, images: list[str]) -> Annotated[list[list[float]], ContentType("application/json")]:
+        # the same checks as /classify_image (RequestLimits.check_images): only the edge method differs
+        return (await self.infer(self.from_base64(self.predictor.embed_images), images)).tolist()
+
+    @staticmethod
+    def from_base64(method):
+        """An edge image method taking the base64 images of a checked request."""
         import base64
 
-        return self.predictor.classify_images([base64.b64decode(i) for i in images])
+        return lambda images: method([base64.b64decode(i) for i in images])
 
     # Adaptive batching off: a decoding loop runs one prompt at a time (lifecycle.edge: no padding, the same
     # answer whatever else is in flight), so batching would only queue requests behind each other.

@@ -71,7 +71,7 @@ def test_an_image_task_needs_an_image_source_and_refuses_text_only_settings():
     raw = {"name": "d", "data": {"digits": {"format": "sklearn-digits"}},
            "task": {"type": "image-classification", "data": "digits"},
            "stages": [{"kind": "finetune", "model": {"preset": "bert-tiny"}, "lora": {}}]}
-    with pytest.raises(ConfigError, match=r"stages\[0\].lora: not supported for image-classification"):
+    with pytest.raises(ConfigError, match=r"stages\[0\].lora: adapters on a randomly initialised image model"):
         config.build(raw)
 
 
@@ -209,6 +209,23 @@ def test_classify_image_answers_as_the_edge_runtime_does(server, folder_run):
     assert server.post("/classify", json={"texts": ["x"]}).status_code == 404  # an image model answers /classify_image
 
 
+def test_a_multipart_upload_is_checked_and_answered_as_the_other_bodies(server):
+    files = [("images", ("one.png", png(DIGIT), "image/png")), ("images", ("two.png", png(255 - DIGIT), "image/png"))]
+    r = server.post("/classify_image", files=files)
+    want = server.post("/classify_image", json={"images": [base64.b64encode(png(x)).decode() for x in (DIGIT, 255 - DIGIT)]})
+    assert r.status_code == 200 and r.json() == want.json(), r.text
+    refusals = [({"files": [files[0], ("images", ("notes.png", b"just text", "image/png"))]}, 415,
+                 'part "images" (notes.png): not a PNG or JPEG image'),
+                ({"files": files, "data": {"caption": "a digit"}}, 422, 'multipart field "caption" is not a file'),
+                ({"files": files * 3}, 422, "more than 4 files; the limit is 4 per request"),
+                ({"content": b"--x\r\nnot a part", "headers": {"content-type": "multipart/form-data; boundary=x"}}, 400,
+                 "multipart body")]
+    for request, status, says in refusals:
+        r = server.post("/classify_image", **request)
+        assert r.status_code == status and says in r.json()["error"], r.text
+        assert server.get("/livez").status_code == 200
+
+
 def _bomb() -> bytes:  # 2000 x 2000 black pixels: 4 M pixels in a few kB
     return png(np.zeros((2000, 2000), np.uint8), optimize=True)
 
@@ -225,7 +242,7 @@ def _gif() -> bytes:
     (lambda: b"just some text, not an image", "image/png", 415, "not a PNG or JPEG image"),
     (_gif, "image/png", 415, "not a PNG or JPEG image"),  # a format outside the allowlist
     (lambda: png(np.zeros((300, 300), np.uint8)) + b"\0" * (70 << 10), "image/png", 413, "body over 65536 bytes"),
-    (lambda: png(DIGIT), "image/gif", 415, "content type must be image/png, image/jpeg or application/json"),
+    (lambda: png(DIGIT), "image/gif", 415, "content type must be image/png, image/jpeg, multipart/form-data or application/json"),
     (lambda: json.dumps({"images": [base64.b64encode(png(DIGIT)).decode(), base64.b64encode(b"text").decode()]}).encode(),
      "application/json", 415, '"images"[1]: not a PNG or JPEG image'),
     (lambda: json.dumps({"images": [base64.b64encode(png(DIGIT)).decode(), "@@not base64@@"]}).encode(),
@@ -250,9 +267,11 @@ def test_masked_image_pretraining_learns_to_reconstruct_and_the_classifier_start
            "task": {"type": "image-classification", "data": "digits"},
            "stages": [{"kind": "pretrain", "data": "digits", "objective": "masked-image", "mlm_probability": 0.5,
                        "model": {"preset": "bert-tiny", "overrides": {"patch_size": 2}}, "train": TRAIN},
-                      {"kind": "finetune", "train": {**TRAIN, "epochs": 1}, "collapse_min": None}]}
+                      {"kind": "finetune", "train": {**TRAIN, "epochs": 1}, "collapse_min": None},
+                      {"kind": "finetune", "name": "lora", "parent": "pretrain", "lora": {"r": 4, "alpha": 8},
+                       "train": {**TRAIN, "epochs": 1}, "collapse_min": None}]}
     outcomes = pipeline.run(config.build(raw), workdir=tmp_path, echo=quiet)
-    assert [o.status for o in outcomes] == ["passed", "passed"]
+    assert [o.status for o in outcomes] == ["passed", "passed", "passed"]
     run = tmp_path / "mim"
     m = metrics(run, "pretrain")
     assert m["reconstruction_loss"] < 0.9 * m["reconstruction_loss_init"]
@@ -262,6 +281,14 @@ def test_masked_image_pretraining_learns_to_reconstruct_and_the_classifier_start
     assert pre[key].shape == fine[key].shape and "decoder.0.weight" in pre and "classifier.weight" in fine
     assert json.loads((run / "finetune" / IMAGE_PROCESSOR).read_text()) == json.loads(
         (run / "pretrain" / IMAGE_PROCESSOR).read_text())  # the pre-trained model's preprocessing travels
+
+    # LoRA on the attention projections, merged: a plain classifier whose patch projection pre-training left
+    lora, tuned = metrics(run, "lora"), load_file(run / "lora" / "model.safetensors")
+    assert lora["trainable_fraction"] < 0.5 and lora["lora_merge_max_abs_diff"] < 1e-4, lora
+    assert not any("lora" in k for k in tuned) and (run / "lora" / "adapter" / "adapter_config.json").is_file()
+    assert (tuned[key] == pre[key]).all()
+    query = "vit.encoder.layer.0.attention.attention.query.weight"
+    assert not (tuned[query] == pre[query]).all()  # the adapter's update, merged into the weights
 
 
 # ------------------------------------------------------------------------------------------- digits

@@ -25,6 +25,7 @@ from lifecycle.components.classification import (
     collapse_gate,
 )
 from lifecycle.components.training import EarlyStopping, TrainConfig
+from lifecycle.embedding import IMAGE_EMBEDDING_TRAINING
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION, TABLE_REGRESSION
@@ -57,7 +58,8 @@ class Control(Strict):
 
 class Config(StageBase):
     kind: Literal["finetune"]
-    tasks = ("classification", "tabular-classification", "tabular-regression", "image-classification", "generation")
+    tasks = ("classification", "tabular-classification", "tabular-regression", "image-classification",
+             "image-embedding", "generation")
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # start from here instead of the parent stage's artifact
     train: TrainConfig = TrainConfig()
@@ -103,7 +105,8 @@ class Config(StageBase):
         return {*CLASSIFICATION, *TORCH_LATENCY, *VAL_METRICS, "eval_loss", "params_total", "params_trainable",
                 "trainable_fraction", "size_mb", "train_seconds", "train_steps", "lora_merge_max_abs_diff",
                 "data_wait_fraction", *CONTROL_METRICS, *(f"baseline_tfidf_{m}" for m in CLASSIFICATION),
-                *COLLAPSE_METRICS, *TABLE_METRICS, *IMAGE_METRICS, *GENERATION_METRICS}
+                *COLLAPSE_METRICS, *TABLE_METRICS, *IMAGE_METRICS, *GENERATION_METRICS,
+                *IMAGE_EMBEDDING_TRAINING}
 
     def task_problem(self, task: TaskType) -> str | None:
         return tasks.get(task).finetune_problem(self)

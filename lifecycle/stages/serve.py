@@ -3,7 +3,8 @@
 The test split goes through a real `bentoml serve` process on 127.0.0.1 (a free port) from `clients`
 concurrent keep-alive connections, each text exactly once. Accuracy over HTTP must equal the parent's:
 the server runs the same `lifecycle.edge` predictor as the export/quantize stage (one inference path),
-so the default gates are `accuracy` with no drop vs the parent, zero errors, and every answer equal to
+so the default gates are `accuracy` with no drop vs the parent (an embedder's headline instead: `knn_accuracy`
+of the HTTP embeddings against the in-process ones of the training split), zero errors, and every answer equal to
 the same text's answer run in-process (`prediction_mismatches`): every class score within
 `score_tolerance`, and the same label unless the in-process top two scores are within
 `score_tolerance` of each other (a tie that rounding may break either way). `lifecycle.edge` makes a
@@ -25,13 +26,13 @@ from lifecycle.serving import ServingSettings
 
 HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms", "requests_per_s",
                 "error_count", "http_accuracy", "accuracy", "f1_macro", "f1_micro", "auroc", "prediction_mismatches",
-                "score_max_abs_diff", "answered_fraction")
+                "score_max_abs_diff", "answered_fraction", "knn_accuracy")
 
 
 class Config(StageBase):
     kind: Literal["serve"]
     # classifiers: it scores the answers' labels against the test labels; generators: answers token for token
-    tasks = ("classification", "tabular-classification", "image-classification", "generation")
+    tasks = ("classification", "tabular-classification", "image-classification", "image-embedding", "generation")
     clients: int = Field(8, ge=1, description="concurrent keep-alive connections")
     texts_per_request: int = Field(1, ge=1)  # 1: latency per text, as a user calling the API sees it
     warmup_requests: int = Field(16, ge=0)  # not measured
@@ -54,8 +55,16 @@ class Config(StageBase):
         return set(HTTP_METRICS)
 
     def adopt_task(self, task: TaskType | None) -> None:
-        if task is not None and not tasks.get(task).serve_accuracy:  # no labels to score: drop that default
-            self.gates = [g for g in self.gates if g != Gate(metric="accuracy", max_drop=0.0)]
+        default = Gate(metric="accuracy", max_drop=0.0)
+        if task is None or default not in self.gates:
+            return
+        plugin = tasks.get(task)
+        if not plugin.serve_accuracy:  # no labels to score: drop that default
+            self.gates = [g for g in self.gates if g != default]
+        elif plugin.scores[0] != "accuracy":  # an embedder: its HTTP answers score as well by its kNN headline
+            headline = [] if any(g.metric == plugin.scores[0] for g in self.gates) else [
+                Gate(metric=plugin.scores[0], max_drop=0.0)]
+            self.gates = [*(g for g in self.gates if g != default), *headline]
 
     def model_post_init(self, _ctx) -> None:
         # One inference path: HTTP accuracy equal to the parent's, and no failed request, unless the
@@ -94,7 +103,7 @@ def run(cfg: Config, parent, ctx) -> dict:
         except (ValueError, TypeError):
             continue
     local = Predictor.open(parent.path)
-    metrics = task.answer_scores(answers, test, local)
+    metrics = task.served_scores(answers, ctx, local)
     metrics.update(one_path_agreement(task, answers, local.answers(texts), cfg.score_tolerance))
     if "accuracy" in metrics:
         metrics["http_accuracy"] = metrics["accuracy"]

@@ -34,6 +34,7 @@ from lifecycle.tasks import (
     embedding,
     generation,
     image_classification,
+    image_embedding,
     tabular_anomaly,
     tabular_classification,
     tabular_regression,
@@ -42,7 +43,7 @@ from lifecycle.tasks.base import TaskPlugin
 
 REGISTRY: dict[str, TaskPlugin] = {t.name: t for t in (classification.TASK, embedding.TASK, tabular_classification.TASK,
                                                         tabular_regression.TASK, tabular_anomaly.TASK,
-                                                        image_classification.TASK,
+                                                        image_classification.TASK, image_embedding.TASK,
                                                         generation.TASK)}
 DEFAULT = "classification"  # a pipeline without `task: {type: ...}`
 

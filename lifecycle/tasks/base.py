@@ -32,6 +32,7 @@ class TaskPlugin:
     # source must be of the same kind.
     reads: ClassVar[str] = "text"
     labelled_data: ClassVar[bool] = True  # whether `task.data` must be a labelled source (label_field set)
+    settings_key: ClassVar[str | None] = None  # the key of `task:` holding this task's settings; None: its name
     graph_fusions: ClassVar[bool] = True  # whether export tries onnxruntime's transformer fusions
     request_key: ClassVar[str] = "texts"
     # The serve stage's default gate: its HTTP answers score as well as the parent (accuracy against the
@@ -58,6 +59,10 @@ class TaskPlugin:
 
     def distill_problem(self, cfg) -> str | None:
         """"field: why" for a distill setting this task's recipe does not support, else None."""
+        return None
+
+    def settings_problem(self, task) -> str | None:
+        """"field: why" for a setting under `task:` (schema.Task) that this task cannot honour, else None."""
         return None
 
     def data(self, ctx):
@@ -145,7 +150,7 @@ class TaskPlugin:
 
     def prediction_details(self, predictor, rows, outputs) -> dict:
         """What the manifest records of a test run: the sample predictions (and whatever else the task keeps)."""
-        return {"sample_predictions": self.sample_predictions(predictor, rows["text"][:SAMPLE_PREDICTIONS])}
+        return {"sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}
 
     def encoder_scores(self, embed, pipeline) -> dict:
         """Scores of an encoder being trained (the contrastive objective) under this task; `embed(texts)`."""
@@ -156,9 +161,34 @@ class TaskPlugin:
         `predictor`: the same model in-process. Tasks the serve stage does not score leave this out."""
         raise NotImplementedError
 
+    def served_scores(self, answers: list, ctx, predictor) -> dict:
+        """The quality `scores` of the answers a service gave for the test split of a serve stage's context
+        `ctx`: `answer_scores` on it, unless the task needs more than the test split (kNN: the train split)."""
+        return self.answer_scores(answers, ctx.task_data().splits["test"], predictor)
+
     def answers_agree(self, http, local, tolerance: float) -> tuple[bool, float]:
         """(whether an HTTP answer equals the in-process answer for the same text, largest difference)."""
         raise NotImplementedError
+
+
+class EmbeddingAnswers:
+    """An embedder (texts or images): its graph's output is one pooled vector per input, the pooling recorded
+    in schema.json and the manifest; an HTTP answer agrees with the in-process one number by number."""
+
+    def width(self, model) -> int:
+        return model.config.hidden_size
+
+    def graph_schema(self, model) -> dict:
+        return {**super().graph_schema(model), "pooling": model.pooling.model_dump()}
+
+    def prediction_details(self, predictor, rows, outputs) -> dict:
+        return {"pooling": predictor.schema.get("pooling"), **super().prediction_details(predictor, rows, outputs)}
+
+    def answers_agree(self, http, local, tolerance):
+        import numpy as np
+
+        diff = float(np.abs(np.asarray(http, dtype=np.float64) - np.asarray(local, dtype=np.float64)).max())
+        return diff <= tolerance, diff
 
 
 class ClassAnswers:
@@ -225,6 +255,10 @@ def own_recipe_problem(cfg, task: str, baseline: str, model_kind: str, lora: boo
                    "baseline": cfg.baseline or None, "head_pooling": None if cfg.head_pooling == "auto" else 1}
     if not lora:
         unsupported = {"lora": cfg.lora, **unsupported}
+    elif cfg.lora and cfg.model is not None and cfg.model.preset:
+        noun = model_kind.split(" ", 1)[1]  # "a table model" -> "table model"
+        return (f"lora: adapters on a randomly initialised {noun} learn next to nothing; start from a pre-trained "
+                f"{noun} (a pretrain stage or a `model.path`), or train in full")
     given = next((k for k, v in unsupported.items() if v is not None), None)
     if given:
         why = f" (the {baseline} baseline is always reported)" if given == "baseline" else ""

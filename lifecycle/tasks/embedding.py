@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.embedding import EMBEDDING_METRICS, FIDELITY_METRICS
-from lifecycle.tasks.base import TaskPlugin
+from lifecycle.tasks.base import EmbeddingAnswers, TaskPlugin
 
 
-class Embedding(TaskPlugin):
+class Embedding(EmbeddingAnswers, TaskPlugin):
     name = "embedding"
     export_reads = ("encoder", "masked-lm")
     export_hint = "an embedding export reads an encoder (pretrain or adapt with `objective: contrastive`)"
@@ -44,12 +44,6 @@ class Embedding(TaskPlugin):
 
         return embed_torch(model, tokenizer, texts, max_length, batch_size)
 
-    def width(self, model) -> int:
-        return model.config.hidden_size
-
-    def graph_schema(self, model) -> dict:
-        return {**super().graph_schema(model), "pooling": model.pooling.model_dump()}
-
     def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
         from lifecycle.embedding import fidelity, task_metrics
 
@@ -59,19 +53,10 @@ class Embedding(TaskPlugin):
             metrics.update(fidelity(reference, x))
         return metrics, x
 
-    def prediction_details(self, predictor, rows, outputs) -> dict:
-        return {"pooling": predictor.schema.get("pooling"), **super().prediction_details(predictor, rows, outputs)}
-
     def encoder_scores(self, embed, pipeline) -> dict:
         from lifecycle.embedding import task_metrics
 
         return task_metrics(embed, pipeline)
-
-    def answers_agree(self, http, local, tolerance):
-        import numpy as np
-
-        diff = float(np.abs(np.asarray(http, dtype=np.float64) - np.asarray(local, dtype=np.float64)).max())
-        return diff <= tolerance, diff
 
 
 TASK = Embedding()

@@ -33,9 +33,6 @@ class TableTask(TaskPlugin):
         return tabular.finetune(cfg, parent, ctx, self)
 
     def finetune_problem(self, cfg) -> str | None:
-        if cfg.lora and cfg.model is not None and cfg.model.preset:
-            return ("lora: adapters on a randomly initialised table model learn next to nothing; start from a "
-                    "pre-trained table model (a pretrain stage or a `model.path`), or train in full")
         return own_recipe_problem(cfg, self.name, "gradient-boosting", "a table model", lora=True)
 
     def distill(self, cfg, parent, ctx) -> dict:
