@@ -17,13 +17,25 @@ SCORES = tuple(t.scores[0] for t in tasks.REGISTRY.values())  # each task's head
 LATENCY_COLUMNS = ("torch_latency_p50_ms", "ort_latency_p50_ms", "http_latency_p50_ms")
 
 
+# LIFECYCLE_PLOTS=0: no PNGs (report.json, report.md and junit.xml as always). Drawing them costs ~0.3-0.6 s a
+# run: nothing for a person's run, but a CI job that reads only the verdict, or the test suite (~100 runs,
+# ~30 s of drawing), can skip it; `lifecycle report RUN_DIR` draws them later from the manifests.
+PLOTS_ENV = "LIFECYCLE_PLOTS"
+
+
 def write(run_dir: Path, pipeline_name: str, outcomes, junit_path: Path | None = None,
           run_state: str = "finished") -> dict:
+    import os
+    import shutil
+
     data = as_json(pipeline_name, outcomes, run_state)
     write_json(run_dir / "report.json", data)
+    if os.environ.get(PLOTS_ENV, "1") != "0":
+        plots(run_dir, outcomes)  # before report.md, which shows the plots it finds
+    else:
+        shutil.rmtree(run_dir / "plots", ignore_errors=True)  # an earlier run's: they would not match this report
     _atomic_text(run_dir / "report.md", markdown(data, run_dir))
     write_junit(data, junit_path or run_dir / "junit.xml")
-    plots(run_dir, outcomes)
     return data
 
 

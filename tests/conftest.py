@@ -7,6 +7,8 @@ import pytest
 for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
                    "ORT_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(key, value)
+# No report PNGs unless a test asks for them (the `plots` fixture): ~100 runs would spend ~30 s drawing them.
+os.environ["LIFECYCLE_PLOTS"] = "0"
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -40,6 +42,12 @@ def tiny_pipeline(**overrides) -> dict:
 def needs_shared_data(*parts: str):
     path = SHARED_DATA.joinpath(*parts)
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent (../shared/data is only on project machines)")
+
+
+@pytest.fixture
+def plots(monkeypatch):
+    """Runs in the test write report plots (see lifecycle.report.PLOTS_ENV)."""
+    monkeypatch.setenv("LIFECYCLE_PLOTS", "1")
 
 
 @pytest.fixture

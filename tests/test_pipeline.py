@@ -23,10 +23,13 @@ def write(path, raw):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """One completed two-stage run; tests get a private copy of it."""
+    """One completed two-stage run, with its report plots; tests get a private copy of it."""
     root = tmp_path_factory.mktemp("finished")
     pipe = write(root / "tiny.yaml", tiny_pipeline())
-    assert main(["run", str(pipe), "--workdir", str(root / "runs")]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIFECYCLE_PLOTS", "1")
+        assert main(["run", str(pipe), "--workdir", str(root / "runs")]) == 0
+    assert "![stages.png](plots/stages.png)" in (root / "runs" / "tiny" / "report.md").read_text()
     return root
 
 
@@ -141,7 +144,7 @@ def test_gate_refuses_a_tampered_run(run, capsys):
     assert "export/model.onnx: changed" in capsys.readouterr().out
 
 
-def test_report_command_rebuilds_reports(run):
+def test_report_command_rebuilds_reports(run, plots):
     _, _, run_dir = run
     for name in ("report.md", "junit.xml", "plots/stages.png"):
         (run_dir / name).unlink()
@@ -153,6 +156,15 @@ def test_report_command_rebuilds_reports(run):
     recorded = {s["name"]: json.loads((run_dir / s["name"] / "manifest.json").read_text())["timings"]["seconds"]
                 for s in stages}
     assert all(s["seconds"] == round(recorded[s["name"]], 2) > 0 for s in stages)
+
+
+def test_reports_without_plots_drop_the_old_ones(run, monkeypatch):
+    """LIFECYCLE_PLOTS=0: report.md no longer shows the plots of an earlier report, which are removed."""
+    _, _, run_dir = run
+    monkeypatch.setenv("LIFECYCLE_PLOTS", "0")
+    assert (run_dir / "plots" / "stages.png").is_file()  # the copied run's, drawn when it ran
+    assert main(["report", str(run_dir)]) == 0
+    assert not (run_dir / "plots").exists() and "plots/" not in (run_dir / "report.md").read_text()
 
 
 def test_from_forces_a_rebuild(run, capsys):

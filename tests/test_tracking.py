@@ -26,7 +26,7 @@ def test_training_writes_per_step_metrics_and_data_wait(tmp_path):
     assert 0.0 <= art.metrics["data_wait_fraction"] < 1.0
 
 
-def test_mlflow_logs_to_a_real_local_store(tmp_path):
+def test_mlflow_logs_to_a_real_local_store(tmp_path, plots):
     import mlflow  # the [mlflow] extra, which `make setup` installs: a broken install fails here, never skips
     store = tmp_path / "mlruns"
     raw = finetune_only(tracking={"mlflow": str(store), "experiment": "tests"})

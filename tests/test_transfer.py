@@ -54,7 +54,7 @@ def test_gate_on_an_unknown_transfer_metric_is_a_config_error():
         build(pretrain_then_finetune({}, gates=[{"metric": "adaptation_gainz", "min": 0}]))
 
 
-def test_adaptation_probe_gain_and_transfer_plot(tmp_path):
+def test_adaptation_probe_gain_and_transfer_plot(tmp_path, plots):
     probe = {"data": "news", "max_length": 32, "limit": 120}
     raw = pretrain_then_finetune({})
     pre = raw["stages"][0]
