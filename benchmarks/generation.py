@@ -1,5 +1,6 @@
 """Decoding cost per generated token at batch 1: PyTorch eager (with its own KV cache), our ONNX decoder with
-and without the KV cache, its int8 and int4 (MatMulNBits) graphs, and optimum's ORTModelForCausalLM on the
+and without the KV cache, its int8 graphs (embedding lookups kept in float, as pipelines/brown_generation.yaml
+ships it, and with them quantized too), its int4 (MatMulNBits) graph, and optimum's ORTModelForCausalLM on the
 same exported graph, at prompt lengths 32-512.
 
     flock /tmp/lifecycle-heavy.lock python benchmarks/generation.py --quick   # a few minutes on 2 cores
@@ -9,7 +10,9 @@ weights (cost does not depend on the weights' values), or `--model DIR` (a local
 Per engine and prompt length: time to first token (the prompt's forward pass) and the median milliseconds
 per generated token over `--tokens` decoding steps (the step after the prompt, repeated), 2 onnxruntime /
 torch threads. Checks (issue 19): int8 >= 2x PyTorch eager per token at batch 1 (prompt 128), and our
-decoder no slower than optimum's ORTModelForCausalLM on the same model (per token, prompt 128).
+decoder no slower than optimum's ORTModelForCausalLM on the same model (per token, prompt 128). Beside
+them, onnxruntime's own profile of a decoding step (fp32 and int8, prompt 128): kernel time per op type,
+which says where int8 saves (the integer matrix products) and what it adds (quantizing activations).
 Writes benchmarks/results/generation.json and generation.png (per-token cost vs prompt length).
 """
 
@@ -62,8 +65,11 @@ def export_all(src: Path, work: Path) -> dict[str, Path]:
     TASK.export_graph(model, tokenizer, fp32 / "model.onnx", 17)
     TASK.write_runtime_files(fp32, src, tokenizer, task, onnx_input_names(fp32 / "model.onnx"), model)
     dirs = {"onnx_fp32": fp32}
-    for method, name in (("dynamic-int8", "onnx_int8"), ("int4", "onnx_int4")):
-        build(Settings(method=method), fp32, work / name, work=work / "scratch")
+    # onnx_int8: as pipelines/brown_generation.yaml quantizes, embedding lookups (Gather) kept in float;
+    # onnx_int8_gather: every op type onnxruntime's dynamic quantizer knows, Gather included
+    for settings, name in ((Settings(method="dynamic-int8", exclude_op_types=["Gather"]), "onnx_int8"),
+                           (Settings(method="dynamic-int8"), "onnx_int8_gather"), (Settings(method="int4"), "onnx_int4")):
+        build(settings, fp32, work / name, work=work / "scratch")
         dirs[name] = work / name
     return dirs
 
@@ -94,6 +100,35 @@ def onnx_step(predictor, cache: bool):
 
     state_past = [None]
     return step
+
+
+def op_profile(path: Path, prompt: list[int], tokens: int, work: Path) -> dict:
+    """Where a cached decoding step's time goes: onnxruntime's profiler over `tokens` steps after `prompt`
+    (the prompt's own run left out), kernel time summed per op type, as a share of all kernel time, plus
+    the mean kernel milliseconds per step. The evidence for what int8 costs and saves per token."""
+    import json
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    from lifecycle.edge import Predictor
+
+    predictor = Predictor.open(path, threads=THREADS)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
+    opts.enable_profiling, opts.profile_file_prefix = True, str(work / f"profile-{path.name}")
+    predictor.session = ort.InferenceSession(str(path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    per_token_ms(onnx_step(predictor, cache=True), prompt, tokens)
+    trace = json.loads(Path(predictor.session.end_profiling()).read_text())
+    runs = sorted((e for e in trace if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    after_prompt = runs[0]["ts"] + runs[0]["dur"]
+    kernels = Counter()
+    for e in trace:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= after_prompt:
+            kernels[e["args"]["op_name"]] += e["dur"]
+    total = sum(kernels.values())
+    return {"kernel_ms_per_token": total / 1000 / tokens,
+            "op_share": {op: round(us / total, 4) for op, us in kernels.most_common(8)}}
 
 
 def torch_step(model):
@@ -164,6 +199,11 @@ def main() -> int:
             results["engines"][name] = per
         results["engines"]["optimum_ort_cache"] = {REFERENCE_LENGTH: {"ms_per_token": optimum_ms(
             dirs["onnx_fp32"], [1] * REFERENCE_LENGTH, tokens)}}
+        results["op_profile"] = {name: op_profile(dirs[name], [1] * REFERENCE_LENGTH, tokens, work)
+                                 for name in ("onnx_fp32", "onnx_int8", "onnx_int8_gather")}
+        for name, prof in results["op_profile"].items():
+            shares = ", ".join(f"{op} {share:.0%}" for op, share in list(prof["op_share"].items())[:5])
+            print(f"{name} kernels per token at prompt {REFERENCE_LENGTH}: {prof['kernel_ms_per_token']:.2f} ms ({shares})")
     e, n = results["engines"], REFERENCE_LENGTH
     speedup = e["torch_eager_cache"][n]["ms_per_token"] / e["onnx_int8_cache"][n]["ms_per_token"]
     vs_optimum = e["onnx_fp32_cache"][n]["ms_per_token"] / e["optimum_ort_cache"][n]["ms_per_token"]
