@@ -87,6 +87,8 @@ class Pipeline(Strict):
                         raise ValueError(f"{gwhere}.vs: stage '{ref.label}' does not report '{gate.ref_key}'{hint}")
             for field, (name, labelled) in stage.data_refs().items():
                 self._check_source(f"{where}.{field}", name, labelled)
+            if problem := stage.source_problem({f: self.data[name] for f, (name, _) in stage.data_refs().items()}):
+                raise ValueError(f"{where}.{problem}")
             seen[stage.label] = stage
         return self
 

@@ -93,6 +93,33 @@ def info_nce(anchors, candidates, temperature: float, positives=None):
     return -((logits.log_softmax(-1) * positives).sum(-1) / positives.sum(-1)).mean()
 
 
+def retrieval_scores(anchors, positives, temperature: float, batch_size: int) -> dict[str, float]:
+    """Held-out scores of a two-view objective on (n, dim) embeddings, in batches of `batch_size` as training
+    sees them: the mean InfoNCE loss and the share of anchors whose most similar candidate in their batch is
+    their own positive (`contrastive_top1`), each beside its chance level (log b and 1/b for a batch of b: a
+    model that cannot tell examples apart). A last batch of one is skipped: it has no negative."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    sums = dict.fromkeys(("contrastive_loss", "contrastive_loss_chance", "contrastive_top1",
+                          "contrastive_top1_chance"), 0.0)
+    seen = 0
+    for start in range(0, len(anchors), batch_size):
+        a, p = anchors[start : start + batch_size], positives[start : start + batch_size]
+        b = len(a)
+        if b < 2:
+            continue
+        nearest = (F.normalize(a, dim=-1) @ F.normalize(p, dim=-1).T).argmax(-1)
+        sums["contrastive_loss"] += float(info_nce(a, p, temperature)) * b
+        sums["contrastive_loss_chance"] += math.log(b) * b
+        sums["contrastive_top1"] += float((nearest == torch.arange(b, device=a.device)).sum())
+        sums["contrastive_top1_chance"] += 1.0
+        seen += b
+    return {k: v / max(1, seen) for k, v in sums.items()}
+
+
 # ------------------------------------------------------------------------------ classifier head pooling
 # A sequence classifier (BertForSequenceClassification...) feeds its head the pooler's view of the
 # [CLS] state. An encoder trained for mean pooling (all-MiniLM-L6-v2 and most sentence-transformers)

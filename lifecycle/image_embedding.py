@@ -80,6 +80,14 @@ class TwoViews(Images):
         return {**super().__getitem__(i), "second_view": self.pixel_values(i)}
 
 
+def two_view_loss(a, b, temperature: float, positives=None):
+    """InfoNCE (lifecycle.embedding.info_nce) of the first views against the second and back, averaged: each
+    view is an anchor once. `positives`: SupCon's same-label matrix (symmetric), None for SimCLR."""
+    from lifecycle.embedding import info_nce
+
+    return (info_nce(a, b, temperature, positives) + info_nce(b, a, temperature, positives)) / 2
+
+
 class ViewsTrainer(Trainer):
     """transformers.Trainer with the two-view contrastive loss on a ViT body (see the module docstring)."""
 
@@ -89,13 +97,11 @@ class ViewsTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # the Trainer then averages over gradient accumulation
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from lifecycle.embedding import info_nce
-
         labels = inputs["labels"]
         # both views in one forward pass: one call, and one set of layer-norm statistics per step
         a, b = pooled(model, torch.cat([inputs["pixel_values"], inputs["second_view"]]), self.pooling).chunk(2)
         same = labels[:, None] == labels[None, :]  # the diagonal (an image's own other view) included
-        loss = (info_nce(a, b, self.temperature, same) + info_nce(b, a, self.temperature, same)) / 2
+        loss = two_view_loss(a, b, self.temperature, same)
         return (loss, {"embeddings": a}) if return_outputs else loss
 
 

@@ -92,36 +92,17 @@ class CorruptedRows(Rows):
 
 @torch.inference_mode()
 def held_out(model: ScarfModel, feeds: dict, corruption: float, seed: int, batch_size: int) -> dict:
-    """On held-out rows with a fixed corruption, in batches of `batch_size`: the mean InfoNCE loss and the
-    share of rows whose nearest corrupted copy in the batch is their own (`contrastive_top1`), each beside
-    its chance level (log b and 1/b for a batch of b rows: a model that cannot tell rows apart)."""
-    import math
-
-    import torch.nn.functional as F
-
-    from lifecycle.contrastive import info_nce
+    """On held-out rows with a fixed corruption, in batches of `batch_size`: lifecycle.embedding.retrieval_scores
+    (the mean InfoNCE loss and top-1 retrieval of each row's corrupted copy, beside their chance levels)."""
+    from lifecycle.embedding import retrieval_scores
 
     model.eval()
     rows = CorruptedRows(feeds, corruption, seed)
     items = [rows[i] for i in range(len(rows))]
-    sums = {"contrastive_loss": 0.0, "contrastive_loss_chance": 0.0, "contrastive_top1": 0.0,
-            "contrastive_top1_chance": 0.0}
-    seen = 0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        if len(chunk) < 2:  # one row has no negative: its loss is 0 whatever the model
-            continue
-        batch = {k: torch.stack([it[k] for it in chunk]) for k in chunk[0] if k != "labels"}
-        anchors = model.embed(batch["numeric"], batch["numeric_missing"], batch["categorical"])
-        positives = model.embed(batch["positive_numeric"], batch["positive_numeric_missing"], batch["positive_categorical"])
-        nearest = (F.normalize(anchors, dim=-1) @ F.normalize(positives, dim=-1).T).argmax(-1)
-        b = len(chunk)
-        sums["contrastive_loss"] += float(info_nce(anchors, positives, model.config.scarf_temperature)) * b
-        sums["contrastive_loss_chance"] += math.log(b) * b
-        sums["contrastive_top1"] += float((nearest == torch.arange(b)).sum())
-        sums["contrastive_top1_chance"] += 1.0
-        seen += b
-    return {k: v / max(1, seen) for k, v in sums.items()}
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "labels"}
+    anchors = model.embed(batch["numeric"], batch["numeric_missing"], batch["categorical"])
+    positives = model.embed(batch["positive_numeric"], batch["positive_numeric_missing"], batch["positive_categorical"])
+    return retrieval_scores(anchors, positives, model.config.scarf_temperature, batch_size)
 
 
 def pretrain(cfg, ctx) -> dict:

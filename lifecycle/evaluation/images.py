@@ -7,6 +7,10 @@ from __future__ import annotations
 # what masked-image pre-training reports (lifecycle.masked_images)
 MASKED_IMAGE_METRICS = ("reconstruction_loss", "reconstruction_loss_init", "probe_accuracy", "probe_accuracy_init",
                         "probe_gain", "train_seconds", "params_total")
+# what contrastive (SimCLR) pre-training of an image model reports (lifecycle.image_contrastive)
+IMAGE_CONTRASTIVE_METRICS = ("contrastive_loss", "contrastive_loss_chance", "contrastive_loss_init", "contrastive_top1",
+                             "contrastive_top1_chance", "contrastive_top1_init", "probe_accuracy",
+                             "probe_accuracy_init", "probe_gain", "train_seconds", "params_total")
 
 
 def svm_baseline(data, seed: int = 0) -> dict[str, float]:

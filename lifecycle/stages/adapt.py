@@ -12,6 +12,10 @@ It measures the same model before and after, on fixed validation masks:
   `general_perplexity_change` = after / before - 1, to bound it: {metric: general_perplexity_change, max: 0.5}.
 (Comparing `perplexity` with the parent stage's would mix corpora: the parent's is on its own data.)
 
+On an image source, `objective: contrastive` continues an image model (a masked-image or contrastive
+pre-training) with SimCLR on two augmented views (lifecycle.image_contrastive); its held-out contrastive loss
+and top-1 are measured at the start (`_init`) and after, and the linear probe before and after.
+
 A start without an MLM head (sentence-transformers checkpoints such as MiniLM) gets a new one. A new
 head makes the "before" perplexity meaningless (random predictions), so the head alone is first fitted
 for `head_warmup_steps` with the encoder frozen, on the general corpus when one is given (so the domain
@@ -31,7 +35,8 @@ from lifecycle.components.checkpoints import last_checkpoint
 from lifecycle.components.language_model import LM_METRICS
 from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
-from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
+from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive, image_problem
+from lifecycle.evaluation.images import IMAGE_CONTRASTIVE_METRICS
 from lifecycle.models import ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
 
@@ -55,7 +60,8 @@ class Config(StageBase):
     num_proc: int | None = Field(None, gt=0)
     # None: the parent's objective, else what the architecture says (mlm / clm). contrastive: continue
     # as a sentence-embedding model (lifecycle.contrastive; settings in `contrastive:`); no MLM head,
-    # no perplexity, and general_data / probe / head_warmup_* do not apply.
+    # no perplexity, and general_data / probe / head_warmup_* do not apply. On an image source: SimCLR
+    # continued from an image model (lifecycle.image_contrastive; `contrastive.temperature` only).
     objective: Literal["mlm", "clm", "contrastive"] | None = Field(None, exclude_if=unset)
     contrastive: Contrastive | None = Field(None, exclude_if=unset)
 
@@ -100,13 +106,19 @@ class Config(StageBase):
         refs = {"data": (self.data, False), "general_data": (self.general_data, False)}
         return {**{k: v for k, v in refs.items() if v[0]}, **({"probe.data": (self.probe.data, True)} if self.probe else {})}
 
+    def source_problem(self, sources: dict) -> str | None:
+        if sources["data"].reads == "image" and self.objective != "contrastive":
+            return "objective: adapt continues an image model with `objective: contrastive` (SimCLR) only"
+        return image_problem(self, ("block_size", "mlm_probability", "num_proc", "head_warmup_steps",
+                                    "head_warmup_lr"), sources["data"])
+
     def files(self) -> dict[str, str]:
         pairs = self.contrastive.pairs if self.contrastive else None
         return {"contrastive.pairs.path": pairs.path} if pairs else {}
 
     def metric_names(self) -> set[str]:
         if self.objective == "contrastive":
-            return set(CONTRASTIVE_METRICS)
+            return {*CONTRASTIVE_METRICS, *IMAGE_CONTRASTIVE_METRICS}  # text or images
         return {*LM_METRICS, *ADAPT_METRICS}
 
 
@@ -118,6 +130,10 @@ def run(cfg: Config, parent, ctx) -> dict:
     from lifecycle.data.corpus import load_corpus
 
     path = models.model_dir(cfg.model, ctx.pipeline) if cfg.model is not None else Path(parent.path)
+    if ctx.pipeline.data[cfg.data].reads == "image":  # `objective: contrastive`, as the config checked
+        from lifecycle import image_contrastive
+
+        return image_contrastive.pretrain(cfg, ctx, start=path)
     tokenizer = models.load_tokenizer(path, cfg.block_size)
     set_seed(ctx.seed)
     if cfg.objective == "contrastive":

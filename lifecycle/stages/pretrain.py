@@ -18,9 +18,9 @@ from pydantic import Field, model_validator
 from lifecycle.components.language_model import LM_METRICS
 from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
-from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive
+from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive, image_problem
 from lifecycle.data.corpus import STAT_KEYS
-from lifecycle.evaluation.images import MASKED_IMAGE_METRICS
+from lifecycle.evaluation.images import IMAGE_CONTRASTIVE_METRICS, MASKED_IMAGE_METRICS
 from lifecycle.evaluation.tables import MASKED_FEATURE_METRICS, SCARF_METRICS
 from lifecycle.models import PRESETS, ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
@@ -41,7 +41,8 @@ class Config(StageBase):
     # (lifecycle.contrastive; settings in `contrastive:`), encoders only. masked-feature: a table model
     # on a table source (lifecycle.masked_features; `mlm_probability` is the share of cells masked).
     # masked-image: a vision transformer on an image source (lifecycle.masked_images, SimMIM;
-    # `mlm_probability` is the share of patches masked).
+    # `mlm_probability` is the share of patches masked). contrastive on an image source: SimCLR on two
+    # augmented views (lifecycle.image_contrastive; `contrastive.temperature` only).
     objective: Literal["mlm", "clm", "contrastive", "masked-feature", "masked-image"] | None = Field(
         None, exclude_if=unset)
     contrastive: Contrastive | None = Field(None, exclude_if=unset)
@@ -79,6 +80,9 @@ class Config(StageBase):
     def data_refs(self) -> dict[str, tuple[str, bool]]:
         return {"data": (self.data, False), **({"probe.data": (self.probe.data, True)} if self.probe else {})}
 
+    def source_problem(self, sources: dict) -> str | None:
+        return image_problem(self, ("block_size", "mlm_probability", "num_proc", "probe"), sources["data"])
+
     def files(self) -> dict[str, str]:
         pairs = self.contrastive.pairs if self.contrastive else None
         return {"contrastive.pairs.path": pairs.path} if pairs else {}
@@ -89,7 +93,8 @@ class Config(StageBase):
         if self.objective == "masked-image":
             return set(MASKED_IMAGE_METRICS)
         if self.objective == "contrastive":
-            return {*CONTRASTIVE_METRICS, *STAT_KEYS, "vocab_size", *SCARF_METRICS}  # text or a table
+            return {*CONTRASTIVE_METRICS, *STAT_KEYS, "vocab_size", *SCARF_METRICS,  # text, a table or images
+                    *IMAGE_CONTRASTIVE_METRICS}
         return {*LM_METRICS, "unigram_perplexity", "perplexity_vs_unigram", "probe_accuracy"}
 
 
@@ -109,10 +114,14 @@ def run(cfg: Config, parent, ctx) -> dict:
 
         return masked_images.pretrain(cfg, ctx)
     if ctx.pipeline.data[cfg.data].reads == "image":
+        if cfg.objective == "contrastive":
+            from lifecycle import image_contrastive
+
+            return image_contrastive.pretrain(cfg, ctx)
         from lifecycle import LifecycleError
 
         raise LifecycleError(f"pretrain: data '{cfg.data}' holds images; pre-train an image model with "
-                             "`objective: masked-image`")
+                             "`objective: masked-image` or `objective: contrastive`")
     if ctx.pipeline.data[cfg.data].table is not None:
         if cfg.objective == "contrastive":
             from lifecycle import table_contrastive
