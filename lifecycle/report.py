@@ -4,6 +4,8 @@ gate, so CI shows gates natively) and PNG plots. Everything is rebuilt from the 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -25,9 +27,6 @@ PLOTS_ENV = "LIFECYCLE_PLOTS"
 
 def write(run_dir: Path, pipeline_name: str, outcomes, junit_path: Path | None = None,
           run_state: str = "finished") -> dict:
-    import os
-    import shutil
-
     data = as_json(pipeline_name, outcomes, run_state)
     write_json(run_dir / "report.json", data)
     if os.environ.get(PLOTS_ENV, "1") != "0":

@@ -106,7 +106,7 @@ def run(cfg: Config, parent, ctx) -> dict:
     fp32 = plugin.reference(model, tokenizer, test_inputs, task.max_length) if plugin.fidelity_at_export else None
     scores, outputs = plugin.score(predictor, test, ctx.pipeline, "test", fp32, out_dir=ctx.out_dir)
     metrics.update(scores)
-    metrics.update(plugin.compare(model, tokenizer, ctx.pipeline, ctx.seed))
+    metrics.update(plugin.compare(model, tokenizer, ctx))
     metrics.update(onnx.onnx_latency(predictor, test_inputs[0], cfg.latency, task.max_length))
     # what a later selection (the quantize ladder) compares with
     val, _ = plugin.score(predictor, splits["validation"], ctx.pipeline, "validation")

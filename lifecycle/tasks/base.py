@@ -112,7 +112,7 @@ class TaskPlugin:
 
     comparisons: ClassVar[tuple[str, ...]] = ()  # the metrics compare() reports
 
-    def compare(self, model, preprocessor, pipeline, seed: int) -> dict:
+    def compare(self, model, preprocessor, ctx) -> dict:
         """For a task that no finetune stage trains (so no finetune reports its control and baseline):
         what export reports on test beside the model, named in `comparisons`."""
         return {}

@@ -39,46 +39,45 @@ class TabularAnomaly(TableTask):
     def width(self, model) -> int:
         return 1
 
-    def anomalous(self, pipeline) -> str:
+    @staticmethod
+    def anomalous(train) -> str:
         """The target value that marks an anomaly: the rarest class of the task's training split."""
-        from lifecycle import data
-
-        train = data.load(pipeline.data[pipeline.task.data], pipeline).splits["train"]
         return str(train[train.columns[-1]].value_counts().idxmin())
 
-    def is_anomaly(self, rows, pipeline):
+    def is_anomaly(self, rows, anomalous: str):
         import numpy as np
 
-        anomalous = self.anomalous(pipeline)
         return np.array([str(v) == anomalous for v in self.target_values(rows)])
 
-    def compare(self, model, preprocessor, pipeline, seed: int) -> dict:
+    def compare(self, model, preprocessor, ctx) -> dict:
         """On test, beside the model: the same scorer untrained (control_: what pre-training learnt;
         pretraining_gain in AUROC), IsolationForest and supervised trees (lifecycle.evaluation.tables)."""
         import torch
 
-        from lifecycle import data
         from lifecycle.evaluation.tables import anomaly_baselines, anomaly_scores
         from lifecycle.masked_features import AnomalyScorer
 
-        table = data.load(pipeline.data[pipeline.task.data], pipeline)
-        is_anomaly = {split: self.is_anomaly(table.splits[split], pipeline) for split in ("train", "test")}
-        torch.manual_seed(seed)
+        table = ctx.task_data()
+        anomalous = self.anomalous(table.splits["train"])
+        is_anomaly = {split: self.is_anomaly(table.splits[split], anomalous) for split in ("train", "test")}
+        torch.manual_seed(ctx.seed)
         untrained = AnomalyScorer(type(model.model)(model.config)).eval()
         test = self.inputs(table.splits["test"])
-        trained, control = (anomaly_scores(self.reference(m, preprocessor, test, pipeline.task.max_length),
+        trained, control = (anomaly_scores(self.reference(m, preprocessor, test, ctx.pipeline.task.max_length),
                                            is_anomaly["test"]) for m in (model, untrained))
         metrics = {f"control_{k}": v for k, v in control.items()}
         metrics["pretraining_gain"] = trained["auroc"] - control["auroc"]
-        metrics.update(anomaly_baselines(table, is_anomaly, seed))
+        metrics.update(anomaly_baselines(table, is_anomaly, ctx.seed))
         return metrics
 
     def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
+        from lifecycle import data
         from lifecycle.components.onnx import max_abs_diff
         from lifecycle.evaluation.tables import anomaly_scores
 
+        train = data.load(pipeline.data[pipeline.task.data], pipeline).splits["train"]
         outputs = predictor.logits(self.inputs(rows))
-        metrics = anomaly_scores(outputs, self.is_anomaly(rows, pipeline))
+        metrics = anomaly_scores(outputs, self.is_anomaly(rows, self.anomalous(train)))
         if reference is not None:
             metrics["anomaly_score_max_abs_diff"] = max_abs_diff(outputs, reference)
         return metrics, outputs
