@@ -13,6 +13,10 @@ instead of being pushed apart as in-batch negatives. On a labelled source that i
 class wants; with one positive per image (SimCLR) an 8x8 digit's views under a 1-pixel shift are easy to
 match, and many same-class digits in a batch of 64 would be false negatives.
 
+The distill recipe (distill under this task) keeps the teacher's pooling and trains a shallower student
+on the same two views: its embedding of each view is pulled towards the teacher's by cosine (weight
+`alpha`, the embedding analogue of soft targets), beside the two-view loss above (1 - alpha).
+
 Reported: kNN accuracy on test with the start model's embeddings (`knn_accuracy_before`) and after, on
 validation (`val_knn_accuracy`), the same kNN on the normalised pixels (`baseline_pixels_knn_accuracy`: a
 strong baseline on digits, shown whatever it says), and collapse metrics of the kNN labels (so the finetune
@@ -89,20 +93,42 @@ def two_view_loss(a, b, temperature: float, positives=None):
 
 
 class ViewsTrainer(Trainer):
-    """transformers.Trainer with the two-view contrastive loss on a ViT body (see the module docstring)."""
+    """transformers.Trainer with the two-view contrastive loss on a ViT body (see the module docstring). With
+    a `teacher` (distillation), each view's embedding is also pulled towards the teacher's embedding of the
+    same view: alpha * (1 - cosine) + (1 - alpha) * the two-view loss."""
 
-    def __init__(self, *args, pooling, temperature: float, **kwargs):
+    def __init__(self, *args, pooling, temperature: float, teacher=None, alpha: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.pooling, self.temperature = pooling, temperature
+        self.pooling, self.temperature, self.teacher, self.alpha = pooling, temperature, teacher, alpha
         self.model_accepts_loss_kwargs = False  # the Trainer then averages over gradient accumulation
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         # both views in one forward pass: one call, and one set of layer-norm statistics per step
-        a, b = pooled(model, torch.cat([inputs["pixel_values"], inputs["second_view"]]), self.pooling).chunk(2)
+        views = torch.cat([inputs["pixel_values"], inputs["second_view"]])
+        both = pooled(model, views, self.pooling)
+        a, b = both.chunk(2)
         same = labels[:, None] == labels[None, :]  # the diagonal (an image's own other view) included
         loss = two_view_loss(a, b, self.temperature, same)
+        if self.teacher is not None:
+            with torch.no_grad():
+                target = self.teacher(views)
+            matching = (1 - torch.nn.functional.cosine_similarity(both, target, dim=-1)).mean()
+            loss = self.alpha * matching + (1 - self.alpha) * loss
         return (loss, {"embeddings": a}) if return_outputs else loss
+
+
+def knn_report(task, embedder, data, settings) -> dict:
+    """kNN accuracy of `embedder(images)`'s embeddings on test and on validation (`val_knn_accuracy`), each
+    image against the training images, and the collapse metrics of its test votes (the default gate)."""
+    from lifecycle.components.classification import collapse_metrics
+
+    train = data.splits["train"]
+    scores, predicted = task.knn_metrics(embedder, train, data.splits["test"], settings)
+    index = {name: i for i, name in enumerate(data.labels)}
+    votes = np.eye(len(data.labels))[[index[p] for p in predicted]]
+    return {**scores, "val_knn_accuracy": task.knn_metrics(embedder, train, data.splits["validation"], settings)[0][
+                "knn_accuracy"], **collapse_metrics(votes, data.target("test")[: len(votes)], len(data.labels))}
 
 
 def finetune(cfg, parent, ctx, task) -> dict:
@@ -110,7 +136,8 @@ def finetune(cfg, parent, ctx, task) -> dict:
     earlier image-embedding finetune), `model.path`, or a `preset` (random init); train every weight with
     the two-view contrastive loss; save the encoder with its preprocessing and pooling; score kNN."""
     from lifecycle import models
-    from lifecycle.components.classification import collapse_metrics, seed_everything
+    from lifecycle.components.adapters import attention_lora, merged
+    from lifecycle.components.classification import seed_everything
     from lifecycle.edge import ImagePreprocessing
     from lifecycle.embedding import Pooling, declared_pooling, write_pooling
     from lifecycle.images import fit, latency, save, starting_point, vit_config
@@ -123,7 +150,7 @@ def finetune(cfg, parent, ctx, task) -> dict:
         body = ViTModel.from_pretrained(start, add_pooling_layer=False)
     model = ImageEmbedder(body, (declared_pooling(start) if start is not None else None) or Pooling())
     pre, settings = ImagePreprocessing(data.preprocessing), ctx.pipeline.task.embedding_settings
-    train, test = data.splits["train"], data.splits["test"]
+    train = data.splits["train"]
 
     def knn(split, embedder=lambda images: embed(model, pre.transform(images))):
         return task.knn_metrics(embedder, train, data.splits[split], settings)
@@ -134,21 +161,26 @@ def finetune(cfg, parent, ctx, task) -> dict:
         return embedder.eval()
 
     before = knn("test")[0]["knn_accuracy"]
+    if cfg.lora:  # the patch projection stays as pre-training left it; no head to train in full
+        model.body = attention_lora(body, cfg.lora, head=None)
+    counts = models.count_parameters(model.body)
     started = time.time()
     trained(model, cfg.train, ctx.scratch_dir / "checkpoints", ctx)
     train_seconds = time.time() - started
+    lora = {}
+    if cfg.lora:  # merged into the weights, so export and distill see a plain ViTModel
+        val = pre.transform(data.splits["validation"].images[:64])
+        model.body, lora = merged(model.body, ctx.out_dir,
+                                  lambda m: embed(ImageEmbedder(m, model.pooling), val))
+    body = model.body
     save(body, data.preprocessing, ctx.out_dir)
     write_pooling(ctx.out_dir, model.pooling)
     ctx.details.update(labels=data.labels, data_stats=data.stats, image_size=body.config.image_size,
                        patch_size=body.config.patch_size, augment=data.spec.augment.model_dump(),
                        pooling=model.pooling.model_dump(), temperature=TEMPERATURE)
 
-    scores, predicted = knn("test")
-    index = {name: i for i, name in enumerate(data.labels)}
-    votes = np.eye(len(data.labels))[[index[p] for p in predicted]]
+    scores = knn_report(task, lambda images: embed(model, pre.transform(images)), data, settings)
     pixels = knn("test", lambda images: pre.transform(images).reshape(len(images), -1))[0]
-    counts = models.count_parameters(body)
-    test_x = pre.transform(test.images)
     control = {}
     if cfg.control is not None:  # the same architecture from random init, same data, budget, seed and pooling
         seed_everything(ctx.seed)
@@ -157,10 +189,51 @@ def finetune(cfg, parent, ctx, task) -> dict:
         control["control_knn_accuracy"] = knn("test", lambda images: embed(scratch, pre.transform(images)))[0][
             "knn_accuracy"]
         control["pretraining_gain"] = scores["knn_accuracy"] - control["control_knn_accuracy"]
-    return {**scores, **control, "val_knn_accuracy": knn("validation")[0]["knn_accuracy"], "knn_accuracy_before": before,
-            "knn_accuracy_gain": scores["knn_accuracy"] - before,
+    return {**scores, **control, "knn_accuracy_before": before, "knn_accuracy_gain": scores["knn_accuracy"] - before,
             "baseline_pixels_knn_accuracy": pixels["knn_accuracy"],
-            **collapse_metrics(votes, data.target("test")[: len(votes)], len(data.labels)),
             **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
             "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds,
-            "temperature": TEMPERATURE, **latency(model, test_x)}
+            "temperature": TEMPERATURE, **lora, **latency(model, pre.transform(data.splits["test"].images))}
+
+
+def distill(cfg, parent, ctx, task) -> dict:
+    """The distill stage for an image embedder: the teacher's ViT with fewer encoder layers (spread over the
+    depth, first and last kept), patch embedding copied, its pooling kept; trained on two augmented views of
+    every training image to match the teacher's embedding of each view by cosine (weight `alpha`) and by
+    the finetune's two-view contrastive loss with label positives (1 - alpha). A logit temperature has no
+    meaning here (refused at load). Reported: kNN accuracy of student and teacher on the same test images,
+    `retention`, the student's mean cosine to the teacher's embeddings (`teacher_cosine_mean`), speedup."""
+    from lifecycle.components.classification import seed_everything
+    from lifecycle.components.distillation import init_from_teacher, student_config, student_layers
+    from lifecycle.edge import ImagePreprocessing
+    from lifecycle.embedding import write_pooling
+    from lifecycle.images import fit, read_through_model, save, student_costs
+
+    src = Path(parent.path)
+    data = read_through_model(ctx.task_data(), src)
+    teacher = load(src)
+    layers = student_layers(cfg.student, teacher.config.num_hidden_layers)
+    seed_everything(ctx.seed)
+    student = ImageEmbedder(ViTModel(student_config(teacher.config, layers, cfg.student.overrides),
+                                     add_pooling_layer=False), teacher.pooling)
+    ctx.details.update(student_layers=layers, copied_from_teacher=init_from_teacher(student.body, teacher.body, layers),
+                       pooling=student.pooling.model_dump(), temperature=TEMPERATURE)
+    started = time.time()
+    fit(student.body, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx, trainer_class=ViewsTrainer,
+        dataset_class=TwoViews, pooling=student.pooling, temperature=TEMPERATURE, teacher=teacher, alpha=cfg.alpha)
+    train_seconds = time.time() - started
+    save(student.body, data.preprocessing, ctx.out_dir)
+    write_pooling(ctx.out_dir, student.pooling)
+
+    pre = ImagePreprocessing(data.preprocessing)
+    scores = knn_report(task, lambda images: embed(student, pre.transform(images)), data,
+                        ctx.pipeline.task.embedding_settings)
+    teacher_knn = task.knn_metrics(lambda images: embed(teacher, pre.transform(images)), data.splits["train"],
+                                   data.splits["test"], ctx.pipeline.task.embedding_settings)[0]["knn_accuracy"]
+    test_x = pre.transform(data.splits["test"].images)
+    s_x, t_x = embed(student, test_x), embed(teacher, test_x)
+    cosine = (s_x * t_x).sum(-1) / (np.linalg.norm(s_x, axis=-1) * np.linalg.norm(t_x, axis=-1))
+    return {**scores, "teacher_knn_accuracy": teacher_knn,
+            "retention": scores["knn_accuracy"] / teacher_knn if teacher_knn else float("nan"),
+            "teacher_cosine_mean": float(cosine.mean()),
+            **student_costs(teacher, student, test_x[:1], cfg, ctx.out_dir, train_seconds)}

@@ -44,14 +44,15 @@ def quiet(*_a, **_k):
 
 
 def small(serve: bool) -> dict:
-    """The shipped pipeline at a test budget: one epoch of each training stage, no control run, gates that
-    a one-epoch model can be held to (kNN above chance; the graph answers as PyTorch and int8 stays close)."""
+    """The shipped pipeline at a test budget: one epoch of each training stage, no control run and no distill
+    (test_image_contrastive distils an embedder), gates that a one-epoch model can be held to (kNN above
+    chance; the graph answers as PyTorch and int8 stays close)."""
     raw = yaml.safe_load(SHIPPED.read_text())
-    pretrain, finetune, export, quantize, served = copy.deepcopy(raw["stages"])
+    pretrain, finetune, _distill, export, quantize, served = copy.deepcopy(raw["stages"])
     pretrain.update(train=TINY, gates=[])
     finetune.update(train={**TINY, "epochs": 2, "logging_steps": 10}, gates=[{"metric": "knn_accuracy", "min": 0.3}])
     finetune.pop("control")
-    export.update(latency=FAST_LATENCY)
+    export.update(latency=FAST_LATENCY, gates=[{**g, "vs": "finetune"} if g.get("vs") else g for g in export["gates"]])
     quantize.update(latency=FAST_LATENCY, gates=[{"metric": "embedding_cosine_mean", "min": 0.99}])
     raw["stages"] = [pretrain, finetune, export, quantize, *([served] if serve else [])]
     return raw
@@ -75,12 +76,17 @@ def test_image_embedding_settings_are_checked_at_load():
     with pytest.raises(ConfigError, match="task.embedding.pairs: scored text pairs do not apply to image"):
         config.build(bad)
     bad = copy.deepcopy(raw)
-    bad["stages"].insert(2, {"kind": "distill"})
-    with pytest.raises(ConfigError, match="distill"):
+    bad["stages"].insert(2, {"kind": "distill", "temperature": 4})
+    with pytest.raises(ConfigError, match=r"stages\[2\].temperature: softens a classifier's logits; an image embedder"):
+        config.build(bad)
+    bad["stages"][2] = {"kind": "distill", "hidden_weight": 0.5}
+    with pytest.raises(ConfigError, match=r"stages\[2\].hidden_weight: not supported for image-embedding"):
         config.build(bad)
     bad = copy.deepcopy(raw)
-    bad["stages"][1]["lora"] = {}
-    with pytest.raises(ConfigError, match=r"stages\[1\].lora: not supported for image-embedding"):
+    bad["stages"][1]["lora"] = {}  # a pre-trained encoder gets adapters; one from a preset would not
+    config.build(bad)
+    bad["stages"] = [{**bad["stages"][1], "model": {"preset": "bert-tiny"}}]
+    with pytest.raises(ConfigError, match=r"stages\[0\].lora: adapters on a randomly initialised image model"):
         config.build(bad)
 
 
@@ -183,7 +189,7 @@ def test_embed_image_answers_as_the_edge_runtime_and_refuses_as_classify_image(t
 def test_the_digits_embedding_pipeline_passes_every_gate(tmp_path):
     outcomes = pipeline.run(config.load(SHIPPED), workdir=tmp_path, echo=quiet)
     assert [(o.name, o.status) for o in outcomes] == [(s, "passed") for s in
-                                                      ("pretrain", "finetune", "export", "quantize", "serve")]
+                                                      ("pretrain", "finetune", "distill", "export", "quantize", "serve")]
     run = tmp_path / "digits_embedding"
     assert metrics(run, "quantize")["knn_accuracy"] >= 0.95
     assert {"pretraining_gain", "control_knn_accuracy", "baseline_pixels_knn_accuracy"} <= set(metrics(run, "finetune"))

@@ -7,16 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def attention_lora(model, lora, head: str):
+def attention_lora(model, lora, head: str | None):
     """`model` with LoRA adapters on its attention projections (`query`/`value`, the names BERT-style and
     ViT attention share, unless the stage's `lora.target_modules` names others); `head` (the module name of
-    the new head) trained in full. The embeddings (a table's feature tokenizer, an image's patch
+    the new head; None for an encoder without one) trained in full. The embeddings (a table's feature tokenizer, an image's patch
     projection) stay as pre-training left them."""
     from peft import LoraConfig, get_peft_model
 
     return get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                             target_modules=lora.target_modules or ["query", "value"],
-                                            modules_to_save=[head]))
+                                            modules_to_save=[head] if head else None))
 
 
 def merged(model, out_dir: Path, outputs) -> tuple[object, dict]:

@@ -17,6 +17,8 @@ student rounds so that load from other processes hits both alike.
 
 A decoder (`task: {type: generation}`) is distilled token by token by its task's recipe
 (lifecycle.decoder_distillation): the same student and loss at every target position, scored by perplexity.
+An image embedder's student matches the teacher's embeddings of augmented views by cosine, beside the
+contrastive loss of its finetune (lifecycle.image_embedding), scored by kNN accuracy.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from lifecycle.components.distillation import (
 )
 from lifecycle.components.training import EarlyStopping, TrainConfig
 from lifecycle.decoder_distillation import DISTILL_METRICS as DECODER_METRICS
+from lifecycle.embedding import IMAGE_EMBEDDING_DISTILL
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.evaluation.latency import TORCH_LATENCY, TorchLatency
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION, TABLE_REGRESSION
@@ -56,7 +59,8 @@ class Student(Strict):
 
 class Config(StageBase):
     kind: Literal["distill"]
-    tasks = ("classification", "tabular-classification", "tabular-regression", "image-classification", "generation")
+    tasks = ("classification", "tabular-classification", "tabular-regression", "image-classification", "image-embedding",
+             "generation")
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     student: Student = Student()
     temperature: float = Field(2.0, gt=0)  # softens both distributions; 2-4 passes the teacher's "dark knowledge"
@@ -87,7 +91,7 @@ class Config(StageBase):
         return f"distill's teacher is a fine-tuned {self.accepts(task)[0]}: put a finetune stage before it"
 
     def task_hint(self, task: TaskType) -> str | None:
-        return "distillation matches a classifier's logits; an embedding model is not distilled here"
+        return "distillation matches a classifier's logits; a text embedding model is not distilled here"
 
     def task_problem(self, task: TaskType) -> str | None:
         return tasks.get(task).distill_problem(self)
@@ -98,7 +102,7 @@ class Config(StageBase):
         return {*scores, *TORCH_LATENCY, *VAL_METRICS, *(f"val_{m}" for m in (*TABLE_CLASSIFICATION, *TABLE_REGRESSION)),
                 *teacher, "retention", "speedup", "compression",
                 "eval_loss", "params_total", "size_mb", "train_seconds", "train_steps", "data_wait_fraction",
-                *COLLAPSE_METRICS, *DECODER_METRICS}
+                *COLLAPSE_METRICS, *DECODER_METRICS, *IMAGE_EMBEDDING_DISTILL}
 
     def model_post_init(self, _ctx) -> None:
         self.gates = collapse_gate(self.gates, self.collapse_min, self.collapse_on_fail)

@@ -266,3 +266,17 @@ def own_recipe_problem(cfg, task: str, baseline: str, model_kind: str, lora: boo
     if cfg.model is not None and cfg.model.package:
         return f"model.package: {model_kind} starts from a `preset` (a size) or {model_kind} `path`"
     return None
+
+
+# settings of the text distillation recipe that the recipes of tables and images do not honour
+OWN_DISTILL_REFUSES = {
+    "hidden_weight": lambda c: c.hidden_weight > 0, "cache_teacher_logits": lambda c: not c.cache_teacher_logits,
+    "early_stopping": lambda c: c.early_stopping is not None, "validation_limit": lambda c: c.validation_limit is not None,
+    "student.model": lambda c: c.student.model is not None,
+}
+
+
+def own_distill_problem(cfg, task: str) -> str | None:
+    """"field: why" for a distill setting that a task's own recipe (tables, images) does not honour."""
+    given = next((field for field, refused in OWN_DISTILL_REFUSES.items() if refused(cfg)), None)
+    return f"{given}: not supported for {task} yet" if given else None

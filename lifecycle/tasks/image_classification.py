@@ -15,9 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, ClassAnswers, own_recipe_problem
+from lifecycle.tasks.base import SAMPLE_PREDICTIONS, ClassAnswers, own_distill_problem, own_recipe_problem
 from lifecycle.tasks.image_task import ImageTask
-from lifecycle.tasks.table_task import DISTILL_PROBLEMS
 
 
 class ImageClassification(ClassAnswers, ImageTask):
@@ -47,8 +46,7 @@ class ImageClassification(ClassAnswers, ImageTask):
         return images.distill(cfg, parent, ctx, self)
 
     def distill_problem(self, cfg) -> str | None:
-        given = next((f for f, refused in DISTILL_PROBLEMS.items() if refused(cfg)), None)
-        return f"{given}: not supported for {self.name} yet" if given else None
+        return own_distill_problem(cfg, self.name)
 
     def evaluate(self, outputs, targets) -> dict:
         from lifecycle.evaluation.tables import classification_scores

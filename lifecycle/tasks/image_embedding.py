@@ -4,7 +4,8 @@ states pooled into one vector per image (lifecycle.image_embedding), scored as t
 Graph: input `pixel_values` as for image classification (lifecycle.tasks.image_task); output `embeddings`
 (batch, hidden size) float32, pooling and normalisation inside the graph (pooling.json of the model).
 Edge method `embed_images`; route POST /embed_image (the bodies, limits and refusals of /classify_image).
-Export reads the encoder of an image-embedding finetune, or a masked-image pre-training's encoder as it is.
+Export reads the encoder of an image-embedding finetune or distill, or a masked-image pre-training's encoder
+as it is. The finetune and distill recipes are lifecycle.image_embedding's.
 Scores: kNN label accuracy (each test image takes the majority label of its k cosine-nearest training
 images; `task.embedding.k`, `limit`), as lifecycle.embedding computes it for texts; fidelity: per-image
 cosine to the fp32 reference, also on the whole test split at export. The serve stage scores the HTTP
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.embedding import FIDELITY_METRICS
-from lifecycle.tasks.base import EmbeddingAnswers, own_recipe_problem
+from lifecycle.tasks.base import EmbeddingAnswers, own_distill_problem, own_recipe_problem
 from lifecycle.tasks.image_task import ImageTask
 
 
@@ -25,7 +26,8 @@ class ImageEmbedding(EmbeddingAnswers, ImageTask):
     export_reads = ("encoder", "masked-lm")
     export_hint = ("an image-embedding export reads an image encoder: a finetune stage under this task, or a "
                    "pretrain stage with `objective: masked-image`")
-    trained_by = "finetune (contrastive on augmented views) or pretrain with `objective: masked-image`"
+    trained_by = ("finetune (contrastive on augmented views, full or LoRA), distill (a shallower student matching "
+                  "the teacher's embeddings), or pretrain with `objective: masked-image`")
     onnx_holds = "onnx-encoder"
     output = "embeddings"
     edge_method = "embed_images"
@@ -48,10 +50,18 @@ class ImageEmbedding(EmbeddingAnswers, ImageTask):
         return image_embedding.finetune(cfg, parent, ctx, self)
 
     def finetune_problem(self, cfg) -> str | None:
-        return own_recipe_problem(cfg, self.name, "pixel kNN", "an image model")
+        return own_recipe_problem(cfg, self.name, "pixel kNN", "an image model", lora=True)
+
+    def distill(self, cfg, parent, ctx) -> dict:
+        from lifecycle import image_embedding
+
+        return image_embedding.distill(cfg, parent, ctx, self)
 
     def distill_problem(self, cfg) -> str | None:
-        return f"kind: distillation of an image embedder is not implemented yet ({self.name})"
+        if "temperature" in cfg.model_fields_set:
+            return ("temperature: softens a classifier's logits; an image embedder's student matches the teacher's "
+                    "embeddings by cosine (`alpha` weighs that against the contrastive loss)")
+        return own_distill_problem(cfg, self.name)
 
     def knn_metrics(self, embed, train, rows, settings, test_x=None):
         """({"knn_accuracy"}, the kNN label per scored image) of the embeddings `embed(images)` makes: the

@@ -10,14 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin, own_recipe_problem
+from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin, own_distill_problem, own_recipe_problem
 
 INPUT_DTYPES = {"numeric": "float32", "numeric_missing": "float32", "categorical": "int64"}
-DISTILL_PROBLEMS = {  # settings of the text distillation recipe the table recipe does not honour
-    "hidden_weight": lambda c: c.hidden_weight > 0, "cache_teacher_logits": lambda c: not c.cache_teacher_logits,
-    "early_stopping": lambda c: c.early_stopping is not None, "validation_limit": lambda c: c.validation_limit is not None,
-    "student.model": lambda c: c.student.model is not None,
-}
 
 
 class TableTask(TaskPlugin):
@@ -41,8 +36,7 @@ class TableTask(TaskPlugin):
         return table_distillation.distill(cfg, parent, ctx, self)
 
     def distill_problem(self, cfg) -> str | None:
-        given = next((field for field, refused in DISTILL_PROBLEMS.items() if refused(cfg)), None)
-        return f"{given}: not supported for {self.name} yet" if given else None
+        return own_distill_problem(cfg, self.name)
 
     def head(self, data) -> dict:
         """Config fields of the model's head for `data` (num_labels and what the answers need)."""
