@@ -5,14 +5,17 @@ same exported graph, at prompt lengths 32-512.
 
     flock /tmp/lifecycle-heavy.lock python benchmarks/generation.py --quick   # a few minutes on 2 cores
 
-The model is the gpt-mini preset (4 layers, hidden 256, 8k BPE vocabulary trained on Brown) with random
-weights (cost does not depend on the weights' values), or `--model DIR` (a local causal-LM directory).
-Per engine and prompt length: time to first token (the prompt's forward pass) and the median milliseconds
-per generated token over `--tokens` decoding steps (the step after the prompt, repeated), 2 onnxruntime /
-torch threads. Checks (issue 19): int8 >= 2x PyTorch eager per token at batch 1 (prompt 128), and our
-decoder no slower than optimum's ORTModelForCausalLM on the same model (per token, prompt 128). Beside
-them, onnxruntime's own profile of a decoding step (fp32 and int8, prompt 128): kernel time per op type,
-which says where int8 saves (the integer matrix products) and what it adds (quantizing activations).
+Two decoder shapes with random weights (cost does not depend on the weights' values), both measured in
+the one run: `gpt-mini` (4 layers, hidden 256, the 8k BPE vocabulary trained on Brown: the size the shipped
+pipelines train on 2 cores) and `gpt2-small` (GPT-2 small's shape: 12 layers, hidden 768, 12 heads, a
+50,257-token output layer, 124M parameters: the smallest decoder people deploy), or `--model DIR` (a local
+causal-LM directory) alone. Per engine and prompt length: time to first token (the prompt's forward pass)
+and the median milliseconds per generated token over `--tokens` decoding steps (the step after the
+prompt, repeated), 2 onnxruntime / torch threads. Checks (issue 19), per model: int8 >= 2x PyTorch eager per
+token at batch 1 (prompt 128), and our decoder no slower than optimum's ORTModelForCausalLM on the same
+model (per token, prompt 128). Beside them, onnxruntime's own profile of a decoding step (fp32 and int8,
+prompt 128): kernel time per op type, which says where int8 saves (the integer matrix products) and what
+it adds (quantizing activations) -- at hidden 256 the matrix products are a minority of a step, at 768 most.
 Writes benchmarks/results/generation.json and generation.png (per-token cost vs prompt length).
 """
 
@@ -31,7 +34,14 @@ THREADS = 2
 REFERENCE_LENGTH = 128  # the prompt length the checks read
 
 
-def build_model(out: Path):
+SIZES = {  # name -> (preset overrides, output vocabulary: None = the tokenizer's)
+    "gpt-mini": ({"n_positions": 1024}, None),
+    "gpt2-small": ({"n_positions": 1024, "n_layer": 12, "n_embd": 768, "n_head": 12}, 50257),
+}
+
+
+def build_model(out: Path, size: str):
+    """A random-weight decoder of `size` (SIZES) with the BPE tokenizer trained on 100 Brown texts."""
     import zipfile
 
     import torch
@@ -43,11 +53,11 @@ def build_model(out: Path):
         texts = [z.read(n).decode("latin-1") for n in sorted(z.namelist()) if n.startswith("brown/c")][:100]
     texts = [" ".join(t.rsplit("/", 1)[0] for t in text.split()) for text in texts]
     tokenizer = models.train_tokenizer(texts, models.TokenizerSpec(vocab_size=8000), "gpt2", 1024)
-    source = models.ModelSource(preset="gpt-mini", overrides={"n_positions": 1024})
+    overrides, vocab = SIZES[size]
+    source = models.ModelSource(preset="gpt-mini", overrides=overrides)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(models.preset_config(source, len(tokenizer), pad_token_id=0))
+    model = AutoModelForCausalLM.from_config(models.preset_config(source, vocab or len(tokenizer), pad_token_id=0))
     models.save(model, tokenizer, out)
-    return texts
 
 
 def export_all(src: Path, work: Path) -> dict[str, Path]:
@@ -163,56 +173,71 @@ def optimum_ms(path: Path, prompt: list[int], tokens: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="prompt lengths 32 and 128, 16 tokens")
-    parser.add_argument("--model", type=Path, help="a local causal-LM directory (default: gpt-mini, random weights)")
+    parser.add_argument("--model", type=Path, help="a local causal-LM directory (default: both SIZES, random weights)")
     parser.add_argument("--tokens", type=int, default=32)
     args = parser.parse_args()
     import torch
 
-    from lifecycle.edge import Predictor
-    from lifecycle.generation import load_causal_lm
 
     torch.set_num_threads(THREADS)
     recorder = Recorder("generation", args.quick)
     lengths = [32, REFERENCE_LENGTH] if args.quick else [32, 64, 128, 256, 512]
     tokens = 16 if args.quick else args.tokens
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        src = args.model or work / "model"
-        if args.model is None:
-            build_model(src)
-        dirs = export_all(src, work)
-        model, _ = load_causal_lm(src)
-        engines = {"torch_eager_cache": torch_step(model)}
-        for name, path in dirs.items():
-            predictor = Predictor.open(path, threads=THREADS)
-            engines[f"{name}_cache"] = onnx_step(predictor, cache=True)
-            if name == "onnx_fp32":
-                engines["onnx_fp32_no_cache"] = onnx_step(predictor, cache=False)
-        results: dict = {"lengths": lengths, "tokens": tokens, "threads": THREADS, "engines": {}}
-        for name, step in engines.items():
-            per = {}
-            for n in lengths:
-                per_token_ms(step, [1] * 8, 2)  # warm-up
-                first, ms = per_token_ms(step, [1] * n, tokens)
-                per[n] = {"time_to_first_token_ms": first, "ms_per_token": ms, "tokens_per_s": 1000 / ms}
-                print(f"{name:22s} prompt {n:4d}: first token {first:8.2f} ms, {ms:7.2f} ms/token")
-            results["engines"][name] = per
-        results["engines"]["optimum_ort_cache"] = {REFERENCE_LENGTH: {"ms_per_token": optimum_ms(
-            dirs["onnx_fp32"], [1] * REFERENCE_LENGTH, tokens)}}
-        results["op_profile"] = {name: op_profile(dirs[name], [1] * REFERENCE_LENGTH, tokens, work)
-                                 for name in ("onnx_fp32", "onnx_int8", "onnx_int8_gather")}
-        for name, prof in results["op_profile"].items():
-            shares = ", ".join(f"{op} {share:.0%}" for op, share in list(prof["op_share"].items())[:5])
-            print(f"{name} kernels per token at prompt {REFERENCE_LENGTH}: {prof['kernel_ms_per_token']:.2f} ms ({shares})")
-    e, n = results["engines"], REFERENCE_LENGTH
-    speedup = e["torch_eager_cache"][n]["ms_per_token"] / e["onnx_int8_cache"][n]["ms_per_token"]
-    vs_optimum = e["onnx_fp32_cache"][n]["ms_per_token"] / e["optimum_ort_cache"][n]["ms_per_token"]
-    checks = [{"name": f"ONNX int8 vs PyTorch eager per token, batch 1, prompt {n} (x faster)", "value": speedup,
-               "target": ">= 2.0", "passed": speedup >= 2.0},
-              {"name": f"our fp32 decoder / optimum ORTModelForCausalLM per token, prompt {n}", "value": vs_optimum,
-               "target": "<= 1.0", "passed": vs_optimum <= 1.0}]
+    results: dict = {"lengths": lengths, "tokens": tokens, "threads": THREADS, "models": {}}
+    for size in [args.model.name] if args.model else list(SIZES):
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            src = args.model or work / "model"
+            if args.model is None:
+                build_model(src, size)
+            results["models"][size] = measure_model(src, work, lengths, tokens, size)
+    checks = []
+    n = REFERENCE_LENGTH
+    for size, r in results["models"].items():
+        e = r["engines"]
+        speedup = e["torch_eager_cache"][n]["ms_per_token"] / e["onnx_int8_cache"][n]["ms_per_token"]
+        vs_optimum = e["onnx_fp32_cache"][n]["ms_per_token"] / e["optimum_ort_cache"][n]["ms_per_token"]
+        checks += [{"name": f"{size}: ONNX int8 vs PyTorch eager per token, batch 1, prompt {n} (x faster)",
+                    "value": speedup, "target": ">= 2.0", "passed": speedup >= 2.0},
+                   {"name": f"{size}: our fp32 decoder / optimum ORTModelForCausalLM per token, prompt {n}",
+                    "value": vs_optimum, "target": "<= 1.0", "passed": vs_optimum <= 1.0}]
     plot(results, ROOT / "benchmarks" / "results" / "generation.png")
     return recorder.report(checks, recorder.save(results, checks))
+
+
+def measure_model(src: Path, work: Path, lengths: list[int], tokens: int, size: str) -> dict:
+    """Every engine on the decoder at `src` (exported and quantized under `work`): per-token cost at each
+    prompt length, optimum's at the reference length, and onnxruntime's op profile of a step."""
+    from lifecycle.edge import Predictor
+    from lifecycle.generation import load_causal_lm
+    from lifecycle.models import count_parameters
+
+    dirs = export_all(src, work)
+    model, _ = load_causal_lm(src)
+    engines = {"torch_eager_cache": torch_step(model)}
+    for name, path in dirs.items():
+        predictor = Predictor.open(path, threads=THREADS)
+        engines[f"{name}_cache"] = onnx_step(predictor, cache=True)
+        if name == "onnx_fp32":
+            engines["onnx_fp32_no_cache"] = onnx_step(predictor, cache=False)
+    out: dict = {"params": count_parameters(model)["params_total"], "layers": model.config.n_layer,
+                 "hidden": model.config.n_embd, "vocab": model.config.vocab_size, "engines": {}}
+    for name, step in engines.items():
+        per = {}
+        for n in lengths:
+            per_token_ms(step, [1] * 8, 2)  # warm-up
+            first, ms = per_token_ms(step, [1] * n, tokens)
+            per[n] = {"time_to_first_token_ms": first, "ms_per_token": ms, "tokens_per_s": 1000 / ms}
+            print(f"{size} {name:22s} prompt {n:4d}: first token {first:8.2f} ms, {ms:7.2f} ms/token")
+        out["engines"][name] = per
+    out["engines"]["optimum_ort_cache"] = {REFERENCE_LENGTH: {"ms_per_token": optimum_ms(
+        dirs["onnx_fp32"], [1] * REFERENCE_LENGTH, tokens)}}
+    out["op_profile"] = {name: op_profile(dirs[name], [1] * REFERENCE_LENGTH, tokens, work)
+                         for name in ("onnx_fp32", "onnx_int8", "onnx_int8_gather")}
+    for name, prof in out["op_profile"].items():
+        shares = ", ".join(f"{op} {share:.0%}" for op, share in list(prof["op_share"].items())[:5])
+        print(f"{size} {name} kernels per token at prompt {REFERENCE_LENGTH}: {prof['kernel_ms_per_token']:.2f} ms ({shares})")
+    return out
 
 
 def plot(results: dict, path: Path) -> None:
@@ -221,14 +246,17 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, per in results["engines"].items():
-        xs = sorted(per)
-        ax.plot(xs, [per[x]["ms_per_token"] for x in xs], marker="o", label=name)
-    ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("ms per generated token (batch 1)")
-    ax.set_xscale("log", base=2)
-    ax.legend(fontsize=8)
+    sizes = results["models"]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4), squeeze=False)
+    for ax, (size, r) in zip(axes[0], sizes.items()):
+        for name, per in r["engines"].items():
+            xs = sorted(per, key=int)
+            ax.plot([int(x) for x in xs], [per[x]["ms_per_token"] for x in xs], marker="o", label=name)
+        ax.set_title(f"{size} ({r['params'] / 1e6:.1f}M parameters)")
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel("ms per generated token (batch 1)")
+        ax.set_xscale("log", base=2)
+        ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
 

@@ -431,3 +431,27 @@ def test_int4_weight_only_decoder_keeps_the_kv_cache(tmp_path):
     assert int4.generate(PROMPTS, max_new_tokens=8) == int4.generate(PROMPTS, max_new_tokens=8, cache=False)
     texts = ["", ""], TEXTS[:2]
     assert int4.perplexity(*texts) <= 1.1 * fp32.perplexity(*texts)
+
+
+def test_a_tied_lm_head_is_quantized_with_the_other_projections(gpt, tmp_path):
+    """torch.onnx writes GPT-2's tied head as MatMul(hidden, Transpose(wte)); the quantizers take only
+    initializer weights, so the head (hidden x vocabulary, the largest matrix of a small decoder) stayed fp32
+    until the constant transpose was folded before quantizing. The lookups keep the float table."""
+    import onnx
+
+    from lifecycle.components.quantization import Settings, build
+    from lifecycle.edge import Predictor
+
+    fp32 = gpt[2]
+    head = [n for n in onnx.load(str(fp32.root / "model.onnx")).graph.node if n.name == "/lm_head/MatMul"]
+    assert head and head[0].input[1].endswith("_transposed")  # what torch.onnx writes for a tied head
+    for method in ("dynamic-int8", "int4"):
+        build(Settings(method=method, exclude_op_types=["Gather"]), fp32.root, tmp_path / method)
+        nodes = onnx.load(str(tmp_path / method / "model.onnx")).graph.node
+        assert not [n for n in nodes if n.op_type in ("MatMul", "Transpose") and n.name.startswith("/lm_head/")]
+        assert [n for n in nodes if n.op_type in ("MatMulInteger", "MatMulNBits") and n.name.startswith("/lm_head/")]
+        assert not (tmp_path / method / "weights-folded.onnx").exists()  # the folded copy was scratch
+        quantized = Predictor.open(tmp_path / method, threads=1)
+        assert quantized.generate(PROMPTS, max_new_tokens=8) == quantized.generate(PROMPTS, max_new_tokens=8, cache=False)
+        texts = ["", ""], TEXTS[:2]
+        assert quantized.perplexity(*texts) <= 1.1 * fp32.perplexity(*texts)

@@ -110,7 +110,8 @@ def build(settings: Settings, src: Path, out: Path, feeds: list[dict] | None = N
         if settings.method == "none":
             shutil.copy2(model_in, model_out)
         elif settings.method == "dynamic-int8":
-            dynamic_int8(settings, model_in, model_out)
+            with weights_folded(model_in, out) as graph:
+                dynamic_int8(settings, graph, model_out)
         elif settings.method == "static-int8":
             pre = preprocessed(model_in, (work or out) / "preprocessed.onnx")
             try:
@@ -119,9 +120,58 @@ def build(settings: Settings, src: Path, out: Path, feeds: list[dict] | None = N
                 if work is None:
                     pre.unlink(missing_ok=True)
         elif settings.method == "int4":
-            int4(settings, model_in, model_out)
+            with weights_folded(model_in, out) as graph:
+                int4(settings, graph, model_out)
         elif settings.method == "fp16":
             fp16(settings, model_in, model_out)
+
+
+@contextlib.contextmanager
+def weights_folded(model_in: Path, scratch: Path):
+    """`model_in`, or a copy of it in `scratch` (removed afterwards) in which every Transpose of an
+    initializer that only MatMuls read as their weight is replaced by the transposed initializer.
+
+    torch.onnx writes a tied LM head (GPT-2's lm_head shares the token embedding) as
+    MatMul(hidden, Transpose(wte)). onnxruntime folds that constant when a session starts, but the
+    quantizers only quantize a MatMul whose weight is an initializer, so they left the largest matrix of a
+    decoder (hidden x vocabulary) in float: a third of an int8 GPT-2 small step was that one fp32 MatMul
+    (benchmarks/generation.py's op profile). Folded, the head is quantized like every other projection; the
+    embedding table stays as it is for the lookups, so the graph holds the table twice (once transposed)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_in))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, k))
+    outputs = {o.name for o in graph.output}
+    folded = []
+    for node in list(graph.node):
+        uses = readers.get(node.output[0], []) if node.op_type == "Transpose" else []
+        if (not uses or node.input[0] not in inits or node.output[0] in outputs
+                or any(user.op_type != "MatMul" or k != 1 for user, k in uses)):
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        weight = numpy_helper.to_array(inits[node.input[0]])
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.transpose(perm)), node.output[0]))
+        graph.node.remove(node)
+        folded.append(node.input[0])
+    for name in folded:  # a table nothing else reads (an untied head) is not kept twice
+        if len(readers[name]) == 1:
+            graph.initializer.remove(inits[name])
+    if not folded:
+        yield model_in
+        return
+    path = Path(scratch) / "weights-folded.onnx"
+    onnx.save(model, str(path))
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
