@@ -256,6 +256,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel("prompt length (tokens)")
         ax.set_ylabel("ms per generated token (batch 1)")
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")  # without the cache a step costs 10-100x more: linear would flatten the rest
         ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")

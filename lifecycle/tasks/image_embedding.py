@@ -24,7 +24,7 @@ from lifecycle.tasks.image_task import ImageTask
 class ImageEmbedding(EmbeddingAnswers, ImageTask):
     name = "image-embedding"
     export_reads = ("encoder", "masked-lm")
-    export_hint = ("an image-embedding export reads an image encoder: a finetune stage under this task, or a "
+    export_hint = ("an image-embedding export reads an image encoder: a finetune or distill stage under this task, or a "
                    "pretrain stage with `objective: masked-image`")
     trained_by = ("finetune (contrastive on augmented views, full or LoRA), distill (a shallower student matching "
                   "the teacher's embeddings), or pretrain with `objective: masked-image`")
