@@ -458,7 +458,8 @@ class Predictor:
                 z = logits - logits.max(-1, keepdims=True)
                 logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
                 start = max(len(head), 1) - 1  # position t-1 predicts token t; targets start after the prompt
-                targets = np.array(ids[start + 1 :])
+                # none when the prompt fills the context: that record has nothing to score
+                targets = np.array(ids[start + 1 :], dtype=np.int64)
                 nll -= float(logp[np.arange(start, len(ids) - 1), targets].sum())
                 count += len(targets)
         return float(np.exp(nll / count)) if count else float("nan")

@@ -41,8 +41,10 @@ class Generation(TaskPlugin):
     edge_method = "generate"
     route = "/generate"
     # perplexity (lower is better) on the split; decoding speed at batch 1 with the KV cache in onnxruntime
-    # (the runtime of the export and quantize stages), measured on the split's first prompt
-    scores = ("perplexity", "ort_time_to_first_token_ms", "ort_ms_per_token", "ort_tokens_per_s")
+    # (the runtime of the export and quantize stages), measured on the split's first prompt; with
+    # `generation.rouge`, ROUGE-L of the graph's greedy answers to the split's first records (as finetune
+    # scores the PyTorch model's on test: a quantized generator is gated on what it answers, too)
+    scores = ("perplexity", "ort_time_to_first_token_ms", "ort_ms_per_token", "ort_tokens_per_s", "rouge_l")
     split_free = ("ort_time_to_first_token_ms", "ort_ms_per_token", "ort_tokens_per_s")
     fidelity = ("generation_agreement", "next_token_agreement", "logit_max_abs_diff")
     fidelity_at_export = True  # PyTorch's greedy generations are the reference of the exported graph
@@ -170,6 +172,12 @@ class Generation(TaskPlugin):
         if prompts:
             speed = predictor.decoding_speed(prompts[0], settings.new_tokens)
             metrics.update({f"ort_{k}": v for k, v in speed.items()})
+        if settings.rouge:
+            from lifecycle.evaluation.rouge import rouge_l
+
+            n = settings.rouge.records
+            answered = predictor.generate(rows["prompt"][:n], max_new_tokens=settings.rouge.answer_tokens)
+            metrics["rouge_l"] = rouge_l([a["text"] for a in answered], rows["response"][:n])
         outputs = predictor.logits(prompts)
         if reference is not None:
             vocab = outputs.shape[1] - settings.new_tokens
