@@ -204,10 +204,15 @@ def distill(cfg, parent, ctx, task) -> dict:
     meaning here (refused at load). Reported: kNN accuracy of student and teacher on the same test images,
     `retention`, the student's mean cosine to the teacher's embeddings (`teacher_cosine_mean`), speedup."""
     from lifecycle.components.classification import seed_everything
-    from lifecycle.components.distillation import init_from_teacher, student_config, student_layers
+    from lifecycle.components.distillation import (
+        init_from_teacher,
+        student_config,
+        student_costs,
+        student_layers,
+    )
     from lifecycle.edge import ImagePreprocessing
     from lifecycle.embedding import write_pooling
-    from lifecycle.images import fit, read_through_model, save, student_costs
+    from lifecycle.images import fit, read_through_model, save
 
     src = Path(parent.path)
     data = read_through_model(ctx.task_data(), src)
@@ -236,4 +241,5 @@ def distill(cfg, parent, ctx, task) -> dict:
     return {**scores, "teacher_knn_accuracy": teacher_knn,
             "retention": scores["knn_accuracy"] / teacher_knn if teacher_knn else float("nan"),
             "teacher_cosine_mean": float(cosine.mean()),
-            **student_costs(teacher, student, test_x[:1], cfg, ctx.out_dir, train_seconds)}
+            **student_costs(teacher, student, {"pixel_values": torch.as_tensor(test_x[:1])}, cfg, ctx.out_dir,
+                            train_seconds)}

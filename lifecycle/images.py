@@ -226,28 +226,6 @@ def finetune(cfg, parent, ctx, task) -> dict:
     return metrics
 
 
-def student_costs(teacher, student, pixel_values, cfg, out_dir: Path, train_seconds: float) -> dict:
-    """What a distill stage reports of an image student's cost beside its teacher's: torch latency on
-    `pixel_values` in alternating rounds (`latency_rounds` of the stage's `latency`, so that load from other
-    processes hits both alike; per model the round with the median p50), speedup, compression, size."""
-    from lifecycle import models
-    from lifecycle.evaluation.latency import measure
-
-    x = torch.as_tensor(pixel_values)
-    rounds: dict[str, list[dict]] = {"teacher": [], "student": []}
-    with torch.inference_mode():
-        for _ in range(cfg.latency_rounds):
-            for name, m in (("teacher", teacher), ("student", student)):
-                rounds[name].append(measure(lambda m=m: m(pixel_values=x), cfg.latency.warmup, cfg.latency.runs))
-    t_lat, s_lat = (sorted(rounds[k], key=lambda r: r["torch_latency_p50_ms"])[len(rounds[k]) // 2]
-                    for k in ("teacher", "student"))
-    s_params, t_params = (models.count_parameters(m)["params_total"] for m in (student, teacher))
-    return {**s_lat, **{f"teacher_{k}": v for k, v in t_lat.items()},
-            "speedup": t_lat["torch_latency_p50_ms"] / s_lat["torch_latency_p50_ms"], "compression": t_params / s_params,
-            "params_total": s_params, "size_mb": models.size_mb(Path(out_dir) / "model.safetensors"),
-            "train_seconds": train_seconds}
-
-
 class DistillationTrainer(Trainer):
     """Soft targets from the teacher on the very batch the student sees (augmented images included: cached
     teacher logits of the clean images would not match them), plus the labels."""
@@ -274,7 +252,12 @@ def distill(cfg, parent, ctx, task) -> dict:
     import time
 
     from lifecycle.components.classification import seed_everything
-    from lifecycle.components.distillation import init_from_teacher, student_config, student_layers
+    from lifecycle.components.distillation import (
+        init_from_teacher,
+        student_config,
+        student_costs,
+        student_layers,
+    )
 
     src = Path(parent.path)
     data = read_through_model(ctx.task_data(), src)
@@ -296,5 +279,6 @@ def distill(cfg, parent, ctx, task) -> dict:
     teacher_scores = task.evaluate(predict(teacher, test), data.target("test"))
     metrics.update({f"teacher_{k}": v for k, v in teacher_scores.items()},
                    retention=metrics["accuracy"] / teacher_scores["accuracy"] if teacher_scores["accuracy"] else float("nan"),
-                   **student_costs(teacher, student, test[:1], cfg, ctx.out_dir, train_seconds))
+                   **student_costs(teacher, student, {"pixel_values": torch.as_tensor(test[:1])}, cfg, ctx.out_dir,
+                                   train_seconds))
     return metrics

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from lifecycle.tabular import Rows, TableTransformer, predict
+from lifecycle.tabular import Rows, TableTransformer, predict, tensors
 
 
 class SoftRows(Rows):
@@ -50,9 +50,13 @@ def distill(cfg, parent, ctx, task) -> dict:
     import json
     import time
 
-    from lifecycle import models
     from lifecycle.components.classification import seed_everything
-    from lifecycle.components.distillation import init_from_teacher, pick_layers
+    from lifecycle.components.distillation import (
+        init_from_teacher,
+        student_config,
+        student_costs,
+        student_layers,
+    )
     from lifecycle.components.training import train as run_trainer
     from lifecycle.components.training import training_args
     from lifecycle.edge import PREPROCESSING
@@ -60,10 +64,8 @@ def distill(cfg, parent, ctx, task) -> dict:
     src = Path(parent.path)
     data = ctx.task_data().read_through(json.loads((src / PREPROCESSING).read_text()), src)
     teacher = TableTransformer.from_pretrained(src).eval()
-    n = teacher.config.num_hidden_layers
-    layers = cfg.student.layers or pick_layers(n, cfg.student.num_layers or (n + 1) // 2)
-    config = teacher.config.__class__.from_dict({**teacher.config.to_dict(), **cfg.student.overrides,
-                                                  "num_hidden_layers": len(layers)})
+    layers = student_layers(cfg.student, teacher.config.num_hidden_layers)
+    config = student_config(teacher.config, layers, cfg.student.overrides)
     seed_everything(ctx.seed)
     student = TableTransformer(config)
     copied = init_from_teacher(student, teacher, layers)
@@ -86,28 +88,9 @@ def distill(cfg, parent, ctx, task) -> dict:
     metrics = {**task.test_metrics(predict(student, test), data.target("test")),
                **{f"val_{k}": v for k, v in task.evaluate(predict(student, val), data.target("validation")).items()}}
     teacher_scores = task.evaluate(predict(teacher, test), data.target("test"))
-    t_lat, s_lat = paired_latency(teacher, student, test, cfg)
-    s_params, t_params = models.count_parameters(student)["params_total"], models.count_parameters(teacher)["params_total"]
     headline = task.scores[0]
-    metrics.update({f"teacher_{k}": v for k, v in teacher_scores.items()}, **s_lat,
-                   **{f"teacher_{k}": v for k, v in t_lat.items()},
+    metrics.update({f"teacher_{k}": v for k, v in teacher_scores.items()},
                    retention=metrics[headline] / teacher_scores[headline] if teacher_scores[headline] else float("nan"),
-                   speedup=t_lat["torch_latency_p50_ms"] / s_lat["torch_latency_p50_ms"], compression=t_params / s_params,
-                   params_total=s_params, size_mb=models.size_mb(ctx.out_dir / "model.safetensors"),
-                   train_seconds=train_seconds)
+                   **student_costs(teacher, student, {k: v[:1] for k, v in tensors(test).items()}, cfg, ctx.out_dir,
+                                   train_seconds))
     return metrics
-
-
-def paired_latency(teacher, student, feeds: dict, cfg) -> tuple[dict, dict]:
-    """Batch-1 PyTorch latency of teacher and student in alternating rounds; per model the median round."""
-    from lifecycle.evaluation.latency import measure
-    from lifecycle.tabular import tensors
-
-    one = {k: v[:1] for k, v in tensors(feeds).items()}
-    rounds: dict[str, list[dict]] = {"teacher": [], "student": []}
-    with torch.inference_mode():
-        for _ in range(cfg.latency_rounds):
-            for name, model in (("teacher", teacher), ("student", student)):
-                rounds[name].append(measure(lambda m=model: m(**one), cfg.latency.warmup, cfg.latency.runs))
-    median = {k: sorted(v, key=lambda r: r["torch_latency_p50_ms"])[len(v) // 2] for k, v in rounds.items()}
-    return median["teacher"], median["student"]

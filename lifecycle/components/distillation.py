@@ -103,17 +103,43 @@ def token_distillation_loss(student_logits, teacher_logits, labels, temperature:
                              temperature, alpha)
 
 
+def alternating_rounds(rounds: int, teacher_round, student_round) -> tuple[dict, dict]:
+    """Teacher and student latency in `rounds` alternating rounds, so that load from other processes hits both
+    alike: `*_round()` measures one round (a dict with `torch_latency_p50_ms`); per model, the median round."""
+    got: dict[str, list[dict]] = {"teacher": [], "student": []}
+    for _ in range(rounds):
+        got["teacher"].append(teacher_round())
+        got["student"].append(student_round())
+    median = {k: sorted(v, key=lambda r: r["torch_latency_p50_ms"])[len(v) // 2] for k, v in got.items()}
+    return median["teacher"], median["student"]
+
+
 def paired_latency(teacher, t_tok, student, s_tok, text: str, cfg, max_length: int) -> tuple[dict, dict]:
-    """Teacher and student torch latency in alternating rounds (`cfg.latency_rounds` of `cfg.latency`), so that
-    load from other processes hits both alike; per model, the round with the median p50."""
+    """Teacher and student torch latency on `text` (`cfg.latency_rounds` alternating rounds of `cfg.latency`)."""
     from lifecycle.evaluation.latency import torch_latency
 
-    rounds: dict[str, list[dict]] = {"teacher": [], "student": []}
-    for _ in range(cfg.latency_rounds):
-        rounds["teacher"].append(torch_latency(teacher, t_tok, text, cfg.latency, max_length))
-        rounds["student"].append(torch_latency(student, s_tok, text, cfg.latency, max_length))
-    median = {k: sorted(v, key=lambda r: r["torch_latency_p50_ms"])[len(v) // 2] for k, v in rounds.items()}
-    return median["teacher"], median["student"]
+    return alternating_rounds(cfg.latency_rounds, lambda: torch_latency(teacher, t_tok, text, cfg.latency, max_length),
+                              lambda: torch_latency(student, s_tok, text, cfg.latency, max_length))
+
+
+def student_costs(teacher, student, feeds: dict, cfg, out_dir: Path, train_seconds: float) -> dict:
+    """What a distill stage reports of a student that reads tensors (a table's, an image's) beside its
+    teacher: batch latency of `model(**feeds)` in alternating rounds, speedup, compression, size."""
+    import torch
+
+    from lifecycle import models
+    from lifecycle.evaluation.latency import measure
+
+    def one_round(model):
+        return lambda: measure(lambda: model(**feeds), cfg.latency.warmup, cfg.latency.runs)
+
+    with torch.inference_mode():
+        t_lat, s_lat = alternating_rounds(cfg.latency_rounds, one_round(teacher), one_round(student))
+    s_params, t_params = (models.count_parameters(m)["params_total"] for m in (student, teacher))
+    return {**s_lat, **{f"teacher_{k}": v for k, v in t_lat.items()},
+            "speedup": t_lat["torch_latency_p50_ms"] / s_lat["torch_latency_p50_ms"], "compression": t_params / s_params,
+            "params_total": s_params, "size_mb": models.size_mb(Path(out_dir) / "model.safetensors"),
+            "train_seconds": train_seconds}
 
 
 def hidden_loss(student_hidden, teacher_hidden, layer_map: list[int], mask):
