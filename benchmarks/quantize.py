@@ -9,7 +9,8 @@ the AutoQuantizationConfig for this CPU (per_channel=False, as in optimum's docu
 (with the nodes the ladder's sensitivity scan left in float) and dynamic int8 are rebuilt from the same
 export so that both are timed side by side. Every model is scored on the same full test split and timed
 with the same inputs (one text padded to 128 tokens, batch 1 and 32, 2 threads and 1), in rounds that
-alternate between the models so drift from other jobs hits them alike; the raw timings are stored.
+alternate between the models so drift from other jobs hits them alike; the raw timings are stored, and
+onnxruntime's op profile of a batch-1 call of each int8 graph says where the time goes.
 The full budget also runs pipelines/quickstart.yaml and checks its quantize stage's speed verdict.
 
 A figure from a busy machine is not a figure: the run is refused when the load average exceeds the
@@ -164,6 +165,38 @@ def measure_all(arts: dict, edge_dirs: dict, test, budget: dict, raw: dict) -> d
     for name, path in edge_dirs.items():
         out[name]["size_mb"] = models.size_mb(path / "model.onnx")
     return out
+
+
+def op_profile(path: Path, text: str, runs: int, work: Path) -> dict:
+    """Where a batch-1 call's time goes (the text padded to SEQ tokens, THREADS threads): onnxruntime's
+    profiler over `runs` calls, kernel milliseconds per call summed per op type, with the session settings
+    the model was gated with (schema.json). The evidence for why one int8 graph is faster than another."""
+    import json
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    from lifecycle.edge import Predictor
+
+    predictor = Predictor.open(path, threads=THREADS)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
+    for key, value in predictor.schema.get("session_config", {}).items():
+        opts.add_session_config_entry(key, value)
+    opts.enable_profiling, opts.profile_file_prefix = True, str(work / f"profile-{path.name}")
+    session = ort.InferenceSession(str(path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    feeds = predictor.encode([text], pad_to=SEQ)
+    for _ in range(runs + 3):
+        session.run(None, feeds)
+    trace = json.loads(Path(session.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in trace if e.get("name") == "model_run")
+    kernels, calls = Counter(), Counter()
+    for e in trace:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= starts[3]:  # after warm-up
+            kernels[e["args"]["op_name"]] += e["dur"]
+            calls[e["args"]["op_name"]] += 1
+    return {"kernel_ms_per_call": sum(kernels.values()) / 1000 / runs,
+            "ops": {op: {"ms": round(us / 1000 / runs, 4), "nodes": calls[op] // runs} for op, us in kernels.most_common(10)}}
 
 
 def channel_study(export_dir: Path, plain_dir: Path, work: Path, test, budget: dict) -> dict:
@@ -326,6 +359,11 @@ def main() -> int:
                  **{name: r["dir"] for name, r in rebuilt.items()}}
     raw: dict = {}
     models = measure_all(arts, edge_dirs, test, budget, raw)
+    profiles_dir = args.workdir / "profiles"
+    profiles_dir.mkdir(exist_ok=True)
+    profiles = {name: op_profile(edge_dirs[name], list(test["text"])[0], budget["runs"], profiles_dir)
+                for name in ("lifecycle_fp32", "lifecycle_int8", "optimum_int8", "static_int8", "dynamic_int8")
+                if name in edge_dirs}
     study = channel_study(arts["export"].path, arts["export-plain"].path, args.workdir / "channels", test, budget)
     quickstart = None if args.quick else quickstart_verdict(args.workdir)
     q = arts["quantize"].manifest["details"]
@@ -343,6 +381,7 @@ def main() -> int:
         "int4": {"metrics": arts["int4"].metrics, "gates": arts["int4"].manifest["gates"]},
         "quickstart_quantize": quickstart,
         "graph_optimization": arts["export"].manifest["details"].get("graph_optimization"),
+        "op_profiles_b1": profiles,
         "dynamic_int8_weights": study,
         "optimum": optimum_info,
         "ratios_at_1_thread": one_thread_ratios(models),
@@ -358,6 +397,9 @@ def main() -> int:
     print(f"reason: {q.get('reason')}")
     print("dynamic int8 weights: " + ", ".join(f"{k} acc {v['accuracy']:.4f} agree {v['argmax_agreement_vs_fp32']:.4f}"
                                               for k, v in study.items()))
+    for name, prof in profiles.items():
+        top = ", ".join(f"{op} {v['ms']:.2f}" for op, v in list(prof["ops"].items())[:4])
+        print(f"profile {name}: {prof['kernel_ms_per_call']:.2f} ms of kernels per call ({top})")
     print("1 thread: " + ", ".join(f"{k} {v:.3g}" for k, v in results["ratios_at_1_thread"].items()))
     return recorder.report(found, path)  # 1 when a check failed
 

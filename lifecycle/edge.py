@@ -137,6 +137,10 @@ class Predictor:
             opts.inter_op_num_threads = 1
         if not spinning:  # servers: an idle spinning pool burns cores that request handling needs
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The session settings the graph was gated with (schema.json `session_config`; e.g. an onnxruntime
+        # fusion that the export measured as slower for this graph, lifecycle.components.onnx.maybe_fused).
+        for key, value in self.schema.get("session_config", {}).items():
+            opts.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(str(self.root / MODEL), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         # A decoder with a KV cache (task generation): its past inputs (name, shape, type) and settings.

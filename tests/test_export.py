@@ -94,7 +94,46 @@ def test_export_files_metrics_and_parity_gate(export_run):
     opt = art.manifest["details"]["graph_optimization"]
     assert opt["fused_operators"].get("Attention") == 2
     assert ("Attention" in op_types(art.path / "model.onnx")) == opt["kept"]
+    # the fused variant without SkipLayerNormalization runs only with the session setting that keeps it so
+    unfused_norm = opt["variant"] == "fused_no_skip_layer_norm"
+    assert ("session_config" in schema) == unfused_norm
+    assert ("SkipLayerNormalization" in op_types(art.path / "model.onnx")) == (opt["variant"] == "fused")
     assert len(art.manifest["details"]["test_predictions"]) == 60
+
+
+def test_a_fusion_left_out_stays_out_in_every_session(onnx_workdir, tmp_path, monkeypatch):
+    """onnxruntime re-fuses Add + LayerNormalization into SkipLayerNormalization when a session starts;
+    schema.json's session_config (written by the export, copied by quantize) keeps it from doing so."""
+    import onnxruntime as ort
+
+    from lifecycle.components.onnx import NO_SKIP_LAYER_NORM, copy_runtime_files, fuse, set_session_config
+    from lifecycle.components.quantization import Settings, build
+    from lifecycle.edge import Predictor
+
+    plain = Artifact.load(run_tiny(onnx_workdir, export={"optimize": False}) / "export").path
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    copy_runtime_files(plain, fused)
+    assert fuse(plain / "model.onnx", fused / "model.onnx", skip_layer_norm=False)["LayerNormalization"] > 0
+    written = tmp_path / "session-graph.onnx"  # the graph each session runs, as onnxruntime optimized it
+
+    class Options(ort.SessionOptions):
+        def __init__(self):
+            super().__init__()
+            self.optimized_model_filepath = str(written)
+
+    monkeypatch.setattr(ort, "SessionOptions", Options)
+    texts = ["markets rally as rates fall", "the team won the final"]
+    Predictor.open(fused)
+    assert "SkipLayerNormalization" in op_types(written)  # re-fused without the setting
+    set_session_config(fused, NO_SKIP_LAYER_NORM)
+    answers = Predictor.open(fused).logits(texts)
+    assert "SkipLayerNormalization" not in op_types(written) and "LayerNormalization" in op_types(written)
+    np.testing.assert_allclose(answers, Predictor.open(plain).logits(texts), atol=1e-4)
+    build(Settings(method="dynamic-int8"), fused, tmp_path / "int8")  # a quantized child keeps the setting
+    assert json.loads((tmp_path / "int8" / "schema.json").read_text())["session_config"] == NO_SKIP_LAYER_NORM
+    Predictor.open(tmp_path / "int8")
+    assert "SkipLayerNormalization" not in op_types(written)
 
 
 def test_parity_gate_fails_the_stage(onnx_workdir):

@@ -5,6 +5,9 @@ the per-node sensitivity scan and selective fallback live in components/sensitiv
 Methods:
 - `dynamic-int8`: int8 weights (per-channel by default), activations quantized at run time. No data.
 - `static-int8`: QDQ graph, activation ranges calibrated on texts from train or validation (never test).
+  Only the ops whose QDQ form onnxruntime runs as an integer kernel (STATIC_OPS); a fused graph's
+  Attention and EmbedLayerNormalization have no QDQ form and stay fp32 (so on MiniLM static int8 is
+  larger and slower than dynamic int8, whose QAttention/QEmbedLayerNormalization take them).
 - `int4`: weight-only, block-wise 4-bit MatMul weights and embedding tables (onnxruntime's MatMulNBits
   and GatherBlockQuantized; accuracy_level: the precision MatMulNBits computes in); what neither takes
   (a fused graph's attention and EmbedLayerNormalization) is dynamic int8. For size-bound edge builds:
@@ -36,6 +39,11 @@ from lifecycle.schema import Strict
 
 Method = Literal["dynamic-int8", "static-int8", "int4", "fp16", "none"]
 INT8 = ("dynamic-int8", "static-int8", "int4")  # graphs with u8s8 int8 kernels (int4 keeps some int8)
+# Static int8 quantizes these op types only: onnxruntime turns their QDQ form into QLinearMatMul / QGemm /
+# QLinearConv. Around every other op (Add, LayerNormalization, Gather, Transpose...) Q/DQ pairs only add work:
+# static int8 of every QDQ op type was 2.9x slower than dynamic int8 on MiniLM at batch 1, half of its time
+# in 57 DequantizeLinear nodes (op profiles: benchmarks/quantize.py).
+STATIC_OPS = ("Conv", "Gemm", "MatMul")
 
 
 class Calibration(Strict):
@@ -207,12 +215,10 @@ def _common(settings: Settings, registry: dict, exclude_nodes: list[str] | None 
 
     from lifecycle import LifecycleError
 
-    ops = None
-    if settings.exclude_op_types:  # the op types the quantizer knows, minus the excluded ones
-        ops = sorted(set(registry) - set(settings.exclude_op_types))
-        if not ops:  # an empty list means "all op types" to onnxruntime: the opposite of what was asked
-            raise LifecycleError(f"quantize.exclude_op_types excludes every op type the quantizer knows "
-                                 f"({sorted(registry)}); use method none instead")
+    ops = sorted(set(registry) - set(settings.exclude_op_types))  # the op types to quantize, minus the excluded
+    if not ops:  # an empty list means "all op types" to onnxruntime: the opposite of what was asked
+        raise LifecycleError(f"quantize.exclude_op_types excludes every op type the quantizer knows "
+                             f"({sorted(registry)}); use method none instead")
     nodes = [*settings.exclude_nodes, *(exclude_nodes or [])]
     # DefaultTensorType: a fused graph has contrib ops whose output types onnx shape inference does
     # not know; without a default the quantizer fails on them.
@@ -260,7 +266,7 @@ def static_int8(settings: Settings, pre: Path, model_out: Path, feeds: list[dict
               "percentile": CalibrationMethod.Percentile}[settings.calibration.method]
     quantize_static(str(pre), str(model_out), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-                    **_common(settings, QDQRegistry, exclude_nodes))
+                    **_common(settings, {op: QDQRegistry[op] for op in STATIC_OPS}, exclude_nodes))
 
 
 PRE_PROCESS = """
