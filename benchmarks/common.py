@@ -19,6 +19,22 @@ for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZER
     os.environ.setdefault(key, value)
 
 
+def kernel_times(session, skip_runs: int) -> dict[str, dict]:
+    """onnxruntime's profile of `session` (opened with Predictor.open(..., profile=...)), its first
+    `skip_runs` runs left out: per op type, kernel microseconds summed and kernel calls, busiest first."""
+    from collections import Counter
+
+    trace = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted((e for e in trace if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    since = runs[skip_runs]["ts"]
+    us, calls = Counter(), Counter()
+    for e in trace:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= since:
+            us[e["args"]["op_name"]] += e["dur"]
+            calls[e["args"]["op_name"]] += 1
+    return {op: {"us": t, "calls": calls[op]} for op, t in us.most_common()}
+
+
 def load_1min() -> float:
     return round(os.getloadavg()[0], 2)
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
+from common import ROOT, SHARED, Recorder, kernel_times  # first: it sets the offline environment
 
 THREADS = 2
 REFERENCE_LENGTH = 128  # the prompt length the checks read
@@ -116,29 +116,14 @@ def op_profile(path: Path, prompt: list[int], tokens: int, work: Path) -> dict:
     """Where a cached decoding step's time goes: onnxruntime's profiler over `tokens` steps after `prompt`
     (the prompt's own run left out), kernel time summed per op type, as a share of all kernel time, plus
     the mean kernel milliseconds per step. The evidence for what int8 costs and saves per token."""
-    import json
-    from collections import Counter
-
-    import onnxruntime as ort
-
     from lifecycle.edge import Predictor
 
-    predictor = Predictor.open(path, threads=THREADS)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
-    opts.enable_profiling, opts.profile_file_prefix = True, str(work / f"profile-{path.name}")
-    predictor.session = ort.InferenceSession(str(path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    predictor = Predictor.open(path, threads=THREADS, profile=str(work / f"profile-{path.name}"))
     per_token_ms(onnx_step(predictor, cache=True), prompt, tokens)
-    trace = json.loads(Path(predictor.session.end_profiling()).read_text())
-    runs = sorted((e for e in trace if e.get("name") == "model_run"), key=lambda e: e["ts"])
-    after_prompt = runs[0]["ts"] + runs[0]["dur"]
-    kernels = Counter()
-    for e in trace:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= after_prompt:
-            kernels[e["args"]["op_name"]] += e["dur"]
-    total = sum(kernels.values())
+    ops = kernel_times(predictor.session, skip_runs=1)
+    total = sum(o["us"] for o in ops.values())
     return {"kernel_ms_per_token": total / 1000 / tokens,
-            "op_share": {op: round(us / total, 4) for op, us in kernels.most_common(8)}}
+            "op_share": {op: round(o["us"] / total, 4) for op, o in list(ops.items())[:8]}}
 
 
 def torch_step(model):

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
+from common import ROOT, SHARED, Recorder, kernel_times  # first: it sets the offline environment
 
 from lifecycle import GateFailed, config, environment, pipeline, report, verdict
 
@@ -95,17 +95,9 @@ def cpu_isa() -> str:
 
 def timed_rounds(calls: dict, runs: int, rounds: int) -> dict:
     """p50/p95/p99 (ms) of each call over `rounds` rounds of `runs` calls, alternating the order."""
-    for call in calls.values():  # warm-up: allocations, thread pools
-        for _ in range(3):
-            call()
-    samples = {name: [] for name in calls}
-    for r in range(rounds):
-        order = list(calls) if r % 2 == 0 else list(reversed(calls))
-        for name in order:
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                calls[name]()
-                samples[name].append((time.perf_counter() - t0) * 1000)
+    from lifecycle.evaluation.latency import interleaved
+
+    samples = interleaved(calls, rounds=rounds, warmup=3, runs=runs)  # warm-up: allocations, thread pools
     return {name: {**{f"p{q}": float(np.percentile(s, q)) for q in (50, 95, 99)}, "raw_ms": [round(x, 4) for x in s]}
             for name, s in samples.items()}
 
@@ -168,35 +160,19 @@ def measure_all(arts: dict, edge_dirs: dict, test, budget: dict, raw: dict) -> d
 
 
 def op_profile(path: Path, text: str, runs: int, work: Path) -> dict:
-    """Where a batch-1 call's time goes (the text padded to SEQ tokens, THREADS threads): onnxruntime's
-    profiler over `runs` calls, kernel milliseconds per call summed per op type, with the session settings
-    the model was gated with (schema.json). The evidence for why one int8 graph is faster than another."""
-    import json
-    from collections import Counter
-
-    import onnxruntime as ort
-
+    """Where a batch-1 call's time goes (the text padded to SEQ tokens, THREADS threads, the session settings
+    the model was gated with): onnxruntime's profiler over `runs` calls after 3 warm-up calls, kernel
+    milliseconds per call per op type. The evidence for why one int8 graph is faster than another."""
     from lifecycle.edge import Predictor
 
-    predictor = Predictor.open(path, threads=THREADS)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
-    for key, value in predictor.schema.get("session_config", {}).items():
-        opts.add_session_config_entry(key, value)
-    opts.enable_profiling, opts.profile_file_prefix = True, str(work / f"profile-{path.name}")
-    session = ort.InferenceSession(str(path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    predictor = Predictor.open(path, threads=THREADS, profile=str(work / f"profile-{path.name}"))
     feeds = predictor.encode([text], pad_to=SEQ)
     for _ in range(runs + 3):
-        session.run(None, feeds)
-    trace = json.loads(Path(session.end_profiling()).read_text())
-    starts = sorted(e["ts"] for e in trace if e.get("name") == "model_run")
-    kernels, calls = Counter(), Counter()
-    for e in trace:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= starts[3]:  # after warm-up
-            kernels[e["args"]["op_name"]] += e["dur"]
-            calls[e["args"]["op_name"]] += 1
-    return {"kernel_ms_per_call": sum(kernels.values()) / 1000 / runs,
-            "ops": {op: {"ms": round(us / 1000 / runs, 4), "nodes": calls[op] // runs} for op, us in kernels.most_common(10)}}
+        predictor.session.run(None, feeds)
+    ops = kernel_times(predictor.session, skip_runs=3)
+    return {"kernel_ms_per_call": sum(o["us"] for o in ops.values()) / 1000 / runs,
+            "ops": {op: {"ms": round(o["us"] / 1000 / runs, 4), "nodes": o["calls"] // runs}
+                    for op, o in list(ops.items())[:10]}}
 
 
 def channel_study(export_dir: Path, plain_dir: Path, work: Path, test, budget: dict) -> dict:

@@ -103,7 +103,7 @@ BUNDLE_REFUSED = "lifecycle: bundle refused:"
 
 
 class Predictor:
-    def __init__(self, root: Path, threads: int | None = None, spinning: bool = True):
+    def __init__(self, root: Path, threads: int | None = None, spinning: bool = True, profile: str | None = None):
         import onnxruntime as ort
 
         self.root = Path(root)
@@ -141,6 +141,8 @@ class Predictor:
         # fusion that the export measured as slower for this graph, lifecycle.components.onnx.maybe_fused).
         for key, value in self.schema.get("session_config", {}).items():
             opts.add_session_config_entry(key, value)
+        if profile:  # onnxruntime's profiler: session.end_profiling() writes <profile>_<time>.json
+            opts.enable_profiling, opts.profile_file_prefix = True, profile
         self.session = ort.InferenceSession(str(self.root / MODEL), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         # A decoder with a KV cache (task generation): its past inputs (name, shape, type) and settings.
@@ -183,9 +185,10 @@ class Predictor:
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, spinning: bool = True,
-             trusted_keys: list | None = None) -> Predictor:
+             trusted_keys: list | None = None, profile: str | None = None) -> Predictor:
         """Open a bundle zip or a model directory, verifying it first (see the module docstring).
-        `trusted_keys` (public key PEM paths or bytes): refuse it unless manifest.sig verifies with one."""
+        `trusted_keys` (public key PEM paths or bytes): refuse it unless manifest.sig verifies with one.
+        `profile`: a file prefix for onnxruntime's op profiler (off by default)."""
         path = source = Path(path)
         extracted = None
         if path.is_file() and zipfile.is_zipfile(path):
@@ -206,7 +209,7 @@ class Predictor:
                     raise BundleError(f"{source}: unsigned (no {SIGNATURE}); trusted keys are configured, so only "
                                       "bundles written with `lifecycle bundle --sign` are accepted")
                 check_signature((path / MANIFEST).read_bytes(), (path / SIGNATURE).read_bytes(), trusted_keys, source)
-            predictor = cls(path, threads, spinning)
+            predictor = cls(path, threads, spinning, profile)
         except BaseException:
             if extracted:
                 shutil.rmtree(extracted, ignore_errors=True)

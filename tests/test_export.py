@@ -136,6 +136,21 @@ def test_a_fusion_left_out_stays_out_in_every_session(onnx_workdir, tmp_path, mo
     assert "SkipLayerNormalization" not in op_types(written)
 
 
+def test_a_predictor_can_profile_its_graph(export_run, tmp_path):
+    """Predictor.open(profile=...) turns on onnxruntime's profiler, written under the prefix given; without
+    it nothing is profiled."""
+    from lifecycle.edge import Predictor
+
+    art = Artifact.load(export_run / "export")
+    predictor = Predictor.open(art.path, threads=1, profile=str(tmp_path / "profile"))
+    predictor.logits(["markets rally as rates fall"])
+    written = Path(predictor.session.end_profiling())
+    assert written.parent == tmp_path and written.name.startswith("profile")
+    trace = json.loads(written.read_text())
+    assert {e["args"]["op_name"] for e in trace if e.get("cat") == "Node"} & op_types(art.path / "model.onnx")
+    assert Predictor.open(art.path, threads=1).session.end_profiling() == ""
+
+
 def test_parity_gate_fails_the_stage(onnx_workdir):
     with pytest.raises(GateFailed, match="parity_max_abs_diff"):
         run_tiny(onnx_workdir, export={"parity_max": 1e-12})

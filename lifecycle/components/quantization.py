@@ -41,8 +41,8 @@ Method = Literal["dynamic-int8", "static-int8", "int4", "fp16", "none"]
 INT8 = ("dynamic-int8", "static-int8", "int4")  # graphs with u8s8 int8 kernels (int4 keeps some int8)
 # Static int8 quantizes these op types only: onnxruntime turns their QDQ form into QLinearMatMul / QGemm /
 # QLinearConv. Around every other op (Add, LayerNormalization, Gather, Transpose...) Q/DQ pairs only add work:
-# static int8 of every QDQ op type was 2.9x slower than dynamic int8 on MiniLM at batch 1, half of its time
-# in 57 DequantizeLinear nodes (op profiles: benchmarks/quantize.py).
+# static int8 of every QDQ op type was 1.65x slower than dynamic int8 on MiniLM at batch 1 (benchmarks/results/
+# quantize.json at 1c4cd9d), with these three 1.42x (the current file, whose op_profiles_b1 say where it goes).
 STATIC_OPS = ("Conv", "Gemm", "MatMul")
 
 

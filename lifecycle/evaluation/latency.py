@@ -20,8 +20,9 @@ def measure(call: Callable[[], object], warmup: int = 3, runs: int = 20, runtime
     return {f"{runtime}_latency_p{q}_ms": float(np.percentile(arr, q)) for q in (50, 95, 99)}
 
 
-def interleaved_p50(calls: dict[str, Callable[[], object]], rounds: int = 3, warmup: int = 2, runs: int = 10) -> dict[str, float]:
-    """p50 (ms) of each call over `rounds` rounds of `runs` calls, the order alternating between rounds, so
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int = 3, warmup: int = 2,
+                runs: int = 10) -> dict[str, list[float]]:
+    """Each call's times (ms) over `rounds` rounds of `runs` calls, the order alternating between rounds, so
     that load from other processes hits every call alike."""
     for call in calls.values():
         for _ in range(warmup):
@@ -30,7 +31,7 @@ def interleaved_p50(calls: dict[str, Callable[[], object]], rounds: int = 3, war
     for r in range(rounds):
         for name in (list(calls) if r % 2 == 0 else list(reversed(calls))):
             times[name] += _times(calls[name], runs)
-    return {name: float(np.percentile(t, 50)) for name, t in times.items()}
+    return times
 
 
 def latency_metrics(runtime: str, batch: str = "") -> tuple[str, ...]:
