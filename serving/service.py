@@ -29,7 +29,8 @@ stops cleanly after generate_time_budget_s with finish_reason "time"; a prompt w
 model's context is refused with 413 naming the limit; never adaptively batched; with "stream": true or an
 Accept: text/event-stream header, server-sent events as tokens come: see Classifier.generate_stream); the route the
 served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
-/livez, /readyz, /metrics. Every refusal has a JSON body {"error": "..."} and never a stack trace:
+/livez, /readyz, /metrics (with lifecycle_requests_admitted: requests holding a max_concurrency slot, summed over
+the workers; BentoML's own request_in_progress also counts uploads still arriving). Every refusal has a JSON body {"error": "..."} and never a stack trace:
 
     415  content type other than application/json (BentoML's pickle type included: never unpickled)
     400  body that is not JSON (or not UTF-8)
@@ -155,6 +156,22 @@ IMAGE_MEDIA = (b"image/png", b"image/jpeg")  # image bodies an image model takes
 UNLIMITED_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 
+ADMITTED = None  # prometheus_client.Gauge, see _admitted_gauge
+
+
+def _admitted_gauge():
+    """One gauge per worker process (prometheus_client refuses a second registration of a name); imported
+    late, once BentoML has set the worker's multiprocess directory, so that /metrics sums the workers."""
+    import prometheus_client
+
+    global ADMITTED
+    if ADMITTED is None:
+        ADMITTED = prometheus_client.Gauge("lifecycle_requests_admitted", "requests holding a max_concurrency slot",
+                                           multiprocess_mode="livesum")
+    return ADMITTED
+
+
+
 class RequestLimits:
     """ASGI middleware in front of POST /classify and /embed: refuses what the model must never see, each with a
     JSON {"error": ...} body. It reads the body itself (bounded in size and time), so an oversized upload costs
@@ -175,6 +192,7 @@ class RequestLimits:
         self.opened: dict[tuple, float] = {}
         # Per worker, as BentoML splits it: each worker has its own event loop and its own middleware.
         self.slots = anyio.Semaphore(-(-settings["max_concurrency"] // settings["workers"]))
+        self.admitted = _admitted_gauge()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
@@ -265,15 +283,16 @@ class RequestLimits:
         if self.slots.value == 0:
             return await _error(scope, receive, send, 429, "Too many requests")
         async with self.slots:
-            if prompts is not None:
-                problem = await self.over_context(prompts)
-                if problem:
-                    return await _error(scope, receive, send, 413, problem)
-            if texts is not None and self.s["over_length"] == "reject":
-                problem = await self.over_length(texts)
-                if problem:
-                    return await _error(scope, receive, send, 422, problem)
-            await self.app(scope, receive, send)
+            with self.admitted.track_inprogress():
+                if prompts is not None:
+                    problem = await self.over_context(prompts)
+                    if problem:
+                        return await _error(scope, receive, send, 413, problem)
+                if texts is not None and self.s["over_length"] == "reject":
+                    problem = await self.over_length(texts)
+                    if problem:
+                        return await _error(scope, receive, send, 422, problem)
+                await self.app(scope, receive, send)
 
     def closing(self, scope) -> bool:
         """Whether this response ends its keep-alive connection. Workers share one listening socket and

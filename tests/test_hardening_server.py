@@ -161,22 +161,35 @@ def test_slow_bodies_take_no_concurrency_slot(hardened):
         assert_healthy(client)
 
 
+def admitted(client: httpx.Client) -> float:
+    """Requests holding a max_concurrency slot, from the server's /metrics."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("lifecycle_requests_admitted "):
+            return float(line.split()[1])
+    raise AssertionError("/metrics has no lifecycle_requests_admitted")
+
+
 def test_complete_requests_beyond_max_concurrency_still_get_429(hardened):
     """The limit still holds once bodies are complete: 4 requests of 4 long texts each (one inference
-    at a time, ~1 s of tokenising each) hold the 4 slots, so one more request meanwhile gets 429."""
+    at a time, ~1 s of tokenising each) hold the 4 slots, so one more request meanwhile gets 429. The
+    5th is sent once /metrics shows the 4 admitted: a fixed sleep raced the uploads (it failed in full
+    suite runs, where the 5th found a slot free)."""
     payload = {"texts": ["word " * 50_000] * 4}
     results = []
     threads = [threading.Thread(target=lambda: results.append(
         httpx.post(hardened.url + "/classify", json=payload, timeout=60).status_code)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)
     with httpx.Client(base_url=hardened.url, timeout=10) as client:
+        assert admitted(client) == 0
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while (held := admitted(client)) < 4 and time.monotonic() < deadline and not results:
+            time.sleep(0.01)
         r = client.post("/classify", json=VALID)
         for t in threads:
             t.join()
-        assert r.status_code == 429 and r.json() == {"error": "Too many requests"}, r.text
         assert results == [200] * 4
+        assert r.status_code == 429 and r.json() == {"error": "Too many requests"}, (held, r.text)
         assert_healthy(client)
 
 
