@@ -80,7 +80,7 @@ def in_process(path: Path, threads: int, spinning: bool, runs: int) -> dict:
     from lifecycle.edge import Predictor
     from lifecycle.evaluation.latency import measure
 
-    predictor = Predictor.open(path, threads=threads, spinning=spinning)
+    predictor = Predictor.open(path, threads=threads, spinning=spinning, spin_between_runs=spinning)
     cpu_before = time.process_time()
     one = measure(lambda: predictor.predict([serving.SAMPLE_TEXT]), warmup=20, runs=runs, runtime="ort")
     cpu_ms = (time.process_time() - cpu_before) * 1000 / (runs + 20)
@@ -94,7 +94,7 @@ def in_process(path: Path, threads: int, spinning: bool, runs: int) -> dict:
 def _ceiling_worker(path: str, threads: int, spinning: bool, batch: int, seconds: float, barrier, results) -> None:
     from lifecycle.edge import Predictor
 
-    predictor = Predictor.open(path, threads=threads, spinning=spinning)
+    predictor = Predictor.open(path, threads=threads, spinning=spinning, spin_between_runs=spinning)
     texts = [serving.SAMPLE_TEXT] * batch
     for _ in range(20):
         predictor.predict(texts)

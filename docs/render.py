@@ -143,14 +143,14 @@ def benchmarks_section(paths: list[Path]) -> str:
         env = data.get("environment", {})
         commit = (env.get("git_commit") or "")[:7]
         recorded = (f"{'quick' if data.get('quick') else 'full'}, load {_load(data['loadavg_before']):.2f}"
-                    + (f", `{commit}`" if commit else ""))
+                    + (f", `{commit}`" if commit else "") + (f", {env['cpu']}" if env.get("cpu") else ""))
         validity = "" if data.get("valid", True) else " **(marked invalid)**"
         for i, c in enumerate(data["checks"]):
             first = f"[{path.stem}](benchmarks/{path.stem}.py){validity} | {recorded}" if i == 0 else " | "
             name = c["name"].replace("|", "\\|")  # |x - y| in a name would end the cell
             rows.append(f"| {first} | {name} | {_value(c['value'])} | {c['target']} | "
                         f"{'pass' if c['passed'] else '**miss**'} |")
-    return "\n".join(["| benchmark | recorded (budget, 1-min load before, commit) | check | value | target | |",
+    return "\n".join(["| benchmark | recorded (budget, 1-min load before, commit, CPU) | check | value | target | |",
                       "|---|---|---|---|---|---|", *rows]) + "\n"
 
 

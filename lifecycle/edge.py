@@ -103,7 +103,8 @@ BUNDLE_REFUSED = "lifecycle: bundle refused:"
 
 
 class Predictor:
-    def __init__(self, root: Path, threads: int | None = None, spinning: bool = True, profile: str | None = None):
+    def __init__(self, root: Path, threads: int | None = None, spinning: bool = True, profile: str | None = None,
+                 spin_between_runs: bool = False):
         import onnxruntime as ort
 
         self.root = Path(root)
@@ -137,6 +138,12 @@ class Predictor:
             opts.inter_op_num_threads = 1
         if not spinning:  # servers: an idle spinning pool burns cores that request handling needs
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning threads stay hot between operators within a run. After it they stop unless asked
+        # (a server answering back to back): left spinning, they take the cores from whatever the process
+        # runs next, and a session timed alternately with another one measured about twice its own time
+        # (benchmarks/spinning.py; the stop costs a wake-up per run, also measured there).
+        if not spin_between_runs:
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         # The session settings the graph was gated with (schema.json `session_config`; e.g. an onnxruntime
         # fusion that the export measured as slower for this graph, lifecycle.components.onnx.maybe_fused).
         for key, value in self.schema.get("session_config", {}).items():
@@ -185,10 +192,11 @@ class Predictor:
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, spinning: bool = True,
-             trusted_keys: list | None = None, profile: str | None = None) -> Predictor:
+             trusted_keys: list | None = None, profile: str | None = None, spin_between_runs: bool = False) -> Predictor:
         """Open a bundle zip or a model directory, verifying it first (see the module docstring).
         `trusted_keys` (public key PEM paths or bytes): refuse it unless manifest.sig verifies with one.
-        `profile`: a file prefix for onnxruntime's op profiler (off by default)."""
+        `profile`: a file prefix for onnxruntime's op profiler (off by default). `spin_between_runs`: keep
+        onnxruntime's threads spinning after a run, for a server that answers back to back."""
         path = source = Path(path)
         extracted = None
         if path.is_file() and zipfile.is_zipfile(path):
@@ -209,7 +217,7 @@ class Predictor:
                     raise BundleError(f"{source}: unsigned (no {SIGNATURE}); trusted keys are configured, so only "
                                       "bundles written with `lifecycle bundle --sign` are accepted")
                 check_signature((path / MANIFEST).read_bytes(), (path / SIGNATURE).read_bytes(), trusted_keys, source)
-            predictor = cls(path, threads, spinning, profile)
+            predictor = cls(path, threads, spinning, profile, spin_between_runs)
         except BaseException:
             if extracted:
                 shutil.rmtree(extracted, ignore_errors=True)

@@ -556,6 +556,7 @@ class Classifier:
         keys = [k.encode() for k in MODEL["trusted_keys"]] if MODEL.get("trusted_keys") else None
         try:
             self.predictor = Predictor.open(root, threads=SETTINGS["ort_threads"], spinning=SETTINGS["ort_spinning"],
+                                            spin_between_runs=SETTINGS["ort_spinning"],
                                             trusted_keys=keys)  # with keys: the signature is checked in every worker
         except BundleError as e:
             print(BUNDLE_REFUSED, e, file=sys.stderr, flush=True)

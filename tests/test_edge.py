@@ -209,3 +209,22 @@ def test_fresh_venv_with_only_the_runtime_reproduces_the_pipeline(onnx_workdir, 
     assert accuracy == pytest.approx(art.metrics["accuracy"])
     pip_list = subprocess.run([str(venv / "bin" / "pip"), "list"], capture_output=True, text=True).stdout
     assert "torch" not in pip_list and "\nonnx " not in pip_list and "lifecycle" not in pip_list
+
+
+def test_a_session_timed_beside_another_is_not_slowed_by_its_spinning_threads(export_dir):
+    """onnxruntime's threads spin after a run, waiting for the next one: alternated call by call with another
+    2-thread session on 2 cores, a session measured about twice its own time (benchmarks/spinning.py), which
+    skewed every interleaved comparison. Predictor stops them after each run."""
+    from lifecycle.evaluation.latency import call_times
+
+    a, b = (Predictor.open(export_dir, threads=2) for _ in range(2))
+    feeds = a.encode(["a sentence of a few words to classify"] * 32, pad_to=64)
+    call_a, call_b = (lambda: a.session.run(None, feeds)), (lambda: b.session.run(None, feeds))
+    alone, alternating = [], []
+    for _ in range(3):
+        call_times(call_b, 20)
+        alone += call_times(call_a, 40)[10:]  # after b's block: its threads' last spin left out
+        for _ in range(30):
+            alternating += call_times(call_a, 1)
+            call_b()
+    assert np.median(alternating) < 1.3 * np.median(alone), (np.median(alternating), np.median(alone))

@@ -16,7 +16,7 @@ from lifecycle.schema import Strict
 def measure(call: Callable[[], object], warmup: int = 3, runs: int = 20, runtime: str = "torch") -> dict[str, float]:
     for _ in range(warmup):
         call()
-    arr = np.asarray(_times(call, runs))
+    arr = np.asarray(call_times(call, runs))
     return {f"{runtime}_latency_p{q}_ms": float(np.percentile(arr, q)) for q in (50, 95, 99)}
 
 
@@ -30,7 +30,7 @@ def interleaved(calls: dict[str, Callable[[], object]], rounds: int = 3, warmup:
     times: dict[str, list[float]] = {name: [] for name in calls}
     for r in range(rounds):
         for name in (list(calls) if r % 2 == 0 else list(reversed(calls))):
-            times[name] += _times(calls[name], runs)
+            times[name] += call_times(calls[name], runs)
     return times
 
 
@@ -111,7 +111,7 @@ def ab_ratio(candidate: Callable[[], object], reference: Callable[[], object], b
         for _ in range(rounds):
             pair = [(cand, candidate), (ref, reference)]
             for out, call in pair if len(cand) % 2 == 0 else pair[::-1]:
-                out.append(float(np.percentile(_times(call, calls), percentile)))
+                out.append(float(np.percentile(call_times(call, calls), percentile)))
         verdict, (lo, hi) = ratio_verdict(np.log(cand) - np.log(ref), bound, kind)
         if verdict != "inconclusive" or len(cand) >= max_rounds:
             break
@@ -134,7 +134,7 @@ def ratio_verdict(log_ratios, bound: float, kind: str) -> tuple[str, tuple[float
     return "inconclusive", (lo, hi)
 
 
-def _times(call: Callable[[], object], n: int) -> list[float]:
+def call_times(call: Callable[[], object], n: int) -> list[float]:
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
