@@ -29,8 +29,9 @@ stops cleanly after generate_time_budget_s with finish_reason "time"; a prompt w
 model's context is refused with 413 naming the limit; never adaptively batched; with "stream": true or an
 Accept: text/event-stream header, server-sent events as tokens come: see Classifier.generate_stream); the route the
 served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
-/livez, /readyz, /metrics (with lifecycle_requests_admitted: requests holding a max_concurrency slot, summed over
-the workers; BentoML's own request_in_progress also counts uploads still arriving). Every refusal has a JSON body {"error": "..."} and never a stack trace:
+/livez, /readyz, /metrics, with lifecycle_requests_admitted (requests holding a max_concurrency slot, summed
+over the workers: BentoML's request_in_progress also counts uploads still arriving). Every refusal has a JSON
+body {"error": "..."} and never a stack trace:
 
     415  content type other than application/json (BentoML's pickle type included: never unpickled)
     400  body that is not JSON (or not UTF-8)
@@ -66,6 +67,7 @@ connections are closed after max_connection_age_s so that clients spread over th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -156,20 +158,14 @@ IMAGE_MEDIA = (b"image/png", b"image/jpeg")  # image bodies an image model takes
 UNLIMITED_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 
-ADMITTED = None  # prometheus_client.Gauge, see _admitted_gauge
-
-
+@functools.cache
 def _admitted_gauge():
     """One gauge per worker process (prometheus_client refuses a second registration of a name); imported
     late, once BentoML has set the worker's multiprocess directory, so that /metrics sums the workers."""
     import prometheus_client
 
-    global ADMITTED
-    if ADMITTED is None:
-        ADMITTED = prometheus_client.Gauge("lifecycle_requests_admitted", "requests holding a max_concurrency slot",
-                                           multiprocess_mode="livesum")
-    return ADMITTED
-
+    return prometheus_client.Gauge("lifecycle_requests_admitted", "requests holding a max_concurrency slot",
+                                   multiprocess_mode="livesum")
 
 
 class RequestLimits:
@@ -629,8 +625,6 @@ class Classifier:
                        top_p: float = 1.0, seed: int | None = None, stop: list[str] | None = None,
                        time_budget_s: float | None = None,
                        ) -> Annotated[list[Generated], ContentType("application/json")]:
-        import functools
-
         run = functools.partial(self.predictor.generate, **_generate_options(max_new_tokens, temperature, top_k, top_p,
                                                                              seed, stop, time_budget_s))
         # always in the thread: a decoding loop would hold the event loop (and /livez) for its whole length

@@ -42,7 +42,8 @@ INT8 = ("dynamic-int8", "static-int8", "int4")  # graphs with u8s8 int8 kernels 
 # Static int8 quantizes these op types only: onnxruntime turns their QDQ form into QLinearMatMul / QGemm /
 # QLinearConv. Around every other op (Add, LayerNormalization, Gather, Transpose...) Q/DQ pairs only add work:
 # static int8 of every QDQ op type was 1.65x slower than dynamic int8 on MiniLM at batch 1 (benchmarks/results/
-# quantize.json at 1c4cd9d), with these three 1.42x (the current file, whose op_profiles_b1 say where it goes).
+# quantize.json at 1c4cd9d), with these three 1.42x on a Xeon with VNNI (at 66e7f2e) and 1.23x on an AVX2-only
+# EPYC (the current file, whose op_profiles_b1 say where it goes: attention stays fp32 in static int8).
 STATIC_OPS = ("Conv", "Gemm", "MatMul")
 
 
