@@ -135,6 +135,7 @@ def ratio_verdict(log_ratios, bound: float, kind: str) -> tuple[str, tuple[float
 
 
 def call_times(call: Callable[[], object], n: int) -> list[float]:
+    """Milliseconds of each of `n` calls, back to back."""
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
