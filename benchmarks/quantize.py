@@ -276,9 +276,9 @@ def channel_study(export_dir: Path, plain_dir: Path, work: Path, test, budget: d
 
 
 def static_and_dynamic(arts: dict, cfg, work: Path) -> dict:
-    """The ladder's static int8 rung (its settings, and the nodes its sensitivity scan left in float) and
-    dynamic int8, rebuilt from the same export, so that both can be timed side by side (the stage keeps
-    only the rung it chose)."""
+    """The ladder's static int8 rung (its settings, and the nodes its sensitivity scan left in float to make
+    its scores pass) and dynamic int8, rebuilt from the same export, so that both can be timed side by
+    side (the stage keeps only the rung it chose)."""
     from lifecycle import data as datalib
     from lifecycle.components.quantization import Settings, build, calibration_inputs, calibration_texts
     from lifecycle.edge import Predictor
@@ -292,9 +292,11 @@ def static_and_dynamic(arts: dict, cfg, work: Path) -> dict:
         splits = datalib.load(cfg.data["sst2"], cfg).splits
         texts = calibration_texts(splits[settings.calibration.split]["text"], settings.calibration.samples, cfg.seed)
         feeds = calibration_inputs(Predictor.open(export), texts, settings.calibration.method)
-        build(settings, export, work / "static_int8", feeds, exclude_nodes=static.get("excluded_nodes"))
+        # the nodes that made its scores pass, also when the rung then missed a gate on size or speed
+        excluded = static.get("excluded_nodes") or (static.get("selective_fallback") or {}).get("scores_fixed_by") or []
+        build(settings, export, work / "static_int8", feeds, exclude_nodes=excluded)
         out["static_int8"] = {"dir": work / "static_int8", "rung": static["rung"],
-                              "excluded_nodes": static.get("excluded_nodes") or [], "ladder_passed": static["passed"]}
+                              "excluded_nodes": excluded, "ladder_passed": static["passed"]}
     build(Settings(method="dynamic-int8"), export, work / "dynamic_int8")
     out["dynamic_int8"] = {"dir": work / "dynamic_int8"}
     return out

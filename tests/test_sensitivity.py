@@ -110,6 +110,26 @@ def test_the_sensitive_node_ranks_first_and_excluding_it_fixes_static_int8(onnx_
     assert "Per-node sensitivity of static-int8" in report and f"| {gemm} | Gemm |" in report
 
 
+def test_the_search_stops_once_the_scores_pass_even_when_another_gate_misses(onnx_workdir, sensitive_run):
+    """Leaving more nodes in float cannot shrink the graph: with a size gate no static graph meets, the
+    search ends at the first trial whose scores pass, records the nodes that fixed them, and the stage
+    keeps the closest candidate."""
+    workdir, gemm = sensitive_run
+    healthy = Artifact.load(onnx_workdir / NAME / "quantize").manifest["details"]["attempts"][0]["metrics"]
+    with pytest.raises(GateFailed):
+        quantize_sensitive(workdir, selective_fallback={"trials": 4},
+                           gates=[{"metric": "argmax_agreement", "min": healthy["argmax_agreement"] - 0.1},
+                                  {"metric": "size_mb", "max": 1e-3}])
+    attempt = Artifact.load(workdir / NAME / "quantize").manifest["details"]["attempts"][0]
+    sel = attempt["selective_fallback"]
+    last = sel["steps"][-1]
+    assert last["scores_passed"] and not last["passed"] and not any(s["scores_passed"] for s in sel["steps"][:-1])
+    assert len(sel["steps"]) <= 2 < 4  # the budget allowed 4 trials
+    assert sel["kept"] is None and sel["scores_fixed_by"] == last["excluded"] and gemm in last["excluded"]
+    assert [g["metric"] for g in last["gates"] if g["verdict"] == "fail"] == ["size_mb"] and not attempt["passed"]
+    assert sel["table"][-1].endswith("passes the gates on scores, misses size_mb")
+
+
 def test_keep_best_names_the_closest_candidate_when_the_budget_runs_out(sensitive_run):
     """No trial budget and an impossible bar: neither rung passes, so the closer one (the smaller
     shortfall; on a tie the later rung, the ladder's fallback) is written and named, with each gate's

@@ -115,13 +115,15 @@ def schedule(candidates: int, trials: int) -> list[int]:
 
 def greedy(ranking: list[dict], trial: Callable[[list[str]], dict], trials: int) -> list[dict]:
     """Exclude the worst-ranked nodes, more each trial (`schedule`), until `trial(excluded)` reports
-    {"passed": True, ...}; returns every step with what it excluded."""
+    {"scores_passed": True, ...}: once the gates on scores pass, more nodes in float can only cost size
+    and speed, so a trial that then misses another gate ends the search too. Returns every step with
+    what it excluded."""
     nodes = [r["node"] for r in ranking]
     steps = []
     for k in schedule(len(nodes), trials):
         step = {"excluded": nodes[:k], **trial(nodes[:k])}
         steps.append(step)
-        if step["passed"]:
+        if step["scores_passed"]:
             break
     return steps
 
@@ -135,6 +137,9 @@ def attribution_lines(ranking: list[dict], steps: list[dict], score: str, top: i
     for i, s in enumerate(steps, 1):
         value = s.get("metrics", {}).get(score)
         shown = "-" if value is None else f"{value:.4f}"
+        missed = [g["metric"] for g in s.get("gates", []) if g["verdict"] == "fail" and g["on_fail"] == "stop"]
+        verdict = ("passes the gates" if s["passed"] else f"passes the gates on scores, misses {', '.join(missed)}"
+                   if s["scores_passed"] else "misses the gates on scores")
         lines.append(f"trial {i}: {len(s['excluded'])} node(s) in float (last: {s['excluded'][-1]}): "
-                     f"validation {score} {shown}, {'passes' if s['passed'] else 'misses'} the gates")
+                     f"validation {score} {shown}, {verdict}")
     return lines

@@ -15,8 +15,10 @@ this process (`speedup`, `speedup_served`). On a small model int8 is often slowe
 right rung to keep, and the report says why (e.g. "int8 was 1.6x slower than fp32 at batch 1").
 
 Static int8 that misses a gate on a score gets a per-node sensitivity scan and a greedy selective
-fallback (components/sensitivity.py): the worst nodes stay in float until the gates pass, within
-`selective_fallback.trials`; the attribution table goes into the manifest and the report. When no
+fallback (components/sensitivity.py): the worst nodes stay in float until the gates on scores pass,
+within `selective_fallback.trials` (then the search stops: more float nodes cannot help size or speed,
+so a trial that misses those gates is reported with the nodes that fixed the scores, `scores_fixed_by`);
+the attribution table goes into the manifest and the report. When no
 rung passes, the closest candidate (fewest blocking misses, then the smallest shortfall) is written and
 the report names it and by how much each gate missed; the pipeline's own gate check then fails the
 stage (exit 3) with the artifact and every attempt on disk to inspect. A rung that cannot be built or
@@ -276,8 +278,8 @@ class Ladder:
             self.build(settings, out, exclude_nodes=excluded)
             metrics = self.scores(out)
             on_scores = [r for r in self.ctx.check_gates(metrics, split="validation") if r.metric in metrics]
-            passed = not gatelib.blocking(on_scores)
-            if passed:  # latency, size and speed only for a trial whose scores pass
+            scores_passed = passed = not gatelib.blocking(on_scores)
+            if scores_passed:  # latency, size and speed only for a trial whose scores pass
                 extra, speed = self.measure(out, rung.method)
                 metrics.update(extra)
                 results = self.ctx.check_gates(metrics, split="validation")
@@ -285,15 +287,19 @@ class Ladder:
                 full[len(excluded)] = {"gates": [r.to_dict() for r in results], "speed": speed}
             dirs[len(excluded)] = out
             self.ctx.echo(f"   {rung.label} without the {len(excluded)} worst node(s): validation {self.score} "
-                          f"{metrics[self.score]:.4f}: {'passes' if passed else 'misses'}")
-            return {"metrics": metrics, "passed": passed}
+                          f"{metrics[self.score]:.4f}: {'passes' if passed else 'misses'}"
+                          + (" (scores pass)" if scores_passed and not passed else ""))
+            return {"metrics": metrics, "passed": passed, "scores_passed": scores_passed}
 
         steps = greedy(ranking, trial, sel.trials)
         for s in steps:
             s.update(full.get(len(s["excluded"]), {}))
         kept = next((s for s in steps if s["passed"]), None)
+        fixed = next((s for s in steps if s["scores_passed"]), None)
         record = {"ranking": ranking[: max(sel.top, len(steps[-1]["excluded"]) if steps else 0)], "steps": steps,
                   "kept": kept["excluded"] if kept else None,
+                  # the nodes whose float fallback made the scores pass, even when another gate then missed
+                  "scores_fixed_by": fixed["excluded"] if fixed else None,
                   "table": attribution_lines(ranking, steps, self.score, sel.top)}
         return record, ((dirs[len(kept["excluded"])], kept["metrics"], kept) if kept else None)
 
