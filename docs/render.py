@@ -5,7 +5,7 @@
 
 Sources: docs/quickstart/report.json (a finished `make quickstart`, copied here by --run),
 benchmarks/results/serving.json (`python benchmarks/serving.py`), benchmarks/results/reliability.json
-(`python benchmarks/reliability.py`) and, for the table of every benchmark's checks, all of
+(`python benchmarks/reliability.py`), benchmarks/results/quantize.json (`python benchmarks/quantize.py`) and, for the table of every benchmark's checks, all of
 benchmarks/results/*.json. Each section sits between
 `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` in README.md; everything else is left alone.
 """
@@ -24,6 +24,7 @@ QUICKSTART = ROOT / "docs" / "quickstart"
 RESULTS = ROOT / "benchmarks" / "results"
 SERVING = RESULTS / "serving.json"
 RELIABILITY = RESULTS / "reliability.json"
+QUANTIZE = RESULTS / "quantize.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +48,8 @@ def render(text: str) -> str:
         text = replace(text, "serving", serving_section(json.loads(SERVING.read_text())))
     if RELIABILITY.is_file():
         text = replace(text, "reliability", reliability_section(json.loads(RELIABILITY.read_text())))
+    if QUANTIZE.is_file():
+        text = replace(text, "quantization", quantization_section(json.loads(QUANTIZE.read_text())))
     return replace(text, "benchmarks", benchmarks_section(sorted(RESULTS.glob("*.json"))))
 
 
@@ -132,6 +135,55 @@ def reliability_section(data: dict) -> str:
         f"Checks: {len(data['checks']) - len(failed)} of {len(data['checks'])} pass"
         + (f" (missed: {', '.join(failed)})." if failed else "."),
     ]) + "\n"
+
+
+# onnxruntime op types by what they do, for the op profiles (anything else: "other")
+OP_ROLES = {
+    "matrix products": {"MatMul", "Gemm", "FusedGemm", "QGemm", "QLinearMatMul", "MatMulInteger", "DynamicQuantizeMatMul",
+                        "MatMulIntegerToFloat", "MatMulNBits"},
+    "fused attention": {"Attention", "QAttention", "MultiHeadAttention"},
+    "quantize / dequantize": {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"},
+}
+PROFILED = {"lifecycle_fp32": "fp32 (lifecycle export)", "dynamic_int8": "dynamic int8", "static_int8": "static int8",
+            "optimum_int8": "optimum int8"}
+
+
+def quantization_section(data: dict) -> str:
+    """Where a batch-1 call's time goes in each graph (onnxruntime's profiler, grouped by OP_ROLES), the
+    int8 speedup's measured ceiling, and static int8's attribution table, from benchmarks/results/quantize.json."""
+    r, env = data["results"], data.get("environment", {})
+    profiles = r["op_profiles_b1"]
+    head = (f"`benchmarks/results/quantize.json` ({'quick' if data.get('quick') else 'full'} run, {env.get('cpu', 'CPU not recorded')}, "
+            f"{r['threads']} threads, batch 1, {r['seq_len']} tokens"
+            + ("" if data.get("valid", True) else f"; **marked invalid**: {', '.join(data['invalid_because'])}") + "):")
+    rows = []
+    for name, label in PROFILED.items():
+        if name not in profiles:
+            continue
+        ops, total = profiles[name]["ops"], profiles[name]["kernel_ms_per_call"]
+        by_role = {role: sum(v["ms"] for op, v in ops.items() if op in kinds) for role, kinds in OP_ROLES.items()}
+        cells = " | ".join(f"{by_role[role]:.2f}" for role in OP_ROLES)
+        rows.append(f"| {label} | {total:.2f} | {cells} | {total - sum(by_role.values()):.2f} |")
+    lines = [head, "", "| graph | kernel ms per call | " + " | ".join(OP_ROLES) + " | other |",
+             "|---" * (len(OP_ROLES) + 3) + "|", *rows, "",
+             "Fused attention includes its Q/K/V projection (int8 in dynamic int8's QAttention, fp32 in the "
+             "Attention that static QDQ graphs keep); optimum's graph is not fused, so its attention is counted "
+             "under matrix products and other."]
+    ceiling = r.get("int8_gemm_ceiling")
+    if ceiling:
+        speedup = next(c for c in data["checks"] if c["name"].startswith("int8 speedup vs PyTorch fp32 eager"))
+        lines += ["", f"The int8 graph's matrix products alone, each timed as one onnxruntime DynamicQuantizeMatMul "
+                      f"beside PyTorch eager, take {ceiling['int8_gemm_floor_ms']:.1f} ms per call against eager's "
+                      f"{ceiling['eager_b1_p50_ms']:.1f} ms: with everything else free, no int8 graph of these weights "
+                      f"is more than {ceiling['speedup_ceiling']:.2f}x faster than eager on this CPU (measured: "
+                      f"{speedup['value']:.2f}x; target {speedup['target']})."]
+    for sel in r.get("sensitivity", []):
+        rebuilt = r.get("static_int8_rebuilt", {})
+        table = [line for line in sel["table"] if line.startswith("|")]
+        trials = [f"- {line}" for line in sel["table"] if not line.startswith("|")]
+        lines += ["", f"Static int8's per-node sensitivity ({rebuilt.get('rung', 'static-int8')}, validation) and "
+                      "selective fallback:", "", *table, "", *trials]
+    return "\n".join(lines) + "\n"
 
 
 def benchmarks_section(paths: list[Path]) -> str:
