@@ -166,7 +166,8 @@ def quantization_section(data: dict) -> str:
         rows.append(f"| {label} | {total:.2f} | {cells} | {total - sum(by_role.values()):.2f} |")
     lines = [head, "", "| graph | kernel ms per call | " + " | ".join(OP_ROLES) + " | other |",
              "|---" * (len(OP_ROLES) + 3) + "|", *rows, "",
-             "Fused attention includes its Q/K/V projection (int8 in dynamic int8's QAttention, fp32 in the "
+             "Each graph is profiled in turn, after the interleaved timings (so compare shares within a row "
+             "more than totals across rows). Fused attention includes its Q/K/V projection (int8 in dynamic int8's QAttention, fp32 in the "
              "Attention that static QDQ graphs keep); optimum's graph is not fused, so its attention is counted "
              "under matrix products and other."]
     ceiling = r.get("int8_gemm_ceiling")
