@@ -190,7 +190,7 @@ def gemm_ceiling(int8_dir: Path, text: str, eager, runs: int, rounds: int) -> di
     alone as one DynamicQuantizeMatMul with THREADS threads, interleaved with PyTorch eager (`eager`, the
     batch-1 call the checks use), summed over the graph. Everything else (the attention core, layer norms,
     GELU) counts as free, so `speedup_ceiling` over-estimates what an int8 graph can reach: when it is
-    below the target, no int8 graph of this model reaches the target on this CPU."""
+    below the target, no graph of this model on onnxruntime's int8 kernels reaches the target on this CPU."""
     from collections import Counter
 
     import onnx

@@ -5,8 +5,8 @@
 
 Sources: docs/quickstart/report.json (a finished `make quickstart`, copied here by --run),
 benchmarks/results/serving.json (`python benchmarks/serving.py`), benchmarks/results/reliability.json
-(`python benchmarks/reliability.py`), benchmarks/results/quantize.json (`python benchmarks/quantize.py`) and, for the table of every benchmark's checks, all of
-benchmarks/results/*.json. Each section sits between
+(`python benchmarks/reliability.py`), benchmarks/results/quantize.json (`python benchmarks/quantize.py`)
+and, for the table of every benchmark's checks, all of benchmarks/results/*.json. Each section sits between
 `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` in README.md; everything else is left alone.
 """
 
@@ -167,9 +167,9 @@ def quantization_section(data: dict) -> str:
     lines = [head, "", "| graph | kernel ms per call | " + " | ".join(OP_ROLES) + " | other |",
              "|---" * (len(OP_ROLES) + 3) + "|", *rows, "",
              "Each graph is profiled in turn, after the interleaved timings (so compare shares within a row "
-             "more than totals across rows). Fused attention includes its Q/K/V projection (int8 in dynamic int8's QAttention, fp32 in the "
-             "Attention that static QDQ graphs keep); optimum's graph is not fused, so its attention is counted "
-             "under matrix products and other."]
+             "more than totals across rows). Fused attention includes its Q/K/V projection (int8 in dynamic "
+             "int8's QAttention, fp32 in the Attention that static QDQ graphs keep); optimum's graph is not "
+             "fused, so its attention is counted under matrix products and other."]
     ceiling = r.get("int8_gemm_ceiling")
     if ceiling:
         speedup = next(c for c in data["checks"] if c["name"].startswith("int8 speedup vs PyTorch fp32 eager"))
@@ -177,8 +177,7 @@ def quantization_section(data: dict) -> str:
                       f"beside PyTorch eager, take {ceiling['int8_gemm_floor_ms']:.1f} ms per call against eager's "
                       f"{ceiling['eager_b1_p50_ms']:.1f} ms: with everything else free, no graph of these weights on "
                       f"onnxruntime's int8 kernels is more than {ceiling['speedup_ceiling']:.2f}x faster than eager on "
-                      f"this CPU (measured: "
-                      f"{speedup['value']:.2f}x; target {speedup['target']})."]
+                      f"this CPU (measured: {speedup['value']:.2f}x; target {speedup['target']})."]
     for sel in r.get("sensitivity", []):
         rebuilt = r.get("static_int8_rebuilt", {})
         table = [line for line in sel["table"] if line.startswith("|")]
