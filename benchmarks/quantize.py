@@ -131,8 +131,9 @@ def load_eager(finetuned: Path):
     return model, models.load_tokenizer(finetuned, SEQ)
 
 
-def measure_all(arts: dict, edge_dirs: dict, test, budget: dict, raw: dict) -> dict:
-    """Accuracy and latency of PyTorch eager and every ONNX model in `edge_dirs`; raw timings into `raw`."""
+def measure_all(eager: tuple, finetuned: Path, edge_dirs: dict, test, budget: dict, raw: dict) -> dict:
+    """Accuracy and latency of PyTorch eager (`eager`: load_eager's model and tokenizer, from `finetuned`) and
+    every ONNX model in `edge_dirs`; raw timings into `raw`."""
     import torch
 
     from lifecycle import models
@@ -140,8 +141,7 @@ def measure_all(arts: dict, edge_dirs: dict, test, budget: dict, raw: dict) -> d
     from lifecycle.edge import Predictor
     from lifecycle.evaluation import classification_metrics
 
-    finetuned = arts["finetune"].path
-    model, tokenizer = load_eager(finetuned)
+    model, tokenizer = eager
     texts, labels = list(test["text"]), list(test["label"])
     logits = {"pytorch_fp32": predict_logits(model, tokenizer, texts, SEQ)}
     logits.update({name: Predictor.open(path).logits(texts) for name, path in edge_dirs.items()})
@@ -214,33 +214,30 @@ def gemm_ceiling(int8_dir: Path, text: str, eager, runs: int, rounds: int) -> di
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
     opts.add_session_config_entry("session.force_spinning_stop", "1")  # as lifecycle.edge.Predictor
+
+    def call(node, x: np.ndarray, out_shape: list[int], inits=()):
+        """A one-node graph `x -> node -> y` in a session with these options, as a call on `x`."""
+        graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], list(inits))
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return lambda: session.run(None, {"x": x})
+
     # A call's own cost (Python, session.run, input/output copies), subtracted from each GEMM's time: in
     # the graph a GEMM pays none of it.
-    identity = helper.make_model(
-        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "call",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
-        opset_imports=[helper.make_opsetid("", 17)])
-    session = ort.InferenceSession(identity.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    one = {"x": np.ones(1, np.float32)}
-    calls = {"pytorch_fp32": eager, "call": lambda s=session, x=one: s.run(None, x)}
-    for m, k, n in shapes:
-        inits = [numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w"),
-                 numpy_helper.from_array(np.full(n, 0.01, np.float32), "scale"),
-                 numpy_helper.from_array(np.zeros(n, np.int8), "zero_point")]
+    calls = {"pytorch_fp32": eager, "call": call(helper.make_node("Identity", ["x"], ["y"]), np.ones(1, np.float32), [1])}
+    names = {(m, k, n): f"{m}x{k}x{n}" for m, k, n in shapes}
+    for (m, k, n), name in names.items():
         node = helper.make_node("DynamicQuantizeMatMul", ["x", "w", "scale", "zero_point"], ["y"], domain="com.microsoft")
-        gemm = helper.make_model(
-            helper.make_graph([node], "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], inits),
-            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-        session = ort.InferenceSession(gemm.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        x = {"x": rng.standard_normal((m, k)).astype(np.float32)}
-        calls[f"{m}x{k}x{n}"] = lambda s=session, x=x: s.run(None, x)
+        calls[name] = call(node, rng.standard_normal((m, k)).astype(np.float32), [m, n], [
+            numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w"),
+            numpy_helper.from_array(np.full(n, 0.01, np.float32), "scale"),
+            numpy_helper.from_array(np.zeros(n, np.int8), "zero_point")])
     lat = {name: v["p50"] for name, v in timed_rounds(calls, runs, rounds).items()}
     kernels = {}
-    for (m, k, n), count in shapes.items():
-        ms = max(lat[f"{m}x{k}x{n}"] - lat["call"], 1e-6)
-        kernels[f"{m}x{k}x{n}"] = {"count": count, "p50_ms": ms, "gmac_per_s": m * k * n / ms / 1e6}
+    for (m, k, n), name in names.items():
+        ms = max(lat[name] - lat["call"], 1e-6)
+        kernels[name] = {"count": shapes[m, k, n], "p50_ms": ms, "gmac_per_s": m * k * n / ms / 1e6}
     floor = sum(v["count"] * v["p50_ms"] for v in kernels.values())
     return {"kernels": kernels, "call_overhead_ms": lat["call"], "int8_gemm_floor_ms": floor,
             "eager_b1_p50_ms": lat["pytorch_fp32"], "speedup_ceiling": lat["pytorch_fp32"] / floor}
@@ -292,8 +289,9 @@ def static_and_dynamic(arts: dict, cfg, work: Path) -> dict:
         splits = datalib.load(cfg.data["sst2"], cfg).splits
         texts = calibration_texts(splits[settings.calibration.split]["text"], settings.calibration.samples, cfg.seed)
         feeds = calibration_inputs(Predictor.open(export), texts, settings.calibration.method)
-        # the nodes that made its scores pass, also when the rung then missed a gate on size or speed
-        excluded = static.get("excluded_nodes") or (static.get("selective_fallback") or {}).get("scores_fixed_by") or []
+        # the nodes that made its scores pass (the ones kept when the rung passed; recorded also when it
+        # then missed a gate on size or speed)
+        excluded = (static.get("selective_fallback") or {}).get("scores_fixed_by") or []
         build(settings, export, work / "static_int8", feeds, exclude_nodes=excluded)
         out["static_int8"] = {"dir": work / "static_int8", "rung": static["rung"],
                               "excluded_nodes": excluded, "ladder_passed": static["passed"]}
@@ -410,7 +408,8 @@ def main() -> int:
                  "lifecycle_int4": arts["int4"].path, "optimum_fp32": opt_dirs["fp32"], "optimum_int8": opt_dirs["int8"],
                  **{name: r["dir"] for name, r in rebuilt.items()}}
     raw: dict = {}
-    models = measure_all(arts, edge_dirs, test, budget, raw)
+    eager = load_eager(arts["finetune"].path)
+    models = measure_all(eager, arts["finetune"].path, edge_dirs, test, budget, raw)
     profiles_dir = args.workdir / "profiles"
     profiles_dir.mkdir(exist_ok=True)
     profiles = {name: op_profile(edge_dirs[name], list(test["text"])[0], budget["runs"], profiles_dir)
@@ -418,8 +417,8 @@ def main() -> int:
                 if name in edge_dirs}
     # The int8 graph rebuilt with the stage's defaults: its weights are the same whichever rung the ladder kept.
     text = list(test["text"])[0]
-    eager = latency_calls(*load_eager(arts["finetune"].path), {}, text, 1)["pytorch_fp32"]
-    ceiling = gemm_ceiling(rebuilt["dynamic_int8"]["dir"], text, eager, budget["runs"], budget["rounds"])
+    eager_b1 = latency_calls(*eager, {}, text, 1)["pytorch_fp32"]
+    ceiling = gemm_ceiling(rebuilt["dynamic_int8"]["dir"], text, eager_b1, budget["runs"], budget["rounds"])
     study = channel_study(arts["export"].path, arts["export-plain"].path, args.workdir / "channels", test, budget)
     quickstart = None if args.quick else quickstart_verdict(args.workdir)
     q = arts["quantize"].manifest["details"]

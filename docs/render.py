@@ -178,11 +178,11 @@ def quantization_section(data: dict) -> str:
                       f"{ceiling['eager_b1_p50_ms']:.1f} ms: with everything else free, no graph of these weights on "
                       f"onnxruntime's int8 kernels is more than {ceiling['speedup_ceiling']:.2f}x faster than eager on "
                       f"this CPU (measured: {speedup['value']:.2f}x; target {speedup['target']})."]
+    rung = r.get("static_int8_rebuilt", {}).get("rung", "static-int8")
     for sel in r.get("sensitivity", []):
-        rebuilt = r.get("static_int8_rebuilt", {})
         table = [line for line in sel["table"] if line.startswith("|")]
         trials = [f"- {line}" for line in sel["table"] if not line.startswith("|")]
-        lines += ["", f"Static int8's per-node sensitivity ({rebuilt.get('rung', 'static-int8')}, validation) and "
+        lines += ["", f"Static int8's per-node sensitivity ({rung}, validation) and "
                       "selective fallback:", "", *table, "", *trials]
     return "\n".join(lines) + "\n"
 

@@ -137,9 +137,13 @@ def attribution_lines(ranking: list[dict], steps: list[dict], score: str, top: i
     for i, s in enumerate(steps, 1):
         value = s.get("metrics", {}).get(score)
         shown = "-" if value is None else f"{value:.4f}"
-        missed = [g["metric"] for g in s.get("gates", []) if g["verdict"] == "fail" and g["on_fail"] == "stop"]
-        verdict = ("passes the gates" if s["passed"] else f"passes the gates on scores, misses {', '.join(missed)}"
-                   if s["scores_passed"] else "misses the gates on scores")
+        if s["passed"]:
+            verdict = "passes the gates"
+        elif s["scores_passed"]:
+            missed = [g["metric"] for g in s["gates"] if g["verdict"] == "fail" and g["on_fail"] == "stop"]
+            verdict = f"passes the gates on scores, misses {', '.join(missed)}"
+        else:
+            verdict = "misses the gates on scores"
         lines.append(f"trial {i}: {len(s['excluded'])} node(s) in float (last: {s['excluded'][-1]}): "
                      f"validation {score} {shown}, {verdict}")
     return lines
