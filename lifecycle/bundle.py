@@ -14,6 +14,7 @@ the same bytes, so its sha256 identifies a release.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,21 +34,27 @@ from lifecycle.edge import (
     check_external_data,
     preprocessor_file,
 )
-from lifecycle.serving.source import last_onnx_artifact
+from lifecycle.serving.source import gates_verdict, last_onnx_artifact, load_artifact
 
 FORMAT = "lifecycle-bundle/1"
 CARD = "model_card.md"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: members carry no build time
 
 
-def write_bundle(source: Path, output: Path, sign: Path | None = None) -> Path:
+def write_bundle(source: Path, output: Path, sign: Path | None = None, verdict: dict | None = None) -> Path:
     """Write the bundle for `source` (a run directory or an onnx-model artifact) to `output`; with
-    `sign` (an Ed25519 private key PEM), add manifest.sig over manifest.json (lifecycle.signing)."""
+    `sign` (an Ed25519 private key PEM), add manifest.sig over manifest.json (lifecycle.signing).
+    `verdict`: the run's verdict record (lifecycle.verdict.require, which `lifecycle bundle` calls first),
+    recorded in the manifest; without one, the artifact's own gates are its verdict. An overridden verdict
+    also ships an artifact whose own gates failed."""
+    output = Path(output)
+    if output.is_dir():
+        raise LifecycleError(f"-o {output}: a directory; name the zip to write (e.g. {output / 'model.zip'})")
     art = onnx_artifact(Path(source))
-    failed = [g for g in art.manifest.get("gates", []) if not g["passed"] and g.get("on_fail", "stop") == "stop"]
-    if failed:
+    verdict = verdict or gates_verdict(art.manifest.get("gates", []))
+    if not verdict["passed"] and not verdict.get("override"):
         raise LifecycleError(f"{art.path}: refusing to bundle a model that failed its gates: "
-                             + "; ".join(g.get("message") or g["bound"] for g in failed))
+                             + "; ".join(verdict["reasons"]))
     if sign is not None:  # a bad key fails before any work
         from lifecycle import signing
 
@@ -74,26 +81,31 @@ def write_bundle(source: Path, output: Path, sign: Path | None = None) -> Path:
         # that differs in one that changes int8 numerics (VNNI)
         "isa": (art.manifest.get("environment") or {}).get("isa", []),
         "lifecycle_version": __version__,
+        # the verdict it was shipped under: passed, the reasons it failed, and the override that shipped it anyway
+        "verdict": verdict,
     }
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     part = output.with_name(output.name + ".part")
-    with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name in sorted(files):
-            _add(zf, name, card if name == CARD else (art.path / name).read_bytes())
-        manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-        _add(zf, MANIFEST, manifest_bytes)
-        if sign is not None:
-            record = signing.signature_record(manifest_bytes, key)
-            _add(zf, SIGNATURE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
-    try:  # prove the bundle opens (and its signature verifies) and reproduces the recorded predictions
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name in sorted(files):
+                _add(zf, name, card if name == CARD else (art.path / name).read_bytes())
+            manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+            _add(zf, MANIFEST, manifest_bytes)
+            if sign is not None:
+                record = signing.signature_record(manifest_bytes, key)
+                _add(zf, SIGNATURE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        # prove the bundle opens (and its signature verifies) and reproduces the recorded predictions
         predictor = Predictor.open(part, trusted_keys=[signing.public_pem(key)] if sign is not None else None)
         if manifest["sample_predictions"]:
             predictor.check()
-    except Exception:
-        part.unlink(missing_ok=True)
+        os.replace(part, output)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # its folder may be a file: nothing was written then
+            part.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a parent that is a file, no permission, no space: one line
+            raise LifecycleError(f"-o {output}: cannot write the bundle ({exc.strerror or exc})") from None
         raise
-    os.replace(part, output)
     return output
 
 
@@ -108,10 +120,10 @@ def onnx_artifact(source: Path) -> Artifact:
     """The verified onnx-model artifact behind `source`: the artifact itself, or a run directory's
     last stage that produced one (in pipeline order, read from pipeline.json)."""
     if (source / MANIFEST).is_file():
-        art = Artifact.load(source)
+        art = load_artifact(source)
         if art.kind != "onnx-model":
             raise LifecycleError(f"{source}: a {art.kind} artifact; bundle an export or quantize artifact")
         return art
     if not (source / "pipeline.json").is_file():
         raise LifecycleError(f"{source}: neither an artifact (no {MANIFEST}) nor a run directory (no pipeline.json)")
-    return Artifact.load(last_onnx_artifact(source))
+    return load_artifact(last_onnx_artifact(source))

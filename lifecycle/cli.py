@@ -15,6 +15,17 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_GATE = 0, 1, 2, 3
 PAIRED = ("accuracy", "f1_macro", "f1_micro")  # lifecycle.release.PAIRED, without importing it for --help
 
 
+def _positive(text: str) -> float:
+    """A finite number > 0 (argparse names the flag in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (0 < value < float("inf")):  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse exits 2 on usage errors: that matches our contract
         self.print_usage(sys.stderr)
@@ -35,12 +46,16 @@ def _parser() -> argparse.ArgumentParser:
                         "~/.lifecycle/registry)")
         sp.add_argument("--stage", help="the run's stage to use (default: its last with test predictions)")
 
+    def override_arg(sp):
+        sp.add_argument("--override", metavar="REASON", help="ship a run that `lifecycle gate` fails anyway (a "
+                        "warning is printed; the reason and the refused verdict are recorded in what is shipped)")
+
     sp = sub.add_parser("validate", help="check a pipeline file and print the resolved plan")
     pipeline_args(sp)
 
     sp = sub.add_parser("plan", help="parameters, memory, FLOPs and wall time of each training stage, before running")
     pipeline_args(sp)
-    sp.add_argument("--memory-gb", type=float, help="accelerator memory to check each stage against")
+    sp.add_argument("--memory-gb", type=_positive, help="accelerator memory to check each stage against")
     sp.add_argument("--json", action="store_true", help="print JSON instead of the table")
     sp.add_argument("--no-calibrate", action="store_true", help="skip the timed calibration steps (no time estimate)")
 
@@ -55,12 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir", type=Path)
     sp.add_argument("key", type=Path, help="private key (PEM; python -m lifecycle.signing KEY makes one)")
 
-    sp = sub.add_parser("gate", help="re-check the gates of a finished run (exit 0 or 3), for release gating in CI")
+    sp = sub.add_parser("gate", help="re-check the gates of a finished run (exit 0 or 3), for release gating in CI; "
+                        "bundle, promote, serve and build refuse what it refuses")
     sp.add_argument("run_dir", type=Path)
     sp.add_argument("--junit", type=Path, help="also write junit.xml here")
     release_args(sp)
     sp.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", metavar="PUBKEY",
-                    help="fail unless the run is signed (run.sig) by this Ed25519 public key as it is now (repeatable)")
+                    help="fail unless the run is signed (run.sig) by this Ed25519 public key as it is now, and with "
+                         "--against, unless the release is too (entry.sig; promote --sign) (repeatable)")
     sp.add_argument("--against", metavar="ALIAS", help="also compare the run's model with this release (paired, on "
                     "the same test examples): 1 if it is not in the registry, 2 if its test data differ")
     sp.add_argument("--metric", dest="metrics", action="append", choices=PAIRED, metavar="METRIC",
@@ -74,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir", type=Path, help="run directory (its last classification stage) or an artifact")
     sp.add_argument("--alias", required=True, help="e.g. production")
     release_args(sp)
+    override_arg(sp)
+    sp.add_argument("--sign", type=Path, metavar="KEY", help="sign the registry entry (entry.sig) with this Ed25519 "
+                    "private key; checked by gate --against ALIAS --trusted-key")
 
     sp = sub.add_parser("report", help="rebuild report.json, report.md, junit.xml and plots of a run")
     sp.add_argument("run_dir", type=Path)
@@ -83,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", type=Path, default=Path("model.zip"))
     sp.add_argument("--sign", type=Path, metavar="KEY",
                     help="sign the manifest with this Ed25519 private key (PEM; python -m lifecycle.signing KEY makes one)")
+    override_arg(sp)
 
     sp = sub.add_parser("serve", help="serve a run, artifact or bundle with BentoML on 127.0.0.1")
     sp.add_argument("source", type=Path, help="run directory, export/quantize artifact, or bundle zip")
@@ -91,9 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--tune", action="store_true", help="measure a small grid of serving settings, keep the best")
     sp.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", metavar="PUBKEY",
                     help="serve only a bundle signed by this Ed25519 public key (PEM; repeatable)")
+    override_arg(sp)
 
     sp = sub.add_parser("build", help="build a Bento (bentoml build) with the model versioned by its hash")
     sp.add_argument("source", type=Path)
+    override_arg(sp)
     return p
 
 
@@ -194,28 +217,34 @@ def cmd_sign(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from lifecycle import gates, report
-    from lifecycle.verdict import load_run, read_record
+    from lifecycle import report
+    from lifecycle.verdict import judge
 
-    state = read_record(args.run_dir).get("state")
-    pipeline, outcomes = load_run(args.run_dir, args.registry)
+    verdict = judge(args.run_dir, args.registry)
     if args.against:
-        outcomes.append(_against(args))
+        verdict.outcomes.append(_against(args))
     if args.trusted_keys:
-        outcomes.append(_signature(args))
-    data = report.as_json(pipeline.name, outcomes, state)
-    report.write_junit(data, args.junit or args.run_dir / "junit.xml")
-    for o in outcomes:
+        verdict.outcomes.append(_signature(args))
+        if args.against:
+            verdict.outcomes.append(_release_signature(args))
+    data = report.as_json(verdict.pipeline.name, verdict.outcomes, verdict.state)
+    junit = args.junit or args.run_dir / "junit.xml"
+    try:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        report.write_junit(data, junit)
+    except OSError as exc:
+        raise LifecycleError(f"--junit {junit}: cannot write it ({exc.strerror}); pick a writable path") from None
+    for o in verdict.outcomes:
         for g in o.gates:
-            verdict = "pass" if g.passed else ("FAIL" if g.on_fail == "stop" else "warn")
+            mark = "pass" if g.passed else ("FAIL" if g.on_fail == "stop" else "warn")
             why = f"\n      {g.message}" if g.message and (not g.passed or g.interval) else ""
-            print(f"{verdict:5} {o.name}: {g.bound}  value={g.value}{why}")
+            print(f"{mark:5} {o.name}: {g.bound}  value={g.value}{why}")
         if o.status == "skipped":
             print(f"FAIL  {o.name}: stage did not run")
-    failed = [g for o in outcomes for g in gates.blocking(o.gates)] or [o for o in outcomes if o.status == "skipped"]
-    if state != "finished":  # a crashed or interrupted run is never a release, whatever its artifacts say
-        print(f"FAIL  run: the last `lifecycle run` did not finish (state: {state or 'not recorded'}); run it again")
-        failed = [*failed, state]
+    if verdict.state != "finished":
+        print(f"FAIL  run: the last `lifecycle run` did not finish (state: {verdict.state or 'not recorded'}); "
+              "run it again")
+    failed = verdict.reasons
     print("gates passed" if not failed else f"{len(failed)} gate(s) failed")
     return EXIT_GATE if failed else EXIT_OK
 
@@ -230,6 +259,20 @@ def _signature(args):
     result = GateResult("signature", f"{RUN_SIGNATURE} verifies with a trusted key", None, None, problem is None,
                         "stop", message=problem or "")
     return StageOutcome("run signature", "signature", "failed" if problem else "passed", None, [result])
+
+
+def _release_signature(args):
+    """`gate --against ALIAS --trusted-key`: the release's entry.json must be what a trusted key signed."""
+    from lifecycle import release
+    from lifecycle.gates import GateResult
+    from lifecycle.pipeline import StageOutcome
+    from lifecycle.signing import RELEASE_SIGNATURE, release_signature_problem
+
+    problem = release_signature_problem(release.resolve(args.against, args.registry).path, args.trusted_keys)
+    result = GateResult("signature", f"{RELEASE_SIGNATURE} verifies with a trusted key", None, None, problem is None,
+                        "stop", message=problem or "")
+    return StageOutcome(f"release:{args.against} signature", "signature", "failed" if problem else "passed", None,
+                        [result])
 
 
 def _against(args):
@@ -256,8 +299,10 @@ def _against(args):
 
 def cmd_promote(args) -> int:
     from lifecycle.release import promote
+    from lifecycle.verdict import require
 
-    entry = promote(args.run_dir, args.alias, args.registry, args.stage)
+    verdict = require(args.run_dir, "promote", args.override, args.registry)
+    entry = promote(args.run_dir, args.alias, args.registry, args.stage, verdict=verdict, sign=args.sign)
     print(f"{args.alias} -> {entry.version}: {entry.meta['pipeline']}/{entry.meta['stage']} "
           f"(digest {entry.meta['digest'][:16]}, {entry.meta['test_examples']} test predictions) in {entry.path}")
     return EXIT_OK
@@ -275,26 +320,32 @@ def cmd_report(args) -> int:
 
 def cmd_bundle(args) -> int:
     from lifecycle.bundle import write_bundle
+    from lifecycle.verdict import require
 
-    path = write_bundle(args.source, args.output, sign=args.sign)  # a BundleError: one line, from main()
+    verdict = require(args.source, "bundle", args.override)
+    path = write_bundle(args.source, args.output, sign=args.sign, verdict=verdict)  # a BundleError: one line, from main()
     print(f"wrote {path}")
     return EXIT_OK
 
 
 def cmd_serve(args) -> int:
     from lifecycle.serving import serve
+    from lifecycle.verdict import require
 
+    verdict = require(args.source, "serve", args.override)  # before any server starts
     if args.trusted_keys:
         from lifecycle.signing import require_signed
 
         require_signed(args.source, args.trusted_keys)
-    return serve(args.source, host=args.host, port=args.port, tune=args.tune, trusted_keys=args.trusted_keys)
+    return serve(args.source, host=args.host, port=args.port, tune=args.tune, trusted_keys=args.trusted_keys,
+                 verdict=verdict)
 
 
 def cmd_build(args) -> int:
     from lifecycle.serving import build
+    from lifecycle.verdict import require
 
-    print(build(args.source))
+    print(build(args.source, verdict=require(args.source, "build", args.override)))
     return EXIT_OK
 
 

@@ -597,11 +597,11 @@ def verify(root: Path) -> dict:
     """Check every file listed in manifest.json against its sha256 and refuse files it does not
     list (an unlisted file could be swapped in unnoticed); returns the manifest."""
     root = Path(root)
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{root / MANIFEST}: unreadable manifest ({exc})") from None
+    manifest = read_manifest(root / MANIFEST)
     files: dict[str, str] = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise BundleError(f"{root / MANIFEST}: 'files' is not a mapping of file names to sha256; write the bundle "
+                          "again with `lifecycle bundle`")
     for name in (*REQUIRED, preprocessor_file(_read_schema(root))):
         if name not in files:
             raise BundleError(f"{root}: the manifest does not list {name}")
@@ -618,6 +618,23 @@ def verify(root: Path) -> dict:
     return manifest
 
 
+def read_manifest(path: Path, data: bytes | None = None) -> dict:
+    """A bundle's or artifact's manifest.json (`data`: its bytes, already read within the limit), refused in
+    one line when it is over MAX_MANIFEST_BYTES, not JSON, or not a JSON object."""
+    try:
+        if data is None:
+            if Path(path).stat().st_size > MAX_MANIFEST_BYTES:
+                raise BundleError(f"{path}: over {MAX_MANIFEST_BYTES} bytes, more than any manifest; refusing to read it")
+            data = Path(path).read_bytes()
+        manifest = json.loads(data)
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise BundleError(f"{path}: unreadable manifest ({exc}); write it again with `lifecycle bundle`") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: a JSON {type(manifest).__name__}, not a manifest (a JSON object); write it "
+                          "again with `lifecycle bundle`")
+    return manifest
+
+
 def preprocessor_file(schema: dict) -> str:
     """The file that turns raw input into the graph's feeds, as schema.json names it: tokenizer.json
     for a text model (the default: older artifacts do not name it), preprocessing.json for a table,
@@ -627,9 +644,10 @@ def preprocessor_file(schema: dict) -> str:
 
 def _read_schema(root: Path) -> dict:
     try:
-        return json.loads((Path(root) / SCHEMA).read_text())
+        schema = json.loads((Path(root) / SCHEMA).read_text())
     except (OSError, ValueError):
         return {}  # a missing or broken schema.json is refused with REQUIRED's message
+    return schema if isinstance(schema, dict) else {}
 
 
 def key_id(raw_public_key: bytes) -> str:
@@ -804,10 +822,20 @@ def check_external_data(model_path: Path) -> list[str]:
 # Zip extraction limits. A deflated member can expand ~1000x (a 1 MB zip held a 300 MB member), so sizes
 # are checked from the zip's directory before anything is written and counted again while writing:
 # the directory can lie (Python's zipfile stops at the declared size, then fails the CRC check).
-# Weights compress to ~1.1x, tokenizer.json to ~4x: 100x is refused, for members over 1 MiB.
+# Weights compress to ~1.1x, tokenizer.json to ~4x: 100x is refused, for members over 1 MiB (small files,
+# labels or a schema, may compress far better and cost nothing). The ratio is also checked over the
+# whole archive, because 400 members just under 1 MiB each (a 453 KB zip expanding to ~400 MB) pass every
+# per-member check: a real bundle is dominated by its weights, so its total ratio stays near theirs. The
+# trade-off: a model whose weights are mostly zeros (>99% sparse, stored dense) is refused; such a model
+# compresses its weights itself. MAX_MEMBERS is far above what any bundle holds (~8 files; external data
+# saved one file per tensor is a few hundred) and bounds the work the directory alone can cause.
 MAX_MEMBER_BYTES = 8 << 30
 MAX_TOTAL_BYTES = 16 << 30
 MAX_RATIO, RATIO_FROM_BYTES = 100, 1 << 20
+MAX_MEMBERS = 4096
+# manifest.json holds hashes, metrics, gate results and a few recorded predictions: tens of KB. Parsing
+# JSON costs several times its size in memory, so a manifest is refused above this before it is read.
+MAX_MANIFEST_BYTES = 8 << 20
 EXTRACT_PREFIX = "lifecycle-bundle-"
 
 
@@ -838,8 +866,11 @@ def _extract(zip_path: Path, max_member_bytes: int = MAX_MEMBER_BYTES, max_total
 
 def _checked_members(zip_path: Path, zf: zipfile.ZipFile, max_member_bytes: int, max_total_bytes: int,
                      max_ratio: float) -> list[zipfile.ZipInfo]:
-    names, total = set(), 0
-    for info in zf.infolist():
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise BundleError(f"{zip_path}: {len(infos)} members; a bundle holds at most {MAX_MEMBERS}")
+    names, total, compressed = set(), 0, 0
+    for info in infos:
         name = info.filename
         mode = info.external_attr >> 16
         kind = stat.S_IFMT(mode)
@@ -852,14 +883,21 @@ def _checked_members(zip_path: Path, zf: zipfile.ZipFile, max_member_bytes: int,
             raise BundleError(f"{zip_path}: member '{name}' appears twice")
         names.add(name)
         _check_size(zip_path, name, info.file_size, info.compress_size, max_member_bytes, max_ratio)
+        if name == MANIFEST and info.file_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{zip_path}: its {MANIFEST} expands to {info.file_size} bytes; the limit is "
+                              f"{MAX_MANIFEST_BYTES}")
         total += info.file_size
+        compressed += info.compress_size
     if total > max_total_bytes:
         raise BundleError(f"{zip_path}: members expand to {total} bytes; the limit is {max_total_bytes}")
+    if total > RATIO_FROM_BYTES and total > max_ratio * max(compressed, 1):
+        raise BundleError(f"{zip_path}: members expand {total / max(compressed, 1):.0f}x in all ({compressed} -> "
+                          f"{total} bytes); the limit is {max_ratio:g}x (a zip bomb?)")
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if total > free:
         raise BundleError(f"{zip_path}: members expand to {total} bytes, more than the {free} bytes free in "
                           f"{tempfile.gettempdir()}")
-    return zf.infolist()
+    return infos
 
 
 def _check_size(zip_path: Path, name: str, size: int, compressed: int, max_member_bytes: int,

@@ -5,7 +5,10 @@
 
 Layout (default ~/.lifecycle/registry; env LIFECYCLE_REGISTRY or --registry override it):
 
-    versions/v1/entry.json              what was promoted: stage, digests, metrics, data fingerprints, files
+    versions/v1/entry.json              what was promoted: stage, digests, metrics, data fingerprints, files,
+                                        the verdict it was promoted under (and an override, if one shipped it)
+    versions/v1/entry.sig               with `promote --sign KEY`: a signature over entry.json's exact bytes
+                                        (lifecycle.signing; `gate --against ALIAS --trusted-key PUB` checks it)
     versions/v1/predictions/test.jsonl  its per-example test predictions (what candidates are paired with)
     versions/v1/gates.json              its gate results
     versions/v1/model_card.md
@@ -32,7 +35,7 @@ from lifecycle.evaluation import TEST_PREDICTIONS, Predictions
 
 PAIRED = ("accuracy", "f1_macro", "f1_micro")  # metrics recomputable from per-example test predictions
 DEFAULT_REGISTRY = "~/.lifecycle/registry"
-ENTRY = "entry.json"
+ENTRY = "entry.json"  # = lifecycle.signing.RELEASE_RECORD
 ALIASES = "aliases.json"
 CARD = "model_card.md"
 BUNDLE = "model.zip"
@@ -55,7 +58,23 @@ def check_name(name: str, what: str = "alias") -> str:
 
 
 def registry_root(explicit: str | Path | None = None) -> Path:
-    return Path(explicit or os.environ.get("LIFECYCLE_REGISTRY") or DEFAULT_REGISTRY).expanduser().resolve()
+    root = Path(explicit or os.environ.get("LIFECYCLE_REGISTRY") or DEFAULT_REGISTRY).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise LifecycleError(f"{root}: a file, not a registry directory; point --registry (or $LIFECYCLE_REGISTRY) "
+                             "at a directory")
+    return root
+
+
+def _read_json(path: Path, kind: type, what: str):
+    """A registry file (aliases.json, entry.json): a JSON `kind`, or one line naming it."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LifecycleError(f"{path}: unreadable {what} ({exc}); restore it or remove it and promote again") from None
+    if not isinstance(value, kind):
+        raise LifecycleError(f"{path}: a JSON {type(value).__name__}, not the {what} (a JSON {kind.__name__}); "
+                             "restore it or remove it and promote again")
+    return value
 
 
 @dataclass
@@ -122,8 +141,10 @@ class Entry:
 
     def verify(self) -> None:
         from lifecycle.artifact import hash_tree
+        from lifecycle.signing import RELEASE_SIGNATURE
 
-        got = {k: v for k, v in hash_tree(self.path).items() if k != ENTRY}
+        # entry.sig is not listed in entry.json's files: it signs that file
+        got = {k: v for k, v in hash_tree(self.path).items() if k not in (ENTRY, RELEASE_SIGNATURE)}
         if got != self.meta.get("files"):
             changed = sorted(set(got.items()) ^ set(self.meta.get("files", {}).items()))
             raise LifecycleError(f"{self.path}: registry entry changed since it was promoted ({changed[:3]})")
@@ -140,7 +161,7 @@ def resolve(name: str, registry: str | Path | None = None) -> Entry:
         have = ", ".join(f"{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
         raise ReleaseNotFound(f"no release '{name}' in the registry {root} (aliases: {have}); "
                               f"promote one: lifecycle promote RUN_DIR --alias {name}")
-    entry = Entry(path, json.loads((path / ENTRY).read_text()))
+    entry = Entry(path, _read_json(path / ENTRY, dict, "registry entry"))
     entry.verify()
     return entry
 
@@ -168,26 +189,41 @@ def candidate(source: str | Path, stage: str | None = None):
                          "a classification stage (finetune, distill, export, quantize) writes them")
 
 
-def promote(source: str | Path, alias: str, registry: str | Path | None = None, stage: str | None = None) -> Entry:
+def promote(source: str | Path, alias: str, registry: str | Path | None = None, stage: str | None = None,
+            verdict: dict | None = None, sign: str | Path | None = None) -> Entry:
     """Store the artifact behind `source` (see `candidate`) as a new version and point `alias` at it.
-    The same artifact (by content digest) promoted again reuses its version."""
+    The same artifact (by content digest) promoted again reuses its version.
+    `verdict`: the run's verdict record (lifecycle.verdict.require, which `lifecycle promote` calls first),
+    recorded in entry.json; without one, the artifact's own gates are its verdict. An overridden verdict
+    also promotes an artifact whose own gates failed. `sign`: an Ed25519 private key PEM; entry.sig signs
+    entry.json (lifecycle.signing.sign_release)."""
     from lifecycle import model_card
     from lifecycle.artifact import hash_tree, sha256_file, write_json
+    from lifecycle.serving.source import gates_verdict
+    from lifecycle.signing import load_private_key, sign_release
 
     check_name(alias)
+    if sign is not None:
+        load_private_key(sign)  # a bad key fails before any work
     art = candidate(source, stage)
-    failed = [g for g in art.manifest.get("gates", []) if not g["passed"] and g.get("on_fail", "stop") == "stop"]
-    if failed:
+    verdict = verdict or gates_verdict(art.manifest.get("gates", []))
+    if not verdict["passed"] and not verdict.get("override"):
         raise LifecycleError(f"{art.path}: refusing to promote a model that failed its gates: "
-                             + "; ".join(g.get("message") or g["bound"] for g in failed))
+                             + "; ".join(verdict["reasons"]))
     preds = Predictions.load(art.path / TEST_PREDICTIONS)
     root = registry_root(registry)
     versions = root / "versions"
-    versions.mkdir(parents=True, exist_ok=True)
+    try:
+        versions.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LifecycleError(f"{versions}: cannot create the registry ({exc.strerror}); point --registry at a "
+                             "writable directory") from None
     with _locked(root):
         for existing in sorted(versions.glob("v*/" + ENTRY)):
-            meta = json.loads(existing.read_text())
+            meta = _read_json(existing, dict, "registry entry")
             if meta.get("digest") == art.digest:
+                if sign is not None:
+                    sign_release(existing.parent, sign)
                 _set_alias(root, alias, meta["version"])
                 return Entry(existing.parent, meta)
         tmp = versions / f".tmp-{uuid.uuid4().hex}"
@@ -199,7 +235,7 @@ def promote(source: str | Path, alias: str, registry: str | Path | None = None, 
             if art.kind == "onnx-model":
                 from lifecycle.bundle import write_bundle
 
-                write_bundle(art.path, tmp / BUNDLE)
+                write_bundle(art.path, tmp / BUNDLE, verdict=verdict)
             version = f"v{1 + max((int(p.name[1:]) for p in versions.glob('v*') if p.name[1:].isdigit()), default=0)}"
             meta = {
                 "version": version,
@@ -217,10 +253,13 @@ def promote(source: str | Path, alias: str, registry: str | Path | None = None, 
                 "test_examples": len(preds.ids),
                 "bundle": BUNDLE if (tmp / BUNDLE).is_file() else None,
                 "bundle_sha256": sha256_file(tmp / BUNDLE) if (tmp / BUNDLE).is_file() else None,
+                "verdict": verdict,
             }
             (tmp / CARD).write_text(model_card.render(art, release=meta))
             meta["files"] = hash_tree(tmp)
             write_json(tmp / ENTRY, meta)
+            if sign is not None:
+                sign_release(tmp, sign)
             os.rename(tmp, versions / version)  # the lock makes the name free; rename refuses an existing one
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -231,7 +270,11 @@ def promote(source: str | Path, alias: str, registry: str | Path | None = None, 
 
 def _aliases(root: Path) -> dict[str, str]:
     path = root / ALIASES
-    return json.loads(path.read_text()) if path.is_file() else {}
+    aliases = _read_json(path, dict, "alias table") if path.exists() else {}
+    if not all(isinstance(v, str) for v in aliases.values()):
+        raise LifecycleError(f"{path}: aliases must name versions (\"production\": \"v1\"); restore it or remove it "
+                             "and promote again")
+    return aliases
 
 
 def _set_alias(root: Path, alias: str, version: str) -> None:

@@ -24,6 +24,12 @@ the fact; `lifecycle gate --trusted-key PUB` checks it): `run.sig` holds the sha
 and of each stage's manifest.json and a signature over those digests. pipeline.json fixes the config
 and data fingerprints, each manifest the metrics and the hash of every file of its artifact (which
 `gate` checks anyway), so the signature covers every byte and number a verdict is made from.
+
+A release is signed the same way (`lifecycle promote --sign KEY`; `lifecycle gate --against ALIAS
+--trusted-key PUB` checks it): `entry.sig` beside the registry entry's entry.json, a signature over its
+exact bytes. entry.json holds the release's metrics, its verdict and the sha256 of every file of the
+version (the test predictions candidates are paired with, the bundle), so metrics and file hashes
+rewritten together break the signature.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from lifecycle.edge import SIGNATURE, key_id
 
 ALGORITHM = "ed25519"
 RUN_SIGNATURE, RUN_RECORD = "run.sig", "pipeline.json"
+RELEASE_SIGNATURE, RELEASE_RECORD = "entry.sig", "entry.json"  # in a registry version (lifecycle.release)
 
 
 def load_private_key(path: str | Path):
@@ -168,6 +175,34 @@ def run_signature_problem(run_dir: str | Path, trusted_keys: list) -> str | None
     if changed:
         return (f"changed since it was signed: {', '.join(changed)} (edited, added or removed); sign the run again "
                 "only if you produced it")
+    return None
+
+
+def sign_release(entry_dir: str | Path, key_path: str | Path) -> Path:
+    """Write `entry_dir`/entry.sig: a signature over the exact bytes of the registry entry's entry.json."""
+    entry_dir = Path(entry_dir)
+    sig = signature_bytes((entry_dir / RELEASE_RECORD).read_bytes(), key_path)
+    tmp = entry_dir / (RELEASE_SIGNATURE + ".tmp")
+    tmp.write_bytes(sig)
+    os.replace(tmp, entry_dir / RELEASE_SIGNATURE)
+    return entry_dir / RELEASE_SIGNATURE
+
+
+def release_signature_problem(entry_dir: str | Path, trusted_keys: list) -> str | None:
+    """Why the registry entry in `entry_dir` is not signed by one of `trusted_keys` as it is now (None: it is).
+    The entry's files are checked against entry.json by lifecycle.release.Entry.verify; this proves entry.json."""
+    from lifecycle.edge import BundleError, check_signature
+
+    entry_dir = Path(entry_dir)
+    sig = entry_dir / RELEASE_SIGNATURE
+    if not sig.is_file():
+        return (f"{entry_dir}: unsigned (no {RELEASE_SIGNATURE}); a trusted key is given, so only releases promoted "
+                "with `--sign` pass")
+    try:
+        check_signature((entry_dir / RELEASE_RECORD).read_bytes(), sig.read_bytes(), trusted_keys, entry_dir,
+                        names=(RELEASE_RECORD, RELEASE_SIGNATURE))
+    except BundleError as exc:
+        return str(exc)
     return None
 
 

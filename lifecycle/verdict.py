@@ -1,13 +1,19 @@
 """The verdict on a finished run, judged again from disk (`lifecycle gate`, `lifecycle report`): every
 artifact is checked against the config the run directory records (hashes, cache key, parent, a model
-that loads) before its gates are checked, so a stale or tampered artifact is a failed stage, never a pass."""
+that loads) before its gates are checked, so a stale or tampered artifact is a failed stage, never a pass.
+
+Every exit of a run reads the same verdict (`judge`): `bundle`, `promote`, `serve` and `build` refuse a run
+that `gate` fails (`require`, exit 3), unless told `--override REASON`, which ships it with a warning and
+records the override and the refused verdict in what is shipped."""
 
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lifecycle import LifecycleError
+from lifecycle import ConfigError, GateFailed, LifecycleError
 from lifecycle import gates as gatelib
 from lifecycle.artifact import Artifact, ArtifactError
 from lifecycle.config import Pipeline
@@ -20,9 +26,80 @@ def read_record(run_dir: str | Path) -> dict:
     if not resolved.is_file():
         raise LifecycleError(f"{run_dir}: not a run directory (no {RESOLVED}); pass the directory `lifecycle run` wrote")
     try:
-        return json.loads(resolved.read_text())
-    except json.JSONDecodeError as exc:
+        record = json.loads(resolved.read_text())
+    except (OSError, ValueError) as exc:
         raise LifecycleError(f"{resolved}: unreadable ({exc}); re-run the pipeline") from None
+    if not isinstance(record, dict) or not isinstance(record.get("pipeline"), dict) or "base_dir" not in record:
+        raise LifecycleError(f"{resolved}: not a run record (no 'pipeline' config and 'base_dir'); re-run the pipeline")
+    return record
+
+
+@dataclass
+class Verdict:
+    """What `lifecycle gate` says of a run: its stages judged from disk, and whether its last run finished.
+    Outcomes added later (gate --against, --trusted-key) count too."""
+
+    pipeline: Pipeline
+    outcomes: list[StageOutcome]
+    state: str | None  # the last `lifecycle run`'s: "finished", "running" (killed), "crashed"...
+    override: str | None = field(default=None)
+
+    @property
+    def reasons(self) -> list[str]:
+        """One line per failed gate or stage, naming its stage; and one if the last run did not finish."""
+        out = [f"{o.name}: {' '.join((g.message or g.bound).split())}"
+               for o in self.outcomes for g in gatelib.blocking(o.gates)]
+        out += [f"{o.name}: stage did not run" for o in self.outcomes if o.status == "skipped"]
+        if self.state != "finished":  # a crashed or interrupted run is never a release, whatever its artifacts say
+            out.append(f"run: the last `lifecycle run` did not finish (state: {self.state or 'not recorded'})")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+    def record(self) -> dict:
+        """What is shipped with the model (bundle manifest, registry entry, served metadata)."""
+        return {"passed": self.passed, "reasons": self.reasons, "override": self.override}
+
+
+def judge(run_dir: str | Path, registry=None) -> Verdict:
+    """The verdict on the run directory as `lifecycle gate` gives it (see load_run)."""
+    state = read_record(run_dir).get("state")
+    pipeline, outcomes = load_run(run_dir, registry)
+    return Verdict(pipeline, outcomes, state)
+
+
+def run_of(source: str | Path) -> Path | None:
+    """The run directory behind `source`: itself, or the run an artifact directory sits in; None for what
+    is not part of a run (a bundle zip or directory, an artifact copied out), which keeps its own checks."""
+    source = Path(source)
+    if (source / RESOLVED).is_file():
+        return source
+    if (source / "manifest.json").is_file() and (source.parent / RESOLVED).is_file():
+        return source.parent
+    return None
+
+
+def require(source: str | Path, action: str, override: str | None = None, registry=None) -> dict | None:
+    """For `bundle`, `promote`, `serve` and `build`: the verdict record of the run behind `source` (None when
+    it is not part of a run). A failing verdict raises GateFailed (exit 3) with one line naming the stages and
+    reasons; with `override` (why) it is shipped anyway, with a warning on stderr, and the record says so."""
+    run_dir = run_of(source)
+    if run_dir is None:
+        return None
+    verdict = judge(run_dir, registry)
+    if verdict.passed:
+        return verdict.record()
+    reasons = "; ".join(verdict.reasons)
+    if override is None:
+        raise GateFailed(f"{run_dir}: refusing to {action} a run that `lifecycle gate` fails: {reasons} "
+                         "(re-run `lifecycle run`, or pass --override REASON to ship it anyway)")
+    if not override.strip():
+        raise ConfigError("--override: give the reason for shipping a run that failed its verdict")
+    verdict.override = override
+    print(f"warning: {action} of {run_dir} overrides a failed verdict ({override}): {reasons}", file=sys.stderr)
+    return verdict.record()
 
 
 def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOutcome]]:
@@ -37,6 +114,7 @@ def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOu
     """
     from lifecycle import integrity
     from lifecycle.config import build
+    from lifecycle.serving.source import load_artifact
 
     run_dir = Path(run_dir)
     raw = read_record(run_dir)
@@ -52,7 +130,7 @@ def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOu
             outcomes.append(StageOutcome(stage.label, stage.kind, "skipped"))
             continue
         try:
-            art = Artifact.load(path)
+            art = load_artifact(path)  # Artifact.load, a malformed manifest refused in one line
         except ArtifactError as exc:
             outcomes.append(StageOutcome(stage.label, stage.kind, "failed", None, [_integrity_failure(str(exc))]))
             continue

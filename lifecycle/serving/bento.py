@@ -18,12 +18,14 @@ from lifecycle.serving.settings import PACKAGE_DIR, SERVICE_DIR, STORED_SUBDIR, 
 from lifecycle.serving.source import resolve
 
 
-def build(source) -> str:
-    """`lifecycle build`: the model into BentoML's model store (version = artifact hash), then a Bento."""
+def build(source, verdict: dict | None = None) -> str:
+    """`lifecycle build`: the model into BentoML's model store (version = artifact hash), then a Bento.
+    `verdict`: the run's verdict record (lifecycle.verdict.require), in the Bento's serving.json."""
     import bentoml
     from bentoml.exceptions import NotFound
 
     served = resolve(source)
+    served.verdict = verdict or served.verdict
     settings = load_settings(served)
     name = re.sub(r"[^a-z0-9_.-]+", "-", served.name.lower()).strip("-.")[:63] or "lifecycle-model"
     tag = f"{name}:{served.version[:32]}"  # BentoML versions are at most 63 characters: a 128-bit prefix

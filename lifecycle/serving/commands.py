@@ -11,12 +11,14 @@ from lifecycle.serving.tuning import tune_settings
 
 
 def serve(source, host: str = "127.0.0.1", port: int = 3000, tune: bool = False,
-          trusted_keys: list | None = None) -> int:
+          trusted_keys: list | None = None, verdict: dict | None = None) -> int:
     """`lifecycle serve`: check that the model opens, then run `bentoml serve` in the foreground until it
     stops; returns its exit status. A refused bundle ends here, before any server starts: BentoML would
     restart a worker that cannot open its model forever. With `trusted_keys` (public key PEM files) every
-    worker also verifies the bundle's signature when it opens the model, not only this check."""
+    worker also verifies the bundle's signature when it opens the model, not only this check. `verdict`: the
+    run's verdict record (lifecycle.verdict.require), shown by the service's /metadata."""
     served = resolve(source)
+    served.verdict = verdict or served.verdict
     if trusted_keys:
         served.trusted_keys = [Path(k).read_text() for k in trusted_keys]
     with checked(served):

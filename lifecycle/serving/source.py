@@ -10,11 +10,12 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lifecycle import LifecycleError
-from lifecycle.artifact import Artifact, sha256_file, stable_hash
+from lifecycle.artifact import Artifact, ArtifactError, sha256_file, stable_hash
 from lifecycle.serving.settings import TUNED_SUFFIX
 
 
@@ -26,6 +27,9 @@ class Served:
     gates: list = field(default_factory=list)
     root: Path | None = None  # where the service reads the files, when not `path`: an extracted bundle zip
     trusted_keys: list[str] | None = None  # public key PEMs: every worker verifies the bundle's signature
+    # The verdict it is served under (lifecycle.verdict.Verdict.record(): passed, reasons, override): the
+    # run's, as `lifecycle serve` judged it, or the one a bundle recorded, or else its own gates'.
+    verdict: dict | None = None
 
     @property
     def tuned_path(self) -> Path:
@@ -33,18 +37,48 @@ class Served:
 
     def service_model(self) -> dict:
         return {"path": str(self.root or self.path), "name": self.name, "version": self.version,
-                "gates": self.gates, "source": str(self.path), "trusted_keys": self.trusted_keys}
+                "gates": self.gates, "source": str(self.path), "trusted_keys": self.trusted_keys,
+                "verdict": self.verdict or gates_verdict(self.gates)}
+
+
+def gates_verdict(gates: list) -> dict:
+    """The verdict of a model known only by its own gate results (an artifact or bundle outside a run)."""
+    failed = [g for g in gates if isinstance(g, dict) and not g.get("passed") and g.get("on_fail", "stop") == "stop"]
+    reasons = [f"{g.get('metric')}: {' '.join(str(g.get('message') or g.get('bound')).split())}" for g in failed]
+    return {"passed": not reasons, "reasons": reasons, "override": None}
+
+
+def load_artifact(path: Path) -> Artifact:
+    """Artifact.load, after checking that its manifest is an artifact's (a bounded JSON object with a kind
+    and a files mapping), so a broken or foreign manifest is one line, not a traceback."""
+    from lifecycle.edge import BundleError, read_manifest
+
+    try:
+        manifest = read_manifest(path / "manifest.json")
+    except BundleError as exc:
+        raise ArtifactError(str(exc)) from None
+    if not isinstance(manifest.get("kind"), str) or not isinstance(manifest.get("files"), dict):
+        raise ArtifactError(f"{path / 'manifest.json'}: not an artifact manifest (no 'kind' and 'files'); re-run "
+                            "the stage that wrote it")
+    return Artifact.load(path)
 
 
 def last_onnx_artifact(run_dir: Path) -> Path:
     """The directory of a run's last finished stage (pipeline order, from pipeline.json) that wrote an
     onnx-model artifact. Only its manifest's kind is read here: the caller loads (and so verifies) the
     one artifact it uses, not every stage after it."""
-    stages = json.loads((run_dir / "pipeline.json").read_text())["pipeline"]["stages"]
-    for stage in reversed(stages):
-        art = run_dir / (stage.get("name") or stage["kind"])
+    from lifecycle.edge import read_manifest
+
+    try:
+        stages = json.loads((run_dir / "pipeline.json").read_text())["pipeline"]["stages"]
+        names = [stage.get("name") or stage["kind"] for stage in stages]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise LifecycleError(f"{run_dir / 'pipeline.json'}: not a run record (no pipeline stages); re-run the "
+                             "pipeline") from None
+    for name in reversed(names):
+        art = run_dir / str(name)
         manifest = art / "manifest.json"
-        if manifest.is_file() and json.loads(manifest.read_text()).get("kind") == "onnx-model":
+        if manifest.is_file() and read_manifest(manifest).get("kind") == "onnx-model":
             return art
     raise LifecycleError(f"{run_dir}: the run has no finished onnx-model stage (export or quantize); "
                          "run the pipeline first")
@@ -55,22 +89,45 @@ def resolve(source: str | Path) -> Served:
     source = Path(source).resolve()
     if (source / "pipeline.json").is_file():
         return resolve(last_onnx_artifact(source))
+    from lifecycle.edge import read_manifest
+
     if source.is_file() and zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as zf:
-            manifest = json.loads(zf.read("manifest.json")) if "manifest.json" in zf.namelist() else {}
-        return _bundle(source, manifest)
-    if (source / "manifest.json").is_file() and "kind" in json.loads((source / "manifest.json").read_text()):
-        art = Artifact.load(source)
+        return _bundle(source, _zip_manifest(source))
+    manifest = read_manifest(source / "manifest.json") if (source / "manifest.json").is_file() else {}
+    if "kind" in manifest:
+        art = load_artifact(source)
         if art.kind != "onnx-model":
             raise LifecycleError(f"{source}: a {art.kind} artifact; serve an export or quantize artifact "
                                  "(onnx-model), its run directory, or a bundle")
-        return Served(source, f"{source.parent.name}-{art.manifest['stage']}", art.digest,
+        return Served(source, f"{source.parent.name}-{art.manifest.get('stage')}", art.digest,
                       art.manifest.get("gates", []))
     if (source / "model.onnx").is_file():
-        manifest = json.loads((source / "manifest.json").read_text()) if (source / "manifest.json").is_file() else {}
         return _bundle(source, manifest)
     raise LifecycleError(f"{source}: nothing to serve; pass a run directory, an export/quantize artifact, "
                          "or a bundle made by `lifecycle bundle`")
+
+
+def _zip_manifest(zip_path: Path) -> dict:
+    """A bundle zip's manifest.json, its size checked in the zip's directory before it is read (and the read
+    bounded too: the directory can lie); {} when there is none (Predictor.open refuses that, naming it)."""
+    from lifecycle.edge import MANIFEST, MAX_MANIFEST_BYTES, BundleError, read_manifest
+
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            if MANIFEST not in zf.namelist():
+                return {}
+            info = zf.getinfo(MANIFEST)
+            if info.file_size > MAX_MANIFEST_BYTES:
+                raise BundleError(f"{zip_path}: its {MANIFEST} expands to {info.file_size} bytes; the limit is "
+                                  f"{MAX_MANIFEST_BYTES}")
+            with zf.open(info) as fh:
+                data = fh.read(MAX_MANIFEST_BYTES + 1)
+    except (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error) as exc:
+        raise BundleError(f"{zip_path}: not a readable bundle zip ({exc}); write it again with "
+                          "`lifecycle bundle`") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{zip_path}: its {MANIFEST} holds more than the limit of {MAX_MANIFEST_BYTES} bytes")
+    return read_manifest(f"{zip_path}:{MANIFEST}", data)
 
 
 def _bundle(path: Path, manifest: dict) -> Served:
@@ -78,13 +135,15 @@ def _bundle(path: Path, manifest: dict) -> Served:
     the same name and version as that artifact. A directory without a manifest (made by hand) is
     versioned by its model file alone."""
     source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
-    files = manifest.get("files") or {"model.onnx": sha256_file(path / "model.onnx")}
+    files = manifest.get("files") or {"model.onnx": sha256_file(path if path.is_file() else path / "model.onnx")}
     version = source.get("digest") or stable_hash(files)
     if manifest.get("pipeline") and source.get("stage"):
         name = f"{manifest['pipeline']}-{source['stage']}"
     else:
         name = manifest.get("name") or path.stem
-    return Served(path, str(name), version, manifest.get("gates", []))
+    gates = manifest.get("gates") if isinstance(manifest.get("gates"), list) else []
+    verdict = manifest.get("verdict") if isinstance(manifest.get("verdict"), dict) else None
+    return Served(path, str(name), version, gates, verdict=verdict)
 
 
 @contextlib.contextmanager
