@@ -5,11 +5,12 @@
 
 The zip holds model.onnx (plus any external-data files it names), tokenizer.json, labels.json,
 schema.json (input names and dtypes, max length, task), model_card.md (lifecycle.model_card) and
-manifest.json: the sha256 of every file,
-the stage's metrics and gate results, the source artifact's cache key and digest, and a few recorded
-predictions that `Predictor.check()` reproduces on the device. A model whose gates failed is not
-bundled. The zip is deterministic (fixed timestamps, sorted members): the same artifact always gives
-the same bytes, so its sha256 identifies a release.
+manifest.json: the sha256 of every file, the stage's metrics and gate results, the source artifact's
+cache key and digest, a few recorded predictions that `Predictor.check()` reproduces on the device, and
+the verdict it was shipped under. A model whose gates failed is not bundled, nor (`lifecycle bundle`) a
+run that `lifecycle gate` fails, unless `--override REASON` says why (lifecycle.verdict). The zip is
+deterministic (fixed timestamps, sorted members): the same artifact always gives the same bytes, so its
+sha256 identifies a release.
 """
 
 from __future__ import annotations

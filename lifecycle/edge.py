@@ -624,14 +624,13 @@ def read_manifest(path: Path, data: bytes | None = None) -> dict:
     try:
         if data is None:
             if Path(path).stat().st_size > MAX_MANIFEST_BYTES:
-                raise BundleError(f"{path}: over {MAX_MANIFEST_BYTES} bytes, more than any manifest; refusing to read it")
+                raise BundleError(f"{path}: over {MAX_MANIFEST_BYTES} bytes, more than any manifest holds")
             data = Path(path).read_bytes()
         manifest = json.loads(data)
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise BundleError(f"{path}: unreadable manifest ({exc}); write it again with `lifecycle bundle`") from None
+        raise BundleError(f"{path}: unreadable manifest ({exc})") from None
     if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: a JSON {type(manifest).__name__}, not a manifest (a JSON object); write it "
-                          "again with `lifecycle bundle`")
+        raise BundleError(f"{path}: a JSON {type(manifest).__name__}, not a manifest (a JSON object)")
     return manifest
 
 
@@ -837,6 +836,7 @@ MAX_MEMBERS = 4096
 # JSON costs several times its size in memory, so a manifest is refused above this before it is read.
 MAX_MANIFEST_BYTES = 8 << 20
 EXTRACT_PREFIX = "lifecycle-bundle-"
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error)
 
 
 def _extract(zip_path: Path, max_member_bytes: int = MAX_MEMBER_BYTES, max_total_bytes: int = MAX_TOTAL_BYTES,
@@ -857,11 +857,31 @@ def _extract(zip_path: Path, max_member_bytes: int = MAX_MEMBER_BYTES, max_total
             except BaseException:
                 shutil.rmtree(out, ignore_errors=True)
                 raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error,
-            FileExistsError, NotADirectoryError, IsADirectoryError) as exc:  # the last three: 'a' and 'a/b'
+    except (*_ZIP_ERRORS, FileExistsError, NotADirectoryError, IsADirectoryError) as exc:  # the last three: 'a' and 'a/b'
         raise BundleError(f"{zip_path}: not a readable bundle zip ({exc}); write it again with "
                           "`lifecycle bundle`") from None
     return out
+
+
+def zip_manifest(zip_path: Path) -> dict:
+    """A bundle zip's manifest.json, read without extracting anything: its size is checked in the zip's
+    directory first (and zipfile reads no more than that size); {} when the zip has none."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            if MANIFEST not in zf.namelist():
+                return {}
+            info = zf.getinfo(MANIFEST)
+            _check_manifest_size(zip_path, info.file_size)
+            data = zf.read(info)
+    except _ZIP_ERRORS as exc:
+        raise BundleError(f"{zip_path}: not a readable bundle zip ({exc}); write it again with "
+                          "`lifecycle bundle`") from None
+    return read_manifest(f"{zip_path}:{MANIFEST}", data)
+
+
+def _check_manifest_size(zip_path: Path, size: int) -> None:
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{zip_path}: its {MANIFEST} expands to {size} bytes; the limit is {MAX_MANIFEST_BYTES}")
 
 
 def _checked_members(zip_path: Path, zf: zipfile.ZipFile, max_member_bytes: int, max_total_bytes: int,
@@ -883,9 +903,8 @@ def _checked_members(zip_path: Path, zf: zipfile.ZipFile, max_member_bytes: int,
             raise BundleError(f"{zip_path}: member '{name}' appears twice")
         names.add(name)
         _check_size(zip_path, name, info.file_size, info.compress_size, max_member_bytes, max_ratio)
-        if name == MANIFEST and info.file_size > MAX_MANIFEST_BYTES:
-            raise BundleError(f"{zip_path}: its {MANIFEST} expands to {info.file_size} bytes; the limit is "
-                              f"{MAX_MANIFEST_BYTES}")
+        if name == MANIFEST:
+            _check_manifest_size(zip_path, info.file_size)
         total += info.file_size
         compressed += info.compress_size
     if total > max_total_bytes:

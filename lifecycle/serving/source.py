@@ -10,7 +10,6 @@ import re
 import shutil
 import tempfile
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +55,7 @@ def load_artifact(path: Path) -> Artifact:
     try:
         manifest = read_manifest(path / "manifest.json")
     except BundleError as exc:
-        raise ArtifactError(str(exc)) from None
+        raise ArtifactError(f"{exc}; re-run the stage that wrote it") from None
     if not isinstance(manifest.get("kind"), str) or not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{path / 'manifest.json'}: not an artifact manifest (no 'kind' and 'files'); re-run "
                             "the stage that wrote it")
@@ -86,13 +85,13 @@ def last_onnx_artifact(run_dir: Path) -> Path:
 
 def resolve(source: str | Path) -> Served:
     """A run directory (its last ONNX artifact), an export/quantize artifact, or an edge bundle."""
+    from lifecycle.edge import read_manifest, zip_manifest
+
     source = Path(source).resolve()
     if (source / "pipeline.json").is_file():
         return resolve(last_onnx_artifact(source))
-    from lifecycle.edge import read_manifest
-
     if source.is_file() and zipfile.is_zipfile(source):
-        return _bundle(source, _zip_manifest(source))
+        return _bundle(source, zip_manifest(source))
     manifest = read_manifest(source / "manifest.json") if (source / "manifest.json").is_file() else {}
     if "kind" in manifest:
         art = load_artifact(source)
@@ -105,29 +104,6 @@ def resolve(source: str | Path) -> Served:
         return _bundle(source, manifest)
     raise LifecycleError(f"{source}: nothing to serve; pass a run directory, an export/quantize artifact, "
                          "or a bundle made by `lifecycle bundle`")
-
-
-def _zip_manifest(zip_path: Path) -> dict:
-    """A bundle zip's manifest.json, its size checked in the zip's directory before it is read (and the read
-    bounded too: the directory can lie); {} when there is none (Predictor.open refuses that, naming it)."""
-    from lifecycle.edge import MANIFEST, MAX_MANIFEST_BYTES, BundleError, read_manifest
-
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            if MANIFEST not in zf.namelist():
-                return {}
-            info = zf.getinfo(MANIFEST)
-            if info.file_size > MAX_MANIFEST_BYTES:
-                raise BundleError(f"{zip_path}: its {MANIFEST} expands to {info.file_size} bytes; the limit is "
-                                  f"{MAX_MANIFEST_BYTES}")
-            with zf.open(info) as fh:
-                data = fh.read(MAX_MANIFEST_BYTES + 1)
-    except (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error) as exc:
-        raise BundleError(f"{zip_path}: not a readable bundle zip ({exc}); write it again with "
-                          "`lifecycle bundle`") from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{zip_path}: its {MANIFEST} holds more than the limit of {MAX_MANIFEST_BYTES} bytes")
-    return read_manifest(f"{zip_path}:{MANIFEST}", data)
 
 
 def _bundle(path: Path, manifest: dict) -> Served:
