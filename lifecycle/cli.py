@@ -1,4 +1,5 @@
-"""`lifecycle` command line. Exit codes: 0 pass, 1 error, 2 invalid config or usage, 3 a gate failed.
+"""`lifecycle` command line. Exit codes: 0 pass, 1 error, 2 invalid config or usage, 3 a gate failed (also:
+`bundle`, `promote`, `serve` or `build` refused a run that `gate` fails; lifecycle.verdict).
 
 Imports here are light; each command imports what it needs, so `lifecycle --help` is instant.
 """

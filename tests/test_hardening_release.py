@@ -8,7 +8,10 @@ that it did instead."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 
@@ -124,6 +127,20 @@ def test_the_override_ships_and_records_the_refused_verdict(run, tmp_path, capsy
     assert cli_err(capsys, "serve", tmp_path / "model.zip", "--port", "1")[0] == 0
     assert no_server[1]["model"]["verdict"] == verdict
     assert cli_err(capsys, "build", run, "--override", "")[0] == 2  # an override names its reason
+
+
+@pytest.mark.slow
+def test_build_with_the_override_records_it_in_the_bento(run, tmp_path):
+    """A real `bentoml build` (~30 s): the Bento's serving.json, which its service reads, holds the verdict."""
+    stale(run)
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    build = [sys.executable, "-m", "lifecycle.cli", "build", str(run)]
+    refused = subprocess.run(build, capture_output=True, text=True, env=env)
+    assert refused.returncode == 3 and not (tmp_path / "bentoml" / "bentos").exists(), refused.stderr
+    subprocess.run([*build, "--override", "demo"], capture_output=True, text=True, env=env, check=True)
+    (config,) = (tmp_path / "bentoml" / "bentos").rglob("serving.json")
+    verdict = json.loads(config.read_text())["model"]["verdict"]
+    assert verdict["passed"] is False and verdict["override"] == "demo"
 
 
 def test_a_passing_run_is_served_under_its_passing_verdict(run, capsys, no_server):
