@@ -564,34 +564,39 @@ def _json_errors(send):
 
 
 def _with_header_timeout(protocol: type, seconds: float) -> type:
-    """uvicorn's HTTP protocol class with a header timeout, which uvicorn lacks: a connection whose request
-    headers are not complete `seconds` after it opened (or after its last response) is closed, with a 408
-    if part of a request came. Without it, a client trickling header bytes holds its connection forever
-    (every byte also cancels uvicorn's keep-alive timer). Headers are complete when uvicorn starts a new
-    request cycle, in both its parsers (httptools and h11), so nothing here depends on one parser."""
+    """uvicorn's HTTP protocol class with a header timeout, which uvicorn lacks: a request whose headers are
+    not complete `seconds` after its first byte (or after its connection opened, for a connection's first
+    request) gets 408 and its connection is closed; a new connection that sends nothing is closed without
+    an answer. Without it, a client trickling header bytes holds its connection forever (each byte also
+    cancels uvicorn's keep-alive timer). An idle kept-alive connection stays uvicorn's to close (its
+    keep-alive timeout): closing it here too would race clients reusing it. Headers are complete when
+    uvicorn starts a new request cycle, in both its parsers (httptools and h11): nothing here depends on one."""
 
     class HeaderTimeout(protocol):
+        header_timeout = True
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            self._partial = False
             self._await_headers()
 
         def data_received(self, data: bytes) -> None:
+            if not self._armed and (self.cycle is None or self.cycle.response_complete):
+                self._await_headers()  # the first byte of the next request on a kept-alive connection
             self._partial = True
             super().data_received(data)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            self._await_headers()
+            self._armed = self._partial = False
 
         def _await_headers(self) -> None:
-            waiting = self.cycle
-            if waiting is None or waiting.response_complete:  # not while a pipelined request runs
-                self._partial = False
-                self.loop.call_later(seconds, self._headers_late, waiting)
+            self._armed = True
+            self.loop.call_later(seconds, self._headers_late, self.cycle)
 
         def _headers_late(self, waiting) -> None:
             if self.cycle is not waiting or self.transport.is_closing():
-                return  # headers came: a new request cycle; or the connection is gone
+                return  # headers came (uvicorn started a new request cycle), or the connection is gone
             if self._partial:
                 body = json.dumps({"error": f"request headers not complete after {seconds:g} s"}).encode()
                 self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
@@ -768,7 +773,6 @@ def _install_header_timeout() -> None:
     if not getattr(auto.AutoHTTPProtocol, "header_timeout", False):
         auto.AutoHTTPProtocol = _with_header_timeout(auto.AutoHTTPProtocol, SETTINGS.get("header_timeout_s")
                                                      or DEFAULT_HEADER_TIMEOUT_S)
-        auto.AutoHTTPProtocol.header_timeout = True
 
 
 _install_header_timeout()

@@ -66,10 +66,9 @@ class ServingSettings(Strict):
     # concurrency slot while they arrive, so a slow upload costs a connection, not the service.
     # timeout_s counts from the request's first byte too: set below this, its 504 comes first.
     body_timeout_s: float = Field(10.0, gt=0)
-    # A connection whose request headers are not complete this long after it opened (or after its last
-    # response) gets 408 and is closed: uvicorn has no header timeout, and a client trickling header
-    # bytes would hold its connection forever. It also bounds a kept-alive connection's idle time.
-    # None: 5 s (serving/service.py).
+    # A request whose headers are not complete this long after its first byte (a connection's first
+    # request: after it opened) gets 408 and its connection is closed: uvicorn has no header timeout, and
+    # a client trickling header bytes would hold its connection forever. None: 5 s (serving/service.py).
     header_timeout_s: float | None = Field(None, gt=0, exclude_if=unset)
     max_texts: int = Field(64, ge=1)  # texts per request; more get 422
     max_body_bytes: int = Field(1 << 20, ge=1024)  # larger bodies get 413
