@@ -8,7 +8,7 @@ module's path in every worker and packs it into a Bento alone, beside bentofile.
 
 Everything comes from one JSON file named by $LIFECYCLE_SERVING_CONFIG (or `serving.json` beside this
 file, as inside a Bento), written by `lifecycle.serving`: the model (a path, or a BentoML model-store
-tag), its name, version (the artifact hash) and gate results, and the settings (workers, onnxruntime
+tag), its name, version (the artifact hash), gate results and the verdict it is served under, and the settings (workers, onnxruntime
 threads, batching, limits). The decorators below read it at import time, in every worker.
 
 Endpoints: POST /classify {"texts": [...]} -> [{"label", "score", "scores"}, ...] (one per text, same
@@ -28,22 +28,26 @@ for a generator (greedy at temperature 0; max_new_tokens capped at the settings'
 stops cleanly after generate_time_budget_s with finish_reason "time"; a prompt with no room left in the
 model's context is refused with 413 naming the limit; never adaptively batched; with "stream": true or an
 Accept: text/event-stream header, server-sent events as tokens come: see Classifier.generate_stream); the route the
-served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
+served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results,
+"verdict": the run's verdict the model is served under ({"passed", "reasons", "override"}; null when the source
+has none), labels, settings); BentoML's
 /livez, /readyz, /metrics, with lifecycle_requests_admitted (requests holding a max_concurrency slot, summed
 over the workers: BentoML's request_in_progress also counts uploads still arriving). Every refusal has a JSON
-body {"error": "..."} and never a stack trace:
+body {"error": "..."} and never a stack trace in the answer or the log (BentoML's and Starlette's own answers,
+a 404 for an unknown path or a 405 for a wrong method, are rewritten to the same body: _json_errors):
 
     415  content type other than application/json (BentoML's pickle type included: never unpickled)
-    400  body that is not JSON (or not UTF-8)
+    400  body that is not JSON (or not UTF-8), read by the parser BentoML reads it with (_parse_json): so
+         also a lone UTF-16 surrogate ("\ud800"), nesting over 200 levels, an integer over 4300 digits
     422  not {"texts": [...]} ({"rows": [...]} for a table model), an empty list, more than max_texts
          items, an item that is not a string (a row: not an object, a required column absent, a value of
-         the wrong type; each message names the column; extra columns are ignored and counted in
+         the wrong type or a number no float holds; each message names the column; extra columns are ignored and counted in
          GET /metadata's "input_counts"); and,
          with over_length "reject", a text over the model's max_length tokens (the default, "truncate",
          cuts it to max_length tokens, as in training and in the edge bundle)
-    400  also JSON nested too deeply for the parser (Python's recursion limit)
     413  an image of more than max_image_pixels (width x height, read from its header before any pixel is
-         decoded: a decompression bomb costs nothing)
+         decoded: a decompression bomb costs nothing), or images of more than max_request_pixels summed
+         (from their headers too); the images are decoded only once the request holds a concurrency slot
     415  an image body of another content type; an image (or "images"[i], or a multipart file part) that is
          not an allowed format (image_formats; a text file, a GIF) or of a mode that cannot be converted
     422  an image that is recognised but cannot be decoded (truncated, corrupt), an "images" item that is
@@ -51,7 +55,8 @@ body {"error": "..."} and never a stack trace:
          names the item ("images"[2]: ..., part "file" (a.png): ...)
     400  a multipart body that cannot be parsed (no boundary, truncated)
     413  body over max_body_bytes (Content-Length, or counted while reading a chunked body)
-    408  a body still incomplete after body_timeout_s (the connection is then closed)
+    408  a body still incomplete after body_timeout_s (the connection is then closed); request headers
+         incomplete after header_timeout_s (5 s by default; _with_header_timeout: uvicorn has no such limit)
     429  more than max_concurrency requests in flight (split evenly across workers), counted only from
          when a complete, well-formed body has arrived: uploads that trickle in hold no slot
     504  a request still unanswered after timeout_s, counted from its first byte (BentoML)

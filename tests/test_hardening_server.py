@@ -32,6 +32,7 @@ from lifecycle.bundle import write_bundle
 from lifecycle.edge import EXTRACT_PREFIX, BundleError, Predictor, _extract
 
 CASES = yaml.safe_load((Path(__file__).parent / "adversarial" / "server_cases.yaml").read_text())
+VERDICT = {"passed": False, "reasons": ["quantize: gate accuracy failed"], "override": "served for a demo"}
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,9 @@ def hardened(run_dir, tmp_path_factory):  # noqa: F811
     tmp = tmp_path_factory.mktemp("hardened-server")
     settings = serving.ServingSettings(**CASES["settings"])
     cfg = serving.write_config(serving.resolve(run_dir), settings, tmp / "serving.json")
+    written = json.loads(cfg.read_text())  # as `lifecycle serve --override` records the verdict it serves under
+    written["model"]["verdict"] = VERDICT
+    cfg.write_text(json.dumps(written))
     with serving.Server(cfg, log=tmp / "server.log") as srv:
         yield srv
 
@@ -128,6 +132,10 @@ def walk(server, cases: list[dict], route: str, valid: dict) -> None:
 
 def test_server_abuse_matrix(hardened):
     walk(hardened, CASES["cases"], "/classify", VALID)
+
+
+def test_metadata_shows_the_verdict_the_model_is_served_under(hardened):
+    assert httpx.get(hardened.url + "/metadata", timeout=10).json()["verdict"] == VERDICT
 
 
 def served_model(kind: str, tmp: Path) -> Path:
