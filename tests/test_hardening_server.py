@@ -138,101 +138,6 @@ def test_metadata_shows_the_verdict_the_model_is_served_under(hardened):
     assert httpx.get(hardened.url + "/metadata", timeout=10).json()["verdict"] == VERDICT
 
 
-def served_model(kind: str, tmp: Path) -> Path:
-    """What each of server_cases.yaml's `models` is served from, as small as it can be built."""
-    if kind == "generator":  # a gpt-tiny decoder, untrained, exported with its KV cache: no training run
-        from test_generation import exported
-
-        exported("gpt-tiny", tmp)
-        return tmp / "onnx"
-    from test_tabular import PENGUINS
-
-    from lifecycle import config, pipeline
-
-    raw = json.loads(json.dumps(PENGUINS))  # one epoch and no gate: only the route's plumbing matters
-    raw["stages"][0]["train"]["epochs"] = 1
-    raw["stages"][0]["gates"] = []
-    if kind == "image":  # the same on scikit-learn's 8x8 digits
-        raw["name"], raw["data"] = "digits", {"digits": {"format": "sklearn-digits"}}
-        raw["task"] = {"type": "image-classification", "data": "digits"}
-        raw["stages"][0]["model"]["overrides"] = {"patch_size": 2}
-    pipeline.run(config.build(raw), workdir=tmp, echo=lambda *_: None)
-    return tmp / raw["name"]
-
-
-@pytest.mark.parametrize("model", CASES["models"], ids=[m["model"] for m in CASES["models"]])
-def test_server_abuse_matrix_of_other_models(model, tmp_path):
-    settings = serving.ServingSettings(**CASES["settings"])
-    cfg = serving.write_config(serving.resolve(served_model(model["model"], tmp_path)), settings,
-                               tmp_path / "serving.json")
-    with serving.Server(cfg, log=tmp_path / "server.log") as server:
-        walk(server, model["cases"], model["route"], model["valid"])
-
-
-# ------------------------------------------------------------------------------------------ image decoding
-def black_png(side: int = 4096) -> bytes:
-    """side x side black pixels in a few kB: decoding one 4096 x 4096 costs ~60 ms of CPU."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("L", (side, side)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def upload(url: str, images: list[bytes]) -> httpx.Response:
-    files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
-    return httpx.post(url + "/classify_image", files=files, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def image_server(tmp_path_factory):
-    """A digits classifier (1 epoch) with one concurrency slot and a budget of 8 images of 4096 x 4096."""
-    tmp = tmp_path_factory.mktemp("image-server")
-    settings = serving.ServingSettings(max_concurrency=1, max_texts=64, max_body_bytes=2 << 20,
-                                       max_request_pixels=8 * 4096 * 4096)
-    cfg = serving.write_config(serving.resolve(served_model("image", tmp)), settings, tmp / "serving.json")
-    with serving.Server(cfg, log=tmp / "server.log") as srv:
-        yield srv
-
-
-def test_images_over_the_request_pixel_budget_are_refused_from_their_headers(image_server):
-    """63 black 4096 x 4096 PNGs in one ~1 MB upload: each image is within max_image_pixels, but decoding
-    them all cost 3.7 s of CPU before any concurrency slot was taken. Now their headers are summed against
-    max_request_pixels: a fast 413 naming the budget, at the cost of reading 63 headers."""
-    images = [black_png()] * 63
-    before = sum(image_server.cpu_seconds().values())
-    t0 = time.monotonic()
-    r = upload(image_server.url, images)
-    seconds = time.monotonic() - t0
-    cpu = sum(image_server.cpu_seconds().values()) - before
-    assert r.status_code == 413, r.text
-    assert r.json() == {"error": f"the images hold {63 * 4096 * 4096} pixels (width x height, summed); the limit "
-                                 f"is {8 * 4096 * 4096} per request (max_request_pixels): send fewer or smaller "
-                                 "images per request"}
-    assert cpu < 1.0 and seconds < 3, (cpu, seconds)  # was 3.7 s of CPU
-    assert upload(image_server.url, [black_png(8)]).status_code == 200
-
-
-def test_images_are_decoded_only_once_the_request_holds_a_slot(image_server):
-    """With the one slot held by a request decoding 8 large images, a request whose image is truncated gets
-    429: nothing of it was decoded before admission (it used to be decoded first, and answered 422)."""
-    good = black_png()
-    broken = good[: len(good) // 2]  # a whole header, half the pixel data
-    results = []
-    holder = threading.Thread(target=lambda: results.append(upload(image_server.url, [good] * 8).status_code))
-    with httpx.Client(base_url=image_server.url, timeout=10) as client:
-        holder.start()
-        deadline = time.monotonic() + 30
-        while admitted(client) < 1 and time.monotonic() < deadline and not results:
-            time.sleep(0.005)
-        r = upload(image_server.url, [broken])
-        holder.join()
-        assert results == [200]
-        assert r.status_code == 429 and r.json() == {"error": "Too many requests"}, r.text
-        r = upload(image_server.url, [broken])  # the slot free: decoded, and refused naming the part
-        assert r.status_code == 422 and 'part "file" (0.png): PNG image could not be decoded' in r.json()["error"]
-
-
 # ----------------------------------------------------------------------------------------- slow bodies
 def slow_body_attack(port: int, attackers: int, seconds: float, trickle_s: float = 0.2) -> dict:
     """`attackers` connections each sending a body a byte per trickle_s (reconnecting when cut off),
@@ -359,6 +264,104 @@ def test_one_long_text_does_not_stall_the_event_loop(hardened):
     assert len(latencies) >= 3, (seconds, latencies)
     # Relative to the request's own time, so that a loaded machine slows both sides alike.
     assert max(latencies) < max(0.25, 0.3 * seconds), (seconds, sorted(latencies)[-5:])
+
+
+# ------------------------------------------------------------------------------------ other models
+# After every test of the `hardened` server that reads its /metrics: each `bentoml serve` empties BentoML's
+# one Prometheus directory (under $BENTOML_HOME) as it starts, and a server already running loses its gauges.
+def served_model(kind: str, tmp: Path) -> Path:
+    """What each of server_cases.yaml's `models` is served from, as small as it can be built."""
+    if kind == "generator":  # a gpt-tiny decoder, untrained, exported with its KV cache: no training run
+        from test_generation import exported
+
+        exported("gpt-tiny", tmp)
+        return tmp / "onnx"
+    from test_tabular import PENGUINS
+
+    from lifecycle import config, pipeline
+
+    raw = json.loads(json.dumps(PENGUINS))  # one epoch and no gate: only the route's plumbing matters
+    raw["stages"][0]["train"]["epochs"] = 1
+    raw["stages"][0]["gates"] = []
+    if kind == "image":  # the same on scikit-learn's 8x8 digits
+        raw["name"], raw["data"] = "digits", {"digits": {"format": "sklearn-digits"}}
+        raw["task"] = {"type": "image-classification", "data": "digits"}
+        raw["stages"][0]["model"]["overrides"] = {"patch_size": 2}
+    pipeline.run(config.build(raw), workdir=tmp, echo=lambda *_: None)
+    return tmp / raw["name"]
+
+
+@pytest.mark.parametrize("model", CASES["models"], ids=[m["model"] for m in CASES["models"]])
+def test_server_abuse_matrix_of_other_models(model, tmp_path):
+    settings = serving.ServingSettings(**CASES["settings"])
+    cfg = serving.write_config(serving.resolve(served_model(model["model"], tmp_path)), settings,
+                               tmp_path / "serving.json")
+    with serving.Server(cfg, log=tmp_path / "server.log") as server:
+        walk(server, model["cases"], model["route"], model["valid"])
+
+
+# ------------------------------------------------------------------------------------------ image decoding
+def black_png(side: int = 4096) -> bytes:
+    """side x side black pixels in a few kB: decoding one 4096 x 4096 costs ~60 ms of CPU."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def upload(url: str, images: list[bytes]) -> httpx.Response:
+    files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    return httpx.post(url + "/classify_image", files=files, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory):
+    """A digits classifier (1 epoch) with one concurrency slot and a budget of 8 images of 4096 x 4096."""
+    tmp = tmp_path_factory.mktemp("image-server")
+    settings = serving.ServingSettings(max_concurrency=1, max_texts=64, max_body_bytes=2 << 20,
+                                       max_request_pixels=8 * 4096 * 4096)
+    cfg = serving.write_config(serving.resolve(served_model("image", tmp)), settings, tmp / "serving.json")
+    with serving.Server(cfg, log=tmp / "server.log") as srv:
+        yield srv
+
+
+def test_images_over_the_request_pixel_budget_are_refused_from_their_headers(image_server):
+    """63 black 4096 x 4096 PNGs in one ~1 MB upload: each image is within max_image_pixels, but decoding
+    them all cost 3.7 s of CPU before any concurrency slot was taken. Now their headers are summed against
+    max_request_pixels: a fast 413 naming the budget, at the cost of reading 63 headers."""
+    images = [black_png()] * 63
+    before = sum(image_server.cpu_seconds().values())
+    t0 = time.monotonic()
+    r = upload(image_server.url, images)
+    seconds = time.monotonic() - t0
+    cpu = sum(image_server.cpu_seconds().values()) - before
+    assert r.status_code == 413, r.text
+    assert r.json() == {"error": f"the images hold {63 * 4096 * 4096} pixels (width x height, summed); the limit "
+                                 f"is {8 * 4096 * 4096} per request (max_request_pixels): send fewer or smaller "
+                                 "images per request"}
+    assert cpu < 1.0 and seconds < 3, (cpu, seconds)  # was 3.7 s of CPU
+    assert upload(image_server.url, [black_png(8)]).status_code == 200
+
+
+def test_images_are_decoded_only_once_the_request_holds_a_slot(image_server):
+    """With the one slot held by a request decoding 8 large images, a request whose image is truncated gets
+    429: nothing of it was decoded before admission (it used to be decoded first, and answered 422)."""
+    good = black_png()
+    broken = good[: len(good) // 2]  # a whole header, half the pixel data
+    results = []
+    holder = threading.Thread(target=lambda: results.append(upload(image_server.url, [good] * 8).status_code))
+    with httpx.Client(base_url=image_server.url, timeout=10) as client:
+        holder.start()
+        deadline = time.monotonic() + 30
+        while admitted(client) < 1 and time.monotonic() < deadline and not results:
+            time.sleep(0.005)
+        r = upload(image_server.url, [broken])
+        holder.join()
+        assert results == [200]
+        assert r.status_code == 429 and r.json() == {"error": "Too many requests"}, r.text
+        r = upload(image_server.url, [broken])  # the slot free: decoded, and refused naming the part
+        assert r.status_code == 422 and 'part "file" (0.png): PNG image could not be decoded' in r.json()["error"]
 
 
 # ------------------------------------------------------------------------------- `lifecycle serve` CLI
