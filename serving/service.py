@@ -526,6 +526,8 @@ def _parse_json(body: bytes) -> tuple[object, str | None]:
         return from_json(body), None
     except ValueError as exc:
         shown = "nested too deeply" if "recursion limit" in str(exc) else str(exc)[:200]
+        if "hex escape" in shown:  # the parser's words for a lone surrogate ("\ud800" not followed by "\udc00")
+            shown += r"; a \ud800-\udfff escape must be one half of a UTF-16 surrogate pair"
         return None, f"body is not valid JSON ({shown})"
 
 
