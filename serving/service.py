@@ -8,8 +8,9 @@ module's path in every worker and packs it into a Bento alone, beside bentofile.
 
 Everything comes from one JSON file named by $LIFECYCLE_SERVING_CONFIG (or `serving.json` beside this
 file, as inside a Bento), written by `lifecycle.serving`: the model (a path, or a BentoML model-store
-tag), its name, version (the artifact hash), gate results and the verdict it is served under, and the settings (workers, onnxruntime
-threads, batching, limits). The decorators below read it at import time, in every worker.
+tag), its name, version (the artifact hash), gate results and the verdict it is served under, and the
+settings (workers, onnxruntime threads, batching, limits). The decorators below read it at import time,
+in every worker.
 
 Endpoints: POST /classify {"texts": [...]} -> [{"label", "score", "scores"}, ...] (one per text, same
 order) for a classifier; POST /embed {"texts": [...]} -> [[float, ...], ...] (pooled, normalised as in
@@ -41,8 +42,8 @@ a 404 for an unknown path or a 405 for a wrong method, are rewritten to the same
          also a lone UTF-16 surrogate ("\ud800"), nesting over 200 levels, an integer over 4300 digits
     422  not {"texts": [...]} ({"rows": [...]} for a table model), an empty list, more than max_texts
          items, an item that is not a string (a row: not an object, a required column absent, a value of
-         the wrong type or a number no float holds; each message names the column; extra columns are ignored and counted in
-         GET /metadata's "input_counts"); and,
+         the wrong type or a number no float holds; each message names the column; extra columns are
+         ignored and counted in GET /metadata's "input_counts"); and,
          with over_length "reject", a text over the model's max_length tokens (the default, "truncate",
          cuts it to max_length tokens, as in training and in the edge bundle)
     413  an image of more than max_image_pixels (width x height, read from its header before any pixel is
