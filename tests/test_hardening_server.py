@@ -134,6 +134,27 @@ def test_server_abuse_matrix(hardened):
     walk(hardened, CASES["cases"], "/classify", VALID)
 
 
+def test_a_kept_alive_connection_trickling_its_next_headers_is_cut_off(hardened):
+    """The header timeout counts from a request's first byte on a kept-alive connection too (each byte
+    cancels uvicorn's keep-alive timer): the first request is answered, the trickled second one gets 408."""
+    body = json.dumps(VALID).encode()
+    head = (f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", hardened.port), timeout=30) as sock:
+        sock.sendall(head + body)
+        first = http.client.HTTPResponse(sock)
+        first.begin()
+        assert first.status == 200 and len(json.loads(first.read())) == 2
+        t0 = time.monotonic()
+        trickle(sock, head, 0.3)
+        second = http.client.HTTPResponse(sock)
+        second.begin()
+        assert second.status == 408 and json.loads(second.read()) == {
+            "error": f"request headers not complete after {CASES['settings']['header_timeout_s']:g} s"}
+        assert time.monotonic() - t0 < CASES["settings"]["header_timeout_s"] + 2
+        assert sock.recv(1) == b""  # closed
+
+
 def test_metadata_shows_the_verdict_the_model_is_served_under(hardened):
     assert httpx.get(hardened.url + "/metadata", timeout=10).json()["verdict"] == VERDICT
 
