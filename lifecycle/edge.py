@@ -1025,7 +1025,10 @@ class TablePreprocessing:
             for i, v in enumerate(columns[c["name"]]):
                 if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating, type(None))):
                     raise RowError(c["name"], f"expected a number or null, got {v!r}")
-                values[i] = np.nan if v is None else float(v)
+                try:
+                    values[i] = np.nan if v is None else float(v)
+                except OverflowError:  # an integer of hundreds of digits: no float holds it
+                    raise RowError(c["name"], f"number too large ({len(str(abs(v)))} digits)") from None
             gone = np.isnan(values)
             outside = ~gone & ((values < c["min"]) | (values > c["max"]))
             values = np.clip(values, c["min"], c["max"])
@@ -1069,6 +1072,7 @@ def _count(into: dict, name: str, n: int) -> None:
 IMAGE_PROCESSOR = "preprocessor_config.json"
 IMAGE_FORMATS = ("PNG", "JPEG")  # what decode_image accepts unless told otherwise
 MAX_IMAGE_PIXELS = 4096 * 4096  # decode_image's default limit (width x height, from the header)
+MAX_REQUEST_PIXELS = 2 * MAX_IMAGE_PIXELS  # the service's default pixel budget per request (check_request_pixels)
 # Modes converted to the model's ("L" or "RGB"); others (16-bit "I;16", float "F") would be rescaled
 # wrongly by a plain conversion and are refused.
 CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La", "RGBa"})
@@ -1083,10 +1087,9 @@ class ImageError(ValueError):
         self.reason, self.status = reason, status
 
 
-def decode_image(data: bytes, max_pixels: int | None = MAX_IMAGE_PIXELS, formats=IMAGE_FORMATS):
-    """Encoded bytes -> a decoded PIL image. Pillow's open() reads the header only, so the pixel count is
-    refused before anything is decompressed (a small PNG can declare 100k x 100k pixels); then the whole
-    image is decoded, so a truncated or corrupt file fails here and not inside a model call."""
+def open_image(data: bytes, max_pixels: int | None = MAX_IMAGE_PIXELS, formats=IMAGE_FORMATS):
+    """Encoded bytes -> a PIL image whose header only is read: its format, mode and size are checked and
+    nothing is decompressed yet (a small PNG can declare 100k x 100k pixels). load_image decodes it."""
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -1099,19 +1102,39 @@ def decode_image(data: bytes, max_pixels: int | None = MAX_IMAGE_PIXELS, formats
             raise ImageError(f"too many pixels ({exc})", 413) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
             raise ImageError(f"not a {' or '.join(formats)} image", 415) from None
-        width, height = im.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageError(f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}", 413)
-        if im.mode not in CONVERTIBLE_MODES:
-            raise ImageError(f"{im.format} mode {im.mode} is not supported (8-bit grey, palette, RGB or RGBA)", 415)
-        try:
-            im.load()
-        # A decoder fed hostile bytes can raise nearly anything (OSError for a truncated file, SyntaxError,
-        # ValueError, zlib and struct errors); every one means the same to the caller.
-        except Exception as exc:  # noqa: BLE001
-            raise ImageError(f"{im.format} image could not be decoded (truncated or corrupt: {str(exc)[:120]})",
-                             422) from None
+    width, height = im.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(f"{width}x{height} is {width * height} pixels; the limit is {max_pixels}", 413)
+    if im.mode not in CONVERTIBLE_MODES:
+        raise ImageError(f"{im.format} mode {im.mode} is not supported (8-bit grey, palette, RGB or RGBA)", 415)
     return im
+
+
+def load_image(im):
+    """An image from open_image, decoded whole: a truncated or corrupt file fails here, not inside a model call."""
+    try:
+        im.load()
+    # A decoder fed hostile bytes can raise nearly anything (OSError for a truncated file, SyntaxError,
+    # ValueError, zlib and struct errors); every one means the same to the caller.
+    except Exception as exc:  # noqa: BLE001
+        raise ImageError(f"{im.format} image could not be decoded (truncated or corrupt: {str(exc)[:120]})",
+                         422) from None
+    return im
+
+
+def decode_image(data: bytes, max_pixels: int | None = MAX_IMAGE_PIXELS, formats=IMAGE_FORMATS):
+    """Encoded bytes -> a decoded PIL image: open_image's checks, then load_image."""
+    return load_image(open_image(data, max_pixels, formats))
+
+
+def check_request_pixels(images: list, budget: int) -> None:
+    """The images of one request (opened, not decoded) against its pixel budget: decoding costs about
+    the pixels it produces, so the sum of width x height is what bounds a request's decoding work
+    (63 black 4096x4096 PNGs fit in 1 MB and took 3.7 s of CPU to decode)."""
+    total = sum(im.size[0] * im.size[1] for im in images)
+    if total > budget:
+        raise ImageError(f"the images hold {total} pixels (width x height, summed); the limit is {budget} "
+                         "per request (max_request_pixels): send fewer or smaller images per request", 413)
 
 
 def to_mode(im, mode: str):

@@ -8,8 +8,9 @@ module's path in every worker and packs it into a Bento alone, beside bentofile.
 
 Everything comes from one JSON file named by $LIFECYCLE_SERVING_CONFIG (or `serving.json` beside this
 file, as inside a Bento), written by `lifecycle.serving`: the model (a path, or a BentoML model-store
-tag), its name, version (the artifact hash) and gate results, and the settings (workers, onnxruntime
-threads, batching, limits). The decorators below read it at import time, in every worker.
+tag), its name, version (the artifact hash), gate results and the verdict it is served under, and the
+settings (workers, onnxruntime threads, batching, limits). The decorators below read it at import time,
+in every worker.
 
 Endpoints: POST /classify {"texts": [...]} -> [{"label", "score", "scores"}, ...] (one per text, same
 order) for a classifier; POST /embed {"texts": [...]} -> [[float, ...], ...] (pooled, normalised as in
@@ -28,22 +29,26 @@ for a generator (greedy at temperature 0; max_new_tokens capped at the settings'
 stops cleanly after generate_time_budget_s with finish_reason "time"; a prompt with no room left in the
 model's context is refused with 413 naming the limit; never adaptively batched; with "stream": true or an
 Accept: text/event-stream header, server-sent events as tokens come: see Classifier.generate_stream); the route the
-served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results, labels, settings); BentoML's
+served model has no use for answers 404 with a JSON error. GET /metadata (name, version = artifact hash, gate results,
+"verdict": the run's verdict the model is served under ({"passed", "reasons", "override"}; null when the source
+has none), labels, settings); BentoML's
 /livez, /readyz, /metrics, with lifecycle_requests_admitted (requests holding a max_concurrency slot, summed
 over the workers: BentoML's request_in_progress also counts uploads still arriving). Every refusal has a JSON
-body {"error": "..."} and never a stack trace:
+body {"error": "..."} and never a stack trace in the answer or the log (BentoML's and Starlette's own answers,
+a 404 for an unknown path or a 405 for a wrong method, are rewritten to the same body: _json_errors):
 
     415  content type other than application/json (BentoML's pickle type included: never unpickled)
-    400  body that is not JSON (or not UTF-8)
+    400  body that is not JSON (or not UTF-8), read by the parser BentoML reads it with (_parse_json): so
+         also a lone UTF-16 surrogate ("\ud800"), nesting over 200 levels, an integer over 4300 digits
     422  not {"texts": [...]} ({"rows": [...]} for a table model), an empty list, more than max_texts
          items, an item that is not a string (a row: not an object, a required column absent, a value of
-         the wrong type; each message names the column; extra columns are ignored and counted in
-         GET /metadata's "input_counts"); and,
+         the wrong type or a number no float holds; each message names the column; extra columns are
+         ignored and counted in GET /metadata's "input_counts"); and,
          with over_length "reject", a text over the model's max_length tokens (the default, "truncate",
          cuts it to max_length tokens, as in training and in the edge bundle)
-    400  also JSON nested too deeply for the parser (Python's recursion limit)
     413  an image of more than max_image_pixels (width x height, read from its header before any pixel is
-         decoded: a decompression bomb costs nothing)
+         decoded: a decompression bomb costs nothing), or images of more than max_request_pixels summed
+         (from their headers too); the images are decoded only once the request holds a concurrency slot
     415  an image body of another content type; an image (or "images"[i], or a multipart file part) that is
          not an allowed format (image_formats; a text file, a GIF) or of a mode that cannot be converted
     422  an image that is recognised but cannot be decoded (truncated, corrupt), an "images" item that is
@@ -51,7 +56,8 @@ body {"error": "..."} and never a stack trace:
          names the item ("images"[2]: ..., part "file" (a.png): ...)
     400  a multipart body that cannot be parsed (no boundary, truncated)
     413  body over max_body_bytes (Content-Length, or counted while reading a chunked body)
-    408  a body still incomplete after body_timeout_s (the connection is then closed)
+    408  a body still incomplete after body_timeout_s (the connection is then closed); request headers
+         incomplete after header_timeout_s (5 s by default; _with_header_timeout: uvicorn has no such limit)
     429  more than max_concurrency requests in flight (split evenly across workers), counted only from
          when a complete, well-formed body has arrived: uploads that trickle in hold no slot
     504  a request still unanswered after timeout_s, counted from its first byte (BentoML)
@@ -136,6 +142,7 @@ GENERATE_OPTIONS = {
 # request to this route, which answers with server-sent events. Not a public route: called directly, it is 404.
 STREAM_ROUTE = "/generate_stream"
 DEFAULT_MAX_NEW_TOKENS, DEFAULT_TIME_BUDGET_S = 64, 10.0
+DEFAULT_HEADER_TIMEOUT_S = 5.0  # settings' header_timeout_s unset
 
 
 def _integer(v) -> bool:
@@ -151,8 +158,8 @@ def _number(v) -> bool:
 # whatever max_length is (truncation comes after tokenising the whole text): 1 M characters held the
 # event loop, /livez included, for ~0.9 s. 2000 characters are ~2 ms, ten times the sample text.
 INLINE_MAX_CHARS = 2000
-# Image request bodies up to this size are decoded on the event loop; larger ones in a thread.
-INLINE_IMAGE_BYTES = 64 << 10
+# A request's images up to this many pixels are decoded on the event loop (~4 ms); more in a thread.
+INLINE_IMAGE_PIXELS = 1 << 20
 IMAGE_MEDIA = (b"image/png", b"image/jpeg")  # image bodies an image model takes (besides JSON)
 # Never behind the concurrency limit, as in BentoML's own MaxConcurrencyMiddleware.
 UNLIMITED_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
@@ -234,7 +241,7 @@ class RequestLimits:
                                 f"request body not complete after {self.s['body_timeout_s']:g} s")
         body = b"".join(chunks)
         if predictor.image is not None:
-            problem, status, payload = await self.check_images(body, image_body, scope if upload else None)
+            problem, status, images, payload = await self.check_images(body, image_body, scope if upload else None)
             if problem:
                 return await _error(scope, receive, send, status, problem)
             # BentoML gets the checked images as the JSON its route declares, whatever the client sent
@@ -242,24 +249,23 @@ class RequestLimits:
             scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k not in (b"content-type",
                                                                                           b"content-length")]
                      + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
-            return await self.forward(scope, receive, send, body, None)
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return await _error(scope, receive, send, 400, "body is not valid JSON")
-        except RecursionError:  # [[[[... the C parser recurses once per level
-            return await _error(scope, receive, send, 400, "body is not valid JSON (nested too deeply)")
+            return await self.forward(scope, receive, send, body, functools.partial(self.decode_images, *images))
+        payload, problem = _parse_json(body)
+        if problem:
+            return await _error(scope, receive, send, 400, problem)
         problem = self.check(payload, predictor)
         if problem:
             return await _error(scope, receive, send, 422, problem)
+        admitted_check = None
         if predictor.generation is not None:
             scope, body = _generate_scope(scope, payload, body, headers)
+            admitted_check = functools.partial(self.over_context, payload["prompts"])
+        elif "texts" in payload and self.s["over_length"] == "reject":
+            admitted_check = functools.partial(self.over_length, payload["texts"])
+        await self.forward(scope, receive, send, body, admitted_check)
 
-        await self.forward(scope, receive, send, body, payload.get("texts"), payload.get("prompts"))
-
-    async def forward(self, scope, receive, send, body: bytes, texts: list[str] | None,
-                      prompts: list[str] | None = None) -> None:
-        """The checked body, replayed to BentoML within a concurrency slot."""
+    async def forward(self, scope, receive, send, body: bytes, admitted_check=None) -> None:
+        """The checked body, replayed to BentoML within a concurrency slot (see limited)."""
         if self.closing(scope):
             send = _with_connection_close(send)
         replayed = False
@@ -271,24 +277,20 @@ class RequestLimits:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.limited(scope, replay, send, texts, prompts)
+        await self.limited(scope, replay, send, admitted_check)
 
-    async def limited(self, scope, receive, send, texts: list[str] | None = None,
-                      prompts: list[str] | None = None) -> None:
-        """The app, within one of this worker's max_concurrency slots, or 429 when none is free."""
+    async def limited(self, scope, receive, send, admitted_check=None) -> None:
+        """The app, within one of this worker's max_concurrency slots, or 429 when none is free. Work that
+        costs in proportion to the request (tokenising long texts, decoding images) is `admitted_check`: it
+        runs with the slot held and answers (status, message) to refuse, None to go on."""
         if self.slots.value == 0:
             return await _error(scope, receive, send, 429, "Too many requests")
         async with self.slots:
             with self.admitted.track_inprogress():
-                if prompts is not None:
-                    problem = await self.over_context(prompts)
-                    if problem:
-                        return await _error(scope, receive, send, 413, problem)
-                if texts is not None and self.s["over_length"] == "reject":
-                    problem = await self.over_length(texts)
-                    if problem:
-                        return await _error(scope, receive, send, 422, problem)
-                await self.app(scope, receive, send)
+                refusal = admitted_check and await admitted_check()
+                if refusal:
+                    return await _error(scope, receive, send, *refusal)
+                await self.app(scope, receive, _json_errors(send))
 
     def closing(self, scope) -> bool:
         """Whether this response ends its keep-alive connection. Workers share one listening socket and
@@ -308,58 +310,73 @@ class RequestLimits:
         del self.opened[key]
         return True
 
-    async def check_images(self, body: bytes, image_body: bool, upload=None) -> tuple[str | None, int, dict | None]:
-        """(problem, HTTP status, {"images": [base64, ...]}) for an image model's request: one image as the
-        body, a multipart upload (`upload`: its scope) of image files, or a JSON list of base64 images. Every
-        image is decoded here, its pixel count checked from its header first (lifecycle.edge.decode_image),
-        so the model never sees a bad one and the message names the item. Large bodies are decoded in a
-        thread: the event loop keeps answering."""
+    async def check_images(self, body: bytes, image_body: bool, upload=None):
+        """(problem, HTTP status, (images, names), {"images": [base64, ...]}) for an image model's request: one
+        image as the body, a multipart upload (`upload`: its scope) of image files, or a JSON list of base64
+        images. Only the images' headers are read here, before admission (lifecycle.edge.open_image: format,
+        mode, each image's pixels, then the request's pixel budget); decode_images decodes them once the
+        request holds a slot, so the model never sees a bad one and the message names the item."""
         import base64
+
+        from lifecycle import edge
 
         if image_body:
             items, names = [body], ["the image"]
         elif upload is not None:
             problem, status, items, names = await self.uploaded_images(body, upload)
             if problem:
-                return problem, status, None
+                return problem, status, None, None
         else:
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                return "body is not valid JSON", 400, None
+            payload, problem = _parse_json(body)
+            if problem:
+                return problem, 400, None, None
             if not isinstance(payload, dict) or set(payload) != {"images"}:
                 return ('expected a JSON object with exactly one key, "images": a list of base64 PNG/JPEG images '
-                        "(or one image as the body, content type image/png or image/jpeg)"), 422, None
+                        "(or one image as the body, content type image/png or image/jpeg)"), 422, None, None
             listed = payload["images"]
             if not isinstance(listed, list) or not listed:
-                return '"images" must be a non-empty list of base64 strings', 422, None
+                return '"images" must be a non-empty list of base64 strings', 422, None, None
             if len(listed) > self.s["max_texts"]:
-                return f'"images" has {len(listed)} items; the limit is {self.s["max_texts"]} per request', 422, None
+                return (f'"images" has {len(listed)} items; the limit is {self.s["max_texts"]} per request', 422,
+                        None, None)
             items, names = [], [f'"images"[{i}]' for i in range(len(listed))]
             for name, item in zip(names, listed):
                 if not isinstance(item, str):
-                    return f"{name} is a {type(item).__name__}, not a base64 string", 422, None
+                    return f"{name} is a {type(item).__name__}, not a base64 string", 422, None, None
                 try:
                     items.append(base64.b64decode(item, validate=True))
                 except ValueError:
-                    return f"{name} is not valid base64", 422, None
+                    return f"{name} is not valid base64", 422, None, None
+        pixels = self.s.get("max_image_pixels") or edge.MAX_IMAGE_PIXELS
+        formats = self.s.get("image_formats") or edge.IMAGE_FORMATS
+        opened = []
+        for name, item in zip(names, items):
+            try:
+                opened.append(edge.open_image(item, pixels, formats))
+            except edge.ImageError as exc:
+                return f"{name}: {exc.reason}", exc.status, None, None
+        try:
+            edge.check_request_pixels(opened, self.s.get("max_request_pixels") or edge.MAX_REQUEST_PIXELS)
+        except edge.ImageError as exc:
+            return exc.reason, exc.status, None, None
+        return None, 200, (opened, names), {"images": [base64.b64encode(item).decode("ascii") for item in items]}
+
+    async def decode_images(self, images: list, names: list[str]) -> tuple[int, str] | None:
+        """The opened images of a checked request decoded whole, with its concurrency slot held; in a thread
+        unless small (see INLINE_IMAGE_PIXELS). (status, message naming the image) for one that fails."""
+        from lifecycle.edge import ImageError, load_image
 
         def decode_all():
-            from lifecycle.edge import IMAGE_FORMATS, MAX_IMAGE_PIXELS, ImageError, decode_image
-
-            pixels = self.s.get("max_image_pixels") or MAX_IMAGE_PIXELS
-            formats = self.s.get("image_formats") or IMAGE_FORMATS
-            for name, item in zip(names, items):
+            for name, im in zip(names, images):
                 try:
-                    decode_image(item, pixels, formats)
+                    load_image(im)
                 except ImageError as exc:
-                    return f"{name}: {exc.reason}", exc.status
-            return None, 200
+                    return exc.status, f"{name}: {exc.reason}"
+            return None
 
-        problem, status = decode_all() if len(body) <= INLINE_IMAGE_BYTES else await anyio.to_thread.run_sync(decode_all)
-        if problem:
-            return problem, status, None
-        return None, 200, {"images": [base64.b64encode(item).decode("ascii") for item in items]}
+        if sum(im.size[0] * im.size[1] for im in images) <= INLINE_IMAGE_PIXELS:
+            return decode_all()
+        return await anyio.to_thread.run_sync(decode_all)
 
     async def uploaded_images(self, body: bytes, scope) -> tuple[str | None, int, list[bytes], list[str]]:
         """(problem, HTTP status, images, their names) of a multipart/form-data body (already read, within
@@ -425,7 +442,7 @@ class RequestLimits:
                 return f'"{key}" must be {what}'
         return None
 
-    async def over_context(self, prompts: list[str]) -> str | None:
+    async def over_context(self, prompts: list[str]) -> tuple[int, str] | None:
         """The first prompt that leaves no room to generate in the model's context (413, naming the limit).
         Tokenised in a thread when long (see INLINE_MAX_CHARS); the generator's tokenizer never truncates,
         so sharing it with the inference thread is safe."""
@@ -438,8 +455,8 @@ class RequestLimits:
         limit = predictor.max_length
         for i, n in enumerate(counts):
             if n >= limit:
-                return (f'"prompts"[{i}] has {n} tokens; the model\'s context is {limit} tokens (prompt and generated '
-                        f"tokens together): at most {limit - 1} prompt tokens")
+                return 413, (f'"prompts"[{i}] has {n} tokens; the model\'s context is {limit} tokens (prompt and '
+                             f"generated tokens together): at most {limit - 1} prompt tokens")
         return None
 
     def check_rows(self, rows: list, predictor) -> str | None:
@@ -458,7 +475,7 @@ class RequestLimits:
                 totals.setdefault(kind, {})[column] = totals.get(kind, {}).get(column, 0) + n
         return None
 
-    async def over_length(self, texts: list[str]) -> str | None:
+    async def over_length(self, texts: list[str]) -> tuple[int, str] | None:
         """With over_length "reject": the first text over max_length tokens. Tokenised in a thread when
         long (see INLINE_MAX_CHARS), with a slot held: up to max_body_bytes of text to tokenise."""
         encode = self.untruncated_tokenizer().encode_batch
@@ -469,8 +486,8 @@ class RequestLimits:
         limit = LOADED["predictor"].max_length
         for i, enc in enumerate(encodings):
             if len(enc.ids) > limit:
-                return (f'"texts"[{i}] has {len(enc.ids)} tokens; the limit is {limit} '
-                        "(this server rejects over-long texts instead of truncating them)")
+                return 422, (f'"texts"[{i}] has {len(enc.ids)} tokens; the limit is {limit} '
+                             "(this server rejects over-long texts instead of truncating them)")
         return None
 
     def untruncated_tokenizer(self):
@@ -497,6 +514,104 @@ def _generate_scope(scope, payload: dict, body: bytes, headers: dict) -> tuple[d
     if streamed:
         scope = {**scope, "path": STREAM_ROUTE, "raw_path": STREAM_ROUTE.encode()}
     return scope, body
+
+
+def _parse_json(body: bytes) -> tuple[object, str | None]:
+    """(payload, None), or (None, the 400 message). Parsed by pydantic-core's parser, the one BentoML reads
+    the replayed body with: what it would refuse (a lone UTF-16 surrogate, nesting over 200 levels, an
+    integer over 4300 digits, bytes that are not UTF-8) is refused here first, as our own 400, instead of
+    by its validator with tracebacks in the log (or, for a /generate prompt, by the tokenizer: a 500)."""
+    from pydantic_core import from_json
+
+    try:
+        return from_json(body), None
+    except ValueError as exc:
+        shown = "nested too deeply" if "recursion limit" in str(exc) else str(exc)[:200]
+        if "hex escape" in shown:  # the parser's words for a lone surrogate ("\ud800" not followed by "\udc00")
+            shown += r"; a \ud800-\udfff escape must be one half of a UTF-16 surrogate pair"
+        return None, f"body is not valid JSON ({shown})"
+
+
+def _json_errors(send):
+    """The app's send with its own error answers (Starlette's plain-text 404 and 405, BentoML's validation
+    errors with their "detail" list) rewritten to this service's one error body, {"error": "..."}."""
+    from http import HTTPStatus
+
+    from pydantic_core import from_json
+
+    start, chunks = None, []
+
+    async def wrapped(message):
+        nonlocal start
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            start = message
+            return
+        if start is None or message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        raw = b"".join(chunks)
+        try:
+            answer = from_json(raw)
+        except ValueError:
+            answer = raw.decode("utf-8", "replace").strip()
+        if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+            details = [f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg')}" for d in answer.get("detail") or []
+                       if isinstance(d, dict)]
+            answer = "; ".join([answer["error"], *details])
+        if not isinstance(answer, str) or not answer:
+            answer = HTTPStatus(start["status"]).phrase
+        body = json.dumps({"error": answer}).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
+        await send({**start, "headers": [*headers, (b"content-type", b"application/json"),
+                                         (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
+
+
+def _with_header_timeout(protocol: type, seconds: float) -> type:
+    """uvicorn's HTTP protocol class with a header timeout, which uvicorn lacks: a request whose headers are
+    not complete `seconds` after its first byte (or after its connection opened, for a connection's first
+    request) gets 408 and its connection is closed; a new connection that sends nothing is closed without
+    an answer. Without it, a client trickling header bytes holds its connection forever (each byte also
+    cancels uvicorn's keep-alive timer). An idle kept-alive connection stays uvicorn's to close (its
+    keep-alive timeout): closing it here too would race clients reusing it. Headers are complete when
+    uvicorn starts a new request cycle, in both its parsers (httptools and h11): nothing here depends on one."""
+
+    class HeaderTimeout(protocol):
+        header_timeout = True
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._partial = False
+            self._await_headers()
+
+        def data_received(self, data: bytes) -> None:
+            if not self._armed and (self.cycle is None or self.cycle.response_complete):
+                self._await_headers()  # the first byte of the next request on a kept-alive connection
+            self._partial = True
+            super().data_received(data)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._armed = self._partial = False
+
+        def _await_headers(self) -> None:
+            self._armed = True
+            self.loop.call_later(seconds, self._headers_late, self.cycle)
+
+        def _headers_late(self, waiting) -> None:
+            if self.cycle is not waiting or self.transport.is_closing():
+                return  # headers came (uvicorn started a new request cycle), or the connection is gone
+            if self._partial:
+                body = json.dumps({"error": f"request headers not complete after {seconds:g} s"}).encode()
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
+
+    return HeaderTimeout
 
 
 def _with_connection_close(send):
@@ -526,7 +641,7 @@ def _metadata_app():
                              "gates": MODEL.get("gates", []), "task": predictor.task, "route": predictor.route,
                              "labels": predictor.labels, "input_counts": LOADED.get("input_counts", {}),
                              "max_length": predictor.max_length, "over_length": SETTINGS["over_length"],
-                             "settings": SETTINGS})
+                             "verdict": MODEL.get("verdict"), "settings": SETTINGS})
 
     return Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
 
@@ -656,3 +771,16 @@ def _generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop, tim
 
 
 Classifier.add_asgi_middleware(RequestLimits, settings=SETTINGS)
+
+
+def _install_header_timeout() -> None:
+    """BentoML builds each worker's uvicorn.Config after importing this module, with the default protocol
+    ("auto"), which uvicorn looks up by name when it starts: the one attribute replaced here."""
+    import uvicorn.protocols.http.auto as auto
+
+    if not getattr(auto.AutoHTTPProtocol, "header_timeout", False):
+        auto.AutoHTTPProtocol = _with_header_timeout(auto.AutoHTTPProtocol, SETTINGS.get("header_timeout_s")
+                                                     or DEFAULT_HEADER_TIMEOUT_S)
+
+
+_install_header_timeout()

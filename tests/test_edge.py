@@ -228,3 +228,45 @@ def test_a_session_timed_beside_another_is_not_slowed_by_its_spinning_threads(ex
             alternating += call_times(call_a, 1)
             call_b()
     assert np.median(alternating) < 1.3 * np.median(alone), (np.median(alternating), np.median(alone))
+
+
+# ---------------------------------------------------------------------------- request inputs (the service's checks)
+def test_a_number_no_float_holds_is_a_row_error_naming_its_column():
+    """A 400-digit integer in a numeric column raised OverflowError, which the service did not catch (a 500
+    after its 30 s timeout): now the RowError every bad value gets, naming the column."""
+    from lifecycle.edge import RowError, TablePreprocessing
+
+    table = TablePreprocessing({"numeric": [{"name": "bill_mm", "mean": 40.0, "std": 5.0, "min": 30.0, "max": 60.0}],
+                                "categorical": []})
+    with pytest.raises(RowError, match=r"column 'bill_mm': number too large \(400 digits\)"):
+        table.transform_rows([{"bill_mm": 42.0}, {"bill_mm": 10**399 * 9}])
+    feeds, _ = table.transform_rows([{"bill_mm": 10**300}])  # large, but a float: clipped and counted, as before
+    assert feeds["numeric"][0, 0] == pytest.approx(4.0)
+
+
+def test_image_headers_are_read_without_decoding_and_a_request_has_a_pixel_budget():
+    """What the service checks before a request takes a concurrency slot: each image's header (format, mode,
+    size) and the request's pixels summed; decoding (load_image) comes after admission."""
+    import io
+    import time
+
+    from PIL import Image
+
+    from lifecycle.edge import MAX_REQUEST_PIXELS, ImageError, check_request_pixels, load_image, open_image
+
+    buf = io.BytesIO()
+    Image.new("L", (4096, 4096)).save(buf, "PNG")
+    black = buf.getvalue()  # 16 M pixels in ~16 kB
+    t0 = time.process_time()
+    opened = [open_image(black) for _ in range(63)]
+    assert time.process_time() - t0 < 0.5  # headers only (decoding all 63 costs seconds)
+    assert all(im.size == (4096, 4096) for im in opened)
+    check_request_pixels(opened[:2], MAX_REQUEST_PIXELS)  # two of the largest single images fit the default
+    with pytest.raises(ImageError, match=r"hold 1056964608 pixels .*the limit is 33554432 per request "
+                                         r"\(max_request_pixels\)") as refused:
+        check_request_pixels(opened, MAX_REQUEST_PIXELS)
+    assert refused.value.status == 413
+    truncated = open_image(black[: len(black) // 2])  # the header is whole: it opens
+    with pytest.raises(ImageError, match="could not be decoded") as bad:
+        load_image(truncated)
+    assert bad.value.status == 422

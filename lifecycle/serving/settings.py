@@ -66,6 +66,10 @@ class ServingSettings(Strict):
     # concurrency slot while they arrive, so a slow upload costs a connection, not the service.
     # timeout_s counts from the request's first byte too: set below this, its 504 comes first.
     body_timeout_s: float = Field(10.0, gt=0)
+    # A request whose headers are not complete this long after its first byte (a connection's first
+    # request: after it opened) gets 408 and its connection is closed: uvicorn has no header timeout, and
+    # a client trickling header bytes would hold its connection forever. None: 5 s (serving/service.py).
+    header_timeout_s: float | None = Field(None, gt=0, exclude_if=unset)
     max_texts: int = Field(64, ge=1)  # texts per request; more get 422
     max_body_bytes: int = Field(1 << 20, ge=1024)  # larger bodies get 413
     # A text longer than the model's max_length tokens: "truncate" (as in training and the edge bundle)
@@ -76,6 +80,10 @@ class ServingSettings(Strict):
     # runtime's defaults, lifecycle.edge.MAX_IMAGE_PIXELS (4096 x 4096) and PNG + JPEG.
     max_image_pixels: int | None = Field(None, ge=1, exclude_if=unset)
     image_formats: list[Literal["PNG", "JPEG"]] | None = Field(None, min_length=1, exclude_if=unset)
+    # The most pixels (width x height summed over a request's images, read from their headers) one request
+    # may make the server decode: decoding costs about its pixels, and happens inside a concurrency slot.
+    # 413 above it. None: lifecycle.edge.MAX_REQUEST_PIXELS (2 x 4096 x 4096).
+    max_request_pixels: int | None = Field(None, ge=1, exclude_if=unset)
     # Generators (POST /generate): a request's max_new_tokens is capped at this; and the decoding loop of one
     # request stops cleanly (finish_reason "time", the tokens so far) after generate_time_budget_s, which
     # should sit below timeout_s so the answer comes before BentoML's 504. None: 64 tokens, 10 s.
