@@ -131,7 +131,9 @@ def reliability_section(data: dict) -> str:
         f"{s['live_after_each']} of {s['tried']};",
         f"- kill -9 of a training run: {k.get('kills', 0)} kills, {k.get('finished', 0)} finished runs "
         f"({k.get('resumed', 0)} resumed), each with the metrics of the uninterrupted run;",
-        f"- other hardening tests: {sum(v == 'passed' for v in others.values())} of {len(others)} pass.", "",
+        f"- other hardening tests: {sum(v == 'passed' for v in others.values())} of {len(others)} pass"
+        + (" (" + ", ".join(f"`{stem}` {n['passed']}/{n['tried']}" for stem, n in r["other_tests_by_file"].items())
+           + ")" if r.get("other_tests_by_file") else "") + ".", "",
         f"Checks: {len(data['checks']) - len(failed)} of {len(data['checks'])} pass"
         + (f" (missed: {', '.join(failed)})." if failed else "."),
     ]) + "\n"
