@@ -199,6 +199,10 @@ def load_images(src: DataSource, pipeline: PipelineView, seed: int) -> ImageData
     classes = sorted(set(splits["train"].labels)) if labelled else []
     if labelled and len(classes) < 2:
         raise LifecycleError(f"{where}: the train split has one class; a classifier needs two (class = sub-directory)")
+    if labelled:
+        from lifecycle.data.labelled import check_scored_classes
+
+        check_scored_classes(where, {name: part.labels for name, part in splits.items()})
     stats.update({f"{k}_images": len(v) for k, v in splits.items()}, mode=mode)
     return ImageData(splits, classes, fit_preprocessing(splits["train"].images, spec, mode), spec, stats)
 

@@ -254,9 +254,18 @@ def load_table(src: DataSource, pipeline: PipelineView, seed: int) -> TableData:
             raise LifecycleError(f"{where}: the {name} split is empty; lower split fractions or add rows")
     labels = None
     if schema.target_kind == "categorical":
+        from lifecycle.data.labelled import check_scored_classes
+
         labels = sorted(set(splits["train"][schema.target]))
         if len(labels) < 2:
             raise LifecycleError(f"{where}: the train split has one class of '{schema.target}'; a classifier needs two")
+        check_scored_classes(where, {name: list(part[schema.target]) for name, part in splits.items()})
+    else:
+        for name, part in splits.items():  # R² and errors against a constant target say nothing about a model
+            if part[schema.target].nunique() < 2:
+                raise LifecycleError(f"{where}: the target '{schema.target}' has one value "
+                                     f"({part[schema.target].iloc[0]!r}) in the {name} split; a regression is scored "
+                                     "on a target that varies: add rows or change the split")
     return TableData(splits, schema, fit_preprocessing(splits["train"], schema, src.table.min_frequency), labels,
                      {"rows": len(frame), "dropped_missing_target": missing_target})
 
