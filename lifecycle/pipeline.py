@@ -210,11 +210,14 @@ def writer(run_dir: Path) -> Iterator[None]:
 
 # Errors of the file system a user can fix (free space, permissions, a read-only mount), as OSError
 # numbers and as the text libraries put in the errors they wrap them in (safetensors: SafetensorError).
-FAULTS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-          errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-          errno.EPERM: "operation not permitted"}
+FAULTS = {errno.ENOSPC: ("no space left on the device", "free space there"),
+          errno.EDQUOT: ("disk quota exceeded", "free space there"),
+          errno.EROFS: ("read-only file system", "mount it read-write or run with another --workdir"),
+          errno.EACCES: ("permission denied", "give this user write access or run with another --workdir"),
+          errno.EPERM: ("operation not permitted", "give this user write access or run with another --workdir")}
 FAULT_TEXT = {"No space left": errno.ENOSPC, "Disk quota": errno.EDQUOT, "Read-only file system": errno.EROFS,
               "Permission denied": errno.EACCES}
+FULL_BELOW = 16 << 20  # bytes free under which a write error is taken for a full disk
 
 
 def disk_fault(exc: BaseException, where: Path) -> LifecycleError | None:
@@ -225,11 +228,20 @@ def disk_fault(exc: BaseException, where: Path) -> LifecycleError | None:
         if code not in FAULTS:
             code = next((c for text, c in FAULT_TEXT.items() if text in str(seen)), None)
         if code is not None:
-            path = getattr(seen, "filename", None) or where
-            return LifecycleError(f"{path}: {FAULTS[code]}; free space or fix the permissions there and run again "
-                                  "(finished stages are kept)")
+            return _fault(getattr(seen, "filename", None) or where, code, "")
         seen = seen.__cause__ or seen.__context__
+    # torch.save says neither errno nor reason on a full disk ("unexpected pos 64 vs 0"): an error while
+    # the file system has (almost) no space left is taken for one. A bug that strikes on a nearly full
+    # disk is then reported as the full disk, which still needs freeing first.
+    existing = next(p for p in (Path(where), *Path(where).parents) if p.exists())
+    if shutil.disk_usage(existing).free < FULL_BELOW:
+        return _fault(where, errno.ENOSPC, f" ({type(exc).__name__} while writing)")
     return None
+
+
+def _fault(path, code: int, detail: str) -> LifecycleError:
+    reason, fix = FAULTS[code]
+    return LifecycleError(f"{path}: {reason}{detail}; {fix}, then run again (finished stages are kept)")
 
 
 @contextlib.contextmanager
@@ -357,6 +369,7 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, lo
     # Every rank builds into its own directory; only rank 0's is sealed into the artifact.
     tmp = inside(run_dir, run_dir / (f"{stage.label}.tmp" if rank == 0 else f"{stage.label}.rank{rank}.tmp"))
     replaceable(inside(run_dir, final))  # refused before the stage runs, not after hours of training
+    inside(run_dir, run_dir / ".scratch")
     started = time.time()
     # With `seeds`, the stage runs once per seed; the artifact keeps the first seed's files and the
     # metrics become means with a 95% interval across seeds (see lifecycle.seeds).
@@ -366,12 +379,12 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, lo
         out = tmp if i == 0 else tmp.with_name(f"{tmp.name[:-4]}.seed{seed}.tmp")
         if out.exists():
             shutil.rmtree(out)  # a previous crash: never reuse a partial artifact
-        out.mkdir(parents=True)
         suffix = "" if len(seeds) == 1 else f"-seed{seed}"
         scratch = run_dir / ".scratch" / f"{stage.label}-{key[:16]}{suffix}"
-        scratch.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed, echo=echo, _loaded=loaded)
         try:
+            out.mkdir(parents=True)
+            scratch.mkdir(parents=True, exist_ok=True)
             with quiet.relative_attention():  # the first forward pass may be a probe or an evaluation
                 metrics = registry.module(stage.kind).run(stage, parent, ctx)
         except Exception as exc:

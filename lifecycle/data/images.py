@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lifecycle import LifecycleError
 from lifecycle.schema import Strict
@@ -41,11 +41,18 @@ class Augment(Strict):
 
     # Random resized crop: a box of this share of the area and aspect in [3/4, 4/3], resized back.
     # (1.0, 1.0): off. Small images lose detail fast: 8x8 digits keep (0.85, 1.0) at most.
-    crop_scale: tuple[float, float] = (1.0, 1.0)
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (1.0, 1.0)
     flip: bool = False  # horizontal flips: fine for photos, wrong for digits and text
     brightness: float = Field(0.0, ge=0, lt=1)  # colour jitter: factor drawn from [1 - b, 1 + b]
     contrast: float = Field(0.0, ge=0, lt=1)
     translate: int = Field(0, ge=0)  # random shift by up to this many pixels (edges filled with black)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _ordered(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if scale[0] > scale[1]:
+            raise ValueError(f"{list(scale)}: give (smallest, largest) share of the area")
+        return scale
 
     @property
     def off(self) -> bool:
