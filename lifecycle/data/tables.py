@@ -264,7 +264,7 @@ def load_table(src: DataSource, pipeline: PipelineView, seed: int) -> TableData:
         for name, part in splits.items():  # R² and errors against a constant target say nothing about a model
             if part[schema.target].nunique() < 2:
                 raise LifecycleError(f"{where}: the target '{schema.target}' has one value "
-                                     f"({part[schema.target].iloc[0]!r}) in the {name} split; a regression is scored "
+                                     f"({part[schema.target].iloc[0]}) in the {name} split; a regression is scored "
                                      "on a target that varies: add rows or change the split")
     return TableData(splits, schema, fit_preprocessing(splits["train"], schema, src.table.min_frequency), labels,
                      {"rows": len(frame), "dropped_missing_target": missing_target})
