@@ -181,7 +181,8 @@ def writer(run_dir: Path) -> Iterator[None]:
     if dist.rank() != 0:
         yield
         return
-    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+    # (A symlink to a folder is fine: a run directory on a bigger disk. Writes are checked against its target.)
+    if (run_dir.exists() or run_dir.is_symlink()) and not run_dir.is_dir():
         raise LifecycleError(f"{run_dir}: exists and is not a directory; choose another --workdir or pipeline name")
     if run_dir.is_dir() and not (run_dir / RESOLVED).is_file() and any(p.name != LOCK for p in run_dir.iterdir()):
         raise LifecycleError(f"{run_dir}: not empty and not a run directory (no {RESOLVED}); a run writes and replaces "
@@ -427,7 +428,13 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, lo
         "timings": {"started": started, "seconds": round(time.time() - started, 3)},
         "lifecycle_version": __version__,
     }
-    art = commit(tmp, final, manifest)
+    try:
+        art = commit(tmp, final, manifest)
+    except OSError as exc:
+        if (fault := disk_fault(exc, tmp)) is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # complete checkpoints stay: the re-run resumes past training
+        raise fault from None
     for seed in seeds:
         suffix = "" if len(seeds) == 1 else f"-seed{seed}"
         shutil.rmtree(run_dir / ".scratch" / f"{stage.label}-{key[:16]}{suffix}", ignore_errors=True)

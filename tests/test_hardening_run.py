@@ -106,6 +106,17 @@ def test_a_directory_that_is_not_a_run_is_refused(tmp_path, capsys):
     assert os.listdir(run_dir) == ["photos.txt"]
 
 
+@pytest.mark.parametrize("what", ["file", "dangling symlink"])
+def test_a_file_where_the_run_directory_goes_is_refused(what, tmp_path, capsys):
+    path = pipeline_file(tmp_path)
+    (tmp_path / "work").mkdir()
+    run_dir = tmp_path / "work" / "adv"
+    run_dir.write_text("mine") if what == "file" else run_dir.symlink_to(tmp_path / "nowhere")
+    assert main(["run", str(path), "--workdir", str(tmp_path / "work")]) == 1
+    assert f"{run_dir}: exists and is not a directory" in one_error(capsys.readouterr().err)
+    assert os.listdir(tmp_path / "work") == ["adv"] and not (tmp_path / "nowhere").exists()
+
+
 def test_a_large_pipeline_file_is_refused_before_it_is_parsed(tmp_path, capsys):
     path = tmp_path / "pipeline.yaml"
     path.write_text("name: big\n" + "# padding\n" * 120_000)
@@ -285,3 +296,11 @@ def test_a_regression_target_without_variance_is_refused(tmp_path):
     pipeline = config.load(path)
     with pytest.raises(LifecycleError, match=r"table.csv: the target 'y' has one value \(3.5\) in the train split"):
         data.load(pipeline.data["t"], pipeline)
+
+
+@pytest.mark.parametrize("memory", ["nan", "inf", "0", "-8"])
+def test_plan_refuses_a_memory_size_that_is_no_size(memory, tmp_path, capsys):
+    """`plan --memory-gb nan` printed a table in which every stage 'fits' (no comparison with NaN fails)."""
+    path = pipeline_file(tmp_path)
+    assert main(["plan", str(path), "--no-calibrate", "--memory-gb", memory]) == 2
+    assert f"--memory-gb: {float(memory)} is not a size" in one_error(capsys.readouterr().err)
