@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, field_validator
 
 from lifecycle import LifecycleError
+from lifecycle.data.splits import check_scored_classes
 from lifecycle.schema import Strict
 
 if TYPE_CHECKING:
@@ -207,8 +208,6 @@ def load_images(src: DataSource, pipeline: PipelineView, seed: int) -> ImageData
     if labelled and len(classes) < 2:
         raise LifecycleError(f"{where}: the train split has one class; a classifier needs two (class = sub-directory)")
     if labelled:
-        from lifecycle.data.labelled import check_scored_classes
-
         check_scored_classes(where, {name: part.labels for name, part in splits.items()})
     stats.update({f"{k}_images": len(v) for k, v in splits.items()}, mode=mode)
     return ImageData(splits, classes, fit_preprocessing(splits["train"].images, spec, mode), spec, stats)

