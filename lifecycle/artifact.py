@@ -8,6 +8,7 @@ changed, naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -57,7 +58,8 @@ def write_json(path: Path, obj: Any) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
     except OSError:
-        tmp.unlink(missing_ok=True)  # a full disk: no half-written .part left behind
+        with contextlib.suppress(OSError):  # a full disk: no half-written .part left behind
+            tmp.unlink(missing_ok=True)
         raise
 
 

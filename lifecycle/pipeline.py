@@ -177,8 +177,11 @@ def writer(run_dir: Path) -> Iterator[None]:
     """Hold the run directory for this run: a second `lifecycle run` on it is refused at once, naming
     the holder, instead of building artifacts from two runs' bytes. flock is released by the kernel
     when the process ends however it ends (a kill -9 leaves a lock file that blocks no one). Only rank
-    0 of a distributed run takes it: the other ranks are the same run."""
+    0 of a distributed run takes it: the other ranks are the same run, and wait until it holds the
+    directory (their build directories would make it look like someone else's). If rank 0 is refused,
+    the launcher ends the others."""
     if dist.rank() != 0:
+        dist.barrier()
         yield
         return
     # (A symlink to a folder is fine: a run directory on a bigger disk. Writes are checked against its target.)
@@ -206,6 +209,7 @@ def writer(run_dir: Path) -> Iterator[None]:
         lock.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                                "command": " ".join(sys.argv)}))
         lock.flush()
+        dist.barrier()
         yield  # closing the file releases the lock
 
 
