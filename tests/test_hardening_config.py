@@ -44,8 +44,9 @@ def merged(base, patch):
 
 
 def leftovers(root: Path) -> list[str]:
-    """What a failed run must not leave: a partial artifact (*.tmp) or stage scratch space."""
-    found = [p for p in root.rglob("*.tmp")] + [p for d in root.rglob(".scratch") for p in d.iterdir()]
+    """What a failed run must not leave: a partial artifact (*.tmp), half-written JSON (*.part) or stage
+    scratch space."""
+    found = [*root.rglob("*.tmp"), *root.rglob("*.part")] + [p for d in root.rglob(".scratch") for p in d.iterdir()]
     return sorted(str(p.relative_to(root)) for p in found)
 
 
