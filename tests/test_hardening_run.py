@@ -206,10 +206,11 @@ LEFT = ('echo "rc=$?"; echo "left:"; find $W -name "*.tmp" -o -name "*.part" -o 
         '-not -path "*/checkpoint-*/*"')
 
 
-def faulty_run(tmp_path: Path, shell: str, unshare: tuple[str, ...] = ("-rm",)) -> tuple[int, str, list[str]]:
-    """`lifecycle run` on a tiny finetune under `shell` (which sets up $W, the workdir): its exit code,
-    its output and what it left behind."""
-    pipeline_file(tmp_path, {"stages": [{"collapse_min": None}]})
+def faulty_run(tmp_path: Path, shell: str, stage: dict | None = None,
+               unshare: tuple[str, ...] = ("-rm",)) -> tuple[int, str, list[str]]:
+    """`lifecycle run` on a tiny finetune (`stage` merged into it) under `shell`, which sets up $W, the
+    workdir: its exit code, its output and what it left behind."""
+    pipeline_file(tmp_path, {"stages": [{"collapse_min": None, **(stage or {})}]})
     (tmp_path / "work").mkdir()
     script = f"W={tmp_path / 'work'}; {shell}; {RUN} 2>&1; {LEFT}"
     out = subprocess.run(["unshare", *unshare, "sh", "-c", script], cwd=tmp_path, env=ENV, capture_output=True,
@@ -220,10 +221,13 @@ def faulty_run(tmp_path: Path, shell: str, unshare: tuple[str, ...] = ("-rm",)) 
 
 
 @needs_namespaces
-def test_a_full_disk_during_a_save_ends_in_one_line(tmp_path):
-    """A 600 KB tmpfs: the run record fits, the Trainer's checkpoint does not (torch.save fails with no
-    errno: 'unexpected pos'; safetensors wraps ENOSPC in a SafetensorError)."""
-    rc, out, left = faulty_run(tmp_path, "mount -t tmpfs -o size=600k none $W")
+@pytest.mark.parametrize("save", ["checkpoint", "artifact"])
+def test_a_full_disk_during_a_save_ends_in_one_line(save, tmp_path):
+    """A small tmpfs: the run record fits, the save does not. A Trainer checkpoint (600 KB: its weights fit,
+    then torch.save of the optimizer fails with no errno, 'unexpected pos'), or with no checkpoints the
+    artifact's weights (300 KB: safetensors wraps ENOSPC in a SafetensorError)."""
+    size, patch = ("600k", {}) if save == "checkpoint" else ("300k", {"train": {"save_steps": 1000}})
+    rc, out, left = faulty_run(tmp_path, f"mount -t tmpfs -o size={size} none $W", patch)
     assert rc == 1, out[-3000:]
     line = one_error(out)
     assert f"{tmp_path / 'work' / 'adv'}" in line and "no space left on the device" in line, line
