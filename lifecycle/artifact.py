@@ -8,6 +8,7 @@ changed, naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -52,8 +53,14 @@ def write_json(path: Path, obj: Any) -> None:
     """Write JSON through a temp file + rename, so a reader never sees half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # a full disk: no half-written .part left behind
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _jsonable(obj: Any):
@@ -128,11 +135,31 @@ class Artifact:
             raise ArtifactError(f"{self.path}: files not in the manifest: {sorted(extra)}")
 
 
+def inside(root: Path, path: Path) -> Path:
+    """`path`, refused unless it is an entry of `root` once symlinks and `..` are resolved: every
+    directory a run writes or replaces is checked before it is touched."""
+    if Path(os.path.realpath(path)).parent != Path(os.path.realpath(root)):
+        raise LifecycleError(f"{path}: not inside the run directory {root} (a symlink or a name that leaves it); "
+                             "remove it or choose another name")
+    return path
+
+
+def replaceable(path: Path) -> Path:
+    """`path`, refused when something other than an artifact (a user's folder or file, a symlink) is there."""
+    if path.is_symlink() or (path.exists() and not (path / MANIFEST).is_file()):
+        raise ArtifactError(f"{path}: exists and is not an artifact (no {MANIFEST}); move it away or give the stage "
+                            "another name")
+    return path
+
+
 def commit(tmp_dir: Path, final_dir: Path, manifest: dict[str, Any]) -> Artifact:
-    """Seal tmp_dir (hash files, write the manifest last) and move it to final_dir atomically."""
+    """Seal tmp_dir (hash files, write the manifest last) and move it to final_dir atomically. An
+    existing final_dir is replaced only when it is an artifact: a folder of someone else's is refused,
+    never renamed away and deleted."""
+    old = replaceable(final_dir.with_name(final_dir.name + ".old"))
+    replaceable(final_dir)
     manifest = dict(manifest, files=hash_tree(tmp_dir))
     write_json(tmp_dir / MANIFEST, manifest)
-    old = final_dir.with_name(final_dir.name + ".old")
     if old.exists():
         shutil.rmtree(old)
     if final_dir.exists():

@@ -6,7 +6,6 @@ so a misspelt key or a gate on a metric the stage cannot produce fails before an
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Union
 
@@ -15,7 +14,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 
 from lifecycle import ConfigError
 from lifecycle.data.sources import DataSource
-from lifecycle.schema import MADE_BY, Gate, Holds, Strict, Task, TaskType, one_of
+from lifecycle.schema import MADE_BY, Gate, Holds, Seed, Strict, Task, TaskType, one_of, plain_name_problem
 from lifecycle.stages import stage_configs
 from lifecycle.tracking import Tracking
 
@@ -25,7 +24,7 @@ StageConfig = Annotated[Union[tuple(stage_configs())], Field(discriminator="kind
 
 class Pipeline(Strict):
     name: str = Field(description="a plain name: the run is written to <workdir>/<name>")
-    seed: int = 0
+    seed: Seed = 0
     deterministic: bool = False  # seeds + torch deterministic algorithms; identical artifacts on CPU
     workdir: str = "runs"  # relative to the current directory; each run writes <workdir>/<name>/
     data: dict[str, DataSource] = {}
@@ -39,9 +38,8 @@ class Pipeline(Strict):
     @classmethod
     def _plain_name(cls, name: str) -> str:
         # `..` or a separator would put the run outside the workdir (and `.` onto the workdir itself).
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise ValueError(f"'{name}' is not a plain name; use letters, digits, '_', '.' and '-' "
-                             "(starting with a letter or digit), no '/' and no '..'")
+        if problem := plain_name_problem(name, reserved=False):
+            raise ValueError(problem)
         return name
 
     @model_validator(mode="after")
@@ -217,20 +215,59 @@ def _check_release_gate(gate: Gate, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- loading
+MAX_FILE_BYTES = 1 << 20  # the largest shipped pipeline is a few KB
+# Values a document may hold once its aliases are expanded. Anchors and aliases are fine in a pipeline
+# file (one gate list shared by stages), but nine nested aliases of nine make a 1 KB file expand to
+# 10**9 values, which validation then walks forever; so aliases are bounded rather than refused.
+MAX_VALUES = 100_000
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document whose aliases expand beyond MAX_VALUES values. The
+    composed node graph shares aliased nodes, so it is counted (memoised per node) before anything
+    is built from it."""
+
+    def construct_document(self, node):
+        sizes: dict[int, int] = {}
+
+        def size(n) -> int:
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a recursive alias (&a [*a]) counts once, then refuses below
+                children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else (
+                    n.value if isinstance(n, yaml.SequenceNode) else [])
+                sizes[id(n)] = min(MAX_VALUES + 1, 1 + sum(size(c) for c in children))
+            return sizes[id(n)]
+
+        if size(node) > MAX_VALUES:
+            raise yaml.YAMLError(f"its aliases expand to more than {MAX_VALUES:,} values (an alias bomb?); write the "
+                                 "repeated parts out or share fewer of them")
+        return super().construct_document(node)
+
+
+def parse_yaml(text: str, where: str):
+    try:
+        return yaml.load(text, Loader=BoundedLoader)  # a SafeLoader: plain data only
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a pipeline") from None
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such pipeline file")
     try:
-        text = path.read_bytes().decode("utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; a pipeline file is a short YAML file")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8); pass the pipeline's YAML file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a pipeline file is a mapping with name, data, task and stages")
     for item in overrides or []:
@@ -301,12 +338,12 @@ def apply_override(raw: dict, item: str) -> None:
         if isinstance(node, list):
             idx = _list_index(node, part, key)
             if last:
-                node[idx] = yaml.safe_load(value)
+                node[idx] = parse_yaml(value, f"--set {key}")
                 return
             node = node[idx]
         elif isinstance(node, dict):
             if last:
-                node[part] = yaml.safe_load(value)
+                node[part] = parse_yaml(value, f"--set {key}")
                 return
             node = node.setdefault(part, {})
         else:

@@ -7,9 +7,16 @@ the manifest; they are not part of the cache key, so tightening a gate re-checks
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import json
+import os
 import shutil
+import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +26,22 @@ from lifecycle import distributed as dist
 from lifecycle import gates as gatelib
 from lifecycle import seeds as seeds_mod
 from lifecycle import stages as registry
-from lifecycle.artifact import Artifact, ArtifactError, commit, stable_hash, update_manifest, write_json
+from lifecycle.artifact import (
+    Artifact,
+    ArtifactError,
+    commit,
+    inside,
+    replaceable,
+    stable_hash,
+    update_manifest,
+    write_json,
+)
 from lifecycle.config import Pipeline, check_files
 from lifecycle.environment import environment
 from lifecycle.schema import artifact_kind
 
 RESOLVED = "pipeline.json"  # the resolved config, written into the run directory
+LOCK = ".lock"  # held (flock) by the one `lifecycle run` writing the run directory; says who holds it
 
 
 @dataclass
@@ -135,23 +152,113 @@ def run(pipeline: Pipeline, workdir: str | Path | None = None, from_stage: str |
     # and leaves the previous run's record as it was.
     check_files(pipeline)
     fingerprints = data_fingerprints(pipeline)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"base_dir": str(pipeline.base_dir), "pipeline": pipeline.model_dump(mode="json"),
-              "data": fingerprints, "state": "running", "started": time.time()}
-    # Written before the stages run, so `lifecycle gate` judges the artifacts against the config last
-    # asked for: a re-run that crashes leaves older artifacts that no longer match it, and they fail as stale.
-    _record(run_dir, record)
-    try:
-        outcomes = _run_stages(pipeline, run_dir, from_stage, fingerprints, echo)
-    except GateFailed:
-        _record(run_dir, {**record, "state": "finished", "passed": False, "ended": time.time()})
-        raise
-    except BaseException as exc:
-        _record(run_dir, {**record, "state": "interrupted" if isinstance(exc, KeyboardInterrupt) else "crashed",
-                          "error": f"{type(exc).__name__}: {exc}", "ended": time.time()})
-        raise
-    _record(run_dir, {**record, "state": "finished", "passed": True, "ended": time.time()})
+    with disk_faults(run_dir), writer(run_dir):
+        record = {"base_dir": str(pipeline.base_dir), "pipeline": pipeline.model_dump(mode="json"),
+                  "data": fingerprints, "state": "running", "started": time.time()}
+        # Written before the stages run, so `lifecycle gate` judges the artifacts against the config last
+        # asked for: a re-run that crashes leaves older artifacts that no longer match it, and they fail as stale.
+        _record(run_dir, record)
+        try:
+            outcomes = _run_stages(pipeline, run_dir, from_stage, fingerprints, echo)
+        except GateFailed:
+            _record(run_dir, {**record, "state": "finished", "passed": False, "ended": time.time()})
+            raise
+        except BaseException as exc:
+            with contextlib.suppress(OSError):  # a full disk may refuse this record too: the error says why
+                _record(run_dir, {**record, "state": "interrupted" if isinstance(exc, KeyboardInterrupt) else "crashed",
+                                  "error": f"{type(exc).__name__}: {exc}", "ended": time.time()})
+            raise
+        _record(run_dir, {**record, "state": "finished", "passed": True, "ended": time.time()})
     return outcomes
+
+
+@contextlib.contextmanager
+def writer(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory for this run: a second `lifecycle run` on it is refused at once, naming
+    the holder, instead of building artifacts from two runs' bytes. flock is released by the kernel
+    when the process ends however it ends (a kill -9 leaves a lock file that blocks no one). Only rank
+    0 of a distributed run takes it: the other ranks are the same run, and wait until it holds the
+    directory (their build directories would make it look like someone else's). If rank 0 is refused,
+    the launcher ends the others."""
+    if dist.rank() != 0:
+        dist.barrier()
+        yield
+        return
+    # (A symlink to a folder is fine: a run directory on a bigger disk. Writes are checked against its target.)
+    if (run_dir.exists() or run_dir.is_symlink()) and not run_dir.is_dir():
+        raise LifecycleError(f"{run_dir}: exists and is not a directory; choose another --workdir or pipeline name")
+    if run_dir.is_dir() and not (run_dir / RESOLVED).is_file() and any(p.name != LOCK for p in run_dir.iterdir()):
+        raise LifecycleError(f"{run_dir}: not empty and not a run directory (no {RESOLVED}); a run writes and replaces "
+                             "files there: choose another --workdir or pipeline name, or move the files away")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            try:
+                holder = json.loads(lock.read())
+                who = (f"pid {holder['pid']} on {holder['host']} since {time.ctime(holder['started'])}: "
+                       f"{holder['command']}")
+            except (ValueError, KeyError, TypeError):
+                who = "another process"
+            raise LifecycleError(f"{run_dir}: another run is writing it ({who}); wait for it to end or stop it, "
+                                 "or run with another --workdir") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                               "command": " ".join(sys.argv)}))
+        lock.flush()
+        dist.barrier()
+        yield  # closing the file releases the lock
+
+
+# Errors of the file system a user can fix (free space, permissions, a read-only mount), as OSError
+# numbers and as the text libraries put in the errors they wrap them in (safetensors: SafetensorError).
+FAULTS = {errno.ENOSPC: ("no space left on the device", "free space there"),
+          errno.EDQUOT: ("disk quota exceeded", "free space there"),
+          errno.EROFS: ("read-only file system", "mount it read-write or run with another --workdir"),
+          errno.EACCES: ("permission denied", "give this user write access or run with another --workdir"),
+          errno.EPERM: ("operation not permitted", "give this user write access or run with another --workdir")}
+FAULT_TEXT = {"No space left": errno.ENOSPC, "Disk quota": errno.EDQUOT, "Read-only file system": errno.EROFS,
+              "Permission denied": errno.EACCES}
+FULL_BELOW = 16 << 20  # bytes free under which a write error is taken for a full disk
+
+
+def disk_fault(exc: BaseException, where: Path) -> LifecycleError | None:
+    """A one-line LifecycleError naming the path for a file-system fault anywhere in exc's chain, else None."""
+    seen = exc
+    while seen is not None:
+        code = getattr(seen, "errno", None)
+        if code not in FAULTS:
+            code = next((c for text, c in FAULT_TEXT.items() if text in str(seen)), None)
+        if code is not None:
+            return _fault(getattr(seen, "filename", None) or where, code, "")
+        seen = seen.__cause__ or seen.__context__
+    # torch.save says neither errno nor reason on a full disk ("unexpected pos 64 vs 0"): an error while
+    # the file system has (almost) no space left is taken for one. A bug that strikes on a nearly full
+    # disk is then reported as the full disk, which still needs freeing first.
+    existing = next(p for p in (Path(where), *Path(where).parents) if p.exists())
+    if shutil.disk_usage(existing).free < FULL_BELOW:
+        return _fault(where, errno.ENOSPC, f" ({type(exc).__name__} while writing)")
+    return None
+
+
+def _fault(path, code: int, detail: str) -> LifecycleError:
+    reason, fix = FAULTS[code]
+    return LifecycleError(f"{path}: {reason}{detail}; {fix}, then run again (finished stages are kept)")
+
+
+@contextlib.contextmanager
+def disk_faults(where: Path) -> Iterator[None]:
+    try:
+        yield
+    except LifecycleError:
+        raise
+    except Exception as exc:
+        if (fault := disk_fault(exc, where)) is None:
+            raise
+        raise fault from None
 
 
 def _record(run_dir: Path, record: dict) -> None:
@@ -244,6 +351,20 @@ def _cached(final: Path, key: str, echo) -> Artifact | None:
     return art if art.cache_key == key else None
 
 
+def _clean_up(tmp: Path, out: Path, scratch: Path) -> None:
+    from lifecycle.components.checkpoints import checkpoint_problem
+
+    for d in (tmp, out):
+        shutil.rmtree(d, ignore_errors=True)
+    for d in scratch.rglob("checkpoint-*"):
+        if d.is_dir() and checkpoint_problem(d) is not None:  # half-written when the disk filled up
+            shutil.rmtree(d, ignore_errors=True)
+    if not any(scratch.rglob("checkpoint-*")):
+        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch.parent.is_dir() and not any(scratch.parent.iterdir()):
+            scratch.parent.rmdir()
+
+
 def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, loaded: dict) -> Artifact:
     rank = dist.rank()
     final = run_dir / stage.label
@@ -251,7 +372,9 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, lo
         dist.barrier()  # rank 0 builds it; the others read the sealed result
         return Artifact.load(final)
     # Every rank builds into its own directory; only rank 0's is sealed into the artifact.
-    tmp = run_dir / (f"{stage.label}.tmp" if rank == 0 else f"{stage.label}.rank{rank}.tmp")
+    tmp = inside(run_dir, run_dir / (f"{stage.label}.tmp" if rank == 0 else f"{stage.label}.rank{rank}.tmp"))
+    replaceable(inside(run_dir, final))  # refused before the stage runs, not after hours of training
+    inside(run_dir, run_dir / ".scratch")
     started = time.time()
     # With `seeds`, the stage runs once per seed; the artifact keeps the first seed's files and the
     # metrics become means with a 95% interval across seeds (see lifecycle.seeds).
@@ -261,23 +384,24 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, lo
         out = tmp if i == 0 else tmp.with_name(f"{tmp.name[:-4]}.seed{seed}.tmp")
         if out.exists():
             shutil.rmtree(out)  # a previous crash: never reuse a partial artifact
-        out.mkdir(parents=True)
         suffix = "" if len(seeds) == 1 else f"-seed{seed}"
         scratch = run_dir / ".scratch" / f"{stage.label}-{key[:16]}{suffix}"
-        scratch.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed, echo=echo, _loaded=loaded)
         try:
+            out.mkdir(parents=True)
+            scratch.mkdir(parents=True, exist_ok=True)
             with quiet.relative_attention():  # the first forward pass may be a probe or an evaluation
                 metrics = registry.module(stage.kind).run(stage, parent, ctx)
-        except LifecycleError:
-            # A user-fixable error (unreadable data, diverged training) leaves nothing behind but the
-            # checkpoints a re-run could resume from; a crash or a kill keeps everything for the resume.
-            for d in (tmp, out):
-                shutil.rmtree(d, ignore_errors=True)
-            if not any(scratch.rglob("checkpoint-*")):
-                shutil.rmtree(scratch, ignore_errors=True)
-                if not any(scratch.parent.iterdir()):
-                    scratch.parent.rmdir()
+        except Exception as exc:
+            # A user-fixable error (unreadable data, diverged training, a full disk) leaves nothing behind
+            # but the complete checkpoints a re-run could resume from; a crash or a kill keeps everything
+            # for the resume.
+            fault = None if isinstance(exc, LifecycleError) else disk_fault(exc, out)
+            if fault is None and not isinstance(exc, LifecycleError):
+                raise
+            _clean_up(tmp, out, scratch)
+            if fault is not None:
+                raise fault from None
             raise
         per_seed[seed] = {**ctx.extra_metrics, **metrics}
         details = details or ctx.details
@@ -308,7 +432,13 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, lo
         "timings": {"started": started, "seconds": round(time.time() - started, 3)},
         "lifecycle_version": __version__,
     }
-    art = commit(tmp, final, manifest)
+    try:
+        art = commit(tmp, final, manifest)
+    except OSError as exc:
+        if (fault := disk_fault(exc, tmp)) is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # complete checkpoints stay: the re-run resumes past training
+        raise fault from None
     for seed in seeds:
         suffix = "" if len(seeds) == 1 else f"-seed{seed}"
         shutil.rmtree(run_dir / ".scratch" / f"{stage.label}-{key[:16]}{suffix}", ignore_errors=True)

@@ -3,12 +3,35 @@ stage modules can subclass `StageBase` without an import cycle."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BOUND_KEYS = ("min", "max", "max_drop", "min_gain", "max_ratio", "min_ratio")
+
+# numpy's seeds are 0..2**32-1: a negative one validates as an int and crashes the run.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+# What a run directory holds besides its stages' artifacts (<run>/<stage name>/): a stage named like
+# one of these would overwrite it. Suffixes: a stage's build directory (<name>.tmp, <name>.seed5.tmp),
+# the previous artifact during the swap (<name>.old) and half-written JSON (<file>.part).
+RUN_FILES = frozenset({"pipeline.json", "report.json", "report.md", "junit.xml", "run.sig", "plots", "metrics",
+                       "manifest.json", ".scratch", ".cache", ".lock"})
+RUN_SUFFIXES = (".tmp", ".old", ".part")
+
+
+def plain_name_problem(name: str, reserved: bool = True) -> str | None:
+    """Why `name` cannot be a directory name inside a run (or workdir), or None. Plain names only:
+    an absolute path, a separator or `..` would write (and, on the atomic swap, delete) outside it."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        return (f"'{name}' is not a plain name; use letters, digits, '_', '.' and '-' (starting with a letter or "
+                "digit), no '/' and no '..'")
+    low = name.lower()  # case-insensitive file systems: Report.json is report.json
+    if reserved and (low in RUN_FILES or low.endswith(RUN_SUFFIXES)):
+        return f"'{name}' is a file name the run directory uses itself; choose another name"
+    return None
 
 
 class Strict(BaseModel):
@@ -155,7 +178,23 @@ class StageBase(Strict):
     gates: list[Gate] = []
     # Run the stage once per seed: metrics become means with <metric>_std/_ci_low/_ci_high (95%, across
     # seeds) and the artifact keeps the first seed's files. For training stages; costs len(seeds) runs.
-    seeds: list[int] | None = Field(None, min_length=2)
+    seeds: list[Seed] | None = Field(None, min_length=2)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None and (problem := plain_name_problem(name)):
+            raise ValueError(problem)  # the artifact is written to <run>/<name>/
+        return name
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        # A repeated seed is the same run counted twice: std 0 and an interval that clears any gate.
+        if seeds is not None and len(set(seeds)) < len(seeds):
+            repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+            raise ValueError(f"seed {repeated[0]} is repeated; the runs of a stage need different seeds")
+        return seeds
 
     @property
     def label(self) -> str:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lifecycle import LifecycleError
+from lifecycle.data.splits import check_scored_classes
 from lifecycle.schema import Strict
 
 if TYPE_CHECKING:
@@ -41,11 +42,18 @@ class Augment(Strict):
 
     # Random resized crop: a box of this share of the area and aspect in [3/4, 4/3], resized back.
     # (1.0, 1.0): off. Small images lose detail fast: 8x8 digits keep (0.85, 1.0) at most.
-    crop_scale: tuple[float, float] = (1.0, 1.0)
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] = (1.0, 1.0)
     flip: bool = False  # horizontal flips: fine for photos, wrong for digits and text
     brightness: float = Field(0.0, ge=0, lt=1)  # colour jitter: factor drawn from [1 - b, 1 + b]
     contrast: float = Field(0.0, ge=0, lt=1)
     translate: int = Field(0, ge=0)  # random shift by up to this many pixels (edges filled with black)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _ordered(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if scale[0] > scale[1]:
+            raise ValueError(f"{list(scale)}: give (smallest, largest) share of the area")
+        return scale
 
     @property
     def off(self) -> bool:
@@ -199,6 +207,8 @@ def load_images(src: DataSource, pipeline: PipelineView, seed: int) -> ImageData
     classes = sorted(set(splits["train"].labels)) if labelled else []
     if labelled and len(classes) < 2:
         raise LifecycleError(f"{where}: the train split has one class; a classifier needs two (class = sub-directory)")
+    if labelled:
+        check_scored_classes(where, {name: part.labels for name, part in splits.items()})
     stats.update({f"{k}_images": len(v) for k, v in splits.items()}, mode=mode)
     return ImageData(splits, classes, fit_preprocessing(splits["train"].images, spec, mode), spec, stats)
 

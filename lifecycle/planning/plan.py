@@ -49,6 +49,10 @@ class StagePlan:
 
 def plan(pipeline, memory_gb: float | None = None, calibrate_steps: int = 3) -> list[StagePlan]:
     """A plan for every stage of the pipeline that trains something."""
+    if memory_gb is not None and not (math.isfinite(memory_gb) and memory_gb > 0):
+        from lifecycle import ConfigError
+
+        raise ConfigError(f"--memory-gb: {memory_gb} is not a size; give the accelerator's memory in GB, e.g. 80")
     plans = []
     for stage in pipeline.stages:
         trains = stage.trains()

@@ -24,7 +24,7 @@ contrastive loss of its finetune (lifecycle.image_embedding), scored by kNN accu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -51,7 +51,7 @@ from lifecycle.schema import Holds, StageBase, Strict, TaskType, Trains
 
 
 class Student(Strict):
-    layers: list[int] | None = None  # teacher layers to keep, in order; None: `num_layers` evenly spaced
+    layers: list[Annotated[int, Field(ge=0)]] | None = None  # teacher layers to keep, in order; None: `num_layers` evenly spaced
     num_layers: int | None = Field(None, gt=0, description="None: half the teacher's layers (rounded up)")
     overrides: dict = {}  # other config fields, e.g. {hidden_size: 256}: reshaped tensors start from random
     model: ModelSource | None = None  # use this model instead of shrinking the teacher (its own tokenizer is fine)

@@ -12,7 +12,7 @@ in `lifecycle.components.classification`, the Trainer pieces in `lifecycle.compo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -67,7 +67,7 @@ class Config(StageBase):
     multi_label: MultiLabel | None = None  # None: one label per example (softmax + cross-entropy)
     # "balanced": weight_c = n / (k * count_c), as sklearn; or {label: weight}. Helps minority-class F1
     # on skewed data (ChemProt: 40% INHIBITOR) at some cost in accuracy.
-    class_weights: Literal["balanced"] | dict[str, float] | None = None
+    class_weights: Literal["balanced"] | dict[str, Annotated[float, Field(gt=0)]] | None = None
     metric: ValMetric = "f1_micro"  # validation metric that picks the kept checkpoint and drives early stopping
     early_stopping: EarlyStopping | None = None
     # Validation examples scored at each evaluation (a seeded random subset); None: all. Evaluations
