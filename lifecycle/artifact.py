@@ -20,6 +20,7 @@ from typing import Any
 from lifecycle import LifecycleError
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 8 << 20  # as lifecycle.edge's (which imports nothing from lifecycle): tens of KB is usual
 
 
 class ArtifactError(LifecycleError):
@@ -114,9 +115,15 @@ class Artifact:
         if not mpath.is_file():
             raise ArtifactError(f"{path}: not an artifact (no {MANIFEST})")
         try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{mpath}: unreadable manifest ({exc})") from None
+            if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ArtifactError(f"{mpath}: over {MAX_MANIFEST_BYTES} bytes, more than any manifest holds")
+            manifest = json.loads(mpath.read_bytes())
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ArtifactError(f"{mpath}: unreadable manifest ({exc}); re-run the stage that wrote it") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str) \
+                or not isinstance(manifest.get("files"), dict):
+            raise ArtifactError(f"{mpath}: not an artifact manifest (a JSON object with 'kind' and 'files'); re-run "
+                                "the stage that wrote it")
         art = cls(path, manifest)
         if verify:
             art.verify()

@@ -35,7 +35,7 @@ from lifecycle.edge import (
     check_external_data,
     preprocessor_file,
 )
-from lifecycle.serving.source import gates_verdict, last_onnx_artifact, load_artifact
+from lifecycle.serving.source import gates_verdict, last_onnx_artifact
 
 FORMAT = "lifecycle-bundle/1"
 CARD = "model_card.md"
@@ -121,10 +121,10 @@ def onnx_artifact(source: Path) -> Artifact:
     """The verified onnx-model artifact behind `source`: the artifact itself, or a run directory's
     last stage that produced one (in pipeline order, read from pipeline.json)."""
     if (source / MANIFEST).is_file():
-        art = load_artifact(source)
+        art = Artifact.load(source)
         if art.kind != "onnx-model":
             raise LifecycleError(f"{source}: a {art.kind} artifact; bundle an export or quantize artifact")
         return art
     if not (source / "pipeline.json").is_file():
         raise LifecycleError(f"{source}: neither an artifact (no {MANIFEST}) nor a run directory (no pipeline.json)")
-    return load_artifact(last_onnx_artifact(source))
+    return Artifact.load(last_onnx_artifact(source))

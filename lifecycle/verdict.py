@@ -114,7 +114,6 @@ def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOu
     """
     from lifecycle import integrity
     from lifecycle.config import build
-    from lifecycle.serving.source import load_artifact
 
     run_dir = Path(run_dir)
     raw = read_record(run_dir)
@@ -130,7 +129,7 @@ def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOu
             outcomes.append(StageOutcome(stage.label, stage.kind, "skipped"))
             continue
         try:
-            art = load_artifact(path)  # Artifact.load, a malformed manifest refused in one line
+            art = Artifact.load(path)
         except ArtifactError as exc:
             outcomes.append(StageOutcome(stage.label, stage.kind, "failed", None, [_integrity_failure(str(exc))]))
             continue

@@ -30,7 +30,7 @@ class TrainConfig(Strict):
     eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps; None: once per epoch")
     save_steps: int = Field(200, gt=0)  # checkpoint cadence: the most work a crash can lose
     logging_steps: int = Field(10, gt=0)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = Field(1.0, ge=0)  # 0 turns clipping off
 
 
 def training_args(cfg: TrainConfig, output_dir: Path, seed: int, **extra):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lifecycle import LifecycleError
-from lifecycle.artifact import Artifact, ArtifactError, sha256_file, stable_hash
+from lifecycle.artifact import Artifact, sha256_file, stable_hash
 from lifecycle.serving.settings import TUNED_SUFFIX
 
 
@@ -45,21 +45,6 @@ def gates_verdict(gates: list) -> dict:
     failed = [g for g in gates if isinstance(g, dict) and not g.get("passed") and g.get("on_fail", "stop") == "stop"]
     reasons = [f"{g.get('metric')}: {' '.join(str(g.get('message') or g.get('bound')).split())}" for g in failed]
     return {"passed": not reasons, "reasons": reasons, "override": None}
-
-
-def load_artifact(path: Path) -> Artifact:
-    """Artifact.load, after checking that its manifest is an artifact's (a bounded JSON object with a kind
-    and a files mapping), so a broken or foreign manifest is one line, not a traceback."""
-    from lifecycle.edge import BundleError, read_manifest
-
-    try:
-        manifest = read_manifest(path / "manifest.json")
-    except BundleError as exc:
-        raise ArtifactError(f"{exc}; re-run the stage that wrote it") from None
-    if not isinstance(manifest.get("kind"), str) or not isinstance(manifest.get("files"), dict):
-        raise ArtifactError(f"{path / 'manifest.json'}: not an artifact manifest (no 'kind' and 'files'); re-run "
-                            "the stage that wrote it")
-    return Artifact.load(path)
 
 
 def last_onnx_artifact(run_dir: Path) -> Path:
@@ -94,7 +79,7 @@ def resolve(source: str | Path) -> Served:
         return _bundle(source, zip_manifest(source))
     manifest = read_manifest(source / "manifest.json") if (source / "manifest.json").is_file() else {}
     if "kind" in manifest:
-        art = load_artifact(source)
+        art = Artifact.load(source)
         if art.kind != "onnx-model":
             raise LifecycleError(f"{source}: a {art.kind} artifact; serve an export or quantize artifact "
                                  "(onnx-model), its run directory, or a bundle")
