@@ -211,6 +211,30 @@ def test_an_oversized_manifest_is_refused_before_it_is_read(finished, tmp_path, 
     assert no_server == []
 
 
+def peak_rss_refusing(bundle) -> int:
+    """Peak resident memory (bytes) of a fresh `lifecycle serve BUNDLE` that must refuse it (exit 1)."""
+    code = ("import resource, sys; from lifecycle.cli import main; code = main(['serve', sys.argv[1], '--port', '1']); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    return int(done.stdout.split()[-1]) * 1024  # ru_maxrss is in KiB on Linux
+
+
+def test_refusing_a_400_mib_manifest_costs_no_more_memory_than_refusing_a_tiny_one(tmp_path):
+    """The stated bound: refusing a malformed bundle costs at most 64 MiB more than refusing a tiny one (a
+    400 MiB manifest member, 0.4 MB deflated, was read whole: ~860 MB resident)."""
+    big, tiny = tmp_path / "big.zip", tmp_path / "tiny.zip"
+    with zipfile.ZipFile(big, "w", zipfile.ZIP_DEFLATED) as zf, zf.open(MANIFEST, "w", force_zip64=True) as member:
+        member.write(b'{"pad": "')
+        for _ in range(400):
+            member.write(b" " * (1 << 20))
+        member.write(b'"}')
+    with zipfile.ZipFile(tiny, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST, "garbage{")
+    assert big.stat().st_size < 2 << 20
+    assert peak_rss_refusing(big) - peak_rss_refusing(tiny) < 64 << 20
+
+
 @pytest.mark.parametrize("manifest", [b"garbage{", b"{}", b"[]", b'{"files": []}'])
 def test_a_malformed_manifest_is_one_line(manifest, run, finished, tmp_path, capsys, no_server):
     bad = rewrite(finished / "good.zip", tmp_path / "bad.zip", manifest)
