@@ -22,7 +22,7 @@ from lifecycle.bundle import write_bundle
 from lifecycle.components.onnx import copy_runtime_files
 from lifecycle.edge import BundleError, Predictor, check_external_data, external_data_locations
 
-EDGE = Path(__file__).parents[1] / "lifecycle" / "edge.py"
+EDGE = Path(__file__).parents[1] / "lifecycle" / "edge"
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +173,7 @@ def test_check_detects_a_runtime_that_does_not_reproduce(export_dir, tmp_path):
 @pytest.mark.slow
 def test_fresh_venv_with_only_the_runtime_reproduces_the_pipeline(onnx_workdir, tmp_path):
     """A new virtualenv with onnxruntime, tokenizers and numpy (about a minute to install) opens the
-    bundle with edge.py copied alone, and predicts every test text as the pipeline reported."""
+    bundle with the edge/ folder copied alone, and predicts every test text as the pipeline reported."""
     run = run_tiny(onnx_workdir, {"kind": "quantize", "latency": {"runs": 3, "warmup": 1}, "min_speedup": None})
     art = Artifact.load(run / "quantize")
     bundle = write_bundle(run, tmp_path / "model.zip")
@@ -189,7 +189,8 @@ def test_fresh_venv_with_only_the_runtime_reproduces_the_pipeline(onnx_workdir, 
                    capture_output=True)
     rt = tmp_path / "rt"
     rt.mkdir()
-    shutil.copy2(EDGE, rt / "edge.py")  # the runtime is one file: no other lifecycle module travels
+    # the runtime is one folder: no other lifecycle module travels
+    shutil.copytree(EDGE, rt / "edge", ignore=shutil.ignore_patterns("__pycache__"))
     script = (
         "import json, sys\n"
         "import edge\n"
