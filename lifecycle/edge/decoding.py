@@ -5,6 +5,7 @@ These are Predictor's generation methods: each takes the predictor as `self` and
 (`Predictor.generate = decoding.generate`...), so `p.generate(...)` reads as it always did while this job
 lives in its own module. They use the predictor's session, tokenizer, `generation` settings (schema.json),
 `max_length`, input/output names and `past` (the cache inputs: name, shape, type).
+
 One prompt at a time: no padding, so a prompt's tokens do not depend on what it is sent with, and a
 graph with run-time activation scales (dynamic int8) sees exactly what it saw when it was gated."""
 

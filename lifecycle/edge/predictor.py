@@ -42,6 +42,19 @@ from .text_inputs import load_tokenizer, padded_feeds, token_counts
 # each other's scores (see Predictor.logits). QAttention / MatMulIntegerToFloat are fed by
 # DynamicQuantizeLinear in such graphs; the Dynamic* contrib ops are what onnxruntime fuses it into.
 BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+# schema.json's task -> (inputs kind, answers kind), for every task whose models have been written so far.
+# The inputs kind decides what turns raw inputs into feeds and how they are batched (Predictor.logits);
+# the answers kind, what one answer is (ANSWERS). schema.json's "method" names the pair for callers.
+KINDS = {
+    "classification": ("text", "labels"),
+    "embedding": ("text", "vector"),
+    "generation": ("prompts", "tokens"),
+    "tabular-classification": ("rows", "labels"),
+    "tabular-regression": ("rows", "value"),
+    "tabular-anomaly": ("rows", "score"),
+    "image-classification": ("images", "labels"),
+    "image-embedding": ("images", "vector"),
+}
 
 
 class Predictor:
@@ -54,16 +67,19 @@ class Predictor:
         self.isa_warning: str | None = None  # set by open(): see int8_isa_warning
         self.schema = json.loads((self.root / SCHEMA).read_text())
         self.labels: list[str] = json.loads((self.root / LABELS).read_text())
-        # What turns raw input into the graph's feeds: a tokenizer for texts, TablePreprocessing for rows.
+        if self.task not in KINDS:
+            raise BundleError(f"{self.root / SCHEMA}: task '{self.task}' is not one this runtime answers "
+                              f"({', '.join(KINDS)}); open it with the lifecycle version that wrote it")
+        self.inputs_kind, self.answers_kind = KINDS[self.task]
+        # What turns raw input into the graph's feeds: a tokenizer for texts and prompts, TablePreprocessing
+        # for rows, ImagePreprocessing for images. Rows and images have no length (images are resized).
         self.tokenizer = self.table = self.image = None
-        if preprocessor_file(self.schema) == PREPROCESSING:
+        self.max_length: int = self.schema["max_length"] if self.inputs_kind in ("text", "prompts") else 0
+        if self.inputs_kind == "rows":
             self.table = TablePreprocessing.load(self.root / PREPROCESSING)
-            self.max_length = 0  # rows have no length
-        elif preprocessor_file(self.schema) == IMAGE_PROCESSOR:
+        elif self.inputs_kind == "images":
             self.image = ImagePreprocessing.load(self.root / IMAGE_PROCESSOR)
-            self.max_length = 0  # images have no length: every one is resized to the model's size
         else:
-            self.max_length: int = self.schema["max_length"]
             self.tokenizer = load_tokenizer(self.root / TOKENIZER, self.max_length)
         self.pad_id: int = self.schema.get("pad_token_id") or 0
         check_external_data(self.root / MODEL)
@@ -94,7 +110,7 @@ class Predictor:
         self.generation: dict | None = self.schema.get("generation")
         self.past = [(i.name, i.shape, i.type) for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        if self.generation is not None:
+        if self.inputs_kind == "prompts":
             self.tokenizer.no_truncation()  # a prompt over the context is refused (generate), never cut silently
 
     @property
@@ -115,9 +131,9 @@ class Predictor:
     def sample_input(self):
         """One input the model accepts (a warm-up): a text, a row of missing values for a table model, a
         black image for an image model."""
-        if self.image is not None:
+        if self.inputs_kind == "images":
             return self.image.blank()
-        return {c: None for c in self.table.columns} if self.table is not None else "warm-up"
+        return {c: None for c in self.table.columns} if self.inputs_kind == "rows" else "warm-up"
 
     def answers(self, texts: list[str]) -> list:
         """The answer per text of the model's own method, as JSON values (what a service returns)."""
@@ -172,9 +188,9 @@ class Predictor:
         """Feeds for texts, right-padded to the longest (or to pad_to). For latency measurements and
         calibration; logits() batches only texts of equal length and never pads. A table model takes
         rows (mappings column -> value) instead of texts, and pad_to does not apply."""
-        if self.table is not None:  # a graph may leave out an input it does not use (no categorical columns)
+        if self.inputs_kind == "rows":  # a graph may leave out an input it does not use (no categorical columns)
             return {k: v for k, v in self.table.transform_rows(list(texts))[0].items() if k in self.input_names}
-        if self.image is not None:  # images: every one is resized to the model's size; pad_to does not apply
+        if self.inputs_kind == "images":  # every one is resized to the model's size; pad_to does not apply
             return {"pixel_values": self.image.transform(list(texts))}
         return self._feeds(self.tokenizer.encode_batch(list(texts)), pad_to)
 
@@ -211,11 +227,11 @@ class Predictor:
         #   bert-small fp32 46 -> 61, static 85 -> 113, dynamic 118 -> 157 (160).
         #   Padding 32 news texts to the longest wastes more compute than the extra calls cost, and
         #   batching gains onnxruntime little on CPU: one call per text costs dynamic int8 2-8%.
-        if self.table is not None:
+        if self.inputs_kind == "rows":
             return self.table_outputs(texts, batch_size)[0]
-        if self.image is not None:
+        if self.inputs_kind == "images":
             return self.image_outputs(texts, batch_size)
-        if self.generation is not None:
+        if self.inputs_kind == "prompts":
             return self.generator_rows(texts)
         encs = self.tokenizer.encode_batch(list(texts))
         groups: dict[int, list[int]] = {}
@@ -244,7 +260,7 @@ class Predictor:
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Embeddings (n, dim), float32: pooling and normalisation are inside the graph."""
         self._only_for("embed")
-        return self.logits(texts, batch_size)
+        return self._answer(texts, batch_size)
 
     def table_outputs(self, rows: list[dict], batch_size: int = 64) -> tuple[np.ndarray, dict]:
         """(the graph's output per row, what preprocessing counted: missing values, unknown categories,
@@ -274,45 +290,39 @@ class Predictor:
         """{"label", "score", "scores"} per image (encoded PNG/JPEG bytes or uint8 pixels): an image
         classifier's answer, preprocessing included (ImageError for bytes that are not an allowed image)."""
         self._only_for("classify_images")
-        return self._label_scores(self.image_outputs(images))
+        return self._answer(images)
 
     def embed_images(self, images: list) -> np.ndarray:
         """Embeddings (n, dim), float32, per image (encoded PNG/JPEG bytes or uint8 pixels), preprocessing
         included; pooling and normalisation are inside the graph (ImageError for bytes that are not an
         allowed image)."""
         self._only_for("embed_images")
-        return self.image_outputs(images)
+        return self._answer(images)
 
     def predict_rows(self, rows: list[dict]) -> list[dict]:
         """{"label", "score", "scores"} per table row (a mapping column -> value; null for a missing
         value): a table classifier's answer from the raw row, preprocessing included."""
         self._only_for("predict_rows")
-        return self._label_scores(self.table_outputs(rows)[0])
+        return self._answer(rows)
 
     def score_rows(self, rows: list[dict]) -> list[dict]:
         """{"anomaly_score"} per table row: higher is more anomalous (a masked-feature model's reconstruction error)."""
         self._only_for("score_rows")
-        return [{"anomaly_score": float(v)} for v in self.table_outputs(rows)[0].reshape(-1)]
+        return self._answer(rows)
 
     def regress_rows(self, rows: list[dict]) -> list[dict]:
         """{"value"} per table row: a table regressor's prediction, in the target's units."""
         self._only_for("regress_rows")
-        return [{"value": float(v)} for v in self.table_outputs(rows)[0].reshape(-1)]
+        return self._answer(rows)
 
     def predict(self, texts: list[str]) -> list[dict]:
         """{"label", "score", "scores"} per text: the softmax of a classifier's logits."""
         self._only_for("predict")
-        return self._label_scores(self.logits(texts))
+        return self._answer(texts)
 
-    def _label_scores(self, logits: np.ndarray) -> list[dict]:
-        z = logits - logits.max(-1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-        out = []
-        for row in probs:
-            best = int(row.argmax())
-            out.append({"label": self.labels[best], "score": float(row[best]),
-                        "scores": {name: float(p) for name, p in zip(self.labels, row)}})
-        return out
+    def _answer(self, inputs: list, batch_size: int = 64):
+        """The answer per input, by the model's answers kind (ANSWERS), from the graph's outputs (logits)."""
+        return ANSWERS[self.answers_kind](self.logits(inputs, batch_size), self.labels)
 
     def check(self, atol: float = 1e-4) -> int:
         """Re-run the sample predictions recorded by the pipeline (in the manifest) and raise
@@ -353,3 +363,24 @@ def _difference(want, got, atol: float, path: str = "answer") -> str | None:
     if numbers and abs(want - got) <= atol or not numbers and want == got:
         return None
     return f"{path}: expected {want!r}, got {got!r}"
+
+
+def _label_scores(logits: np.ndarray, labels: list[str]) -> list[dict]:
+    z = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    out = []
+    for row in probs:
+        best = int(row.argmax())
+        out.append({"label": labels[best], "score": float(row[best]),
+                    "scores": {name: float(p) for name, p in zip(labels, row)}})
+    return out
+
+
+# answers kind -> the answers from the graph's outputs (one row per input) and labels.json; a generator's
+# answers ("tokens") are decoded step by step instead (Predictor.generate).
+ANSWERS = {
+    "labels": _label_scores,  # {"label", "score", "scores"}: the softmax of a classifier's logits
+    "vector": lambda outputs, labels: outputs,  # embeddings (n, dim) float32, pooled and normalised in the graph
+    "value": lambda outputs, labels: [{"value": float(v)} for v in outputs.reshape(-1)],
+    "score": lambda outputs, labels: [{"anomaly_score": float(v)} for v in outputs.reshape(-1)],
+}

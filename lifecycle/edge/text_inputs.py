@@ -28,7 +28,8 @@ def token_counts(tokenizer, texts: list[str], max_length: int) -> list[int]:
         tokenizer.enable_truncation(max_length)
 
 
-def padded_feeds(encs: list, input_names: list[str], pad_id: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
+def padded_feeds(encs: list, input_names: list[str], pad_id: int,
+                 pad_to: int | None = None) -> dict[str, np.ndarray]:
     """The text inputs the graph has (input_ids, attention_mask, token_type_ids) for encodings, right-padded
     with `pad_id` to the longest (or to pad_to)."""
     length = max([pad_to or 1, *(len(e.ids) for e in encs)])  # an empty encoding still gets one position
