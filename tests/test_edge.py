@@ -167,7 +167,7 @@ def test_every_task_has_the_inputs_and_answers_kinds_the_predictor_dispatches_on
     """Predictor dispatches on schema.json's task through KINDS (inputs kind, answers kind): every task plug-in
     is there, and every answers kind but a generator's tokens has its answer in ANSWERS."""
     from lifecycle import tasks
-    from lifecycle.edge.predictor import ANSWERS, KINDS
+    from lifecycle.edge.answers import ANSWERS, KINDS
 
     assert set(tasks.REGISTRY) <= set(KINDS)
     assert {answers for _, answers in KINDS.values()} - {"tokens"} <= set(ANSWERS)

@@ -24,7 +24,8 @@ With `trusted_keys=` (public Ed25519 PEM files), open() also requires manifest.s
 manifest.json by one of those keys (lifecycle.signing writes it; `cryptography` is imported only then).
 
 One module per job:
-    predictor     Predictor: opening, the onnxruntime session, batching, each task's answer, check()
+    predictor     Predictor: opening, the onnxruntime session, batching, check()
+    answers       each task's inputs and answers kinds (KINDS), the answer of each answers kind (ANSWERS)
     decoding      generation with a KV cache: sampling, stop strings, streaming, perplexity
     text_inputs   texts -> feeds: the tokenizer, padding
     table_inputs  rows -> feeds: TablePreprocessing, RowError

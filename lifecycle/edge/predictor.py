@@ -1,5 +1,6 @@
 """Predictor: a model opened from a bundle zip or an export/quantize artifact directory (verified first),
-its onnxruntime session, batching, and the answer of each task kind from the graph's outputs.
+its onnxruntime session and batching, dispatching on its task's inputs and answers kinds
+(lifecycle.edge.answers).
 
 A text's answer does not depend on what it is batched with (see Predictor.logits): texts are never
 padded, and a graph that quantizes activations at run time gets one text per call."""
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import decoding
+from .answers import ANSWERS, KINDS, difference
 from .bundle import (
     LABELS,
     MANIFEST,
@@ -42,19 +44,6 @@ from .text_inputs import load_tokenizer, padded_feeds, token_counts
 # each other's scores (see Predictor.logits). QAttention / MatMulIntegerToFloat are fed by
 # DynamicQuantizeLinear in such graphs; the Dynamic* contrib ops are what onnxruntime fuses it into.
 BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
-# schema.json's task -> (inputs kind, answers kind), for every task whose models have been written so far.
-# The inputs kind decides what turns raw inputs into feeds and how they are batched (Predictor.logits);
-# the answers kind, what one answer is (ANSWERS). schema.json's "method" names the pair for callers.
-KINDS = {
-    "classification": ("text", "labels"),
-    "embedding": ("text", "vector"),
-    "generation": ("prompts", "tokens"),
-    "tabular-classification": ("rows", "labels"),
-    "tabular-regression": ("rows", "value"),
-    "tabular-anomaly": ("rows", "score"),
-    "image-classification": ("images", "labels"),
-    "image-embedding": ("images", "vector"),
-}
 
 
 class Predictor:
@@ -336,7 +325,7 @@ class Predictor:
         # a table model records rows, an image model its images as base64 PNG
         inputs = [e["row"] if "row" in e else _b64(e["image"]) if "image" in e else e["text"] for e in expected]
         for x, e, got in zip(inputs, expected, self.answers(inputs)):
-            where = _difference(e["answer"], got, atol)
+            where = difference(e["answer"], got, atol)
             if where is not None:
                 raise BundleError(f"prediction differs from the pipeline's for {str(x)[:60]!r}: {where}")
         return len(expected)
@@ -346,41 +335,3 @@ def _b64(text: str) -> bytes:
     import base64
 
     return base64.b64decode(text, validate=True)
-
-
-def _difference(want, got, atol: float, path: str = "answer") -> str | None:
-    """Where two JSON answers differ (strings exactly, numbers by more than atol), or None."""
-    if isinstance(want, dict) and isinstance(got, dict):
-        if set(want) != set(got):
-            return f"{path}: expected keys {sorted(want)}, got {sorted(got)}"
-        return next((d for k in want if (d := _difference(want[k], got[k], atol, f"{path}.{k}"))), None)
-    if isinstance(want, list) and isinstance(got, list):
-        if len(want) != len(got):
-            return f"{path}: expected {len(want)} values, got {len(got)}"
-        return next((d for i, (w, g) in enumerate(zip(want, got)) if (d := _difference(w, g, atol, f"{path}[{i}]"))),
-                    None)
-    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (want, got))
-    if numbers and abs(want - got) <= atol or not numbers and want == got:
-        return None
-    return f"{path}: expected {want!r}, got {got!r}"
-
-
-def _label_scores(logits: np.ndarray, labels: list[str]) -> list[dict]:
-    z = logits - logits.max(-1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-    out = []
-    for row in probs:
-        best = int(row.argmax())
-        out.append({"label": labels[best], "score": float(row[best]),
-                    "scores": {name: float(p) for name, p in zip(labels, row)}})
-    return out
-
-
-# answers kind -> the answers from the graph's outputs (one row per input) and labels.json; a generator's
-# answers ("tokens") are decoded step by step instead (Predictor.generate).
-ANSWERS = {
-    "labels": _label_scores,  # {"label", "score", "scores"}: the softmax of a classifier's logits
-    "vector": lambda outputs, labels: outputs,  # embeddings (n, dim) float32, pooled and normalised in the graph
-    "value": lambda outputs, labels: [{"value": float(v)} for v in outputs.reshape(-1)],
-    "score": lambda outputs, labels: [{"anomaly_score": float(v)} for v in outputs.reshape(-1)],
-}
