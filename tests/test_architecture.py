@@ -1,6 +1,7 @@
 """The import rules of pyproject.toml's [tool.importlinter]: layers (cli > pipeline > config > stages > tasks >
 components > schema/artifact), stages independent of each other, no import cycles, and an edge
-runtime that needs onnxruntime, tokenizers and numpy only. Checked by running import-linter itself."""
+runtime that needs onnxruntime, tokenizers and numpy only and nothing of lifecycle outside lifecycle.edge
+(an allow-list: a module added to lifecycle later is forbidden too). Checked by running import-linter itself."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def test_the_import_contracts_hold():
     out = lint_imports(ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "0 broken" in out.stdout
-    for name in ("Layers:", "Stages are plug-ins", "No import cycles", "The edge runtime"):
+    for name in ("Layers:", "Stages are plug-ins", "No import cycles", "The edge runtime needs",
+                 "The edge runtime does not import the lifecycle package"):
         assert name in out.stdout, out.stdout  # every contract ran
 
 
@@ -61,3 +63,24 @@ def test_a_component_importing_a_stage_breaks_the_layers(tmp_path):
     out = lint_imports(copy, pythonpath=copy)
     assert out.returncode == 1, out.stdout[-3000:]
     assert "Layers: cli > pipeline > config > stages > tasks > components > schema/artifact BROKEN" in out.stdout
+
+
+def test_edge_importing_any_other_part_of_lifecycle_breaks_the_contracts(tmp_path):
+    """The edge contract is an allow-list: a lifecycle module that does not exist yet (here a new
+    lifecycle/audio_features.py) is forbidden to edge as much as the stages are, and so is the lifecycle
+    package itself (its LifecycleError, say), while edge's own modules import each other freely."""
+    copy = _copy_of_the_package(tmp_path)
+    (copy / "lifecycle" / "audio_features.py").write_text("def log_mel():\n    return None\n")
+    predictor = copy / "lifecycle" / "edge" / "predictor.py"
+    predictor.write_text(predictor.read_text() + "\n\ndef _borrowed():\n    from lifecycle.audio_features import log_mel\n\n"
+                         "    return log_mel\n")
+    bundle = copy / "lifecycle" / "edge" / "bundle.py"
+    bundle.write_text(bundle.read_text() + "\n\ndef _error():\n    from lifecycle import LifecycleError\n\n"
+                      "    return LifecycleError\n")
+    out = lint_imports(copy, pythonpath=copy)
+    assert out.returncode == 1, out.stdout[-3000:]
+    assert "The edge runtime needs onnxruntime, tokenizers and numpy only BROKEN" in out.stdout, out.stdout[-3000:]
+    assert "lifecycle.edge.predictor -> lifecycle.audio_features" in out.stdout, out.stdout[-3000:]
+    assert "The edge runtime does not import the lifecycle package itself BROKEN" in out.stdout, out.stdout[-3000:]
+    assert "lifecycle.edge.bundle -> lifecycle" in out.stdout, out.stdout[-3000:]
+    assert "Stages are plug-ins: no stage imports another KEPT" in out.stdout  # only the edge contracts broke

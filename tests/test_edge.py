@@ -22,7 +22,7 @@ from lifecycle.bundle import write_bundle
 from lifecycle.components.onnx import copy_runtime_files
 from lifecycle.edge import BundleError, Predictor, check_external_data, external_data_locations
 
-EDGE = Path(__file__).parents[1] / "lifecycle" / "edge.py"
+EDGE = Path(__file__).parents[1] / "lifecycle" / "edge"
 
 
 @pytest.fixture(scope="session")
@@ -163,6 +163,28 @@ def test_tampered_or_padded_bundles_are_refused(export_dir, tmp_path):
         Predictor.open(_rewrite(bundle, tmp_path / "unlisted.zip", unlist))
 
 
+def test_every_task_has_the_inputs_and_answers_kinds_the_predictor_dispatches_on():
+    """Predictor dispatches on schema.json's task through KINDS (inputs kind, answers kind): every task plug-in
+    is there, and every answers kind but a generator's tokens has its answer in ANSWERS."""
+    from lifecycle import tasks
+    from lifecycle.edge.answers import ANSWERS, KINDS
+
+    assert set(tasks.REGISTRY) <= set(KINDS)
+    assert {answers for _, answers in KINDS.values()} - {"tokens"} <= set(ANSWERS)
+
+
+def test_a_task_the_runtime_does_not_know_is_refused_in_one_line(export_dir, tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    copy_runtime_files(export_dir, d)
+    shutil.copy2(export_dir / "model.onnx", d / "model.onnx")
+    schema = json.loads((d / "schema.json").read_text())
+    (d / "schema.json").write_text(json.dumps({**schema, "task": "audio-classification"}))
+    with pytest.raises(BundleError, match=r"schema.json: task 'audio-classification' is not one this runtime "
+                                          r"answers \(classification, embedding, .*\); open it with the lifecycle"):
+        Predictor.open(d)
+
+
 def test_check_detects_a_runtime_that_does_not_reproduce(export_dir, tmp_path):
     p = Predictor.open(write_bundle(export_dir, tmp_path / "model.zip"))
     p.manifest["sample_predictions"][0]["answer"]["score"] += 0.01
@@ -173,7 +195,7 @@ def test_check_detects_a_runtime_that_does_not_reproduce(export_dir, tmp_path):
 @pytest.mark.slow
 def test_fresh_venv_with_only_the_runtime_reproduces_the_pipeline(onnx_workdir, tmp_path):
     """A new virtualenv with onnxruntime, tokenizers and numpy (about a minute to install) opens the
-    bundle with edge.py copied alone, and predicts every test text as the pipeline reported."""
+    bundle with the edge/ folder copied alone, and predicts every test text as the pipeline reported."""
     run = run_tiny(onnx_workdir, {"kind": "quantize", "latency": {"runs": 3, "warmup": 1}, "min_speedup": None})
     art = Artifact.load(run / "quantize")
     bundle = write_bundle(run, tmp_path / "model.zip")
@@ -189,7 +211,8 @@ def test_fresh_venv_with_only_the_runtime_reproduces_the_pipeline(onnx_workdir, 
                    capture_output=True)
     rt = tmp_path / "rt"
     rt.mkdir()
-    shutil.copy2(EDGE, rt / "edge.py")  # the runtime is one file: no other lifecycle module travels
+    # the runtime is one folder: no other lifecycle module travels
+    shutil.copytree(EDGE, rt / "edge", ignore=shutil.ignore_patterns("__pycache__"))
     script = (
         "import json, sys\n"
         "import edge\n"

@@ -29,7 +29,8 @@ from test_serving import VALID, assert_healthy, run_dir  # noqa: F401  (run_dir:
 from lifecycle import cli, serving
 from lifecycle.artifact import Artifact, commit
 from lifecycle.bundle import write_bundle
-from lifecycle.edge import EXTRACT_PREFIX, BundleError, Predictor, _extract
+from lifecycle.edge import EXTRACT_PREFIX, BundleError, Predictor
+from lifecycle.edge.extraction import _extract
 
 CASES = yaml.safe_load((Path(__file__).parent / "adversarial" / "server_cases.yaml").read_text())
 VERDICT = {"passed": False, "reasons": ["quantize: gate accuracy failed"], "override": "served for a demo"}

@@ -1,5 +1,6 @@
 """A wheel install works without the checkout: the BentoML service files ship inside the package."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ def test_wheel_ships_the_service_and_serving_finds_it_there(tmp_path):
                     "-w", str(tmp_path / "dist")], check=True, capture_output=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("lifecycle-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"lifecycle/_service/service.py", "lifecycle/_service/bentofile.yaml", "lifecycle/edge.py",
+    assert {"lifecycle/_service/service.py", "lifecycle/_service/bentofile.yaml", "lifecycle/edge/predictor.py",
             "lifecycle/evaluation/metrics/accuracy/accuracy.py"} <= names
     # pyproject.toml lists the packages by hand: a new subpackage (or metric script) left out would
     # be missing from the wheel while every test of the editable install still passes
@@ -32,3 +33,15 @@ def test_wheel_ships_the_service_and_serving_finds_it_there(tmp_path):
                          env={"PYTHONPATH": str(target), "PATH": ""}, cwd=tmp_path, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == str(target / "lifecycle" / "_service")
+
+
+def test_every_folder_of_lifecycle_with_python_files_is_a_listed_package():
+    """The cheap form of the wheel check above: pyproject.toml lists the packages by hand, so a new folder of
+    modules (lifecycle/edge/ when edge.py became a package) left out would ship without its code while the
+    editable install works. Every folder under lifecycle/ that holds .py files is in [tool.setuptools] packages."""
+    listed = re.search(r"^packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M)
+    packages = set(re.findall(r'"([\w.]+)"', listed.group(1)))  # (tomllib is not in Python 3.10)
+    folders = {".".join(f.parent.relative_to(ROOT).parts) for f in (ROOT / "lifecycle").rglob("*.py")
+               if "__pycache__" not in f.parts}
+    assert "lifecycle.edge" in folders
+    assert folders <= packages, sorted(folders - packages)

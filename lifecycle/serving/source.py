@@ -113,7 +113,8 @@ def checked(served: Served):
     raising its BundleError with the bundle's own path in it. A zip is then extracted once, here, for
     every worker to read (`served.root`), and removed on exit: a worker killed at shutdown never
     removed its own extraction. The workers verify that directory against the manifest checked here."""
-    from lifecycle.edge import EXTRACT_PREFIX, MANIFEST, BundleError, Predictor, _extract
+    from lifecycle.edge import EXTRACT_PREFIX, MANIFEST, BundleError, Predictor
+    from lifecycle.edge.extraction import _extract
 
     try:
         manifest = Predictor.open(served.path).manifest  # dropped at once: it only proves the model opens
