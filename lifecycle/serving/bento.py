@@ -1,5 +1,5 @@
 """`lifecycle build`: the served model into BentoML's model store (version = artifact hash), then a
-Bento holding serving/service.py, lifecycle/edge.py and the settings."""
+Bento holding serving/service.py, the lifecycle/edge/ package and the settings."""
 
 from __future__ import annotations
 
@@ -41,9 +41,9 @@ def build(source, verdict: dict | None = None) -> str:
     try:
         shutil.copy2(SERVICE_DIR / "service.py", ctx / "service.py")
         shutil.copy2(SERVICE_DIR / "bentofile.yaml", ctx / "bentofile.yaml")
-        (ctx / "lifecycle").mkdir()
-        for module in ("__init__.py", "edge.py"):  # the service needs only lifecycle.edge
-            shutil.copy2(PACKAGE_DIR / module, ctx / "lifecycle" / module)
+        (ctx / "lifecycle").mkdir()  # the service needs only lifecycle.edge
+        shutil.copy2(PACKAGE_DIR / "__init__.py", ctx / "lifecycle" / "__init__.py")
+        shutil.copytree(PACKAGE_DIR / "edge", ctx / "lifecycle" / "edge", ignore=shutil.ignore_patterns("__pycache__"))
         model_cfg = {k: v for k, v in served.service_model().items() if k != "path"} | {"tag": tag}
         write_json(ctx / "serving.json", {"model": model_cfg, "settings": settings.resolved()})
         out = subprocess.run(bentoml_command("build", ".", "--output", "tag"), cwd=ctx, capture_output=True,

@@ -18,7 +18,7 @@ from lifecycle.schema import Strict, unset
 if TYPE_CHECKING:
     from lifecycle.serving.source import Served
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1]  # lifecycle/, whose __init__.py and edge.py a Bento copies
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # lifecycle/, whose __init__.py and edge/ a Bento copies
 
 
 def _service_dir() -> Path:
