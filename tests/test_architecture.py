@@ -61,3 +61,25 @@ def test_a_component_importing_a_stage_breaks_the_layers(tmp_path):
     out = lint_imports(copy, pythonpath=copy)
     assert out.returncode == 1, out.stdout[-3000:]
     assert "Layers: cli > pipeline > config > stages > tasks > components > schema/artifact BROKEN" in out.stdout
+
+
+def test_results_travel_in_return_values_not_side_channels():
+    """A stage returns (metrics, details) and a component returns what it measured: nothing under lifecycle/
+    writes manifest content into the stage context (`ctx.details`, `extra_metrics`) or passes state through
+    the process environment. The only environment writes are defaults for other libraries, set once and
+    never overriding the user's: telemetry off (BentoML, onnxruntime), cuBLAS's deterministic workspace
+    and MLflow's local file store."""
+    import re
+
+    library_defaults = {"BENTOML_DO_NOT_TRACK", "ORT_DISABLE_TELEMETRY", "CUBLAS_WORKSPACE_CONFIG",
+                        "MLFLOW_ALLOW_FILE_STORE"}
+    side_channel = re.compile(r"ctx\.details|extra_metrics|os\.environ\[[^\]]*\]\s*(=[^=]|\+=|\|=)|del os\.environ"
+                              r"|os\.environ\.(pop|popitem|update|clear|__setitem__|__delitem__)\(|os\.(putenv|unsetenv)\(")
+    setdefault = re.compile(r"os\.environ\.setdefault\(\s*[\"']([A-Z0-9_]+)[\"']")
+    found = []
+    for path in sorted((ROOT / "lifecycle").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            default = setdefault.search(line)
+            if side_channel.search(line) or (default and default.group(1) not in library_defaults):
+                found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
