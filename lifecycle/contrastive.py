@@ -147,9 +147,10 @@ def trainer_class():
     return ContrastiveTrainer
 
 
-def train(stage, model, tokenizer, start_pooling: Pooling, ctx, corpus=None) -> dict:
+def train(stage, model, tokenizer, start_pooling: Pooling, ctx, corpus=None) -> tuple[dict, dict]:
     """Train `model` (an encoder, AutoModel) with the stage's contrastive settings; write the artifact
-    (weights, tokenizer, pooling.json) and return its metrics. Shared by pretrain and adapt."""
+    (weights, tokenizer, pooling.json) and return its (metrics, manifest details). Shared by pretrain
+    and adapt."""
     from datasets import Dataset
 
     from lifecycle import models
@@ -181,30 +182,31 @@ def train(stage, model, tokenizer, start_pooling: Pooling, ctx, corpus=None) -> 
                               temperature=spec.temperature)
     before = measure(model, tokenizer, pooling, spec, heldout, positives, ctx)
     started = time.perf_counter()
-    training.train(trainer, ctx.scratch_dir / "checkpoints", ctx)
+    measured = training.train(trainer, ctx.scratch_dir / "checkpoints", ctx)
     seconds = time.perf_counter() - started
     final = trainer.evaluate()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     hard = spec.mode == "supervised" and spec.pairs.negative_field is not None
-    metrics = {"eval_loss": final["eval_loss"], "train_loss": losses[-1] if losses else math.nan,
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, "eval_loss": final["eval_loss"], "train_loss": losses[-1] if losses else math.nan,
                "train_seconds": seconds, "train_steps": trainer.state.global_step, "train_texts": len(train_set),
                "texts_per_second": trainer.state.global_step * stage.train.batch_size * stage.train.grad_accum
                * args.world_size / max(seconds, 1e-9),
                "temperature": spec.temperature, "batch_size": stage.train.batch_size,
                "negatives_per_example": (2 if hard else 1) * stage.train.batch_size - 1,
                "world_size": args.world_size, "params_total": models.count_parameters(model)["params_total"]}
+    details = {"log_history": measured.log_history}
     if not trainer.is_world_process_zero():
-        return metrics
+        return metrics, details
     after = measure(trainer.model, tokenizer, pooling, spec, heldout, positives, ctx)
     metrics.update(after, **{f"{k}_before": before[k] for k in ("alignment", "uniformity", "knn_accuracy", "spearman")
                              if k in before})
     for name in ("knn_accuracy", "spearman"):
         if name in after:
             metrics[f"{name}_gain"] = after[name] - before[name]
-    ctx.details.update(objective="contrastive", mode=spec.mode, pooling=pooling.model_dump(), data=corpus.stats)
+    details.update(objective="contrastive", mode=spec.mode, pooling=pooling.model_dump(), data=corpus.stats)
     models.save(trainer.model, tokenizer, ctx.out_dir)
     write_pooling(ctx.out_dir, pooling)
-    return metrics
+    return metrics, details
 
 
 def measure(model, tokenizer, pooling: Pooling, spec: Contrastive, texts, positives, ctx) -> dict:

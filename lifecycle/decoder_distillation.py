@@ -35,7 +35,7 @@ DISTILL_METRICS = ("perplexity", "val_perplexity", "teacher_perplexity", "perple
                    "teacher_params_total", "size_mb", "teacher_size_mb", "train_seconds", "train_steps")
 
 
-def distill(cfg, parent, ctx) -> dict:
+def distill(cfg, parent, ctx) -> tuple[dict, dict]:
     from transformers import AutoModelForCausalLM, set_seed
 
     from lifecycle import generation, models
@@ -54,17 +54,18 @@ def distill(cfg, parent, ctx) -> dict:
     layers = student_layers(cfg.student, teacher.config.num_hidden_layers)
     set_seed(ctx.seed)
     student = AutoModelForCausalLM.from_config(student_config(teacher.config, layers, cfg.student.overrides))
-    ctx.details.update(student_layers=layers, initialised_from_teacher=init_from_teacher(student, teacher, layers),
-                       student_num_layers=len(layers))
+    details = {"student_layers": layers, "initialised_from_teacher": init_from_teacher(student, teacher, layers),
+               "student_num_layers": len(layers)}
     separator, rows, held = generation.split_rows(data, tokenizer, task, "distill")
 
     trainer = generation.lm_trainer(token_distillation_trainer(teacher, cfg.temperature, cfg.alpha), student, cfg.train,
                                     ctx, rows["train"], held["validation"], tokenizer.pad_token_id)
     started = time.time()
-    training.train(trainer, ctx.scratch_dir / "checkpoints", ctx)
+    measured = training.train(trainer, ctx.scratch_dir / "checkpoints", ctx)
     train_seconds = time.time() - started
+    details["log_history"] = measured.log_history
     if not trainer.is_world_process_zero():
-        return {}  # under torchrun only rank 0's artifact is kept
+        return {}, details  # under torchrun only rank 0's artifact is kept
     student = trainer.model.to("cpu").eval()
     models.save(student, tokenizer, ctx.out_dir)
 
@@ -78,10 +79,10 @@ def distill(cfg, parent, ctx) -> dict:
     t_lat, s_lat = paired_latency(teacher, tokenizer, student, tokenizer, prompts[0] if prompts else "", cfg,
                                   task.max_length)
     s_params, t_params = models.count_parameters(student)["params_total"], models.count_parameters(teacher)["params_total"]
-    ctx.details.update(loss_on="response tokens" if separator is not None else "every token",
-                       sample_generations=generation.sample_generations(student, tokenizer, prompts[:4],
-                                                                        settings.new_tokens, task.max_length, separator))
-    return {**s_lat, **{f"teacher_{k}": t_lat[k] for k in TORCH_LATENCY},
+    details.update(loss_on="response tokens" if separator is not None else "every token",
+                   sample_generations=generation.sample_generations(student, tokenizer, prompts[:4],
+                                                                    settings.new_tokens, task.max_length, separator))
+    return {"data_wait_fraction": measured.data_wait_fraction, **s_lat, **{f"teacher_{k}": t_lat[k] for k in TORCH_LATENCY},
             "perplexity": s_ppl, "val_perplexity": val_ppl, "teacher_perplexity": t_ppl,
             "perplexity_ratio": s_ppl / t_ppl, "eval_loss": math.log(val_ppl),
             "kl_to_teacher": kl_to_teacher(student, teacher, held["test"], pad),
@@ -91,7 +92,7 @@ def distill(cfg, parent, ctx) -> dict:
             "params_total": s_params, "teacher_params_total": t_params,
             "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"),
             "teacher_size_mb": models.size_mb(Path(parent.path) / "model.safetensors"),
-            "train_seconds": train_seconds, "train_steps": trainer.state.global_step}
+            "train_seconds": train_seconds, "train_steps": trainer.state.global_step}, details
 
 
 def token_distillation_trainer(teacher, temperature: float, alpha: float):

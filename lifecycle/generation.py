@@ -261,7 +261,7 @@ def lm_trainer(trainer_class, model, train_cfg, ctx, train_rows: list[dict], val
 
 
 # ------------------------------------------------------------------------------------------- finetune
-def finetune(cfg, parent, ctx, plugin) -> dict:
+def finetune(cfg, parent, ctx, plugin) -> tuple[dict, dict]:
     """The finetune stage under `task: {type: generation}`: full or LoRA on response tokens only."""
     from transformers import Trainer, set_seed
 
@@ -288,10 +288,10 @@ def finetune(cfg, parent, ctx, plugin) -> dict:
     counts = models.count_parameters(model)
     trainer = lm_trainer(Trainer, model, cfg.train, ctx, rows["train"], held["validation"], tokenizer.pad_token_id)
     started = time.time()
-    training.train(trainer, ctx.scratch_dir / "checkpoints", ctx)
+    measured = training.train(trainer, ctx.scratch_dir / "checkpoints", ctx)
     train_seconds = time.time() - started
     model = trainer.model
-    metrics = {}
+    metrics, details = {"data_wait_fraction": measured.data_wait_fraction}, {"log_history": measured.log_history}
     if cfg.lora:
         import torch
 
@@ -312,18 +312,19 @@ def finetune(cfg, parent, ctx, plugin) -> dict:
                    size_mb=models.size_mb(ctx.out_dir / "model.safetensors"), train_seconds=train_seconds,
                    train_steps=trainer.state.global_step)
     if settings.rouge:
-        metrics.update(rouge_scores(settings.rouge, scored, answered_before, answer(model, scored["prompt"],
-                                                                                    settings.rouge.answer_tokens), ctx))
+        scores, details["rouge_examples"] = rouge_scores(
+            settings.rouge, scored, answered_before, answer(model, scored["prompt"], settings.rouge.answer_tokens))
+        metrics.update(scores)
     prompts = prompts_of(data.splits["test"], settings, data.plain)[:4]
-    ctx.details.update(loss_on="response tokens" if separator is not None else "every token",
-                       sample_generations=sample_generations(model, tokenizer, prompts, settings.new_tokens,
-                                                             task.max_length, separator))
-    return metrics
+    details.update(loss_on="response tokens" if separator is not None else "every token",
+                   sample_generations=sample_generations(model, tokenizer, prompts, settings.new_tokens,
+                                                         task.max_length, separator))
+    return metrics, details
 
 
-def rouge_scores(settings, records: dict, before: list[str], after: list[str], ctx) -> dict:
-    """rouge_l (after), rouge_l_before, rouge_l_gain (absolute) and baseline_lead_rouge_l of `records`' answers;
-    the first few answers go into the manifest beside their reference."""
+def rouge_scores(settings, records: dict, before: list[str], after: list[str]) -> tuple[dict, list[dict]]:
+    """rouge_l (after), rouge_l_before, rouge_l_gain (absolute) and baseline_lead_rouge_l of `records`' answers,
+    and the first few answers beside their reference (for the manifest)."""
     from lifecycle.evaluation.rouge import lead_sentences, rouge_l
 
     refs = records["response"]
@@ -332,10 +333,10 @@ def rouge_scores(settings, records: dict, before: list[str], after: list[str], c
     leads = [lead_sentences(t, settings.lead_sentences) for t in records.get("lead", [])]
     if leads:
         out["baseline_lead_rouge_l"] = rouge_l(leads, refs)
-    ctx.details["rouge_examples"] = [
+    examples = [
         {"prompt": p[:300], "reference": r, "before": b, "after": a, **({"lead": leads[i]} if leads else {})}
         for i, (p, r, b, a) in enumerate(zip(records["prompt"], refs, before, after)) if i < 3]
-    return out
+    return out, examples
 
 
 def answers(model, prompts: list[str], new_tokens: int, tokenizer, context: int, separator) -> list[str]:

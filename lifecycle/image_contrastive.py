@@ -72,7 +72,7 @@ def held_out(model: ViTContrastive, images, preprocessing: dict, aug, seed: int,
     return retrieval_scores(embed(first), embed(second), model.config.contrastive_temperature, batch_size)
 
 
-def pretrain(cfg, ctx, start: Path | None = None) -> dict:
+def pretrain(cfg, ctx, start: Path | None = None) -> tuple[dict, dict]:
     """The pretrain stage's contrastive objective on the image source `cfg.data`, from a preset; the adapt
     stage's from the image model at `start` (a masked-image or contrastive pre-training: its encoder, read
     through its own preprocessing; a projection it lacks starts random). The stage's config has refused, at
@@ -107,15 +107,15 @@ def pretrain(cfg, ctx, start: Path | None = None) -> dict:
                          remove_unused_columns=False)
     train = TwoViews(data.splits["train"].images, None, data.preprocessing, aug, ctx.seed)
     started = time.time()
-    run_trainer(Trainer(model=model, args=args, train_dataset=train), ctx.scratch_dir / "checkpoints", ctx)
-    metrics = {**held_out(model, val, data.preprocessing, aug, ctx.seed + 1, cfg.train.batch_size),
+    measured = run_trainer(Trainer(model=model, args=args, train_dataset=train), ctx.scratch_dir / "checkpoints", ctx)
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **held_out(model, val, data.preprocessing, aug, ctx.seed + 1, cfg.train.batch_size),
                "contrastive_loss_init": before["contrastive_loss"], "contrastive_top1_init": before["contrastive_top1"],
                "train_seconds": time.time() - started, "params_total": models.count_parameters(model)["params_total"]}
     if probe_init is not None:
         metrics.update(probe_accuracy_init=probe_init, probe_accuracy=linear_probe(model.vit, data))
         metrics["probe_gain"] = metrics["probe_accuracy"] - probe_init
     save(model.eval(), data.preprocessing, ctx.out_dir)
-    ctx.details.update(objective="contrastive (SimCLR)", temperature=temperature, augment=aug.model_dump(),
-                       data_stats=data.stats, image_size=model.config.image_size, patch_size=model.config.patch_size,
-                       **({"start": str(start)} if start is not None else {}))
-    return metrics
+    return metrics, {"log_history": measured.log_history, "objective": "contrastive (SimCLR)",
+                     "temperature": temperature, "augment": aug.model_dump(), "data_stats": data.stats,
+                     "image_size": model.config.image_size, "patch_size": model.config.patch_size,
+                     **({"start": str(start)} if start is not None else {})}

@@ -131,7 +131,7 @@ def knn_report(task, embedder, data, settings) -> dict:
                 "knn_accuracy"], **collapse_metrics(votes, data.target("test")[: len(votes)], len(data.labels))}
 
 
-def finetune(cfg, parent, ctx, task) -> dict:
+def finetune(cfg, parent, ctx, task) -> tuple[dict, dict]:
     """The finetune stage for image embeddings: start from the parent (a masked-image pre-training, or an
     earlier image-embedding finetune), `model.path`, or a `preset` (random init); train every weight with
     the two-view contrastive loss; save the encoder with its preprocessing and pooling; score kNN."""
@@ -156,16 +156,17 @@ def finetune(cfg, parent, ctx, task) -> dict:
         return task.knn_metrics(embedder, train, data.splits[split], settings)
 
     def trained(embedder, budget, out_dir, progress=None):  # progress: the stage's context (the run's bar)
-        fit(embedder.body, data, budget, out_dir, ctx.seed, progress, trainer_class=ViewsTrainer,
-            dataset_class=TwoViews, pooling=embedder.pooling, temperature=TEMPERATURE)
-        return embedder.eval()
+        measured = fit(embedder.body, data, budget, out_dir, ctx.seed, progress, trainer_class=ViewsTrainer,
+                       dataset_class=TwoViews, pooling=embedder.pooling, temperature=TEMPERATURE)
+        embedder.eval()
+        return measured
 
     before = knn("test")[0]["knn_accuracy"]
     if cfg.lora:  # the patch projection stays as pre-training left it; no head to train in full
         model.body = attention_lora(body, cfg.lora, head=None)
     counts = models.count_parameters(model.body)
     started = time.time()
-    trained(model, cfg.train, ctx.scratch_dir / "checkpoints", ctx)
+    measured = trained(model, cfg.train, ctx.scratch_dir / "checkpoints", ctx)
     train_seconds = time.time() - started
     lora = {}
     if cfg.lora:  # merged into the weights, so export and distill see a plain ViTModel
@@ -175,28 +176,29 @@ def finetune(cfg, parent, ctx, task) -> dict:
     body = model.body
     save(body, data.preprocessing, ctx.out_dir)
     write_pooling(ctx.out_dir, model.pooling)
-    ctx.details.update(labels=data.labels, data_stats=data.stats, image_size=body.config.image_size,
-                       patch_size=body.config.patch_size, augment=data.spec.augment.model_dump(),
-                       pooling=model.pooling.model_dump(), temperature=TEMPERATURE)
+    details = {"log_history": measured.log_history, "labels": data.labels, "data_stats": data.stats,
+               "image_size": body.config.image_size, "patch_size": body.config.patch_size,
+               "augment": data.spec.augment.model_dump(), "pooling": model.pooling.model_dump(),
+               "temperature": TEMPERATURE}
 
     scores = knn_report(task, lambda images: embed(model, pre.transform(images)), data, settings)
     pixels = knn("test", lambda images: pre.transform(images).reshape(len(images), -1))[0]
     control = {}
     if cfg.control is not None:  # the same architecture from random init, same data, budget, seed and pooling
         seed_everything(ctx.seed)
-        scratch = trained(ImageEmbedder(ViTModel(body.config, add_pooling_layer=False), model.pooling),
-                          cfg.control.train or cfg.train, ctx.scratch_dir / "control")
+        scratch = ImageEmbedder(ViTModel(body.config, add_pooling_layer=False), model.pooling)
+        trained(scratch, cfg.control.train or cfg.train, ctx.scratch_dir / "control")
         control["control_knn_accuracy"] = knn("test", lambda images: embed(scratch, pre.transform(images)))[0][
             "knn_accuracy"]
         control["pretraining_gain"] = scores["knn_accuracy"] - control["control_knn_accuracy"]
-    return {**scores, **control, "knn_accuracy_before": before, "knn_accuracy_gain": scores["knn_accuracy"] - before,
+    return {"data_wait_fraction": measured.data_wait_fraction, **scores, **control, "knn_accuracy_before": before, "knn_accuracy_gain": scores["knn_accuracy"] - before,
             "baseline_pixels_knn_accuracy": pixels["knn_accuracy"],
             **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
             "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds,
-            "temperature": TEMPERATURE, **lora, **latency(model, pre.transform(data.splits["test"].images))}
+            "temperature": TEMPERATURE, **lora, **latency(model, pre.transform(data.splits["test"].images))}, details
 
 
-def distill(cfg, parent, ctx, task) -> dict:
+def distill(cfg, parent, ctx, task) -> tuple[dict, dict]:
     """The distill stage for an image embedder: the teacher's ViT with fewer encoder layers (spread over the
     depth, first and last kept), patch embedding copied, its pooling kept; trained on two augmented views of
     every training image to match the teacher's embedding of each view by cosine (weight `alpha`) and by
@@ -221,12 +223,15 @@ def distill(cfg, parent, ctx, task) -> dict:
     seed_everything(ctx.seed)
     student = ImageEmbedder(ViTModel(student_config(teacher.config, layers, cfg.student.overrides),
                                      add_pooling_layer=False), teacher.pooling)
-    ctx.details.update(student_layers=layers, copied_from_teacher=init_from_teacher(student.body, teacher.body, layers),
-                       pooling=student.pooling.model_dump(), temperature=TEMPERATURE)
+    details = {"student_layers": layers,
+               "copied_from_teacher": init_from_teacher(student.body, teacher.body, layers),
+               "pooling": student.pooling.model_dump(), "temperature": TEMPERATURE}
     started = time.time()
-    fit(student.body, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx, trainer_class=ViewsTrainer,
-        dataset_class=TwoViews, pooling=student.pooling, temperature=TEMPERATURE, teacher=teacher, alpha=cfg.alpha)
+    measured = fit(student.body, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx,
+                   trainer_class=ViewsTrainer, dataset_class=TwoViews, pooling=student.pooling,
+                   temperature=TEMPERATURE, teacher=teacher, alpha=cfg.alpha)
     train_seconds = time.time() - started
+    details["log_history"] = measured.log_history
     save(student.body, data.preprocessing, ctx.out_dir)
     write_pooling(ctx.out_dir, student.pooling)
 
@@ -238,8 +243,8 @@ def distill(cfg, parent, ctx, task) -> dict:
     test_x = pre.transform(data.splits["test"].images)
     s_x, t_x = embed(student, test_x), embed(teacher, test_x)
     cosine = (s_x * t_x).sum(-1) / (np.linalg.norm(s_x, axis=-1) * np.linalg.norm(t_x, axis=-1))
-    return {**scores, "teacher_knn_accuracy": teacher_knn,
+    return {"data_wait_fraction": measured.data_wait_fraction, **scores, "teacher_knn_accuracy": teacher_knn,
             "retention": scores["knn_accuracy"] / teacher_knn if teacher_knn else float("nan"),
             "teacher_cosine_mean": float(cosine.mean()),
             **student_costs(teacher, student, {"pixel_values": torch.as_tensor(test_x[:1])}, cfg, ctx.out_dir,
-                            train_seconds)}
+                            train_seconds)}, details

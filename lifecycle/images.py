@@ -137,8 +137,8 @@ def latency(model, pixel_values) -> dict:
 def fit(model, data, train, out_dir: Path, seed: int = 0, ctx=None, trainer_class=Trainer, dataset_class=None,
         **extra):
     """Train on `data`'s training split (lifecycle.data.images.ImageData) with the Trainer, augmented as
-    its source says; `train` is a TrainConfig; `dataset_class`: an Images subclass (None: Images). Returns
-    the model in eval mode."""
+    its source says; `train` is a TrainConfig; `dataset_class`: an Images subclass (None: Images). Leaves
+    the model in eval mode; returns what training measured for the stage (lifecycle.components.training.train)."""
     from lifecycle.components.training import train as run_trainer
     from lifecycle.components.training import training_args
 
@@ -146,8 +146,9 @@ def fit(model, data, train, out_dir: Path, seed: int = 0, ctx=None, trainer_clas
     args = training_args(train, out_dir, seed, eval_strategy="no", save_strategy="no", remove_unused_columns=False)
     dataset = (dataset_class or Images)(data.splits["train"].images, data.target("train"), data.preprocessing, data.spec.augment, seed)
     trainer = trainer_class(model=model, args=args, train_dataset=dataset, **extra)
-    run_trainer(trainer, out_dir, ctx)
-    return model.eval()
+    measured = run_trainer(trainer, out_dir, ctx)
+    model.eval()
+    return measured
 
 
 def save(model, preprocessing: dict, out: Path) -> None:
@@ -178,7 +179,7 @@ def starting_point(cfg, parent, ctx):
     return (data if start is None else read_through_model(data, start)), source, start
 
 
-def finetune(cfg, parent, ctx, task) -> dict:
+def finetune(cfg, parent, ctx, task) -> tuple[dict, dict]:
     """The finetune stage for an image classifier: build (a preset) or load (the parent, or `model.path`)
     with a new head, train every weight, save with its preprocessor_config.json, score on test beside
     the from-scratch control (when asked) and the RBF SVM (always)."""
@@ -201,29 +202,30 @@ def finetune(cfg, parent, ctx, task) -> dict:
         model = attention_lora(model, cfg.lora, head="classifier")
     counts = models.count_parameters(model)
     started = time.time()
-    fit(model, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
+    measured = fit(model, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
     train_seconds = time.time() - started
     test, val = data.pixel_values("test"), data.pixel_values("validation")
     lora = {}
     if cfg.lora:  # merged into the weights, so export and distill see a plain ViTForImageClassification
         model, lora = merged(model, ctx.out_dir, lambda m: predict(m, val[:64]))
     save(model, data.preprocessing, ctx.out_dir)
-    ctx.details.update(labels=data.labels, data_stats=data.stats, image_size=model.config.image_size,
-                       patch_size=model.config.patch_size, augment=data.spec.augment.model_dump())
+    details = {"log_history": measured.log_history, "labels": data.labels, "data_stats": data.stats,
+               "image_size": model.config.image_size, "patch_size": model.config.patch_size,
+               "augment": data.spec.augment.model_dump()}
 
-    metrics = {**task.test_metrics(predict(model, test), data.target("test")),
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.test_metrics(predict(model, test), data.target("test")),
                **{f"val_{k}": v for k, v in task.evaluate(predict(model, val), data.target("validation")).items()},
                **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
                "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds,
                **lora, **latency(model, test)}
     if cfg.control is not None:  # the same architecture from random init, same data, budget and seed
         seed_everything(ctx.seed)
-        scratch = fit(ViTForImageClassification(model.config), data, cfg.control.train or cfg.train,
-                      ctx.scratch_dir / "control", ctx.seed)
+        scratch = ViTForImageClassification(model.config)
+        fit(scratch, data, cfg.control.train or cfg.train, ctx.scratch_dir / "control", ctx.seed)
         metrics.update({f"control_{k}": v for k, v in task.evaluate(predict(scratch, test), data.target("test")).items()})
         metrics["pretraining_gain"] = metrics["accuracy"] - metrics["control_accuracy"]
     metrics.update(svm_baseline(data, ctx.seed))
-    return metrics
+    return metrics, details
 
 
 class DistillationTrainer(Trainer):
@@ -245,7 +247,7 @@ class DistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def distill(cfg, parent, ctx, task) -> dict:
+def distill(cfg, parent, ctx, task) -> tuple[dict, dict]:
     """The distill stage for an image classifier: the teacher's ViT with fewer encoder layers (spread over
     the depth, first and last kept: lifecycle.components.distillation.pick_layers), patch embedding and
     head copied, trained on the teacher's soft targets at temperature T plus the labels."""
@@ -266,19 +268,20 @@ def distill(cfg, parent, ctx, task) -> dict:
     config = student_config(teacher.config, layers, cfg.student.overrides)
     seed_everything(ctx.seed)
     student = ViTForImageClassification(config)
-    ctx.details.update(student_layers=layers, copied_from_teacher=init_from_teacher(student, teacher, layers))
+    details = {"student_layers": layers, "copied_from_teacher": init_from_teacher(student, teacher, layers)}
     started = time.time()
-    fit(student, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx, trainer_class=DistillationTrainer,
-        teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha)
+    measured = fit(student, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx,
+                   trainer_class=DistillationTrainer, teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha)
     train_seconds = time.time() - started
+    details["log_history"] = measured.log_history
     save(student, data.preprocessing, ctx.out_dir)
 
     test, val = data.pixel_values("test"), data.pixel_values("validation")
-    metrics = {**task.test_metrics(predict(student, test), data.target("test")),
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.test_metrics(predict(student, test), data.target("test")),
                **{f"val_{k}": v for k, v in task.evaluate(predict(student, val), data.target("validation")).items()}}
     teacher_scores = task.evaluate(predict(teacher, test), data.target("test"))
     metrics.update({f"teacher_{k}": v for k, v in teacher_scores.items()},
                    retention=metrics["accuracy"] / teacher_scores["accuracy"] if teacher_scores["accuracy"] else float("nan"),
                    **student_costs(teacher, student, {"pixel_values": torch.as_tensor(test[:1])}, cfg, ctx.out_dir,
                                    train_seconds))
-    return metrics
+    return metrics, details

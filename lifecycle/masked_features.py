@@ -17,6 +17,8 @@ source's target (logistic regression on frozen [CLS] states, scored on validatio
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers import BertModel, BertPreTrainedModel
@@ -131,7 +133,7 @@ def linear_probe(model, data) -> float:
     return float(probe.score(cls_states(model, data.features("validation")[0]), data.target("validation")))
 
 
-def pretrain(cfg, ctx) -> dict:
+def pretrain(cfg, ctx) -> tuple[dict, dict]:
     """The pretrain stage's masked-feature objective on the table source `cfg.data`."""
     import time
 
@@ -152,15 +154,15 @@ def pretrain(cfg, ctx) -> dict:
     args = training_args(cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, eval_strategy="no", save_strategy="no")
     train = MaskedRows(data.features("train")[0], cfg.mlm_probability, ctx.seed)
     started = time.time()
-    run_trainer(Trainer(model=model, args=args, train_dataset=train), ctx.scratch_dir / "checkpoints", ctx)
-    metrics = {**reconstruction(model, data.features("validation")[0], cfg.mlm_probability, ctx.seed + 1),
+    measured = run_trainer(Trainer(model=model, args=args, train_dataset=train), ctx.scratch_dir / "checkpoints", ctx)
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **reconstruction(model, data.features("validation")[0], cfg.mlm_probability, ctx.seed + 1),
                "train_seconds": time.time() - started, "params_total": models.count_parameters(model)["params_total"]}
-    finish(model, data, ctx, metrics, probe_init)
-    ctx.details.update(objective="masked-feature", mask_fraction=cfg.mlm_probability, schema=vars(data.schema))
-    return metrics
+    finish(model, data, ctx.out_dir, metrics, probe_init)
+    return metrics, {"log_history": measured.log_history, "objective": "masked-feature",
+                     "mask_fraction": cfg.mlm_probability, "schema": vars(data.schema)}
 
 
-def finish(model, data, ctx, metrics: dict, probe_init: float | None) -> None:
+def finish(model, data, out_dir: Path, metrics: dict, probe_init: float | None) -> None:
     """What every table pre-training objective ends with: the probe after training beside the one before
     (into `metrics`), the model and the preprocessing it read, saved to the stage's directory."""
     import json
@@ -170,8 +172,8 @@ def finish(model, data, ctx, metrics: dict, probe_init: float | None) -> None:
     if probe_init is not None:  # a probe on a classification target; a regression target has none
         metrics.update(probe_accuracy_init=probe_init, probe_accuracy=linear_probe(model, data))
         metrics["probe_gain"] = metrics["probe_accuracy"] - probe_init
-    model.save_pretrained(ctx.out_dir, safe_serialization=True)
-    (ctx.out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
 
 
 class AnomalyScorer(nn.Module):

@@ -79,7 +79,7 @@ def linear_probe(vit, data) -> float:
     return float(probe.score(features(vit, data.pixel_values("validation")), data.target("validation")))
 
 
-def pretrain(cfg, ctx) -> dict:
+def pretrain(cfg, ctx) -> tuple[dict, dict]:
     """The pretrain stage's masked-image objective on the image source `cfg.data` (its labels unused, but
     for the probe)."""
     import time
@@ -106,7 +106,8 @@ def pretrain(cfg, ctx) -> dict:
     train = MaskedImages(data.splits["train"].images, data.preprocessing, data.spec.augment, cfg.mlm_probability,
                          patches(model.config), ctx.seed)
     started = time.time()
-    run_trainer(Trainer(model=model, args=args, train_dataset=train), ctx.scratch_dir / "checkpoints", ctx)
+    measured = run_trainer(Trainer(model=model, args=args, train_dataset=train), ctx.scratch_dir / "checkpoints", ctx)
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **metrics}
     metrics.update(reconstruction_loss=reconstruction_loss(model, val, data.preprocessing, cfg.mlm_probability,
                                                            ctx.seed + 1),
                    train_seconds=time.time() - started, params_total=models.count_parameters(model)["params_total"])
@@ -114,6 +115,6 @@ def pretrain(cfg, ctx) -> dict:
         metrics.update(probe_accuracy_init=probe_init, probe_accuracy=linear_probe(model.vit, data))
         metrics["probe_gain"] = metrics["probe_accuracy"] - probe_init
     save(model.eval(), data.preprocessing, ctx.out_dir)
-    ctx.details.update(objective="masked-image", mask_fraction=cfg.mlm_probability, data_stats=data.stats,
-                       image_size=model.config.image_size, patch_size=model.config.patch_size)
-    return metrics
+    return metrics, {"log_history": measured.log_history, "objective": "masked-image",
+                     "mask_fraction": cfg.mlm_probability, "data_stats": data.stats,
+                     "image_size": model.config.image_size, "patch_size": model.config.patch_size}

@@ -1,7 +1,8 @@
 """Orchestration: plan, skip cached stages, run, gate, report. Nothing here is stage-specific.
 
-Each stage is `module.run(cfg, parent, ctx) -> metrics`; it writes files into `ctx.out_dir`, which
-is sealed into an artifact only when `run` returns. Gates are checked after sealing and recorded in
+Each stage is `module.run(cfg, parent, ctx) -> (metrics, details)`: its metrics and the rest of what
+its manifest records (curves, attempts, choices made). It writes files into `ctx.out_dir`, which is
+sealed into an artifact only when `run` returns. Gates are checked after sealing and recorded in
 the manifest; they are not part of the cache key, so tightening a gate re-checks without retraining.
 """
 
@@ -47,8 +48,7 @@ class StageContext:
     run_dir: Path
     artifacts: dict[str, Artifact]  # earlier stages of this run, by name
     seed: int = 0  # the seed of this run of the stage (the pipeline's, or one of the stage's `seeds`)
-    details: dict[str, Any] = field(default_factory=dict)  # extra manifest content (curves, attempts)
-    extra_metrics: dict[str, float] = field(default_factory=dict)  # shared measurements (data wait); the stage's own win
+    mlflow_run: Any = None  # the pipeline's MLflow run (tracking.pipeline_run): training logs a nested run in it
     echo: Callable[[str], None] = print  # the run's output: stages say what they do through it
     # data sources loaded so far, shared by the stages of one run: a corpus is read, cleaned and
     # deduplicated once, not once per stage. Safe to share: a load depends only on the pipeline's data
@@ -193,7 +193,7 @@ def _run_stages(pipeline: Pipeline, run_dir: Path, from_stage: str | None, finge
             parent_cfg = pipeline.parent_of(stage)
             parent = artifacts.get(parent_cfg.label) if parent_cfg is not None else None
             key = cache_key(pipeline, stage, parent.cache_key if parent else None, fingerprints)
-            outcome = _run_stage(pipeline, stage, parent, artifacts, run_dir, key, forced, echo, loaded)
+            outcome = _run_stage(pipeline, stage, parent, artifacts, run_dir, key, forced, echo, loaded, mlflow_run)
             outcomes.append(outcome)
             artifacts[stage.label] = outcome.artifact
             stopped = outcome.status == "failed"
@@ -213,7 +213,7 @@ def _run_stages(pipeline: Pipeline, run_dir: Path, from_stage: str | None, finge
 
 
 def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, key: str, forced: bool, echo,
-               loaded: dict) -> StageOutcome:
+               loaded: dict, mlflow_run=None) -> StageOutcome:
     final = run_dir / stage.label
     art = None if forced else _cached(final, key, echo)
     status = "cached"
@@ -224,7 +224,7 @@ def _run_stage(pipeline, stage, parent, artifacts, run_dir: Path, key: str, forc
             ref = pipeline.reference_name(stage, gate) if gate.relative else None
             ref_v = artifacts[ref].metrics.get(gate.metric) if ref in artifacts else None
             echo(f"   gate: {gatelib.describe(gate, ref, ref_v)}{'  [warn only]' if gate.on_fail == 'warn' else ''}")
-        art = _build(pipeline, stage, parent, artifacts, run_dir, key, echo, loaded)
+        art = _build(pipeline, stage, parent, artifacts, run_dir, key, echo, loaded, mlflow_run)
         status = "passed"
     else:
         echo(f"\n== stage {stage.label} ({stage.kind}): cached, artifact verified ({final})")
@@ -268,7 +268,8 @@ def _clean_up(tmp: Path, out: Path, scratch: Path) -> None:
             scratch.parent.rmdir()
 
 
-def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, loaded: dict) -> Artifact:
+def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, loaded: dict,
+           mlflow_run=None) -> Artifact:
     rank = dist.rank()
     final = run_dir / stage.label
     if rank != 0 and not stage.distributed:
@@ -289,12 +290,13 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, lo
             shutil.rmtree(out)  # a previous crash: never reuse a partial artifact
         suffix = "" if len(seeds) == 1 else f"-seed{seed}"
         scratch = run_dir / ".scratch" / f"{stage.label}-{key[:16]}{suffix}"
-        ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed, echo=echo, _loaded=loaded)
+        ctx = StageContext(pipeline, stage, out, scratch, run_dir, artifacts, seed=seed, mlflow_run=mlflow_run,
+                           echo=echo, _loaded=loaded)
         try:
             out.mkdir(parents=True)
             scratch.mkdir(parents=True, exist_ok=True)
             with quiet.relative_attention():  # the first forward pass may be a probe or an evaluation
-                metrics = registry.module(stage.kind).run(stage, parent, ctx)
+                metrics, seed_details = registry.module(stage.kind).run(stage, parent, ctx)
         except Exception as exc:
             # A user-fixable error (unreadable data, diverged training, a full disk) leaves nothing behind
             # but the complete checkpoints a re-run could resume from; a crash or a kill keeps everything
@@ -306,8 +308,8 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, lo
             if fault is not None:
                 raise fault from None
             raise
-        per_seed[seed] = {**ctx.extra_metrics, **metrics}
-        details = details or ctx.details
+        per_seed[seed] = metrics
+        details = details or seed_details  # the first seed's (the artifact keeps its files)
         if i > 0:
             shutil.rmtree(out, ignore_errors=True)
     if len(seeds) > 1:

@@ -105,7 +105,7 @@ def held_out(model: ScarfModel, feeds: dict, corruption: float, seed: int, batch
     return retrieval_scores(anchors, positives, model.config.scarf_temperature, batch_size)
 
 
-def pretrain(cfg, ctx) -> dict:
+def pretrain(cfg, ctx) -> tuple[dict, dict]:
     """The pretrain stage's contrastive objective on the table source `cfg.data`."""
     import time
 
@@ -134,10 +134,9 @@ def pretrain(cfg, ctx) -> dict:
     args = training_args(cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, eval_strategy="no", save_strategy="no")
     train = CorruptedRows(data.features("train")[0], corruption, ctx.seed)
     started = time.time()
-    run_trainer(Trainer(model=model, args=args, train_dataset=train), ctx.scratch_dir / "checkpoints", ctx)
-    metrics = {**held_out(model, data.features("validation")[0], corruption, ctx.seed + 1, cfg.train.batch_size),
+    measured = run_trainer(Trainer(model=model, args=args, train_dataset=train), ctx.scratch_dir / "checkpoints", ctx)
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **held_out(model, data.features("validation")[0], corruption, ctx.seed + 1, cfg.train.batch_size),
                "train_seconds": time.time() - started, "params_total": models.count_parameters(model)["params_total"]}
-    finish(model, data, ctx, metrics, probe_init)
-    ctx.details.update(objective="contrastive (SCARF)", corruption=corruption, temperature=temperature,
-                       schema=vars(data.schema), inputs=list(INPUTS))
-    return metrics
+    finish(model, data, ctx.out_dir, metrics, probe_init)
+    return metrics, {"log_history": measured.log_history, "objective": "contrastive (SCARF)", "corruption": corruption,
+                     "temperature": temperature, "schema": vars(data.schema), "inputs": list(INPUTS)}

@@ -46,7 +46,7 @@ class DistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def distill(cfg, parent, ctx, task) -> dict:
+def distill(cfg, parent, ctx, task) -> tuple[dict, dict]:
     import json
     import time
 
@@ -69,7 +69,7 @@ def distill(cfg, parent, ctx, task) -> dict:
     seed_everything(ctx.seed)
     student = TableTransformer(config)
     copied = init_from_teacher(student, teacher, layers)
-    ctx.details.update(student_layers=layers, copied_from_teacher=copied)
+    details = {"student_layers": layers, "copied_from_teacher": copied}
 
     train = data.features("train")[0]
     rows = SoftRows(train, data.target("train"), predict(teacher, train))
@@ -78,14 +78,15 @@ def distill(cfg, parent, ctx, task) -> dict:
     trainer = DistillationTrainer(model=student, args=args, train_dataset=rows, temperature=cfg.temperature,
                                   alpha=cfg.alpha)
     started = time.time()
-    run_trainer(trainer, ctx.scratch_dir / "checkpoints", ctx)
+    measured = run_trainer(trainer, ctx.scratch_dir / "checkpoints", ctx)
     train_seconds = time.time() - started
+    details["log_history"] = measured.log_history
     student = student.eval()
     student.save_pretrained(ctx.out_dir, safe_serialization=True)
     (ctx.out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
 
     test, val = data.features("test")[0], data.features("validation")[0]
-    metrics = {**task.test_metrics(predict(student, test), data.target("test")),
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.test_metrics(predict(student, test), data.target("test")),
                **{f"val_{k}": v for k, v in task.evaluate(predict(student, val), data.target("validation")).items()}}
     teacher_scores = task.evaluate(predict(teacher, test), data.target("test"))
     headline = task.scores[0]
@@ -93,4 +94,4 @@ def distill(cfg, parent, ctx, task) -> dict:
                    retention=metrics[headline] / teacher_scores[headline] if teacher_scores[headline] else float("nan"),
                    **student_costs(teacher, student, {k: v[:1] for k, v in tensors(test).items()}, cfg, ctx.out_dir,
                                    train_seconds))
-    return metrics
+    return metrics, details

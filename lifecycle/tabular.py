@@ -157,9 +157,10 @@ class Rows(torch.utils.data.Dataset):
         return {**{k: v[i] for k, v in self.x.items()}, "labels": self.y[i]}
 
 
-def fit(model: TableTransformer, data, train, out_dir: Path, seed: int = 0, ctx=None) -> TableTransformer:
+def fit(model: TableTransformer, data, train, out_dir: Path, seed: int = 0, ctx=None):
     """Train `model` on `data`'s training split (lifecycle.data.tables.TableData) with the Trainer;
-    `train` is a lifecycle.components.training.TrainConfig. Returns the trained model in eval mode."""
+    `train` is a lifecycle.components.training.TrainConfig. Leaves the model in eval mode; returns what
+    training measured for the stage (lifecycle.components.training.train)."""
     from transformers import Trainer
 
     from lifecycle.components.training import train as run_trainer
@@ -168,8 +169,9 @@ def fit(model: TableTransformer, data, train, out_dir: Path, seed: int = 0, ctx=
     out_dir = Path(out_dir)
     args = training_args(train, out_dir, seed, eval_strategy="no", save_strategy="no")
     trainer = Trainer(model=model, args=args, train_dataset=Rows(data.features("train")[0], data.target("train")))
-    run_trainer(trainer, out_dir, ctx)
-    return model.eval()
+    measured = run_trainer(trainer, out_dir, ctx)
+    model.eval()
+    return measured
 
 
 # ------------------------------------------------------------------------------------ the recipe
@@ -187,7 +189,7 @@ def build(data, head: dict, source=None, parent: Path | None = None) -> TableTra
     return TableTransformer.from_pretrained(src, config=config, ignore_mismatched_sizes=True)
 
 
-def finetune(cfg, parent, ctx, task) -> dict:
+def finetune(cfg, parent, ctx, task) -> tuple[dict, dict]:
     """The finetune stage for a table task (`task`: its plug-in, lifecycle.tasks.table_task): build or
     load, train, save (with preprocessing.json), score on test with the from-scratch control (when
     asked) and the gradient-boosting baseline (always)."""
@@ -215,7 +217,7 @@ def finetune(cfg, parent, ctx, task) -> dict:
         model = attention_lora(model, cfg.lora, head="head")
     counts = models.count_parameters(model)
     started = time.time()
-    fit(model, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
+    measured = fit(model, data, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
     train_seconds = time.time() - started
     lora = {}
     if cfg.lora:  # merged into the weights, so export and distill see a plain TableTransformer
@@ -223,20 +225,21 @@ def finetune(cfg, parent, ctx, task) -> dict:
         model, lora = merged(model, ctx.out_dir, lambda m: predict(m, probe))
     model.save_pretrained(ctx.out_dir, safe_serialization=True)
     (ctx.out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
-    ctx.details.update(labels=data.labels, schema=vars(data.schema), data_stats=data.stats)
+    details = {"log_history": measured.log_history, "labels": data.labels, "schema": vars(data.schema),
+               "data_stats": data.stats}
 
     test, val = data.features("test")[0], data.features("validation")[0]
-    metrics = {**task.test_metrics(predict(model, test), data.target("test")),
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.test_metrics(predict(model, test), data.target("test")),
                **{f"val_{k}": v for k, v in task.evaluate(predict(model, val), data.target("validation")).items()},
                **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
                "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds, **lora}
     if cfg.control is not None:  # the same architecture from random init, same data, budget and seed
         seed_everything(ctx.seed)
-        scratch = fit(TableTransformer(model.config), data, cfg.control.train or cfg.train,
-                      ctx.scratch_dir / "control", ctx.seed)
+        scratch = TableTransformer(model.config)
+        fit(scratch, data, cfg.control.train or cfg.train, ctx.scratch_dir / "control", ctx.seed)
         control = task.evaluate(predict(scratch, test), data.target("test"))
         metrics.update({f"control_{k}": v for k, v in control.items()})
         headline = task.scores[0]  # higher is better for every table task's headline (accuracy, r2)
         metrics["pretraining_gain"] = metrics[headline] - metrics[f"control_{headline}"]
     metrics.update(task.baseline(data, ctx.seed))
-    return metrics
+    return metrics, details

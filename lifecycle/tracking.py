@@ -58,24 +58,26 @@ def time_data_wait(trainer) -> dict:
 
 
 def mlflow_callback():
-    """transformers' own MLflow integration, one nested run per training stage."""
+    """transformers' own MLflow integration, one run per training stage nested in the pipeline's run
+    (which pipeline_run opened and the stage context carries)."""
     from transformers.integrations import MLflowCallback
 
-    os.environ["MLFLOW_NESTED_RUN"] = "true"
-    return MLflowCallback()
+    class NestedRun(MLflowCallback):
+        # transformers nests only when told so by the MLFLOW_NESTED_RUN variable; opening the nested run
+        # here, before its setup, has the same effect without changing this process's environment.
+        def setup(self, args, state, model):
+            if state.is_world_process_zero:
+                self._ml_flow.start_run(run_name=args.run_name, nested=True)
+                self._auto_end_run = True
+            super().setup(args, state, model)
 
-
-def mlflow_active() -> bool:
-    if not os.environ.get("LIFECYCLE_MLFLOW"):
-        return False
-    import mlflow
-
-    return mlflow.active_run() is not None
+    return NestedRun()
 
 
 @contextmanager
 def pipeline_run(tracking: Tracking, pipeline_name: str, params: dict):
-    """Open an MLflow run for the pipeline when tracking.mlflow is set; no-op otherwise."""
+    """Open an MLflow run for the pipeline when tracking.mlflow is set and yield it (stages get it
+    through their context, and train a nested run only with it); yield None otherwise."""
     if not tracking.mlflow:
         yield None
         return
@@ -91,13 +93,9 @@ def pipeline_run(tracking: Tracking, pipeline_name: str, params: dict):
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(store.as_uri())
     mlflow.set_experiment(tracking.experiment or pipeline_name)
-    os.environ["LIFECYCLE_MLFLOW"] = "1"
-    try:
-        with mlflow.start_run(run_name=pipeline_name) as run:
-            mlflow.log_params(params)
-            yield run
-    finally:
-        os.environ.pop("LIFECYCLE_MLFLOW", None)
+    with mlflow.start_run(run_name=pipeline_name) as run:
+        mlflow.log_params(params)
+        yield run
 
 
 def log_outcomes(run, outcomes, run_dir: Path) -> None:

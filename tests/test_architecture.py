@@ -84,3 +84,25 @@ def test_edge_importing_any_other_part_of_lifecycle_breaks_the_contracts(tmp_pat
     assert "The edge runtime does not import the lifecycle package itself BROKEN" in out.stdout, out.stdout[-3000:]
     assert "lifecycle.edge.bundle -> lifecycle" in out.stdout, out.stdout[-3000:]
     assert "Stages are plug-ins: no stage imports another KEPT" in out.stdout  # only the edge contracts broke
+
+
+def test_results_travel_in_return_values_not_side_channels():
+    """A stage returns (metrics, details) and a component returns what it measured: nothing under lifecycle/
+    writes manifest content into the stage context (`ctx.details`, `extra_metrics`) or passes state through
+    the process environment. The only environment writes are defaults for other libraries, set once and
+    never overriding the user's: telemetry off (BentoML, onnxruntime), cuBLAS's deterministic workspace
+    and MLflow's local file store."""
+    import re
+
+    library_defaults = {"BENTOML_DO_NOT_TRACK", "ORT_DISABLE_TELEMETRY", "CUBLAS_WORKSPACE_CONFIG",
+                        "MLFLOW_ALLOW_FILE_STORE"}
+    side_channel = re.compile(r"ctx\.details|extra_metrics|os\.environ\[[^\]]*\]\s*(=[^=]|\+=|\|=)|del os\.environ"
+                              r"|os\.environ\.(pop|popitem|update|clear|__setitem__|__delitem__)\(|os\.(putenv|unsetenv)\(")
+    setdefault = re.compile(r"os\.environ\.setdefault\(\s*[\"']([A-Z0-9_]+)[\"']")
+    found = []
+    for path in sorted((ROOT / "lifecycle").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            default = setdefault.search(line)
+            if side_channel.search(line) or (default and default.group(1) not in library_defaults):
+                found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)

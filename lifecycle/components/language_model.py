@@ -151,15 +151,16 @@ def finish(trainer, tokenizer, probe, ctx, metrics: dict) -> dict:
     return metrics
 
 
-def fit(trainer, ctx, block_size: int) -> dict:
-    """Train (resuming from the last complete checkpoint if a previous run crashed), evaluate, and measure."""
+def fit(trainer, ctx, block_size: int) -> tuple[dict, dict]:
+    """Train (resuming from the last complete checkpoint if a previous run crashed), evaluate, and measure:
+    (metrics, manifest details: the loss curve and the step it resumed from)."""
     from lifecycle.components import checkpoints, training
 
     checkpoint_dir = ctx.scratch_dir / "checkpoints"
     last = checkpoints.last_checkpoint(checkpoint_dir)  # the one training.train resumes from
     first_step = int(last.name.rsplit("-", 1)[1]) if last else 0
     started = time.perf_counter()
-    training.train(trainer, checkpoint_dir, ctx)
+    measured = training.train(trainer, checkpoint_dir, ctx)
     wall = time.perf_counter() - started
     history = trainer.state.log_history
     # tokens/s counts training only: evaluations inside train() are timed by the Trainer and taken out.
@@ -171,34 +172,34 @@ def fit(trainer, ctx, block_size: int) -> dict:
     for row in history:
         if "eval_loss" in row:
             row["eval_perplexity"] = perplexity(row["eval_loss"])
-    ctx.details["log_history"] = training.log_history(trainer)
-    ctx.details["resumed_from_step"] = first_step
     train_losses = [r["loss"] for r in history if "loss" in r]
     seconds = max(wall - eval_seconds, 1e-9)
-    return {"eval_loss": final["eval_loss"], "perplexity": perplexity(final["eval_loss"]),
-            "train_loss": train_losses[-1] if train_losses else math.nan, "train_tokens": tokens,
-            "train_seconds": seconds, "tokens_per_second": tokens / seconds, "world_size": args.world_size}
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, "eval_loss": final["eval_loss"],
+               "perplexity": perplexity(final["eval_loss"]),
+               "train_loss": train_losses[-1] if train_losses else math.nan, "train_tokens": tokens,
+               "train_seconds": seconds, "tokens_per_second": tokens / seconds, "world_size": args.world_size}
+    return metrics, {"log_history": training.log_history(trainer), "resumed_from_step": first_step}
 
 
-def transfer_callback(cfg, tokenizer, ctx):
-    """A TrainerCallback that probes the model at each evaluation, on the validation split, and records
-    {stage, step, perplexity, probe_accuracy} in ctx.details["transfer"] (the report plots them)."""
+def transfer_callback(cfg, tokenizer, task, label: str):
+    """A TrainerCallback that probes the model on `task` (the probe's data) at each evaluation, on the
+    validation split, and the list it appends {stage, step, perplexity, probe_accuracy} to as training
+    goes: the manifest's `transfer` (the report plots them)."""
     from transformers import TrainerCallback
 
     from lifecycle.components.probe import probe_accuracy
 
-    task = ctx.data(cfg.data)
-    points = ctx.details.setdefault("transfer", [])
+    points = []
 
     class TransferProbe(TrainerCallback):
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
             if not state.is_world_process_zero or not metrics or "eval_loss" not in metrics or model is None:
                 return
-            if points and points[-1]["stage"] == ctx.stage.label and points[-1]["step"] == state.global_step:
+            if points and points[-1]["stage"] == label and points[-1]["step"] == state.global_step:
                 return  # the final evaluation after training repeats the last step
             score = probe_accuracy(model, tokenizer, task, cfg, args.seed, split="validation")["probe_accuracy"]
             # the loss is capped at 50 here: a point on the report's plot, never a gate
-            points.append({"stage": ctx.stage.label, "step": state.global_step,
+            points.append({"stage": label, "step": state.global_step,
                            "perplexity": perplexity(min(metrics["eval_loss"], 50.0)), "probe_accuracy": score})
 
-    return TransferProbe()
+    return TransferProbe(), points

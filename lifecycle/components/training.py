@@ -5,6 +5,7 @@ crash-resume. Plain functions, no base class. Batched inference lives in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -78,15 +79,24 @@ def training_args(cfg: TrainConfig, output_dir: Path, seed: int, **extra):
     return TrainingArguments(**args)
 
 
-def train(trainer, checkpoint_dir: Path, ctx=None, echo=None):
+@dataclass
+class Measured:
+    """What `train` measured for its stage: the Trainer's log (the manifest's `log_history`, behind the
+    report's loss curves) and the share of training time spent waiting for data (`data_wait_fraction`)."""
+
+    log_history: list[dict]
+    data_wait_fraction: float
+
+
+def train(trainer, checkpoint_dir: Path, ctx=None, echo=None) -> Measured | None:
     """Train, resuming from the newest complete checkpoint in checkpoint_dir when a previous run crashed.
 
     A loss or a weight that is no longer finite stops training with a LifecycleError (and its
     checkpoints go: resuming would only diverge again). With the stage context: per-step metrics go to
-    <run>/metrics/<stage>.jsonl as they are logged, time spent waiting for data is measured
-    (`data_wait_fraction`), the Trainer's log history goes into the manifest (for the loss plots), and
-    an active MLflow run gets a nested run for the stage. What it says (a resume) goes to `echo`,
-    else the context's echo; without either it says nothing.
+    <run>/metrics/<stage>.jsonl as they are logged, the pipeline's MLflow run (if any) gets a nested
+    run for the stage, and what was measured is returned for the stage to report (None without the
+    context: a control run). What it says (a resume) goes to `echo`, else the context's echo; without
+    either it says nothing.
     """
     import shutil
     import time
@@ -103,7 +113,7 @@ def train(trainer, checkpoint_dir: Path, ctx=None, echo=None):
     if ctx is not None:
         trainer.add_callback(tracking.step_logger(ctx.run_dir / "metrics" / f"{ctx.stage.label}.jsonl"))
         counters = tracking.time_data_wait(trainer)
-        if tracking.mlflow_active():
+        if ctx.mlflow_run is not None:
             trainer.add_callback(tracking.mlflow_callback())
     # The main process removes incomplete checkpoints first; the others then find the same newest one.
     with trainer.args.main_process_first(desc="check checkpoints"):
@@ -113,16 +123,15 @@ def train(trainer, checkpoint_dir: Path, ctx=None, echo=None):
     started = time.perf_counter()
     try:
         with quiet.training():
-            out = trainer.train(resume_from_checkpoint=str(last) if last else None)
+            trainer.train(resume_from_checkpoint=str(last) if last else None)
     except TrainingDiverged:
         if trainer.is_world_process_zero():
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
         raise
-    if ctx is not None:
-        seconds = time.perf_counter() - started
-        ctx.details["log_history"] = log_history(trainer)
-        ctx.extra_metrics["data_wait_fraction"] = counters["data_wait_seconds"] / max(seconds, 1e-9)
-    return out
+    if ctx is None:
+        return None
+    seconds = time.perf_counter() - started
+    return Measured(log_history(trainer), counters["data_wait_seconds"] / max(seconds, 1e-9))
 
 
 def _quiet(_text: str) -> None:

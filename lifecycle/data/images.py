@@ -28,7 +28,8 @@ from lifecycle.schema import Strict
 if TYPE_CHECKING:
     import numpy as np
 
-    from lifecycle.data.sources import DataSource, PipelineView
+# `src` below is a lifecycle.data.sources.DataSource and `pipeline` a PipelineView, left unannotated: the
+# sources module imports this one (for its spec and formats), and this one must not import it back.
 
 IMAGE_FORMATS = ("imagefolder", "sklearn-digits")
 IMAGE_PACKAGED = {"sklearn-digits": "scikit-learn"}  # formats whose images ship in a package
@@ -153,7 +154,7 @@ def read_folder(root: Path, labelled: bool):
     return images, labels, names, stats
 
 
-def load_images(src: DataSource, pipeline: PipelineView, seed: int) -> ImageData:
+def load_images(src, pipeline, seed: int) -> ImageData:
     """Read, convert to one mode, drop exact duplicates, split (stratified by class), fit preprocessing."""
     import numpy as np
 

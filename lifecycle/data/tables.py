@@ -30,7 +30,8 @@ from lifecycle.schema import Strict
 if TYPE_CHECKING:
     import pandas as pd
 
-    from lifecycle.data.sources import DataSource, PipelineView
+# `src` below is a lifecycle.data.sources.DataSource and `pipeline` a PipelineView, left unannotated: the
+# sources module imports this one (for its spec and formats), and this one must not import it back.
 
 TABLE_FORMATS = ("csv", "parquet", "sklearn", "palmerpenguins")
 PACKAGED = {"sklearn": "scikit-learn", "palmerpenguins": "palmerpenguins"}  # formats that ship their data
@@ -116,7 +117,7 @@ class TableData:
 
 
 # ------------------------------------------------------------------------------------------ reading
-def read_table(src: DataSource, pipeline: PipelineView) -> tuple[pd.DataFrame, str]:
+def read_table(src, pipeline) -> tuple[pd.DataFrame, str]:
     """The whole table and a description of where it came from (for messages)."""
     import pandas as pd
 
@@ -234,7 +235,7 @@ def fit_preprocessing(train: pd.DataFrame, schema: Schema, min_frequency: int = 
     return {"version": 1, "target": schema.target, "numeric": numeric, "categorical": categorical}
 
 
-def load_table(src: DataSource, pipeline: PipelineView, seed: int) -> TableData:
+def load_table(src, pipeline, seed: int) -> TableData:
     """Read, resolve the schema, split (stratified for a categorical target), fit preprocessing on train."""
     frame, where = read_table(src, pipeline)
     schema = resolve_schema(frame, src.table, where)

@@ -7,16 +7,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from lifecycle import LifecycleError
 from lifecycle.artifact import write_json
 from lifecycle.schema import Strict, unset
-
-if TYPE_CHECKING:
-    from lifecycle.serving.source import Served
+from lifecycle.serving.source import TUNED_SUFFIX, Served  # noqa: F401 (TUNED_SUFFIX: lifecycle.serving exports it from here)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # lifecycle/, whose __init__.py and edge/ a Bento copies
 
@@ -41,7 +39,6 @@ def _service_dir() -> Path:
 SERVICE_DIR = _service_dir()
 CONFIG_ENV = "LIFECYCLE_SERVING_CONFIG"  # read by serving/service.py
 STORED_SUBDIR = "model"  # inside a BentoML model-store entry (serving/service.py reads the same name)
-TUNED_SUFFIX = ".serving.json"  # tuned settings + measurements, beside the served artifact or bundle
 # One 200-character text per request: the load the hand-tuned figures in issue 10 were measured with.
 SAMPLE_TEXT = ("Shares in the chip maker rose sharply on Tuesday after it reported record quarterly profits "
                "and raised its forecast for the year, citing strong demand for data centre processors worldwide.")

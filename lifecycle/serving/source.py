@@ -15,7 +15,8 @@ from pathlib import Path
 
 from lifecycle import LifecycleError
 from lifecycle.artifact import Artifact, sha256_file, stable_hash
-from lifecycle.serving.settings import TUNED_SUFFIX
+
+TUNED_SUFFIX = ".serving.json"  # tuned settings + measurements, beside the served artifact or bundle
 
 
 @dataclass

@@ -122,7 +122,7 @@ class Config(StageBase):
         return {*LM_METRICS, *ADAPT_METRICS}
 
 
-def run(cfg: Config, parent, ctx) -> dict:
+def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     from transformers import set_seed
 
     from lifecycle import models
@@ -142,9 +142,8 @@ def run(cfg: Config, parent, ctx) -> dict:
         from lifecycle import contrastive
         from lifecycle.embedding import read_pooling
 
-        metrics = contrastive.train(cfg, models.load_model(AutoModel, path), tokenizer, read_pooling(path), ctx)
-        ctx.details["start"] = str(path)
-        return metrics
+        metrics, details = contrastive.train(cfg, models.load_model(AutoModel, path), tokenizer, read_pooling(path), ctx)
+        return metrics, {**details, "start": str(path)}
     model, objective, head_added = _load(path, parent)
     if cfg.objective not in (None, objective):
         raise ConfigError(f"stage '{cfg.label}': objective {cfg.objective} does not fit the start model ({objective})")
@@ -182,11 +181,14 @@ def run(cfg: Config, parent, ctx) -> dict:
         if trainer.is_world_process_zero():
             saved_before.write_text(json.dumps(before))
 
+    details = {}
     if cfg.probe and cfg.probe.every_eval:
         from lifecycle.components.language_model import transfer_callback
 
-        trainer.add_callback(transfer_callback(cfg.probe, tokenizer, ctx))
-    metrics = lm.fit(trainer, ctx, cfg.block_size)
+        callback, details["transfer"] = transfer_callback(cfg.probe, tokenizer, ctx.data(cfg.probe.data),
+                                                          ctx.stage.label)
+        trainer.add_callback(callback)
+    metrics, fitted = lm.fit(trainer, ctx, cfg.block_size)
     metrics["perplexity_before"] = lm.perplexity(before["domain_loss"])
     metrics["domain_perplexity_gain"] = 1 - metrics["perplexity"] / metrics["perplexity_before"]
     if general_eval is not None:
@@ -196,13 +198,13 @@ def run(cfg: Config, parent, ctx) -> dict:
         metrics["general_perplexity_change"] = metrics["general_perplexity"] / metrics["general_perplexity_before"] - 1
     metrics.update(domain.stats, vocab_size=len(tokenizer), head_added=float(head_added),
                    params_total=models.count_parameters(model)["params_total"])
-    ctx.details.update(objective=objective, block_size=cfg.block_size, data=domain.stats, start=str(path),
-                       head_warmup_steps=cfg.head_warmup_steps if head_added else 0)
+    details.update(fitted, objective=objective, block_size=cfg.block_size, data=domain.stats, start=str(path),
+                   head_warmup_steps=cfg.head_warmup_steps if head_added else 0)
     metrics = lm.finish(trainer, tokenizer, cfg.probe, ctx, metrics)
     if "probe_accuracy" in before and "probe_accuracy" in metrics:
         metrics["probe_accuracy_before"] = before["probe_accuracy"]
         metrics["adaptation_probe_gain"] = metrics["probe_accuracy"] - before["probe_accuracy"]
-    return metrics
+    return metrics, details
 
 
 def _load(path: Path, parent):

@@ -108,14 +108,14 @@ class Config(StageBase):
         self.gates = collapse_gate(self.gates, self.collapse_min, self.collapse_on_fail)
 
 
-def run(cfg: Config, parent, ctx) -> dict:
+def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     plugin = tasks.get(ctx.pipeline.task.type)
     if plugin.own_training:  # a model that does not read text (a table's): the task's recipe
         return plugin.distill(cfg, parent, ctx)
     return distill_text(cfg, parent, ctx)
 
 
-def distill_text(cfg: Config, parent, ctx) -> dict:
+def distill_text(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     import time
 
     from lifecycle import models
@@ -128,12 +128,11 @@ def distill_text(cfg: Config, parent, ctx) -> dict:
     data = ctx.task_data()
     loaded = cls.load_classifier(Path(parent.path), ctx, data, _teacher_labels(parent, data))
     teacher, t_tok = loaded.model, loaded.tokenizer
-    if loaded.head_pooling is not None:
-        ctx.details["head_pooling"] = loaded.head_pooling
+    details = {} if loaded.head_pooling is None else {"head_pooling": loaded.head_pooling}
     labels = cls.label_space(data, None)
-    student, s_tok, layer_map = build_student(cfg.student, teacher, t_tok, ctx, data, labels)
-    ctx.details.update(student_layers=layer_map, student_num_layers=student.config.num_hidden_layers,
-                       student_hidden_size=student.config.hidden_size)
+    student, s_tok, layer_map, built = build_student(cfg.student, teacher, t_tok, ctx, data, labels)
+    details.update(built, student_layers=layer_map, student_num_layers=student.config.num_hidden_layers,
+                   student_hidden_size=student.config.hidden_size)
 
     splits = cls.encode(data, s_tok, task.max_length, labels, cfg.validation_limit, ctx.seed)
     online = cfg.hidden_weight > 0 or not cfg.cache_teacher_logits
@@ -155,22 +154,22 @@ def distill_text(cfg: Config, parent, ctx) -> dict:
         compute_metrics=lambda p: cls.score(p.predictions, p.label_ids, labels),
         callbacks=training.callbacks(cfg.early_stopping))
     started = time.time()
-    training.train(trainer, checkpoints, ctx)  # resumes after a crash
+    measured = training.train(trainer, checkpoints, ctx)  # resumes after a crash
     train_seconds = time.time() - started
     val = trainer.evaluate()
-    ctx.details.update(best_checkpoint=trainer.state.best_model_checkpoint)
+    details.update(log_history=measured.log_history, best_checkpoint=trainer.state.best_model_checkpoint)
     if not trainer.is_world_process_zero():
-        return {}  # under torchrun only rank 0's artifact is kept: saving and testing are its job
+        return {}, details  # under torchrun only rank 0's artifact is kept: saving and testing are its job
     student = trainer.model
     models.save(student, s_tok, ctx.out_dir)
 
     texts, targets = data.splits["test"]["text"], splits["test"]["labels"]
     s_logits = logits_of(student, s_tok, texts, task.max_length)
-    metrics = score_test(s_logits, targets, texts, ctx.out_dir)
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **score_test(s_logits, targets, texts, ctx.out_dir)}
     metrics.update(cls.collapse_metrics(s_logits, targets, len(labels.names)))
     warning = cls.collapse_warning(metrics, cfg.collapse_min, lr=cfg.train.lr)
     if warning:
-        ctx.details["collapse_warning"] = warning
+        details["collapse_warning"] = warning
         ctx.echo(f"   warning: {warning}")
     teacher_scores = cls.score(logits_of(teacher, t_tok, texts, task.max_length), targets, labels)
     t_lat, s_lat = paired_latency(teacher, t_tok, student, s_tok, texts[0], cfg, task.max_length)
@@ -186,7 +185,7 @@ def distill_text(cfg: Config, parent, ctx) -> dict:
                    teacher_size_mb=models.size_mb(Path(parent.path) / "model.safetensors"),
                    **{f"val_{m}": val[f"eval_{m}"] for m in CLASSIFICATION}, eval_loss=val["eval_loss"],
                    train_seconds=train_seconds, train_steps=trainer.state.global_step)
-    return metrics
+    return metrics, details
 
 
 def _teacher_labels(parent, data):
@@ -207,7 +206,8 @@ def _teacher_labels(parent, data):
 
 # ------------------------------------------------------------------------------------------------ student
 def build_student(spec: Student, teacher, t_tok, ctx, data, labels):
-    """(student, tokenizer, layer_map): layer_map[j] is the teacher layer student layer j started from."""
+    """(student, tokenizer, layer_map, manifest details): layer_map[j] is the teacher layer student layer j
+    started from."""
     from transformers import AutoModelForSequenceClassification
 
     from lifecycle.components.classification import load_classifier
@@ -217,14 +217,12 @@ def build_student(spec: Student, teacher, t_tok, ctx, data, labels):
     if spec.model is not None:
         loaded = load_classifier(spec.model, ctx, data, labels)
         student, tok = loaded.model, loaded.tokenizer
-        ctx.details.update(loaded.details())
-        return student, tok, pick_layers(n_teacher, min(student.config.num_hidden_layers, n_teacher))
+        return student, tok, pick_layers(n_teacher, min(student.config.num_hidden_layers, n_teacher)), loaded.details()
     layers = student_layers(spec, n_teacher)
     config = student_config(teacher.config, layers, spec.overrides)
     student = apply_head_pooling(AutoModelForSequenceClassification.from_config(config))  # the teacher's head pooling
     copied = init_from_teacher(student, teacher, layers)
-    ctx.details["initialised_from_teacher"] = copied
-    return student, t_tok, layers
+    return student, t_tok, layers, {"initialised_from_teacher": copied}
 
 
 # --------------------------------------------------------------------------------------------- training

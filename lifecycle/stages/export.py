@@ -71,7 +71,7 @@ class Config(StageBase):
             self.gates = [*self.gates, Gate(metric="parity_max_abs_diff", max=self.parity_max)]
 
 
-def run(cfg: Config, parent, ctx) -> dict:
+def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     from lifecycle.components import onnx
     from lifecycle.edge import Predictor
 
@@ -89,11 +89,11 @@ def run(cfg: Config, parent, ctx) -> dict:
 
     splits = ctx.task_data().splits
     parity_texts = plugin.inputs(splits["validation"])[: cfg.parity_samples]
-    chosen = plain
+    chosen, details = plain, {}
     if not plugin.graph_fusions:
-        ctx.details["graph_optimization"] = {"kept": False, "reason": f"no fusions for {plugin.name} graphs"}
+        details["graph_optimization"] = {"kept": False, "reason": f"no fusions for {plugin.name} graphs"}
     elif cfg.optimize:
-        chosen, ctx.details["graph_optimization"] = onnx.maybe_fused(
+        chosen, details["graph_optimization"] = onnx.maybe_fused(
             plain, ctx.out_dir, ctx.scratch_dir, model, tokenizer, parity_texts, cfg.latency, task.max_length,
             cfg.parity_max, plugin.reference)
     shutil.copy2(chosen, ctx.out_dir / "model.onnx")
@@ -111,6 +111,6 @@ def run(cfg: Config, parent, ctx) -> dict:
     # what a later selection (the quantize ladder) compares with
     val, _ = plugin.score(predictor, splits["validation"], ctx.pipeline, "validation")
     metrics.update({f"val_{k}": v for k, v in val.items() if k in SPLIT_SCORES})
-    ctx.details.update(plugin.prediction_details(predictor, test, outputs))
-    return metrics
+    details.update(plugin.prediction_details(predictor, test, outputs))
+    return metrics, details
 

@@ -116,14 +116,14 @@ class Config(StageBase):
             self.gates = collapse_gate(self.gates, self.collapse_min, self.collapse_on_fail)
 
 
-def run(cfg: Config, parent, ctx) -> dict:
+def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     plugin = tasks.get(ctx.pipeline.task.type)
     if plugin.own_training:  # a model that does not read text (a table's): the task's recipe
         return plugin.finetune(cfg, parent, ctx)
     return finetune_text(cfg, parent, ctx)
 
 
-def finetune_text(cfg: Config, parent, ctx) -> dict:
+def finetune_text(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     import time
 
     from lifecycle import models
@@ -145,21 +145,20 @@ def finetune_text(cfg: Config, parent, ctx) -> dict:
     loaded = load_classifier(source, ctx, data, labels, multi_label=cfg.multi_label is not None,
                              pooling=cfg.head_pooling)
     model, tokenizer = loaded.model, loaded.tokenizer
-    ctx.details.update(loaded.details())
+    details = loaded.details()
     if cfg.lora:
-        model, trained_in_full = with_lora(model, cfg.lora, loaded.newly_initialised or [])
-        ctx.details["trained_in_full"] = trained_in_full
+        model, details["trained_in_full"] = with_lora(model, cfg.lora, loaded.newly_initialised or [])
     counts = models.count_parameters(model)
     splits = encode(data, tokenizer, task.max_length, labels, cfg.validation_limit, ctx.seed)
     started = time.time()
-    trainer, val = fit(model, splits, tokenizer, labels, cfg, cfg.train, ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
+    trainer, val, metrics, fitted = fit(model, splits, tokenizer, labels, cfg, cfg.train,
+                                       ctx.scratch_dir / "checkpoints", ctx.seed, ctx)
     train_seconds = time.time() - started
-    ctx.details.update(best_checkpoint=trainer.state.best_model_checkpoint,
-                       best_metric=trainer.state.best_metric, labels=labels.names)
+    details.update(fitted, best_checkpoint=trainer.state.best_model_checkpoint,
+                   best_metric=trainer.state.best_metric, labels=labels.names)
     if not trainer.is_world_process_zero():
-        return {}  # under torchrun only rank 0's artifact is kept: saving and testing are its job
+        return {}, details  # under torchrun only rank 0's artifact is kept: saving and testing are its job
 
-    metrics = {}
     if cfg.lora:
         model.save_pretrained(ctx.out_dir / "adapter", safe_serialization=True)
         probe = data.splits["validation"]["text"][:32]
@@ -178,7 +177,7 @@ def finetune_text(cfg: Config, parent, ctx) -> dict:
         metrics.update(collapse_metrics(test_logits, test["labels"], len(labels.names)))
         warning = collapse_warning(metrics, cfg.collapse_min, lora=cfg.lora is not None, lr=cfg.train.lr)
         if warning:
-            ctx.details["collapse_warning"] = warning
+            details["collapse_warning"] = warning
             ctx.echo(f"   warning: {warning}")
     metrics.update(torch_latency(model, tokenizer, data.splits["test"]["text"][0], cfg.latency, task.max_length))
     metrics.update(counts, trainable_fraction=counts["params_trainable"] / counts["params_total"],
@@ -192,28 +191,32 @@ def finetune_text(cfg: Config, parent, ctx) -> dict:
         from lifecycle.evaluation.baseline import tfidf_logreg
 
         metrics.update(tfidf_logreg(data, ctx.seed))
-    return metrics
+    return metrics, details
 
 
 def fit(model, splits, tokenizer, labels, cfg: Config, train: TrainConfig, checkpoints: Path, seed: int, ctx=None,
         echo=None):
-    """Train with the Trainer (resuming after a crash); returns the trainer and validation metrics of the
-    best checkpoint, which the Trainer reloads at the end of training. Without `ctx` (the control) nothing
-    goes into the manifest and progress goes to `echo`."""
+    """Train with the Trainer (resuming after a crash); returns the trainer, the validation metrics of the
+    best checkpoint (which the Trainer reloads at the end of training), and the metrics and manifest details
+    the stage reports of the training. Without `ctx` (the control) progress goes to `echo`."""
     from lifecycle.components import classification as cls
     from lifecycle.components import training
 
     weights = cls.class_weights(cfg.class_weights, splits["train"]["labels"], labels)
-    if weights is not None and ctx is not None:
-        ctx.details["class_weights"] = dict(zip(labels.names, weights))
+    metrics, details = {}, {}
+    if weights is not None:
+        details["class_weights"] = dict(zip(labels.names, weights))
     trainer = cls.classifier_trainer(
         cls.classification_loss(weights, labels.multi), model=model,
         args=training.best_checkpoint_args(train, checkpoints, seed, cfg.metric), train_dataset=splits["train"],
         eval_dataset=splits["validation"], data_collator=cls.collator(tokenizer),
         compute_metrics=lambda p: cls.score(p.predictions, p.label_ids, labels),
         callbacks=training.callbacks(cfg.early_stopping))
-    training.train(trainer, checkpoints, ctx, echo=echo)
-    return trainer, trainer.evaluate()
+    measured = training.train(trainer, checkpoints, ctx, echo=echo)
+    if measured is not None:
+        metrics["data_wait_fraction"] = measured.data_wait_fraction
+        details["log_history"] = measured.log_history
+    return trainer, trainer.evaluate(), metrics, details
 
 
 def control(config, tokenizer, splits, data, labels, cfg: Config, ctx) -> dict:
@@ -227,7 +230,7 @@ def control(config, tokenizer, splits, data, labels, cfg: Config, ctx) -> dict:
     seed_everything(ctx.seed)
     model = apply_head_pooling(AutoModelForSequenceClassification.from_config(config))
     # its own checkpoints, so a crash resumes the control without touching the main run's
-    trainer, _ = fit(model, splits, tokenizer, labels, cfg, cfg.control.train or cfg.train,
+    trainer, *_ = fit(model, splits, tokenizer, labels, cfg, cfg.control.train or cfg.train,
                      ctx.scratch_dir / "control-checkpoints", ctx.seed, echo=ctx.echo)
     logits = logits_of(trainer.model, tokenizer, data.splits["test"]["text"], ctx.pipeline.task.max_length)
     return {f"control_{k}": v for k, v in score(logits, splits["test"]["labels"], labels).items()}

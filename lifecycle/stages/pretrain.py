@@ -98,7 +98,7 @@ class Config(StageBase):
         return {*LM_METRICS, "unigram_perplexity", "perplexity_vs_unigram", "probe_accuracy"}
 
 
-def run(cfg: Config, parent, ctx) -> dict:
+def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     from transformers import set_seed
 
     from lifecycle import models
@@ -144,21 +144,24 @@ def run(cfg: Config, parent, ctx) -> dict:
     config = models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     model = lm.new_model(config, objective)
     trainer = lm.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
+    details = {}
     if cfg.probe and cfg.probe.every_eval:
         from lifecycle.components.language_model import transfer_callback
 
-        trainer.add_callback(transfer_callback(cfg.probe, tokenizer, ctx))
-    metrics = lm.fit(trainer, ctx, cfg.block_size)
+        callback, details["transfer"] = transfer_callback(cfg.probe, tokenizer, ctx.data(cfg.probe.data),
+                                                          ctx.stage.label)
+        trainer.add_callback(callback)
+    metrics, fitted = lm.fit(trainer, ctx, cfg.block_size)
     metrics.update(corpus.stats, vocab_size=len(tokenizer), params_total=models.count_parameters(model)["params_total"])
     metrics["unigram_perplexity"] = lm.unigram_perplexity(blocks, eval_blocks, objective, len(tokenizer),
                                                           tokenizer.all_special_ids)
     # below 1 = the model beats word frequencies on the same targets; a gate can bound it
     metrics["perplexity_vs_unigram"] = metrics["perplexity"] / metrics["unigram_perplexity"]
-    ctx.details.update(objective=objective, block_size=cfg.block_size, data=corpus.stats)
-    return lm.finish(trainer, tokenizer, cfg.probe, ctx, metrics)
+    details.update(fitted, objective=objective, block_size=cfg.block_size, data=corpus.stats)
+    return lm.finish(trainer, tokenizer, cfg.probe, ctx, metrics), details
 
 
-def _contrastive(cfg: Config, ctx) -> dict:
+def _contrastive(cfg: Config, ctx) -> tuple[dict, dict]:
     """An encoder from scratch trained only with the contrastive objective (lifecycle.contrastive)."""
     from transformers import AutoModel, set_seed
 
@@ -170,8 +173,8 @@ def _contrastive(cfg: Config, ctx) -> dict:
     tokenizer = _tokenizer(cfg, corpus, ctx)
     set_seed(ctx.seed)
     model = AutoModel.from_config(models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id))
-    metrics = contrastive.train(cfg, model, tokenizer, Pooling(), ctx, corpus)
-    return {**metrics, **corpus.stats, "vocab_size": len(tokenizer)}
+    metrics, details = contrastive.train(cfg, model, tokenizer, Pooling(), ctx, corpus)
+    return {**metrics, **corpus.stats, "vocab_size": len(tokenizer)}, details
 
 
 def _tokenizer(cfg: Config, corpus, ctx):

@@ -129,7 +129,7 @@ class Config(StageBase):
                 *(m for t in tasks.REGISTRY.values() for m in t.metrics)}
 
 
-def run(cfg: Config, parent, ctx) -> dict:
+def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     from lifecycle import LifecycleError
     from lifecycle import gates as gatelib
     from lifecycle.edge import Predictor
@@ -143,13 +143,13 @@ def run(cfg: Config, parent, ctx) -> dict:
             candidates.append((attempt, candidate))
         if attempt["passed"]:
             break
-    ctx.details["attempts"] = attempts
+    details = {"attempts": attempts}
     if not candidates:
         raise LifecycleError("quantize: every rung failed: " + "; ".join(f"{a['rung']}: {a['error']}" for a in attempts))
     passed = [c for c in candidates if c[0]["passed"]]
     # keep-best: the closest candidate; on a tie the later rung (the ladder's fallback order)
     attempt, (rung_dir, chosen) = passed[0] if passed else min(reversed(candidates), key=lambda c: closeness(c[0]))
-    ctx.details.update(explain(cfg, attempts, attempt, ladder.score))
+    details.update(explain(cfg, attempts, attempt, ladder.score))
 
     task, test = ladder.task, ladder.splits["test"]
     predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
@@ -157,12 +157,12 @@ def run(cfg: Config, parent, ctx) -> dict:
     metrics, outputs = task.score(predictor, test, ctx.pipeline, "test", reference, ctx.out_dir)
     metrics.update({k: v for k, v in chosen.items() if k not in gatelib.SPLIT_SCORES})  # latency, size, speed
     metrics.update({f"val_{k}": v for k, v in chosen.items() if k in gatelib.SPLIT_SCORES})
-    ctx.details.update(method=attempt["method"], rung=attempt["rung"], passed=attempt["passed"],
-                       **task.prediction_details(predictor, test, outputs))
+    details.update(method=attempt["method"], rung=attempt["rung"], passed=attempt["passed"],
+                   **task.prediction_details(predictor, test, outputs))
     for f in rung_dir.iterdir():
         if f.is_file():
             shutil.copy2(f, ctx.out_dir / f.name)
-    return metrics
+    return metrics, details
 
 
 class Ladder:

@@ -75,7 +75,7 @@ class Config(StageBase):
         self.gates = [*self.gates, *(g for g in defaults if g.metric not in mine)]
 
 
-def run(cfg: Config, parent, ctx) -> dict:
+def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     from lifecycle.edge import Predictor
     from lifecycle.serving import Server, json_request, resolve, run_load, write_config
 
@@ -113,9 +113,8 @@ def run(cfg: Config, parent, ctx) -> dict:
         {"clients": cfg.clients, "texts_per_request": n, "texts": len(texts), "port": server.port,
          "server_exit_code": exit_code, "score_tolerance": cfg.score_tolerance, **summary,
          "parent_accuracy": parent.metrics.get("accuracy"), "http_accuracy": metrics.get("http_accuracy")}, indent=2))
-    ctx.details["serving"] = {"status_counts": summary["status_counts"], "clients": cfg.clients,
-                              "score_tolerance": cfg.score_tolerance}
-    return metrics
+    return metrics, {"serving": {"status_counts": summary["status_counts"], "clients": cfg.clients,
+                                 "score_tolerance": cfg.score_tolerance}}
 
 
 def one_path_agreement(task, answers: list, local: list, tolerance: float) -> dict:

@@ -45,16 +45,16 @@ class TaskPlugin:
     own_training: ClassVar[bool] = False
     finetunes_into: ClassVar[Holds] = "classifier"  # what a finetune stage under this task holds
 
-    def finetune(self, cfg, parent, ctx) -> dict:
-        """Train the task's model under the finetune stage `cfg`; returns the stage's metrics."""
+    def finetune(self, cfg, parent, ctx) -> tuple[dict, dict]:
+        """Train the task's model under the finetune stage `cfg`; returns the stage's (metrics, details)."""
         raise NotImplementedError
 
     def finetune_problem(self, cfg) -> str | None:
         """"field: why" for a finetune setting this task's recipe does not support, else None."""
         return None
 
-    def distill(self, cfg, parent, ctx) -> dict:
-        """Distil the parent (the teacher) under the distill stage `cfg`; returns the stage's metrics."""
+    def distill(self, cfg, parent, ctx) -> tuple[dict, dict]:
+        """Distil the parent (the teacher) under the distill stage `cfg`; returns the stage's (metrics, details)."""
         raise NotImplementedError
 
     def distill_problem(self, cfg) -> str | None:

@@ -67,7 +67,7 @@ class Generation(TaskPlugin):
         return ctx._loaded[key]
 
     # --------------------------------------------------------------------------------- training
-    def finetune(self, cfg, parent, ctx) -> dict:
+    def finetune(self, cfg, parent, ctx) -> tuple[dict, dict]:
         from lifecycle import generation
 
         return generation.finetune(cfg, parent, ctx, self)
@@ -86,7 +86,7 @@ class Generation(TaskPlugin):
             return "model: a generation finetune continues a causal LM (`path`, or the parent); pre-train presets first"
         return None
 
-    def distill(self, cfg, parent, ctx) -> dict:
+    def distill(self, cfg, parent, ctx) -> tuple[dict, dict]:
         from lifecycle import decoder_distillation
 
         return decoder_distillation.distill(cfg, parent, ctx)

@@ -32,7 +32,7 @@ class ImageClassification(ClassAnswers, ImageTask):
     argmax_parity = True
 
     # ------------------------------------------------------------------------------- training
-    def finetune(self, cfg, parent, ctx) -> dict:
+    def finetune(self, cfg, parent, ctx) -> tuple[dict, dict]:
         from lifecycle import images
 
         return images.finetune(cfg, parent, ctx, self)
@@ -40,7 +40,7 @@ class ImageClassification(ClassAnswers, ImageTask):
     def finetune_problem(self, cfg) -> str | None:
         return own_recipe_problem(cfg, self.name, "RBF SVM", "an image model", lora=True)
 
-    def distill(self, cfg, parent, ctx) -> dict:
+    def distill(self, cfg, parent, ctx) -> tuple[dict, dict]:
         from lifecycle import images
 
         return images.distill(cfg, parent, ctx, self)

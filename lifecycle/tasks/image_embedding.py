@@ -44,7 +44,7 @@ class ImageEmbedding(EmbeddingAnswers, ImageTask):
         return None
 
     # ------------------------------------------------------------------------------- training
-    def finetune(self, cfg, parent, ctx) -> dict:
+    def finetune(self, cfg, parent, ctx) -> tuple[dict, dict]:
         from lifecycle import image_embedding
 
         return image_embedding.finetune(cfg, parent, ctx, self)
@@ -52,7 +52,7 @@ class ImageEmbedding(EmbeddingAnswers, ImageTask):
     def finetune_problem(self, cfg) -> str | None:
         return own_recipe_problem(cfg, self.name, "pixel kNN", "an image model", lora=True)
 
-    def distill(self, cfg, parent, ctx) -> dict:
+    def distill(self, cfg, parent, ctx) -> tuple[dict, dict]:
         from lifecycle import image_embedding
 
         return image_embedding.distill(cfg, parent, ctx, self)

@@ -22,7 +22,7 @@ class TableTask(TaskPlugin):
     request_key = "rows"  # {"rows": [{column: value, ...}, ...]}
 
     # ------------------------------------------------------------------------------- training
-    def finetune(self, cfg, parent, ctx) -> dict:
+    def finetune(self, cfg, parent, ctx) -> tuple[dict, dict]:
         from lifecycle import tabular
 
         return tabular.finetune(cfg, parent, ctx, self)
@@ -30,7 +30,7 @@ class TableTask(TaskPlugin):
     def finetune_problem(self, cfg) -> str | None:
         return own_recipe_problem(cfg, self.name, "gradient-boosting", "a table model", lora=True)
 
-    def distill(self, cfg, parent, ctx) -> dict:
+    def distill(self, cfg, parent, ctx) -> tuple[dict, dict]:
         from lifecycle import table_distillation
 
         return table_distillation.distill(cfg, parent, ctx, self)
