@@ -26,12 +26,11 @@ from lifecycle.serving.settings import (
     SAMPLE_TEXT,
     SERVICE_DIR,
     STORED_SUBDIR,
-    TUNED_SUFFIX,
     ServingSettings,
     load_settings,
     write_config,
 )
-from lifecycle.serving.source import Served, checked, last_onnx_artifact, resolve
+from lifecycle.serving.source import TUNED_SUFFIX, Served, checked, last_onnx_artifact, resolve
 from lifecycle.serving.tuning import measure_settings, pick_best, tune_settings, tuning_grid
 
 __all__ = [

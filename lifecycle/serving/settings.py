@@ -14,7 +14,7 @@ from pydantic import Field
 from lifecycle import LifecycleError
 from lifecycle.artifact import write_json
 from lifecycle.schema import Strict, unset
-from lifecycle.serving.source import TUNED_SUFFIX, Served  # noqa: F401 (TUNED_SUFFIX: lifecycle.serving exports it from here)
+from lifecycle.serving.source import Served
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # lifecycle/, whose __init__.py and edge/ a Bento copies
 
