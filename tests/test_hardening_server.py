@@ -288,9 +288,22 @@ def test_one_long_text_does_not_stall_the_event_loop(hardened):
     assert max(latencies) < max(0.25, 0.3 * seconds), (seconds, sorted(latencies)[-5:])
 
 
+def test_a_second_server_leaves_the_first_ones_metrics_alone(hardened, tmp_path):
+    """Every `bentoml serve` empties the Prometheus directory under its BentoML home as it starts: with one
+    home for both, starting a second server wiped the first one's gauges (its admitted count then read 0).
+    Each server has a home of its own, removed when it stops."""
+    prometheus = hardened.home / "prometheus_multiproc_dir"
+    before = {p.name for p in prometheus.iterdir()}
+    assert before, "the running server keeps its metrics in its own home"
+    with serving.Server(hardened.config, log=tmp_path / "second.log") as second:
+        home = second.home
+        assert home != hardened.home and (home / "prometheus_multiproc_dir").is_dir()
+        assert before <= {p.name for p in prometheus.iterdir()}
+        assert httpx.get(hardened.url + "/metrics", timeout=10).status_code == 200
+    assert second.home is None and not home.exists()
+
+
 # ------------------------------------------------------------------------------------ other models
-# After every test of the `hardened` server that reads its /metrics: each `bentoml serve` empties BentoML's
-# one Prometheus directory (under $BENTOML_HOME) as it starts, and a server already running loses its gauges.
 def served_model(kind: str, tmp: Path) -> Path:
     """What each of server_cases.yaml's `models` is served from, as small as it can be built."""
     if kind == "generator":  # a gpt-tiny decoder, untrained, exported with its KV cache: no training run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from lifecycle.serving.server import foreground, service_command
@@ -28,7 +29,8 @@ def serve(source, host: str = "127.0.0.1", port: int = 3000, tune: bool = False,
             where = f"tuned, from {served.tuned_path}" if served.tuned_path.is_file() else "defaults"
             print(f"serving {served.name} (version {served.version[:12]}) on http://{host}:{port}; "
                   f"settings: {where}", flush=True)
-            return foreground(*service_command(config, host, port))
+            with tempfile.TemporaryDirectory(prefix="lifecycle-bentoml-") as home:  # see service_command
+                return foreground(*service_command(config, host, port, Path(home)))
         finally:
             config.unlink(missing_ok=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,9 +24,14 @@ def bentoml_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "bentoml", *args]
 
 
-def service_command(config: Path, host: str, port: int) -> tuple[list[str], dict]:
-    """`bentoml serve` on serving/service.py, and its environment: the config file it reads, no telemetry."""
-    env = dict(os.environ, **{CONFIG_ENV: str(config)}, BENTOML_DO_NOT_TRACK="true", ORT_DISABLE_TELEMETRY="1")
+def service_command(config: Path, host: str, port: int, home: Path) -> tuple[list[str], dict]:
+    """`bentoml serve` on serving/service.py, and its environment: the config file it reads, no telemetry, and
+    a BentoML home of its own (`home`, an empty directory the caller removes after the server stops): every
+    `bentoml serve` empties the Prometheus directory under its home as it starts, so two servers sharing one
+    would wipe each other's metrics (a running server's lifecycle_requests_admitted read 0). The service reads
+    its model by path, never from the home's model store."""
+    env = dict(os.environ, **{CONFIG_ENV: str(config)}, BENTOML_DO_NOT_TRACK="true", ORT_DISABLE_TELEMETRY="1",
+               BENTOML_HOME=str(home))
     cmd = bentoml_command("serve", "service:Classifier", "--working-dir", str(SERVICE_DIR),
                           "--host", host, "--port", str(port))
     return cmd, env
@@ -50,6 +56,7 @@ class Server:
         self.log = Path(log) if log else Path(tempfile.mkstemp(prefix="lifecycle-serve-", suffix=".log")[1])
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
+        self.home: Path | None = None  # the server's BentoML home (see service_command), removed when it stops
 
     @property
     def url(self) -> str:
@@ -63,7 +70,8 @@ class Server:
         self.stop()
 
     def start(self) -> None:
-        cmd, env = service_command(self.config, self.host, self.port)
+        self.home = Path(tempfile.mkdtemp(prefix="lifecycle-bentoml-"))
+        cmd, env = service_command(self.config, self.host, self.port, self.home)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -91,7 +99,15 @@ class Server:
         raise LifecycleError(f"bentoml serve not ready after {self.startup_timeout_s:.0f} s:\n{self.log_tail()}")
 
     def stop(self, grace_s: float = 20.0) -> int | None:
-        """SIGTERM to the whole session (server and workers), SIGKILL after grace_s."""
+        """SIGTERM to the whole session (server and workers), SIGKILL after grace_s; then its BentoML home goes."""
+        try:
+            return self._stop(grace_s)
+        finally:
+            if self.home is not None and (self.proc is None or self.proc.poll() is not None):
+                shutil.rmtree(self.home, ignore_errors=True)
+                self.home = None
+
+    def _stop(self, grace_s: float) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
