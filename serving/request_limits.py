@@ -43,7 +43,6 @@ def _admitted_gauge():
                                    multiprocess_mode="livesum")
 
 
-
 @dataclass
 class Served:
     """What one worker serves, shared by the Classifier service (which opens the predictor), RequestLimits and
