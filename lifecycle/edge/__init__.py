@@ -30,6 +30,7 @@ One module per job:
     text_inputs   texts -> feeds: the tokenizer, padding
     table_inputs  rows -> feeds: TablePreprocessing, RowError
     image_inputs  images -> pixel_values: bounded decoding, ImagePreprocessing, ImageError
+    requests      the checks of a served request's JSON payload (texts, rows, prompts, images), no server needed
     bundle        the files a bundle holds, BundleError, manifest reading, hash verification
     signature     manifest.sig verification with trusted Ed25519 keys
     extraction    bundle zips: safe extraction under size limits, the manifest read in place

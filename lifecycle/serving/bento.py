@@ -1,5 +1,5 @@
 """`lifecycle build`: the served model into BentoML's model store (version = artifact hash), then a
-Bento holding serving/service.py, the lifecycle/edge/ package and the settings."""
+Bento holding serving/service.py (with its sibling modules), the lifecycle/edge/ package and the settings."""
 
 from __future__ import annotations
 
@@ -39,7 +39,9 @@ def build(source, verdict: dict | None = None) -> str:
             _copy_model(served.path, Path(model.path) / STORED_SUBDIR)
     ctx = Path(tempfile.mkdtemp(prefix="lifecycle-bento-"))
     try:
-        shutil.copy2(SERVICE_DIR / "service.py", ctx / "service.py")
+        for module in SERVICE_DIR.glob("*.py"):  # service.py and the modules beside it that it imports
+            if module.name != "__init__.py":
+                shutil.copy2(module, ctx / module.name)
         shutil.copy2(SERVICE_DIR / "bentofile.yaml", ctx / "bentofile.yaml")
         (ctx / "lifecycle").mkdir()  # the service needs only lifecycle.edge
         shutil.copy2(PACKAGE_DIR / "__init__.py", ctx / "lifecycle" / "__init__.py")

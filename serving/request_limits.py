@@ -1,0 +1,339 @@
+"""The service's ASGI middleware, RequestLimits: what the model must never see is refused before it takes a
+concurrency slot (body size and time, content type, the payload's checks from lifecycle.edge.requests),
+then the checked request is replayed to BentoML within one of max_concurrency slots. A sibling of
+service.py, imported as a top-level module (BentoML imports the service by path, from its folder)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+
+import anyio
+from http_guards import error, json_errors, parse_json, with_connection_close
+
+from lifecycle import edge
+from lifecycle.edge import requests as checks
+
+# every POST route of the service; a model answers on the one its task declares
+ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score", "/classify_image", "/embed_image", "/generate")
+# {"stream": true} (or an Accept: text/event-stream header) on POST /generate: RequestLimits hands the checked
+# request to this route, which answers with server-sent events. Not a public route: called directly, it is 404.
+STREAM_ROUTE = "/generate_stream"
+# A single text shorter than this is inferred on the event loop (Classifier.infer); longer ones, and the
+# untruncated tokenisation of over_length "reject", go to a thread. Tokenising costs ~1 us per character
+# whatever max_length is (truncation comes after tokenising the whole text): 1 M characters held the
+# event loop, /livez included, for ~0.9 s. 2000 characters are ~2 ms, ten times the sample text.
+INLINE_MAX_CHARS = 2000
+# A request's images up to this many pixels are decoded on the event loop (~4 ms); more in a thread.
+INLINE_IMAGE_PIXELS = 1 << 20
+IMAGE_MEDIA = (b"image/png", b"image/jpeg")  # image bodies an image model takes (besides JSON)
+# Never behind the concurrency limit, as in BentoML's own MaxConcurrencyMiddleware.
+UNLIMITED_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+
+
+@functools.cache
+def _admitted_gauge():
+    """One gauge per worker process (prometheus_client refuses a second registration of a name); imported
+    late, once BentoML has set the worker's multiprocess directory, so that /metrics sums the workers."""
+    import prometheus_client
+
+    return prometheus_client.Gauge("lifecycle_requests_admitted", "requests holding a max_concurrency slot",
+                                   multiprocess_mode="livesum")
+
+
+@dataclass
+class Served:
+    """What one worker serves, shared by the Classifier service (which opens the predictor), RequestLimits and
+    GET /metadata: the middleware is built before the model is opened, so it gets this holder, not the model."""
+
+    predictor: object = None  # lifecycle.edge.Predictor, once Classifier.__init__ has opened it
+    input_counts: dict = field(default_factory=dict)  # what table rows' checks counted, summed (GET /metadata)
+
+
+class RequestLimits:
+    """ASGI middleware in front of POST /classify and /embed: refuses what the model must never see, each with a
+    JSON {"error": ...} body. It reads the body itself (bounded in size and time), so an oversized upload costs
+    at most max_body_bytes of memory; the checked body is then replayed to BentoML unchanged.
+
+    It also holds the max_concurrency limit, which BentoML is not given: BentoML takes its slot before
+    anything reads the body, so 100 uploads sending their bodies slowly held all 32 slots and every
+    other request got 429 for as long as they kept sending. Here a request takes a slot only once its
+    whole body has arrived and is well-formed JSON of the right shape; an incomplete body is cut off
+    after body_timeout_s."""
+
+    def __init__(self, app, settings: dict, served: Served):
+        self.app = app
+        self.s = settings
+        self.served = served
+        self.tokenizer = None  # loaded on first use: the model is opened after the middleware is built
+        # Keep-alive connections (client address) -> when their first request came: see closing().
+        self.max_age = settings["max_connection_age_s"] if settings["workers"] > 1 else None
+        self.opened: dict[tuple, float] = {}
+        # Per worker, as BentoML splits it: each worker has its own event loop and its own middleware.
+        self.slots = anyio.Semaphore(-(-settings["max_concurrency"] // settings["workers"]))
+        self.admitted = _admitted_gauge()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+            return await self.app(scope, receive, send)
+        if scope["path"] == STREAM_ROUTE:
+            return await error(scope, receive, send, 404, 'POST /generate with {"stream": true} streams')
+        if scope["path"] not in ROUTES or scope["method"] != "POST":
+            return await self.limited(scope, receive, send)
+        predictor = self.served.predictor
+        if scope["path"] != predictor.route:
+            return await error(scope, receive, send, 404,
+                                f"this server serves a {predictor.task} model: POST {predictor.route}")
+        headers = dict(scope["headers"])
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        image_body = predictor.image is not None and media in IMAGE_MEDIA
+        upload = predictor.image is not None and media == b"multipart/form-data"
+        if media != b"application/json" and not (image_body or upload):  # includes application/vnd.bentoml+pickle: never unpickle input
+            shown = media.decode("latin-1")[:80] or "none"
+            allowed = ("image/png, image/jpeg, multipart/form-data or application/json" if predictor.image is not None
+                       else "application/json")
+            return await error(scope, receive, send, 415, f"content type must be {allowed} (got {shown})")
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.s["max_body_bytes"]):
+            return await error(scope, receive, send, 413, f"body over {self.s['max_body_bytes']} bytes")
+        chunks, size = [], 0
+        try:
+            with anyio.fail_after(self.s["body_timeout_s"]):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.s["max_body_bytes"]:
+                        return await error(scope, receive, send, 413,
+                                            f"body over {self.s['max_body_bytes']} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            # Closing the connection: the rest of a body that slow is not worth reading.
+            return await error(scope, receive, with_connection_close(send), 408,
+                                f"request body not complete after {self.s['body_timeout_s']:g} s")
+        body = b"".join(chunks)
+        if predictor.image is not None:
+            problem, status, images, payload = await self.check_images(body, image_body, scope if upload else None)
+            if problem:
+                return await error(scope, receive, send, status, problem)
+            # BentoML gets the checked images as the JSON its route declares, whatever the client sent
+            body = json.dumps(payload).encode()
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k not in (b"content-type",
+                                                                                          b"content-length")]
+                     + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+            return await self.forward(scope, receive, send, body, functools.partial(self.decode_images, *images))
+        payload, problem = parse_json(body)
+        if problem:
+            return await error(scope, receive, send, 400, problem)
+        problem = self.check(payload, predictor)
+        if problem:
+            return await error(scope, receive, send, 422, problem)
+        admitted_check = None
+        if predictor.generation is not None:
+            scope, body = _generate_scope(scope, payload, body, headers)
+            admitted_check = functools.partial(self.over_context, payload["prompts"])
+        elif "texts" in payload and self.s["over_length"] == "reject":
+            admitted_check = functools.partial(self.over_length, payload["texts"])
+        await self.forward(scope, receive, send, body, admitted_check)
+
+    async def forward(self, scope, receive, send, body: bytes, admitted_check=None) -> None:
+        """The checked body, replayed to BentoML within a concurrency slot (see limited)."""
+        if self.closing(scope):
+            send = with_connection_close(send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.limited(scope, replay, send, admitted_check)
+
+    async def limited(self, scope, receive, send, admitted_check=None) -> None:
+        """The app, within one of this worker's max_concurrency slots, or 429 when none is free. Work that
+        costs in proportion to the request (tokenising long texts, decoding images) is `admitted_check`: it
+        runs with the slot held and answers (status, message) to refuse, None to go on."""
+        if self.slots.value == 0:
+            return await error(scope, receive, send, 429, "Too many requests")
+        async with self.slots:
+            with self.admitted.track_inprogress():
+                refusal = admitted_check and await admitted_check()
+                if refusal:
+                    return await error(scope, receive, send, *refusal)
+                await self.app(scope, receive, json_errors(send))
+
+    def closing(self, scope) -> bool:
+        """Whether this response ends its keep-alive connection. Workers share one listening socket and
+        the kernel gives each connection to one of them for its lifetime; with a few long-lived clients
+        it often gives them all to one worker (measured: 8 of 8 wrk connections, then half the req/s of
+        2 workers). A connection older than max_connection_age_s is closed after its next response, as
+        gRPC's MAX_CONNECTION_AGE does: the client reconnects, and the reconnection goes to whichever
+        worker is waiting in accept(), i.e. the less busy one."""
+        client = scope.get("client")
+        if not self.max_age or not client:
+            return False
+        now, key = time.monotonic(), tuple(client)
+        if now - self.opened.setdefault(key, now) < self.max_age:
+            if len(self.opened) > 10_000:  # addresses of connections that closed on their own
+                self.opened = {k: t for k, t in self.opened.items() if now - t < self.max_age}
+            return False
+        del self.opened[key]
+        return True
+
+    async def check_images(self, body: bytes, image_body: bool, upload=None):
+        """(problem, HTTP status, (images, names), {"images": [base64, ...]}) for an image model's request: one
+        image as the body, a multipart upload (`upload`: its scope) of image files, or a JSON list of base64
+        images. Only the images' headers are read here, before admission (lifecycle.edge.open_image: format,
+        mode, each image's pixels, then the request's pixel budget); decode_images decodes them once the
+        request holds a slot, so the model never sees a bad one and the message names the item."""
+        import base64
+
+        if image_body:
+            items, names = [body], ["the image"]
+        elif upload is not None:
+            problem, status, items, names = await self.uploaded_images(body, upload)
+            if problem:
+                return problem, status, None, None
+        else:
+            payload, problem = parse_json(body)
+            if problem:
+                return problem, 400, None, None
+            problem, items = checks.image_items(payload, self.s["max_texts"])
+            if problem:
+                return problem, 422, None, None
+            names = [f'"images"[{i}]' for i in range(len(items))]
+        pixels = self.s.get("max_image_pixels") or edge.MAX_IMAGE_PIXELS
+        formats = self.s.get("image_formats") or edge.IMAGE_FORMATS
+        opened = []
+        for name, item in zip(names, items):
+            try:
+                opened.append(edge.open_image(item, pixels, formats))
+            except edge.ImageError as exc:
+                return f"{name}: {exc.reason}", exc.status, None, None
+        try:
+            edge.check_request_pixels(opened, self.s.get("max_request_pixels") or edge.MAX_REQUEST_PIXELS)
+        except edge.ImageError as exc:
+            return exc.reason, exc.status, None, None
+        return None, 200, (opened, names), {"images": [base64.b64encode(item).decode("ascii") for item in items]}
+
+    async def decode_images(self, images: list, names: list[str]) -> tuple[int, str] | None:
+        """The opened images of a checked request decoded whole, with its concurrency slot held; in a thread
+        unless small (see INLINE_IMAGE_PIXELS). (status, message naming the image) for one that fails."""
+        def decode_all():
+            for name, im in zip(names, images):
+                try:
+                    edge.load_image(im)
+                except edge.ImageError as exc:
+                    return exc.status, f"{name}: {exc.reason}"
+            return None
+
+        if sum(im.size[0] * im.size[1] for im in images) <= INLINE_IMAGE_PIXELS:
+            return decode_all()
+        return await anyio.to_thread.run_sync(decode_all)
+
+    async def uploaded_images(self, body: bytes, scope) -> tuple[str | None, int, list[bytes], list[str]]:
+        """(problem, HTTP status, images, their names) of a multipart/form-data body (already read, within
+        max_body_bytes): every part must be a file, at most max_texts of them, in the order sent. Parsed by
+        Starlette's parser (python-multipart), as BentoML's own form inputs are."""
+        from starlette.datastructures import Headers, UploadFile
+        from starlette.formparsers import MultiPartException, MultiPartParser
+
+        async def stream():
+            yield body
+
+        limit = self.s["max_texts"]
+        try:  # the parser stops at the first file over the limit
+            form = await MultiPartParser(Headers(scope=scope), stream(), max_files=limit, max_fields=limit).parse()
+        except MultiPartException as exc:
+            if exc.message.startswith("Too many files"):
+                return f"multipart body has more than {limit} files; the limit is {limit} per request", 422, [], []
+            return f"multipart body: {exc.message}", 400, [], []
+        try:
+            parts = form.multi_items()
+            field = next((name for name, value in parts if not isinstance(value, UploadFile)), None)
+            if field is not None or not parts:
+                shown = f'field "{field}" is not a file' if field is not None else "body has no parts"
+                return f"multipart {shown}; send each image as a file part", 422, [], []
+            return None, 200, [await f.read() for _, f in parts], [f'part "{n}" ({f.filename})' for n, f in parts]
+        finally:
+            await form.close()
+
+    def check(self, payload, predictor) -> str | None:
+        """The payload's checks (lifecycle.edge.requests) for the model's inputs; what a table model's rows
+        count (missing values, unknown categories...) adds up in GET /metadata's input_counts."""
+        if predictor.generation is not None:
+            return checks.check_prompts(payload, self.s["max_texts"])
+        if predictor.table is None:
+            return checks.check_texts(payload, self.s["max_texts"])
+        problem, counts = checks.check_rows(payload, self.s["max_texts"], predictor.table)
+        totals = self.served.input_counts
+        for kind, per_column in counts.items():
+            for column, n in per_column.items():
+                totals.setdefault(kind, {})[column] = totals.get(kind, {}).get(column, 0) + n
+        return problem
+
+    async def over_context(self, prompts: list[str]) -> tuple[int, str] | None:
+        """The first prompt that leaves no room to generate in the model's context (413, naming the limit).
+        Tokenised in a thread when long (see INLINE_MAX_CHARS); the generator's tokenizer never truncates,
+        so sharing it with the inference thread is safe."""
+        predictor = self.served.predictor
+
+        def lengths():
+            return [len(predictor.prompt_ids(p)) for p in prompts]
+
+        counts = lengths() if sum(map(len, prompts)) <= INLINE_MAX_CHARS else await anyio.to_thread.run_sync(lengths)
+        limit = predictor.max_length
+        for i, n in enumerate(counts):
+            if n >= limit:
+                return 413, (f'"prompts"[{i}] has {n} tokens; the model\'s context is {limit} tokens (prompt and '
+                             f"generated tokens together): at most {limit - 1} prompt tokens")
+        return None
+
+    async def over_length(self, texts: list[str]) -> tuple[int, str] | None:
+        """With over_length "reject": the first text over max_length tokens. Tokenised in a thread when
+        long (see INLINE_MAX_CHARS), with a slot held: up to max_body_bytes of text to tokenise."""
+        encode = self.untruncated_tokenizer().encode_batch
+        if sum(map(len, texts)) <= INLINE_MAX_CHARS:
+            encodings = encode(texts)
+        else:
+            encodings = await anyio.to_thread.run_sync(encode, texts)
+        limit = self.served.predictor.max_length
+        for i, enc in enumerate(encodings):
+            if len(enc.ids) > limit:
+                return 422, (f'"texts"[{i}] has {len(enc.ids)} tokens; the limit is {limit} '
+                             "(this server rejects over-long texts instead of truncating them)")
+        return None
+
+    def untruncated_tokenizer(self):
+        # A tokenizer of its own: the predictor's is in use by the inference thread, and switching
+        # its truncation off and on from here would race with it.
+        if self.tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(self.served.predictor.root / "tokenizer.json"))
+            self.tokenizer.no_truncation()
+            self.tokenizer.no_padding()
+        return self.tokenizer
+
+
+def _generate_scope(scope, payload: dict, body: bytes, headers: dict) -> tuple[dict, bytes]:
+    """A checked /generate request as BentoML gets it: to STREAM_ROUTE when it asks for a stream ({"stream":
+    true}, or Accept: text/event-stream unless "stream" is false), and without the "stream" key either way."""
+    streamed = b"text/event-stream" in headers.get(b"accept", b"").lower()
+    if "stream" in payload:
+        streamed = payload.pop("stream")
+        body = json.dumps(payload).encode()
+        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+                 + [(b"content-length", str(len(body)).encode())]}
+    if streamed:
+        scope = {**scope, "path": STREAM_ROUTE, "raw_path": STREAM_ROUTE.encode()}
+    return scope, body
+
