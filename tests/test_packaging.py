@@ -24,6 +24,7 @@ def test_wheel_ships_the_service_and_serving_finds_it_there(tmp_path):
     # pyproject.toml lists the packages by hand: a new subpackage (or metric script) left out would
     # be missing from the wheel while every test of the editable install still passes
     sources = {str(p.relative_to(src)) for p in (src / "lifecycle").rglob("*.py")}
+    sources |= {f"lifecycle/_service/{p.name}" for p in (src / "serving").glob("*.py")}  # the service's own modules
     assert sources <= names, sorted(sources - names)
 
     target = tmp_path / "site"
