@@ -16,17 +16,6 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_GATE = 0, 1, 2, 3
 PAIRED = ("accuracy", "f1_macro", "f1_micro")  # lifecycle.release.PAIRED, without importing it for --help
 
 
-def _positive(text: str) -> float:
-    """A finite number > 0 (argparse names the flag in its error)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (0 < value < float("inf")):  # also false for nan
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse exits 2 on usage errors: that matches our contract
         self.print_usage(sys.stderr)
@@ -56,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("plan", help="parameters, memory, FLOPs and wall time of each training stage, before running")
     pipeline_args(sp)
-    sp.add_argument("--memory-gb", type=_positive, help="accelerator memory to check each stage against")
+    sp.add_argument("--memory-gb", type=float, help="accelerator memory to check each stage against (> 0)")
     sp.add_argument("--json", action="store_true", help="print JSON instead of the table")
     sp.add_argument("--no-calibrate", action="store_true", help="skip the timed calibration steps (no time estimate)")
 

@@ -42,13 +42,17 @@ def _copy_of_the_package(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def _add_late_import(module: Path, statement: str, name: str) -> None:
+    """Append a function to `module` that imports inside its body (a late import counts as a dependency)."""
+    module.write_text(module.read_text() + f"\n\ndef _late():\n    {statement}\n\n    return {name}\n")
+
+
 def test_a_stage_importing_another_stage_breaks_the_contracts(tmp_path):
     """The same contracts on a copy of the package where distill borrows from finetune (what the code
     did before the shared pieces moved to lifecycle.components): lint-imports fails and names it."""
     copy = _copy_of_the_package(tmp_path)
-    distill = copy / "lifecycle" / "stages" / "distill.py"
-    distill.write_text(distill.read_text() + "\n\ndef _borrowed():\n    from lifecycle.stages.finetune import with_lora\n\n"
-                       "    return with_lora\n")
+    _add_late_import(copy / "lifecycle" / "stages" / "distill.py", "from lifecycle.stages.finetune import with_lora",
+                     "with_lora")
     out = lint_imports(copy, pythonpath=copy)
     assert out.returncode == 1, out.stdout[-3000:]
     assert "Stages are plug-ins: no stage imports another BROKEN" in out.stdout, out.stdout[-3000:]
@@ -57,9 +61,7 @@ def test_a_stage_importing_another_stage_breaks_the_contracts(tmp_path):
 
 def test_a_component_importing_a_stage_breaks_the_layers(tmp_path):
     copy = _copy_of_the_package(tmp_path)
-    onnx = copy / "lifecycle" / "components" / "onnx.py"
-    onnx.write_text(onnx.read_text() + "\n\ndef _upward():\n    from lifecycle.stages import quantize\n\n"
-                    "    return quantize\n")
+    _add_late_import(copy / "lifecycle" / "components" / "onnx.py", "from lifecycle.stages import quantize", "quantize")
     out = lint_imports(copy, pythonpath=copy)
     assert out.returncode == 1, out.stdout[-3000:]
     assert "Layers: cli > pipeline > config > stages > tasks > components > schema/artifact BROKEN" in out.stdout
@@ -71,12 +73,9 @@ def test_edge_importing_any_other_part_of_lifecycle_breaks_the_contracts(tmp_pat
     package itself (its LifecycleError, say), while edge's own modules import each other freely."""
     copy = _copy_of_the_package(tmp_path)
     (copy / "lifecycle" / "audio_features.py").write_text("def log_mel():\n    return None\n")
-    predictor = copy / "lifecycle" / "edge" / "predictor.py"
-    predictor.write_text(predictor.read_text() + "\n\ndef _borrowed():\n    from lifecycle.audio_features import log_mel\n\n"
-                         "    return log_mel\n")
-    bundle = copy / "lifecycle" / "edge" / "bundle.py"
-    bundle.write_text(bundle.read_text() + "\n\ndef _error():\n    from lifecycle import LifecycleError\n\n"
-                      "    return LifecycleError\n")
+    _add_late_import(copy / "lifecycle" / "edge" / "predictor.py", "from lifecycle.audio_features import log_mel",
+                     "log_mel")
+    _add_late_import(copy / "lifecycle" / "edge" / "bundle.py", "from lifecycle import LifecycleError", "LifecycleError")
     out = lint_imports(copy, pythonpath=copy)
     assert out.returncode == 1, out.stdout[-3000:]
     assert "The edge runtime needs onnxruntime, tokenizers and numpy only BROKEN" in out.stdout, out.stdout[-3000:]

@@ -2,8 +2,8 @@
 gives (a stale, unfinished or failed run is refused with its stages named, exit 3; `--override REASON` ships it
 with a warning and records why); archives and manifests bounded before they are read; malformed manifests,
 registries and output paths refused in one line; signed releases (`promote --sign`, `gate --against
---trusted-key`). Real runs, real zips, the real CLI; where a server or a Bento would start, a guard records
-that it did instead."""
+--trusted-key`). Real runs, real zips, the real CLI, real `lifecycle serve` processes for what is served; where
+a refusal must come before any server or Bento starts, a tripwire fails the test if one does."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 
 import pytest
@@ -50,17 +51,39 @@ def keys(tmp_path_factory):
 
 @pytest.fixture
 def no_server(monkeypatch):
-    """Stands in for `bentoml serve` and `bentoml build`: records each start (and the serving config the
-    server would have read) instead of starting one."""
-    started = []
+    """A tripwire for the refusals: `bentoml serve` or `bentoml build` starting fails the test (the refusal
+    must come first; a server left running would block it)."""
+    def started(*_, **__):
+        raise AssertionError("a server or Bento was started for what had to be refused")
 
-    def foreground(cmd, env):
-        started.append(json.loads(open(env[serving.CONFIG_ENV]).read()))
-        return 0
+    monkeypatch.setattr("lifecycle.serving.commands.foreground", started)
+    monkeypatch.setattr("lifecycle.serving.build", started)
 
-    monkeypatch.setattr("lifecycle.serving.commands.foreground", foreground)
-    monkeypatch.setattr("lifecycle.serving.build", lambda *a, **k: started.append("build") or "built")
-    return started
+
+def served_verdict(*argv) -> tuple[dict | None, str]:
+    """A real `lifecycle serve ARGV` on a free loopback port: GET /metadata's "verdict" once it is ready, then
+    SIGTERM; returns it and what the command printed to stderr."""
+    import signal
+
+    import httpx
+
+    port = serving.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", *map(str, argv), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        metadata = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=10, trust_env=False).json()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        err = proc.communicate(timeout=30)[1]
+    return metadata["verdict"], err
 
 
 def cli_err(capsys, *argv) -> tuple[int, list[str]]:
@@ -100,10 +123,10 @@ def test_a_run_gate_fails_is_refused_by_every_exit(exit_, run, tmp_path, capsys,
     assert code == 3 and len(err) == 1, err
     assert "stage 'finetune' is stale" in err[0] and "stage 'export' is stale" in err[0], err
     assert "did not finish" in err[0] and "--override" in err[0]
-    assert no_server == [] and not (tmp_path / "model.zip").exists() and not (tmp_path / "registry").exists()
+    assert not (tmp_path / "model.zip").exists() and not (tmp_path / "registry").exists()
 
 
-def test_the_override_ships_and_records_the_refused_verdict(run, tmp_path, capsys, no_server):
+def test_the_override_ships_and_records_the_refused_verdict(run, tmp_path, capsys):
     stale(run)
     why = "hotfix approved by the on-call"
     code, err = cli_err(capsys, "bundle", run, "-o", tmp_path / "model.zip", "--override", why)
@@ -120,12 +143,10 @@ def test_the_override_ships_and_records_the_refused_verdict(run, tmp_path, capsy
     with zipfile.ZipFile(registry / "versions" / "v1" / "model.zip") as zf:  # the release's bundle says so too
         assert json.loads(zf.read(MANIFEST))["verdict"] == verdict
 
-    code, err = cli_err(capsys, "serve", run, "--port", "1", "--override", why)
-    assert code == 0 and len(err) == 1 and why in err[0], err
-    assert no_server[0]["model"]["verdict"] == verdict  # what the service's /metadata shows
+    served, err = served_verdict(run, "--override", why)
+    assert served == verdict and f"overrides a failed verdict ({why})" in err, err  # GET /metadata shows it
     # a bundle shipped under an override is served under the verdict it recorded
-    assert cli_err(capsys, "serve", tmp_path / "model.zip", "--port", "1")[0] == 0
-    assert no_server[1]["model"]["verdict"] == verdict
+    assert served_verdict(tmp_path / "model.zip")[0] == verdict
     assert cli_err(capsys, "build", run, "--override", "")[0] == 2  # an override names its reason
 
 
@@ -143,9 +164,9 @@ def test_build_with_the_override_records_it_in_the_bento(run, tmp_path):
     assert verdict["passed"] is False and verdict["override"] == "demo"
 
 
-def test_a_passing_run_is_served_under_its_passing_verdict(run, capsys, no_server):
-    assert cli_err(capsys, "serve", run, "--port", "1") == (0, [])
-    assert no_server[0]["model"]["verdict"] == {"passed": True, "reasons": [], "override": None}
+def test_a_passing_run_is_served_under_its_passing_verdict(run):
+    served, err = served_verdict(run)
+    assert served == {"passed": True, "reasons": [], "override": None} and "overrides a failed verdict" not in err, err
 
 
 def test_promote_refuses_a_run_whose_gates_failed(run, tmp_path, capsys):
@@ -176,7 +197,7 @@ def test_many_small_members_that_expand_together_are_refused_before_extraction(t
     with pytest.raises(BundleError, match="expand .* in all"):
         Predictor.open(bomb)
     code, err = cli_err(capsys, "serve", bomb, "--port", "1")
-    assert code == 1 and len(err) == 1 and "in all" in err[0] and no_server == [], err
+    assert code == 1 and len(err) == 1 and "in all" in err[0], err
     assert list((tmp_path / "scratch").iterdir()) == []
 
 
@@ -208,7 +229,6 @@ def test_an_oversized_manifest_is_refused_before_it_is_read(finished, tmp_path, 
     assert code == 1 and len(err) == 1 and "manifest.json expands to" in err[0], err
     with pytest.raises(BundleError, match="manifest.json expands to"):
         Predictor.open(big)
-    assert no_server == []
 
 
 def peak_rss_refusing(bundle) -> int:
@@ -241,14 +261,14 @@ def test_a_malformed_manifest_is_one_line(manifest, run, finished, tmp_path, cap
     with pytest.raises(BundleError):
         Predictor.open(bad)
     code, err = cli_err(capsys, "serve", bad, "--port", "1")
-    assert code == 1 and len(err) == 1 and err[0].startswith("error: ") and no_server == [], err
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: "), err
     art = tmp_path / "export"  # an artifact outside its run: bundle checks its manifest itself
     shutil.copytree(run / "export", art)
     (art / MANIFEST).write_bytes(manifest)
     code, err = cli_err(capsys, "bundle", art, "-o", tmp_path / "m.zip")
     assert code == 1 and len(err) == 1 and str(art) in err[0], err
     code, err = cli_err(capsys, "serve", art, "--port", "1")
-    assert code == 1 and len(err) == 1 and no_server == [], err
+    assert code == 1 and len(err) == 1, err
 
 
 @pytest.mark.parametrize("record", ["{}", "[]", "garbage{"])
@@ -257,7 +277,6 @@ def test_gate_on_a_malformed_run_record_is_one_line(record, run, capsys, no_serv
     for argv in (["gate", run], ["bundle", run, "-o", run / "m.zip"], ["serve", run]):
         code, err = cli_err(capsys, *argv)
         assert code == 1 and len(err) == 1 and "pipeline.json" in err[0], (argv, err)
-    assert no_server == []
 
 
 def test_registry_and_output_paths_are_one_line(run, tmp_path, capsys):
