@@ -63,9 +63,9 @@ def build_model(out: Path, size: str):
 def export_all(src: Path, work: Path) -> dict[str, Path]:
     from lifecycle.components.onnx import onnx_input_names
     from lifecycle.components.quantization import Settings, build
-    from lifecycle.generation import load_causal_lm
     from lifecycle.schema import Task
-    from lifecycle.tasks.generation import TASK
+    from lifecycle.workloads.decoders.generation import TASK
+    from lifecycle.workloads.decoders.model import load_causal_lm
 
     model, _ = load_causal_lm(src)
     task = Task(type="generation", data="x", max_length=1024)
@@ -194,8 +194,8 @@ def measure_model(src: Path, work: Path, lengths: list[int], tokens: int, size: 
     """Every engine on the decoder at `src` (exported and quantized under `work`): per-token cost at each
     prompt length, optimum's at the reference length, and onnxruntime's op profile of a step."""
     from lifecycle.edge import Predictor
-    from lifecycle.generation import load_causal_lm
     from lifecycle.models import count_parameters
+    from lifecycle.workloads.decoders.model import load_causal_lm
 
     dirs = export_all(src, work)
     model, _ = load_causal_lm(src)

@@ -4,7 +4,7 @@ onnxruntime dynamic int8, at batch 1 and 32.
     flock /tmp/lifecycle-heavy.lock python benchmarks/image.py --quick   # a few minutes on 2 cores
 
 The architecture is pipelines/digits.yaml's (4 layers, hidden 64, 2 heads) with random weights (latency
-does not depend on their values), exported and quantized by the library's own code (lifecycle.images,
+does not depend on their values), exported and quantized by the library's own code (lifecycle.workloads.images.model,
 lifecycle.components.quantization), at sides 8 (the pipeline's: 2x2 patches) to 224 px. The patch is
 side / 4 up to 32 px, then 8 px: from 64 px on the token count grows with the area (64, 256, 784), which
 is where attention's quadratic cost shows. Inputs are real digits resized by the model's own
@@ -43,9 +43,9 @@ def build(side: int, work: Path):
 
     from lifecycle.components.quantization import Settings
     from lifecycle.components.quantization import build as quantize
-    from lifecycle.images import export_onnx, head, vit_config
     from lifecycle.models import ModelSource
-    from lifecycle.tasks.image_classification import TASK
+    from lifecycle.workloads.images.classification import TASK
+    from lifecycle.workloads.images.model import export_onnx, head, vit_config
 
     pre = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": side, "width": side},
            "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,

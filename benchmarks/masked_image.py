@@ -7,11 +7,11 @@ can read.
 Both pre-train the same encoder (ViT, 4 layers, hidden 64, 2x2 patches: 16 per 8x8 digit) for the same
 epochs, batch and learning rate as digits.yaml's pretrain stage, on its training images with its
 augmentation (labels unused):
-- SimMIM: transformers' ViTForMaskedImageModeling as lifecycle.masked_images trains it (mask token on 50%
+- SimMIM: transformers' ViTForMaskedImageModeling as lifecycle.workloads.images.masked trains it (mask token on 50%
   of the patches, the encoder sees all 16, L1 on the masked pixels);
 - MAE: ViTMAEForPreTraining with a one-layer decoder of the same width, at its usual 75% mask ratio and at
   SimMIM's 50% (on 16 patches, 75% leaves the encoder 4 tokens to see).
-Each encoder is then frozen and probed (logistic regression on the mean patch state, lifecycle.masked_images
+Each encoder is then frozen and probed (logistic regression on the mean patch state, lifecycle.workloads.images.masked
 .linear_probe: fit on train, scored on validation; MAE encodes every patch for the probe, mask ratio 0), with
 the wall time of pre-training beside it. Selection on validation: the check is that SimMIM, the objective the
 library ships, probes at least as well as the best MAE variant. Writes benchmarks/results/masked_image.json.
@@ -49,8 +49,8 @@ def main() -> int:
     from transformers import ViTForMaskedImageModeling, ViTMAEConfig, ViTMAEForPreTraining
 
     from lifecycle import config, data
-    from lifecycle.images import Images, vit_config
-    from lifecycle.masked_images import MaskedImages, linear_probe, patches
+    from lifecycle.workloads.images.masked import MaskedImages, linear_probe, patches
+    from lifecycle.workloads.images.model import Images, vit_config
 
     torch.set_num_threads(2)
     recorder = Recorder("masked_image", args.quick)

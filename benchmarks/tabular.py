@@ -65,12 +65,12 @@ def preprocessing_parity(run_dir: Path, pipe) -> float:
     edge runtime builds from the same rows sent as JSON (0.0: the same transform, the same parameters)."""
     import numpy as np
 
-    from lifecycle import data, tasks
+    from lifecycle import data, workloads
     from lifecycle.edge import Predictor
 
     table = data.load(pipe.data[pipe.task.data], pipe)
     trained, _ = table.features("test")
-    rows = json.loads(json.dumps(tasks.get(pipe.task.type).inputs(table.splits["test"])))
+    rows = json.loads(json.dumps(workloads.task(pipe.task.type).inputs(table.splits["test"])))
     fed = Predictor.open(run_dir / "export").encode(rows)
     # the inputs the graph reads (an exported anomaly scorer with no categorical column has no such input)
     return max(float(np.abs(trained[k].astype(np.float64) - fed[k]).max(initial=0.0)) for k in fed)
@@ -95,7 +95,7 @@ def rows_per_second(torch_model, feeds: dict, graphs: dict[str, Path], trees) ->
     import torch
 
     from lifecycle.evaluation.tables import boosting_features
-    from lifecycle.tabular import INPUTS, tensors
+    from lifecycle.workloads.tables.model import INPUTS, tensors
 
     torch.set_num_threads(THREADS)
     opts = ort.SessionOptions()
@@ -123,14 +123,14 @@ def rows_per_second(torch_model, feeds: dict, graphs: dict[str, Path], trees) ->
 def pipeline_speed(run_dir: Path, pipe, work: Path) -> dict:
     """rows/s of a pipeline's models on its test rows: the PyTorch model its export read, the export,
     dynamic int8 of the export (built here: the quantize stage may have kept fp32), the trees."""
-    from lifecycle import data, tasks
+    from lifecycle import data, workloads
     from lifecycle.components.quantization import Settings, build
 
     table = data.load(pipe.data[pipe.task.data], pipe)
     export = run_dir / "export"
     parent = Path(json.loads((export / "manifest.json").read_text())["parent"]["path"])
     build(Settings(method="dynamic-int8"), export, work / "int8")
-    return rows_per_second(tasks.get(pipe.task.type).torch_model(parent), table.features("test")[0],
+    return rows_per_second(workloads.task(pipe.task.type).torch_model(parent), table.features("test")[0],
                            {"onnx_fp32": export / "model.onnx", "onnx_int8": work / "int8" / "model.onnx"},
                            fit_trees(table, regression=pipe.task.type == "tabular-regression"))
 
@@ -141,9 +141,10 @@ def feature_sweep(work: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    from lifecycle import data, tabular
+    from lifecycle import data
     from lifecycle.components.quantization import Settings, dynamic_int8
     from lifecycle.models import ModelSource
+    from lifecycle.workloads.tables import model as tabular
 
     rng = np.random.default_rng(0)
     out = {}
@@ -194,9 +195,9 @@ def run_one(name: str, workdir: Path, seed: int) -> dict:
     run_dir = workdir / f"seed{seed}" / pipe.name
     report = json.loads((run_dir / "report.json").read_text())
     m = {s["name"]: s["metrics"] for s in report["stages"]}
-    from lifecycle import tasks
+    from lifecycle import workloads
 
-    headline = tasks.get(pipe.task.type).scores
+    headline = workloads.task(pipe.task.type).scores
     return {
         "seed": seed, "seconds": seconds, "passed": report["passed"] and all(o.status == "passed" for o in outcomes),
         "scores": scores(m["finetune"] if "finetune" in m else m["export"], headline),  # anomaly: no finetune

@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("validate", help="check a pipeline file and print the resolved plan")
     pipeline_args(sp)
 
+    sp = sub.add_parser("recipes", help="the recipe table: each training stage's run function per input kind and "
+                        "objective or answers kind, with the metrics it reports (lifecycle.workloads)")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of the table (metrics included)")
+
     sp = sub.add_parser("plan", help="parameters, memory, FLOPs and wall time of each training stage, before running")
     pipeline_args(sp)
     sp.add_argument("--memory-gb", type=float, help="accelerator memory to check each stage against (> 0)")
@@ -155,12 +159,35 @@ def cmd_validate(args) -> int:
     print(f"pipeline {pipeline.name}: {len(pipeline.stages)} stages, seed {pipeline.seed}")
     for i, stage in enumerate(pipeline.stages):
         parent = pipeline.parent_of(stage)
-        print(f"  [{i}] {stage.label} ({stage.kind}) <- {parent.label if parent else 'none'}")
+        consumed = pipeline.holds(parent) if parent is not None and stage.needs_parent() else None
+        recipe = pipeline.recipe(stage, consumed)
+        by = f"  recipe {recipe.inputs}/{recipe.key}: {recipe.run}" if recipe else ""
+        print(f"  [{i}] {stage.label} ({stage.kind}) <- {parent.label if parent else 'none'}{by}")
         for gate in stage.gates:
             ref = pipeline.reference_name(stage, gate) if gate.relative else None
             warn = "  [warn only]" if gate.on_fail == "warn" else ""
             print(f"        gate: {gates.describe(gate, ref)}{warn}")
     print("valid")
+    return EXIT_OK
+
+
+def cmd_recipes(args) -> int:
+    import json
+
+    from lifecycle import report, workloads
+
+    table = workloads.registry()
+    rows = [{"stage": r.stage, "inputs": r.inputs, "key": r.key, "run": r.run, "summary": r.summary,
+             "declared_by": table.origin[f"recipe {r.stage}/{r.inputs}/{r.key}"], "metrics": sorted(r.metrics)}
+            for r in table.recipes.values()]
+    if args.json:
+        print(json.dumps({"recipes": rows, "tasks": {t.name: {"inputs": t.inputs_kind, "answers": t.answers_kind}
+                                                    for t in table.tasks.values()}}, indent=2))
+        return EXIT_OK
+    print(report.table(["stage", "inputs", "objective / answers", "recipe", "what it does"],
+                       [[r["stage"], r["inputs"], r["key"], r["run"].removeprefix("lifecycle.workloads."), r["summary"]]
+                        for r in rows]))
+    print("\ntasks: " + ", ".join(f"{t.name} ({t.inputs_kind} -> {t.answers_kind})" for t in table.tasks.values()))
     return EXIT_OK
 
 

@@ -48,26 +48,36 @@ class Pipeline(Strict):
         task = self.task.type if self.task else None
         holds: dict[str, Holds] = {}
         seen: dict[str, Any] = {}
+        reported: dict[str, set[str]] = {}  # stage -> the metrics it reports
         for i, stage in enumerate(self.stages):
             where = f"stages[{i}]"
             stage.adopt_task(task)
             if stage.label in seen:
                 raise ValueError(f"{where}.name: '{stage.label}' is used twice; give each stage a unique name")
-            if stage.tasks is not None and task is None:
+            served = stage.served()
+            if served is not None and task is None:
                 raise ValueError(f"task: missing; stage '{stage.label}' ({where}, {stage.kind}) needs it: add "
                                  "`task: {data: SOURCE}` naming a labelled data source")
-            if stage.tasks is not None and task not in stage.tasks:
+            if served is not None and task not in served:
                 hint = stage.task_hint(task) or "remove the stage or change `task.type`"
                 raise ValueError(f"task.type: stage '{stage.label}' ({where}, {stage.kind}) works for "
-                                 f"{one_of(stage.tasks)} tasks, not {task}; {hint}")
-            if stage.tasks is not None and (problem := stage.task_problem(task)):
+                                 f"{one_of(served)} tasks, not {task}; {hint}")
+            if served is not None and (problem := stage.task_problem(task)):
                 raise ValueError(f"{where}.{problem}")
-            holds[stage.label] = stage.produces(self._consumed(stage, where, seen, holds, task), task)
+            for field, (name, labelled) in stage.data_refs().items():
+                self._check_source(f"{where}.{field}", name, labelled)
+            if problem := stage.source_problem({f: self.data[name] for f, (name, _) in stage.data_refs().items()}):
+                raise ValueError(f"{where}.{problem}")
+            consumed = self._consumed(stage, where, seen, holds, task)
+            holds[stage.label] = stage.produces(consumed, task)
+            recipe = self._recipe(stage, where, consumed)
+            reported[stage.label] = set(recipe.metrics) if recipe else stage.metric_names(task)
             for j, gate in enumerate(stage.gates):
                 gwhere = f"{where}.gates[{j}]"
-                if gate.metric not in stage.metric_names():
-                    known = ", ".join(sorted(stage.metric_names()))
-                    raise ValueError(f"{gwhere}.metric: '{stage.kind}' cannot produce '{gate.metric}' (it reports {known})")
+                if gate.metric not in reported[stage.label]:
+                    known = ", ".join(sorted(reported[stage.label]))
+                    by = f"its recipe {recipe.run} reports" if recipe else "it reports"
+                    raise ValueError(f"{gwhere}.metric: '{stage.kind}' cannot produce '{gate.metric}' ({by} {known})")
                 if gate.release is not None:
                     _check_release_gate(gate, gwhere)
                     continue
@@ -77,18 +87,43 @@ class Pipeline(Strict):
                     ref = self._reference(stage, gate, seen)
                     if ref is None:
                         raise ValueError(f"{gwhere}.vs: '{gate.vs}' is not an earlier stage")
-                    if gate.ref_key not in ref.metric_names():
-                        cross = _runtime(gate.metric) and any(_runtime(m) for m in ref.metric_names()
+                    if gate.ref_key not in reported[ref.label]:
+                        cross = _runtime(gate.metric) and any(_runtime(m) for m in reported[ref.label]
                                                              if m.split("_", 1)[-1] == gate.metric.split("_", 1)[-1])
                         hint = (" (it measures another runtime: name the reference's metric with `reference_metric` "
                                 "to compare across runtimes)") if cross else ""
                         raise ValueError(f"{gwhere}.vs: stage '{ref.label}' does not report '{gate.ref_key}'{hint}")
-            for field, (name, labelled) in stage.data_refs().items():
-                self._check_source(f"{where}.{field}", name, labelled)
-            if problem := stage.source_problem({f: self.data[name] for f, (name, _) in stage.data_refs().items()}):
-                raise ValueError(f"{where}.{problem}")
             seen[stage.label] = stage
         return self
+
+    def recipe(self, stage, consumed: Holds | None = None):
+        """The recipe `stage` runs (lifecycle.workloads), or None for a stage that runs none (or has none)."""
+        from lifecycle import workloads
+
+        key = self._recipe_key(stage, consumed)
+        return None if key is None else workloads.recipe(stage.kind, *key)
+
+    def _recipe_key(self, stage, consumed: Holds | None) -> tuple[str, str] | None:
+        sources = {field: self.data[name] for field, (name, _) in stage.data_refs().items()}
+        return stage.recipe_key(self.task.type if self.task else None, sources, consumed)
+
+    def _recipe(self, stage, where: str, consumed: Holds | None):
+        """`recipe`, refused (naming the stage) when the table has none or the recipe refuses a setting."""
+        from lifecycle import workloads
+
+        key = self._recipe_key(stage, consumed)
+        if key is None:
+            return None
+        recipe = workloads.recipe(stage.kind, *key)
+        if recipe is None:
+            inputs, wanted = key
+            have = [r.key for r in workloads.recipes_for(stage.kind) if r.inputs == inputs]
+            offer = f"for {inputs}: {one_of(have)}" if have else f"none reads {inputs}"
+            raise ValueError(f"{where}: '{stage.kind}' has no recipe for {inputs} with {wanted} ({offer}; "
+                             "`lifecycle recipes` lists them)")
+        if recipe.refuses and (problem := recipe.refuses(stage)):
+            raise ValueError(f"{where}.{problem}")
+        return recipe
 
     def _consumed(self, stage, where: str, earlier: dict[str, Any], holds: dict[str, Holds],
                   task: TaskType | None) -> Holds | None:
@@ -102,7 +137,7 @@ class Pipeline(Strict):
                              f"({MADE_BY[accepted[0]]}); add one before it or name one with `parent:`")
         consumed = holds[parent.label]
         if consumed not in accepted:
-            under = f" (task type {task})" if stage.tasks and len(stage.tasks) > 1 else ""
+            under = f" (task type {task})" if len(stage.served() or ()) > 1 else ""
             hint = stage.chain_hint(consumed, task) or (f"read from a stage holding {accepted[0]} "
                                                         f"({MADE_BY[accepted[0]]}) with `parent:`, or reorder")
             raise ValueError(f"{where}.parent: '{stage.kind}'{under} reads {one_of(accepted)}, but its parent "
@@ -119,9 +154,9 @@ class Pipeline(Strict):
                 if self.data[part].format == "mix":
                     raise ValueError(f"data.{name}.sources[{j}]: '{part}' is itself a mix; list its sources directly")
         if self.task:
-            from lifecycle import tasks
+            from lifecycle import workloads
 
-            plugin = tasks.get(self.task.type)
+            plugin = workloads.task(self.task.type)
             self._check_source("task.data", self.task.data, labelled=plugin.labelled_data)
             stray = self.task.stray_settings(plugin.settings_key or plugin.name)
             if stray:
@@ -129,7 +164,7 @@ class Pipeline(Strict):
             if problem := plugin.settings_problem(self.task):
                 raise ValueError(f"task.{problem}")
 
-            reads, holds = tasks.get(self.task.type).reads, self.data[self.task.data].reads
+            reads, holds = plugin.reads, self.data[self.task.data].reads
             if holds != reads:
                 what = {"table": "a table", "image": "images", "text": "text"}
                 hint = {"table": " (one with `table: {target: COLUMN}`)", "image": " (imagefolder or sklearn-digits)"}

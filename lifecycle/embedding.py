@@ -26,7 +26,7 @@ from lifecycle.schema import Strict
 POOLING_FILE = "pooling.json"
 EMBEDDING_METRICS = ("knn_accuracy", "spearman")
 FIDELITY_METRICS = ("embedding_cosine_min", "embedding_cosine_mean")
-# what an image-embedding finetune reports besides the finetune stage's own (lifecycle.image_embedding)
+# what an image-embedding finetune reports besides the finetune stage's own (lifecycle.workloads.images.embedder)
 IMAGE_EMBEDDING_TRAINING = ("knn_accuracy", "val_knn_accuracy", "knn_accuracy_before", "knn_accuracy_gain",
                             "baseline_pixels_knn_accuracy", "temperature", "control_knn_accuracy")
 # what an image-embedding distill reports besides the distill stage's own

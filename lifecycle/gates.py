@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from lifecycle import tasks
+from lifecycle import workloads
 from lifecycle.schema import Gate
 
 
@@ -120,13 +120,18 @@ def check_interleaved(gate: Gate, candidate, reference, reference_name: str, max
 # Scores that depend on the examples they were computed on. A stage that selects (a ladder rung, a
 # checkpoint) judges candidates on validation; so every stage also reports each of these it computes on
 # validation as `val_<name>`, and a reference stage is read through `on_validation` during a selection.
-SPLIT_SCORES = tuple(m for t in tasks.REGISTRY.values() for m in t.split_scores)
+
+
+def split_scores() -> set[str]:
+    """Every task's scores that depend on the examples they were computed on."""
+    return {m for t in workloads.tasks() for m in t.split_scores}
 
 
 def on_validation(metrics: dict) -> dict:
     """What a selection may look at: validation scores under their plain names, split-free measurements
     (latency, size) as they are, and no test score (a gate on a score with no validation value fails)."""
-    view = {k: v for k, v in metrics.items() if k not in SPLIT_SCORES and not k.startswith("val_")}
+    scores = split_scores()
+    view = {k: v for k, v in metrics.items() if k not in scores and not k.startswith("val_")}
     view.update({k.removeprefix("val_"): v for k, v in metrics.items() if k.startswith("val_")})
     return view
 

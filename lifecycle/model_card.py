@@ -12,10 +12,10 @@ import json
 import math
 from pathlib import Path
 
-from lifecycle import tasks
 from lifecycle.artifact import MANIFEST
 from lifecycle.evaluation import TEST_PREDICTIONS, Predictions
 from lifecycle.report import fmt
+from lifecycle.schema import Task
 
 SMALL_TEST = 1000  # below this, a one-example difference is more than 0.1 point
 
@@ -33,7 +33,7 @@ def render(art, release: dict | None = None) -> str:
     lines += ["## Intended task", ""]
     task = (run or {}).get("task") or {}
     labels = _labels(art)
-    kind = task.get("type", tasks.DEFAULT)
+    kind = task.get("type", Task.model_fields["type"].default)
     lines.append(f"- {kind}" + (f" into {len(labels)} labels: {', '.join(map(str, labels))}" if labels else ""))
     if task:
         lines.append(f"- data source `{task.get('data')}`, texts truncated to {task.get('max_length')} tokens")

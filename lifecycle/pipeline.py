@@ -63,12 +63,28 @@ class StageContext:
             self._loaded[name] = data.load(self.pipeline.data[name], self.pipeline)
         return self._loaded[name]
 
+    @property
+    def task(self):
+        """The declaration of the pipeline's task (lifecycle.workloads), or None without a `task:`."""
+        from lifecycle import workloads
+
+        return workloads.task(self.pipeline.task.type) if self.pipeline.task is not None else None
+
     def task_data(self):
         if self.pipeline.task is None:
             raise LifecycleError(f"stage '{self.stage.label}' needs a `task:` section in the pipeline")
-        from lifecycle import tasks
+        return self.task.data(self)
 
-        return tasks.get(self.pipeline.task.type).data(self)
+    def recipe(self, cfg, parent) -> tuple[dict, dict]:
+        """Runs the recipe the table gives the stage `cfg` (lifecycle.workloads). What it reports must be what
+        it declares: `lifecycle validate` refuses gates by the declaration, so a metric reported but not
+        declared is a recipe's bug, stopped here rather than left for a gate to miss."""
+        recipe = self.pipeline.recipe(cfg, parent.holds if parent is not None else None)
+        metrics, details = recipe(cfg, parent, self)
+        if undeclared := sorted(set(metrics) - recipe.metrics):
+            raise LifecycleError(f"stage '{cfg.label}': {recipe.run} reported {undeclared}, which its row of the "
+                                 "recipe table (lifecycle.workloads) does not declare")
+        return metrics, details
 
     def check_gates(self, metrics: dict, split: str = "test") -> list[gatelib.GateResult]:
         """This stage's gates on candidate metrics, for stages that choose among variants: with

@@ -9,12 +9,15 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from lifecycle import tasks
+from lifecycle import workloads
 from lifecycle.artifact import write_json
 
 HEADLINE = ("accuracy", "f1_micro", "perplexity", "torch_latency_p50_ms", "ort_latency_p50_ms", "http_latency_p50_ms",
             "size_mb")
-SCORES = tuple(t.scores[0] for t in tasks.REGISTRY.values())  # each task's headline score
+def headlines() -> tuple[str, ...]:
+    return tuple(t.scores[0] for t in workloads.tasks())  # each task's headline score
+
+
 # One column per runtime: PyTorch eager, onnxruntime and HTTP latencies are different quantities.
 LATENCY_COLUMNS = ("torch_latency_p50_ms", "ort_latency_p50_ms", "http_latency_p50_ms")
 
@@ -199,7 +202,7 @@ def plots(run_dir: Path, outcomes) -> None:
         plt.close(fig)
 
     rows = [(o.name, o.artifact.metrics) for o in outcomes if o.artifact]
-    panels = [k for k in (*SCORES, *LATENCY_COLUMNS, "size_mb") if any(k in m for _, m in rows)]
+    panels = [k for k in (*headlines(), *LATENCY_COLUMNS, "size_mb") if any(k in m for _, m in rows)]
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
         for ax, key in zip(axes[0], panels):
@@ -223,13 +226,13 @@ def summary_table_of(data: dict) -> str:
     """The same table from a report.json (the README's quickstart table is rendered from a stored one)."""
     latency = [k for k in LATENCY_COLUMNS if any(k in s["metrics"] for s in data["stages"])]
     # the column is named for the task's headline score (accuracy, r2...)
-    headline = next((k for s in data["stages"] for k in SCORES if k in s["metrics"]), "accuracy")
+    headline = next((k for s in data["stages"] for k in headlines() if k in s["metrics"]), "accuracy")
     head = ["stage", "status", headline, *latency, "size_mb", "gates"]
     rows = []
     for s in data["stages"]:
         m = s["metrics"]
         ok = sum(g["passed"] for g in s["gates"])
-        score = next((m[k] for k in SCORES if k in m), None)
+        score = next((m[k] for k in headlines() if k in m), None)
         rows.append([s["name"], s["status"], fmt(score), *(fmt(m.get(k)) for k in latency), fmt(m.get("size_mb")),
                      f"{ok}/{len(s['gates'])}"])
     return table(head, rows)

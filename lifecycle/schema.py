@@ -200,12 +200,23 @@ class StageBase(Strict):
     def label(self) -> str:
         return self.name or self.kind  # type: ignore[attr-defined]
 
-    def metric_names(self) -> set[str]:
-        """Metrics this stage reports; gates on any other metric are config errors."""
+    def metric_names(self, task: TaskType | None = None) -> set[str]:
+        """Metrics this stage reports under the pipeline's task (a stage without a recipe; see `recipe_key`);
+        gates on any other metric are config errors."""
         raise NotImplementedError
 
     def needs_parent(self) -> bool:
         return self.reads_parent
+
+    def served(self) -> tuple[TaskType, ...] | None:
+        """The task types the stage works for (None: it needs no `task:`); `tasks` unless it asks a table."""
+        return self.tasks
+
+    def recipe_key(self, task: TaskType | None, sources: dict, consumed: Holds | None) -> tuple[str, str] | None:
+        """(inputs kind, objective or answers kind) of the recipe the stage runs (lifecycle.workloads), given the
+        pipeline's task, the data sources it names by field (`data_refs`) and what its parent holds; None: the
+        stage runs no recipe, and `metric_names` says what it reports."""
+        return None
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
         """What the stage can read from its parent under the pipeline's task type."""

@@ -15,7 +15,7 @@ from lifecycle import data as datalib
 from lifecycle import serving
 from lifecycle.edge import BATCH_DEPENDENT_OPS, Predictor, op_types
 from lifecycle.stages.serve import one_path_agreement
-from lifecycle.tasks.classification import TASK as CLASSIFICATION
+from lifecycle.workloads.text.classification import TASK as CLASSIFICATION
 
 TEXT = "the striker scored twice in the final"
 SHORT = ["rain", "shares fell", "a new album", "the minister resigned today", "profits rose sharply"]

@@ -1,4 +1,4 @@
-"""distill under `task: {type: generation}`: token-level KD of a decoder (lifecycle.decoder_distillation).
+"""distill under `task: {type: generation}`: token-level KD of a decoder (lifecycle.workloads.decoders.distillation).
 The student keeps every other teacher layer, and the KD term moves it toward the teacher: after the same
 steps on the same data, KL(teacher || student) is lower with alpha = 0.9 than with the LM loss alone."""
 

@@ -166,10 +166,10 @@ def test_tampered_or_padded_bundles_are_refused(export_dir, tmp_path):
 def test_every_task_has_the_inputs_and_answers_kinds_the_predictor_dispatches_on():
     """Predictor dispatches on schema.json's task through KINDS (inputs kind, answers kind): every task plug-in
     is there, and every answers kind but a generator's tokens has its answer in ANSWERS."""
-    from lifecycle import tasks
+    from lifecycle import workloads
     from lifecycle.edge.answers import ANSWERS, KINDS
 
-    assert set(tasks.REGISTRY) <= set(KINDS)
+    assert {t.name: (t.inputs_kind, t.answers_kind) for t in workloads.tasks()}.items() <= KINDS.items()
     assert {answers for _, answers in KINDS.values()} - {"tokens"} <= set(ANSWERS)
 
 

@@ -40,7 +40,7 @@ def tiny_decoder(preset: str, out: Path):
 def exported(preset: str, tmp: Path, prompt_field=None, opset: int = 17):
     """(PyTorch model, tokenizer, Predictor over the generation task's export of it)."""
     from lifecycle.edge import Predictor
-    from lifecycle.tasks.generation import TASK
+    from lifecycle.workloads.decoders.generation import TASK
 
     src, out = tmp / "model", tmp / "onnx"
     out.mkdir(parents=True)
@@ -69,7 +69,7 @@ def test_prompt_tokens_carry_no_loss():
 
     import torch
 
-    from lifecycle.generation import collator, examples
+    from lifecycle.workloads.decoders.model import collator, examples
 
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer = tiny_decoder("gpt-tiny", Path(tmp))
@@ -95,7 +95,7 @@ def test_records_from_several_fields_with_prompts_cut_and_a_lead(tmp_path):
     """pubmedqa-style records: the prompt is the named fields one per line (a list joined by spaces), cut to
     max_prompt_words; the lead baseline's source is kept beside it, whole."""
     from lifecycle.config import build
-    from lifecycle.generation import load_data
+    from lifecycle.workloads.decoders.model import load_data
 
     items = {str(i): {"QUESTION": f"Question {i}?", "CONTEXTS": [f"First part {i}. Second", f"part {i}."],
                       "LONG_ANSWER": f"Answer {i}."} for i in range(10)}
@@ -119,7 +119,7 @@ def test_records_from_several_fields_with_prompts_cut_and_a_lead(tmp_path):
 
 
 def test_kv_cache_greedy_matches_without_cache_and_pytorch(gpt):
-    from lifecycle.generation import reference_rows
+    from lifecycle.workloads.decoders.model import reference_rows
 
     model, tokenizer, predictor = gpt
     assert predictor.past and "past_key_values.0.key" in predictor.input_names
@@ -136,7 +136,7 @@ def test_kv_cache_greedy_matches_without_cache_and_pytorch(gpt):
 
 
 def test_llama_kv_cache_parity(tmp_path):
-    from lifecycle.generation import reference_rows
+    from lifecycle.workloads.decoders.model import reference_rows
 
     model, tokenizer, predictor = exported("llama-tiny", tmp_path)
     assert "position_ids" in predictor.input_names
@@ -148,7 +148,7 @@ def test_llama_kv_cache_parity(tmp_path):
 
 
 def test_onnx_perplexity_equals_pytorch(gpt):
-    from lifecycle.generation import examples, perplexity
+    from lifecycle.workloads.decoders.model import examples, perplexity
 
     model, tokenizer, predictor = gpt
     split = {"prompt": ["", ""], "response": TEXTS[:2]}

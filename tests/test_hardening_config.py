@@ -183,7 +183,7 @@ def test_parity_of_a_nan_model_fails(tmp_path):
 
     from lifecycle.components.onnx import export_torch, onnx_input_names, parity, write_runtime_files
     from lifecycle.edge import Predictor
-    from lifecycle.tasks.classification import TASK as CLASSIFICATION
+    from lifecycle.workloads.text.classification import TASK as CLASSIFICATION
 
     tokenizer = _word_tokenizer()
     model = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16,

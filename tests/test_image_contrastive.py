@@ -1,5 +1,5 @@
 """Contrastive pre-training of an image model (`pretrain` with `objective: contrastive` on an image source,
-lifecycle.image_contrastive): real SimCLR steps of a tiny ViT on scikit-learn's digits, its held-out scores
+lifecycle.workloads.images.contrastive): real SimCLR steps of a tiny ViT on scikit-learn's digits, its held-out scores
 against their chance levels, the finetune stages (image-classification and image-embedding) starting from
 its encoder, and the settings refused at load."""
 
@@ -80,10 +80,10 @@ def test_the_classifier_starts_from_the_contrastive_encoder(simclr_run):
 
 
 def test_an_image_embedding_finetune_loads_the_contrastive_encoder(tmp_path):
-    from lifecycle.image_contrastive import ViTContrastive
-    from lifecycle.image_embedding import load
-    from lifecycle.images import save, vit_config
     from lifecycle.models import ModelSource
+    from lifecycle.workloads.images.contrastive import ViTContrastive
+    from lifecycle.workloads.images.embedder import load
+    from lifecycle.workloads.images.model import save, vit_config
 
     preprocessing = {"size": {"height": 8, "width": 8}, "image_mean": [0.5], "image_std": [0.5]}
     model = ViTContrastive(vit_config(preprocessing, ModelSource(preset="bert-tiny"), contrastive_temperature=0.1))

@@ -1,4 +1,4 @@
-"""Image embeddings end to end (lifecycle.tasks.image_embedding): the shipped pipelines/digits_embedding.yaml at
+"""Image embeddings end to end (lifecycle.workloads.images.embedding): the shipped pipelines/digits_embedding.yaml at
 a small budget (real masked-image pre-training and contrastive steps of a tiny ViT on scikit-learn's digits,
 torch.onnx export, dynamic int8 in onnxruntime), the edge runtime embedding encoded images, and, marked slow,
 `bentoml serve` answering POST /embed_image with the refusals of /classify_image, and the shipped pipeline at

@@ -1,4 +1,4 @@
-"""Image classification end to end (lifecycle.tasks.image_classification): scikit-learn's real 8x8 digits
+"""Image classification end to end (lifecycle.workloads.images.classification): scikit-learn's real 8x8 digits
 and a folder of PNGs written from them (one corrupt), real training steps of a tiny ViT, masked-image
 pre-training, torch.onnx export and onnxruntime, the edge runtime from encoded images, and `bentoml serve`
 answering POST /classify_image on 127.0.0.1 with its refusals (bombs, truncated files, text, wrong
@@ -98,7 +98,7 @@ def test_the_edge_transform_is_the_transformers_image_processor():
 
 
 def test_training_edge_and_server_paths_give_the_same_tensor_bit_for_bit():
-    from lifecycle.images import Images
+    from lifecycle.workloads.images.model import Images
 
     src, p = digits_source()
     d = data.load(src, p)

@@ -208,7 +208,7 @@ def test_int4_takes_the_embedding_tables_of_an_unfused_graph(export_art, tmp_pat
     from lifecycle import models
     from lifecycle.components import onnx as onnx_export
     from lifecycle.components.quantization import Settings, int4
-    from lifecycle.tasks import classification
+    from lifecycle.workloads.text import classification
 
     finetune = export_art.path.parent / "finetune"
     model = classification.TASK.torch_model(finetune)

@@ -1,4 +1,4 @@
-"""Table classification end to end (lifecycle.tasks.tabular_classification): real training steps on
+"""Table classification end to end (lifecycle.workloads.tables.classification): real training steps on
 scikit-learn's breast-cancer table and on palmerpenguins (categories and real missing values), real
 torch.onnx export and onnxruntime, dynamic int8, the bundle, the edge runtime from raw rows, and
 `bentoml serve` answering POST /predict on 127.0.0.1 with its refusals."""
@@ -91,7 +91,7 @@ def test_the_bundle_reproduces_the_pipelines_answers_from_raw_rows(cancer_run, t
 def test_training_edge_and_torch_agree_on_the_same_rows(penguins_run):
     """Same row in, same tensors out (the training path reads a split's columns, the edge runtime JSON
     rows), and the same logits from the torch model and its ONNX graph."""
-    from lifecycle.tabular import TableTransformer, predict
+    from lifecycle.workloads.tables.model import TableTransformer, predict
 
     pipe = config.build(PENGUINS)
     table = data.load(pipe.data["penguins"], pipe)
@@ -204,7 +204,7 @@ def test_masked_feature_pretraining_reconstructs_and_fine_tunes_from_its_encoder
 def test_masked_cells_without_a_value_are_never_reconstruction_targets():
     import torch
 
-    from lifecycle.masked_features import targets
+    from lifecycle.workloads.tables.masked_features import targets
 
     missing = torch.tensor([[0.0, 1.0]])
     categorical = torch.tensor([[0, 3]])
@@ -217,7 +217,7 @@ def test_masked_cells_without_a_value_are_never_reconstruction_targets():
 def test_scarf_corrupts_a_share_of_features_with_values_from_other_rows():
     import torch
 
-    from lifecycle.table_contrastive import CorruptedRows
+    from lifecycle.workloads.tables.contrastive import CorruptedRows
 
     n = 200  # every cell of row i holds a value no other row has: a corrupted cell is one that changed
     feeds = {"numeric": np.arange(n * 3, dtype=np.float32).reshape(n, 3),

@@ -14,6 +14,10 @@ from pydantic import Field
 from lifecycle import LifecycleError, quiet
 from lifecycle.schema import Strict
 
+# what every finetune and distill recipe may report of its training beside its scores
+TRAINING_METRICS = ("eval_loss", "params_total", "params_trainable", "trainable_fraction", "size_mb", "train_seconds",
+                    "train_steps", "data_wait_fraction", "lora_merge_max_abs_diff")
+
 
 class TrainConfig(Strict):
     """Trainer settings shared by pretrain, adapt, finetune and distill."""

@@ -38,7 +38,7 @@ SHOWN = 20  # unreadable files named in the stats (all are counted)
 
 
 class Augment(Strict):
-    """Training-only augmentation (lifecycle.images), drawn afresh for every image at every epoch;
+    """Training-only augmentation (lifecycle.workloads.images.model), drawn afresh for every image at every epoch;
     evaluation, the edge runtime and the service never augment."""
 
     # Random resized crop: a box of this share of the area and aspect in [3/4, 4/3], resized back.

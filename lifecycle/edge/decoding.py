@@ -166,7 +166,7 @@ def decoding_speed(self, prompt: str, new_tokens: int = 16, repeats: int = 3) ->
 def generator_rows(self, prompts: list[str]) -> np.ndarray:
     """A generator's `logits()`: per prompt, the next-token logits after it, then the first
     `agreement_tokens` greedy tokens with the KV cache (-1 after end-of-text): what export's parity and
-    the quantize ladder compare with PyTorch / the fp32 graph (lifecycle.tasks.generation)."""
+    the quantize ladder compare with PyTorch / the fp32 graph (lifecycle.workloads.decoders.generation)."""
     n = self.generation["agreement_tokens"]
     rows = []
     for p in prompts:

@@ -1,5 +1,5 @@
 """Images -> an image graph's `pixel_values`: decoding (bounded, header first) and one transform, used by
-training (lifecycle.images), the stages' evaluation, the edge runtime and the service, so the same pixels
+training (lifecycle.workloads.images.model), the stages' evaluation, the edge runtime and the service, so the same pixels
 give the same tensor everywhere. Its parameters are a transformers image-processor config
 (ViTImageProcessor's preprocessor_config.json: resize to `size` with `resample`, rescale, normalise by
 `image_mean` / `image_std`), and the arithmetic is transformers' own (rescale in float64 then float32,

@@ -4,10 +4,10 @@ small vision transformer has to clear on small images (as TF-IDF is for text, tr
 
 from __future__ import annotations
 
-# what masked-image pre-training reports (lifecycle.masked_images)
+# what masked-image pre-training reports (lifecycle.workloads.images.masked)
 MASKED_IMAGE_METRICS = ("reconstruction_loss", "reconstruction_loss_init", "probe_accuracy", "probe_accuracy_init",
                         "probe_gain", "train_seconds", "params_total")
-# what contrastive (SimCLR) pre-training of an image model reports (lifecycle.image_contrastive)
+# what contrastive (SimCLR) pre-training of an image model reports (lifecycle.workloads.images.contrastive)
 IMAGE_CONTRASTIVE_METRICS = ("contrastive_loss", "contrastive_loss_chance", "contrastive_loss_init", "contrastive_top1",
                              "contrastive_top1_chance", "contrastive_top1_init", "probe_accuracy",
                              "probe_accuracy_init", "probe_gain", "train_seconds", "params_total")

@@ -5,10 +5,10 @@ network has to clear; on small tables they often win, and the report should say 
 from __future__ import annotations
 
 TABLE_CLASSIFICATION = ("accuracy", "f1_macro", "auroc")
-# what masked-feature pre-training reports (lifecycle.masked_features)
+# what masked-feature pre-training reports (lifecycle.workloads.tables.masked_features)
 MASKED_FEATURE_METRICS = ("reconstruction_loss", "numeric_rmse", "categorical_accuracy", "probe_accuracy",
                           "probe_accuracy_init", "probe_gain", "train_seconds", "params_total")
-# what contrastive (SCARF) pre-training of a table model reports (lifecycle.table_contrastive)
+# what contrastive (SCARF) pre-training of a table model reports (lifecycle.workloads.tables.contrastive)
 SCARF_METRICS = ("contrastive_loss", "contrastive_loss_chance", "contrastive_top1", "contrastive_top1_chance",
                  "probe_accuracy", "probe_accuracy_init", "probe_gain", "train_seconds",
                  "params_total")

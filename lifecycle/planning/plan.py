@@ -157,8 +157,8 @@ def step_loss(model, objective: str, ids):
 
     mask = torch.ones_like(ids)
     if objective == "contrastive":  # the two halves of the batch are each other's positives
-        from lifecycle.contrastive import info_nce
         from lifecycle.embedding import Pooling, pool
+        from lifecycle.workloads.text.contrastive import info_nce
 
         pooled = pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask, Pooling())
         return info_nce(*pooled.chunk(2), temperature=0.05)

@@ -26,15 +26,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from lifecycle import tasks
+from lifecycle import workloads
 from lifecycle.components.onnx import ONNX_METRICS, OnnxLatency
-from lifecycle.gates import SPLIT_SCORES
+from lifecycle.gates import split_scores
 from lifecycle.schema import Gate, Holds, StageBase, TaskType
 
 
 class Config(StageBase):
     kind: Literal["export"]
-    tasks = tuple(tasks.REGISTRY)
     exporter: Literal["torch", "optimum"] = "torch"  # see the module docstring for why torch is the default
     opset: int = Field(17, ge=14)  # 14+ has the ops BERT needs; 17 adds LayerNormalization
     optimize: bool = True  # onnxruntime transformer fusions, kept only when measured no slower
@@ -42,24 +41,27 @@ class Config(StageBase):
     parity_max: float = Field(1e-4, gt=0, description="default gate on parity_max_abs_diff")
     latency: OnnxLatency = OnnxLatency()
 
+    def served(self) -> tuple[str, ...]:
+        return workloads.task_names()
+
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
-        return tasks.get(task).export_reads
+        return workloads.task(task).export_reads
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
-        return tasks.get(task).onnx_holds
+        return workloads.task(task).onnx_holds
 
     def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
-        return tasks.get(task).export_hint
+        return workloads.task(task).export_hint
 
     def task_problem(self, task: TaskType) -> str | None:
-        if self.exporter == "optimum" and tasks.get(task).optimum_task is None:
+        if self.exporter == "optimum" and workloads.task(task).optimum_task is None:
             return (f"exporter: optimum cannot export {task} models with everything in the graph (its "
                     "export would leave task parts such as pooling out); use `exporter: torch`")
         return None
 
-    def metric_names(self) -> set[str]:
+    def metric_names(self, task: TaskType | None = None) -> set[str]:
         names = {*ONNX_METRICS, "parity_max_abs_diff"}
-        for t in tasks.REGISTRY.values():  # scores on test and validation; fidelity on test where measured
+        for t in [workloads.task(task)] if task else workloads.tasks():  # scores on test and validation; fidelity on test where measured
             names |= {*t.scores, *(f"val_{m}" for m in t.scores if m in t.split_scores)}
             names |= {*(t.fidelity if t.fidelity_at_export else ()), *(("argmax_agreement",) if t.argmax_parity else ())}
             names |= set(t.comparisons)
@@ -76,7 +78,7 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     from lifecycle.edge import Predictor
 
     task, src = ctx.pipeline.task, Path(parent.path)
-    plugin = tasks.get(task.type)
+    plugin = workloads.task(task.type)
     model = plugin.torch_model(src)
     tokenizer = plugin.preprocessor(src, task)  # a text task's tokenizer; whatever feeds the graph otherwise
     plain = ctx.scratch_dir / "plain" / "model.onnx"
@@ -110,7 +112,7 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     metrics.update(onnx.onnx_latency(predictor, test_inputs[0], cfg.latency, task.max_length))
     # what a later selection (the quantize ladder) compares with
     val, _ = plugin.score(predictor, splits["validation"], ctx.pipeline, "validation")
-    metrics.update({f"val_{k}": v for k, v in val.items() if k in SPLIT_SCORES})
+    metrics.update({f"val_{k}": v for k, v in val.items() if k in split_scores()})
     details.update(plugin.prediction_details(predictor, test, outputs))
     return metrics, details
 

@@ -15,15 +15,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lifecycle.components.language_model import LM_METRICS
 from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
-from lifecycle.contrastive import CONTRASTIVE_METRICS, Contrastive, image_problem
-from lifecycle.data.corpus import STAT_KEYS
-from lifecycle.evaluation.images import IMAGE_CONTRASTIVE_METRICS, MASKED_IMAGE_METRICS
-from lifecycle.evaluation.tables import MASKED_FEATURE_METRICS, SCARF_METRICS
 from lifecycle.models import PRESETS, ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
+from lifecycle.workloads import SOURCE_INPUTS
+from lifecycle.workloads.text.contrastive import Contrastive, image_problem
 
 
 class Config(StageBase):
@@ -38,11 +35,11 @@ class Config(StageBase):
     probe: Probe | None = None  # a labelled task scored on frozen features after training: probe_accuracy
     num_proc: int | None = Field(None, gt=0, description="tokenization workers; pays off above ~10 MB of text")
     # None: masked-LM for bert-* presets, causal-LM for gpt-*. contrastive: sentence embeddings
-    # (lifecycle.contrastive; settings in `contrastive:`), encoders only. masked-feature: a table model
-    # on a table source (lifecycle.masked_features; `mlm_probability` is the share of cells masked).
-    # masked-image: a vision transformer on an image source (lifecycle.masked_images, SimMIM;
+    # (lifecycle.workloads.text.contrastive; settings in `contrastive:`), encoders only. masked-feature: a table model
+    # on a table source (lifecycle.workloads.tables.masked_features; `mlm_probability` is the share of cells masked).
+    # masked-image: a vision transformer on an image source (lifecycle.workloads.images.masked, SimMIM;
     # `mlm_probability` is the share of patches masked). contrastive on an image source: SimCLR on two
-    # augmented views (lifecycle.image_contrastive; `contrastive.temperature` only).
+    # augmented views (lifecycle.workloads.images.contrastive; `contrastive.temperature` only).
     objective: Literal["mlm", "clm", "contrastive", "masked-feature", "masked-image"] | None = Field(
         None, exclude_if=unset)
     contrastive: Contrastive | None = Field(None, exclude_if=unset)
@@ -87,105 +84,10 @@ class Config(StageBase):
         pairs = self.contrastive.pairs if self.contrastive else None
         return {"contrastive.pairs.path": pairs.path} if pairs else {}
 
-    def metric_names(self) -> set[str]:
-        if self.objective == "masked-feature":
-            return set(MASKED_FEATURE_METRICS)
-        if self.objective == "masked-image":
-            return set(MASKED_IMAGE_METRICS)
-        if self.objective == "contrastive":
-            return {*CONTRASTIVE_METRICS, *STAT_KEYS, "vocab_size", *SCARF_METRICS,  # text, a table or images
-                    *IMAGE_CONTRASTIVE_METRICS}
-        return {*LM_METRICS, "unigram_perplexity", "perplexity_vs_unigram", "probe_accuracy"}
+    def recipe_key(self, task: TaskType | None, sources: dict, consumed: Holds | None) -> tuple[str, str]:
+        natural = "mlm" if self.model.family == "bert" else "clm"
+        return SOURCE_INPUTS[sources["data"].reads], self.objective or natural
 
 
 def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
-    from transformers import set_seed
-
-    from lifecycle import models
-    from lifecycle.components import language_model as lm
-    from lifecycle.data.corpus import load_corpus
-
-    if cfg.objective == "masked-feature":
-        from lifecycle import masked_features
-
-        return masked_features.pretrain(cfg, ctx)
-    if cfg.objective == "masked-image":
-        from lifecycle import masked_images
-
-        return masked_images.pretrain(cfg, ctx)
-    if ctx.pipeline.data[cfg.data].reads == "image":
-        if cfg.objective == "contrastive":
-            from lifecycle import image_contrastive
-
-            return image_contrastive.pretrain(cfg, ctx)
-        from lifecycle import LifecycleError
-
-        raise LifecycleError(f"pretrain: data '{cfg.data}' holds images; pre-train an image model with "
-                             "`objective: masked-image` or `objective: contrastive`")
-    if ctx.pipeline.data[cfg.data].table is not None:
-        if cfg.objective == "contrastive":
-            from lifecycle import table_contrastive
-
-            return table_contrastive.pretrain(cfg, ctx)
-        from lifecycle import LifecycleError
-
-        raise LifecycleError(f"pretrain: data '{cfg.data}' is a table; pre-train a table model with "
-                             "`objective: masked-feature` or `objective: contrastive`")
-    if cfg.objective == "contrastive":
-        return _contrastive(cfg, ctx)
-    objective = "mlm" if cfg.model.family == "bert" else "clm"
-    args = lm.lm_training_args(cfg.train, ctx)
-    corpus = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)
-    with args.main_process_first(desc="train tokenizer"):
-        tokenizer = _tokenizer(cfg, corpus, ctx)
-    blocks, eval_blocks = lm.lm_blocks(corpus, tokenizer, cfg.block_size, objective, cfg.mlm_probability, ctx, args,
-                                       cfg.num_proc)
-    set_seed(ctx.seed)
-    config = models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-    model = lm.new_model(config, objective)
-    trainer = lm.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
-    details = {}
-    if cfg.probe and cfg.probe.every_eval:
-        from lifecycle.components.language_model import transfer_callback
-
-        callback, details["transfer"] = transfer_callback(cfg.probe, tokenizer, ctx.data(cfg.probe.data),
-                                                          ctx.stage.label)
-        trainer.add_callback(callback)
-    metrics, fitted = lm.fit(trainer, ctx, cfg.block_size)
-    metrics.update(corpus.stats, vocab_size=len(tokenizer), params_total=models.count_parameters(model)["params_total"])
-    metrics["unigram_perplexity"] = lm.unigram_perplexity(blocks, eval_blocks, objective, len(tokenizer),
-                                                          tokenizer.all_special_ids)
-    # below 1 = the model beats word frequencies on the same targets; a gate can bound it
-    metrics["perplexity_vs_unigram"] = metrics["perplexity"] / metrics["unigram_perplexity"]
-    details.update(fitted, objective=objective, block_size=cfg.block_size, data=corpus.stats)
-    return lm.finish(trainer, tokenizer, cfg.probe, ctx, metrics), details
-
-
-def _contrastive(cfg: Config, ctx) -> tuple[dict, dict]:
-    """An encoder from scratch trained only with the contrastive objective (lifecycle.contrastive)."""
-    from transformers import AutoModel, set_seed
-
-    from lifecycle import contrastive, models
-    from lifecycle.data.corpus import load_corpus
-    from lifecycle.embedding import Pooling
-
-    corpus = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)
-    tokenizer = _tokenizer(cfg, corpus, ctx)
-    set_seed(ctx.seed)
-    model = AutoModel.from_config(models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id))
-    metrics, details = contrastive.train(cfg, model, tokenizer, Pooling(), ctx, corpus)
-    return {**metrics, **corpus.stats, "vocab_size": len(tokenizer)}, details
-
-
-def _tokenizer(cfg: Config, corpus, ctx):
-    """Trained on the training split, kept in scratch: a resumed run (and every DDP rank) uses the very
-    same vocabulary as the checkpoint it continues."""
-    from lifecycle import models
-
-    saved = ctx.scratch_dir / "tokenizer"
-    if (saved / "tokenizer.json").is_file():
-        return models.load_tokenizer(saved, cfg.block_size)
-    tokenizer = models.train_tokenizer(corpus.splits["train"]["text"], cfg.model.tokenizer, cfg.model.family,
-                                       cfg.block_size)
-    tokenizer.save_pretrained(saved)
-    return tokenizer
+    return ctx.recipe(cfg, parent)

@@ -37,7 +37,7 @@ from typing import Literal
 
 from pydantic import Field, computed_field, model_validator
 
-from lifecycle import tasks
+from lifecycle import workloads
 from lifecycle.components.onnx import ONNX_METRICS, OnnxLatency
 from lifecycle.components.quantization import Calibration, Method, Rung, Settings
 from lifecycle.components.sensitivity import SelectiveFallback
@@ -48,7 +48,6 @@ SPEED_METRICS = ("speedup", "speedup_served")  # fp32 p50 / rung p50, at batch 1
 
 class Config(StageBase):
     kind: Literal["quantize"]
-    tasks = tuple(tasks.REGISTRY)
     method: Method | None = None  # the single rung when `fallback` is empty; None: dynamic-int8
     fallback: list[Method | Rung] = Field(
         [], description="the whole ladder, tried in order, e.g. [static-int8, dynamic-int8, none]; a rung may "
@@ -117,16 +116,19 @@ class Config(StageBase):
     def _drop_derived(cls, data):
         return {k: v for k, v in data.items() if k != "ladder_gates"} if isinstance(data, dict) else data
 
+    def served(self) -> tuple[str, ...]:
+        return workloads.task_names()
+
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
-        return (tasks.get(task).onnx_holds,)
+        return (workloads.task(task).onnx_holds,)
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
-        return tasks.get(task).onnx_holds  # the same model, in int8
+        return workloads.task(task).onnx_holds  # the same model, in int8
 
-    def metric_names(self) -> set[str]:
+    def metric_names(self, task: TaskType | None = None) -> set[str]:
         # the task's scores and fidelity to the fp32 parent, on test and (val_*) on validation
         return {*ONNX_METRICS, *SPEED_METRICS, "served_batch_size",
-                *(m for t in tasks.REGISTRY.values() for m in t.metrics)}
+                *(m for t in ([workloads.task(task)] if task else workloads.tasks()) for m in t.metrics)}
 
 
 def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
@@ -155,8 +157,8 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
     reference = ladder.fp32.logits(task.inputs(test))
     metrics, outputs = task.score(predictor, test, ctx.pipeline, "test", reference, ctx.out_dir)
-    metrics.update({k: v for k, v in chosen.items() if k not in gatelib.SPLIT_SCORES})  # latency, size, speed
-    metrics.update({f"val_{k}": v for k, v in chosen.items() if k in gatelib.SPLIT_SCORES})
+    metrics.update({k: v for k, v in chosen.items() if k not in gatelib.split_scores()})  # latency, size, speed
+    metrics.update({f"val_{k}": v for k, v in chosen.items() if k in gatelib.split_scores()})
     details.update(method=attempt["method"], rung=attempt["rung"], passed=attempt["passed"],
                    **task.prediction_details(predictor, test, outputs))
     for f in rung_dir.iterdir():
@@ -172,7 +174,7 @@ class Ladder:
         from lifecycle.edge import Predictor
 
         self.cfg, self.src, self.ctx = cfg, src, ctx
-        self.task = tasks.get(ctx.pipeline.task.type)
+        self.task = workloads.task(ctx.pipeline.task.type)
         self.score = self.task.scores[0]
         self.splits = ctx.task_data().splits
         self.fp32 = Predictor.open(src, threads=cfg.latency.threads)

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lifecycle import tasks
+from lifecycle import workloads
 from lifecycle.schema import Gate, Holds, StageBase, TaskType
 from lifecycle.serving import ServingSettings
 
@@ -31,8 +31,6 @@ HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_
 
 class Config(StageBase):
     kind: Literal["serve"]
-    # classifiers: it scores the answers' labels against the test labels; generators: answers token for token
-    tasks = ("classification", "tabular-classification", "image-classification", "image-embedding", "generation")
     clients: int = Field(8, ge=1, description="concurrent keep-alive connections")
     texts_per_request: int = Field(1, ge=1)  # 1: latency per text, as a user calling the API sees it
     warmup_requests: int = Field(16, ge=0)  # not measured
@@ -41,24 +39,28 @@ class Config(StageBase):
     # How far an HTTP answer's scores may be from the in-process answer for the same text.
     score_tolerance: float = Field(1e-5, ge=0)
 
+    def served(self) -> tuple[str, ...]:
+        # the tasks whose HTTP answers it can score against the test split (labels, values, kNN, tokens)
+        return tuple(t.name for t in workloads.tasks() if t.scores_answers)
+
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
-        return (tasks.get(task).onnx_holds,)
+        return (workloads.task(task).onnx_holds,)
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
         return "service-check"
 
     def task_hint(self, task: TaskType) -> str | None:
         return (f"the serve stage scores HTTP answers against the test labels; serve this model with "
-                f"`lifecycle serve RUN_DIR` (POST {tasks.get(task).route}) instead")
+                f"`lifecycle serve RUN_DIR` (POST {workloads.task(task).route}) instead")
 
-    def metric_names(self) -> set[str]:
+    def metric_names(self, task: TaskType | None = None) -> set[str]:
         return set(HTTP_METRICS)
 
     def adopt_task(self, task: TaskType | None) -> None:
         default = Gate(metric="accuracy", max_drop=0.0)
         if task is None or default not in self.gates:
             return
-        plugin = tasks.get(task)
+        plugin = workloads.task(task)
         if not plugin.serve_accuracy:  # no labels to score: drop that default
             self.gates = [g for g in self.gates if g != default]
         elif plugin.scores[0] != "accuracy":  # an embedder: its HTTP answers score as well by its kNN headline
@@ -79,7 +81,7 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     from lifecycle.edge import Predictor
     from lifecycle.serving import Server, json_request, resolve, run_load, write_config
 
-    task = tasks.get(ctx.pipeline.task.type)
+    task = workloads.task(ctx.pipeline.task.type)
     served = resolve(parent.path)
     config = write_config(served, cfg.serving, ctx.out_dir / "serving.json")
     test = ctx.task_data().splits["test"]

@@ -12,9 +12,14 @@ SAMPLE_PREDICTIONS = 8  # test texts whose answers go into the manifest (and the
 
 class TaskPlugin:
     name: ClassVar[str]
+    # What the model reads (text, prompts, rows, images) and what it answers (labels, vector, value, score,
+    # tokens): the recipe table's key for finetune and distill (lifecycle.workloads), and schema.json's kinds.
+    inputs_kind: ClassVar[str]
+    answers_kind: ClassVar[str]
     export_reads: ClassVar[tuple[Holds, ...]]  # what the export stage reads under this task
     export_hint: ClassVar[str]  # how to fix a chain that gives export something else
     trained_by: ClassVar[str] = "finetune"  # the stages that train this task's model (a refused chain's hint)
+    finetunes_into: ClassVar[Holds] = "classifier"  # what a finetune (and distill) stage under this task holds
     onnx_holds: ClassVar[Holds]  # what export writes (and quantize keeps)
     output: ClassVar[str]  # the graph's one output
     edge_method: ClassVar[str]  # the lifecycle.edge.Predictor method that answers for this task
@@ -38,28 +43,6 @@ class TaskPlugin:
     # The serve stage's default gate: its HTTP answers score as well as the parent (accuracy against the
     # test labels); False for a task whose answers have no labels to score (a generator).
     serve_accuracy: ClassVar[bool] = True  # the key of a service request's inputs: {"texts": [...]}
-
-    # ------------------------------------------------------------------------------ training
-    # A task whose model is not a text model trains it with its own recipes under the finetune and distill
-    # stages (`finetune`, `distill`; `*_problem` for the stage settings they cannot honour).
-    own_training: ClassVar[bool] = False
-    finetunes_into: ClassVar[Holds] = "classifier"  # what a finetune stage under this task holds
-
-    def finetune(self, cfg, parent, ctx) -> tuple[dict, dict]:
-        """Train the task's model under the finetune stage `cfg`; returns the stage's (metrics, details)."""
-        raise NotImplementedError
-
-    def finetune_problem(self, cfg) -> str | None:
-        """"field: why" for a finetune setting this task's recipe does not support, else None."""
-        return None
-
-    def distill(self, cfg, parent, ctx) -> tuple[dict, dict]:
-        """Distil the parent (the teacher) under the distill stage `cfg`; returns the stage's (metrics, details)."""
-        raise NotImplementedError
-
-    def distill_problem(self, cfg) -> str | None:
-        """"field: why" for a distill setting this task's recipe does not support, else None."""
-        return None
 
     def settings_problem(self, task) -> str | None:
         """"field: why" for a setting under `task:` (schema.Task) that this task cannot honour, else None."""
@@ -169,6 +152,13 @@ class TaskPlugin:
     def answers_agree(self, http, local, tolerance: float) -> tuple[bool, float]:
         """(whether an HTTP answer equals the in-process answer for the same text, largest difference)."""
         raise NotImplementedError
+
+    @property
+    def scores_answers(self) -> bool:
+        """Whether the serve stage can score this task's HTTP answers (it implements `answer_scores` or
+        `served_scores`)."""
+        own = type(self)
+        return own.answer_scores is not TaskPlugin.answer_scores or own.served_scores is not TaskPlugin.served_scores
 
 
 class EmbeddingAnswers:

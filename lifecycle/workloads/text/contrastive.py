@@ -56,7 +56,7 @@ class Contrastive(Strict):
     validation: float = Field(0.05, gt=0, lt=1)  # supervised: share of pairs held out (eval_loss, alignment)
     eval_texts: int = Field(256, ge=8)  # held-out texts for alignment / uniformity (uniformity is O(n^2))
     pooling: Pooling | None = None  # None: the start model's (pooling.json or sentence-transformers), else mean
-    # tables (SCARF, lifecycle.table_contrastive): the share of a row's features replaced by draws from
+    # tables (SCARF, lifecycle.workloads.tables.contrastive): the share of a row's features replaced by draws from
     # their training marginals; None: SCARF's 0.6.
     corruption: float | None = Field(None, gt=0, lt=1, exclude_if=unset)
 
@@ -67,7 +67,7 @@ class Contrastive(Strict):
         return self
 
 
-# `contrastive:` settings SimCLR on an image source (lifecycle.image_contrastive) has no use for
+# `contrastive:` settings SimCLR on an image source (lifecycle.workloads.images.contrastive) has no use for
 IMAGE_REFUSED = ("mode", "max_length", "pairs", "validation", "eval_texts", "pooling", "corruption")
 
 
@@ -214,7 +214,6 @@ def measure(model, tokenizer, pooling: Pooling, spec: Contrastive, texts, positi
     has `task: {type: embedding}`. Unsupervised alignment compares two dropout views (train mode)."""
     import torch
 
-    from lifecycle import tasks
     from lifecycle.components.inference import embed_torch
     from lifecycle.embedding import alignment_uniformity, embedding_model
 
@@ -232,7 +231,7 @@ def measure(model, tokenizer, pooling: Pooling, spec: Contrastive, texts, positi
         out = {"alignment": alignment_uniformity(embed(positives[0]), embed(positives[1]))["alignment"],
                "uniformity": alignment_uniformity(x, x)["uniformity"]}
     if ctx.pipeline.task is not None:  # the task's own scores of an encoder (embedding: kNN accuracy...)
-        out.update(tasks.get(ctx.pipeline.task.type).encoder_scores(lambda t: embed(list(t)), ctx.pipeline))
+        out.update(ctx.task.encoder_scores(lambda t: embed(list(t)), ctx.pipeline))
     model.train(was_training)
     return out
 
@@ -242,3 +241,36 @@ def _embed_noisy(wrapped, tokenizer, texts, max_length: int, batch_size: int = 6
     from lifecycle.components.inference import MODEL_INPUTS, batched
 
     return batched(lambda enc: wrapped(**enc), tokenizer, texts, max_length, batch_size, inputs=MODEL_INPUTS)
+
+
+def pretrain(cfg, parent, ctx) -> tuple[dict, dict]:
+    """The pretrain recipe: an encoder from scratch trained only with the contrastive objective."""
+    from transformers import AutoModel, set_seed
+
+    from lifecycle import models
+    from lifecycle.data.corpus import load_corpus
+    from lifecycle.embedding import Pooling
+    from lifecycle.workloads.text.language_model import tokenizer_for
+
+    corpus = load_corpus(ctx.pipeline.data[cfg.data], ctx.pipeline, ctx.seed)
+    tokenizer = tokenizer_for(cfg, corpus, ctx)
+    set_seed(ctx.seed)
+    model = AutoModel.from_config(models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id))
+    metrics, details = train(cfg, model, tokenizer, Pooling(), ctx, corpus)
+    return {**metrics, **corpus.stats, "vocab_size": len(tokenizer)}, details
+
+
+def adapt(cfg, parent, ctx) -> tuple[dict, dict]:
+    """The adapt recipe: the parent (or `model:`) encoder continued as a sentence-embedding model."""
+    from pathlib import Path
+
+    from transformers import AutoModel, set_seed
+
+    from lifecycle import models
+    from lifecycle.embedding import read_pooling
+
+    path = models.model_dir(cfg.model, ctx.pipeline) if cfg.model is not None else Path(parent.path)
+    tokenizer = models.load_tokenizer(path, cfg.block_size)
+    set_seed(ctx.seed)
+    metrics, details = train(cfg, models.load_model(AutoModel, path), tokenizer, read_pooling(path), ctx)
+    return metrics, {**details, "start": str(path)}

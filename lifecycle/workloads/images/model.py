@@ -1,9 +1,9 @@
 """A small vision transformer for image classification (transformers' ViTForImageClassification built from
 a config), its training-only augmentation, and the finetune and distill recipes of the image task
-(lifecycle.tasks.image_classification).
+(lifecycle.workloads.images.classification).
 
 Why ViT from a config: it is a Hugging Face model (config.json + safetensors), so masked-image
-pre-training (ViTForMaskedImageModeling, lifecycle.masked_images) writes a checkpoint this model loads
+pre-training (ViTForMaskedImageModeling, lifecycle.workloads.images.masked) writes a checkpoint this model loads
 directly, the Trainer trains it, and torch.onnx exports it as it exports our text encoders.
 
 Sizes: a `preset` gives depth and width (bert-tiny: 2 layers, hidden 64); the image side comes from the
@@ -179,7 +179,7 @@ def starting_point(cfg, parent, ctx):
     return (data if start is None else read_through_model(data, start)), source, start
 
 
-def finetune(cfg, parent, ctx, task) -> tuple[dict, dict]:
+def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
     """The finetune stage for an image classifier: build (a preset) or load (the parent, or `model.path`)
     with a new head, train every weight, save with its preprocessor_config.json, score on test beside
     the from-scratch control (when asked) and the RBF SVM (always)."""
@@ -190,6 +190,7 @@ def finetune(cfg, parent, ctx, task) -> tuple[dict, dict]:
     from lifecycle.components.classification import seed_everything
     from lifecycle.evaluation.images import svm_baseline
 
+    task = ctx.task
     data, source, start = starting_point(cfg, parent, ctx)
     seed_everything(ctx.seed)
     if start is None:
@@ -247,7 +248,7 @@ class DistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def distill(cfg, parent, ctx, task) -> tuple[dict, dict]:
+def distill(cfg, parent, ctx) -> tuple[dict, dict]:
     """The distill stage for an image classifier: the teacher's ViT with fewer encoder layers (spread over
     the depth, first and last kept: lifecycle.components.distillation.pick_layers), patch embedding and
     head copied, trained on the teacher's soft targets at temperature T plus the labels."""
@@ -260,6 +261,8 @@ def distill(cfg, parent, ctx, task) -> tuple[dict, dict]:
         student_costs,
         student_layers,
     )
+
+    task = ctx.task
 
     src = Path(parent.path)
     data = read_through_model(ctx.task_data(), src)

@@ -1,4 +1,4 @@
-"""The distill stage for a causal LM (the generation task's recipe; lifecycle.tasks.generation): token-level
+"""The distill stage for a causal LM (the generation task's recipe; lifecycle.workloads.decoders.generation): token-level
 knowledge distillation of the parent decoder (the teacher) into a decoder with fewer layers.
 
 Student: the teacher's config with half its layers by default, initialised from teacher layers spread over
@@ -38,7 +38,7 @@ DISTILL_METRICS = ("perplexity", "val_perplexity", "teacher_perplexity", "perple
 def distill(cfg, parent, ctx) -> tuple[dict, dict]:
     from transformers import AutoModelForCausalLM, set_seed
 
-    from lifecycle import generation, models
+    from lifecycle import models
     from lifecycle.components import training
     from lifecycle.components.distillation import (
         init_from_teacher,
@@ -46,6 +46,7 @@ def distill(cfg, parent, ctx) -> tuple[dict, dict]:
         student_config,
         student_layers,
     )
+    from lifecycle.workloads.decoders import model as generation
 
     task = ctx.pipeline.task
     settings = task.generation_settings
@@ -128,7 +129,7 @@ def kl_to_teacher(student, teacher, rows: list[dict], pad_id: int, batch_size: i
     import torch
     import torch.nn.functional as F
 
-    from lifecycle.generation import collator
+    from lifecycle.workloads.decoders.model import collator
 
     collate, total, count = collator(pad_id), 0.0, 0
     with torch.no_grad():

@@ -2,7 +2,7 @@
 image source in (lifecycle.data.images: imagefolder or sklearn-digits), lifecycle.edge.ImagePreprocessing
 between the image and the graph's input `pixel_values` (batch, channels, height, width) float32, built from
 the model's transformers image-processor config (preprocessor_config.json beside the graph), a small vision
-transformer (lifecycle.images) trained by the task's own recipe, and requests that carry images as base64
+transformer (lifecycle.workloads.images.model) trained by the task's own recipe, and requests that carry images as base64
 PNG ({"images": [...]}) or as the body. A subclass adds its head, its graph's output, its reference
 (`reference`) and its scores."""
 
@@ -16,7 +16,6 @@ from lifecycle.tasks.base import TaskPlugin
 class ImageTask(TaskPlugin):
     reads = "image"
     graph_fusions = False  # onnxruntime's transformer fusions look for input_ids and a mask
-    own_training = True
     request_key = "images"  # {"images": [base64 PNG/JPEG, ...]}
 
     def inputs(self, split) -> list:
@@ -33,7 +32,7 @@ class ImageTask(TaskPlugin):
         return ImagePreprocessing.load(src / IMAGE_PROCESSOR)
 
     def export_graph(self, model, preprocessor, path, opset):
-        from lifecycle.images import export_onnx
+        from lifecycle.workloads.images.model import export_onnx
 
         export_onnx(model, preprocessor.transform([preprocessor.blank()] * 2), path, opset, output=self.output)
 

@@ -1,4 +1,4 @@
-"""Table classification: a feature-tokenizer transformer (lifecycle.tabular) on the rows of a table source
+"""Table classification: a feature-tokenizer transformer (lifecycle.workloads.tables.model) on the rows of a table source
 (lifecycle.data.tables), one class per row.
 
 Graph: inputs `numeric`, `numeric_missing`, `categorical` (lifecycle.edge.TablePreprocessing makes them
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
 from lifecycle.tasks.base import ClassAnswers
-from lifecycle.tasks.table_task import TableTask
+from lifecycle.workloads.tables.task import TableTask
 
 
 class TabularClassification(ClassAnswers, TableTask):
     name = "tabular-classification"
+    inputs_kind, answers_kind = "rows", "labels"
     export_reads = ("classifier",)
     export_hint = "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
     onnx_holds = "onnx-classifier"

@@ -1,4 +1,4 @@
-"""Causal language models for the generation task (lifecycle.tasks.generation): its data, its fine-tuning
+"""Causal language models for the generation task (lifecycle.workloads.decoders.generation): its data, its fine-tuning
 recipe, held-out perplexity and the PyTorch reference the ONNX decoder is checked against.
 
 Data. Prompt/response records (jsonl or csv, the task's `prompt_field` / `response_field`) or plain text (a
@@ -261,7 +261,7 @@ def lm_trainer(trainer_class, model, train_cfg, ctx, train_rows: list[dict], val
 
 
 # ------------------------------------------------------------------------------------------- finetune
-def finetune(cfg, parent, ctx, plugin) -> tuple[dict, dict]:
+def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
     """The finetune stage under `task: {type: generation}`: full or LoRA on response tokens only."""
     from transformers import Trainer, set_seed
 

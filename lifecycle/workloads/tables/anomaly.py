@@ -1,7 +1,7 @@
 """Table anomaly detection: how badly a masked-feature model (pretrain with `objective: masked-feature`)
-reconstructs a row's features from each other (lifecycle.masked_features.AnomalyScorer).
+reconstructs a row's features from each other (lifecycle.workloads.tables.masked_features.AnomalyScorer).
 
-Graph: the table inputs (lifecycle.tasks.table_task), output `anomaly_score` (batch, 1), higher is more
+Graph: the table inputs (lifecycle.workloads.tables.task), output `anomaly_score` (batch, 1), higher is more
 anomalous, the whole score computed inside the graph; edge method `score_rows` ({"anomaly_score"} per
 row); route POST /score. Export reads the pretrain stage's masked-feature model directly (no finetune:
 the model never sees a label). Scores: AUROC and average precision against the labelled anomalies, which
@@ -13,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.evaluation.tables import TABLE_ANOMALY
-from lifecycle.tasks.table_task import TableTask
+from lifecycle.workloads.tables.task import TableTask
 
 
 class TabularAnomaly(TableTask):
     name = "tabular-anomaly"
+    inputs_kind, answers_kind = "rows", "score"
     export_reads = ("masked-lm",)
     export_hint = "an anomaly scorer is a masked-feature model: pretrain with `objective: masked-feature` before export"
     trained_by = "pretrain with `objective: masked-feature`"
@@ -27,12 +28,11 @@ class TabularAnomaly(TableTask):
     route = "/score"
     scores = TABLE_ANOMALY
     fidelity = ("anomaly_score_max_abs_diff",)
-    own_training = False  # trained by pretrain (masked-feature); finetune and distill do not apply
     comparisons = (*(f"{who}_{m}" for who in ("control", "baseline_iforest", "baseline_gbdt") for m in TABLE_ANOMALY),
                    "pretraining_gain")
 
     def torch_model(self, src: Path):
-        from lifecycle.masked_features import AnomalyScorer, MaskedFeatureModel
+        from lifecycle.workloads.tables.masked_features import AnomalyScorer, MaskedFeatureModel
 
         return AnomalyScorer(MaskedFeatureModel.from_pretrained(src)).eval()
 
@@ -55,7 +55,7 @@ class TabularAnomaly(TableTask):
         import torch
 
         from lifecycle.evaluation.tables import anomaly_baselines, anomaly_scores
-        from lifecycle.masked_features import AnomalyScorer
+        from lifecycle.workloads.tables.masked_features import AnomalyScorer
 
         table = ctx.task_data()
         anomalous = self.anomalous(table.splits["train"])

@@ -4,7 +4,7 @@ share of its features (`contrastive.corruption`, SCARF's 0.6 by default) takes t
 feature in another random training row, i.e. a draw from that feature's empirical marginal (a missing
 cell travels as missing, a category as its id). The mean of the encoder's output tokens, through a
 two-layer projection, must pick its row's copy out of the batch (InfoNCE, in-batch negatives,
-lifecycle.contrastive). Measured on palmerpenguins (15 epochs, tests/test_tabular.py's budget): the
+lifecycle.workloads.text.contrastive). Measured on palmerpenguins (15 epochs, tests/test_tabular.py's budget): the
 [CLS] state barely depends on the row at initialisation and held-out loss stayed at chance with it; with
 the mean, held-out top-1 was 0.23 at temperature 0.1 and 0.11 at SCARF's 1.0 (chance 0.06; with cosine
 logits in [-1, 1] a temperature of 1 bounds the loss near log b), so `contrastive.temperature` keeps
@@ -12,7 +12,7 @@ its default (0.05, as for text).
 
 Why marginal draws rather than masking: the corrupted cell is a plausible value, so the encoder cannot
 spot corruption from a token it never sees at fine-tuning time, which is the trade-off SCARF measured
-against mask-based views. The body (`features.*`, `bert.*`) is lifecycle.tabular.TableTransformer's,
+against mask-based views. The body (`features.*`, `bert.*`) is lifecycle.workloads.tables.model.TableTransformer's,
 so a finetune stage loads it with a new head; the projection stays behind, as in SimCLR.
 
 Metrics on held-out validation rows (fixed corruption): `contrastive_loss` and `contrastive_top1` (the
@@ -27,7 +27,7 @@ from torch import nn
 from transformers import BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from lifecycle.tabular import INPUTS, FeatureTokenizer, Rows, preset_config
+from lifecycle.workloads.tables.model import INPUTS, FeatureTokenizer, Rows, preset_config
 
 CORRUPTION = 0.6  # SCARF's default share of corrupted features
 TEXT_ONLY = ("mode", "max_length", "pairs", "eval_texts", "pooling")  # Contrastive fields a table cannot use
@@ -55,7 +55,7 @@ class ScarfModel(BertPreTrainedModel):
 
     def forward(self, numeric, numeric_missing, categorical, positive_numeric, positive_numeric_missing,
                 positive_categorical, labels=None, **_):
-        from lifecycle.contrastive import info_nce
+        from lifecycle.workloads.text.contrastive import info_nce
 
         anchors = self.embed(numeric, numeric_missing, categorical)
         positives = self.embed(positive_numeric, positive_numeric_missing, positive_categorical)
@@ -105,7 +105,7 @@ def held_out(model: ScarfModel, feeds: dict, corruption: float, seed: int, batch
     return retrieval_scores(anchors, positives, model.config.scarf_temperature, batch_size)
 
 
-def pretrain(cfg, ctx) -> tuple[dict, dict]:
+def pretrain(cfg, parent, ctx) -> tuple[dict, dict]:
     """The pretrain stage's contrastive objective on the table source `cfg.data`."""
     import time
 
@@ -115,8 +115,8 @@ def pretrain(cfg, ctx) -> tuple[dict, dict]:
     from lifecycle.components.classification import seed_everything
     from lifecycle.components.training import train as run_trainer
     from lifecycle.components.training import training_args
-    from lifecycle.contrastive import Contrastive
-    from lifecycle.masked_features import finish, linear_probe
+    from lifecycle.workloads.tables.masked_features import finish, linear_probe
+    from lifecycle.workloads.text.contrastive import Contrastive
 
     settings = cfg.contrastive
     given = [f for f in TEXT_ONLY if settings is not None and f in settings.model_fields_set]

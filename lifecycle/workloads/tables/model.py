@@ -189,8 +189,8 @@ def build(data, head: dict, source=None, parent: Path | None = None) -> TableTra
     return TableTransformer.from_pretrained(src, config=config, ignore_mismatched_sizes=True)
 
 
-def finetune(cfg, parent, ctx, task) -> tuple[dict, dict]:
-    """The finetune stage for a table task (`task`: its plug-in, lifecycle.tasks.table_task): build or
+def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
+    """The finetune stage for a table task (`task`: its plug-in, lifecycle.workloads.tables.task): build or
     load, train, save (with preprocessing.json), score on test with the from-scratch control (when
     asked) and the gradient-boosting baseline (always)."""
     import json
@@ -201,6 +201,7 @@ def finetune(cfg, parent, ctx, task) -> tuple[dict, dict]:
     from lifecycle.components.classification import seed_everything
     from lifecycle.edge import PREPROCESSING
 
+    task = ctx.task
     data = ctx.task_data()
     source = cfg.model
     if source is not None and source.path:

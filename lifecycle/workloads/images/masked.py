@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from transformers import ViTForMaskedImageModeling
 
-from lifecycle.images import Images, save, vit_config
+from lifecycle.workloads.images.model import Images, save, vit_config
 
 
 class MaskedImages(Images):
@@ -79,7 +79,7 @@ def linear_probe(vit, data) -> float:
     return float(probe.score(features(vit, data.pixel_values("validation")), data.target("validation")))
 
 
-def pretrain(cfg, ctx) -> tuple[dict, dict]:
+def pretrain(cfg, parent, ctx) -> tuple[dict, dict]:
     """The pretrain stage's masked-image objective on the image source `cfg.data` (its labels unused, but
     for the probe)."""
     import time

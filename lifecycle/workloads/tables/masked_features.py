@@ -4,7 +4,7 @@ encoder reconstructs them: mean-squared error on numbers (in their normalised un
 categories. A missing cell is never a target (there is nothing to reconstruct), so missing values
 stay what they are: the "missing" token, not a zero.
 
-The encoder body (`features.*`, `bert.*`) is the one lifecycle.tabular.TableTransformer has, so a finetune
+The encoder body (`features.*`, `bert.*`) is the one lifecycle.workloads.tables.model.TableTransformer has, so a finetune
 stage loads it from this artifact with a new head; the heads and mask tokens stay behind. The artifact
 keeps the preprocessing it was trained with (preprocessing.json): a finetune on another table of the same
 columns reads that table through it, as a text model keeps its tokenizer.
@@ -24,7 +24,7 @@ from torch import nn
 from transformers import BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput
 
-from lifecycle.tabular import FeatureTokenizer, Rows, preset_config
+from lifecycle.workloads.tables.model import FeatureTokenizer, Rows, preset_config
 
 
 class MaskedFeatureModel(BertPreTrainedModel):
@@ -115,7 +115,7 @@ def reconstruction(model: MaskedFeatureModel, feeds: dict, fraction: float, seed
 @torch.inference_mode()
 def cls_states(model, feeds: dict):
     """Frozen [CLS] states (numpy) of the unmasked rows."""
-    from lifecycle.tabular import tensors
+    from lifecycle.workloads.tables.model import tensors
 
     model.eval()
     x = tensors(feeds)
@@ -133,7 +133,7 @@ def linear_probe(model, data) -> float:
     return float(probe.score(cls_states(model, data.features("validation")[0]), data.target("validation")))
 
 
-def pretrain(cfg, ctx) -> tuple[dict, dict]:
+def pretrain(cfg, parent, ctx) -> tuple[dict, dict]:
     """The pretrain stage's masked-feature objective on the table source `cfg.data`."""
     import time
 

@@ -1,4 +1,4 @@
-"""The distill stage for a table model (the task plug-in's recipe; lifecycle.tasks.table_task): the
+"""The distill stage for a table model (the task plug-in's recipe; lifecycle.workloads.tables.task): the
 student is the teacher's TableTransformer with fewer encoder layers, initialised from teacher layers
 spread over the depth (lifecycle.components.distillation.pick_layers, as for text). A classifier's student
 learns the teacher's soft targets at temperature T plus the labels (the same loss as text distillation);
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer
 
-from lifecycle.tabular import Rows, TableTransformer, predict, tensors
+from lifecycle.workloads.tables.model import Rows, TableTransformer, predict, tensors
 
 
 class SoftRows(Rows):
@@ -46,7 +46,7 @@ class DistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def distill(cfg, parent, ctx, task) -> tuple[dict, dict]:
+def distill(cfg, parent, ctx) -> tuple[dict, dict]:
     import json
     import time
 
@@ -60,6 +60,8 @@ def distill(cfg, parent, ctx, task) -> tuple[dict, dict]:
     from lifecycle.components.training import train as run_trainer
     from lifecycle.components.training import training_args
     from lifecycle.edge import PREPROCESSING
+
+    task = ctx.task
 
     src = Path(parent.path)
     data = ctx.task_data().read_through(json.loads((src / PREPROCESSING).read_text()), src)

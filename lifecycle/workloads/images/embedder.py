@@ -1,5 +1,5 @@
-"""Image embeddings (`task: {type: image-embedding}`, lifecycle.tasks.image_embedding): the small vision
-transformer of lifecycle.images without a head, its token states pooled into one vector per image, and the
+"""Image embeddings (`task: {type: image-embedding}`, lifecycle.workloads.images.embedding): the small vision
+transformer of lifecycle.workloads.images.model without a head, its token states pooled into one vector per image, and the
 finetune recipe that trains it for similarity search.
 
 Pooling is lifecycle.embedding's (`pooling.json` beside the weights, inside the graph after export): `mean`
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import Trainer, ViTModel
 
-from lifecycle.images import Images
+from lifecycle.workloads.images.model import Images
 
 # Low temperatures weight the hardest negatives most and spread the classes apart on the sphere; with label
 # positives the false-negative worry of SimCSE's 0.05 is gone, and SupCon found 0.1 best.
@@ -131,7 +131,7 @@ def knn_report(task, embedder, data, settings) -> dict:
                 "knn_accuracy"], **collapse_metrics(votes, data.target("test")[: len(votes)], len(data.labels))}
 
 
-def finetune(cfg, parent, ctx, task) -> tuple[dict, dict]:
+def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
     """The finetune stage for image embeddings: start from the parent (a masked-image pre-training, or an
     earlier image-embedding finetune), `model.path`, or a `preset` (random init); train every weight with
     the two-view contrastive loss; save the encoder with its preprocessing and pooling; score kNN."""
@@ -140,8 +140,9 @@ def finetune(cfg, parent, ctx, task) -> tuple[dict, dict]:
     from lifecycle.components.classification import seed_everything
     from lifecycle.edge import ImagePreprocessing
     from lifecycle.embedding import Pooling, declared_pooling, write_pooling
-    from lifecycle.images import fit, latency, save, starting_point, vit_config
+    from lifecycle.workloads.images.model import fit, latency, save, starting_point, vit_config
 
+    task = ctx.task
     data, source, start = starting_point(cfg, parent, ctx)
     seed_everything(ctx.seed)
     if start is None:
@@ -198,7 +199,7 @@ def finetune(cfg, parent, ctx, task) -> tuple[dict, dict]:
             "temperature": TEMPERATURE, **lora, **latency(model, pre.transform(data.splits["test"].images))}, details
 
 
-def distill(cfg, parent, ctx, task) -> tuple[dict, dict]:
+def distill(cfg, parent, ctx) -> tuple[dict, dict]:
     """The distill stage for an image embedder: the teacher's ViT with fewer encoder layers (spread over the
     depth, first and last kept), patch embedding copied, its pooling kept; trained on two augmented views of
     every training image to match the teacher's embedding of each view by cosine (weight `alpha`) and by
@@ -214,7 +215,9 @@ def distill(cfg, parent, ctx, task) -> tuple[dict, dict]:
     )
     from lifecycle.edge import ImagePreprocessing
     from lifecycle.embedding import write_pooling
-    from lifecycle.images import fit, read_through_model, save
+    from lifecycle.workloads.images.model import fit, read_through_model, save
+
+    task = ctx.task
 
     src = Path(parent.path)
     data = read_through_model(ctx.task_data(), src)

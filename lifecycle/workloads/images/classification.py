@@ -1,4 +1,4 @@
-"""Image classification: a small vision transformer (lifecycle.images) on the images of an image source
+"""Image classification: a small vision transformer (lifecycle.workloads.images.model) on the images of an image source
 (lifecycle.data.images: imagefolder or sklearn-digits), one class per image.
 
 Graph: input `pixel_values` (batch, channels, height, width) float32, made from an image by
@@ -7,7 +7,7 @@ lifecycle.edge.ImagePreprocessing with the model's transformers image-processor 
 split); output `logits` (batch, classes). Edge method `classify_images` (encoded PNG/JPEG bytes or uint8
 pixels); route POST /classify_image (image/png, image/jpeg, or {"images": [base64, ...]}). Scores:
 accuracy, macro-F1, AUROC; fidelity to the fp32 parent as for other classifiers. The finetune and distill
-stages train it with the recipes of lifecycle.images; the report shows an RBF SVM beside it.
+stages train it with the recipes of lifecycle.workloads.images.model; the report shows an RBF SVM beside it.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, ClassAnswers, own_distill_problem, own_recipe_problem
-from lifecycle.tasks.image_task import ImageTask
+from lifecycle.tasks.base import SAMPLE_PREDICTIONS, ClassAnswers
+from lifecycle.workloads.images.task import ImageTask
 
 
 class ImageClassification(ClassAnswers, ImageTask):
     name = "image-classification"
+    inputs_kind, answers_kind = "images", "labels"
     export_reads = ("classifier",)
     export_hint = "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
     onnx_holds = "onnx-classifier"
@@ -30,23 +31,6 @@ class ImageClassification(ClassAnswers, ImageTask):
     scores = TABLE_CLASSIFICATION
     fidelity = ("argmax_agreement", "logit_max_abs_diff")
     argmax_parity = True
-
-    # ------------------------------------------------------------------------------- training
-    def finetune(self, cfg, parent, ctx) -> tuple[dict, dict]:
-        from lifecycle import images
-
-        return images.finetune(cfg, parent, ctx, self)
-
-    def finetune_problem(self, cfg) -> str | None:
-        return own_recipe_problem(cfg, self.name, "RBF SVM", "an image model", lora=True)
-
-    def distill(self, cfg, parent, ctx) -> tuple[dict, dict]:
-        from lifecycle import images
-
-        return images.distill(cfg, parent, ctx, self)
-
-    def distill_problem(self, cfg) -> str | None:
-        return own_distill_problem(cfg, self.name)
 
     def evaluate(self, outputs, targets) -> dict:
         from lifecycle.evaluation.tables import classification_scores
@@ -65,7 +49,7 @@ class ImageClassification(ClassAnswers, ImageTask):
         return ViTForImageClassification.from_pretrained(src).eval()
 
     def reference(self, model, tokenizer, texts, max_length, batch_size=64):
-        from lifecycle.images import predict
+        from lifecycle.workloads.images.model import predict
 
         return predict(model, tokenizer.transform(list(texts)), batch_size)
 

@@ -1,11 +1,11 @@
-"""Image embeddings for similarity search: the vision transformer of lifecycle.images without a head, its
-states pooled into one vector per image (lifecycle.image_embedding), scored as text embeddings are.
+"""Image embeddings for similarity search: the vision transformer of lifecycle.workloads.images.model without a head, its
+states pooled into one vector per image (lifecycle.workloads.images.embedder), scored as text embeddings are.
 
-Graph: input `pixel_values` as for image classification (lifecycle.tasks.image_task); output `embeddings`
+Graph: input `pixel_values` as for image classification (lifecycle.workloads.images.task); output `embeddings`
 (batch, hidden size) float32, pooling and normalisation inside the graph (pooling.json of the model).
 Edge method `embed_images`; route POST /embed_image (the bodies, limits and refusals of /classify_image).
 Export reads the encoder of an image-embedding finetune or distill, or a masked-image pre-training's encoder
-as it is. The finetune and distill recipes are lifecycle.image_embedding's.
+as it is. The finetune and distill recipes are lifecycle.workloads.images.embedder's.
 Scores: kNN label accuracy (each test image takes the majority label of its k cosine-nearest training
 images; `task.embedding.k`, `limit`), as lifecycle.embedding computes it for texts; fidelity: per-image
 cosine to the fp32 reference, also on the whole test split at export. The serve stage scores the HTTP
@@ -17,12 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.embedding import FIDELITY_METRICS
-from lifecycle.tasks.base import EmbeddingAnswers, own_distill_problem, own_recipe_problem
-from lifecycle.tasks.image_task import ImageTask
+from lifecycle.tasks.base import EmbeddingAnswers
+from lifecycle.workloads.images.task import ImageTask
 
 
 class ImageEmbedding(EmbeddingAnswers, ImageTask):
     name = "image-embedding"
+    inputs_kind, answers_kind = "images", "vector"
     export_reads = ("encoder", "masked-lm")
     export_hint = ("an image-embedding export reads an image encoder: a finetune or distill stage under this task, or a "
                    "pretrain stage with `objective: masked-image`")
@@ -42,26 +43,6 @@ class ImageEmbedding(EmbeddingAnswers, ImageTask):
         if task.embedding is not None and task.embedding.pairs is not None:
             return "embedding.pairs: scored text pairs do not apply to image embeddings (kNN accuracy only)"
         return None
-
-    # ------------------------------------------------------------------------------- training
-    def finetune(self, cfg, parent, ctx) -> tuple[dict, dict]:
-        from lifecycle import image_embedding
-
-        return image_embedding.finetune(cfg, parent, ctx, self)
-
-    def finetune_problem(self, cfg) -> str | None:
-        return own_recipe_problem(cfg, self.name, "pixel kNN", "an image model", lora=True)
-
-    def distill(self, cfg, parent, ctx) -> tuple[dict, dict]:
-        from lifecycle import image_embedding
-
-        return image_embedding.distill(cfg, parent, ctx, self)
-
-    def distill_problem(self, cfg) -> str | None:
-        if "temperature" in cfg.model_fields_set:
-            return ("temperature: softens a classifier's logits; an image embedder's student matches the teacher's "
-                    "embeddings by cosine (`alpha` weighs that against the contrastive loss)")
-        return own_distill_problem(cfg, self.name)
 
     def knn_metrics(self, embed, train, rows, settings, test_x=None):
         """({"knn_accuracy"}, the kNN label per scored image) of the embeddings `embed(images)` makes: the
@@ -86,12 +67,12 @@ class ImageEmbedding(EmbeddingAnswers, ImageTask):
 
     # --------------------------------------------------------------------------------- the graph
     def torch_model(self, src: Path):
-        from lifecycle.image_embedding import load
+        from lifecycle.workloads.images.embedder import load
 
         return load(src)
 
     def reference(self, model, tokenizer, texts, max_length, batch_size=64):
-        from lifecycle.image_embedding import embed
+        from lifecycle.workloads.images.embedder import embed
 
         return embed(model, tokenizer.transform(list(texts)), batch_size)
 

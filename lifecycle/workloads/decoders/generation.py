@@ -1,7 +1,7 @@
 """Text generation: a causal LM (GPT-2 or Llama style) that continues a prompt, exported with its KV cache.
 
-Training: the finetune stage runs `lifecycle.generation.finetune` (full or LoRA; the loss covers response
-tokens only), the distill stage `lifecycle.decoder_distillation.distill` (token-level KD on the teacher's
+Training: the finetune stage runs `lifecycle.workloads.decoders.model.finetune` (full or LoRA; the loss covers response
+tokens only), the distill stage `lifecycle.workloads.decoders.distillation.distill` (token-level KD on the teacher's
 logits, student from every other teacher layer); pretrain and adapt train decoders from scratch / on a
 domain as for any causal LM.
 
@@ -32,6 +32,7 @@ from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin
 
 class Generation(TaskPlugin):
     name = "generation"
+    inputs_kind, answers_kind = "prompts", "tokens"
     export_reads = ("causal-lm",)
     export_hint = "export writes a decoder with its KV cache: give it a causal LM (pretrain / adapt with a gpt-* " \
                   "or llama-* preset, or finetune under this task)"
@@ -49,15 +50,14 @@ class Generation(TaskPlugin):
     fidelity = ("generation_agreement", "next_token_agreement", "logit_max_abs_diff")
     fidelity_at_export = True  # PyTorch's greedy generations are the reference of the exported graph
     optimum_task = "text-generation-with-past"
-    labelled_data = False  # prompt/response records or plain text, read by lifecycle.generation
+    labelled_data = False  # prompt/response records or plain text, read by lifecycle.workloads.decoders.model
     graph_fusions = False  # onnxruntime's BERT fusions do not apply to a decoder with past inputs
-    own_training = True
     finetunes_into = "causal-lm"
     request_key = "prompts"
     serve_accuracy = False  # served answers are checked token for token against the same prompts run in-process
 
     def data(self, ctx):
-        from lifecycle import generation
+        from lifecycle.workloads.decoders import model as generation
 
         key = ("generation", ctx.pipeline.task.data)
         if key not in ctx._loaded:
@@ -65,45 +65,6 @@ class Generation(TaskPlugin):
             seed = ctx.pipeline.seed if src.split.seed is None else src.split.seed
             ctx._loaded[key] = generation.load_data(src, ctx.pipeline, ctx.pipeline.task.generation_settings, seed)
         return ctx._loaded[key]
-
-    # --------------------------------------------------------------------------------- training
-    def finetune(self, cfg, parent, ctx) -> tuple[dict, dict]:
-        from lifecycle import generation
-
-        return generation.finetune(cfg, parent, ctx, self)
-
-    def finetune_problem(self, cfg) -> str | None:
-        unsupported = {"multi_label": cfg.multi_label, "class_weights": cfg.class_weights,
-                       "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit,
-                       "control": cfg.control, "baseline": cfg.baseline or None,
-                       "head_pooling": None if cfg.head_pooling == "auto" else 1}
-        given = next((k for k, v in unsupported.items() if v is not None), None)
-        if given:
-            return f"{given}: not supported for generation (the recipe keeps the last step; perplexity is its score)"
-        if cfg.collapse_min is not None:  # the finetune stage adds that gate unless told not to
-            return "collapse_min: a generator has no classes to collapse onto; set `collapse_min: null`"
-        if cfg.model is not None and cfg.model.preset:
-            return "model: a generation finetune continues a causal LM (`path`, or the parent); pre-train presets first"
-        return None
-
-    def distill(self, cfg, parent, ctx) -> tuple[dict, dict]:
-        from lifecycle import decoder_distillation
-
-        return decoder_distillation.distill(cfg, parent, ctx)
-
-    def distill_problem(self, cfg) -> str | None:
-        unsupported = {"student.model": cfg.student.model, "hidden_weight": cfg.hidden_weight or None,
-                       "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit}
-        given = next((k for k, v in unsupported.items() if v is not None), None)
-        if given:
-            return f"{given}: not supported for generation (the student is the teacher with fewer layers, trained " \
-                   f"on the teacher's token logits; the recipe keeps the last step)"
-        if {"metric", "cache_teacher_logits"} & cfg.model_fields_set:
-            return "metric / cache_teacher_logits: a decoder's student keeps the last step, and its teacher runs at " \
-                   "every step (a vocabulary of logits per token is too large to cache); leave both unset"
-        if cfg.collapse_min is not None:  # the distill stage adds that gate unless told not to
-            return "collapse_min: a generator has no classes to collapse onto; set `collapse_min: null`"
-        return None
 
     # ------------------------------------------------------------------------------------ inputs
     def inputs(self, split) -> list[str]:
@@ -142,12 +103,12 @@ class Generation(TaskPlugin):
 
     # --------------------------------------------------------------------------------- the graph
     def torch_model(self, src: Path):
-        from lifecycle.generation import load_causal_lm
+        from lifecycle.workloads.decoders.model import load_causal_lm
 
         return load_causal_lm(src)[0]
 
     def reference(self, model, tokenizer, texts, max_length, batch_size=64):
-        from lifecycle.generation import reference_rows
+        from lifecycle.workloads.decoders.model import reference_rows
 
         s = tokenizer.generation_settings
         return reference_rows(model, tokenizer, texts, s.new_tokens, max_length,

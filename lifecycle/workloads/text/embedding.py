@@ -17,6 +17,7 @@ from lifecycle.tasks.base import EmbeddingAnswers, TaskPlugin
 
 class Embedding(EmbeddingAnswers, TaskPlugin):
     name = "embedding"
+    inputs_kind, answers_kind = "text", "vector"
     export_reads = ("encoder", "masked-lm")
     export_hint = "an embedding export reads an encoder (pretrain or adapt with `objective: contrastive`)"
     trained_by = "pretrain or adapt with `objective: contrastive`"

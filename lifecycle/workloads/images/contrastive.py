@@ -1,9 +1,9 @@
 """Contrastive pre-training of an image model (`pretrain` with `objective: contrastive` on an image source):
 SimCLR (Chen et al. 2020). Each training image is drawn twice, each view augmented independently as the
-source's `image.augment` says (lifecycle.images.augment, the finetune stage's own augmentation); the mean of
+source's `image.augment` says (lifecycle.workloads.images.model.augment, the finetune stage's own augmentation); the mean of
 the ViT's patch states goes through a two-layer projection, and each view must pick the other view of its
 own image out of the batch: InfoNCE with in-batch negatives, in both directions
-(lifecycle.image_embedding.two_view_loss). Labels are unused, but for the probe.
+(lifecycle.workloads.images.embedder.two_view_loss). Labels are unused, but for the probe.
 
 Trade-offs:
 - The views differ only as much as the augmentation makes them. With none, both views are the same tensor
@@ -21,7 +21,7 @@ Trade-offs:
 Metrics on held-out validation images (two views drawn with a fixed seed, in batches of the training batch
 size): `contrastive_loss` and `contrastive_top1` beside their chance levels (lifecycle.embedding.
 retrieval_scores, as SCARF reports them), and the masked-image path's linear probe before/after
-(`probe_accuracy_init`, `probe_accuracy`, `probe_gain`, lifecycle.masked_images.linear_probe).
+(`probe_accuracy_init`, `probe_accuracy`, `probe_gain`, lifecycle.workloads.images.masked.linear_probe).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from transformers import ViTConfig, ViTModel, ViTPreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from lifecycle.embedding import Pooling
-from lifecycle.image_embedding import TEMPERATURE, TwoViews, pooled, two_view_loss
+from lifecycle.workloads.images.embedder import TEMPERATURE, TwoViews, pooled, two_view_loss
 
 FEATURES = Pooling(normalize=False)  # mean of the patch states; the loss normalises after the projection
 
@@ -72,7 +72,7 @@ def held_out(model: ViTContrastive, images, preprocessing: dict, aug, seed: int,
     return retrieval_scores(embed(first), embed(second), model.config.contrastive_temperature, batch_size)
 
 
-def pretrain(cfg, ctx, start: Path | None = None) -> tuple[dict, dict]:
+def pretrain(cfg, parent, ctx, start: Path | None = None) -> tuple[dict, dict]:
     """The pretrain stage's contrastive objective on the image source `cfg.data`, from a preset; the adapt
     stage's from the image model at `start` (a masked-image or contrastive pre-training: its encoder, read
     through its own preprocessing; a projection it lacks starts random). The stage's config has refused, at
@@ -85,8 +85,8 @@ def pretrain(cfg, ctx, start: Path | None = None) -> tuple[dict, dict]:
     from lifecycle.components.classification import seed_everything
     from lifecycle.components.training import train as run_trainer
     from lifecycle.components.training import training_args
-    from lifecycle.images import read_through_model, save, vit_config
-    from lifecycle.masked_images import linear_probe
+    from lifecycle.workloads.images.masked import linear_probe
+    from lifecycle.workloads.images.model import read_through_model, save, vit_config
 
     settings = cfg.contrastive
     temperature = settings.temperature if settings is not None and "temperature" in settings.model_fields_set \
@@ -119,3 +119,11 @@ def pretrain(cfg, ctx, start: Path | None = None) -> tuple[dict, dict]:
                      "temperature": temperature, "augment": aug.model_dump(), "data_stats": data.stats,
                      "image_size": model.config.image_size, "patch_size": model.config.patch_size,
                      **({"start": str(start)} if start is not None else {})}
+
+
+def adapt(cfg, parent, ctx) -> tuple[dict, dict]:
+    """The adapt recipe on images: SimCLR continued from the parent (or `model:`)."""
+    from lifecycle import models
+
+    start = models.model_dir(cfg.model, ctx.pipeline) if cfg.model is not None else Path(parent.path)
+    return pretrain(cfg, parent, ctx, start=start)

@@ -1,24 +1,22 @@
-"""Table regression: the feature-tokenizer transformer (lifecycle.tabular) predicting one number per row.
+"""Table regression: the feature-tokenizer transformer (lifecycle.workloads.tables.model) predicting one number per row.
 
-Graph: the table inputs (lifecycle.tasks.table_task), output `prediction` (batch, 1) in the target's
+Graph: the table inputs (lifecycle.workloads.tables.task), output `prediction` (batch, 1) in the target's
 units (the head predicts the standardised target; the scale fitted on the training split is applied
 inside the graph); edge method `regress_rows` ({"value"} per row); route POST /regress. Scores: R2
 (the headline), RMSE and MAE in the target's units; fidelity to the fp32 parent: the largest
 prediction difference. The finetune stage reports HistGradientBoostingRegressor on the same split; distill
-shrinks the model by squared error to the teacher's predictions (lifecycle.table_distillation).
+shrinks the model by squared error to the teacher's predictions (lifecycle.workloads.tables.distillation).
 """
 
 from __future__ import annotations
 
 from lifecycle.evaluation.tables import TABLE_REGRESSION
-from lifecycle.tasks.table_task import TableTask
-
-# the finetune and distill stages add a collapse gate (minority-class predictions) unless told not to
-NO_CLASSES = "collapse_min: a regression has no classes to collapse onto; set `collapse_min: null`"
+from lifecycle.workloads.tables.task import TableTask
 
 
 class TabularRegression(TableTask):
     name = "tabular-regression"
+    inputs_kind, answers_kind = "rows", "value"
     export_reads = ("regressor",)
     export_hint = "export writes a regressor's predictions: fine-tune the model first (a finetune stage between them)"
     onnx_holds = "onnx-regressor"
@@ -28,12 +26,6 @@ class TabularRegression(TableTask):
     scores = TABLE_REGRESSION
     fidelity = ("prediction_max_abs_diff",)
     finetunes_into = "regressor"
-
-    def finetune_problem(self, cfg) -> str | None:
-        return NO_CLASSES if cfg.collapse_min is not None else super().finetune_problem(cfg)
-
-    def distill_problem(self, cfg) -> str | None:
-        return NO_CLASSES if cfg.collapse_min is not None else super().distill_problem(cfg)
 
     def head(self, data) -> dict:
         import numpy as np

@@ -16,6 +16,7 @@ from lifecycle.tasks.base import TaskPlugin, labels_agree
 
 class Classification(TaskPlugin):
     name = "classification"
+    inputs_kind, answers_kind = "text", "labels"
     export_reads = ("classifier",)
     export_hint = "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
     onnx_holds = "onnx-classifier"

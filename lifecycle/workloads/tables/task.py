@@ -1,7 +1,7 @@
 """What every table task declares alike (tabular_classification, tabular_regression subclass it): rows of a
 table source in, lifecycle.edge.TablePreprocessing (preprocessing.json beside the graph) between the raw
 row and the graph's inputs `numeric`, `numeric_missing`, `categorical`, the feature-tokenizer transformer
-of lifecycle.tabular, and its finetune recipe. A subclass adds what its answers are: the head
+of lifecycle.workloads.tables.model, and its finetune recipe. A subclass adds what its answers are: the head
 (`head`), the scores (`evaluate`, `test_metrics`), the gradient-boosting baseline, and how the edge
 runtime and the service answer."""
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin, own_distill_problem, own_recipe_problem
+from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin
 
 INPUT_DTYPES = {"numeric": "float32", "numeric_missing": "float32", "categorical": "int64"}
 
@@ -18,25 +18,7 @@ INPUT_DTYPES = {"numeric": "float32", "numeric_missing": "float32", "categorical
 class TableTask(TaskPlugin):
     reads = "table"
     graph_fusions = False  # onnxruntime's BERT fusions look for input_ids and a mask; a table graph has neither
-    own_training = True
     request_key = "rows"  # {"rows": [{column: value, ...}, ...]}
-
-    # ------------------------------------------------------------------------------- training
-    def finetune(self, cfg, parent, ctx) -> tuple[dict, dict]:
-        from lifecycle import tabular
-
-        return tabular.finetune(cfg, parent, ctx, self)
-
-    def finetune_problem(self, cfg) -> str | None:
-        return own_recipe_problem(cfg, self.name, "gradient-boosting", "a table model", lora=True)
-
-    def distill(self, cfg, parent, ctx) -> tuple[dict, dict]:
-        from lifecycle import table_distillation
-
-        return table_distillation.distill(cfg, parent, ctx, self)
-
-    def distill_problem(self, cfg) -> str | None:
-        return own_distill_problem(cfg, self.name)
 
     def head(self, data) -> dict:
         """Config fields of the model's head for `data` (num_labels and what the answers need)."""
@@ -56,7 +38,7 @@ class TableTask(TaskPlugin):
 
     # --------------------------------------------------------------------------------- the graph
     def torch_model(self, src: Path):
-        from lifecycle.tabular import TableTransformer
+        from lifecycle.workloads.tables.model import TableTransformer
 
         return TableTransformer.from_pretrained(src).eval()
 
@@ -76,12 +58,12 @@ class TableTask(TaskPlugin):
         return split[split.columns[-1]].tolist()
 
     def reference(self, model, tokenizer, texts, max_length, batch_size=64):
-        from lifecycle.tabular import predict
+        from lifecycle.workloads.tables.model import predict
 
         return predict(model, tokenizer.transform_rows(texts)[0], batch_size)
 
     def export_graph(self, model, preprocessor, path, opset):
-        from lifecycle.tabular import export_onnx
+        from lifecycle.workloads.tables.model import export_onnx
 
         sample = preprocessor.transform_rows([{c: None for c in preprocessor.columns}] * 2)[0]  # all missing
         export_onnx(model, sample, path, opset, output=self.output)
