@@ -156,6 +156,10 @@ class Pipeline(Strict):
         if self.task:
             from lifecycle import workloads
 
+            if self.task.type not in workloads.task_names():
+                raise ValueError(f"task.type: '{self.task.type}' is not a task lifecycle knows (have "
+                                 f"{', '.join(workloads.task_names())}; a workload package adds more through the "
+                                 f"'{workloads.ENTRY_POINTS}' entry points)")
             plugin = workloads.task(self.task.type)
             self._check_source("task.data", self.task.data, labelled=plugin.labelled_data)
             stray = self.task.stray_settings(plugin.settings_key or plugin.name)

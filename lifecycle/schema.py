@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -113,8 +113,9 @@ class Gate(Strict):
 # could only fail at run time, or silently produce nonsense (a masked-LM exported as a classifier).
 Holds = Literal["masked-lm", "causal-lm", "encoder", "classifier", "regressor", "onnx-classifier", "onnx-encoder",
                 "onnx-regressor", "onnx-anomaly-scorer", "onnx-generator", "service-check"]
-TaskType = Literal["classification", "embedding", "tabular-classification", "tabular-regression", "tabular-anomaly",
-                   "image-classification", "image-embedding", "generation"]
+# A task's name: one that lifecycle.workloads registers (the built-in wings' and any entry point's), checked
+# when the pipeline is loaded (config), since this module sits below the registry.
+TaskType = str
 # a Hugging Face model directory
 HF_HOLDS: tuple[Holds, ...] = ("masked-lm", "causal-lm", "encoder", "classifier", "regressor")
 # model.onnx + runtime files (lifecycle.edge)
@@ -343,8 +344,8 @@ class Task(Strict):
     def stray_settings(self, own: str) -> str | None:
         """The first key of another task type's settings given here; `own`: the key this type reads (each
         task type's settings sit under a key named after it, `embedding: {...}`, unless its plug-in says)."""
-        return next(iter(sorted({key for key in get_args(TaskType) if getattr(self, key, None) is not None} - {own})),
-                    None)
+        settings = {key for key in type(self).model_fields if key not in ("type", "data", "max_length")}
+        return next(iter(sorted({key for key in settings if getattr(self, key, None) is not None} - {own})), None)
 
     @property
     def embedding_settings(self) -> EmbeddingTask:

@@ -116,7 +116,13 @@ class TaskPlugin:
         """What schema.json says about the graph's output and how to use it (beside the inputs,
         max_length and padding that every text graph has): lifecycle.edge and the service read it."""
         return {"outputs": {self.output: {"dtype": "float32", "shape": ["batch", self.width(model)]}},
-                "task": self.name, "method": self.edge_method, "route": self.route}
+                **self.identity()}
+
+    def identity(self) -> dict:
+        """What schema.json says the model is: its task, inputs and answers kinds (what lifecycle.edge
+        dispatches on), the edge method and the service route."""
+        return {"task": self.name, "inputs_kind": self.inputs_kind, "answers_kind": self.answers_kind, "method": self.edge_method,
+                "route": self.route}
 
     def labels(self, model) -> list[str]:
         return []

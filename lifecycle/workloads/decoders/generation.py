@@ -119,7 +119,7 @@ class Generation(TaskPlugin):
 
     def graph_schema(self, model) -> dict:
         return {"outputs": {"logits": {"dtype": "float32", "shape": ["batch", "sequence", self.width(model)]}},
-                "task": self.name, "method": self.edge_method, "route": self.route}
+                **self.identity()}
 
     def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
         import numpy as np

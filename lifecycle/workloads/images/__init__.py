@@ -5,8 +5,8 @@ ViT from a config; its preprocessing in preprocessor_config.json), pre-trained b
 from __future__ import annotations
 
 from lifecycle.components.classification import COLLAPSE_METRICS
-from lifecycle.embedding import IMAGE_EMBEDDING_DISTILL, IMAGE_EMBEDDING_TRAINING
 from lifecycle.components.training import TRAINING_METRICS
+from lifecycle.embedding import IMAGE_EMBEDDING_DISTILL, IMAGE_EMBEDDING_TRAINING
 from lifecycle.evaluation.images import IMAGE_CONTRASTIVE_METRICS, MASKED_IMAGE_METRICS
 from lifecycle.evaluation.latency import TORCH_LATENCY
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION

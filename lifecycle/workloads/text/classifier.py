@@ -112,8 +112,8 @@ def control(config, tokenizer, splits, data, labels, cfg, ctx) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     from lifecycle.components.classification import score, seed_everything
-    from lifecycle.embedding import apply_head_pooling
     from lifecycle.components.inference import logits_of
+    from lifecycle.embedding import apply_head_pooling
 
     seed_everything(ctx.seed)
     model = apply_head_pooling(AutoModelForSequenceClassification.from_config(config))
