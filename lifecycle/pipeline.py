@@ -19,7 +19,6 @@ from typing import Any
 from lifecycle import GateFailed, LifecycleError, __version__, quiet, tracking
 from lifecycle import distributed as dist
 from lifecycle import gates as gatelib
-from lifecycle import seeds as seeds_mod
 from lifecycle import stages as registry
 from lifecycle.artifact import (
     Artifact,
@@ -33,6 +32,7 @@ from lifecycle.artifact import (
 )
 from lifecycle.config import Pipeline, check_files
 from lifecycle.environment import environment
+from lifecycle.evaluation import seeds as seeds_mod
 from lifecycle.rundir import RESOLVED, disk_fault, disk_faults, writer
 from lifecycle.schema import artifact_kind
 
@@ -297,7 +297,7 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, lo
     inside(run_dir, run_dir / ".scratch")
     started = time.time()
     # With `seeds`, the stage runs once per seed; the artifact keeps the first seed's files and the
-    # metrics become means with a 95% interval across seeds (see lifecycle.seeds).
+    # metrics become means with a 95% interval across seeds (see lifecycle.evaluation.seeds).
     per_seed, details = {}, {}
     seeds = stage.seeds or [pipeline.seed]
     for i, seed in enumerate(seeds):

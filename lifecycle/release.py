@@ -102,7 +102,7 @@ def compare(metric: str, baseline: Predictions, candidate: Predictions, seed: in
     """Paired comparison of two models' predictions on the same test examples."""
     import numpy as np
 
-    from lifecycle import stats
+    from lifecycle.evaluation import stats
 
     if metric not in stats.METRICS:
         raise ConfigError(f"'{metric}' has no per-example comparison (one of {', '.join(stats.METRICS)})")

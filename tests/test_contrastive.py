@@ -61,7 +61,7 @@ SIMCSE = {"kind": "pretrain", "data": "news", "objective": "contrastive", "model
 def test_info_nce_prefers_matching_pairs_and_scales_with_temperature():
     import torch
 
-    from lifecycle.workloads.text.contrastive import info_nce
+    from lifecycle.embedding import info_nce
 
     a = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
     matched = info_nce(a, a, 0.05)

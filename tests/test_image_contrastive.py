@@ -108,8 +108,8 @@ def test_adapt_refuses_text_settings_and_other_objectives_on_images():
     with pytest.raises(ConfigError, match=r"stages\[1\].head_warmup_steps: does not apply to images"):
         config.build(digits("image-classification", [PRETRAIN, adapt]))
     masked_image = {**PRETRAIN, "objective": "masked-image"}  # holds a masked-lm: adapt's default chain
-    with pytest.raises(ConfigError, match=r"stages\[1\].objective: adapt continues an image model with "
-                                          "`objective: contrastive`"):
+    with pytest.raises(ConfigError, match=r"stages\[1\]: 'adapt' has no recipe for images with mlm \(for images: "
+                                          "contrastive"):
         config.build(digits("image-classification", [masked_image, {"kind": "adapt", "data": "digits"}]))
 
 

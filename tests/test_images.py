@@ -78,7 +78,7 @@ def test_an_image_task_needs_an_image_source_and_refuses_text_only_settings():
 def test_plan_says_it_sizes_text_models_only():
     from lifecycle import LifecycleError, planning
 
-    with pytest.raises(LifecycleError, match=r"plan: stage 'pretrain' trains on images \('digits'\); `lifecycle plan` "
+    with pytest.raises(LifecycleError, match=r"plan: stage 'pretrain' trains on image data \('digits'\); `lifecycle plan` "
                                              "sizes text models only"):
         planning.plan(config.load(ROOT / "pipelines" / "digits.yaml"), calibrate_steps=0)
 

@@ -7,7 +7,7 @@ from conftest import tiny_pipeline
 from lifecycle import ConfigError
 from lifecycle.cli import main
 from lifecycle.config import build
-from lifecycle.seeds import aggregate
+from lifecycle.evaluation.seeds import aggregate
 
 
 def test_aggregate_mean_std_and_t_interval():

@@ -1,4 +1,4 @@
-"""lifecycle.stats: McNemar's exact test against hand-computed binomial tails, the per-example metrics
+"""lifecycle.evaluation.stats: McNemar's exact test against hand-computed binomial tails, the per-example metrics
 against scikit-learn, and the paired bootstrap's interval against the normal approximation."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from lifecycle import stats
+from lifecycle.evaluation import stats
 
 
 def paired(worse: int, better: int, both: int, neither: int = 0):

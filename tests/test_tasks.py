@@ -22,22 +22,56 @@ BRANCH = re.compile(rf"""(\btask\w*|\.type|\btype)\s*(==|!=)|(==|!=)\s*[\w.]*\b(
                     rf"""|\b(task|type)\s+(not\s+)?in\s+[(\[{{]|(==|!=)\s*["']({NAMES})["']""")
 
 
-def test_no_task_branch_outside_the_task_modules():
+# A decision taken on a modality: a data source's or a model's kind compared with a literal, or tested
+# through which preprocessor a predictor holds.
+KINDS_NAMED = "text|table|image|rows|images|prompts|labels|vector|value|score|tokens"
+MODALITY = re.compile(rf"""\b(reads|inputs_kind|answers_kind)\s*(==|!=)|["']({KINDS_NAMED})["']\s*(==|!=)\s*\w"""
+                      rf"""|\b(reads|inputs_kind|answers_kind)\s+(not\s+)?in\s+[(\[{{]"""
+                      rf"""|\.(table|image|generation)\s+is\s+(not\s+)?None""")
+# Two task names side by side in a literal: a list of which tasks something applies to.
+TASK_TUPLE = re.compile(rf"""["']({NAMES})["']\s*,\s*["']({NAMES})["']""")
+# Where each kind has its own module, as each workload has its folder: the wings and the task contract, the
+# data layer (one module per kind of source), the edge runtime's inputs modules.
+ALLOWED = ("lifecycle/workloads/", "lifecycle/tasks/", "lifecycle/data/", "lifecycle/edge/text_inputs.py",
+           "lifecycle/edge/table_inputs.py", "lifecycle/edge/image_inputs.py", "lifecycle/edge/decoding.py",
+           "lifecycle/edge/answers.py")
+
+
+def branches(pattern) -> list[str]:
     found = []
     for f in sorted([*(ROOT / "lifecycle").rglob("*.py"), *(ROOT / "serving").glob("*.py")]):
-        if {ROOT / "lifecycle" / "tasks", ROOT / "lifecycle" / "workloads"} & set(f.parents):
+        where = f.relative_to(ROOT).as_posix()
+        if where.startswith(ALLOWED):
             continue
-        found += [f"{f.relative_to(ROOT)}:{i}: {line.strip()}" for i, line in enumerate(f.read_text().splitlines(), 1)
-                  if BRANCH.search(line)]
-    assert not found, "ask the task plug-in (lifecycle.tasks) instead:\n" + "\n".join(found)
+        found += [f"{where}:{i}: {line.strip()}" for i, line in enumerate(f.read_text().splitlines(), 1)
+                  if pattern.search(line)]
+    return found
 
 
-def test_the_branch_pattern_catches_what_it_is_for():
+def test_no_task_branch_outside_the_task_modules():
+    found = branches(BRANCH)
+    assert not found, "ask the task's declaration (lifecycle.workloads) instead:\n" + "\n".join(found)
+
+
+def test_no_modality_branch_or_task_list_outside_the_workloads():
+    found = branches(MODALITY) + branches(TASK_TUPLE)
+    assert not found, ("dispatch on a table keyed by kind, or ask the task's declaration (lifecycle.workloads), "
+                       "instead:\n" + "\n".join(found))
+
+
+def test_the_branch_patterns_catch_what_they_are_for():
     for line in ('if task == "embedding":', 'if cfg.task.type != "classification":', 'x if "embedding" == task else y',
                  'if predictor.task in ("embedding", "generation"):', 'if head != "embedding":'):
         assert BRANCH.search(line), line
     for line in ('if config.model_type == "bert":', "for task in tasks.REGISTRY:", "plugin = tasks.get(task.type)"):
         assert not BRANCH.search(line), line
+    for line in ('if self.inputs_kind == "rows":', 'if source.reads != "text":', 'if predictor.image is not None:',
+                 'elif plugin.reads in ("table", "image"):', 'if "images" == kind:'):
+        assert MODALITY.search(line), line
+    for line in ('if stage.kind == "finetune":', 'if source.reads in LOADERS:', 'reads = "table"'):
+        assert not MODALITY.search(line), line
+    assert TASK_TUPLE.search('tasks = ("classification", "tabular-classification")')
+    assert not TASK_TUPLE.search('tasks = workloads.trained_tasks("finetune")')
 
 
 def test_every_task_type_has_one_complete_plug_in():

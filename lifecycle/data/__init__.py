@@ -7,7 +7,7 @@ never on file-system order.
 
 from __future__ import annotations
 
-from lifecycle.data.images import ImageData
+from lifecycle.data.images import ImageData, load_images
 from lifecycle.data.labelled import (
     Corpus,
     LabelledData,
@@ -19,22 +19,18 @@ from lifecycle.data.labelled import (
     strip_pos_tags,
 )
 from lifecycle.data.sources import DataSource, PipelineView
-from lifecycle.data.tables import TableData
+from lifecycle.data.tables import TableData, load_table
 
+# a source's kind -> its loader; a text source is labelled data or a corpus
+LOADERS = {"table": load_table, "image": load_images}
 __all__ = ["Corpus", "ImageData", "LabelledData", "TableData", "check_classes", "clean", "describe_files", "load", "load_labelled",
            "read_records", "strip_pos_tags"]
 
 
 def load(src: DataSource, pipeline: PipelineView) -> LabelledData | Corpus | TableData | ImageData:
     seed = pipeline.seed if src.split.seed is None else src.split.seed
-    if src.table is not None:
-        from lifecycle.data.tables import load_table
-
-        return load_table(src, pipeline, seed)
-    if src.reads == "image":
-        from lifecycle.data.images import load_images
-
-        return load_images(src, pipeline, seed)
+    if src.reads in LOADERS:
+        return LOADERS[src.reads](src, pipeline, seed)
     if src.labelled:
         data = load_labelled(src, pipeline, seed)
         check_classes(data, src, pipeline)

@@ -19,6 +19,7 @@ from lifecycle import LifecycleError
 from lifecycle.planning.memory import LM_OBJECTIVES, Shape, advise, memory, training_flops
 
 OBJECTIVE = {"masked-lm": "mlm", "causal-lm": "clm", "encoder": "contrastive", "classifier": "classification"}
+PLANNED = ("text",)  # the data sources whose models `lifecycle plan` sizes: transformers' text models
 CHARS_PER_TOKEN = 4.0  # English text with a WordPiece/BPE vocabulary; used when no tokenizer exists yet
 
 
@@ -59,12 +60,12 @@ def plan(pipeline, memory_gb: float | None = None, calibrate_steps: int = 3) -> 
         if trains is None:
             continue
         source = pipeline.data.get(trains.data or (pipeline.task.data if pipeline.task else ""))
-        if source is not None and source.reads != "text":
+        if source is not None and source.reads not in PLANNED:
             from lifecycle import LifecycleError
 
-            what = {"table": "a table", "image": "images"}[source.reads]
-            raise LifecycleError(f"plan: stage '{stage.label}' trains on {what} ('{trains.data or pipeline.task.data}'); "
-                                 f"`lifecycle plan` sizes text models only (a {source.reads} model's step is milliseconds)")
+            raise LifecycleError(f"plan: stage '{stage.label}' trains on {source.reads} data "
+                                 f"('{trains.data or pipeline.task.data}'); `lifecycle plan` sizes text models only "
+                                 f"(a {source.reads} model's step is milliseconds)")
         objective = OBJECTIVE[pipeline.holds(stage)]
         arch = architecture(pipeline, stage)
         model_fn = _builder(arch, objective, trains.lora)
@@ -158,7 +159,7 @@ def step_loss(model, objective: str, ids):
     mask = torch.ones_like(ids)
     if objective == "contrastive":  # the two halves of the batch are each other's positives
         from lifecycle.embedding import Pooling, pool
-        from lifecycle.workloads.text.contrastive import info_nce
+        from lifecycle.embedding import info_nce
 
         pooled = pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask, Pooling())
         return info_nce(*pooled.chunk(2), temperature=0.05)

@@ -30,10 +30,10 @@ from pydantic import Field, model_validator
 
 from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
+from lifecycle.embedding import Contrastive, image_problem
 from lifecycle.models import ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
 from lifecycle.workloads import SOURCE_INPUTS
-from lifecycle.workloads.text.contrastive import Contrastive, image_problem
 
 
 class Config(StageBase):
@@ -98,8 +98,6 @@ class Config(StageBase):
         return {**{k: v for k, v in refs.items() if v[0]}, **({"probe.data": (self.probe.data, True)} if self.probe else {})}
 
     def source_problem(self, sources: dict) -> str | None:
-        if sources["data"].reads == "image" and self.objective != "contrastive":
-            return "objective: adapt continues an image model with `objective: contrastive` (SimCLR) only"
         return image_problem(self, ("block_size", "mlm_probability", "num_proc", "head_warmup_steps",
                                     "head_warmup_lr"), sources["data"])
 

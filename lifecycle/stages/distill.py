@@ -44,8 +44,6 @@ class Student(Strict):
 
 class Config(StageBase):
     kind: Literal["distill"]
-    tasks = ("classification", "tabular-classification", "tabular-regression", "image-classification", "image-embedding",
-             "generation")
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     student: Student = Student()
     temperature: float = Field(2.0, gt=0)  # softens both distributions; 2-4 passes the teacher's "dark knowledge"

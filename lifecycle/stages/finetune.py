@@ -37,8 +37,6 @@ class Control(Strict):
 
 class Config(StageBase):
     kind: Literal["finetune"]
-    tasks = ("classification", "tabular-classification", "tabular-regression", "image-classification",
-             "image-embedding", "generation")
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # start from here instead of the parent stage's artifact
     train: TrainConfig = TrainConfig()

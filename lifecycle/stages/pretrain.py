@@ -17,10 +17,10 @@ from pydantic import Field, model_validator
 
 from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
+from lifecycle.embedding import Contrastive, image_problem
 from lifecycle.models import PRESETS, ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
 from lifecycle.workloads import SOURCE_INPUTS
-from lifecycle.workloads.text.contrastive import Contrastive, image_problem
 
 
 class Config(StageBase):

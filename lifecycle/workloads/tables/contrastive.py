@@ -55,7 +55,7 @@ class ScarfModel(BertPreTrainedModel):
 
     def forward(self, numeric, numeric_missing, categorical, positive_numeric, positive_numeric_missing,
                 positive_categorical, labels=None, **_):
-        from lifecycle.workloads.text.contrastive import info_nce
+        from lifecycle.embedding import info_nce
 
         anchors = self.embed(numeric, numeric_missing, categorical)
         positives = self.embed(positive_numeric, positive_numeric_missing, positive_categorical)
@@ -115,8 +115,8 @@ def pretrain(cfg, parent, ctx) -> tuple[dict, dict]:
     from lifecycle.components.classification import seed_everything
     from lifecycle.components.training import train as run_trainer
     from lifecycle.components.training import training_args
+    from lifecycle.embedding import Contrastive
     from lifecycle.workloads.tables.masked_features import finish, linear_probe
-    from lifecycle.workloads.text.contrastive import Contrastive
 
     settings = cfg.contrastive
     given = [f for f in TEXT_ONLY if settings is not None and f in settings.model_fields_set]

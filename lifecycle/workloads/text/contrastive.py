@@ -31,12 +31,8 @@ import functools
 import math
 import random
 import time
-from typing import Literal
 
-from pydantic import Field, model_validator
-
-from lifecycle.embedding import Pooling, info_nce
-from lifecycle.schema import Pairs, Strict, unset
+from lifecycle.embedding import Contrastive, Pooling, info_nce
 
 CONTRASTIVE_METRICS = {
     "eval_loss", "train_loss", "train_seconds", "train_steps", "texts_per_second", "train_texts", "params_total",
@@ -44,50 +40,6 @@ CONTRASTIVE_METRICS = {
     "alignment", "uniformity", "alignment_before", "uniformity_before",
     "knn_accuracy", "knn_accuracy_before", "knn_accuracy_gain", "knn_train_texts", "knn_test_texts",
     "spearman", "spearman_before", "spearman_gain"}
-
-
-class Contrastive(Strict):
-    """Settings of `objective: contrastive` (see the module docstring for the trade-offs)."""
-
-    mode: Literal["unsupervised", "supervised"] = "unsupervised"
-    temperature: float = Field(0.05, gt=0, le=1)  # SimCSE's; 0.1-0.2 is gentler on false negatives
-    max_length: int = Field(128, gt=0)  # tokens per text while training (longer texts are truncated)
-    pairs: Pairs | None = None  # supervised: text1 = anchor, text2 = positive, negative_field = hard negative
-    validation: float = Field(0.05, gt=0, lt=1)  # supervised: share of pairs held out (eval_loss, alignment)
-    eval_texts: int = Field(256, ge=8)  # held-out texts for alignment / uniformity (uniformity is O(n^2))
-    pooling: Pooling | None = None  # None: the start model's (pooling.json or sentence-transformers), else mean
-    # tables (SCARF, lifecycle.workloads.tables.contrastive): the share of a row's features replaced by draws from
-    # their training marginals; None: SCARF's 0.6.
-    corruption: float | None = Field(None, gt=0, lt=1, exclude_if=unset)
-
-    @model_validator(mode="after")
-    def _pairs(self) -> Contrastive:
-        if (self.mode == "supervised") != (self.pairs is not None):
-            raise ValueError("pairs: supervised mode trains on `pairs` (and only it uses them)")
-        return self
-
-
-# `contrastive:` settings SimCLR on an image source (lifecycle.workloads.images.contrastive) has no use for
-IMAGE_REFUSED = ("mode", "max_length", "pairs", "validation", "eval_texts", "pooling", "corruption")
-
-
-def image_problem(stage, refused: tuple[str, ...], source) -> str | None:
-    """"field: why" when a pretrain / adapt `stage` runs `objective: contrastive` on the image `source`
-    with a setting of `refused` (its own text-only fields) or of IMAGE_REFUSED given, or on a source
-    without augmentation; else None. Refused rather than ignored: token, pair and text-probe settings
-    mean nothing to SimCLR on images, whose probe reads the image source's own labels."""
-    if source.reads != "image" or stage.objective != "contrastive":
-        return None
-    given = next((f for f in refused if f in stage.model_fields_set), None) or next(
-        (f"contrastive.{f}" for f in IMAGE_REFUSED if stage.contrastive and f in stage.contrastive.model_fields_set),
-        None)
-    if given:
-        return (f"{given}: does not apply to images; `objective: contrastive` on an image source takes "
-                "`contrastive.temperature` (and `train`)")
-    if source.image is None or source.image.augment.off:
-        return (f"data: '{stage.data}' has no augmentation, so both views of an image would be the same pixels; "
-                "set its `image.augment` (e.g. {translate: 1, crop_scale: [0.85, 1.0]} for small digits)")
-    return None
 
 
 class PairCollator:
