@@ -40,6 +40,8 @@ def latency_metrics(runtime: str, batch: str = "") -> tuple[str, ...]:
 
 
 TORCH_LATENCY = latency_metrics("torch")
+# what a latency measurement reports of its own settings beside the times (torch_latency, onnx_latency)
+LATENCY_SETTINGS = ("latency_batch_size", "latency_seq_len", "latency_threads")
 
 
 class Latency(Strict):

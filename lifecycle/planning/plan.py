@@ -158,8 +158,7 @@ def step_loss(model, objective: str, ids):
 
     mask = torch.ones_like(ids)
     if objective == "contrastive":  # the two halves of the batch are each other's positives
-        from lifecycle.embedding import Pooling, pool
-        from lifecycle.embedding import info_nce
+        from lifecycle.embedding import Pooling, info_nce, pool
 
         pooled = pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask, Pooling())
         return info_nce(*pooled.chunk(2), temperature=0.05)

@@ -4,6 +4,7 @@ wing's language-model recipes (`objective: clm`)."""
 
 from __future__ import annotations
 
+from lifecycle.evaluation.latency import LATENCY_SETTINGS
 from lifecycle.workloads import Recipe
 from lifecycle.workloads.decoders import generation
 from lifecycle.workloads.decoders.distillation import DISTILL_METRICS
@@ -46,11 +47,11 @@ def distill_refuses(cfg) -> str | None:
 
 RECIPES = (
     Recipe("finetune", "prompts", "tokens", "lifecycle.workloads.decoders.model:finetune",
-           frozenset({*GENERATION_METRICS, "data_wait_fraction"}),
+           frozenset({*GENERATION_METRICS, "data_wait_fraction", *LATENCY_SETTINGS}),
            "a causal LM on response tokens only, full or LoRA; perplexity and ROUGE-L before and after",
            refuses=finetune_refuses),
     Recipe("distill", "prompts", "tokens", "lifecycle.workloads.decoders.distillation:distill",
-           frozenset({*DISTILL_METRICS, "data_wait_fraction"}),
+           frozenset({*DISTILL_METRICS, "data_wait_fraction", *LATENCY_SETTINGS}),
            "a shallower decoder on the teacher's token logits; perplexity ratio, agreement, speedup",
            refuses=distill_refuses),
 )

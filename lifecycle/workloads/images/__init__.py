@@ -8,7 +8,7 @@ from lifecycle.components.classification import COLLAPSE_METRICS
 from lifecycle.components.training import TRAINING_METRICS
 from lifecycle.embedding import IMAGE_EMBEDDING_DISTILL, IMAGE_EMBEDDING_TRAINING
 from lifecycle.evaluation.images import IMAGE_CONTRASTIVE_METRICS, MASKED_IMAGE_METRICS
-from lifecycle.evaluation.latency import TORCH_LATENCY
+from lifecycle.evaluation.latency import LATENCY_SETTINGS, TORCH_LATENCY
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
 from lifecycle.tasks.base import own_distill_problem, own_recipe_problem
 from lifecycle.workloads import Recipe
@@ -18,16 +18,17 @@ TASKS = (classification.TASK, embedding.TASK)
 
 SCORES = TABLE_CLASSIFICATION
 TIMED = (*TORCH_LATENCY, "torch_latency_b32_p50_ms")  # batch 1 and batch 32
+MEASURED = (*TIMED, *LATENCY_SETTINGS)
 FINETUNE = frozenset({*SCORES, *(f"val_{m}" for m in SCORES), *(f"baseline_svm_{m}" for m in SCORES),
-                      *(f"control_{m}" for m in SCORES), "pretraining_gain", *TRAINING_METRICS, *TIMED,
+                      *(f"control_{m}" for m in SCORES), "pretraining_gain", *TRAINING_METRICS, *MEASURED,
                       *COLLAPSE_METRICS})
 DISTILL = frozenset({*SCORES, *(f"val_{m}" for m in SCORES), *(f"teacher_{m}" for m in (*SCORES, *TIMED)),
                      "retention", "speedup", "compression", "teacher_params_total", "teacher_size_mb",
-                     *TRAINING_METRICS, *TIMED, *COLLAPSE_METRICS})
+                     *TRAINING_METRICS, *MEASURED, *COLLAPSE_METRICS})
 # the kNN votes' collapse metrics too (the stages' default collapse gate applies to an embedder)
-EMBEDDER_FINETUNE = frozenset({*IMAGE_EMBEDDING_TRAINING, *TRAINING_METRICS, *TIMED, *COLLAPSE_METRICS})
+EMBEDDER_FINETUNE = frozenset({*IMAGE_EMBEDDING_TRAINING, *TRAINING_METRICS, *MEASURED, *COLLAPSE_METRICS})
 EMBEDDER_DISTILL = frozenset({*IMAGE_EMBEDDING_DISTILL, *(f"teacher_{m}" for m in TIMED), "retention", "speedup", "compression",
-                              "teacher_params_total", "teacher_size_mb", *TRAINING_METRICS, *TIMED, *COLLAPSE_METRICS})
+                              "teacher_params_total", "teacher_size_mb", *TRAINING_METRICS, *MEASURED, *COLLAPSE_METRICS})
 
 
 def finetune_refuses(task: str, baseline: str):

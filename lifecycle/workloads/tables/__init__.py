@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from lifecycle.components.classification import COLLAPSE_METRICS
 from lifecycle.components.training import TRAINING_METRICS
-from lifecycle.evaluation.latency import TORCH_LATENCY
+from lifecycle.evaluation.latency import LATENCY_SETTINGS, TORCH_LATENCY
 from lifecycle.evaluation.tables import (
     MASKED_FEATURE_METRICS,
     SCARF_METRICS,
@@ -24,14 +24,14 @@ NO_CLASSES = "collapse_min: a regression has no classes to collapse onto; set `c
 
 def finetune_metrics(scores: tuple[str, ...]) -> frozenset[str]:
     return frozenset({*scores, *(f"val_{m}" for m in scores), *(f"baseline_gbdt_{m}" for m in scores),
-                      *(f"control_{m}" for m in scores), "pretraining_gain", *TRAINING_METRICS, *TORCH_LATENCY,
+                      *(f"control_{m}" for m in scores), "pretraining_gain", *TRAINING_METRICS, *TORCH_LATENCY, *LATENCY_SETTINGS,
                       *COLLAPSE_METRICS})
 
 
 def distill_metrics(scores: tuple[str, ...]) -> frozenset[str]:
     return frozenset({*scores, *(f"val_{m}" for m in scores), *(f"teacher_{m}" for m in (*scores, *TORCH_LATENCY)),
                       "retention", "speedup", "compression", "teacher_params_total", "teacher_size_mb",
-                      *TRAINING_METRICS, *TORCH_LATENCY, *COLLAPSE_METRICS})
+                      *TRAINING_METRICS, *TORCH_LATENCY, *LATENCY_SETTINGS, *COLLAPSE_METRICS})
 
 
 def refuses(task: str, regression: bool, stage: str):

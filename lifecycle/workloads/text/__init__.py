@@ -8,7 +8,7 @@ from lifecycle.components.language_model import LM_METRICS
 from lifecycle.components.training import TRAINING_METRICS
 from lifecycle.data.corpus import STAT_KEYS
 from lifecycle.evaluation import CLASSIFICATION
-from lifecycle.evaluation.latency import TORCH_LATENCY
+from lifecycle.evaluation.latency import LATENCY_SETTINGS, TORCH_LATENCY
 from lifecycle.workloads import Recipe
 from lifecycle.workloads.text import classification, embedding
 from lifecycle.workloads.text.contrastive import CONTRASTIVE_METRICS
@@ -19,10 +19,10 @@ PRETRAIN = frozenset({*LM_METRICS, "unigram_perplexity", "perplexity_vs_unigram"
 ADAPT = frozenset({*LM_METRICS, "perplexity_before", "domain_perplexity_gain", "general_perplexity",
                    "general_perplexity_before", "general_perplexity_change", "head_added", "probe_accuracy",
                    "probe_accuracy_before", "adaptation_probe_gain"})
-FINETUNE = frozenset({*CLASSIFICATION, *VAL_METRICS, *TORCH_LATENCY, *TRAINING_METRICS, *COLLAPSE_METRICS,
+FINETUNE = frozenset({*CLASSIFICATION, *VAL_METRICS, *TORCH_LATENCY, *LATENCY_SETTINGS, *TRAINING_METRICS, *COLLAPSE_METRICS,
                       *(f"control_{m}" for m in CLASSIFICATION), "pretraining_gain",
                       *(f"baseline_tfidf_{m}" for m in CLASSIFICATION)})
-DISTILL = frozenset({*CLASSIFICATION, *VAL_METRICS, *TORCH_LATENCY, *TRAINING_METRICS, *COLLAPSE_METRICS,
+DISTILL = frozenset({*CLASSIFICATION, *VAL_METRICS, *TORCH_LATENCY, *LATENCY_SETTINGS, *TRAINING_METRICS, *COLLAPSE_METRICS,
                      *(f"teacher_{m}" for m in (*CLASSIFICATION, *TORCH_LATENCY, "params_total", "size_mb")),
                      "retention", "speedup", "compression", "teacher_params_total"})
 LM = "lifecycle.workloads.text.language_model"
