@@ -204,10 +204,30 @@ def test_embed_matches_in_process_predictor(embed_server, embedding_run_dir):
 def test_the_route_the_model_has_no_use_for_gets_404(endpoint):
     _, client, route = endpoint
     other = "/embed" if route == "/classify" else "/classify"
-    r = client.post(other, json=VALID)
-    assert_error(r, 404)
-    assert route in r.json()["error"]
+    for r in (client.post(other, json=VALID), client.post("/predict", json={"rows": [{}]}), client.get(other)):
+        assert_error(r, 404)
+        assert f"POST {route}" in r.json()["error"]
     assert_healthy(client, route)
+
+
+def inference_routes(url: str) -> dict:
+    """The POST operations of the server's OpenAPI document (BentoML's GET /docs.json), by path."""
+    spec = httpx.get(url + "/docs.json", timeout=10).json()
+    return {path: ops["post"] for path, ops in spec["paths"].items() if "post" in ops}
+
+
+def test_openapi_and_metadata_show_the_models_one_typed_route(endpoint):
+    server, client, route = endpoint
+    posts = inference_routes(server.url)
+    assert list(posts) == [route]
+    body = posts[route]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["texts"] and body["properties"]["texts"]["items"] == {"type": "string"}
+    answer = posts[route]["responses"]["200"]["content"]["application/json"]["schema"]["items"]
+    kinds = ("text", "labels") if route == "/classify" else ("text", "vector")
+    assert answer == ({"$ref": "#/components/schemas/Prediction"} if route == "/classify"
+                      else {"type": "array", "items": {"type": "number"}})
+    meta = client.get("/metadata").json()
+    assert (meta["route"], meta["inputs_kind"], meta["answers_kind"]) == (route, *kinds)
 
 
 def test_stalled_uploads_hold_no_slot_and_time_out_504(server, client):
