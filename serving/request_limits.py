@@ -52,10 +52,10 @@ class Served:
 
 
 class RequestLimits:
-    """ASGI middleware in front of the model's endpoint (`endpoint`: its route, task, inputs kind and request key,
-    from the serving config): refuses what the model must never see, each with a JSON {"error": ...} body, by
-    the checks of its inputs kind (INPUTS). It reads the body itself (bounded in size and time), so an oversized upload costs
-    at most max_body_bytes of memory; the checked body is then replayed to BentoML unchanged.
+    """ASGI middleware in front of the model's endpoint (`endpoint`: its route, task, inputs kind and request
+    key, from the serving config): refuses what the model must never see, each with a JSON {"error": ...}
+    body, by the checks of its inputs kind (INPUTS). It reads the body itself (bounded in size and time), so
+    an oversized upload costs at most max_body_bytes of memory; the checked body is then replayed to BentoML.
 
     It also holds the max_concurrency limit, which BentoML is not given: BentoML takes its slot before
     anything reads the body, so 100 uploads sending their bodies slowly held all 32 slots and every
