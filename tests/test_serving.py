@@ -280,6 +280,17 @@ def test_old_keep_alive_connections_are_closed_only_with_several_workers(client,
 
 
 # ----------------------------------------------------------------------- settings, sources, CLI, build
+def test_a_worker_refuses_a_model_its_endpoint_was_not_built_for(run_dir, tmp_path):
+    """The endpoint is built at import from the serving config; a worker whose model declares another route or
+    kinds (the config edited, or the model swapped after it was written) refuses it before serving anything."""
+    cfg = serving.write_config(serving.resolve(run_dir), serving.ServingSettings(**LIMITS), tmp_path / "serving.json")
+    written = json.loads(cfg.read_text())
+    written["model"]["endpoint"] |= {"route": "/embed", "answers_kind": "vector"}
+    cfg.write_text(json.dumps(written))
+    with pytest.raises(LifecycleError, match="not the one the serving config was written for"):
+        serving.Server(cfg, log=tmp_path / "server.log", startup_timeout_s=60).start()
+
+
 def test_source_resolution(run_dir, tmp_path):
     assert serving.resolve(run_dir).path == run_dir / "export"
     assert serving.resolve(run_dir / "export").version == Artifact.load(run_dir / "export").digest
