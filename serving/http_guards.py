@@ -26,9 +26,10 @@ def parse_json(body: bytes) -> tuple[object, str | None]:
         return None, f"body is not valid JSON ({shown})"
 
 
-def json_errors(send):
+def json_errors(send, not_found: str | None = None):
     """The app's send with its own error answers (Starlette's plain-text 404 and 405, BentoML's validation
-    errors with their "detail" list) rewritten to this service's one error body, {"error": "..."}."""
+    errors with their "detail" list) rewritten to this service's one error body, {"error": "..."}; a 404's
+    followed by `not_found` (where to go instead) when given."""
     from http import HTTPStatus
 
     from pydantic_core import from_json
@@ -56,6 +57,8 @@ def json_errors(send):
             answer = "; ".join([answer["error"], *details])
         if not isinstance(answer, str) or not answer:
             answer = HTTPStatus(start["status"]).phrase
+        if start["status"] == 404 and not_found:
+            answer = f"{answer}: {not_found}"
         body = json.dumps({"error": answer}).encode()
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-type", b"content-length")]
         await send({**start, "headers": [*headers, (b"content-type", b"application/json"),

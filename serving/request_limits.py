@@ -16,8 +16,6 @@ from http_guards import error, json_errors, parse_json, with_connection_close
 from lifecycle import edge
 from lifecycle.edge import requests as checks
 
-# every POST route of the service; a model answers on the one its task declares
-ROUTES = ("/classify", "/embed", "/predict", "/regress", "/score", "/classify_image", "/embed_image", "/generate")
 # {"stream": true} (or an Accept: text/event-stream header) on POST /generate: RequestLimits hands the checked
 # request to this route, which answers with server-sent events. Not a public route: called directly, it is 404.
 STREAM_ROUTE = "/generate_stream"
@@ -29,6 +27,7 @@ INLINE_MAX_CHARS = 2000
 # A request's images up to this many pixels are decoded on the event loop (~4 ms); more in a thread.
 INLINE_IMAGE_PIXELS = 1 << 20
 IMAGE_MEDIA = (b"image/png", b"image/jpeg")  # image bodies an image model takes (besides JSON)
+MULTIPART = b"multipart/form-data"
 # Never behind the concurrency limit, as in BentoML's own MaxConcurrencyMiddleware.
 UNLIMITED_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
@@ -53,9 +52,10 @@ class Served:
 
 
 class RequestLimits:
-    """ASGI middleware in front of POST /classify and /embed: refuses what the model must never see, each with a
-    JSON {"error": ...} body. It reads the body itself (bounded in size and time), so an oversized upload costs
-    at most max_body_bytes of memory; the checked body is then replayed to BentoML unchanged.
+    """ASGI middleware in front of the model's endpoint (`endpoint`: its route, task, inputs kind and request
+    key, from the serving config): refuses what the model must never see, each with a JSON {"error": ...}
+    body, by the checks of its inputs kind (INPUTS). It reads the body itself (bounded in size and time), so
+    an oversized upload costs at most max_body_bytes of memory; the checked body is then replayed to BentoML.
 
     It also holds the max_concurrency limit, which BentoML is not given: BentoML takes its slot before
     anything reads the body, so 100 uploads sending their bodies slowly held all 32 slots and every
@@ -63,10 +63,13 @@ class RequestLimits:
     whole body has arrived and is well-formed JSON of the right shape; an incomplete body is cut off
     after body_timeout_s."""
 
-    def __init__(self, app, settings: dict, served: Served):
+    def __init__(self, app, settings: dict, served: Served, endpoint: dict):
         self.app = app
         self.s = settings
         self.served = served
+        self.endpoint = endpoint
+        # how this model's requests are checked, and the media types they may have besides JSON
+        self.inputs_check, self.media = INPUTS.get(endpoint["inputs_kind"], (RequestLimits.other_request, ()))
         self.tokenizer = None  # loaded on first use: the model is opened after the middleware is built
         # Keep-alive connections (client address) -> when their first request came: see closing().
         self.max_age = settings["max_connection_age_s"] if settings["workers"] > 1 else None
@@ -80,20 +83,15 @@ class RequestLimits:
             return await self.app(scope, receive, send)
         if scope["path"] == STREAM_ROUTE:
             return await error(scope, receive, send, 404, 'POST /generate with {"stream": true} streams')
-        if scope["path"] not in ROUTES or scope["method"] != "POST":
-            return await self.limited(scope, receive, send)
-        predictor = self.served.predictor
-        if scope["path"] != predictor.route:
-            return await error(scope, receive, send, 404,
-                                f"this server serves a {predictor.task} model: POST {predictor.route}")
+        route = self.endpoint["route"]
+        if scope["path"] != route or scope["method"] != "POST":  # BentoML's 404 or 405, naming the model's route
+            return await self.limited(scope, receive, send,
+                                      not_found=f"this server serves a {self.endpoint['task']} model: POST {route}")
         headers = dict(scope["headers"])
         media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        image_body = predictor.image is not None and media in IMAGE_MEDIA
-        upload = predictor.image is not None and media == b"multipart/form-data"
-        if media != b"application/json" and not (image_body or upload):  # includes application/vnd.bentoml+pickle: never unpickle input
+        if media != b"application/json" and media not in self.media:  # includes application/vnd.bentoml+pickle: never unpickle input
             shown = media.decode("latin-1")[:80] or "none"
-            allowed = ("image/png, image/jpeg, multipart/form-data or application/json" if predictor.image is not None
-                       else "application/json")
+            allowed = ", ".join(m.decode() for m in self.media) + " or application/json" if self.media else "application/json"
             return await error(scope, receive, send, 415, f"content type must be {allowed} (got {shown})")
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.s["max_body_bytes"]):
@@ -117,30 +115,57 @@ class RequestLimits:
             # Closing the connection: the rest of a body that slow is not worth reading.
             return await error(scope, receive, with_connection_close(send), 408,
                                 f"request body not complete after {self.s['body_timeout_s']:g} s")
-        body = b"".join(chunks)
-        if predictor.image is not None:
-            problem, status, images, payload = await self.check_images(body, image_body, scope if upload else None)
-            if problem:
-                return await error(scope, receive, send, status, problem)
-            # BentoML gets the checked images as the JSON its route declares, whatever the client sent
-            body = json.dumps(payload).encode()
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k not in (b"content-type",
-                                                                                          b"content-length")]
-                     + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
-            return await self.forward(scope, receive, send, body, functools.partial(self.decode_images, *images))
+        refusal, scope, body, admitted_check = await self.inputs_check(self, scope, b"".join(chunks), headers, media)
+        if refusal:
+            return await error(scope, receive, send, *refusal)
+        await self.forward(scope, receive, send, body, admitted_check)
+
+    # The checks of each inputs kind's requests (INPUTS), before admission: each answers (refusal: (status,
+    # message) or None, the scope and body BentoML gets, the check that runs once the request holds a slot).
+    async def text_request(self, scope, body: bytes, headers: dict, media: bytes):
+        payload, refusal = self.json_checked(body, lambda p: checks.check_texts(p, self.s["max_texts"]))
+        if refusal or self.s["over_length"] != "reject":
+            return refusal, scope, body, None
+        return None, scope, body, functools.partial(self.over_length, payload["texts"])
+
+    async def rows_request(self, scope, body: bytes, headers: dict, media: bytes):
+        return self.json_checked(body, self.check_rows)[1], scope, body, None
+
+    async def prompts_request(self, scope, body: bytes, headers: dict, media: bytes):
+        payload, refusal = self.json_checked(body, lambda p: checks.check_prompts(p, self.s["max_texts"]))
+        if refusal:
+            return refusal, scope, body, None
+        scope, body = _generate_scope(scope, payload, body, headers)
+        return None, scope, body, functools.partial(self.over_context, payload["prompts"])
+
+    async def images_request(self, scope, body: bytes, headers: dict, media: bytes):
+        problem, status, images, payload = await self.check_images(body, media in IMAGE_MEDIA,
+                                                                   scope if media == MULTIPART else None)
+        if problem:
+            return (status, problem), scope, body, None
+        # BentoML gets the checked images as the JSON its route declares, whatever the client sent
+        body = json.dumps(payload).encode()
+        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k not in (b"content-type",
+                                                                                      b"content-length")]
+                 + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+        return None, scope, body, functools.partial(self.decode_images, *images)
+
+    async def other_request(self, scope, body: bytes, headers: dict, media: bytes):
+        """A plug-in workload's inputs kind: its inputs' own check (`check_request(payload, max_items)` -> the
+        refusal's message or None) when it has one, else any JSON list under the request key, within max_texts."""
+        check = getattr(getattr(self.served.predictor, "inputs", None), "check_request", None)
+        key, limit = self.endpoint["request_key"], self.s["max_texts"]
+        refusal = self.json_checked(body, lambda p: check(p, limit) if check else any_items(p, key, limit))[1]
+        return refusal, scope, body, None
+
+    @staticmethod
+    def json_checked(body: bytes, check) -> tuple[object, tuple[int, str] | None]:
+        """(the JSON payload, None), or a refusal: 400 for a body that is not JSON, 422 for what `check` refuses."""
         payload, problem = parse_json(body)
         if problem:
-            return await error(scope, receive, send, 400, problem)
-        problem = self.check(payload, predictor)
-        if problem:
-            return await error(scope, receive, send, 422, problem)
-        admitted_check = None
-        if predictor.generation is not None:
-            scope, body = _generate_scope(scope, payload, body, headers)
-            admitted_check = functools.partial(self.over_context, payload["prompts"])
-        elif "texts" in payload and self.s["over_length"] == "reject":
-            admitted_check = functools.partial(self.over_length, payload["texts"])
-        await self.forward(scope, receive, send, body, admitted_check)
+            return None, (400, problem)
+        problem = check(payload)
+        return payload, (422, problem) if problem else None
 
     async def forward(self, scope, receive, send, body: bytes, admitted_check=None) -> None:
         """The checked body, replayed to BentoML within a concurrency slot (see limited)."""
@@ -157,10 +182,11 @@ class RequestLimits:
 
         await self.limited(scope, replay, send, admitted_check)
 
-    async def limited(self, scope, receive, send, admitted_check=None) -> None:
+    async def limited(self, scope, receive, send, admitted_check=None, not_found: str | None = None) -> None:
         """The app, within one of this worker's max_concurrency slots, or 429 when none is free. Work that
         costs in proportion to the request (tokenising long texts, decoding images) is `admitted_check`: it
-        runs with the slot held and answers (status, message) to refuse, None to go on."""
+        runs with the slot held and answers (status, message) to refuse, None to go on. `not_found`: what
+        the app's 404 adds to its message."""
         if self.slots.value == 0:
             return await error(scope, receive, send, 429, "Too many requests")
         async with self.slots:
@@ -168,7 +194,7 @@ class RequestLimits:
                 refusal = admitted_check and await admitted_check()
                 if refusal:
                     return await error(scope, receive, send, *refusal)
-                await self.app(scope, receive, json_errors(send))
+                await self.app(scope, receive, json_errors(send, not_found))
 
     def closing(self, scope) -> bool:
         """Whether this response ends its keep-alive connection. Workers share one listening socket and
@@ -266,14 +292,10 @@ class RequestLimits:
         finally:
             await form.close()
 
-    def check(self, payload, predictor) -> str | None:
-        """The payload's checks (lifecycle.edge.requests) for the model's inputs; what a table model's rows
-        count (missing values, unknown categories...) adds up in GET /metadata's input_counts."""
-        if predictor.generation is not None:
-            return checks.check_prompts(payload, self.s["max_texts"])
-        if predictor.table is None:
-            return checks.check_texts(payload, self.s["max_texts"])
-        problem, counts = checks.check_rows(payload, self.s["max_texts"], predictor.table)
+    def check_rows(self, payload) -> str | None:
+        """A table model's rows (lifecycle.edge.requests.check_rows); what they count (missing values, unknown
+        categories...) adds up in GET /metadata's input_counts."""
+        problem, counts = checks.check_rows(payload, self.s["max_texts"], self.served.predictor.table)
         totals = self.served.input_counts
         for kind, per_column in counts.items():
             for column, n in per_column.items():
@@ -337,3 +359,25 @@ def _generate_scope(scope, payload: dict, body: bytes, headers: dict) -> tuple[d
         scope = {**scope, "path": STREAM_ROUTE, "raw_path": STREAM_ROUTE.encode()}
     return scope, body
 
+
+
+def any_items(payload, key: str, max_items: int) -> str | None:
+    """{key: [JSON value, ...]}: a plug-in inputs kind's request when its inputs have no check of their own."""
+    if not isinstance(payload, dict) or set(payload) != {key}:
+        return f'expected a JSON object with exactly one key, "{key}": a list of JSON values'
+    items = payload[key]
+    if not isinstance(items, list) or not items:
+        return f'"{key}" must be a non-empty list of JSON values'
+    if len(items) > max_items:
+        return f'"{key}" has {len(items)} items; the limit is {max_items} per request'
+    return None
+
+
+# inputs kind -> (RequestLimits' check of its requests, the media types they may have besides application/json).
+# Another kind (a plug-in workload's) is checked by RequestLimits.other_request, as JSON only.
+INPUTS = {
+    "text": (RequestLimits.text_request, ()),
+    "rows": (RequestLimits.rows_request, ()),
+    "prompts": (RequestLimits.prompts_request, ()),
+    "images": (RequestLimits.images_request, (*IMAGE_MEDIA, MULTIPART)),
+}

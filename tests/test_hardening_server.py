@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from test_serving import VALID, assert_healthy, run_dir  # noqa: F401  (run_dir: a session fixture)
+from test_serving import VALID, assert_healthy, inference_routes, run_dir  # noqa: F401  (run_dir: a session fixture)
 
 from lifecycle import cli, serving
 from lifecycle.artifact import Artifact, commit
@@ -333,6 +333,11 @@ def test_server_abuse_matrix_of_other_models(model, tmp_path):
                                tmp_path / "serving.json")
     with serving.Server(cfg, log=tmp_path / "server.log") as server:
         walk(server, model["cases"], model["route"], model["valid"])
+        # one inference route, the model's (a generator's stream too); another kind's is 404 naming it
+        stream = ["/generate_stream"] if model["route"] == "/generate" else []
+        assert sorted(inference_routes(server.url)) == sorted([model["route"], *stream])
+        other = httpx.post(server.url + "/classify", json={"texts": ["a"]}, timeout=10)
+        assert other.status_code == 404 and f"POST {model['route']}" in other.json()["error"]
 
 
 # ------------------------------------------------------------------------------------------ image decoding

@@ -204,10 +204,30 @@ def test_embed_matches_in_process_predictor(embed_server, embedding_run_dir):
 def test_the_route_the_model_has_no_use_for_gets_404(endpoint):
     _, client, route = endpoint
     other = "/embed" if route == "/classify" else "/classify"
-    r = client.post(other, json=VALID)
-    assert_error(r, 404)
-    assert route in r.json()["error"]
+    for r in (client.post(other, json=VALID), client.post("/predict", json={"rows": [{}]}), client.get(other)):
+        assert_error(r, 404)
+        assert f"POST {route}" in r.json()["error"]
     assert_healthy(client, route)
+
+
+def inference_routes(url: str) -> dict:
+    """The POST operations of the server's OpenAPI document (BentoML's GET /docs.json), by path."""
+    spec = httpx.get(url + "/docs.json", timeout=10).json()
+    return {path: ops["post"] for path, ops in spec["paths"].items() if "post" in ops}
+
+
+def test_openapi_and_metadata_show_the_models_one_typed_route(endpoint):
+    server, client, route = endpoint
+    posts = inference_routes(server.url)
+    assert list(posts) == [route]
+    body = posts[route]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["texts"] and body["properties"]["texts"]["items"] == {"type": "string"}
+    answer = posts[route]["responses"]["200"]["content"]["application/json"]["schema"]["items"]
+    kinds = ("text", "labels") if route == "/classify" else ("text", "vector")
+    assert answer == ({"$ref": "#/components/schemas/Prediction"} if route == "/classify"
+                      else {"type": "array", "items": {"type": "number"}})
+    meta = client.get("/metadata").json()
+    assert (meta["route"], meta["inputs_kind"], meta["answers_kind"]) == (route, *kinds)
 
 
 def test_stalled_uploads_hold_no_slot_and_time_out_504(server, client):
@@ -260,6 +280,17 @@ def test_old_keep_alive_connections_are_closed_only_with_several_workers(client,
 
 
 # ----------------------------------------------------------------------- settings, sources, CLI, build
+def test_a_worker_refuses_a_model_its_endpoint_was_not_built_for(run_dir, tmp_path):
+    """The endpoint is built at import from the serving config; a worker whose model declares another route or
+    kinds (the config edited, or the model swapped after it was written) refuses it before serving anything."""
+    cfg = serving.write_config(serving.resolve(run_dir), serving.ServingSettings(**LIMITS), tmp_path / "serving.json")
+    written = json.loads(cfg.read_text())
+    written["model"]["endpoint"] |= {"route": "/embed", "answers_kind": "vector"}
+    cfg.write_text(json.dumps(written))
+    with pytest.raises(LifecycleError, match="not the one the serving config was written for"):
+        serving.Server(cfg, log=tmp_path / "server.log", startup_timeout_s=60).start()
+
+
 def test_source_resolution(run_dir, tmp_path):
     assert serving.resolve(run_dir).path == run_dir / "export"
     assert serving.resolve(run_dir / "export").version == Artifact.load(run_dir / "export").digest

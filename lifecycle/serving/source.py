@@ -38,7 +38,41 @@ class Served:
     def service_model(self) -> dict:
         return {"path": str(self.root or self.path), "name": self.name, "version": self.version,
                 "gates": self.gates, "source": str(self.path), "trusted_keys": self.trusted_keys,
-                "verdict": self.verdict or gates_verdict(self.gates)}
+                "verdict": self.verdict or gates_verdict(self.gates), "endpoint": endpoint(self.root or self.path)}
+
+
+# inputs kind -> the key of a request's list ({"texts": [...]}), for a schema.json that does not name it
+REQUEST_KEYS = {"text": "texts", "rows": "rows", "images": "images", "prompts": "prompts"}
+
+
+def endpoint(path: Path) -> dict:
+    """The service's one inference endpoint for the model at `path` (a directory or a bundle zip, read in
+    place): its route, task, inputs and answers kinds, request key and edge method, from schema.json as
+    lifecycle.edge.Predictor reads it (its defaults; the kinds from lifecycle.edge.answers.KINDS for a model
+    written before schema.json recorded them). The service builds its endpoint from this at import, before
+    any worker opens the model; a worker refuses a model that does not match it (serving/service.py). An
+    unreadable schema gives the defaults here: opening the model refuses it with the reason."""
+    from lifecycle.edge import MAX_MANIFEST_BYTES, SCHEMA
+    from lifecycle.edge.answers import KINDS
+
+    try:
+        if path.is_file():
+            with zipfile.ZipFile(path) as zf:
+                if zf.getinfo(SCHEMA).file_size > MAX_MANIFEST_BYTES:
+                    raise ValueError("schema too large")
+                schema = json.loads(zf.read(SCHEMA))
+        else:
+            schema = json.loads((path / SCHEMA).read_text())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        schema = {}
+    schema = schema if isinstance(schema, dict) else {}
+    task = schema.get("task", "classification")
+    inputs, answers = (schema.get("inputs_kind"), schema.get("answers_kind"))
+    if not (inputs and answers):
+        inputs, answers = KINDS.get(task, (None, None))
+    return {"route": schema.get("route", "/classify"), "task": task, "inputs_kind": inputs, "answers_kind": answers,
+            "request_key": schema.get("request_key") or REQUEST_KEYS.get(inputs, inputs) or "texts",
+            "method": schema.get("method", "predict")}
 
 
 def gates_verdict(gates: list) -> dict:
