@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from lifecycle.edge import BundleError, Predictor
-from lifecycle.edge.kinds import INPUTS, _plugins, inputs_kind
+from lifecycle.edge.kinds import INPUTS, _entry_points, inputs_kind
 from lifecycle.edge.predictor import _kinds
 from lifecycle.edge.text_inputs import TextInputs
 
@@ -55,6 +55,7 @@ def signs(outputs, labels):
 ENTRY_POINTS = """[lifecycle.edge.inputs]
 vectors = {module}:VectorInputs
 text = {module}:VectorInputs
+broken = {module}_missing:VectorInputs
 
 [lifecycle.edge.answers]
 toy-sign = {module}:signs
@@ -71,9 +72,9 @@ def toy_package(tmp_path, monkeypatch, request):
     (site / "toy-0.1.dist-info" / "entry_points.txt").write_text(ENTRY_POINTS.format(module=module))
     (site / f"{module}.py").write_text(TOY_MODULE)
     monkeypatch.syspath_prepend(str(site))
-    _plugins.cache_clear()
+    _entry_points.cache_clear()
     yield module
-    _plugins.cache_clear()
+    _entry_points.cache_clear()
     sys.modules.pop(module, None)
 
 
@@ -150,6 +151,16 @@ def test_an_unknown_kind_is_refused_in_one_line(toy_package, tmp_path, field, ki
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{root / 'schema.json'}: {field} '{kind}' is not built in")
     assert builtin in message and "install the workload package" in message
+
+
+def test_a_plug_in_that_fails_to_load_is_refused_in_one_line(toy_package, tmp_path):
+    root = toy_model(tmp_path / "toy", inputs_kind="broken")
+    with pytest.raises(BundleError) as err:
+        Predictor.open(root)
+    assert "\n" not in str(err.value)
+    assert re.fullmatch(rf"{re.escape(str(root / 'schema.json'))}: inputs_kind 'broken' is {toy_package}_missing:"
+                        r"VectorInputs \(entry point group 'lifecycle.edge.inputs'\), which fails to load: "
+                        r"ModuleNotFoundError: .*; reinstall the package that provides it", str(err.value))
 
 
 def test_a_plug_in_cannot_replace_a_built_in_kind(toy_package):

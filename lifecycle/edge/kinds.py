@@ -47,18 +47,25 @@ def answers_kind(name: str, where):
 
 
 def _kind(builtin: dict, group: str, field: str, name: str, where):
-    found = builtin if name in builtin else _plugins(group)
-    if name not in found:
+    if name in builtin:
+        return builtin[name]
+    point = _entry_points(group).get(name)
+    if point is None:
         raise BundleError(f"{where}: {field} '{name}' is not built in ({', '.join(builtin)}) and no installed "
                           f"package adds it (entry point group '{group}'); install the workload package the model "
                           "was made with")
-    return found[name]
+    try:  # only the kind asked for is imported: a broken plug-in does not stop the others
+        return point.load()
+    except Exception as exc:  # noqa: BLE001 - whatever a third-party import raises, the model cannot be opened
+        raise BundleError(f"{where}: {field} '{name}' is {point.value} (entry point group '{group}'), which "
+                          f"fails to load: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                          "reinstall the package that provides it") from None
 
 
 @functools.cache
-def _plugins(group: str) -> dict:
-    """name -> object of the entry points in `group` over every installed distribution, loaded once (a test
-    that changes sys.path clears it: `_plugins.cache_clear()`)."""
+def _entry_points(group: str) -> dict:
+    """name -> entry point in `group` over every installed distribution, read once (a test that changes
+    sys.path clears it: `_entry_points.cache_clear()`)."""
     from importlib.metadata import entry_points
 
-    return {ep.name: ep.load() for ep in entry_points(group=group)}
+    return {point.name: point for point in entry_points(group=group)}

@@ -180,26 +180,14 @@ class Predictor:
         return token_counts(self.tokenizer, texts, self.max_length)
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """The graph's output per text, float32, in input order. A text's row is the same whatever it is
-        batched with, so the service (one text or many per request, BentoML's adaptive batches), the
+        """The graph's output per input, float32, in input order, batched by the inputs kind (lifecycle.edge.kinds;
+        texts: TextInputs.outputs). A text's row is the same whatever it is batched with, so the service (one text or many per request, BentoML's adaptive batches), the
         bundle and the stages give one answer per text:
         - texts are grouped by token count and only equal-length texts share a session call, so no
           text is ever padded: each is computed exactly as it would be alone;
         - a graph with run-time activation scales (BATCH_DEPENDENT_OPS) gets one text per call.
         """
-        # Measured (issue 16: 300 news texts, max_length 128 (51 distinct token counts) and 32, requests
-        # of 32 texts in three shuffles, one onnxruntime thread, the policies interleaved in one process):
-        # - answers: fp32 and static int8 rows are bit-identical to the text alone when grouped (and,
-        #   on these graphs, even when padded: masking is exact there, but nothing promises it for
-        #   every graph); dynamic int8 rows move when co-batched, padded or grouped alike (up to 0.026
-        #   in probability, 5 label flips in 900, bert-tiny at max_length 32), and are bit-identical
-        #   one text per call.
-        # - samples/s, padded to the longest of the batch -> grouped (dynamic: one per call; grouped):
-        #   bert-tiny fp32 2472 -> 3566, static 2870 -> 3823, dynamic 3165 -> 3974 (4324);
-        #   bert-small fp32 46 -> 61, static 85 -> 113, dynamic 118 -> 157 (160).
-        #   Padding 32 news texts to the longest wastes more compute than the extra calls cost, and
-        #   batching gains onnxruntime little on CPU: one call per text costs dynamic int8 2-8%.
-        return self.inputs.outputs(self, texts, batch_size)  # see TextInputs.outputs
+        return self.inputs.outputs(self, texts, batch_size)
 
     # Generation (a decoder with a KV cache) is its own job, in lifecycle.edge.decoding; its functions take
     # the predictor as `self` and are bound here, so they are called as methods like the rest.
