@@ -1,6 +1,6 @@
 """Predictor: a model opened from a bundle zip or an export/quantize artifact directory (verified first),
-its onnxruntime session and batching, dispatching on its task's inputs and answers kinds
-(lifecycle.edge.answers).
+its onnxruntime session, dispatching on the inputs and answers kinds schema.json names (else its task's,
+lifecycle.edge.answers.KINDS) through one inputs object and one answer function (lifecycle.edge.kinds).
 
 A text's answer does not depend on what it is batched with (see Predictor.logits): texts are never
 padded, and a graph that quantizes activations at run time gets one text per call."""
