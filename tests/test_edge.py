@@ -164,13 +164,16 @@ def test_tampered_or_padded_bundles_are_refused(export_dir, tmp_path):
 
 
 def test_every_task_has_the_inputs_and_answers_kinds_the_predictor_dispatches_on():
-    """Predictor dispatches on schema.json's task through KINDS (inputs kind, answers kind): every task plug-in
-    is there, and every answers kind but a generator's tokens has its answer in ANSWERS."""
+    """A schema.json that does not name its kinds is dispatched by its task through KINDS (inputs kind, answers
+    kind): every built-in task is there, every inputs kind has its class in INPUTS, and every answers kind but a
+    generator's tokens has its answer function in ANSWERS."""
     from lifecycle import workloads
     from lifecycle.edge.answers import ANSWERS, KINDS
+    from lifecycle.edge.kinds import INPUTS
 
     assert {t.name: (t.inputs_kind, t.answers_kind) for t in workloads.tasks()}.items() <= KINDS.items()
-    assert {answers for _, answers in KINDS.values()} - {"tokens"} <= set(ANSWERS)
+    assert {inputs for inputs, _ in KINDS.values()} == set(INPUTS)
+    assert {answers for _, answers in KINDS.values()} <= set(ANSWERS) and ANSWERS["tokens"] is None
 
 
 def test_a_task_the_runtime_does_not_know_is_refused_in_one_line(export_dir, tmp_path):

@@ -13,10 +13,11 @@ so the `edge/` folder can be copied alone onto a device and imported as `edge`.
     p.embed_images([png_bytes, uint8_array])     # an image embedder: (n, dim) float32, normalised in the graph
     p.generate(["a prompt"])                 # a decoder: [{"text", "tokens", "finish_reason"}] (also stream)
     p.answers(["some text"])                 # whichever of those the model's task declares, as JSON
+    p.answer([...])                          # the answer by the model's answers kind (a plug-in kind's too)
     p.check()                                # re-runs the predictions the pipeline recorded
 
 A directory or zip holds model.onnx, tokenizer.json (preprocessing.json for a table model,
-preprocessor_config.json for an image model: schema.json names it), labels.json and schema.json. When it holds
+preprocessor_config.json for an image model: schema.json names it, or null), labels.json and schema.json. When it holds
 manifest.json (a bundle always does), every file's sha256 is checked before anything is loaded and
 files the manifest does not list are refused. ONNX external data is accepted only when every location
 is a plain relative path to a regular file inside the bundle: no absolute paths, no `..`, no symlinks.
@@ -25,7 +26,9 @@ manifest.json by one of those keys (lifecycle.signing writes it; `cryptography` 
 
 One module per job:
     predictor     Predictor: opening, the onnxruntime session, batching, check()
-    answers       each task's inputs and answers kinds (KINDS), the answer of each answers kind (ANSWERS)
+    kinds         the inputs kinds (INPUTS: text, prompts, rows, images) and answers kinds, and those an
+                  installed package adds through entry points (lifecycle.edge.inputs, lifecycle.edge.answers)
+    answers       each task's kinds when schema.json does not name them (KINDS), each answers kind's answer (ANSWERS)
     decoding      generation with a KV cache: sampling, stop strings, streaming, perplexity
     text_inputs   texts -> feeds: the tokenizer, padding
     table_inputs  rows -> feeds: TablePreprocessing, RowError
@@ -55,6 +58,7 @@ from .bundle import (  # noqa: E402
     BundleError,
     preprocessor_file,
     read_manifest,
+    required_files,
     verify,
 )
 from .cpu import VNNI_FLAGS, cpu_flags, int8_isa_warning  # noqa: E402
@@ -95,5 +99,5 @@ __all__ = [
     "ImageError", "ImagePreprocessing", "Predictor", "PromptTooLong", "RowError", "TablePreprocessing",
     "check_external_data", "check_request_pixels", "check_signature", "cpu_flags", "decode_image",
     "external_data_locations", "int8_isa_warning", "key_id", "load_image", "op_types", "open_image",
-    "preprocessor_file", "read_manifest", "to_mode", "verify", "zip_manifest",
+    "preprocessor_file", "read_manifest", "required_files", "to_mode", "verify", "zip_manifest",
 ]

@@ -1,13 +1,14 @@
-"""What a model answers: each task's inputs and answers kinds (KINDS, from schema.json's task), the
-answer of each answers kind from the graph's outputs (ANSWERS), and where two recorded answers differ."""
+"""What a model answers: each task's inputs and answers kinds (KINDS, for a schema.json that does not name
+them), the answer of each answers kind from the graph's outputs (ANSWERS), and where two recorded answers differ."""
 
 from __future__ import annotations
 
 import numpy as np
 
-# schema.json's task -> (inputs kind, answers kind), for every task whose models have been written so far.
-# The inputs kind decides what turns raw inputs into feeds and how they are batched (Predictor.logits);
-# the answers kind, what one answer is (ANSWERS). schema.json's "method" names the pair for callers.
+# schema.json's task -> (inputs kind, answers kind), for models whose schema.json does not name its kinds
+# ("inputs_kind", "answers_kind"): every task whose models were written before it did. The inputs kind decides
+# what turns raw inputs into feeds and how they are batched (lifecycle.edge.kinds.INPUTS); the answers kind,
+# what one answer is (ANSWERS). schema.json's "method" names the pair for callers.
 KINDS = {
     "classification": ("text", "labels"),
     "embedding": ("text", "vector"),
@@ -31,13 +32,14 @@ def _label_scores(logits: np.ndarray, labels: list[str]) -> list[dict]:
     return out
 
 
-# answers kind -> the answers from the graph's outputs (one row per input) and labels.json; a generator's
-# answers ("tokens") are decoded step by step instead (Predictor.generate).
+# answers kind -> the answers from the graph's outputs (one row per input) and labels.json; a package outside
+# lifecycle adds its own through an entry point (lifecycle.edge.kinds).
 ANSWERS = {
     "labels": _label_scores,  # {"label", "score", "scores"}: the softmax of a classifier's logits
     "vector": lambda outputs, labels: outputs,  # embeddings (n, dim) float32, pooled and normalised in the graph
     "value": lambda outputs, labels: [{"value": float(v)} for v in outputs.reshape(-1)],
     "score": lambda outputs, labels: [{"anomaly_score": float(v)} for v in outputs.reshape(-1)],
+    "tokens": None,  # a generator's answers are decoded step by step instead (Predictor.generate)
 }
 
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 MODEL, TOKENIZER, LABELS, SCHEMA, MANIFEST = "model.onnx", "tokenizer.json", "labels.json", "schema.json", "manifest.json"
-REQUIRED = (MODEL, LABELS, SCHEMA)  # plus the preprocessor schema.json names (preprocessor_file)
+REQUIRED = (MODEL, LABELS, SCHEMA)  # plus the preprocessor schema.json names (required_files)
 SIGNATURE = "manifest.sig"  # signature over manifest.json: the one file the manifest cannot list
 # manifest.json holds hashes, metrics, gate results and a few recorded predictions: tens of KB. Parsing
 # JSON costs several times its size in memory, so a manifest is refused above this before it is read.
@@ -36,7 +36,7 @@ def verify(root: Path) -> dict:
     if not isinstance(files, dict):
         raise BundleError(f"{root / MANIFEST}: 'files' is not a mapping of file names to sha256; write the bundle "
                           "again with `lifecycle bundle`")
-    for name in (*REQUIRED, preprocessor_file(_read_schema(root))):
+    for name in required_files(_read_schema(root)):
         if name not in files:
             raise BundleError(f"{root}: the manifest does not list {name}")
     for rel, digest in files.items():
@@ -68,11 +68,17 @@ def read_manifest(path: Path, data: bytes | None = None) -> dict:
     return manifest
 
 
-def preprocessor_file(schema: dict) -> str:
+def preprocessor_file(schema: dict) -> str | None:
     """The file that turns raw input into the graph's feeds, as schema.json names it: tokenizer.json
     for a text model (the default: older artifacts do not name it), preprocessing.json for a table,
-    preprocessor_config.json for images."""
+    preprocessor_config.json for images; None (schema.json "preprocessor": null) for inputs that need
+    none, such as a plug-in kind's numbers fed to the graph as they are (lifecycle.edge.kinds)."""
     return schema.get("preprocessor", TOKENIZER)
+
+
+def required_files(schema: dict) -> tuple[str, ...]:
+    """What a model directory or bundle must hold: REQUIRED and its preprocessor file, if any."""
+    return (*REQUIRED, *filter(None, [preprocessor_file(schema)]))
 
 
 def _read_schema(root: Path) -> dict:

@@ -7,13 +7,16 @@ lives in its own module. They use the predictor's session, tokenizer, `generatio
 `max_length`, input/output names and `past` (the cache inputs: name, shape, type).
 
 One prompt at a time: no padding, so a prompt's tokens do not depend on what it is sent with, and a
-graph with run-time activation scales (dynamic int8) sees exactly what it saw when it was gated."""
+graph with run-time activation scales (dynamic int8) sees exactly what it saw when it was gated.
+PromptInputs is the inputs kind "prompts"."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
+
+from .text_inputs import TextInputs
 
 
 class PromptTooLong(ValueError):
@@ -23,6 +26,18 @@ class PromptTooLong(ValueError):
         super().__init__(f"the prompt has {tokens} tokens; the model's context is {limit} tokens (prompt and "
                          f"generated tokens together), so a prompt may have at most {limit - 1}")
         self.tokens, self.limit = tokens, limit
+
+
+class PromptInputs(TextInputs):
+    """Inputs kind "prompts": texts to continue. A prompt over the context is refused (PromptTooLong), never
+    cut silently, and a prompt's output is generator_rows' (next-token logits, then greedy tokens)."""
+
+    def __init__(self, root, schema: dict):
+        super().__init__(root, schema)
+        self.tokenizer.no_truncation()
+
+    def outputs(self, predictor, prompts: list, batch_size: int) -> np.ndarray:
+        return predictor.generator_rows(prompts)
 
 
 def prompt_ids(self, prompt: str) -> list[int]:

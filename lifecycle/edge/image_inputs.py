@@ -4,7 +4,8 @@ give the same tensor everywhere. Its parameters are a transformers image-process
 (ViTImageProcessor's preprocessor_config.json: resize to `size` with `resample`, rescale, normalise by
 `image_mean` / `image_std`), and the arithmetic is transformers' own (rescale in float64 then float32,
 normalise in float32), so ViTImageProcessor.from_pretrained(dir) gives the same tensor too (tested); here it
-needs only numpy and Pillow. Decoding checks the pixel count from the header before any pixel is decoded."""
+needs only numpy and Pillow. Decoding checks the pixel count from the header before any pixel is decoded.
+ImageInputs is the inputs kind "images"."""
 
 from __future__ import annotations
 
@@ -148,3 +149,33 @@ class ImagePreprocessing:
         if not images:
             return np.zeros((0, len(self.mean), self.height, self.width), dtype=np.float32)
         return self.normalise(np.stack([self.pixels(im) for im in images]))
+
+
+class ImageInputs:
+    """Inputs kind "images": encoded PNG/JPEG bytes, PIL images or uint8 pixels through the model's
+    preprocessor_config.json. Every image is resized to one size (max_length 0), so any images share a call."""
+
+    max_length = 0
+
+    def __init__(self, root: Path, schema: dict):
+        self.image = ImagePreprocessing.load(Path(root) / IMAGE_PROCESSOR)
+
+    def sample(self) -> np.ndarray:
+        return self.image.blank()  # black
+
+    def recorded(self, entry: dict) -> bytes:
+        import base64
+
+        return base64.b64decode(entry["image"], validate=True)  # recorded as base64 PNG
+
+    def feeds(self, predictor, images: list, pad_to: int | None = None) -> dict[str, np.ndarray]:
+        return {"pixel_values": self.image.transform(list(images))}  # resized, so pad_to does not apply
+
+    def outputs(self, predictor, images: list, batch_size: int) -> np.ndarray:
+        pixels = self.image.transform(list(images))
+        size = 1 if predictor.batch_dependent else max(1, batch_size)
+        outs = [predictor.session.run(None, {"pixel_values": pixels[i : i + size]})[0]
+                for i in range(0, len(pixels), size)]
+        if not outs:
+            return np.zeros((0, len(predictor.labels)), dtype=np.float32)
+        return np.concatenate(outs).astype(np.float32)

@@ -1,6 +1,6 @@
 """Predictor: a model opened from a bundle zip or an export/quantize artifact directory (verified first),
-its onnxruntime session and batching, dispatching on its task's inputs and answers kinds
-(lifecycle.edge.answers).
+its onnxruntime session, dispatching on the inputs and answers kinds schema.json names (else its task's,
+lifecycle.edge.answers.KINDS) through one inputs object and one answer function (lifecycle.edge.kinds).
 
 A text's answer does not depend on what it is batched with (see Predictor.logits): texts are never
 padded, and a graph that quantizes activations at run time gets one text per call."""
@@ -17,27 +17,24 @@ from pathlib import Path
 import numpy as np
 
 from . import decoding
-from .answers import ANSWERS, KINDS, difference
+from .answers import KINDS, difference
 from .bundle import (
     LABELS,
     MANIFEST,
     MODEL,
-    REQUIRED,
     SCHEMA,
     SIGNATURE,
-    TOKENIZER,
     BundleError,
     _read_schema,
-    preprocessor_file,
+    required_files,
     verify,
 )
 from .cpu import cpu_flags, int8_isa_warning
 from .extraction import _extract
-from .image_inputs import IMAGE_PROCESSOR, ImagePreprocessing
+from .kinds import answers_kind, inputs_kind
 from .onnx_graph import check_external_data, op_types
 from .signature import check_signature
-from .table_inputs import PREPROCESSING, TablePreprocessing
-from .text_inputs import load_tokenizer, padded_feeds, token_counts
+from .text_inputs import padded_feeds, token_counts
 
 # Ops that quantize activations with a scale computed at run time over the whole input tensor: in such
 # a graph every text in a batch (and every padding token) moves the scale, so co-batched texts change
@@ -56,20 +53,14 @@ class Predictor:
         self.isa_warning: str | None = None  # set by open(): see int8_isa_warning
         self.schema = json.loads((self.root / SCHEMA).read_text())
         self.labels: list[str] = json.loads((self.root / LABELS).read_text())
-        if self.task not in KINDS:
-            raise BundleError(f"{self.root / SCHEMA}: task '{self.task}' is not one this runtime answers "
-                              f"({', '.join(KINDS)}); open it with the lifecycle version that wrote it")
-        self.inputs_kind, self.answers_kind = KINDS[self.task]
-        # What turns raw input into the graph's feeds: a tokenizer for texts and prompts, TablePreprocessing
-        # for rows, ImagePreprocessing for images. Rows and images have no length (images are resized).
-        self.tokenizer = self.table = self.image = None
-        self.max_length: int = self.schema["max_length"] if self.inputs_kind in ("text", "prompts") else 0
-        if self.inputs_kind == "rows":
-            self.table = TablePreprocessing.load(self.root / PREPROCESSING)
-        elif self.inputs_kind == "images":
-            self.image = ImagePreprocessing.load(self.root / IMAGE_PROCESSOR)
-        else:
-            self.tokenizer = load_tokenizer(self.root / TOKENIZER, self.max_length)
+        self.inputs_kind, self.answers_kind = _kinds(self.schema, self.root / SCHEMA)
+        # What turns raw input into the graph's feeds and batches it (lifecycle.edge.kinds), and its
+        # preprocessor as callers read it: a tokenizer for texts and prompts, TablePreprocessing for rows,
+        # ImagePreprocessing for images (None where it does not apply). Rows and images have no length.
+        self.inputs = inputs_kind(self.inputs_kind, self.root / SCHEMA)(self.root, self.schema)
+        self._answer_of = answers_kind(self.answers_kind, self.root / SCHEMA)
+        self.tokenizer, self.table, self.image = (getattr(self.inputs, k, None) for k in ("tokenizer", "table", "image"))
+        self.max_length: int = self.inputs.max_length
         self.pad_id: int = self.schema.get("pad_token_id") or 0
         check_external_data(self.root / MODEL)
         # True: one text per session call (see logits); found by scanning the graph, not the schema's
@@ -99,8 +90,6 @@ class Predictor:
         self.generation: dict | None = self.schema.get("generation")
         self.past = [(i.name, i.shape, i.type) for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        if self.inputs_kind == "prompts":
-            self.tokenizer.no_truncation()  # a prompt over the context is refused (generate), never cut silently
 
     @property
     def task(self) -> str:
@@ -120,9 +109,7 @@ class Predictor:
     def sample_input(self):
         """One input the model accepts (a warm-up): a text, a row of missing values for a table model, a
         black image for an image model."""
-        if self.inputs_kind == "images":
-            return self.image.blank()
-        return {c: None for c in self.table.columns} if self.inputs_kind == "rows" else "warm-up"
+        return self.inputs.sample()
 
     def answers(self, texts: list[str]) -> list:
         """The answer per text of the model's own method, as JSON values (what a service returns)."""
@@ -148,7 +135,7 @@ class Predictor:
                 shutil.rmtree(extracted, ignore_errors=True)
                 raise BundleError(f"{source}: a bundle needs {MANIFEST}; write it with `lifecycle bundle`")
         try:
-            for name in (*REQUIRED, preprocessor_file(_read_schema(path))):
+            for name in required_files(_read_schema(path)):
                 if (path / name).is_symlink():
                     raise BundleError(f"{path / name}: symlinks are not allowed in a bundle")
                 if not (path / name).is_file():
@@ -177,11 +164,7 @@ class Predictor:
         """Feeds for texts, right-padded to the longest (or to pad_to). For latency measurements and
         calibration; logits() batches only texts of equal length and never pads. A table model takes
         rows (mappings column -> value) instead of texts, and pad_to does not apply."""
-        if self.inputs_kind == "rows":  # a graph may leave out an input it does not use (no categorical columns)
-            return {k: v for k, v in self.table.transform_rows(list(texts))[0].items() if k in self.input_names}
-        if self.inputs_kind == "images":  # every one is resized to the model's size; pad_to does not apply
-            return {"pixel_values": self.image.transform(list(texts))}
-        return self._feeds(self.tokenizer.encode_batch(list(texts)), pad_to)
+        return self.inputs.feeds(self, texts, pad_to)
 
     def _feeds(self, encs: list, pad_to: int | None = None) -> dict[str, np.ndarray]:
         feeds = padded_feeds(encs, self.input_names, self.pad_id, pad_to)
@@ -197,48 +180,14 @@ class Predictor:
         return token_counts(self.tokenizer, texts, self.max_length)
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """The graph's output per text, float32, in input order. A text's row is the same whatever it is
-        batched with, so the service (one text or many per request, BentoML's adaptive batches), the
+        """The graph's output per input, float32, in input order, batched by the inputs kind (lifecycle.edge.kinds;
+        texts: TextInputs.outputs). A text's row is the same whatever it is batched with, so the service (one text or many per request, BentoML's adaptive batches), the
         bundle and the stages give one answer per text:
         - texts are grouped by token count and only equal-length texts share a session call, so no
           text is ever padded: each is computed exactly as it would be alone;
         - a graph with run-time activation scales (BATCH_DEPENDENT_OPS) gets one text per call.
         """
-        # Measured (issue 16: 300 news texts, max_length 128 (51 distinct token counts) and 32, requests
-        # of 32 texts in three shuffles, one onnxruntime thread, the policies interleaved in one process):
-        # - answers: fp32 and static int8 rows are bit-identical to the text alone when grouped (and,
-        #   on these graphs, even when padded: masking is exact there, but nothing promises it for
-        #   every graph); dynamic int8 rows move when co-batched, padded or grouped alike (up to 0.026
-        #   in probability, 5 label flips in 900, bert-tiny at max_length 32), and are bit-identical
-        #   one text per call.
-        # - samples/s, padded to the longest of the batch -> grouped (dynamic: one per call; grouped):
-        #   bert-tiny fp32 2472 -> 3566, static 2870 -> 3823, dynamic 3165 -> 3974 (4324);
-        #   bert-small fp32 46 -> 61, static 85 -> 113, dynamic 118 -> 157 (160).
-        #   Padding 32 news texts to the longest wastes more compute than the extra calls cost, and
-        #   batching gains onnxruntime little on CPU: one call per text costs dynamic int8 2-8%.
-        if self.inputs_kind == "rows":
-            return self.table_outputs(texts, batch_size)[0]
-        if self.inputs_kind == "images":
-            return self.image_outputs(texts, batch_size)
-        if self.inputs_kind == "prompts":
-            return self.generator_rows(texts)
-        encs = self.tokenizer.encode_batch(list(texts))
-        groups: dict[int, list[int]] = {}
-        for i, e in enumerate(encs):
-            groups.setdefault(len(e.ids), []).append(i)
-        size = 1 if self.batch_dependent else max(1, batch_size)
-        order, outs = [], []
-        for rows in groups.values():
-            for start in range(0, len(rows), size):
-                chunk = rows[start : start + size]
-                outs.append(self.session.run(None, self._feeds([encs[i] for i in chunk]))[0])
-                order.extend(chunk)
-        if not outs:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        stacked = np.concatenate(outs).astype(np.float32)  # float32 always: an fp16 graph may return half
-        result = np.empty_like(stacked)
-        result[order] = stacked
-        return result
+        return self.inputs.outputs(self, texts, batch_size)
 
     # Generation (a decoder with a KV cache) is its own job, in lifecycle.edge.decoding; its functions take
     # the predictor as `self` and are bound here, so they are called as methods like the rest.
@@ -255,25 +204,13 @@ class Predictor:
         """(the graph's output per row, what preprocessing counted: missing values, unknown categories,
         out-of-range numbers, extra columns). Rows have no length, so any rows share a call; a graph
         with run-time activation scales still gets one row per call (see logits)."""
-        feeds, counts = self.table.transform_rows(list(rows))
-        n = len(rows)
-        size = 1 if self.batch_dependent else max(1, batch_size)
-        outs = [self.session.run(None, {k: v[i : i + size] for k, v in feeds.items() if k in self.input_names})[0]
-                for i in range(0, n, size)]
-        if not outs:
-            return np.zeros((0, max(1, len(self.labels))), dtype=np.float32), counts
-        return np.concatenate(outs).astype(np.float32), counts
+        return self.inputs.counted_outputs(self, rows, batch_size)
 
     def image_outputs(self, images: list, batch_size: int = 64) -> np.ndarray:
         """The graph's output per image (encoded PNG/JPEG bytes, a PIL image or uint8 pixels (H, W[, C])),
         through the model's image preprocessing (ImagePreprocessing). Every image is resized to one size,
         so any images share a call; a graph with run-time activation scales gets one image per call."""
-        pixels = self.image.transform(list(images))
-        size = 1 if self.batch_dependent else max(1, batch_size)
-        outs = [self.session.run(None, {"pixel_values": pixels[i : i + size]})[0] for i in range(0, len(pixels), size)]
-        if not outs:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return np.concatenate(outs).astype(np.float32)
+        return self.logits(images, batch_size)
 
     def classify_images(self, images: list) -> list[dict]:
         """{"label", "score", "scores"} per image (encoded PNG/JPEG bytes or uint8 pixels): an image
@@ -309,9 +246,17 @@ class Predictor:
         self._only_for("predict")
         return self._answer(texts)
 
+    def answer(self, inputs: list) -> list:
+        """The answer per input by the model's answers kind, as JSON values: the method a task with no method
+        of its own names (a plug-in workload's, lifecycle.edge.kinds). A generator answers generate() instead."""
+        if self._answer_of is None:
+            self._only_for("answer")
+        out = self._answer(inputs)
+        return out.tolist() if isinstance(out, np.ndarray) else out
+
     def _answer(self, inputs: list, batch_size: int = 64):
         """The answer per input, by the model's answers kind (ANSWERS), from the graph's outputs (logits)."""
-        return ANSWERS[self.answers_kind](self.logits(inputs, batch_size), self.labels)
+        return self._answer_of(self.logits(inputs, batch_size), self.labels)
 
     def check(self, atol: float = 1e-4) -> int:
         """Re-run the sample predictions recorded by the pipeline (in the manifest) and raise
@@ -322,8 +267,7 @@ class Predictor:
         expected = m.get("sample_predictions") or m.get("details", {}).get("sample_predictions") or []
         if not expected:
             raise BundleError(f"{self.root}: the manifest records no sample predictions to check")
-        # a table model records rows, an image model its images as base64 PNG
-        inputs = [e["row"] if "row" in e else _b64(e["image"]) if "image" in e else e["text"] for e in expected]
+        inputs = [self.inputs.recorded(e) for e in expected]  # a text, a row, an image as base64 PNG...
         for x, e, got in zip(inputs, expected, self.answers(inputs)):
             where = difference(e["answer"], got, atol)
             if where is not None:
@@ -331,7 +275,14 @@ class Predictor:
         return len(expected)
 
 
-def _b64(text: str) -> bytes:
-    import base64
-
-    return base64.b64decode(text, validate=True)
+def _kinds(schema: dict, where: Path) -> tuple[str, str]:
+    """(inputs kind, answers kind) as schema.json names them ("inputs_kind", "answers_kind"), else by its task
+    (KINDS: a schema.json written before it named them)."""
+    named = schema.get("inputs_kind"), schema.get("answers_kind")
+    if all(named):
+        return named
+    task = schema.get("task", "classification")
+    if task not in KINDS:
+        raise BundleError(f"{where}: task '{task}' is not one this runtime answers ({', '.join(KINDS)}); open it "
+                          "with the lifecycle version that wrote it")
+    return named[0] or KINDS[task][0], named[1] or KINDS[task][1]

@@ -1,6 +1,7 @@
 """Table rows -> a table graph's feeds: one transform from raw rows, used by training (lifecycle.data.tables),
 the edge runtime and the service, so the same row gives the same tensors everywhere. Its parameters (fitted
-on the training split only) are plain JSON: preprocessing.json beside the graph."""
+on the training split only) are plain JSON: preprocessing.json beside the graph. RowInputs is the inputs
+kind "rows"."""
 
 from __future__ import annotations
 
@@ -117,3 +118,37 @@ class TablePreprocessing:
 def _count(into: dict, name: str, n: int) -> None:
     if n:
         into[name] = into.get(name, 0) + n
+
+
+class RowInputs:
+    """Inputs kind "rows": mappings column -> value through the model's preprocessing.json. Rows have no
+    length (max_length 0) and any rows share a session call."""
+
+    max_length = 0
+
+    def __init__(self, root: Path, schema: dict):
+        self.table = TablePreprocessing.load(Path(root) / PREPROCESSING)
+
+    def sample(self) -> dict:
+        return {c: None for c in self.table.columns}  # every value missing
+
+    def recorded(self, entry: dict) -> dict:
+        return entry["row"]
+
+    def feeds(self, predictor, rows: list, pad_to: int | None = None) -> dict[str, np.ndarray]:
+        # a graph may leave out an input it does not use (no categorical columns); pad_to does not apply
+        return {k: v for k, v in self.table.transform_rows(list(rows))[0].items() if k in predictor.input_names}
+
+    def outputs(self, predictor, rows: list, batch_size: int) -> np.ndarray:
+        return self.counted_outputs(predictor, rows, batch_size)[0]
+
+    def counted_outputs(self, predictor, rows: list, batch_size: int) -> tuple[np.ndarray, dict]:
+        """(the graph's output per row, what preprocessing counted); see Predictor.table_outputs."""
+        feeds, counts = self.table.transform_rows(list(rows))
+        n = len(rows)
+        size = 1 if predictor.batch_dependent else max(1, batch_size)
+        outs = [predictor.session.run(None, {k: v[i : i + size] for k, v in feeds.items() if k in predictor.input_names})[0]
+                for i in range(0, n, size)]
+        if not outs:
+            return np.zeros((0, max(1, len(predictor.labels))), dtype=np.float32), counts
+        return np.concatenate(outs).astype(np.float32), counts
