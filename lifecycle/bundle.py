@@ -33,7 +33,7 @@ from lifecycle.edge import (
     SIGNATURE,
     Predictor,
     check_external_data,
-    preprocessor_file,
+    required_files,
 )
 from lifecycle.serving.source import gates_verdict, last_onnx_artifact
 
@@ -61,7 +61,7 @@ def write_bundle(source: Path, output: Path, sign: Path | None = None, verdict: 
 
         key = signing.load_private_key(sign)
     schema = json.loads((art.path / SCHEMA).read_text())
-    names = [MODEL, *check_external_data(art.path / MODEL), preprocessor_file(schema), LABELS, SCHEMA]
+    names = [*required_files(schema), *check_external_data(art.path / MODEL)]
     files = {name: sha256_file(art.path / name) for name in sorted(set(names))}
     card = model_card.render(art).encode()  # from manifests only: the same artifact gives the same card
     files[CARD] = hashlib.sha256(card).hexdigest()

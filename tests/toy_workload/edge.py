@@ -14,13 +14,13 @@ class Vectors:
         self.width = json.loads((Path(root) / schema["preprocessor"]).read_text())["width"]
         self.max_length = 0
 
-    def feeds(self, items, input_names, pad_to=None) -> dict:
+    def feeds(self, predictor, items, pad_to=None) -> dict:
         return {"features": np.asarray(items, dtype=np.float32).reshape(len(items), self.width)}
 
     def outputs(self, predictor, items, batch_size=64) -> np.ndarray:
         if not items:
             return np.zeros((0, len(predictor.labels)), dtype=np.float32)
-        return predictor.session.run(None, self.feeds(list(items), predictor.input_names))[0].astype(np.float32)
+        return predictor.session.run(None, self.feeds(predictor, list(items)))[0].astype(np.float32)
 
     def sample(self):
         return [0.0] * self.width
