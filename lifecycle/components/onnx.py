@@ -145,9 +145,21 @@ def set_session_config(model_dir: Path, entries: dict[str, str]) -> None:
 
 
 # ------------------------------------------------------------------------------ files and metrics
+def runtime_files(root: Path) -> set[str]:
+    """Everything an onnx-model directory holds beside the graph: the files every model may have, and the
+    preprocessor file its schema.json names (a plug-in inputs kind's own, say)."""
+    import json
+
+    from lifecycle.edge import SCHEMA, required_files
+
+    schema = Path(root) / SCHEMA
+    named = required_files(json.loads(schema.read_text())) if schema.is_file() else ()
+    return {*RUNTIME_FILES, *(n for n in named if n != "model.onnx")}
+
+
 def copy_runtime_files(src: Path, dst: Path) -> None:
-    """The runtime files (everything an onnx-model directory holds beside model.onnx) that src has, into dst."""
-    for name in RUNTIME_FILES:
+    """The runtime files that src has, into dst."""
+    for name in sorted(runtime_files(src)):
         if (Path(src) / name).is_file():
             shutil.copy2(Path(src) / name, Path(dst) / name)
 
@@ -235,5 +247,5 @@ def onnx_latency(predictor, text: str, latency: OnnxLatency, max_length: int) ->
 
 def model_size_mb(root: Path) -> float:
     """model.onnx plus any external-data files it uses (everything but the runtime files)."""
-    skip = {*RUNTIME_FILES, "manifest.json"}
+    skip = {*runtime_files(root), "manifest.json"}
     return sum(f.stat().st_size for f in Path(root).iterdir() if f.is_file() and f.name not in skip) / 1e6

@@ -13,9 +13,9 @@ An answers kind is a function (outputs, labels) -> the answer per input, as JSON
 
 A plug-in package declares them in its metadata (pyproject.toml):
     [project.entry-points."lifecycle.edge.inputs"]
-    vectors = "toy.edge:VectorInputs"
+    vectors = "mypackage.edge:VectorInputs"
     [project.entry-points."lifecycle.edge.answers"]
-    toy-sign = "toy.edge:signs"
+    sign = "mypackage.edge:signs"
 and its model's schema.json names them ("inputs_kind", "answers_kind"; "preprocessor": null when the model
 directory holds no preprocessor file). Entry points are read once, and only for a kind that is not built
 in: a plug-in cannot replace a built-in kind (one of the same name is ignored), so installing a package

@@ -18,9 +18,15 @@ class Vectors:
         return {"features": np.asarray(items, dtype=np.float32).reshape(len(items), self.width)}
 
     def outputs(self, predictor, items, batch_size=64) -> np.ndarray:
+        """One call per `batch_size` vectors; one vector per call for a graph whose activation scales are
+        computed at run time over the whole batch (dynamic int8), so an answer never depends on its batch."""
+        items = list(items)
         if not items:
             return np.zeros((0, len(predictor.labels)), dtype=np.float32)
-        return predictor.session.run(None, self.feeds(predictor, list(items)))[0].astype(np.float32)
+        size = 1 if predictor.batch_dependent else max(1, batch_size)
+        outs = [predictor.session.run(None, self.feeds(predictor, items[i : i + size]))[0]
+                for i in range(0, len(items), size)]
+        return np.concatenate(outs).astype(np.float32)
 
     def sample(self):
         return [0.0] * self.width
