@@ -169,7 +169,7 @@ def _metadata_app(served: Served):
 
 
 class Classifier:
-    """The service's worker; its inference endpoint is added below, from the model's kinds (endpoint_apis)."""
+    """The service's worker; its inference endpoint is added below, from the model's answers kind (OWN_ENDPOINTS)."""
 
     # This worker's model once __init__ has opened it, given to RequestLimits and GET /metadata below (both
     # are built before the model is opened).
@@ -272,17 +272,22 @@ def _generate_options(max_new_tokens, temperature, top_k, top_p, seed, stop, tim
                 seed=seed, stop=stop, time_budget_s=min(budget, time_budget_s or budget))
 
 
-def endpoint_apis(endpoint: dict) -> dict:
-    """The model's endpoints by name: a generator's (answers kind "tokens") take options beside its prompts and
-    can stream; every other model's is answers_api's."""
-    if endpoint["answers_kind"] == "tokens":
-        return {"generate": bentoml.api(generate, route=endpoint["route"]),
-                "generate_stream": bentoml.api(generate_stream, route=STREAM_ROUTE)}
+def generator_apis(endpoint: dict) -> dict:
+    return {"generate": bentoml.api(generate, route=endpoint["route"]),
+            "generate_stream": bentoml.api(generate_stream, route=STREAM_ROUTE)}
+
+
+def one_api(endpoint: dict) -> dict:
     api = answers_api(endpoint)
     return {api.name: api}
 
 
-for _name, _api in endpoint_apis(ENDPOINT).items():
+# answers kind -> its endpoints, by name: a generator's ("tokens") take options beside its prompts and can
+# stream; every other kind's is answers_api's one route.
+OWN_ENDPOINTS = {"tokens": generator_apis}
+
+
+for _name, _api in OWN_ENDPOINTS.get(ENDPOINT["answers_kind"], one_api)(ENDPOINT).items():
     setattr(Classifier, _name, _api)
 Classifier = bentoml.service(
     name="lifecycle_classifier",

@@ -25,7 +25,7 @@ BRANCH = re.compile(rf"""(\btask\w*|\.type|\btype)\s*(==|!=)|(==|!=)\s*[\w.]*\b(
 # A decision taken on a modality: a data source's or a model's kind compared with a literal, or tested
 # through which preprocessor a predictor holds.
 KINDS_NAMED = "text|table|image|rows|images|prompts|labels|vector|value|score|tokens"
-MODALITY = re.compile(rf"""\b(reads|inputs_kind|answers_kind)\s*(==|!=)|["']({KINDS_NAMED})["']\s*(==|!=)\s*\w"""
+MODALITY = re.compile(rf"""\b(reads|inputs_kind|answers_kind)["'\]]*\s*(==|!=)|["']({KINDS_NAMED})["']\s*(==|!=)\s*\w"""
                       rf"""|\b(reads|inputs_kind|answers_kind)\s+(not\s+)?in\s+[(\[{{]"""
                       rf"""|\.(table|image|generation)\s+is\s+(not\s+)?None""")
 # Two task names side by side in a literal: a list of which tasks something applies to.
@@ -66,7 +66,8 @@ def test_the_branch_patterns_catch_what_they_are_for():
     for line in ('if config.model_type == "bert":', "for task in tasks.REGISTRY:", "plugin = tasks.get(task.type)"):
         assert not BRANCH.search(line), line
     for line in ('if self.inputs_kind == "rows":', 'if source.reads != "text":', 'if predictor.image is not None:',
-                 'elif plugin.reads in ("table", "image"):', 'if "images" == kind:'):
+                 'elif plugin.reads in ("table", "image"):', 'if "images" == kind:',
+                 'if endpoint["answers_kind"] == "tokens":'):
         assert MODALITY.search(line), line
     for line in ('if stage.kind == "finetune":', 'if source.reads in LOADERS:', 'reads = "table"'):
         assert not MODALITY.search(line), line
