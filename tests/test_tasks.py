@@ -137,3 +137,29 @@ def test_a_pipeline_without_a_type_is_classification():
     from lifecycle.schema import Task
 
     assert Task(data="x").type == "classification"
+
+
+def test_scoring_reads_the_loaded_data_not_the_disk(tmp_path, monkeypatch):
+    """A task scores from the data the stage loaded once (`tasks.Scoring`): the anomaly scorer's training
+    split, which marks what an anomaly is, is not read again on every call (each quantize rung scores)."""
+    import numpy as np
+
+    from lifecycle import data
+    from lifecycle.data.sources import DataSource
+
+    class View:  # the pipeline view the data layer reads
+        base, seed, data = tmp_path, 0, {}
+
+        def resolve(self, path):
+            return tmp_path / path
+
+    table = data.load(DataSource(format="sklearn", dataset="breast_cancer", table={"target": "target"}), View())
+    monkeypatch.setattr(data, "load", lambda *a: pytest.fail("score() read the data source again"))
+
+    class Constant:  # a scorer that rates every row alike: no better than chance
+        def logits(self, rows):
+            return np.zeros((len(rows), 1), dtype=np.float32)
+
+    scoring = tasks.Scoring(pipeline=None, data=table, split="test", reference=np.zeros((len(table.splits["test"]), 1)))
+    metrics, outputs = workloads.task("tabular-anomaly").score(Constant(), scoring)
+    assert metrics["auroc"] == 0.5 and metrics["anomaly_score_max_abs_diff"] == 0.0 and len(outputs) == len(scoring.rows)
