@@ -55,6 +55,7 @@ class Inputs:
     load: Callable[[Any], Any] = task_data  # the task's data (train / validation / test splits) for a context
 
     def __call__(self, split) -> list:
+        """`task.inputs(split)`: the split's raw inputs."""
         return self.read(split)
 
 
