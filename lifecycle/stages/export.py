@@ -75,6 +75,8 @@ class Config(StageBase):
 
 
 def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
+    from functools import partial
+
     from lifecycle.components import onnx
     from lifecycle.edge import Predictor
     from lifecycle.tasks import Scoring
@@ -83,6 +85,7 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     plugin = workloads.task(task.type)
     model = plugin.torch_model(src)
     tokenizer = plugin.preprocessor(src, task)  # a text task's tokenizer; whatever feeds the graph otherwise
+    reference = partial(plugin.reference, task=task)  # PyTorch's outputs for inputs, under the task's settings
     plain = ctx.scratch_dir / "plain" / "model.onnx"
     plain.parent.mkdir(parents=True, exist_ok=True)
     if cfg.exporter == "torch":
@@ -100,15 +103,15 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     elif cfg.optimize:
         chosen, details["graph_optimization"] = onnx.maybe_fused(
             plain, ctx.out_dir, ctx.scratch_dir, model, tokenizer, parity_texts, cfg.latency, task.max_length,
-            cfg.parity_max, plugin.reference)
+            cfg.parity_max, reference)
     shutil.copy2(chosen, ctx.out_dir / "model.onnx")
 
     predictor = Predictor.open(ctx.out_dir, threads=cfg.latency.threads)
-    metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length, plugin.reference,
+    metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length, reference,
                           plugin.answers.argmax_parity)
     test = splits["test"]
     test_inputs = plugin.inputs(test)
-    fp32 = plugin.reference(model, tokenizer, test_inputs, task.max_length) if plugin.answers.fidelity_at_export else None
+    fp32 = reference(model, tokenizer, test_inputs) if plugin.answers.fidelity_at_export else None
     scores, outputs = plugin.score(predictor, Scoring(ctx.pipeline, data, "test", fp32, ctx.out_dir))
     metrics.update(scores)
     metrics.update(plugin.compare(model, tokenizer, ctx))

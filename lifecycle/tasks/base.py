@@ -137,7 +137,8 @@ class Task:
     artifacts: Artifacts
     edge: Edge
     torch_model: Callable[[Path], Any]  # the eval-mode PyTorch module (with a `config`) the graph reproduces
-    # (model, preprocessor, inputs, max_length) -> the model's outputs (float32 numpy): parity's reference
+    # (model, preprocessor, inputs, task, batch_size=64) -> the model's outputs (float32 numpy), parity's
+    # reference; `task`: the pipeline's task settings (schema.Task: max_length, the generation settings...)
     reference: Callable[..., Any]
     score: Callable[[Any, Scoring], tuple[dict, Any]]  # (predictor, scoring) -> (scores and fidelity, outputs)
     # (answers, predictor, scoring of test) -> the `scores` of a service's answers; None: not scored

@@ -54,7 +54,7 @@ def torch_model(src: Path):
     return load(src)
 
 
-def reference(model, preprocessor, inputs, max_length, batch_size=64):
+def reference(model, preprocessor, inputs, task=None, batch_size=64):
     import torch
 
     with torch.no_grad():

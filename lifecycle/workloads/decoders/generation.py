@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from lifecycle.tasks import Answers, Artifacts, Edge, Inputs, Task
+from lifecycle.tasks.kinds import tokenizer
 
 OPTIMUM_TASK = "text-generation-with-past"
 
@@ -44,15 +45,6 @@ def load(ctx):
         seed = ctx.pipeline.seed if src.split.seed is None else src.split.seed
         ctx._loaded[key] = generation.load_data(src, ctx.pipeline, ctx.pipeline.task.generation_settings, seed)
     return ctx._loaded[key]
-
-
-def preprocessor(src: Path, task):
-    """The tokenizer, carrying the task's generation settings to `reference` (which gets only it)."""
-    from lifecycle import models
-
-    tokenizer = models.load_tokenizer(src, task.max_length)
-    tokenizer.generation_settings = task.generation_settings
-    return tokenizer
 
 
 def export_graph(declared, model, preprocessor, path: Path, opset: int) -> None:
@@ -78,7 +70,7 @@ def write_runtime_files(declared, out, src, preprocessor, task, input_names, mod
 # record or plain text, so the data source needs no labels; onnxruntime's BERT fusions do not apply to a
 # decoder with past inputs
 PROMPTS = Inputs(kind="prompts", reads="text", request_key="prompts", read=lambda split: split["prompts"],
-                 preprocessor=preprocessor, export_graph=export_graph, write_runtime_files=write_runtime_files,
+                 preprocessor=tokenizer, export_graph=export_graph, write_runtime_files=write_runtime_files,
                  sample=lambda x: {"text": x}, labelled=False, load=load)
 
 
@@ -102,11 +94,12 @@ def torch_model(src: Path):
     return load_causal_lm(src)[0]
 
 
-def reference(model, tokenizer, texts, max_length, batch_size=64):
+def reference(model, tokenizer, prompts, task, batch_size=64):
+    """Next-token logits, then `new_tokens` greedy ids, per prompt (the task's generation settings)."""
     from lifecycle.workloads.decoders.model import reference_rows
 
-    s = tokenizer.generation_settings
-    return reference_rows(model, tokenizer, texts, s.new_tokens, max_length, s.separator if s.prompt_field else None)
+    s = task.generation_settings
+    return reference_rows(model, tokenizer, prompts, s.new_tokens, task.max_length, s.separator if s.prompt_field else None)
 
 
 def score(predictor, scoring):

@@ -38,7 +38,7 @@ def torch_model(src: Path):
     return ViTForImageClassification.from_pretrained(src).eval()
 
 
-def reference(model, preprocessing, images, max_length, batch_size=64):
+def reference(model, preprocessing, images, task=None, batch_size=64):
     from lifecycle.workloads.images.model import predict
 
     return predict(model, preprocessing.transform(list(images)), batch_size)

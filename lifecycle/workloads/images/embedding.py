@@ -33,7 +33,7 @@ def torch_model(src: Path):
     return load(src)
 
 
-def reference(model, preprocessing, images, max_length, batch_size=64):
+def reference(model, preprocessing, images, task=None, batch_size=64):
     from lifecycle.workloads.images.embedder import embed
 
     return embed(model, preprocessing.transform(list(images)), batch_size)

@@ -48,7 +48,7 @@ def compare(model, preprocessor, ctx) -> dict:
     torch.manual_seed(ctx.seed)
     untrained = AnomalyScorer(type(model.model)(model.config)).eval()
     test = table.ROWS(data.splits["test"])
-    trained, control = (anomaly_scores(table.reference(m, preprocessor, test, ctx.pipeline.task.max_length),
+    trained, control = (anomaly_scores(table.reference(m, preprocessor, test),
                                        flags["test"]) for m in (model, untrained))
     metrics = {f"control_{k}": v for k, v in control.items()}
     metrics["pretraining_gain"] = trained["auroc"] - control["auroc"]

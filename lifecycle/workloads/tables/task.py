@@ -30,7 +30,7 @@ def torch_model(src: Path):
     return TableTransformer.from_pretrained(src).eval()
 
 
-def reference(model, preprocessing, items, max_length, batch_size=64):
+def reference(model, preprocessing, items, task=None, batch_size=64):
     from lifecycle.workloads.tables.model import predict
 
     return predict(model, preprocessing.transform_rows(items)[0], batch_size)

@@ -22,10 +22,10 @@ def torch_model(src: Path):
     return models.load_model(AutoModelForSequenceClassification, src).eval()
 
 
-def reference(model, tokenizer, texts, max_length, batch_size=64):
+def reference(model, tokenizer, texts, task, batch_size=64):
     from lifecycle.components.inference import predict_logits
 
-    return predict_logits(model, tokenizer, texts, max_length, batch_size)
+    return predict_logits(model, tokenizer, texts, task.max_length, batch_size)
 
 
 def score(predictor, scoring):

@@ -26,10 +26,10 @@ def torch_model(src: Path):
     return embedding_model(body, read_pooling(src)).eval()
 
 
-def reference(model, tokenizer, texts, max_length, batch_size=64):
+def reference(model, tokenizer, texts, task, batch_size=64):
     from lifecycle.components.inference import embed_torch
 
-    return embed_torch(model, tokenizer, texts, max_length, batch_size)
+    return embed_torch(model, tokenizer, texts, task.max_length, batch_size)
 
 
 def score(predictor, scoring):
