@@ -161,14 +161,14 @@ class Pipeline(Strict):
                                  f"{', '.join(workloads.task_names())}; a workload package adds more through the "
                                  f"'{workloads.ENTRY_POINTS}' entry points)")
             plugin = workloads.task(self.task.type)
-            self._check_source("task.data", self.task.data, labelled=plugin.labelled_data)
-            stray = self.task.stray_settings(plugin.settings_key or plugin.name)
+            self._check_source("task.data", self.task.data, labelled=plugin.inputs.labelled)
+            stray = self.task.stray_settings(plugin.settings.key or plugin.name)
             if stray:
                 raise ValueError(f"task.{stray}: settings for `type: {stray}` only")
-            if problem := plugin.settings_problem(self.task):
+            if problem := plugin.settings.problem(self.task):
                 raise ValueError(f"task.{problem}")
 
-            reads, holds = plugin.reads, self.data[self.task.data].reads
+            reads, holds = plugin.inputs.reads, self.data[self.task.data].reads
             if holds != reads:
                 what = {"table": "a table", "image": "images", "text": "text"}
                 hint = {"table": " (one with `table: {target: COLUMN}`)", "image": " (imagefolder or sklearn-digits)"}

@@ -3,6 +3,7 @@ decision is declared by one task module, and nothing outside lifecycle/tasks/ an
 branches on which task it is. The plug-ins' behaviour is exercised end
 to end by the export, quantize, serving, bundle and contrastive tests; here: the contract itself."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -77,25 +78,51 @@ def test_the_branch_patterns_catch_what_they_are_for():
 
 def test_every_task_type_has_one_complete_plug_in():
     assert set(workloads.task_names()) == set(KINDS)  # the built-in wings declare every task the edge knows
-    base = tasks.TaskPlugin
     for name in workloads.task_names():
         plugin = workloads.task(name)
-        assert plugin.name == name and isinstance(plugin, base)
-        assert plugin.onnx_holds in ONNX_HOLDS and plugin.export_reads and plugin.export_hint
-        assert plugin.output and plugin.route.startswith("/") and plugin.scores
-        assert callable(getattr(Predictor, plugin.edge_method, None)), f"lifecycle.edge has no {plugin.edge_method}()"
-        for method in ("torch_model", "reference", "width", "score", "answers_agree"):
-            assert getattr(type(plugin), method) is not getattr(base, method), f"{name} does not implement {method}"
+        assert plugin.name == name and isinstance(plugin, tasks.Task)
+        assert plugin.artifacts.onnx_holds in ONNX_HOLDS and plugin.artifacts.export_reads and plugin.artifacts.export_hint
+        assert plugin.answers.output and plugin.edge.route.startswith("/") and plugin.scores
+        assert callable(getattr(Predictor, plugin.edge.method, None)), f"lifecycle.edge has no {plugin.edge.method}()"
+        for part in ("torch_model", "reference", "score"):
+            assert callable(getattr(plugin, part)), f"{name} declares no {part}"
         # every metric the task reports can be named by a gate on the stages that report it
         assert set(plugin.metrics) <= quantize.Config(kind="quantize").metric_names()
         assert set(plugin.scores) <= export.Config(kind="export").metric_names()
 
 
+def declared(task) -> list[str]:
+    """The fields a task declaration sets (the required ones, and the optional ones given another value)."""
+    return [f.name for f in dataclasses.fields(task)
+            if f.default is dataclasses.MISSING or getattr(task, f.name) != f.default]
+
+
+def test_a_task_is_a_small_declaration_of_two_known_kinds():
+    inputs = {t.inputs_kind: t.inputs for t in workloads.tasks()}
+    answers = {t.answers_kind: t.answers for t in workloads.tasks()}
+    assert set(inputs) == {"text", "prompts", "rows", "images"}
+    assert set(answers) == {"labels", "vector", "value", "score", "tokens"}
+    assert inputs["text"] is tasks.TEXT and answers["labels"] is tasks.LABELS and answers["vector"] is tasks.VECTOR
+    for task in workloads.tasks():
+        assert len(declared(task)) <= 12, f"{task.name} declares {declared(task)}"
+        # one object per kind: every task on the same kind holds that very object, not a copy or a variant
+        assert isinstance(task.inputs, tasks.Inputs) and task.inputs is inputs[task.inputs_kind]
+        assert isinstance(task.answers, tasks.Answers) and task.answers is answers[task.answers_kind]
+
+
+def test_no_task_inherits_behaviour():
+    # every declaration is a Task and nothing else: no base that carries a default (text's), no mixin
+    for task in workloads.tasks():
+        assert type(task).__mro__ == (tasks.Task, object), f"{task.name}: {type(task).__mro__}"
+        for kind in (task.inputs, task.answers, task.artifacts, task.edge, task.settings):
+            assert type(kind).__mro__[1:] == (object,), f"{task.name}: {type(kind).__mro__}"
+
+
 def test_routes_and_edge_methods_are_distinct():
     plugins = workloads.tasks()
-    assert len({p.route for p in plugins}) == len({p.edge_method for p in plugins}) == len(plugins)
+    assert len({p.edge.route for p in plugins}) == len({p.edge.method for p in plugins}) == len(plugins)
     served = set(re.findall(r'route="(/\w+)"', (ROOT / "serving" / "service.py").read_text()))
-    assert {p.route for p in plugins} <= served, "serving/service.py defines no route for a task"
+    assert {p.edge.route for p in plugins} <= served, "serving/service.py defines no route for a task"
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
@@ -103,7 +130,7 @@ def test_the_answer_comparison_is_exact_at_zero_tolerance(name):
     plugin = workloads.task(name)
     answer = {"logits": {"label": "a", "score": 0.75, "scores": {"a": 0.75, "b": 0.25}},  # a label per input
               "prediction": {"value": 152.5}, "anomaly_score": {"anomaly_score": 0.25},  # a number
-              }.get(plugin.output, [0.6, 0.8])  # a vector
+              }.get(plugin.answers.output, [0.6, 0.8])  # a vector
     assert plugin.answers_agree(answer, answer, 0.0) == (True, 0.0)
 
 
@@ -111,3 +138,29 @@ def test_a_pipeline_without_a_type_is_classification():
     from lifecycle.schema import Task
 
     assert Task(data="x").type == "classification"
+
+
+def test_scoring_reads_the_loaded_data_not_the_disk(tmp_path, monkeypatch):
+    """A task scores from the data the stage loaded once (`tasks.Scoring`): the anomaly scorer's training
+    split, which marks what an anomaly is, is not read again on every call (each quantize rung scores)."""
+    import numpy as np
+
+    from lifecycle import data
+    from lifecycle.data.sources import DataSource
+
+    class View:  # the pipeline view the data layer reads
+        base, seed, data = tmp_path, 0, {}
+
+        def resolve(self, path):
+            return tmp_path / path
+
+    table = data.load(DataSource(format="sklearn", dataset="breast_cancer", table={"target": "target"}), View())
+    monkeypatch.setattr(data, "load", lambda *a: pytest.fail("score() read the data source again"))
+
+    class Constant:  # a scorer that rates every row alike: no better than chance
+        def logits(self, rows):
+            return np.zeros((len(rows), 1), dtype=np.float32)
+
+    scoring = tasks.Scoring(pipeline=None, data=table, split="test", reference=np.zeros((len(table.splits["test"]), 1)))
+    metrics, outputs = workloads.task("tabular-anomaly").score(Constant(), scoring)
+    assert metrics["auroc"] == 0.5 and metrics["anomaly_score_max_abs_diff"] == 0.0 and len(outputs) == len(scoring.rows)

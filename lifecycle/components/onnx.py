@@ -186,18 +186,20 @@ def write_runtime_files(out: Path, src: Path, tokenizer, max_length: int, input_
 def parity(model, tokenizer, predictor, texts: list[str], max_length: int, reference=None, argmax: bool = True) -> dict:
     """Max |output difference| and (with `argmax`) argmax agreement, PyTorch vs onnxruntime, at batch 1
     and the largest batch, on the shortest and the longest texts. `reference(model, tokenizer, texts,
-    max_length, batch_size)` computes PyTorch's outputs (default: a classifier's logits)."""
+    batch_size=)` computes PyTorch's outputs (default: a classifier's logits at `max_length`)."""
+    from functools import partial
+
     import numpy as np
 
     from lifecycle.components.inference import predict_logits
 
-    predict_logits = reference or predict_logits
+    reference = reference or partial(predict_logits, max_length=max_length)
 
     by_len = sorted(texts, key=len)
     cases = [[by_len[0]], [by_len[-1]], by_len]  # batch 1 short, batch 1 long, whole batch (mixed lengths)
     diffs, agree, total = [], 0, 0
     for batch in cases:
-        ref = predict_logits(model, tokenizer, batch, max_length, batch_size=len(batch))
+        ref = reference(model, tokenizer, batch, batch_size=len(batch))
         got = predictor.logits(batch, batch_size=len(batch))
         diffs.append(max_abs_diff(ref, got))
         agree += argmax_agreeing(ref, got)

@@ -45,16 +45,16 @@ class Config(StageBase):
         return workloads.task_names()
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
-        return workloads.task(task).export_reads
+        return workloads.task(task).artifacts.export_reads
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
-        return workloads.task(task).onnx_holds
+        return workloads.task(task).artifacts.onnx_holds
 
     def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
-        return workloads.task(task).export_hint
+        return workloads.task(task).artifacts.export_hint
 
     def task_problem(self, task: TaskType) -> str | None:
-        if self.exporter == "optimum" and workloads.task(task).optimum_task is None:
+        if self.exporter == "optimum" and workloads.task(task).artifacts.optimum_task is None:
             return (f"exporter: optimum cannot export {task} models with everything in the graph (its "
                     "export would leave task parts such as pooling out); use `exporter: torch`")
         return None
@@ -63,7 +63,8 @@ class Config(StageBase):
         names = {*ONNX_METRICS, "parity_max_abs_diff"}
         for t in [workloads.task(task)] if task else workloads.tasks():  # scores on test and validation; fidelity on test where measured
             names |= {*t.scores, *(f"val_{m}" for m in t.scores if m in t.split_scores)}
-            names |= {*(t.fidelity if t.fidelity_at_export else ()), *(("argmax_agreement",) if t.argmax_parity else ())}
+            names |= {*(t.fidelity if t.answers.fidelity_at_export else ()),
+                      *(("argmax_agreement",) if t.answers.argmax_parity else ())}
             names |= set(t.comparisons)
         return names
 
@@ -74,44 +75,49 @@ class Config(StageBase):
 
 
 def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
+    from functools import partial
+
     from lifecycle.components import onnx
     from lifecycle.edge import Predictor
+    from lifecycle.tasks import Scoring
 
     task, src = ctx.pipeline.task, Path(parent.path)
     plugin = workloads.task(task.type)
     model = plugin.torch_model(src)
     tokenizer = plugin.preprocessor(src, task)  # a text task's tokenizer; whatever feeds the graph otherwise
+    reference = partial(plugin.reference, task=task)  # PyTorch's outputs for inputs, under the task's settings
     plain = ctx.scratch_dir / "plain" / "model.onnx"
     plain.parent.mkdir(parents=True, exist_ok=True)
     if cfg.exporter == "torch":
         plugin.export_graph(model, tokenizer, plain, cfg.opset)
     else:
-        onnx.export_optimum(src, plain, cfg.opset, plugin.optimum_task)
+        onnx.export_optimum(src, plain, cfg.opset, plugin.artifacts.optimum_task)
     plugin.write_runtime_files(ctx.out_dir, src, tokenizer, task, onnx.onnx_input_names(plain), model)
 
-    splits = ctx.task_data().splits
+    data = ctx.task_data()
+    splits = data.splits
     parity_texts = plugin.inputs(splits["validation"])[: cfg.parity_samples]
     chosen, details = plain, {}
-    if not plugin.graph_fusions:
+    if not plugin.inputs.graph_fusions:
         details["graph_optimization"] = {"kept": False, "reason": f"no fusions for {plugin.name} graphs"}
     elif cfg.optimize:
         chosen, details["graph_optimization"] = onnx.maybe_fused(
             plain, ctx.out_dir, ctx.scratch_dir, model, tokenizer, parity_texts, cfg.latency, task.max_length,
-            cfg.parity_max, plugin.reference)
+            cfg.parity_max, reference)
     shutil.copy2(chosen, ctx.out_dir / "model.onnx")
 
     predictor = Predictor.open(ctx.out_dir, threads=cfg.latency.threads)
-    metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length, plugin.reference,
-                          plugin.argmax_parity)
+    metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length, reference,
+                          plugin.answers.argmax_parity)
     test = splits["test"]
     test_inputs = plugin.inputs(test)
-    fp32 = plugin.reference(model, tokenizer, test_inputs, task.max_length) if plugin.fidelity_at_export else None
-    scores, outputs = plugin.score(predictor, test, ctx.pipeline, "test", fp32, out_dir=ctx.out_dir)
+    fp32 = reference(model, tokenizer, test_inputs) if plugin.answers.fidelity_at_export else None
+    scores, outputs = plugin.score(predictor, Scoring(ctx.pipeline, data, "test", fp32, ctx.out_dir))
     metrics.update(scores)
     metrics.update(plugin.compare(model, tokenizer, ctx))
     metrics.update(onnx.onnx_latency(predictor, test_inputs[0], cfg.latency, task.max_length))
     # what a later selection (the quantize ladder) compares with
-    val, _ = plugin.score(predictor, splits["validation"], ctx.pipeline, "validation")
+    val, _ = plugin.score(predictor, Scoring(ctx.pipeline, data, "validation"))
     metrics.update({f"val_{k}": v for k, v in val.items() if k in split_scores()})
     details.update(plugin.prediction_details(predictor, test, outputs))
     return metrics, details

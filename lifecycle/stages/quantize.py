@@ -42,6 +42,7 @@ from lifecycle.components.onnx import ONNX_METRICS, OnnxLatency
 from lifecycle.components.quantization import Calibration, Method, Rung, Settings
 from lifecycle.components.sensitivity import SelectiveFallback
 from lifecycle.schema import Gate, Holds, StageBase, TaskType
+from lifecycle.tasks import Scoring
 
 SPEED_METRICS = ("speedup", "speedup_served")  # fp32 p50 / rung p50, at batch 1 and at served_batch
 
@@ -120,10 +121,10 @@ class Config(StageBase):
         return workloads.task_names()
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
-        return (workloads.task(task).onnx_holds,)
+        return (workloads.task(task).artifacts.onnx_holds,)
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
-        return workloads.task(task).onnx_holds  # the same model, in int8
+        return workloads.task(task).artifacts.onnx_holds  # the same model, in int8
 
     def metric_names(self, task: TaskType | None = None) -> set[str]:
         # the task's scores and fidelity to the fp32 parent, on test and (val_*) on validation
@@ -156,7 +157,7 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     task, test = ladder.task, ladder.splits["test"]
     predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
     reference = ladder.fp32.logits(task.inputs(test))
-    metrics, outputs = task.score(predictor, test, ctx.pipeline, "test", reference, ctx.out_dir)
+    metrics, outputs = task.score(predictor, Scoring(ctx.pipeline, ladder.data, "test", reference, ctx.out_dir))
     metrics.update({k: v for k, v in chosen.items() if k not in gatelib.split_scores()})  # latency, size, speed
     metrics.update({f"val_{k}": v for k, v in chosen.items() if k in gatelib.split_scores()})
     details.update(method=attempt["method"], rung=attempt["rung"], passed=attempt["passed"],
@@ -176,7 +177,8 @@ class Ladder:
         self.cfg, self.src, self.ctx = cfg, src, ctx
         self.task = workloads.task(ctx.pipeline.task.type)
         self.score = self.task.scores[0]
-        self.splits = ctx.task_data().splits
+        self.data = ctx.task_data()
+        self.splits = self.data.splits
         self.fp32 = Predictor.open(src, threads=cfg.latency.threads)
         # Rungs are judged on validation and test is scored once, on the rung kept: choosing by test
         # scores would make the reported test score the best of several looks at it.
@@ -200,7 +202,7 @@ class Ladder:
         from lifecycle.edge import Predictor
 
         predictor = Predictor.open(rung_dir, threads=self.cfg.latency.threads)
-        return self.task.score(predictor, self.splits["validation"], self.ctx.pipeline, "validation", self.reference)[0]
+        return self.task.score(predictor, Scoring(self.ctx.pipeline, self.data, "validation", self.reference))[0]
 
     def measure(self, rung_dir: Path, method: str) -> tuple[dict, dict]:
         """Latency and size (onnx_latency), and speed against the fp32 parent: (metrics, speed details)."""

@@ -44,14 +44,14 @@ class Config(StageBase):
         return tuple(t.name for t in workloads.tasks() if t.scores_answers)
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
-        return (workloads.task(task).onnx_holds,)
+        return (workloads.task(task).artifacts.onnx_holds,)
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
         return "service-check"
 
     def task_hint(self, task: TaskType) -> str | None:
         return (f"the serve stage scores HTTP answers against the test labels; serve this model with "
-                f"`lifecycle serve RUN_DIR` (POST {workloads.task(task).route}) instead")
+                f"`lifecycle serve RUN_DIR` (POST {workloads.task(task).edge.route}) instead")
 
     def metric_names(self, task: TaskType | None = None) -> set[str]:
         return set(HTTP_METRICS)
@@ -61,7 +61,7 @@ class Config(StageBase):
         if task is None or default not in self.gates:
             return
         plugin = workloads.task(task)
-        if not plugin.serve_accuracy:  # no labels to score: drop that default
+        if not plugin.answers.serve_accuracy:  # no labels to score: drop that default
             self.gates = [g for g in self.gates if g != default]
         elif plugin.scores[0] != "accuracy":  # an embedder: its HTTP answers score as well by its kNN headline
             headline = [] if any(g.metric == plugin.scores[0] for g in self.gates) else [
@@ -80,6 +80,7 @@ class Config(StageBase):
 def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     from lifecycle.edge import Predictor
     from lifecycle.serving import Server, json_request, resolve, run_load, write_config
+    from lifecycle.tasks import Scoring
 
     task = workloads.task(ctx.pipeline.task.type)
     served = resolve(parent.path)
@@ -90,7 +91,7 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     chunks = [texts[i : i + n] for i in range(0, len(texts), n)]
 
     with Server(config, log=ctx.out_dir / "server.log", startup_timeout_s=cfg.startup_timeout_s) as server:
-        requests = [json_request(server.port, {task.request_key: task.wire(chunk)}, task.route) for chunk in chunks]
+        requests = [json_request(server.port, {task.inputs.request_key: task.wire(chunk)}, task.edge.route) for chunk in chunks]
         if cfg.warmup_requests:
             run_load(server.port, requests, cfg.clients, max_requests=cfg.warmup_requests)
         result = run_load(server.port, requests, cfg.clients, max_requests=len(requests), keep_bodies=True)
@@ -105,7 +106,7 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
         except (ValueError, TypeError):
             continue
     local = Predictor.open(parent.path)
-    metrics = task.served_scores(answers, ctx, local)
+    metrics = task.served_scores(answers, local, Scoring(ctx.pipeline, ctx.task_data(), "test"))
     metrics.update(one_path_agreement(task, answers, local.answers(texts), cfg.score_tolerance))
     if "accuracy" in metrics:
         metrics["http_accuracy"] = metrics["accuracy"]

@@ -1,87 +1,178 @@
-"""The plug-in contract every task module implements (see lifecycle.tasks)."""
+"""The task contract: a task is a declaration (`Task`) composed of an inputs kind (`Inputs`: what the model
+reads) and an answers kind (`Answers`: what one answer is), plus the few functions that really differ."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any
 
 from lifecycle.schema import Holds
 
-SAMPLE_PREDICTIONS = 8  # test texts whose answers go into the manifest (and the bundle)
+SAMPLE_PREDICTIONS = 8  # test inputs whose answers go into the manifest (and the bundle)
 
 
-class TaskPlugin:
-    name: ClassVar[str]
-    # What the model reads (text, prompts, rows, images) and what it answers (labels, vector, value, score,
-    # tokens): the recipe table's key for finetune and distill (lifecycle.workloads), and schema.json's kinds.
-    inputs_kind: ClassVar[str]
-    answers_kind: ClassVar[str]
-    export_reads: ClassVar[tuple[Holds, ...]]  # what the export stage reads under this task
-    export_hint: ClassVar[str]  # how to fix a chain that gives export something else
-    trained_by: ClassVar[str] = "finetune"  # the stages that train this task's model (a refused chain's hint)
-    finetunes_into: ClassVar[Holds] = "classifier"  # what a finetune (and distill) stage under this task holds
-    onnx_holds: ClassVar[Holds]  # what export writes (and quantize keeps)
-    output: ClassVar[str]  # the graph's one output
-    edge_method: ClassVar[str]  # the lifecycle.edge.Predictor method that answers for this task
-    route: ClassVar[str]  # the service's POST route
-    scores: ClassVar[tuple[str, ...]]  # quality on a split, gateable; scores[0] is the headline
-    fidelity: ClassVar[tuple[str, ...]]  # agreement with the fp32 reference on the same texts
-    split_free: ClassVar[tuple[str, ...]] = ()  # scores not computed on the task's splits (no val_ twin)
-    # Whether parity's argmax agreement means anything (a classifier's logits: yes; an embedding: no).
-    argmax_parity: ClassVar[bool] = False
-    # Whether export also scores `fidelity` on the whole test split (beyond the parity texts).
-    fidelity_at_export: ClassVar[bool] = False
-    optimum_task: ClassVar[str | None] = None  # optimum's export task name; None: optimum cannot export it
-    # What the model reads: "text" (a tokenizer's ids), "table" (rows of a table source, through
-    # lifecycle.edge.TablePreprocessing) or "image" (lifecycle.edge.ImagePreprocessing). The task's data
-    # source must be of the same kind.
-    reads: ClassVar[str] = "text"
-    labelled_data: ClassVar[bool] = True  # whether `task.data` must be a labelled source (label_field set)
-    settings_key: ClassVar[str | None] = None  # the key of `task:` holding this task's settings; None: its name
-    graph_fusions: ClassVar[bool] = True  # whether export tries onnxruntime's transformer fusions
-    request_key: ClassVar[str] = "texts"
-    # The serve stage's default gate: its HTTP answers score as well as the parent (accuracy against the
-    # test labels); False for a task whose answers have no labels to score (a generator).
-    serve_accuracy: ClassVar[bool] = True  # the key of a service request's inputs: {"texts": [...]}
+@dataclass(frozen=True)
+class Scoring:
+    """What a task's `score` gets, built once per stage from the task's loaded data (no reloads): the
+    pipeline, the data (ctx.task_data(): its splits and whatever loading derived), the split scored, the
+    fp32 outputs of the same inputs (`reference`, for fidelity) and where per-example predictions go."""
 
-    def settings_problem(self, task) -> str | None:
-        """"field: why" for a setting under `task:` (schema.Task) that this task cannot honour, else None."""
-        return None
+    pipeline: Any
+    data: Any
+    split: str
+    reference: Any = None
+    out_dir: Path | None = None
+
+    @property
+    def rows(self):
+        return self.data.splits[self.split]
+
+
+def task_data(ctx):
+    """A task's data for a stage's context `ctx`: its `task.data` source, as loaded (and cached) by the context."""
+    return ctx.data(ctx.pipeline.task.data)
+
+
+@dataclass(frozen=True, eq=False)
+class Inputs:
+    """An inputs kind: what the model reads and how it gets to the graph. Functions that need the task
+    take its declaration (`declared`) first."""
+
+    kind: str  # text, prompts, rows, images: the recipe table's key, schema.json's inputs_kind
+    reads: str  # the kind of data source it needs (schema.DataSource.reads)
+    request_key: str  # the key of a service request's inputs: {"texts": [...]}
+    read: Callable[[Any], list]  # a split's raw inputs as lifecycle.edge takes them
+    preprocessor: Callable[[Path, Any], Any]  # (model directory, schema.Task) -> what makes the graph's feeds
+    export_graph: Callable[..., None]  # (declared, model, preprocessor, path, opset): the torch export
+    # (declared, out, src, preprocessor, schema.Task, input_names, model): schema.json and what edge needs beside it
+    write_runtime_files: Callable[..., None]
+    sample: Callable[[Any], dict]  # one input as a sample prediction records it ({"text": ...})
+    wire: Callable[[list], list] = list  # raw inputs as a service request carries them (JSON values)
+    graph_fusions: bool = False  # whether export tries onnxruntime's transformer fusions
+    labelled: bool = True  # whether the task's data source must be labelled (label_field set)
+    load: Callable[[Any], Any] = task_data  # the task's data (train / validation / test splits) for a context
+
+    def __call__(self, split) -> list:
+        """`task.inputs(split)`: the split's raw inputs."""
+        return self.read(split)
+
+
+def no_labels(model) -> list[str]:
+    return []
+
+
+def nothing(*_args) -> dict:
+    return {}
+
+
+@dataclass(frozen=True, eq=False)
+class Answers:
+    """An answers kind: what one answer is, the graph output that holds it, and how two answers compare."""
+
+    kind: str  # labels, vector, value, score, tokens: the recipe table's key, schema.json's answers_kind
+    output: str  # the graph's one output
+    width: Callable[[Any], int]  # the size of the output's last axis, from the model
+    agree: Callable[[Any, Any, float], tuple[bool, float]]  # (http, local, tolerance) -> (agree, largest difference)
+    labels: Callable[[Any], list[str]] = no_labels
+    sequence: bool = False  # the output is (batch, sequence, width), not (batch, width)
+    schema: Callable[[Any], dict] = nothing  # what schema.json says beyond the output (an embedder's pooling)
+    details: Callable[[Any, Any], dict] = nothing  # (predictor, test outputs): what the manifest records beside samples
+    argmax_parity: bool = False  # whether parity's argmax agreement means anything (a classifier's logits)
+    fidelity_at_export: bool = False  # whether export scores `fidelity` on the whole test split too
+    # whether the serve stage's default gate (HTTP accuracy equal to the parent's) applies
+    serve_accuracy: bool = True
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What the task's stages hold: what export reads (and the hint for a chain that gives it something
+    else), what it writes, what finetune and distill hold, and which stages train it."""
+
+    export_reads: tuple[Holds, ...]
+    onnx_holds: Holds
+    export_hint: str
+    finetunes_into: Holds = "classifier"
+    trained_by: str = "finetune"
+    optimum_task: str | None = None  # optimum's export task name; None: optimum cannot export it
+
+
+@dataclass(frozen=True)
+class Edge:
+    method: str  # the lifecycle.edge.Predictor method that answers for the task
+    route: str  # the service's POST route
+
+
+def no_problem(task) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    key: str | None = None  # the key of `task:` holding the task's settings; None: its name
+    problem: Callable[[Any], str | None] = no_problem  # "field: why" for a setting it cannot honour
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a task's own recipes (tables, images) ask of the task they train."""
+
+    evaluate: Callable[[Any, Any], dict]  # the task's scores of model outputs against a split's targets
+    test_metrics: Callable[[Any, Any], dict]  # what the finetune stage reports on test: the scores and more
+    head: Callable[[Any], dict] | None = None  # config fields of the model's head for the data (num_labels...)
+    baseline: Callable[[Any, int], dict] | None = None  # (data, seed) -> the baseline's scores on the same split
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """A task: about ten declared fields and no inherited implementation. The methods below only read the
+    fields (and the kinds), so every task is a `Task` and nothing is a subclass."""
+
+    name: str
+    inputs: Inputs
+    answers: Answers
+    scores: tuple[str, ...]  # quality on a split, gateable; scores[0] is the headline
+    fidelity: tuple[str, ...]  # agreement with the fp32 reference on the same inputs
+    artifacts: Artifacts
+    edge: Edge
+    torch_model: Callable[[Path], Any]  # the eval-mode PyTorch module (with a `config`) the graph reproduces
+    # (model, preprocessor, inputs, task, batch_size=64) -> the model's outputs (float32 numpy), parity's
+    # reference; `task`: the pipeline's task settings (schema.Task: max_length, the generation settings...)
+    reference: Callable[..., Any]
+    score: Callable[[Any, Scoring], tuple[dict, Any]]  # (predictor, scoring) -> (scores and fidelity, outputs)
+    # (answers, predictor, scoring of test) -> the `scores` of a service's answers; None: not scored
+    served_scores: Callable[[list, Any, Scoring], dict] | None = None
+    split_free: tuple[str, ...] = ()  # scores not computed on the task's splits (no val_ twin)
+    settings: Settings = Settings()
+    # (model, preprocessor, ctx) -> what export reports on test beside the model, named in `comparisons`:
+    # for a task no finetune trains (so no finetune reports its control and baseline)
+    compare: Callable[[Any, Any, Any], dict] = nothing
+    comparisons: tuple[str, ...] = ()
+    # (embed, pipeline) -> scores of an encoder being trained (the contrastive objective) under this task
+    encoder_scores: Callable[[Any, Any], dict] = nothing
+    train: Training | None = None  # what the task's own recipes ask of it
+
+    # ------------------------------------------------------------- what consumers read, from the fields
+    @property
+    def inputs_kind(self) -> str:
+        return self.inputs.kind
+
+    @property
+    def answers_kind(self) -> str:
+        return self.answers.kind
+
+    @property
+    def finetunes_into(self) -> Holds:  # what the finetune and distill stages hold under this task
+        return self.artifacts.finetunes_into
+
+    @property
+    def trained_by(self) -> str:
+        return self.artifacts.trained_by
 
     def data(self, ctx):
-        """The task's data (train / validation / test splits) for a stage's context `ctx`."""
-        return ctx.data(ctx.pipeline.task.data)
-
-    # ---------------------------------------------------------------- inputs: what the graph is fed
-    # The defaults are the text graphs' (a tokenizer: input_ids, attention_mask...); a task on other
-    # inputs (table rows, images) overrides these four, and export, quantize and the edge runtime follow.
-    def inputs(self, split) -> list:
-        """A split's raw inputs as lifecycle.edge takes them (Predictor.logits / encode): its texts."""
-        return split["text"]
-
-    def wire(self, inputs: list) -> list:
-        """Raw inputs as a service request carries them (JSON values): texts and rows as they are."""
-        return list(inputs)
-
-    def preprocessor(self, src: Path, task):
-        """What turns raw inputs into the model's feeds, read from the model directory `src`: the
-        tokenizer. `reference` receives it (as `tokenizer`)."""
-        from lifecycle import models
-
-        return models.load_tokenizer(src, task.max_length)
-
-    def export_graph(self, model, preprocessor, path: Path, opset: int) -> None:
-        """Write the torch export of `model` to `path` (its inputs and dynamic axes are the task's)."""
-        from lifecycle.components import onnx
-
-        onnx.export_torch(model, preprocessor, path, opset, output=self.output)
-
-    def write_runtime_files(self, out: Path, src: Path, preprocessor, task, input_names: list[str], model) -> None:
-        """Everything lifecycle.edge needs beside model.onnx: schema.json, labels.json and the preprocessor's files."""
-        from lifecycle.components import onnx
-
-        onnx.write_runtime_files(out, src, preprocessor, task.max_length, input_names, self.graph_schema(model),
-                                 self.labels(model))
+        """The task's data (train / validation / test splits) for a stage's context, as its inputs kind loads it."""
+        return self.inputs.load(ctx)
 
     @property
     def split_scores(self) -> tuple[str, ...]:
@@ -93,152 +184,49 @@ class TaskPlugin:
         """What export and quantize report for this task besides the ONNX metrics (latency, size)."""
         return (*self.scores, *self.fidelity, *(f"val_{m}" for m in self.split_scores))
 
-    comparisons: ClassVar[tuple[str, ...]] = ()  # the metrics compare() reports
-
-    def compare(self, model, preprocessor, ctx) -> dict:
-        """For a task that no finetune stage trains (so no finetune reports its control and baseline):
-        what export reports on test beside the model, named in `comparisons`."""
-        return {}
-
-    def torch_model(self, src: Path):
-        """The eval-mode PyTorch module (with a Hugging Face `config`) that the graph reproduces."""
-        raise NotImplementedError
-
-    def reference(self, model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64):
-        """The model's outputs for texts (float32 numpy): what parity compares the graph with."""
-        raise NotImplementedError
-
-    def width(self, model) -> int:
-        """The size of the output's second axis: (batch, width)."""
-        raise NotImplementedError
-
-    def graph_schema(self, model) -> dict:
-        """What schema.json says about the graph's output and how to use it (beside the inputs,
-        max_length and padding that every text graph has): lifecycle.edge and the service read it."""
-        return {"outputs": {self.output: {"dtype": "float32", "shape": ["batch", self.width(model)]}},
-                **self.identity()}
-
-    def identity(self) -> dict:
-        """What schema.json says the model is: its task, inputs and answers kinds (what lifecycle.edge
-        dispatches on), the edge method and the service route."""
-        return {"task": self.name, "inputs_kind": self.inputs_kind, "answers_kind": self.answers_kind, "method": self.edge_method,
-                "route": self.route}
-
-    def labels(self, model) -> list[str]:
-        return []
-
-    def score(self, predictor, rows, pipeline, split: str, reference=None, out_dir: Path | None = None):
-        """(metrics, outputs) of an ONNX predictor on `rows` of `split`: the quality `scores`, and the
-        `fidelity` to `reference` (fp32 outputs of the same texts) when given. With `out_dir`, the
-        per-example predictions a release gate pairs up are written there."""
-        raise NotImplementedError
-
-    def sample_predictions(self, predictor, texts: list[str]) -> list[dict]:
-        """{"text", "answer"} per text, the answer as the edge method gives it (JSON)."""
-        return [{"text": t, "answer": a} for t, a in zip(texts, predictor.answers(texts))]
-
-    def prediction_details(self, predictor, rows, outputs) -> dict:
-        """What the manifest records of a test run: the sample predictions (and whatever else the task keeps)."""
-        return {"sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}
-
-    def encoder_scores(self, embed, pipeline) -> dict:
-        """Scores of an encoder being trained (the contrastive objective) under this task; `embed(texts)`."""
-        return {}
-
-    def answer_scores(self, answers: list, rows, predictor) -> dict:
-        """The quality `scores` of answers a service gave for `rows` (None: no answer, wrong by construction);
-        `predictor`: the same model in-process. Tasks the serve stage does not score leave this out."""
-        raise NotImplementedError
-
-    def served_scores(self, answers: list, ctx, predictor) -> dict:
-        """The quality `scores` of the answers a service gave for the test split of a serve stage's context
-        `ctx`: `answer_scores` on it, unless the task needs more than the test split (kNN: the train split)."""
-        return self.answer_scores(answers, ctx.task_data().splits["test"], predictor)
-
-    def answers_agree(self, http, local, tolerance: float) -> tuple[bool, float]:
-        """(whether an HTTP answer equals the in-process answer for the same text, largest difference)."""
-        raise NotImplementedError
-
     @property
     def scores_answers(self) -> bool:
-        """Whether the serve stage can score this task's HTTP answers (it implements `answer_scores` or
-        `served_scores`)."""
-        own = type(self)
-        return own.answer_scores is not TaskPlugin.answer_scores or own.served_scores is not TaskPlugin.served_scores
+        return self.served_scores is not None
 
+    # ------------------------------------------------------------- the graph, through the kinds
+    def preprocessor(self, src: Path, task):
+        return self.inputs.preprocessor(src, task)
 
-class EmbeddingAnswers:
-    """An embedder (texts or images): its graph's output is one pooled vector per input, the pooling recorded
-    in schema.json and the manifest; an HTTP answer agrees with the in-process one number by number."""
+    def export_graph(self, model, preprocessor, path: Path, opset: int) -> None:
+        self.inputs.export_graph(self, model, preprocessor, path, opset)
 
-    def width(self, model) -> int:
-        return model.config.hidden_size
-
-    def graph_schema(self, model) -> dict:
-        return {**super().graph_schema(model), "pooling": model.pooling.model_dump()}
-
-    def prediction_details(self, predictor, rows, outputs) -> dict:
-        return {"pooling": predictor.schema.get("pooling"), **super().prediction_details(predictor, rows, outputs)}
-
-    def answers_agree(self, http, local, tolerance):
-        import numpy as np
-
-        diff = float(np.abs(np.asarray(http, dtype=np.float64) - np.asarray(local, dtype=np.float64)).max())
-        return diff <= tolerance, diff
-
-
-class ClassAnswers:
-    """A classifier whose labels live in its config (`id2label`), for task plug-ins that are not text
-    classification (tables, images): width, labels, targets, scores against the fp32 reference and of HTTP
-    answers, and the answer comparison, all as text classification does them. A plug-in says where a
-    split's labels are (`split_labels`)."""
-
-    def split_labels(self, split) -> list:
-        raise NotImplementedError
+    def write_runtime_files(self, out: Path, src: Path, preprocessor, task, input_names: list[str], model) -> None:
+        self.inputs.write_runtime_files(self, out, src, preprocessor, task, input_names, model)
 
     def width(self, model) -> int:
-        return model.config.num_labels
+        return self.answers.width(model)
 
     def labels(self, model) -> list[str]:
-        id2label = model.config.id2label
-        return [id2label[i] for i in range(len(id2label))]
+        return self.answers.labels(model)
 
-    def targets(self, predictor, split):
-        """Class ids of a split's labels by the model's labels (-1: a class the model does not know)."""
-        import numpy as np
+    def graph_schema(self, model) -> dict:
+        """schema.json's output (name, dtype, shape), the identity lifecycle.edge dispatches on, and the answers' extras."""
+        shape = ["batch", "sequence", self.width(model)] if self.answers.sequence else ["batch", self.width(model)]
+        return {"outputs": {self.answers.output: {"dtype": "float32", "shape": shape}},
+                "task": self.name, "inputs_kind": self.inputs.kind, "answers_kind": self.answers.kind,
+                "method": self.edge.method, "route": self.edge.route, **self.answers.schema(model)}
 
-        index = {name: i for i, name in enumerate(predictor.labels)}
-        return np.array([index.get(v, -1) for v in self.split_labels(split)], dtype=np.int64)
+    # ------------------------------------------------------------- samples and answers
+    def wire(self, items: list) -> list:
+        return self.inputs.wire(items)
 
-    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
-        from lifecycle.components.onnx import argmax_agreeing, max_abs_diff
+    def sample_predictions(self, predictor, items: list) -> list[dict]:
+        """One record per input, the answer as the edge method gives it (JSON)."""
+        items = list(items)
+        return [{**self.inputs.sample(x), "answer": a} for x, a in zip(items, predictor.answers(items))]
 
-        logits = predictor.logits(self.inputs(rows))
-        metrics = self.evaluate(logits, self.targets(predictor, rows))
-        if reference is not None:
-            metrics.update(argmax_agreement=argmax_agreeing(logits, reference) / len(logits),
-                           logit_max_abs_diff=max_abs_diff(logits, reference))
-        return metrics, logits
+    def prediction_details(self, predictor, rows, outputs) -> dict:
+        """What the manifest records of a test run: what the answers kind keeps, and the sample predictions."""
+        return {**self.answers.details(predictor, outputs),
+                "sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}
 
-    def answer_scores(self, answers, rows, predictor) -> dict:
-        import numpy as np
-
-        scores = np.array([[a["scores"][n] for n in predictor.labels] if a else [0.0] * len(predictor.labels)
-                           for a in answers])
-        return self.evaluate(np.log(np.clip(scores, 1e-12, 1)), self.targets(predictor, rows))
-
-    def answers_agree(self, http, local, tolerance):
-        return labels_agree(http, local, tolerance)
-
-
-def labels_agree(http: dict, local: dict, tolerance: float) -> tuple[bool, float]:
-    """Two classifier answers ({"label", "scores"}) agree: every class score within `tolerance`, and the same
-    label unless the in-process top two scores are within `tolerance` of each other (a tie that rounding may
-    break either way). Returns (agree, largest score difference)."""
-    diff = max(abs(http["scores"].get(name, float("inf")) - p) for name, p in local["scores"].items())
-    top = sorted(local["scores"].values(), reverse=True)
-    margin = top[0] - top[1] if len(top) > 1 else float("inf")
-    return not (diff > tolerance or (http["label"] != local["label"] and margin > tolerance)), diff
+    def answers_agree(self, http, local, tolerance: float) -> tuple[bool, float]:
+        return self.answers.agree(http, local, tolerance)
 
 
 def own_recipe_problem(cfg, task: str, baseline: str, model_kind: str, lora: bool = False) -> str | None:

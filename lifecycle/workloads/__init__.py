@@ -4,7 +4,7 @@ A wing is one folder (`text/`, `decoders/`, `tables/`, `images/`) holding a work
 declarations, models and recipes, side by side and copy-paste-modify style (as torchtune's recipes):
 no wing imports another. Its `__init__.py` declares two things:
 
-- `TASKS`: the tasks it serves (lifecycle.tasks.TaskPlugin instances), by `name`;
+- `TASKS`: the tasks it serves (lifecycle.tasks.Task declarations), by `name`;
 - `RECIPES`: `Recipe` rows, each the run function of one training stage kind for one input kind and
   one objective (pretrain, adapt) or answers kind (finetune, distill), the exact metric names it
   reports, and the stage settings it refuses.
@@ -49,7 +49,7 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Registry:
-    tasks: dict[str, Any]  # name -> TaskPlugin
+    tasks: dict[str, Any]  # name -> lifecycle.tasks.Task
     recipes: dict[tuple[str, str, str], Recipe]  # (stage, inputs, key) -> Recipe
     origin: dict[str, str]  # task or recipe -> the wing or entry point that declared it
 

@@ -25,143 +25,128 @@ split's response tokens, computed from the ONNX graph. Edge method `generate`; r
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin
+from lifecycle.tasks import Answers, Artifacts, Edge, Inputs, Task
+from lifecycle.tasks.kinds import tokenizer
+
+OPTIMUM_TASK = "text-generation-with-past"
 
 
-class Generation(TaskPlugin):
-    name = "generation"
-    inputs_kind, answers_kind = "prompts", "tokens"
-    export_reads = ("causal-lm",)
-    export_hint = "export writes a decoder with its KV cache: give it a causal LM (pretrain / adapt with a gpt-* " \
-                  "or llama-* preset, or finetune under this task)"
-    trained_by = "pretrain, adapt or finetune"
-    onnx_holds = "onnx-generator"
-    output = "logits"
-    edge_method = "generate"
-    route = "/generate"
+# ------------------------------------------------------------------------------------ prompts: the inputs
+def load(ctx):
+    """Prompt/response records (or plain text), read by lifecycle.workloads.decoders.model, once per context."""
+    from lifecycle.workloads.decoders import model as generation
+
+    key = ("generation", ctx.pipeline.task.data)
+    if key not in ctx._loaded:
+        src = ctx.pipeline.data[ctx.pipeline.task.data]
+        seed = ctx.pipeline.seed if src.split.seed is None else src.split.seed
+        ctx._loaded[key] = generation.load_data(src, ctx.pipeline, ctx.pipeline.task.generation_settings, seed)
+    return ctx._loaded[key]
+
+
+def export_graph(declared, model, preprocessor, path: Path, opset: int) -> None:
+    from lifecycle.components import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:  # optimum exports from a directory: the model as loaded
+        model.save_pretrained(tmp, safe_serialization=True)
+        preprocessor.save_pretrained(tmp)
+        onnx.export_optimum(Path(tmp), path, opset, OPTIMUM_TASK)
+
+
+def write_runtime_files(declared, out, src, preprocessor, task, input_names, model) -> None:
+    from lifecycle.components import onnx
+
+    settings = task.generation_settings
+    graph = declared.graph_schema(model)
+    graph["generation"] = {"eos_token_id": preprocessor.eos_token_id, "agreement_tokens": settings.new_tokens,
+                           "separator": settings.separator if settings.prompt_field else None}
+    onnx.write_runtime_files(out, src, preprocessor, task.max_length, input_names, graph, [])
+
+
+# what a generator is asked (and what its parity and quantization are judged on); a prompt/response
+# record or plain text, so the data source needs no labels; onnxruntime's BERT fusions do not apply to a
+# decoder with past inputs
+PROMPTS = Inputs(kind="prompts", reads="text", request_key="prompts", read=lambda split: split["prompts"],
+                 preprocessor=tokenizer, export_graph=export_graph, write_runtime_files=write_runtime_files,
+                 sample=lambda x: {"text": x}, labelled=False, load=load)
+
+
+# ------------------------------------------------------------------------------------ tokens: the answers
+def tokens_agree(http, local, tolerance):
+    """Greedy answers are the same tokens or they differ (largest difference: 1.0 when they do)."""
+    same = http.get("tokens") == local.get("tokens")
+    return same, 0.0 if same else 1.0
+
+
+# served answers are checked token for token against the same prompts run in-process (no labels to score);
+# PyTorch's greedy generations are the reference of the exported graph
+TOKENS = Answers(kind="tokens", output="logits", width=lambda model: model.config.vocab_size, agree=tokens_agree,
+                 sequence=True, fidelity_at_export=True, serve_accuracy=False)
+
+
+# ------------------------------------------------------------------------------------ the task
+def torch_model(src: Path):
+    from lifecycle.workloads.decoders.model import load_causal_lm
+
+    return load_causal_lm(src)[0]
+
+
+def reference(model, tokenizer, prompts, task, batch_size=64):
+    """Next-token logits, then `new_tokens` greedy ids, per prompt (the task's generation settings)."""
+    from lifecycle.workloads.decoders.model import reference_rows
+
+    s = task.generation_settings
+    return reference_rows(model, tokenizer, prompts, s.new_tokens, task.max_length, s.separator if s.prompt_field else None)
+
+
+def score(predictor, scoring):
+    import numpy as np
+
+    from lifecycle.components.onnx import max_abs_diff
+
+    rows, reference = scoring.rows, scoring.reference
+    settings = scoring.pipeline.task.generation_settings
+    limit = settings.limit
+    metrics = {"perplexity": predictor.perplexity(rows["prompt"][:limit], rows["response"][:limit])}
+    prompts = PROMPTS(rows)
+    if prompts:
+        speed = predictor.decoding_speed(prompts[0], settings.new_tokens)
+        metrics.update({f"ort_{k}": v for k, v in speed.items()})
+    if settings.rouge:
+        from lifecycle.evaluation.rouge import rouge_l
+
+        n = settings.rouge.records
+        answered = predictor.generate(rows["prompt"][:n], max_new_tokens=settings.rouge.answer_tokens)
+        metrics["rouge_l"] = rouge_l([a["text"] for a in answered], rows["response"][:n])
+    outputs = predictor.logits(prompts)
+    if reference is not None:
+        vocab = outputs.shape[1] - settings.new_tokens
+        metrics.update(
+            generation_agreement=float(np.mean([(a[vocab:] == b[vocab:]).all() for a, b in zip(outputs, reference)])),
+            next_token_agreement=float(np.mean(outputs[:, :vocab].argmax(-1) == reference[:, :vocab].argmax(-1))),
+            logit_max_abs_diff=max_abs_diff(outputs[:, :vocab], reference[:, :vocab]))
+    return metrics, outputs
+
+
+def served_scores(answers, predictor, scoring) -> dict:
+    return {"answered_fraction": sum(a is not None for a in answers) / max(len(answers), 1)}
+
+
+TASK = Task(
+    name="generation", inputs=PROMPTS, answers=TOKENS,
     # perplexity (lower is better) on the split; decoding speed at batch 1 with the KV cache in onnxruntime
     # (the runtime of the export and quantize stages), measured on the split's first prompt; with
     # `generation.rouge`, ROUGE-L of the graph's greedy answers to the split's first records (as finetune
     # scores the PyTorch model's on test: a quantized generator is gated on what it answers, too)
-    scores = ("perplexity", "ort_time_to_first_token_ms", "ort_ms_per_token", "ort_tokens_per_s", "rouge_l")
-    split_free = ("ort_time_to_first_token_ms", "ort_ms_per_token", "ort_tokens_per_s")
-    fidelity = ("generation_agreement", "next_token_agreement", "logit_max_abs_diff")
-    fidelity_at_export = True  # PyTorch's greedy generations are the reference of the exported graph
-    optimum_task = "text-generation-with-past"
-    labelled_data = False  # prompt/response records or plain text, read by lifecycle.workloads.decoders.model
-    graph_fusions = False  # onnxruntime's BERT fusions do not apply to a decoder with past inputs
-    finetunes_into = "causal-lm"
-    request_key = "prompts"
-    serve_accuracy = False  # served answers are checked token for token against the same prompts run in-process
-
-    def data(self, ctx):
-        from lifecycle.workloads.decoders import model as generation
-
-        key = ("generation", ctx.pipeline.task.data)
-        if key not in ctx._loaded:
-            src = ctx.pipeline.data[ctx.pipeline.task.data]
-            seed = ctx.pipeline.seed if src.split.seed is None else src.split.seed
-            ctx._loaded[key] = generation.load_data(src, ctx.pipeline, ctx.pipeline.task.generation_settings, seed)
-        return ctx._loaded[key]
-
-    # ------------------------------------------------------------------------------------ inputs
-    def inputs(self, split) -> list[str]:
-        """Prompts: what a generator is asked (and what its parity and quantization are judged on)."""
-        return split["prompts"]
-
-    def preprocessor(self, src: Path, task):
-        """The tokenizer, carrying the task's generation settings to `reference` (which gets only it)."""
-        from lifecycle import models
-
-        tokenizer = models.load_tokenizer(src, task.max_length)
-        tokenizer.generation_settings = task.generation_settings
-        return tokenizer
-
-    def export_graph(self, model, preprocessor, path: Path, opset: int) -> None:
-        import tempfile
-
-        from lifecycle.components import onnx
-
-        with tempfile.TemporaryDirectory() as tmp:  # optimum exports from a directory: the model as loaded
-            model.save_pretrained(tmp, safe_serialization=True)
-            preprocessor.save_pretrained(tmp)
-            onnx.export_optimum(Path(tmp), path, opset, self.optimum_task)
-
-    def write_runtime_files(self, out, src, preprocessor, task, input_names, model) -> None:
-        from lifecycle.components import onnx
-
-        settings = task.generation_settings
-        graph = self.graph_schema(model)
-        graph["generation"] = {"eos_token_id": preprocessor.eos_token_id, "agreement_tokens": settings.new_tokens,
-                               "separator": self._separator(task)}
-        onnx.write_runtime_files(out, src, preprocessor, task.max_length, input_names, graph, [])
-
-    def _separator(self, task) -> str | None:
-        return task.generation_settings.separator if task.generation_settings.prompt_field else None
-
-    # --------------------------------------------------------------------------------- the graph
-    def torch_model(self, src: Path):
-        from lifecycle.workloads.decoders.model import load_causal_lm
-
-        return load_causal_lm(src)[0]
-
-    def reference(self, model, tokenizer, texts, max_length, batch_size=64):
-        from lifecycle.workloads.decoders.model import reference_rows
-
-        s = tokenizer.generation_settings
-        return reference_rows(model, tokenizer, texts, s.new_tokens, max_length,
-                              s.separator if s.prompt_field else None)
-
-    def width(self, model) -> int:
-        return model.config.vocab_size
-
-    def graph_schema(self, model) -> dict:
-        return {"outputs": {"logits": {"dtype": "float32", "shape": ["batch", "sequence", self.width(model)]}},
-                **self.identity()}
-
-    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
-        import numpy as np
-
-        from lifecycle.components.onnx import max_abs_diff
-
-        settings = pipeline.task.generation_settings
-        limit = settings.limit
-        metrics = {"perplexity": predictor.perplexity(rows["prompt"][:limit], rows["response"][:limit])}
-        prompts = self.inputs(rows)
-        if prompts:
-            speed = predictor.decoding_speed(prompts[0], settings.new_tokens)
-            metrics.update({f"ort_{k}": v for k, v in speed.items()})
-        if settings.rouge:
-            from lifecycle.evaluation.rouge import rouge_l
-
-            n = settings.rouge.records
-            answered = predictor.generate(rows["prompt"][:n], max_new_tokens=settings.rouge.answer_tokens)
-            metrics["rouge_l"] = rouge_l([a["text"] for a in answered], rows["response"][:n])
-        outputs = predictor.logits(prompts)
-        if reference is not None:
-            vocab = outputs.shape[1] - settings.new_tokens
-            metrics.update(
-                generation_agreement=float(np.mean([(a[vocab:] == b[vocab:]).all() for a, b in zip(outputs, reference)])),
-                next_token_agreement=float(np.mean(outputs[:, :vocab].argmax(-1) == reference[:, :vocab].argmax(-1))),
-                logit_max_abs_diff=max_abs_diff(outputs[:, :vocab], reference[:, :vocab]))
-        return metrics, outputs
-
-    # ----------------------------------------------------------------------------------- samples
-    def sample_predictions(self, predictor, texts):
-        return [{"text": t, "answer": a} for t, a in zip(texts, predictor.answers(texts))]
-
-    def prediction_details(self, predictor, rows, outputs) -> dict:
-        return {"sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}
-
-    def answer_scores(self, answers, rows, predictor) -> dict:
-        return {"answered_fraction": sum(a is not None for a in answers) / max(len(answers), 1)}
-
-    def answers_agree(self, http, local, tolerance):
-        """Greedy answers are the same tokens or they differ (largest difference: 1.0 when they do)."""
-        same = http.get("tokens") == local.get("tokens")
-        return same, 0.0 if same else 1.0
-
-
-TASK = Generation()
+    scores=("perplexity", "ort_time_to_first_token_ms", "ort_ms_per_token", "ort_tokens_per_s", "rouge_l"),
+    split_free=("ort_time_to_first_token_ms", "ort_ms_per_token", "ort_tokens_per_s"),
+    fidelity=("generation_agreement", "next_token_agreement", "logit_max_abs_diff"),
+    artifacts=Artifacts(("causal-lm",), "onnx-generator", finetunes_into="causal-lm", optimum_task=OPTIMUM_TASK,
+                        trained_by="pretrain, adapt or finetune", export_hint=(
+                            "export writes a decoder with its KV cache: give it a causal LM (pretrain / adapt with a "
+                            "gpt-* or llama-* preset, or finetune under this task)")),
+    edge=Edge("generate", "/generate"), torch_model=torch_model, reference=reference, score=score,
+    served_scores=served_scores)

@@ -15,51 +15,44 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, ClassAnswers
-from lifecycle.workloads.images.task import ImageTask
+from lifecycle.tasks import LABELS, Artifacts, Edge, Task, Training
+from lifecycle.tasks.kinds import class_answer_scores, class_scores
+from lifecycle.workloads.images.task import IMAGES
 
 
-class ImageClassification(ClassAnswers, ImageTask):
-    name = "image-classification"
-    inputs_kind, answers_kind = "images", "labels"
-    export_reads = ("classifier",)
-    export_hint = "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
-    onnx_holds = "onnx-classifier"
-    output = "logits"
-    edge_method = "classify_images"
-    route = "/classify_image"
-    scores = TABLE_CLASSIFICATION
-    fidelity = ("argmax_agreement", "logit_max_abs_diff")
-    argmax_parity = True
+def evaluate(outputs, targets) -> dict:
+    from lifecycle.evaluation.tables import classification_scores
 
-    def evaluate(self, outputs, targets) -> dict:
-        from lifecycle.evaluation.tables import classification_scores
-
-        return classification_scores(outputs, targets)
-
-    def test_metrics(self, outputs, targets) -> dict:
-        from lifecycle.components.classification import collapse_metrics
-
-        return {**self.evaluate(outputs, targets), **collapse_metrics(outputs, targets, outputs.shape[1])}
-
-    # --------------------------------------------------------------------------------- the graph
-    def torch_model(self, src: Path):
-        from transformers import ViTForImageClassification
-
-        return ViTForImageClassification.from_pretrained(src).eval()
-
-    def reference(self, model, tokenizer, texts, max_length, batch_size=64):
-        from lifecycle.workloads.images.model import predict
-
-        return predict(model, tokenizer.transform(list(texts)), batch_size)
-
-    # ----------------------------------------------------------------------------------- samples
-    def prediction_details(self, predictor, rows, outputs) -> dict:
-        return {"test_predictions": [int(i) for i in outputs.argmax(-1)],
-                "sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}
-
-    def split_labels(self, split) -> list:  # scores, targets and served answers: ClassAnswers
-        return split.labels
+    return classification_scores(outputs, targets)
 
 
-TASK = ImageClassification()
+def test_metrics(outputs, targets) -> dict:
+    from lifecycle.components.classification import collapse_metrics
+
+    return {**evaluate(outputs, targets), **collapse_metrics(outputs, targets, outputs.shape[1])}
+
+
+def torch_model(src: Path):
+    from transformers import ViTForImageClassification
+
+    return ViTForImageClassification.from_pretrained(src).eval()
+
+
+def reference(model, preprocessing, images, task=None, batch_size=64):
+    from lifecycle.workloads.images.model import predict
+
+    return predict(model, preprocessing.transform(list(images)), batch_size)
+
+
+def split_labels(split) -> list:
+    return split.labels
+
+
+TASK = Task(
+    name="image-classification", inputs=IMAGES, answers=LABELS, scores=TABLE_CLASSIFICATION,
+    fidelity=("argmax_agreement", "logit_max_abs_diff"),
+    artifacts=Artifacts(("classifier",), "onnx-classifier", export_hint=(
+        "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)")),
+    edge=Edge("classify_images", "/classify_image"), torch_model=torch_model, reference=reference,
+    score=class_scores(evaluate, split_labels, IMAGES), served_scores=class_answer_scores(evaluate, split_labels),
+    train=Training(evaluate, test_metrics))

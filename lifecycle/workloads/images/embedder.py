@@ -118,16 +118,36 @@ class ViewsTrainer(Trainer):
         return (loss, {"embeddings": a}) if return_outputs else loss
 
 
-def knn_report(task, embedder, data, settings) -> dict:
+def knn_metrics(embed, train, rows, settings, test_x=None):
+    """({"knn_accuracy"}, the kNN label per scored image) of the embeddings `embed(images)` makes: the
+    `rows` images against the `train` images (ImageSplits), at most `settings.limit` of each. `test_x`:
+    the rows' embeddings when already computed; a None among them (a request that got no answer) is
+    scored wrong."""
+    from lifecycle.embedding import knn_predictions
+
+    n = settings.limit or max(len(train), len(rows))
+    test_x = embed(list(rows.images)[:n]) if test_x is None else test_x[:n]
+    answered = [i for i, x in enumerate(test_x) if x is not None]
+    predicted = [None] * len(test_x)
+    if answered:
+        found = knn_predictions(embed(list(train.images)[:n]), train.labels[:n],
+                                np.asarray([test_x[i] for i in answered], dtype=np.float32), settings.k)
+        for i, label in zip(answered, found):
+            predicted[i] = label
+    right = sum(p == y for p, y in zip(predicted, rows.labels[:n]))
+    return {"knn_accuracy": right / max(len(test_x), 1)}, predicted
+
+
+def knn_report(embedder, data, settings) -> dict:
     """kNN accuracy of `embedder(images)`'s embeddings on test and on validation (`val_knn_accuracy`), each
     image against the training images, and the collapse metrics of its test votes (the default gate)."""
     from lifecycle.components.classification import collapse_metrics
 
     train = data.splits["train"]
-    scores, predicted = task.knn_metrics(embedder, train, data.splits["test"], settings)
+    scores, predicted = knn_metrics(embedder, train, data.splits["test"], settings)
     index = {name: i for i, name in enumerate(data.labels)}
     votes = np.eye(len(data.labels))[[index[p] for p in predicted]]
-    return {**scores, "val_knn_accuracy": task.knn_metrics(embedder, train, data.splits["validation"], settings)[0][
+    return {**scores, "val_knn_accuracy": knn_metrics(embedder, train, data.splits["validation"], settings)[0][
                 "knn_accuracy"], **collapse_metrics(votes, data.target("test")[: len(votes)], len(data.labels))}
 
 
@@ -142,7 +162,6 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
     from lifecycle.embedding import Pooling, declared_pooling, write_pooling
     from lifecycle.workloads.images.model import fit, latency, save, starting_point, vit_config
 
-    task = ctx.task
     data, source, start = starting_point(cfg, parent, ctx)
     seed_everything(ctx.seed)
     if start is None:
@@ -154,7 +173,7 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
     train = data.splits["train"]
 
     def knn(split, embedder=lambda images: embed(model, pre.transform(images))):
-        return task.knn_metrics(embedder, train, data.splits[split], settings)
+        return knn_metrics(embedder, train, data.splits[split], settings)
 
     def trained(embedder, budget, out_dir, progress=None):  # progress: the stage's context (the run's bar)
         measured = fit(embedder.body, data, budget, out_dir, ctx.seed, progress, trainer_class=ViewsTrainer,
@@ -182,7 +201,7 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
                "augment": data.spec.augment.model_dump(), "pooling": model.pooling.model_dump(),
                "temperature": TEMPERATURE}
 
-    scores = knn_report(task, lambda images: embed(model, pre.transform(images)), data, settings)
+    scores = knn_report(lambda images: embed(model, pre.transform(images)), data, settings)
     pixels = knn("test", lambda images: pre.transform(images).reshape(len(images), -1))[0]
     control = {}
     if cfg.control is not None:  # the same architecture from random init, same data, budget, seed and pooling
@@ -217,8 +236,6 @@ def distill(cfg, parent, ctx) -> tuple[dict, dict]:
     from lifecycle.embedding import write_pooling
     from lifecycle.workloads.images.model import fit, read_through_model, save
 
-    task = ctx.task
-
     src = Path(parent.path)
     data = read_through_model(ctx.task_data(), src)
     teacher = load(src)
@@ -239,9 +256,9 @@ def distill(cfg, parent, ctx) -> tuple[dict, dict]:
     write_pooling(ctx.out_dir, student.pooling)
 
     pre = ImagePreprocessing(data.preprocessing)
-    scores = knn_report(task, lambda images: embed(student, pre.transform(images)), data,
+    scores = knn_report(lambda images: embed(student, pre.transform(images)), data,
                         ctx.pipeline.task.embedding_settings)
-    teacher_knn = task.knn_metrics(lambda images: embed(teacher, pre.transform(images)), data.splits["train"],
+    teacher_knn = knn_metrics(lambda images: embed(teacher, pre.transform(images)), data.splits["train"],
                                    data.splits["test"], ctx.pipeline.task.embedding_settings)[0]["knn_accuracy"]
     test_x = pre.transform(data.splits["test"].images)
     s_x, t_x = embed(student, test_x), embed(teacher, test_x)

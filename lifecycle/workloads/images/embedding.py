@@ -17,83 +17,59 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.embedding import FIDELITY_METRICS
-from lifecycle.tasks.base import EmbeddingAnswers
-from lifecycle.workloads.images.task import ImageTask
+from lifecycle.tasks import VECTOR, Artifacts, Edge, Settings, Task
+from lifecycle.workloads.images.task import IMAGES
 
 
-class ImageEmbedding(EmbeddingAnswers, ImageTask):
-    name = "image-embedding"
-    inputs_kind, answers_kind = "images", "vector"
-    export_reads = ("encoder", "masked-lm")
-    export_hint = ("an image-embedding export reads an image encoder: a finetune or distill stage under this task, or a "
-                   "pretrain stage with `objective: masked-image`")
-    trained_by = ("finetune (contrastive on augmented views, full or LoRA), distill (a shallower student matching "
-                  "the teacher's embeddings), or pretrain with `objective: masked-image`")
-    onnx_holds = "onnx-encoder"
-    output = "embeddings"
-    edge_method = "embed_images"
-    route = "/embed_image"
-    scores = ("knn_accuracy",)
-    fidelity = FIDELITY_METRICS
-    fidelity_at_export = True
-    finetunes_into = "encoder"
-    settings_key = "embedding"  # scored as text embeddings are: `task.embedding` (k, limit)
-
-    def settings_problem(self, task) -> str | None:
-        if task.embedding is not None and task.embedding.pairs is not None:
-            return "embedding.pairs: scored text pairs do not apply to image embeddings (kNN accuracy only)"
-        return None
-
-    def knn_metrics(self, embed, train, rows, settings, test_x=None):
-        """({"knn_accuracy"}, the kNN label per scored image) of the embeddings `embed(images)` makes: the
-        `rows` images against the `train` images (ImageSplits), at most `settings.limit` of each. `test_x`:
-        the rows' embeddings when already computed; a None among them (a request that got no answer) is
-        scored wrong."""
-        import numpy as np
-
-        from lifecycle.embedding import knn_predictions
-
-        n = settings.limit or max(len(train), len(rows))
-        test_x = embed(self.inputs(rows)[:n]) if test_x is None else test_x[:n]
-        answered = [i for i, x in enumerate(test_x) if x is not None]
-        predicted = [None] * len(test_x)
-        if answered:
-            found = knn_predictions(embed(self.inputs(train)[:n]), train.labels[:n],
-                                    np.asarray([test_x[i] for i in answered], dtype=np.float32), settings.k)
-            for i, label in zip(answered, found):
-                predicted[i] = label
-        right = sum(p == y for p, y in zip(predicted, rows.labels[:n]))
-        return {"knn_accuracy": right / max(len(test_x), 1)}, predicted
-
-    # --------------------------------------------------------------------------------- the graph
-    def torch_model(self, src: Path):
-        from lifecycle.workloads.images.embedder import load
-
-        return load(src)
-
-    def reference(self, model, tokenizer, texts, max_length, batch_size=64):
-        from lifecycle.workloads.images.embedder import embed
-
-        return embed(model, tokenizer.transform(list(texts)), batch_size)
-
-    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
-        from lifecycle.data import load
-        from lifecycle.embedding import fidelity
-
-        x = predictor.embed_images(self.inputs(rows))
-        train = load(pipeline.data[pipeline.task.data], pipeline).splits["train"]
-        metrics = self.knn_metrics(predictor.embed_images, train, rows, pipeline.task.embedding_settings, x)[0]
-        if reference is not None:
-            metrics.update(fidelity(reference, x))
-        return metrics, x
-
-    # ----------------------------------------------------------------------------------- serving
-    def served_scores(self, answers, ctx, predictor) -> dict:
-        """kNN accuracy of the HTTP embeddings of the test images against the in-process embeddings of the
-        training images (a request that got no answer: wrong by construction)."""
-        data = ctx.task_data()
-        return self.knn_metrics(predictor.embed_images, data.splits["train"], data.splits["test"],
-                                ctx.pipeline.task.embedding_settings, answers)[0]
+def settings_problem(task) -> str | None:
+    if task.embedding is not None and task.embedding.pairs is not None:
+        return "embedding.pairs: scored text pairs do not apply to image embeddings (kNN accuracy only)"
+    return None
 
 
-TASK = ImageEmbedding()
+def torch_model(src: Path):
+    from lifecycle.workloads.images.embedder import load
+
+    return load(src)
+
+
+def reference(model, preprocessing, images, task=None, batch_size=64):
+    from lifecycle.workloads.images.embedder import embed
+
+    return embed(model, preprocessing.transform(list(images)), batch_size)
+
+
+def score(predictor, scoring):
+    """kNN accuracy against the loaded data's training images (nothing is read again), and the fidelity."""
+    from lifecycle.embedding import fidelity
+    from lifecycle.workloads.images.embedder import knn_metrics
+
+    rows = scoring.rows
+    x = predictor.embed_images(IMAGES(rows))
+    metrics = knn_metrics(predictor.embed_images, scoring.data.splits["train"], rows,
+                          scoring.pipeline.task.embedding_settings, x)[0]
+    if scoring.reference is not None:
+        metrics.update(fidelity(scoring.reference, x))
+    return metrics, x
+
+
+def served_scores(answers, predictor, scoring) -> dict:
+    """kNN accuracy of the HTTP embeddings of the test images against the in-process embeddings of the
+    training images (a request that got no answer: wrong by construction)."""
+    from lifecycle.workloads.images.embedder import knn_metrics
+
+    return knn_metrics(predictor.embed_images, scoring.data.splits["train"], scoring.rows,
+                       scoring.pipeline.task.embedding_settings, answers)[0]
+
+
+TASK = Task(
+    name="image-embedding", inputs=IMAGES, answers=VECTOR, scores=("knn_accuracy",), fidelity=FIDELITY_METRICS,
+    artifacts=Artifacts(
+        ("encoder", "masked-lm"), "onnx-encoder", finetunes_into="encoder",
+        export_hint=("an image-embedding export reads an image encoder: a finetune or distill stage under this task, "
+                     "or a pretrain stage with `objective: masked-image`"),
+        trained_by=("finetune (contrastive on augmented views, full or LoRA), distill (a shallower student matching "
+                    "the teacher's embeddings), or pretrain with `objective: masked-image`")),
+    edge=Edge("embed_images", "/embed_image"), torch_model=torch_model, reference=reference, score=score,
+    served_scores=served_scores,
+    settings=Settings("embedding", settings_problem))  # scored as text embeddings are: `task.embedding` (k, limit)

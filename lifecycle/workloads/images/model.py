@@ -214,8 +214,8 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
                "image_size": model.config.image_size, "patch_size": model.config.patch_size,
                "augment": data.spec.augment.model_dump()}
 
-    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.test_metrics(predict(model, test), data.target("test")),
-               **{f"val_{k}": v for k, v in task.evaluate(predict(model, val), data.target("validation")).items()},
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.train.test_metrics(predict(model, test), data.target("test")),
+               **{f"val_{k}": v for k, v in task.train.evaluate(predict(model, val), data.target("validation")).items()},
                **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
                "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds,
                **lora, **latency(model, test)}
@@ -223,7 +223,7 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
         seed_everything(ctx.seed)
         scratch = ViTForImageClassification(model.config)
         fit(scratch, data, cfg.control.train or cfg.train, ctx.scratch_dir / "control", ctx.seed)
-        metrics.update({f"control_{k}": v for k, v in task.evaluate(predict(scratch, test), data.target("test")).items()})
+        metrics.update({f"control_{k}": v for k, v in task.train.evaluate(predict(scratch, test), data.target("test")).items()})
         metrics["pretraining_gain"] = metrics["accuracy"] - metrics["control_accuracy"]
     metrics.update(svm_baseline(data, ctx.seed))
     return metrics, details
@@ -280,9 +280,9 @@ def distill(cfg, parent, ctx) -> tuple[dict, dict]:
     save(student, data.preprocessing, ctx.out_dir)
 
     test, val = data.pixel_values("test"), data.pixel_values("validation")
-    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.test_metrics(predict(student, test), data.target("test")),
-               **{f"val_{k}": v for k, v in task.evaluate(predict(student, val), data.target("validation")).items()}}
-    teacher_scores = task.evaluate(predict(teacher, test), data.target("test"))
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.train.test_metrics(predict(student, test), data.target("test")),
+               **{f"val_{k}": v for k, v in task.train.evaluate(predict(student, val), data.target("validation")).items()}}
+    teacher_scores = task.train.evaluate(predict(teacher, test), data.target("test"))
     metrics.update({f"teacher_{k}": v for k, v in teacher_scores.items()},
                    retention=metrics["accuracy"] / teacher_scores["accuracy"] if teacher_scores["accuracy"] else float("nan"),
                    **student_costs(teacher, student, {"pixel_values": torch.as_tensor(test[:1])}, cfg, ctx.out_dir,

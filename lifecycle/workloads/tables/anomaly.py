@@ -13,78 +13,68 @@ from __future__ import annotations
 from pathlib import Path
 
 from lifecycle.evaluation.tables import TABLE_ANOMALY
-from lifecycle.workloads.tables.task import TableTask
+from lifecycle.tasks import Artifacts, Edge, Task
+from lifecycle.workloads.tables import task as table
 
 
-class TabularAnomaly(TableTask):
-    name = "tabular-anomaly"
-    inputs_kind, answers_kind = "rows", "score"
-    export_reads = ("masked-lm",)
-    export_hint = "an anomaly scorer is a masked-feature model: pretrain with `objective: masked-feature` before export"
-    trained_by = "pretrain with `objective: masked-feature`"
-    onnx_holds = "onnx-anomaly-scorer"
-    output = "anomaly_score"
-    edge_method = "score_rows"
-    route = "/score"
-    scores = TABLE_ANOMALY
-    fidelity = ("anomaly_score_max_abs_diff",)
-    comparisons = (*(f"{who}_{m}" for who in ("control", "baseline_iforest", "baseline_gbdt") for m in TABLE_ANOMALY),
-                   "pretraining_gain")
+def torch_model(src: Path):
+    from lifecycle.workloads.tables.masked_features import AnomalyScorer, MaskedFeatureModel
 
-    def torch_model(self, src: Path):
-        from lifecycle.workloads.tables.masked_features import AnomalyScorer, MaskedFeatureModel
-
-        return AnomalyScorer(MaskedFeatureModel.from_pretrained(src)).eval()
-
-    def width(self, model) -> int:
-        return 1
-
-    @staticmethod
-    def anomalous(train) -> str:
-        """The target value that marks an anomaly: the rarest class of the task's training split."""
-        return str(train[train.columns[-1]].value_counts().idxmin())
-
-    def is_anomaly(self, rows, anomalous: str):
-        import numpy as np
-
-        return np.array([str(v) == anomalous for v in self.target_values(rows)])
-
-    def compare(self, model, preprocessor, ctx) -> dict:
-        """On test, beside the model: the same scorer untrained (control_: what pre-training learnt;
-        pretraining_gain in AUROC), IsolationForest and supervised trees (lifecycle.evaluation.tables)."""
-        import torch
-
-        from lifecycle.evaluation.tables import anomaly_baselines, anomaly_scores
-        from lifecycle.workloads.tables.masked_features import AnomalyScorer
-
-        table = ctx.task_data()
-        anomalous = self.anomalous(table.splits["train"])
-        is_anomaly = {split: self.is_anomaly(table.splits[split], anomalous) for split in ("train", "test")}
-        torch.manual_seed(ctx.seed)
-        untrained = AnomalyScorer(type(model.model)(model.config)).eval()
-        test = self.inputs(table.splits["test"])
-        trained, control = (anomaly_scores(self.reference(m, preprocessor, test, ctx.pipeline.task.max_length),
-                                           is_anomaly["test"]) for m in (model, untrained))
-        metrics = {f"control_{k}": v for k, v in control.items()}
-        metrics["pretraining_gain"] = trained["auroc"] - control["auroc"]
-        metrics.update(anomaly_baselines(table, is_anomaly, ctx.seed))
-        return metrics
-
-    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
-        from lifecycle import data
-        from lifecycle.components.onnx import max_abs_diff
-        from lifecycle.evaluation.tables import anomaly_scores
-
-        train = data.load(pipeline.data[pipeline.task.data], pipeline).splits["train"]
-        outputs = predictor.logits(self.inputs(rows))
-        metrics = anomaly_scores(outputs, self.is_anomaly(rows, self.anomalous(train)))
-        if reference is not None:
-            metrics["anomaly_score_max_abs_diff"] = max_abs_diff(outputs, reference)
-        return metrics, outputs
-
-    def answers_agree(self, http, local, tolerance):
-        diff = abs(float(http["anomaly_score"]) - float(local["anomaly_score"]))
-        return diff <= tolerance, diff
+    return AnomalyScorer(MaskedFeatureModel.from_pretrained(src)).eval()
 
 
-TASK = TabularAnomaly()
+def anomalous(train) -> str:
+    """The target value that marks an anomaly: the rarest class of the task's training split."""
+    return str(train[train.columns[-1]].value_counts().idxmin())
+
+
+def is_anomaly(rows, marker: str):
+    import numpy as np
+
+    return np.array([str(v) == marker for v in table.target_values(rows)])
+
+
+def compare(model, preprocessor, ctx) -> dict:
+    """On test, beside the model: the same scorer untrained (control_: what pre-training learnt;
+    pretraining_gain in AUROC), IsolationForest and supervised trees (lifecycle.evaluation.tables)."""
+    import torch
+
+    from lifecycle.evaluation.tables import anomaly_baselines, anomaly_scores
+    from lifecycle.workloads.tables.masked_features import AnomalyScorer
+
+    data = ctx.task_data()
+    marker = anomalous(data.splits["train"])
+    flags = {split: is_anomaly(data.splits[split], marker) for split in ("train", "test")}
+    torch.manual_seed(ctx.seed)
+    untrained = AnomalyScorer(type(model.model)(model.config)).eval()
+    test = table.ROWS(data.splits["test"])
+    trained, control = (anomaly_scores(table.reference(m, preprocessor, test),
+                                       flags["test"]) for m in (model, untrained))
+    metrics = {f"control_{k}": v for k, v in control.items()}
+    metrics["pretraining_gain"] = trained["auroc"] - control["auroc"]
+    metrics.update(anomaly_baselines(data, flags, ctx.seed))
+    return metrics
+
+
+def score(predictor, scoring):
+    """AUROC and average precision against the anomalies the loaded training split marks (nothing is read again)."""
+    from lifecycle.components.onnx import max_abs_diff
+    from lifecycle.evaluation.tables import anomaly_scores
+
+    rows = scoring.rows
+    outputs = predictor.logits(table.ROWS(rows))
+    metrics = anomaly_scores(outputs, is_anomaly(rows, anomalous(scoring.data.splits["train"])))
+    if scoring.reference is not None:
+        metrics["anomaly_score_max_abs_diff"] = max_abs_diff(outputs, scoring.reference)
+    return metrics, outputs
+
+
+TASK = Task(
+    name="tabular-anomaly", inputs=table.ROWS, answers=table.SCORE, scores=TABLE_ANOMALY,
+    fidelity=("anomaly_score_max_abs_diff",),
+    artifacts=Artifacts(("masked-lm",), "onnx-anomaly-scorer", trained_by="pretrain with `objective: masked-feature`",
+                        export_hint=("an anomaly scorer is a masked-feature model: pretrain with "
+                                     "`objective: masked-feature` before export")),
+    edge=Edge("score_rows", "/score"), torch_model=torch_model, reference=table.reference, score=score,
+    compare=compare, comparisons=(*(f"{who}_{m}" for who in ("control", "baseline_iforest", "baseline_gbdt")
+                                    for m in TABLE_ANOMALY), "pretraining_gain"))

@@ -11,48 +11,40 @@ trains it with `train_table` (the from-scratch model is built from the data's sc
 from __future__ import annotations
 
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
-from lifecycle.tasks.base import ClassAnswers
-from lifecycle.workloads.tables.task import TableTask
+from lifecycle.tasks import LABELS, Artifacts, Edge, Task, Training
+from lifecycle.tasks.kinds import class_answer_scores, class_scores
+from lifecycle.workloads.tables import task as table
 
 
-class TabularClassification(ClassAnswers, TableTask):
-    name = "tabular-classification"
-    inputs_kind, answers_kind = "rows", "labels"
-    export_reads = ("classifier",)
-    export_hint = "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)"
-    onnx_holds = "onnx-classifier"
-    output = "logits"
-    edge_method = "predict_rows"
-    route = "/predict"
-    scores = TABLE_CLASSIFICATION
-    fidelity = ("argmax_agreement", "logit_max_abs_diff")
-    argmax_parity = True
-
-    def head(self, data) -> dict:
-        id2label = dict(enumerate(data.labels))
-        return {"num_labels": len(data.labels), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
-
-    def evaluate(self, outputs, targets) -> dict:
-        from lifecycle.evaluation.tables import classification_scores
-
-        return classification_scores(outputs, targets)
-
-    def test_metrics(self, outputs, targets) -> dict:
-        from lifecycle.components.classification import collapse_metrics
-
-        return {**self.evaluate(outputs, targets), **collapse_metrics(outputs, targets, outputs.shape[1])}
-
-    def baseline(self, data, seed: int) -> dict:
-        from lifecycle.evaluation.tables import gradient_boosting
-
-        return gradient_boosting(data, seed)
-
-    def prediction_details(self, predictor, rows, outputs) -> dict:
-        return {"test_predictions": [int(i) for i in outputs.argmax(-1)],
-                **super().prediction_details(predictor, rows, outputs)}
-
-    def split_labels(self, split) -> list:  # scores, targets and served answers: ClassAnswers
-        return self.target_values(split)
+def head(data) -> dict:
+    id2label = dict(enumerate(data.labels))
+    return {"num_labels": len(data.labels), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
 
 
-TASK = TabularClassification()
+def evaluate(outputs, targets) -> dict:
+    from lifecycle.evaluation.tables import classification_scores
+
+    return classification_scores(outputs, targets)
+
+
+def test_metrics(outputs, targets) -> dict:
+    from lifecycle.components.classification import collapse_metrics
+
+    return {**evaluate(outputs, targets), **collapse_metrics(outputs, targets, outputs.shape[1])}
+
+
+def baseline(data, seed: int) -> dict:
+    from lifecycle.evaluation.tables import gradient_boosting
+
+    return gradient_boosting(data, seed)
+
+
+TASK = Task(
+    name="tabular-classification", inputs=table.ROWS, answers=LABELS, scores=TABLE_CLASSIFICATION,
+    fidelity=("argmax_agreement", "logit_max_abs_diff"),
+    artifacts=Artifacts(("classifier",), "onnx-classifier", export_hint=(
+        "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)")),
+    edge=Edge("predict_rows", "/predict"), torch_model=table.torch_model, reference=table.reference,
+    score=class_scores(evaluate, table.target_values, table.ROWS),
+    served_scores=class_answer_scores(evaluate, table.target_values),
+    train=Training(evaluate, test_metrics, head, baseline))

@@ -88,9 +88,9 @@ def distill(cfg, parent, ctx) -> tuple[dict, dict]:
     (ctx.out_dir / PREPROCESSING).write_text(json.dumps(data.preprocessing, indent=2))
 
     test, val = data.features("test")[0], data.features("validation")[0]
-    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.test_metrics(predict(student, test), data.target("test")),
-               **{f"val_{k}": v for k, v in task.evaluate(predict(student, val), data.target("validation")).items()}}
-    teacher_scores = task.evaluate(predict(teacher, test), data.target("test"))
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.train.test_metrics(predict(student, test), data.target("test")),
+               **{f"val_{k}": v for k, v in task.train.evaluate(predict(student, val), data.target("validation")).items()}}
+    teacher_scores = task.train.evaluate(predict(teacher, test), data.target("test"))
     headline = task.scores[0]
     metrics.update({f"teacher_{k}": v for k, v in teacher_scores.items()},
                    retention=metrics[headline] / teacher_scores[headline] if teacher_scores[headline] else float("nan"),

@@ -213,7 +213,7 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
                                  "`preset` or a masked-feature pretrain stage")
         data = data.read_through(json.loads((start / PREPROCESSING).read_text()), start)
     seed_everything(ctx.seed)
-    model = build(data, task.head(data), source, None if parent is None else parent.path)
+    model = build(data, task.train.head(data), source, None if parent is None else parent.path)
     if cfg.lora:  # the feature tokenizer stays: it is the table's vocabulary, as a text model's embeddings are
         model = attention_lora(model, cfg.lora, head="head")
     counts = models.count_parameters(model)
@@ -230,17 +230,17 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
                "data_stats": data.stats}
 
     test, val = data.features("test")[0], data.features("validation")[0]
-    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.test_metrics(predict(model, test), data.target("test")),
-               **{f"val_{k}": v for k, v in task.evaluate(predict(model, val), data.target("validation")).items()},
+    metrics = {"data_wait_fraction": measured.data_wait_fraction, **task.train.test_metrics(predict(model, test), data.target("test")),
+               **{f"val_{k}": v for k, v in task.train.evaluate(predict(model, val), data.target("validation")).items()},
                **counts, "trainable_fraction": counts["params_trainable"] / counts["params_total"],
                "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"), "train_seconds": train_seconds, **lora}
     if cfg.control is not None:  # the same architecture from random init, same data, budget and seed
         seed_everything(ctx.seed)
         scratch = TableTransformer(model.config)
         fit(scratch, data, cfg.control.train or cfg.train, ctx.scratch_dir / "control", ctx.seed)
-        control = task.evaluate(predict(scratch, test), data.target("test"))
+        control = task.train.evaluate(predict(scratch, test), data.target("test"))
         metrics.update({f"control_{k}": v for k, v in control.items()})
         headline = task.scores[0]  # higher is better for every table task's headline (accuracy, r2)
         metrics["pretraining_gain"] = metrics[headline] - metrics[f"control_{headline}"]
-    metrics.update(task.baseline(data, ctx.seed))
+    metrics.update(task.train.baseline(data, ctx.seed))
     return metrics, details

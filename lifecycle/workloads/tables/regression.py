@@ -11,61 +11,53 @@ shrinks the model by squared error to the teacher's predictions (lifecycle.workl
 from __future__ import annotations
 
 from lifecycle.evaluation.tables import TABLE_REGRESSION
-from lifecycle.workloads.tables.task import TableTask
+from lifecycle.tasks import Artifacts, Edge, Task, Training
+from lifecycle.workloads.tables import task as table
 
 
-class TabularRegression(TableTask):
-    name = "tabular-regression"
-    inputs_kind, answers_kind = "rows", "value"
-    export_reads = ("regressor",)
-    export_hint = "export writes a regressor's predictions: fine-tune the model first (a finetune stage between them)"
-    onnx_holds = "onnx-regressor"
-    output = "prediction"
-    edge_method = "regress_rows"
-    route = "/regress"
-    scores = TABLE_REGRESSION
-    fidelity = ("prediction_max_abs_diff",)
-    finetunes_into = "regressor"
+def head(data) -> dict:
+    import numpy as np
 
-    def head(self, data) -> dict:
-        import numpy as np
-
-        y = data.target("train").astype(np.float64)
-        return {"num_labels": 1, "target_scale": [float(y.mean()), float(y.std()) or 1.0]}
-
-    def evaluate(self, outputs, targets) -> dict:
-        from lifecycle.evaluation.tables import regression_scores
-
-        return regression_scores(outputs, targets)
-
-    def baseline(self, data, seed: int) -> dict:
-        from lifecycle.evaluation.tables import gradient_boosting_regression
-
-        return gradient_boosting_regression(data, seed)
-
-    def width(self, model) -> int:
-        return 1
-
-    def targets(self, split):
-        import numpy as np
-
-        return np.asarray(self.target_values(split), dtype=np.float64)
-
-    def score(self, predictor, rows, pipeline, split, reference=None, out_dir=None):
-        from lifecycle.components.onnx import max_abs_diff
-
-        outputs = predictor.logits(self.inputs(rows))
-        metrics = self.evaluate(outputs, self.targets(rows))
-        if reference is not None:
-            metrics["prediction_max_abs_diff"] = max_abs_diff(outputs, reference)
-        return metrics, outputs
-
-    def answer_scores(self, answers, rows, predictor) -> dict:
-        return self.evaluate([a["value"] if a else float("nan") for a in answers], self.targets(rows))
-
-    def answers_agree(self, http, local, tolerance):
-        diff = abs(float(http["value"]) - float(local["value"]))
-        return diff <= tolerance, diff
+    y = data.target("train").astype(np.float64)
+    return {"num_labels": 1, "target_scale": [float(y.mean()), float(y.std()) or 1.0]}
 
 
-TASK = TabularRegression()
+def evaluate(outputs, targets) -> dict:
+    from lifecycle.evaluation.tables import regression_scores
+
+    return regression_scores(outputs, targets)
+
+
+def baseline(data, seed: int) -> dict:
+    from lifecycle.evaluation.tables import gradient_boosting_regression
+
+    return gradient_boosting_regression(data, seed)
+
+
+def targets(split):
+    import numpy as np
+
+    return np.asarray(table.target_values(split), dtype=np.float64)
+
+
+def score(predictor, scoring):
+    from lifecycle.components.onnx import max_abs_diff
+
+    outputs = predictor.logits(table.ROWS(scoring.rows))
+    metrics = evaluate(outputs, targets(scoring.rows))
+    if scoring.reference is not None:
+        metrics["prediction_max_abs_diff"] = max_abs_diff(outputs, scoring.reference)
+    return metrics, outputs
+
+
+def served_scores(answers, predictor, scoring) -> dict:
+    return evaluate([a["value"] if a else float("nan") for a in answers], targets(scoring.rows))
+
+
+TASK = Task(
+    name="tabular-regression", inputs=table.ROWS, answers=table.VALUE, scores=TABLE_REGRESSION,
+    fidelity=("prediction_max_abs_diff",),
+    artifacts=Artifacts(("regressor",), "onnx-regressor", finetunes_into="regressor", export_hint=(
+        "export writes a regressor's predictions: fine-tune the model first (a finetune stage between them)")),
+    edge=Edge("regress_rows", "/regress"), torch_model=table.torch_model, reference=table.reference, score=score,
+    served_scores=served_scores, train=Training(evaluate, evaluate, head, baseline))

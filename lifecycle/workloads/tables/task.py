@@ -1,87 +1,82 @@
-"""What every table task declares alike (tabular_classification, tabular_regression subclass it): rows of a
-table source in, lifecycle.edge.TablePreprocessing (preprocessing.json beside the graph) between the raw
-row and the graph's inputs `numeric`, `numeric_missing`, `categorical`, the feature-tokenizer transformer
-of lifecycle.workloads.tables.model, and its finetune recipe. A subclass adds what its answers are: the head
-(`head`), the scores (`evaluate`, `test_metrics`), the gradient-boosting baseline, and how the edge
-runtime and the service answer."""
+"""Rows, the inputs kind of every table task: rows of a table source in, lifecycle.edge.TablePreprocessing
+(preprocessing.json beside the graph) between the raw row and the graph's inputs `numeric`,
+`numeric_missing`, `categorical`, and the feature-tokenizer transformer of lifecycle.workloads.tables.model.
+Also the value and score answers kinds (regression, anomaly)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from lifecycle.tasks.base import SAMPLE_PREDICTIONS, TaskPlugin
+from lifecycle.tasks import Answers, Inputs
 
 INPUT_DTYPES = {"numeric": "float32", "numeric_missing": "float32", "categorical": "int64"}
 
 
-class TableTask(TaskPlugin):
-    reads = "table"
-    graph_fusions = False  # onnxruntime's BERT fusions look for input_ids and a mask; a table graph has neither
-    request_key = "rows"  # {"rows": [{column: value, ...}, ...]}
+def rows(split) -> list[dict]:
+    """Rows as a service receives them: column -> value, None for a missing one (the feature columns:
+    lifecycle.data.tables puts the target last)."""
+    return [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
+            for row in split.iloc[:, :-1].to_dict("records")]
 
-    def head(self, data) -> dict:
-        """Config fields of the model's head for `data` (num_labels and what the answers need)."""
-        raise NotImplementedError
 
-    def evaluate(self, outputs, targets) -> dict:
-        """The task's `scores` of model outputs against a split's targets (TableData.target)."""
-        raise NotImplementedError
+def target_values(split) -> list:
+    return split[split.columns[-1]].tolist()
 
-    def test_metrics(self, outputs, targets) -> dict:
-        """What the finetune stage reports on test: the scores, and whatever the task adds."""
-        return self.evaluate(outputs, targets)
 
-    def baseline(self, data, seed: int) -> dict:
-        """baseline_gbdt_<score>: gradient-boosted trees on the same split."""
-        raise NotImplementedError
+def torch_model(src: Path):
+    from lifecycle.workloads.tables.model import TableTransformer
 
-    # --------------------------------------------------------------------------------- the graph
-    def torch_model(self, src: Path):
-        from lifecycle.workloads.tables.model import TableTransformer
+    return TableTransformer.from_pretrained(src).eval()
 
-        return TableTransformer.from_pretrained(src).eval()
 
-    def preprocessor(self, src: Path, task):
-        from lifecycle.edge import PREPROCESSING, TablePreprocessing
+def reference(model, preprocessing, items, task=None, batch_size=64):
+    from lifecycle.workloads.tables.model import predict
 
-        return TablePreprocessing.load(src / PREPROCESSING)
+    return predict(model, preprocessing.transform_rows(items)[0], batch_size)
 
-    def inputs(self, split) -> list[dict]:
-        """Rows as a service receives them: column -> value, None for a missing one (the feature
-        columns: lifecycle.data.tables puts the target last)."""
-        return [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
-                for row in split.iloc[:, :-1].to_dict("records")]
 
-    @staticmethod
-    def target_values(split) -> list:
-        return split[split.columns[-1]].tolist()
+def preprocessor(src: Path, task):
+    from lifecycle.edge import PREPROCESSING, TablePreprocessing
 
-    def reference(self, model, tokenizer, texts, max_length, batch_size=64):
-        from lifecycle.workloads.tables.model import predict
+    return TablePreprocessing.load(src / PREPROCESSING)
 
-        return predict(model, tokenizer.transform_rows(texts)[0], batch_size)
 
-    def export_graph(self, model, preprocessor, path, opset):
-        from lifecycle.workloads.tables.model import export_onnx
+def export_graph(declared, model, preprocessor, path, opset):
+    from lifecycle.workloads.tables.model import export_onnx
 
-        sample = preprocessor.transform_rows([{c: None for c in preprocessor.columns}] * 2)[0]  # all missing
-        export_onnx(model, sample, path, opset, output=self.output)
+    sample = preprocessor.transform_rows([{c: None for c in preprocessor.columns}] * 2)[0]  # all missing
+    export_onnx(model, sample, path, opset, output=declared.answers.output)
 
-    def write_runtime_files(self, out, src, preprocessor, task, input_names, model):
-        import shutil
 
-        from lifecycle.edge import PREPROCESSING
+def write_runtime_files(declared, out, src, preprocessor, task, input_names, model):
+    import shutil
 
-        shutil.copy2(src / PREPROCESSING, out / PREPROCESSING)
-        (out / "labels.json").write_text(json.dumps(self.labels(model)))
-        schema = {"inputs": {n: {"dtype": INPUT_DTYPES[n], "shape": ["batch", "features"]} for n in input_names},
-                  "preprocessor": PREPROCESSING, "columns": preprocessor.columns, **self.graph_schema(model)}
-        (out / "schema.json").write_text(json.dumps(schema, indent=2))
+    from lifecycle.edge import PREPROCESSING
 
-    # ----------------------------------------------------------------------------------- samples
-    def sample_predictions(self, predictor, texts):
-        return [{"row": r, "answer": a} for r, a in zip(texts, predictor.answers(texts))]
+    shutil.copy2(src / PREPROCESSING, out / PREPROCESSING)
+    (out / "labels.json").write_text(json.dumps(declared.labels(model)))
+    schema = {"inputs": {n: {"dtype": INPUT_DTYPES[n], "shape": ["batch", "features"]} for n in input_names},
+              "preprocessor": PREPROCESSING, "columns": preprocessor.columns, **declared.graph_schema(model)}
+    (out / "schema.json").write_text(json.dumps(schema, indent=2))
 
-    def prediction_details(self, predictor, rows, outputs) -> dict:
-        return {"sample_predictions": self.sample_predictions(predictor, self.inputs(rows)[:SAMPLE_PREDICTIONS])}
+
+# {"rows": [{column: value, ...}, ...]}; onnxruntime's BERT fusions look for input_ids and a mask, which a
+# table graph has not
+ROWS = Inputs(kind="rows", reads="table", request_key="rows", read=rows, preprocessor=preprocessor,
+              export_graph=export_graph, write_runtime_files=write_runtime_files, sample=lambda x: {"row": x})
+
+
+def number_agrees(key: str):
+    """Two answers {key: number} agree within the tolerance."""
+
+    def agree(http, local, tolerance):
+        diff = abs(float(http[key]) - float(local[key]))
+        return diff <= tolerance, diff
+
+    return agree
+
+
+VALUE = Answers(kind="value", output="prediction", width=lambda model: 1, agree=number_agrees("value"))
+SCORE = Answers(kind="score", output="anomaly_score", width=lambda model: 1, agree=number_agrees("anomaly_score"))
+
