@@ -209,7 +209,8 @@ class Task:
         shape = ["batch", "sequence", self.width(model)] if self.answers.sequence else ["batch", self.width(model)]
         return {"outputs": {self.answers.output: {"dtype": "float32", "shape": shape}},
                 "task": self.name, "inputs_kind": self.inputs.kind, "answers_kind": self.answers.kind,
-                "method": self.edge.method, "route": self.edge.route, **self.answers.schema(model)}
+                "request_key": self.inputs.request_key, "method": self.edge.method, "route": self.edge.route,
+                **self.answers.schema(model)}
 
     # ------------------------------------------------------------- samples and answers
     def wire(self, items: list) -> list:

@@ -8,7 +8,7 @@ from lifecycle.components.classification import COLLAPSE_METRICS
 from lifecycle.components.training import TRAINING_METRICS
 from lifecycle.embedding import IMAGE_EMBEDDING_DISTILL, IMAGE_EMBEDDING_TRAINING
 from lifecycle.evaluation.images import IMAGE_CONTRASTIVE_METRICS, MASKED_IMAGE_METRICS
-from lifecycle.evaluation.latency import LATENCY_SETTINGS, TORCH_LATENCY
+from lifecycle.evaluation.latency import LATENCY_SETTINGS, TORCH_LATENCY, latency_metrics
 from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
 from lifecycle.tasks.base import own_distill_problem, own_recipe_problem
 from lifecycle.workloads import Recipe
@@ -17,7 +17,7 @@ from lifecycle.workloads.images import classification, embedding
 TASKS = (classification.TASK, embedding.TASK)
 
 SCORES = TABLE_CLASSIFICATION
-TIMED = (*TORCH_LATENCY, "torch_latency_b32_p50_ms")  # batch 1 and batch 32
+TIMED = (*TORCH_LATENCY, *latency_metrics("torch", "b32_"))  # batch 1 and batch 32
 MEASURED = (*TIMED, *LATENCY_SETTINGS)
 FINETUNE = frozenset({*SCORES, *(f"val_{m}" for m in SCORES), *(f"baseline_svm_{m}" for m in SCORES),
                       *(f"control_{m}" for m in SCORES), "pretraining_gain", *TRAINING_METRICS, *MEASURED,
@@ -45,7 +45,7 @@ def embedder_distill_refuses(cfg) -> str | None:
 CONTRASTIVE = "lifecycle.workloads.images.contrastive"
 RECIPES = (
     Recipe("pretrain", "images", "masked-image", "lifecycle.workloads.images.masked:pretrain",
-           frozenset(MASKED_IMAGE_METRICS), "SimMIM: reconstruct masked patches; a linear probe before and after"),
+           frozenset({*MASKED_IMAGE_METRICS, "data_wait_fraction"}), "SimMIM: reconstruct masked patches; a linear probe before and after"),
     Recipe("pretrain", "images", "contrastive", f"{CONTRASTIVE}:pretrain", frozenset(IMAGE_CONTRASTIVE_METRICS),
            "SimCLR on two augmented views; a linear probe before and after"),
     Recipe("adapt", "images", "contrastive", f"{CONTRASTIVE}:adapt", frozenset(IMAGE_CONTRASTIVE_METRICS),

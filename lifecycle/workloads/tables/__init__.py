@@ -48,9 +48,9 @@ FINETUNE = "lifecycle.workloads.tables.model:finetune"
 DISTILL = "lifecycle.workloads.tables.distillation:distill"
 RECIPES = (
     Recipe("pretrain", "rows", "masked-feature", "lifecycle.workloads.tables.masked_features:pretrain",
-           frozenset(MASKED_FEATURE_METRICS), "masked-feature modelling: reconstruct masked cells; a linear probe"),
+           frozenset({*MASKED_FEATURE_METRICS, "data_wait_fraction"}), "masked-feature modelling: reconstruct masked cells; a linear probe"),
     Recipe("pretrain", "rows", "contrastive", "lifecycle.workloads.tables.contrastive:pretrain",
-           frozenset(SCARF_METRICS), "SCARF: rows against their corrupted copies (InfoNCE); a linear probe"),
+           frozenset({*SCARF_METRICS, "data_wait_fraction"}), "SCARF: rows against their corrupted copies (InfoNCE); a linear probe"),
     Recipe("finetune", "rows", "labels", FINETUNE, finetune_metrics(TABLE_CLASSIFICATION),
            "a table classifier, full or LoRA; control and gradient-boosting baseline",
            refuses=refuses("tabular-classification", False, "finetune")),
