@@ -114,6 +114,7 @@ class Pipeline(Strict):
         key = self._recipe_key(stage, consumed)
         if key is None:
             return None
+        sources = {field: self.data[name] for field, (name, _) in stage.data_refs().items()}
         recipe = workloads.recipe(stage.kind, *key)
         if recipe is None:
             inputs, wanted = key
@@ -121,7 +122,7 @@ class Pipeline(Strict):
             offer = f"for {inputs}: {one_of(have)}" if have else f"none reads {inputs}"
             raise ValueError(f"{where}: '{stage.kind}' has no recipe for {inputs} with {wanted} ({offer}; "
                              "`lifecycle recipes` lists them)")
-        if recipe.refuses and (problem := recipe.refuses(stage)):
+        if recipe.refuses and (problem := recipe.refuses(stage, sources)):
             raise ValueError(f"{where}.{problem}")
         return recipe
 

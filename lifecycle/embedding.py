@@ -319,26 +319,3 @@ class Contrastive(Strict):
         if (self.mode == "supervised") != (self.pairs is not None):
             raise ValueError("pairs: supervised mode trains on `pairs` (and only it uses them)")
         return self
-
-
-# `contrastive:` settings SimCLR on an image source (lifecycle.workloads.images.contrastive) has no use for
-IMAGE_REFUSED = ("mode", "max_length", "pairs", "validation", "eval_texts", "pooling", "corruption")
-
-
-def image_problem(stage, refused: tuple[str, ...], source) -> str | None:
-    """"field: why" when a pretrain / adapt `stage` runs `objective: contrastive` on the image `source`
-    with a setting of `refused` (its own text-only fields) or of IMAGE_REFUSED given, or on a source
-    without augmentation; else None. Refused rather than ignored: token, pair and text-probe settings
-    mean nothing to SimCLR on images, whose probe reads the image source's own labels."""
-    if source.reads != "image" or stage.objective != "contrastive":
-        return None
-    given = next((f for f in refused if f in stage.model_fields_set), None) or next(
-        (f"contrastive.{f}" for f in IMAGE_REFUSED if stage.contrastive and f in stage.contrastive.model_fields_set),
-        None)
-    if given:
-        return (f"{given}: does not apply to images; `objective: contrastive` on an image source takes "
-                "`contrastive.temperature` (and `train`)")
-    if source.image is None or source.image.augment.off:
-        return (f"data: '{stage.data}' has no augmentation, so both views of an image would be the same pixels; "
-                "set its `image.augment` (e.g. {translate: 1, crop_scale: [0.85, 1.0]} for small digits)")
-    return None

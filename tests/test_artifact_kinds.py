@@ -47,7 +47,8 @@ IMPOSSIBLE = {
                          r".*put a finetune stage before it"),
     "serve after an embedding export": (
         [CONTRASTIVE, {"kind": "export"}, {"kind": "serve"}], EMBED,
-        r"task\.type: stage 'serve' \(stages\[2\], serve\) works for classification, tabular-classification, image-classification, image-embedding or generation tasks, "
+        r"task\.type: stage 'serve' \(stages\[2\], serve\) works for classification, generation, tabular-classification, "
+        r"tabular-regression, image-classification or image-embedding tasks, "
         r"not embedding; "
         r".*POST /embed"),
     "quantize reads an hf model": ([{"kind": "finetune", "model": BERT}, {"kind": "quantize"}], CLASSIFY,

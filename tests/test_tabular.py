@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from lifecycle import ConfigError, config, data, pipeline, serving
 from lifecycle.edge import Predictor, RowError, TablePreprocessing
@@ -326,8 +327,6 @@ def test_the_regression_pipeline_answers_in_the_targets_units(regression_run):
 
 
 def test_a_regression_finetune_must_drop_the_collapse_gate():
-    import yaml
-
     raw = yaml.safe_load((ROOT / "pipelines" / "tabular_regression.yaml").read_text())
     raw["stages"][1].pop("collapse_min")
     with pytest.raises(ConfigError, match=r"stages\[1\].collapse_min: a regression has no classes"):
@@ -335,6 +334,17 @@ def test_a_regression_finetune_must_drop_the_collapse_gate():
 
 
 @pytest.mark.slow  # a second and third shipped pipeline: the quickstart covers the path by default
+def test_the_serve_stage_scores_a_regressors_http_answers(regression_run):
+    """The serve stage takes any task whose answers it can score (here by R2 against the test targets)."""
+    raw = yaml.safe_load((ROOT / "pipelines" / "tabular_regression.yaml").read_text())
+    raw["stages"].append({"kind": "serve", "warmup_requests": 2})
+    outcomes = pipeline.run(config.build(raw, base_dir=ROOT / "pipelines"), workdir=regression_run.parent, echo=quiet)
+    assert [o.status for o in outcomes] == ["cached"] * 5 + ["passed"]  # only the new stage ran
+    served = metrics(regression_run, "serve")
+    assert served["r2"] == metrics(regression_run, "quantize")["r2"]  # the HTTP answers score as the model does
+    assert served["prediction_mismatches"] == 0 and served["error_count"] == 0
+
+
 def test_regress_answers_over_http(regression_run, tmp_path):
     settings = serving.ServingSettings(max_texts=4, max_concurrency=2, timeout_s=5.0)
     cfg = serving.write_config(serving.resolve(regression_run), settings, tmp_path / "serving.json")

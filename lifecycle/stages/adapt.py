@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 
 from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
-from lifecycle.embedding import Contrastive, image_problem
+from lifecycle.embedding import Contrastive
 from lifecycle.models import ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
 from lifecycle.workloads import SOURCE_INPUTS
@@ -96,10 +96,6 @@ class Config(StageBase):
     def data_refs(self) -> dict[str, tuple[str, bool]]:
         refs = {"data": (self.data, False), "general_data": (self.general_data, False)}
         return {**{k: v for k, v in refs.items() if v[0]}, **({"probe.data": (self.probe.data, True)} if self.probe else {})}
-
-    def source_problem(self, sources: dict) -> str | None:
-        return image_problem(self, ("block_size", "mlm_probability", "num_proc", "head_warmup_steps",
-                                    "head_warmup_lr"), sources["data"])
 
     def files(self) -> dict[str, str]:
         pairs = self.contrastive.pairs if self.contrastive else None

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
-from lifecycle.embedding import Contrastive, image_problem
+from lifecycle.embedding import Contrastive
 from lifecycle.models import PRESETS, ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
 from lifecycle.workloads import SOURCE_INPUTS
@@ -76,9 +76,6 @@ class Config(StageBase):
 
     def data_refs(self) -> dict[str, tuple[str, bool]]:
         return {"data": (self.data, False), **({"probe.data": (self.probe.data, True)} if self.probe else {})}
-
-    def source_problem(self, sources: dict) -> str | None:
-        return image_problem(self, ("block_size", "mlm_probability", "num_proc", "probe"), sources["data"])
 
     def files(self) -> dict[str, str]:
         pairs = self.contrastive.pairs if self.contrastive else None

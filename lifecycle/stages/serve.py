@@ -24,9 +24,9 @@ from lifecycle import workloads
 from lifecycle.schema import Gate, Holds, StageBase, TaskType
 from lifecycle.serving import ServingSettings
 
+# beside the task's own scores of the HTTP answers
 HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_ms", "requests_per_s",
-                "error_count", "http_accuracy", "accuracy", "f1_macro", "f1_micro", "auroc", "prediction_mismatches",
-                "score_max_abs_diff", "answered_fraction", "knn_accuracy")
+                "error_count", "http_accuracy", "prediction_mismatches", "score_max_abs_diff", "answered_fraction")
 
 
 class Config(StageBase):
@@ -54,7 +54,7 @@ class Config(StageBase):
                 f"`lifecycle serve RUN_DIR` (POST {workloads.task(task).edge.route}) instead")
 
     def metric_names(self, task: TaskType | None = None) -> set[str]:
-        return set(HTTP_METRICS)
+        return {*HTTP_METRICS, *(s for t in ([workloads.task(task)] if task else workloads.tasks()) for s in t.scores)}
 
     def adopt_task(self, task: TaskType | None) -> None:
         default = Gate(metric="accuracy", max_drop=0.0)

@@ -39,8 +39,9 @@ class Recipe:
     run: str  # "module:function", imported when the stage runs: run(cfg, parent, ctx) -> (metrics, details)
     metrics: frozenset[str]  # every metric it reports (a gate on another is refused at validate)
     summary: str = ""
-    # "field: why" for a setting of the stage that this recipe does not honour, else None
-    refuses: Callable[[Any], str | None] | None = field(default=None, compare=False)
+    # (the stage's config, its data sources by field) -> "field: why" for a setting or a source this recipe
+    # does not honour, else None
+    refuses: Callable[[Any, dict], str | None] | None = field(default=None, compare=False)
 
     def __call__(self, cfg, parent, ctx) -> tuple[dict, dict]:
         module, _, name = self.run.partition(":")

@@ -15,7 +15,7 @@ TASKS = (generation.TASK,)
 NO_CLASSES = "collapse_min: a generator has no classes to collapse onto; set `collapse_min: null`"
 
 
-def finetune_refuses(cfg) -> str | None:
+def finetune_refuses(cfg, sources) -> str | None:
     unsupported = {"multi_label": cfg.multi_label, "class_weights": cfg.class_weights,
                    "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit,
                    "control": cfg.control, "baseline": cfg.baseline or None,
@@ -30,7 +30,7 @@ def finetune_refuses(cfg) -> str | None:
     return None
 
 
-def distill_refuses(cfg) -> str | None:
+def distill_refuses(cfg, sources) -> str | None:
     unsupported = {"student.model": cfg.student.model, "hidden_weight": cfg.hidden_weight or None,
                    "early_stopping": cfg.early_stopping, "validation_limit": cfg.validation_limit}
     given = next((k for k, v in unsupported.items() if v is not None), None)

@@ -32,10 +32,32 @@ EMBEDDER_DISTILL = frozenset({*IMAGE_EMBEDDING_DISTILL, *(f"teacher_{m}" for m i
 
 
 def finetune_refuses(task: str, baseline: str):
-    return lambda cfg: own_recipe_problem(cfg, task, baseline, "an image model", lora=True)
+    return lambda cfg, sources: own_recipe_problem(cfg, task, baseline, "an image model", lora=True)
 
 
-def embedder_distill_refuses(cfg) -> str | None:
+# settings SimCLR on images has no use for: the stage's own text-only fields, and `contrastive:`'s but its temperature
+TEXT_ONLY = {"pretrain": ("block_size", "mlm_probability", "num_proc", "probe"),
+             "adapt": ("block_size", "mlm_probability", "num_proc", "head_warmup_steps", "head_warmup_lr")}
+CONTRASTIVE_TEXT_ONLY = ("mode", "max_length", "pairs", "validation", "eval_texts", "pooling", "corruption")
+
+
+def simclr_refuses(cfg, sources) -> str | None:
+    """Refused rather than ignored: token, pair and text-probe settings mean nothing to SimCLR on images, whose
+    probe reads the image source's own labels; and two views of an image need augmentation to differ."""
+    given = next((f for f in TEXT_ONLY[cfg.kind] if f in cfg.model_fields_set), None) or next(
+        (f"contrastive.{f}" for f in CONTRASTIVE_TEXT_ONLY if cfg.contrastive and f in cfg.contrastive.model_fields_set),
+        None)
+    if given:
+        return (f"{given}: does not apply to images; `objective: contrastive` on an image source takes "
+                "`contrastive.temperature` (and `train`)")
+    source = sources["data"]
+    if source.image is None or source.image.augment.off:
+        return (f"data: '{cfg.data}' has no augmentation, so both views of an image would be the same pixels; "
+                "set its `image.augment` (e.g. {translate: 1, crop_scale: [0.85, 1.0]} for small digits)")
+    return None
+
+
+def embedder_distill_refuses(cfg, sources) -> str | None:
     if "temperature" in cfg.model_fields_set:
         return ("temperature: softens a classifier's logits; an image embedder's student matches the teacher's "
                 "embeddings by cosine (`alpha` weighs that against the contrastive loss)")
@@ -43,13 +65,14 @@ def embedder_distill_refuses(cfg) -> str | None:
 
 
 CONTRASTIVE = "lifecycle.workloads.images.contrastive"
+SIMCLR = frozenset({*IMAGE_CONTRASTIVE_METRICS, "data_wait_fraction"})
 RECIPES = (
     Recipe("pretrain", "images", "masked-image", "lifecycle.workloads.images.masked:pretrain",
            frozenset({*MASKED_IMAGE_METRICS, "data_wait_fraction"}), "SimMIM: reconstruct masked patches; a linear probe before and after"),
-    Recipe("pretrain", "images", "contrastive", f"{CONTRASTIVE}:pretrain", frozenset(IMAGE_CONTRASTIVE_METRICS),
-           "SimCLR on two augmented views; a linear probe before and after"),
-    Recipe("adapt", "images", "contrastive", f"{CONTRASTIVE}:adapt", frozenset(IMAGE_CONTRASTIVE_METRICS),
-           "SimCLR continued from an image model"),
+    Recipe("pretrain", "images", "contrastive", f"{CONTRASTIVE}:pretrain", SIMCLR,
+           "SimCLR on two augmented views; a linear probe before and after", refuses=simclr_refuses),
+    Recipe("adapt", "images", "contrastive", f"{CONTRASTIVE}:adapt", SIMCLR,
+           "SimCLR continued from an image model", refuses=simclr_refuses),
     Recipe("finetune", "images", "labels", "lifecycle.workloads.images.model:finetune", FINETUNE,
            "an image classifier (ViT), full or LoRA; control and RBF-SVM baseline",
            refuses=finetune_refuses("image-classification", "RBF SVM")),
@@ -58,7 +81,7 @@ RECIPES = (
            refuses=finetune_refuses("image-embedding", "pixel kNN")),
     Recipe("distill", "images", "labels", "lifecycle.workloads.images.model:distill", DISTILL,
            "fewer ViT layers on the teacher's soft targets plus the labels",
-           refuses=lambda cfg: own_distill_problem(cfg, "image-classification")),
+           refuses=lambda cfg, sources: own_distill_problem(cfg, "image-classification")),
     Recipe("distill", "images", "vector", "lifecycle.workloads.images.embedder:distill", EMBEDDER_DISTILL,
            "fewer ViT layers matching the teacher's embeddings by cosine", refuses=embedder_distill_refuses),
 )

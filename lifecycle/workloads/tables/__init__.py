@@ -35,7 +35,7 @@ def distill_metrics(scores: tuple[str, ...]) -> frozenset[str]:
 
 
 def refuses(task: str, regression: bool, stage: str):
-    def problem(cfg) -> str | None:
+    def problem(cfg, sources) -> str | None:
         if regression and cfg.collapse_min is not None:  # the stage adds a collapse gate unless told not to
             return NO_CLASSES
         if stage == "distill":
