@@ -26,7 +26,8 @@ DISTILL = frozenset({*SCORES, *(f"val_{m}" for m in SCORES), *(f"teacher_{m}" fo
                      "retention", "speedup", "compression", "teacher_params_total", "teacher_size_mb",
                      *TRAINING_METRICS, *MEASURED, *COLLAPSE_METRICS})
 # the kNN votes' collapse metrics too (the stages' default collapse gate applies to an embedder)
-EMBEDDER_FINETUNE = frozenset({*IMAGE_EMBEDDING_TRAINING, *TRAINING_METRICS, *MEASURED, *COLLAPSE_METRICS})
+EMBEDDER_FINETUNE = frozenset({*IMAGE_EMBEDDING_TRAINING, "pretraining_gain", *TRAINING_METRICS, *MEASURED,
+                               *COLLAPSE_METRICS})
 EMBEDDER_DISTILL = frozenset({*IMAGE_EMBEDDING_DISTILL, *(f"teacher_{m}" for m in TIMED), "retention", "speedup", "compression",
                               "teacher_params_total", "teacher_size_mb", *TRAINING_METRICS, *MEASURED, *COLLAPSE_METRICS})
 
