@@ -39,11 +39,15 @@ def timing(metric: str) -> bool:
     return any(t in metric for t in TIMING) or metric.endswith("_s")
 
 
-def shrink(doc: dict, steps: int) -> list[str]:
+def shrink(doc: dict, steps: int, untimed: bool = False) -> list[str]:
     """`doc` made deterministic, every training budget `steps` steps and every gate a warning (a shrunk
-    budget fails accuracy gates, and a stop would leave the later stages unrun); what changed, as a list."""
+    budget fails accuracy gates, and a stop would leave the later stages unrun); with `untimed`, no choice
+    made by a timing either (exports keep the plain graph, quantize ladders pick by their gates, not by
+    speed). What changed, as a list."""
     doc["deterministic"] = True
     changes = ["deterministic: true", f"every train.max_steps: {steps}", "every gate on_fail: warn"]
+    if untimed:
+        changes.append("untimed: every export optimize: false, every quantize min_speedup: null")
     for stage in doc.get("stages", []):
         for block in (stage, stage.get("control") if isinstance(stage.get("control"), dict) else {}):
             if "train" in block:
@@ -54,12 +58,16 @@ def shrink(doc: dict, steps: int) -> list[str]:
             gate["on_fail"] = "warn"
         if stage["kind"] in ("finetune", "distill"):  # the collapse gate these stages add
             stage["collapse_on_fail"] = "warn"
+        if untimed and stage["kind"] == "export":
+            stage["optimize"] = False
+        if untimed and stage["kind"] == "quantize":
+            stage["min_speedup"] = None
     return changes
 
 
-def record_one(path: Path, steps: int, timeout: int) -> dict:
+def record_one(path: Path, steps: int, timeout: int, untimed: bool = False) -> dict:
     doc = yaml.safe_load(path.read_text())
-    changes = shrink(doc, steps)
+    changes = shrink(doc, steps, untimed)
     # beside the original, so its relative data paths still resolve
     shrunk = path.with_name(f".equivalence-{path.name}")
     shrunk.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -103,7 +111,7 @@ def record(args) -> None:
         if path.stem in done["pipelines"] and not args.again:
             continue
         print(f"{path.stem} ...", flush=True)
-        done["pipelines"][path.stem] = result = record_one(path, args.steps, args.timeout)
+        done["pipelines"][path.stem] = result = record_one(path, args.steps, args.timeout, args.untimed)
         print(f"  exit {result['exit_code']} in {result['seconds']} s; {len(result['stages'])} stages", flush=True)
         out.write_text(json.dumps(done, indent=1) + "\n")  # after each pipeline: nothing lost on a crash
 
@@ -147,6 +155,7 @@ def compare(args) -> None:
                      "gates_compared": sum(len(s["gates"]) for s in b["stages"]),
                      "identical": not diffs, "differences": diffs})
     result = {"before": before["commit"], "after": after["commit"], "steps": before["steps"],
+              "changes": next(iter(before["pipelines"].values()))["changes"], "deviations": args.deviation,
               "machine": [before["machine"], after["machine"]], "pipelines": rows,
               "checks": [{"name": "every pipeline identical", "status":
                           "pass" if all(r["identical"] for r in rows) else "fail"}]}
@@ -167,10 +176,12 @@ def main() -> None:
     r.add_argument("--timeout", type=int, default=1500)
     r.add_argument("--only", nargs="*")
     r.add_argument("--again", action="store_true", help="re-run pipelines already in --out")
+    r.add_argument("--untimed", action="store_true", help="no choice made by a timing (see shrink)")
     c = sub.add_parser("compare")
     c.add_argument("before")
     c.add_argument("after")
     c.add_argument("--out", required=True)
+    c.add_argument("--deviation", action="append", default=[], help="how a record strayed from its commit (repeatable)")
     args = p.parse_args()
     record(args) if args.cmd == "record" else compare(args)
 

@@ -242,14 +242,15 @@ def alignment_uniformity(x, y, t: float = 2.0) -> dict[str, float]:
     return {"alignment": align, "uniformity": float(np.log(np.exp(-t * sq).mean()))}
 
 
-def task_metrics(embed, pipeline, task=None, test_embeddings=None, split: str = "test") -> dict[str, float]:
+def task_metrics(embed, pipeline, task=None, test_embeddings=None, split: str = "test", data=None) -> dict[str, float]:
     """kNN label accuracy on the task's labelled source (train -> `split`), and Spearman on its scored
-    pairs when given. `embed(texts) -> array`; pass the `split` embeddings when already computed."""
+    pairs when given. `embed(texts) -> array`; pass the `split` embeddings when already computed, and the
+    source's data when already loaded (a stage's scoring: not read again for every rung)."""
     from lifecycle.data import load
 
     task = task or pipeline.task
     settings = task.embedding_settings
-    data = load(pipeline.data[task.data], pipeline)
+    data = data if data is not None else load(pipeline.data[task.data], pipeline)
     train, test = data.splits["train"], data.splits[split]
     if settings.limit:
         train = train.select(range(min(settings.limit, len(train))))

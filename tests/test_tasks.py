@@ -163,3 +163,33 @@ def test_scoring_reads_the_loaded_data_not_the_disk(tmp_path, monkeypatch):
     scoring = tasks.Scoring(pipeline=None, data=table, split="test", reference=np.zeros((len(table.splits["test"]), 1)))
     metrics, outputs = workloads.task("tabular-anomaly").score(Constant(), scoring)
     assert metrics["auroc"] == 0.5 and metrics["anomaly_score_max_abs_diff"] == 0.0 and len(outputs) == len(scoring.rows)
+
+
+def test_text_embeddings_score_from_the_loaded_data(monkeypatch):
+    """kNN accuracy reads the train split the stage loaded, not the source again (each quantize rung scores)."""
+    import types
+
+    import numpy as np
+
+    from lifecycle import data
+    from lifecycle.data.sources import DataSource
+    from lifecycle.schema import Task
+
+    class View:
+        base, seed, data = ROOT, 0, {}
+
+        def resolve(self, path):
+            return ROOT / path
+
+    news = data.load(DataSource(format="jsonl", path="tests/data/news_tiny.jsonl",
+                                split={"validation": 0.2, "test": 0.2}), View())
+    monkeypatch.setattr(data, "load", lambda *a: pytest.fail("score() read the data source again"))
+
+    class Lengths:  # embeds a text by its length: a real, if poor, embedding
+        def embed(self, texts):
+            return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+    pipeline = types.SimpleNamespace(task=Task(type="embedding", data="news"))
+    scoring = tasks.Scoring(pipeline=pipeline, data=news, split="test")
+    metrics, outputs = workloads.task("embedding").score(Lengths(), scoring)
+    assert 0.0 <= metrics["knn_accuracy"] <= 1.0 and metrics["knn_test_texts"] == len(outputs)

@@ -36,7 +36,7 @@ def score(predictor, scoring):
     from lifecycle.embedding import fidelity, task_metrics
 
     x = predictor.embed(scoring.rows["text"])
-    metrics = task_metrics(predictor.embed, scoring.pipeline, test_embeddings=x, split=scoring.split)
+    metrics = task_metrics(predictor.embed, scoring.pipeline, test_embeddings=x, split=scoring.split, data=scoring.data)
     if scoring.reference is not None:
         metrics.update(fidelity(scoring.reference, x))
     return metrics, x
