@@ -66,8 +66,6 @@ class Pipeline(Strict):
                 raise ValueError(f"{where}.{problem}")
             for field, (name, labelled) in stage.data_refs().items():
                 self._check_source(f"{where}.{field}", name, labelled)
-            if problem := stage.source_problem({f: self.data[name] for f, (name, _) in stage.data_refs().items()}):
-                raise ValueError(f"{where}.{problem}")
             consumed = self._consumed(stage, where, seen, holds, task)
             holds[stage.label] = stage.produces(consumed, task)
             recipe = self._recipe(stage, where, consumed)

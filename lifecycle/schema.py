@@ -251,11 +251,6 @@ class StageBase(Strict):
         """Data sources the stage names: field path -> (source name, whether it must be labelled)."""
         return {}
 
-    def source_problem(self, sources: dict) -> str | None:
-        """"field: why it cannot work" for a setting the stage's data sources rule out (an image source and
-        a text-only setting), else None. `sources`: data_refs' field path -> its DataSource."""
-        return None
-
     def files(self) -> dict[str, str]:
         """Files the stage reads besides data sources: field path -> path (relative to the pipeline file)."""
         return {}
