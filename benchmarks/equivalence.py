@@ -3,7 +3,7 @@ its non-timing metrics and gate verdicts recorded, so two commits can be compare
 
     python benchmarks/equivalence.py record --out before.json      # on the old commit
     python benchmarks/equivalence.py record --out after.json       # on the new one
-    python benchmarks/equivalence.py compare before.json after.json --out benchmarks/results/equivalence.json
+    python benchmarks/equivalence.py compare before.json after.json [--untimed BEFORE AFTER]  # -> results/equivalence.json
 
 Shrunk budgets: every `train` block (a stage's, a control's) gets `max_steps: STEPS`; what a pipeline
 measures after training (evaluation, export, the quantization ladder, serving) runs as shipped. Full
@@ -124,8 +124,8 @@ def close(a, b) -> bool:
     return a == b
 
 
-def compare(args) -> None:
-    before, after = (json.loads(Path(p).read_text()) for p in (args.before, args.after))
+def pairs(before: dict, after: dict) -> list[dict]:
+    """Per pipeline: how many metrics and gate verdicts were compared, and every difference."""
     rows = []
     for name, b in sorted(before["pipelines"].items()):
         a = after["pipelines"].get(name)
@@ -152,19 +152,39 @@ def compare(args) -> None:
             if [g["verdict"] for g in s["gates"]] != [g["verdict"] for g in t["gates"]]:
                 diffs.append(f"{s['name']}: gate verdicts {s['gates']} -> {t['gates']}")
         rows.append({"pipeline": name, "exit_code": [b["exit_code"], a["exit_code"]], "metrics_compared": compared,
-                     "gates_compared": sum(len(s["gates"]) for s in b["stages"]),
-                     "identical": not diffs, "differences": diffs})
-    result = {"before": before["commit"], "after": after["commit"], "steps": before["steps"],
-              "changes": next(iter(before["pipelines"].values()))["changes"], "deviations": args.deviation,
-              "machine": [before["machine"], after["machine"]], "pipelines": rows,
-              "checks": [{"name": "every pipeline identical", "status":
-                          "pass" if all(r["identical"] for r in rows) else "fail"}]}
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    for r in rows:
+                     "gates_compared": sum(len(s["gates"]) for s in b["stages"]), "identical": not diffs,
+                     "differences": diffs})
+    return rows
+
+
+def compare(args) -> None:
+    """benchmarks/results/equivalence.json: the records compared pipeline by pipeline (and the untimed pair,
+    when given, for the pipelines whose timed records differ)."""
+    from common import Recorder
+
+    recorder = Recorder("equivalence", quick=True)  # shrunk budgets
+    load = lambda path: json.loads(Path(path).read_text())  # noqa: E731
+    before, after = load(args.before), load(args.after)
+    rows = pairs(before, after)
+    identical = sum(r["identical"] for r in rows)
+    checks = [{"name": "shipped pipelines with identical non-timing metrics and gate verdicts", "value": identical,
+               "target": f"= {len(rows)}", "passed": identical == len(rows)}]
+    results = {"before": before["commit"], "after": after["commit"], "steps": before["steps"],
+               "changes": next(iter(before["pipelines"].values()))["changes"], "pipelines": rows}
+    if args.untimed:
+        untimed = pairs(load(args.untimed[0]), load(args.untimed[1]))
+        names = ", ".join(r["pipeline"] for r in untimed)
+        checks.append({"name": f"identical with no choice made by a timing ({names})",
+                       "value": sum(r["identical"] for r in untimed), "target": f"= {len(untimed)}",
+                       "passed": all(r["identical"] for r in untimed)})
+        results["untimed"] = untimed
+    for r in rows + results.get("untimed", []):
         print(f"{r['pipeline']:24} {'identical' if r['identical'] else 'DIFFERS'} "
               f"({r.get('metrics_compared', 0)} metrics, {r.get('gates_compared', 0)} gates)")
         for d in r["differences"]:
             print(f"    {d}")
+    path = recorder.save(results, checks, deviations=args.deviation)
+    recorder.report(checks, path)
 
 
 def main() -> None:
@@ -180,7 +200,7 @@ def main() -> None:
     c = sub.add_parser("compare")
     c.add_argument("before")
     c.add_argument("after")
-    c.add_argument("--out", required=True)
+    c.add_argument("--untimed", nargs=2, metavar=("BEFORE", "AFTER"), help="the same pipelines recorded --untimed")
     c.add_argument("--deviation", action="append", default=[], help="how a record strayed from its commit (repeatable)")
     args = p.parse_args()
     record(args) if args.cmd == "record" else compare(args)

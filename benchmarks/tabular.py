@@ -80,7 +80,7 @@ def fit_trees(table, regression: bool, seed: int = 0):
     """HistGradientBoosting on the training split, as the finetune stage's baseline fits it."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-    from lifecycle.evaluation.tables import boosting_features
+    from lifecycle.workloads.tables.evaluation import boosting_features
 
     x, is_cat = boosting_features(table.features("train")[0])
     kind = HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier
@@ -94,7 +94,7 @@ def rows_per_second(torch_model, feeds: dict, graphs: dict[str, Path], trees) ->
     import onnxruntime as ort
     import torch
 
-    from lifecycle.evaluation.tables import boosting_features
+    from lifecycle.workloads.tables.evaluation import boosting_features
     from lifecycle.workloads.tables.model import INPUTS, tensors
 
     torch.set_num_threads(THREADS)

@@ -43,7 +43,7 @@ CHANCE_CEILING = 0.40  # chance is 0.25; 200 test rows: sd 0.031, so 0.40 is ~5 
 
 
 def test_tfidf_baseline_scores_one_on_separable_and_chance_on_shuffled_labels():
-    from lifecycle.evaluation.baseline import tfidf_logreg
+    from lifecycle.workloads.text.baseline import tfidf_logreg
 
     separable = tfidf_logreg(keyword_splits())
     assert set(separable) == {"baseline_tfidf_accuracy", "baseline_tfidf_f1_macro", "baseline_tfidf_f1_micro"}

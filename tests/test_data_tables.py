@@ -80,7 +80,7 @@ def test_anomaly_baselines_find_a_real_signal_and_not_a_shuffled_one(tmp_path):
     """The bars an anomaly scorer is reported beside, on answers known in advance: malignant tumours as
     the anomalies, supervised trees near-perfect and IsolationForest (no labels) well above chance;
     labels shuffled across rows, both at chance."""
-    from lifecycle.evaluation.tables import anomaly_baselines
+    from lifecycle.workloads.tables.evaluation import anomaly_baselines
 
     cancer = data.load(DataSource(format="sklearn", dataset="breast_cancer", table={"target": "target"}), View(tmp_path))
     malignant = {split: cancer.target(split) == cancer.labels.index("0") for split in ("train", "test")}

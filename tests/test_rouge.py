@@ -2,7 +2,7 @@
 
 import pytest
 
-from lifecycle.evaluation.rouge import lead_sentences, rouge_l
+from lifecycle.workloads.decoders.rouge import lead_sentences, rouge_l
 
 
 def test_rouge_l_is_the_lcs_f_measure_of_stemmed_words():

@@ -32,7 +32,7 @@ def test_control_and_baseline_are_reported_and_gateable(tmp_path):
     it must score near chance (5 balanced labels: 0.2) whatever the main model scores. The baseline is
     the TF-IDF model of the task's own train/test split (tests/test_baseline.py checks it on known data)."""
     from lifecycle import data as datalib
-    from lifecycle.evaluation.baseline import tfidf_logreg
+    from lifecycle.workloads.text.baseline import tfidf_logreg
 
     starved = {"train": {"max_steps": 1, "batch_size": 32, "lr": 1e-9}}
     raw = pretrain_then_finetune({"control": starved, "baseline": True},

@@ -116,7 +116,7 @@ def score(predictor, scoring):
         speed = predictor.decoding_speed(prompts[0], settings.new_tokens)
         metrics.update({f"ort_{k}": v for k, v in speed.items()})
     if settings.rouge:
-        from lifecycle.evaluation.rouge import rouge_l
+        from lifecycle.workloads.decoders.rouge import rouge_l
 
         n = settings.rouge.records
         answered = predictor.generate(rows["prompt"][:n], max_new_tokens=settings.rouge.answer_tokens)

@@ -12,7 +12,7 @@ Fine-tuning: full or LoRA (peft, CAUSAL_LM, merged before the artifact is writte
 length (lifecycle.components.training.length_grouped_sampler: far less padding than random batches of
 uneven records). Perplexity is exp(mean NLL over target tokens), the same targets the loss has. With
 `task.generation.rouge`, the model before and after fine-tuning answers the same test records greedily, and
-ROUGE-L (lifecycle.evaluation.rouge) scores both against the references, beside the lead-sentences baseline.
+ROUGE-L (lifecycle.workloads.decoders.rouge) scores both against the references, beside the lead-sentences baseline.
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
 def rouge_scores(settings, records: dict, before: list[str], after: list[str]) -> tuple[dict, list[dict]]:
     """rouge_l (after), rouge_l_before, rouge_l_gain (absolute) and baseline_lead_rouge_l of `records`' answers,
     and the first few answers beside their reference (for the manifest)."""
-    from lifecycle.evaluation.rouge import lead_sentences, rouge_l
+    from lifecycle.workloads.decoders.rouge import lead_sentences, rouge_l
 
     refs = records["response"]
     out = {"rouge_l": rouge_l(after, refs), "rouge_l_before": rouge_l(before, refs)}

@@ -7,16 +7,16 @@ from __future__ import annotations
 from lifecycle.components.classification import COLLAPSE_METRICS
 from lifecycle.components.training import TRAINING_METRICS
 from lifecycle.embedding import IMAGE_EMBEDDING_DISTILL, IMAGE_EMBEDDING_TRAINING
-from lifecycle.evaluation.images import IMAGE_CONTRASTIVE_METRICS, MASKED_IMAGE_METRICS
+from lifecycle.evaluation.classes import CLASS_SCORES
 from lifecycle.evaluation.latency import LATENCY_SETTINGS, TORCH_LATENCY, latency_metrics
-from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
 from lifecycle.tasks.base import own_distill_problem, own_recipe_problem
 from lifecycle.workloads import Recipe
 from lifecycle.workloads.images import classification, embedding
+from lifecycle.workloads.images.evaluation import IMAGE_CONTRASTIVE_METRICS, MASKED_IMAGE_METRICS
 
 TASKS = (classification.TASK, embedding.TASK)
 
-SCORES = TABLE_CLASSIFICATION
+SCORES = CLASS_SCORES
 TIMED = (*TORCH_LATENCY, *latency_metrics("torch", "b32_"))  # batch 1 and batch 32
 MEASURED = (*TIMED, *LATENCY_SETTINGS)
 FINETUNE = frozenset({*SCORES, *(f"val_{m}" for m in SCORES), *(f"baseline_svm_{m}" for m in SCORES),

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
+from lifecycle.evaluation.classes import CLASS_SCORES
 from lifecycle.tasks import LABELS, Artifacts, Edge, Task, Training
 from lifecycle.tasks.kinds import class_answer_scores, class_scores
 from lifecycle.workloads.images.task import IMAGES
 
 
 def evaluate(outputs, targets) -> dict:
-    from lifecycle.evaluation.tables import classification_scores
+    from lifecycle.evaluation.classes import classification_scores
 
     return classification_scores(outputs, targets)
 
@@ -49,7 +49,7 @@ def split_labels(split) -> list:
 
 
 TASK = Task(
-    name="image-classification", inputs=IMAGES, answers=LABELS, scores=TABLE_CLASSIFICATION,
+    name="image-classification", inputs=IMAGES, answers=LABELS, scores=CLASS_SCORES,
     fidelity=("argmax_agreement", "logit_max_abs_diff"),
     artifacts=Artifacts(("classifier",), "onnx-classifier", export_hint=(
         "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)")),

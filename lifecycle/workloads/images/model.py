@@ -188,7 +188,7 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
     from lifecycle import models
     from lifecycle.components.adapters import attention_lora, merged
     from lifecycle.components.classification import seed_everything
-    from lifecycle.evaluation.images import svm_baseline
+    from lifecycle.workloads.images.evaluation import svm_baseline
 
     task = ctx.task
     data, source, start = starting_point(cfg, parent, ctx)

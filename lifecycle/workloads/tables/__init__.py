@@ -6,16 +6,12 @@ from __future__ import annotations
 
 from lifecycle.components.classification import COLLAPSE_METRICS
 from lifecycle.components.training import TRAINING_METRICS
+from lifecycle.evaluation.classes import CLASS_SCORES
 from lifecycle.evaluation.latency import LATENCY_SETTINGS, TORCH_LATENCY
-from lifecycle.evaluation.tables import (
-    MASKED_FEATURE_METRICS,
-    SCARF_METRICS,
-    TABLE_CLASSIFICATION,
-    TABLE_REGRESSION,
-)
 from lifecycle.tasks.base import own_distill_problem, own_recipe_problem
 from lifecycle.workloads import Recipe
 from lifecycle.workloads.tables import anomaly, classification, regression
+from lifecycle.workloads.tables.evaluation import MASKED_FEATURE_METRICS, SCARF_METRICS, TABLE_REGRESSION
 
 TASKS = (classification.TASK, regression.TASK, anomaly.TASK)
 
@@ -51,13 +47,13 @@ RECIPES = (
            frozenset({*MASKED_FEATURE_METRICS, "data_wait_fraction"}), "masked-feature modelling: reconstruct masked cells; a linear probe"),
     Recipe("pretrain", "rows", "contrastive", "lifecycle.workloads.tables.contrastive:pretrain",
            frozenset({*SCARF_METRICS, "data_wait_fraction"}), "SCARF: rows against their corrupted copies (InfoNCE); a linear probe"),
-    Recipe("finetune", "rows", "labels", FINETUNE, finetune_metrics(TABLE_CLASSIFICATION),
+    Recipe("finetune", "rows", "labels", FINETUNE, finetune_metrics(CLASS_SCORES),
            "a table classifier, full or LoRA; control and gradient-boosting baseline",
            refuses=refuses("tabular-classification", False, "finetune")),
     Recipe("finetune", "rows", "value", FINETUNE, finetune_metrics(TABLE_REGRESSION),
            "a table regressor (standardised target), full or LoRA; control and gradient-boosting baseline",
            refuses=refuses("tabular-regression", True, "finetune")),
-    Recipe("distill", "rows", "labels", DISTILL, distill_metrics(TABLE_CLASSIFICATION),
+    Recipe("distill", "rows", "labels", DISTILL, distill_metrics(CLASS_SCORES),
            "fewer layers on the teacher's soft targets plus the labels", refuses=refuses("tabular-classification",
                                                                                          False, "distill")),
     Recipe("distill", "rows", "value", DISTILL, distill_metrics(TABLE_REGRESSION),

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lifecycle.evaluation.tables import TABLE_ANOMALY
 from lifecycle.tasks import Artifacts, Edge, Task
 from lifecycle.workloads.tables import task as table
+from lifecycle.workloads.tables.evaluation import TABLE_ANOMALY
 
 
 def torch_model(src: Path):
@@ -36,10 +36,10 @@ def is_anomaly(rows, marker: str):
 
 def compare(model, preprocessor, ctx) -> dict:
     """On test, beside the model: the same scorer untrained (control_: what pre-training learnt;
-    pretraining_gain in AUROC), IsolationForest and supervised trees (lifecycle.evaluation.tables)."""
+    pretraining_gain in AUROC), IsolationForest and supervised trees (lifecycle.workloads.tables.evaluation)."""
     import torch
 
-    from lifecycle.evaluation.tables import anomaly_baselines, anomaly_scores
+    from lifecycle.workloads.tables.evaluation import anomaly_baselines, anomaly_scores
     from lifecycle.workloads.tables.masked_features import AnomalyScorer
 
     data = ctx.task_data()
@@ -59,7 +59,7 @@ def compare(model, preprocessor, ctx) -> dict:
 def score(predictor, scoring):
     """AUROC and average precision against the anomalies the loaded training split marks (nothing is read again)."""
     from lifecycle.components.onnx import max_abs_diff
-    from lifecycle.evaluation.tables import anomaly_scores
+    from lifecycle.workloads.tables.evaluation import anomaly_scores
 
     rows = scoring.rows
     outputs = predictor.logits(table.ROWS(rows))

@@ -10,7 +10,7 @@ trains it with `train_table` (the from-scratch model is built from the data's sc
 
 from __future__ import annotations
 
-from lifecycle.evaluation.tables import TABLE_CLASSIFICATION
+from lifecycle.evaluation.classes import CLASS_SCORES
 from lifecycle.tasks import LABELS, Artifacts, Edge, Task, Training
 from lifecycle.tasks.kinds import class_answer_scores, class_scores
 from lifecycle.workloads.tables import task as table
@@ -22,7 +22,7 @@ def head(data) -> dict:
 
 
 def evaluate(outputs, targets) -> dict:
-    from lifecycle.evaluation.tables import classification_scores
+    from lifecycle.evaluation.classes import classification_scores
 
     return classification_scores(outputs, targets)
 
@@ -34,13 +34,13 @@ def test_metrics(outputs, targets) -> dict:
 
 
 def baseline(data, seed: int) -> dict:
-    from lifecycle.evaluation.tables import gradient_boosting
+    from lifecycle.workloads.tables.evaluation import gradient_boosting
 
     return gradient_boosting(data, seed)
 
 
 TASK = Task(
-    name="tabular-classification", inputs=table.ROWS, answers=LABELS, scores=TABLE_CLASSIFICATION,
+    name="tabular-classification", inputs=table.ROWS, answers=LABELS, scores=CLASS_SCORES,
     fidelity=("argmax_agreement", "logit_max_abs_diff"),
     artifacts=Artifacts(("classifier",), "onnx-classifier", export_hint=(
         "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)")),

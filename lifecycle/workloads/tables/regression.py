@@ -10,9 +10,9 @@ shrinks the model by squared error to the teacher's predictions (lifecycle.workl
 
 from __future__ import annotations
 
-from lifecycle.evaluation.tables import TABLE_REGRESSION
 from lifecycle.tasks import Artifacts, Edge, Task, Training
 from lifecycle.workloads.tables import task as table
+from lifecycle.workloads.tables.evaluation import TABLE_REGRESSION
 
 
 def head(data) -> dict:
@@ -23,13 +23,13 @@ def head(data) -> dict:
 
 
 def evaluate(outputs, targets) -> dict:
-    from lifecycle.evaluation.tables import regression_scores
+    from lifecycle.workloads.tables.evaluation import regression_scores
 
     return regression_scores(outputs, targets)
 
 
 def baseline(data, seed: int) -> dict:
-    from lifecycle.evaluation.tables import gradient_boosting_regression
+    from lifecycle.workloads.tables.evaluation import gradient_boosting_regression
 
     return gradient_boosting_regression(data, seed)
 

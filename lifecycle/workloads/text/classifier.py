@@ -76,7 +76,7 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
         metrics.update(control(model.config, tokenizer, splits, data, labels, cfg, ctx))
         metrics["pretraining_gain"] = metrics[cfg.metric] - metrics[f"control_{cfg.metric}"]
     if cfg.baseline:
-        from lifecycle.evaluation.baseline import tfidf_logreg
+        from lifecycle.workloads.text.baseline import tfidf_logreg
 
         metrics.update(tfidf_logreg(data, ctx.seed))
     return metrics, details

@@ -4,7 +4,8 @@ network has to clear; on small tables they often win, and the report should say 
 
 from __future__ import annotations
 
-TABLE_CLASSIFICATION = ("accuracy", "f1_macro", "auroc")
+from lifecycle.evaluation.classes import classification_scores
+
 # what masked-feature pre-training reports (lifecycle.workloads.tables.masked_features)
 MASKED_FEATURE_METRICS = ("reconstruction_loss", "numeric_rmse", "categorical_accuracy", "probe_accuracy",
                           "probe_accuracy_init", "probe_gain", "train_seconds", "params_total")
@@ -12,26 +13,6 @@ MASKED_FEATURE_METRICS = ("reconstruction_loss", "numeric_rmse", "categorical_ac
 SCARF_METRICS = ("contrastive_loss", "contrastive_loss_chance", "contrastive_top1", "contrastive_top1_chance",
                  "probe_accuracy", "probe_accuracy_init", "probe_gain", "train_seconds",
                  "params_total")
-
-
-def classification_scores(logits, targets) -> dict[str, float]:
-    """accuracy, macro-F1 and AUROC (one-vs-rest macro for more than two classes) of class logits."""
-    import numpy as np
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-
-    logits, targets = np.asarray(logits, dtype=np.float64), np.asarray(targets)
-    z = np.exp(logits - logits.max(-1, keepdims=True))
-    probs = z / z.sum(-1, keepdims=True)
-    k = probs.shape[1]
-    try:
-        auroc = (roc_auc_score(targets, probs[:, 1]) if k == 2
-                 else roc_auc_score(targets, probs, multi_class="ovr", average="macro", labels=list(range(k))))
-    except ValueError:  # one class present in the split: AUROC is undefined
-        auroc = float("nan")
-    predicted = probs.argmax(-1)
-    return {"accuracy": float(accuracy_score(targets, predicted)),
-            "f1_macro": float(f1_score(targets, predicted, average="macro", labels=list(range(k)), zero_division=0)),
-            "auroc": float(auroc)}
 
 
 def boosting_features(feeds: dict):

@@ -17,7 +17,7 @@ def svm_baseline(data, seed: int = 0) -> dict[str, float]:
     """`data`: a labelled lifecycle.data.images.ImageData; returns baseline_svm_<score> on its test split."""
     from sklearn.svm import SVC
 
-    from lifecycle.evaluation.tables import classification_scores
+    from lifecycle.evaluation.classes import classification_scores
 
     def flat(split):
         x = data.pixel_values(split)
