@@ -181,3 +181,10 @@ def update_manifest(art: Artifact, **fields: Any) -> None:
     """Record results computed after sealing (gate verdicts); file hashes are left untouched."""
     art.manifest.update(fields)
     write_json(art.path / MANIFEST, art.manifest)
+
+
+def gates_verdict(gates: list) -> dict:
+    """The verdict of a model known only by its own gate results (an artifact or bundle outside a run)."""
+    failed = [g for g in gates if isinstance(g, dict) and not g.get("passed") and g.get("on_fail", "stop") == "stop"]
+    reasons = [f"{g.get('metric')}: {' '.join(str(g.get('message') or g.get('bound')).split())}" for g in failed]
+    return {"passed": not reasons, "reasons": reasons, "override": None}

@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 
 from lifecycle import LifecycleError, __version__, model_card
-from lifecycle.artifact import Artifact, sha256_file
+from lifecycle.artifact import Artifact, gates_verdict, sha256_file
 from lifecycle.edge import (
     LABELS,
     MANIFEST,
@@ -35,7 +35,7 @@ from lifecycle.edge import (
     check_external_data,
     required_files,
 )
-from lifecycle.serving.source import gates_verdict, last_onnx_artifact
+from lifecycle.serving.source import last_onnx_artifact
 
 FORMAT = "lifecycle-bundle/1"
 CARD = "model_card.md"

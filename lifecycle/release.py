@@ -198,8 +198,7 @@ def promote(source: str | Path, alias: str, registry: str | Path | None = None, 
     also promotes an artifact whose own gates failed. `sign`: an Ed25519 private key PEM; entry.sig signs
     entry.json (lifecycle.signing.sign_release)."""
     from lifecycle import model_card
-    from lifecycle.artifact import hash_tree, sha256_file, write_json
-    from lifecycle.serving.source import gates_verdict
+    from lifecycle.artifact import gates_verdict, hash_tree, sha256_file, write_json
     from lifecycle.signing import load_private_key, sign_release
 
     check_name(alias)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lifecycle import LifecycleError
-from lifecycle.artifact import Artifact, sha256_file, stable_hash
+from lifecycle.artifact import Artifact, gates_verdict, sha256_file, stable_hash
 
 TUNED_SUFFIX = ".serving.json"  # tuned settings + measurements, beside the served artifact or bundle
 
@@ -73,13 +73,6 @@ def endpoint(path: Path) -> dict:
     return {"route": schema.get("route", "/classify"), "task": task, "inputs_kind": inputs, "answers_kind": answers,
             "request_key": schema.get("request_key") or REQUEST_KEYS.get(inputs, inputs) or "texts",
             "method": schema.get("method", "predict")}
-
-
-def gates_verdict(gates: list) -> dict:
-    """The verdict of a model known only by its own gate results (an artifact or bundle outside a run)."""
-    failed = [g for g in gates if isinstance(g, dict) and not g.get("passed") and g.get("on_fail", "stop") == "stop"]
-    reasons = [f"{g.get('metric')}: {' '.join(str(g.get('message') or g.get('bound')).split())}" for g in failed]
-    return {"passed": not reasons, "reasons": reasons, "override": None}
 
 
 def last_onnx_artifact(run_dir: Path) -> Path:
