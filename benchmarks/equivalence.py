@@ -116,12 +116,10 @@ def record(args) -> None:
         out.write_text(json.dumps(done, indent=1) + "\n")  # after each pipeline: nothing lost on a crash
 
 
-def close(a, b) -> bool:
-    if a != a and b != b:  # NaN (a train_loss the Trainer did not log)
-        return True
-    if isinstance(a, float) or isinstance(b, float):
-        return a == b or (a is not None and b is not None and abs(a - b) <= 1e-9 * max(1.0, abs(a)))
-    return a == b
+def same(a, b) -> bool:
+    """Equal, to the last bit: a float read back from JSON is the float written. NaN (a train_loss the
+    Trainer did not log) equals NaN."""
+    return a == b or (a != a and b != b)
 
 
 def pairs(before: dict, after: dict) -> list[dict]:
@@ -145,7 +143,7 @@ def pairs(before: dict, after: dict) -> list[dict]:
                 diffs.append(f"{s['name']}: status {s['status']} -> {t['status']}")
             for k, v in s["metrics"].items():
                 compared += 1
-                if not close(v, t["metrics"].get(k)):
+                if not same(v, t["metrics"].get(k)):
                     diffs.append(f"{s['name']}.{k}: {v} -> {t['metrics'].get(k)}")
             for k in t["metrics"].keys() - s["metrics"].keys():
                 diffs.append(f"{s['name']}.{k}: new ({t['metrics'][k]})")

@@ -98,21 +98,21 @@ class Pipeline(Strict):
         """The recipe `stage` runs (lifecycle.workloads), or None for a stage that runs none (or has none)."""
         from lifecycle import workloads
 
-        key = self._recipe_key(stage, consumed)
+        key = stage.recipe_key(self.task.type if self.task else None, self._sources(stage), consumed)
         return None if key is None else workloads.recipe(stage.kind, *key)
 
-    def _recipe_key(self, stage, consumed: Holds | None) -> tuple[str, str] | None:
-        sources = {field: self.data[name] for field, (name, _) in stage.data_refs().items()}
-        return stage.recipe_key(self.task.type if self.task else None, sources, consumed)
+    def _sources(self, stage) -> dict:
+        """The data sources a stage names, by field (`data_refs`)."""
+        return {field: self.data[name] for field, (name, _) in stage.data_refs().items()}
 
     def _recipe(self, stage, where: str, consumed: Holds | None):
         """`recipe`, refused (naming the stage) when the table has none or the recipe refuses a setting."""
         from lifecycle import workloads
 
-        key = self._recipe_key(stage, consumed)
+        sources = self._sources(stage)
+        key = stage.recipe_key(self.task.type if self.task else None, sources, consumed)
         if key is None:
             return None
-        sources = {field: self.data[name] for field, (name, _) in stage.data_refs().items()}
         recipe = workloads.recipe(stage.kind, *key)
         if recipe is None:
             inputs, wanted = key

@@ -155,7 +155,7 @@ class RequestLimits:
         refusal's message or None) when it has one, else any JSON list under the request key, within max_texts."""
         check = getattr(getattr(self.served.predictor, "inputs", None), "check_request", None)
         key, limit = self.endpoint["request_key"], self.s["max_texts"]
-        refusal = self.json_checked(body, lambda p: check(p, limit) if check else any_items(p, key, limit))[1]
+        refusal = self.json_checked(body, lambda p: check(p, limit) if check else checks.check_items(p, key, limit))[1]
         return refusal, scope, body, None
 
     @staticmethod
@@ -359,18 +359,6 @@ def _generate_scope(scope, payload: dict, body: bytes, headers: dict) -> tuple[d
         scope = {**scope, "path": STREAM_ROUTE, "raw_path": STREAM_ROUTE.encode()}
     return scope, body
 
-
-
-def any_items(payload, key: str, max_items: int) -> str | None:
-    """{key: [JSON value, ...]}: a plug-in inputs kind's request when its inputs have no check of their own."""
-    if not isinstance(payload, dict) or set(payload) != {key}:
-        return f'expected a JSON object with exactly one key, "{key}": a list of JSON values'
-    items = payload[key]
-    if not isinstance(items, list) or not items:
-        return f'"{key}" must be a non-empty list of JSON values'
-    if len(items) > max_items:
-        return f'"{key}" has {len(items)} items; the limit is {max_items} per request'
-    return None
 
 
 # inputs kind -> (RequestLimits' check of its requests, the media types they may have besides application/json).

@@ -45,6 +45,11 @@ def _listed(payload, key: str, what: str, max_items: int) -> str | None:
     return _items(payload[key], key, what, max_items)
 
 
+def check_items(payload, key: str, max_items: int) -> str | None:
+    """{key: [JSON value, ...]}: a plug-in inputs kind's request when its inputs have no check of their own."""
+    return _listed(payload, key, "JSON values", max_items)
+
+
 def _items(items, key: str, what: str, max_items: int) -> str | None:
     if not isinstance(items, list) or not items:
         return f'"{key}" must be a non-empty list of {what}'

@@ -32,13 +32,7 @@ def pretrain(cfg, parent, ctx) -> tuple[dict, dict]:
     config = models.preset_config(cfg.model, len(tokenizer), pad_token_id=tokenizer.pad_token_id)
     model = lm.new_model(config, objective)
     trainer = lm.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
-    details = {}
-    if cfg.probe and cfg.probe.every_eval:
-        from lifecycle.components.language_model import transfer_callback
-
-        callback, details["transfer"] = transfer_callback(cfg.probe, tokenizer, ctx.data(cfg.probe.data),
-                                                          ctx.stage.label)
-        trainer.add_callback(callback)
+    details = probe_every_eval(cfg, trainer, tokenizer, ctx)
     metrics, fitted = lm.fit(trainer, ctx, cfg.block_size)
     metrics.update(corpus.stats, vocab_size=len(tokenizer), params_total=models.count_parameters(model)["params_total"])
     metrics["unigram_perplexity"] = lm.unigram_perplexity(blocks, eval_blocks, objective, len(tokenizer),
@@ -114,13 +108,7 @@ def adapt(cfg, parent, ctx) -> tuple[dict, dict]:
         if trainer.is_world_process_zero():
             saved_before.write_text(json.dumps(before))
 
-    details = {}
-    if cfg.probe and cfg.probe.every_eval:
-        from lifecycle.components.language_model import transfer_callback
-
-        callback, details["transfer"] = transfer_callback(cfg.probe, tokenizer, ctx.data(cfg.probe.data),
-                                                          ctx.stage.label)
-        trainer.add_callback(callback)
+    details = probe_every_eval(cfg, trainer, tokenizer, ctx)
     metrics, fitted = lm.fit(trainer, ctx, cfg.block_size)
     metrics["perplexity_before"] = lm.perplexity(before["domain_loss"])
     metrics["domain_perplexity_gain"] = 1 - metrics["perplexity"] / metrics["perplexity_before"]
@@ -179,3 +167,14 @@ def _warm_up_head(cfg, trainer, blocks, ctx) -> None:
         warmup.train()
     for p in body:
         p.requires_grad_(True)
+
+
+def probe_every_eval(cfg, trainer, tokenizer, ctx) -> dict:
+    """With `probe.every_eval`, the probe scored at every evaluation (the transfer curve); the details it keeps."""
+    if not (cfg.probe and cfg.probe.every_eval):
+        return {}
+    from lifecycle.components.language_model import transfer_callback
+
+    callback, transfer = transfer_callback(cfg.probe, tokenizer, ctx.data(cfg.probe.data), ctx.stage.label)
+    trainer.add_callback(callback)
+    return {"transfer": transfer}
