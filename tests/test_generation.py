@@ -119,7 +119,7 @@ def test_records_from_several_fields_with_prompts_cut_and_a_lead(tmp_path):
 
 
 def test_kv_cache_greedy_matches_without_cache_and_pytorch(gpt):
-    from lifecycle.workloads.decoders.model import reference_rows
+    from lifecycle.workloads.decoders.model import continuations
 
     model, tokenizer, predictor = gpt
     assert predictor.past and "past_key_values.0.key" in predictor.input_names
@@ -127,22 +127,37 @@ def test_kv_cache_greedy_matches_without_cache_and_pytorch(gpt):
     uncached = predictor.generate(PROMPTS, max_new_tokens=12, cache=False)
     assert [a["tokens"] for a in cached] == [a["tokens"] for a in uncached]
     assert all(len(a["tokens"]) == 12 or a["finish_reason"] == "eos" for a in cached)
-    torch_rows = reference_rows(model, tokenizer, PROMPTS, 12, 64, None)
-    onnx_rows = predictor.logits(PROMPTS)
-    vocab = onnx_rows.shape[1] - 12
-    assert (onnx_rows[:, vocab:] == torch_rows[:, vocab:]).all()  # generation_agreement 1.0
-    assert np.abs(onnx_rows[:, :vocab] - torch_rows[:, :vocab]).max() < 1e-4
-    assert [list(r[vocab:][r[vocab:] >= 0].astype(int)) for r in onnx_rows] == [a["tokens"] for a in cached]
+    torch_out = continuations(model, tokenizer, PROMPTS, 12, 64, None)
+    onnx_out = predictor.continuations(PROMPTS)
+    assert onnx_out.tokens.dtype == np.int64 and onnx_out.logits.shape == (len(PROMPTS), model.config.vocab_size)
+    assert (onnx_out.tokens == torch_out.tokens).all()  # generation_agreement 1.0
+    assert np.abs(onnx_out.logits - torch_out.logits).max() < 1e-4
+    assert [list(r[r >= 0]) for r in onnx_out.tokens] == [a["tokens"] for a in cached]
+    # a generator's logits are logits: the next-token scores after each prompt, nothing packed after them
+    np.testing.assert_array_equal(predictor.logits(PROMPTS), onnx_out.logits)
+
+
+def test_parity_of_continuations_counts_a_different_token_as_one():
+    """A generator's parity difference: the logits' largest difference, and at least 1.0 when any greedy token
+    differs (tokens agree or not; their ids are not numbers to subtract); NaN logits stay NaN."""
+    from lifecycle.edge.decoding import Continuations
+    from lifecycle.workloads.decoders.generation import difference
+
+    ref = Continuations(np.array([[0.5, 1.0]], np.float32), np.array([[7, 3, -1]]))
+    near = Continuations(ref.logits + 1e-6, ref.tokens.copy())
+    assert difference(ref, near) == pytest.approx(1e-6, rel=0.05)  # float32 steps
+    assert difference(ref, Continuations(near.logits, np.array([[7, 9000, -1]]))) == 1.0
+    assert np.isnan(difference(ref, Continuations(np.array([[np.nan, 1.0]], np.float32), np.array([[7, 9, -1]]))))
 
 
 def test_llama_kv_cache_parity(tmp_path):
-    from lifecycle.workloads.decoders.model import reference_rows
+    from lifecycle.workloads.decoders.model import continuations
 
     model, tokenizer, predictor = exported("llama-tiny", tmp_path)
     assert "position_ids" in predictor.input_names
-    rows = predictor.logits(PROMPTS[:2])
-    ref = reference_rows(model, tokenizer, PROMPTS[:2], 12, 64, None)
-    assert (rows[:, -12:] == ref[:, -12:]).all() and np.abs(rows[:, :-12] - ref[:, :-12]).max() < 1e-4
+    out = predictor.continuations(PROMPTS[:2])
+    ref = continuations(model, tokenizer, PROMPTS[:2], 12, 64, None)
+    assert (out.tokens == ref.tokens).all() and np.abs(out.logits - ref.logits).max() < 1e-4
     cached = predictor.generate(PROMPTS[:2], max_new_tokens=8)
     assert cached == predictor.generate(PROMPTS[:2], max_new_tokens=8, cache=False)
 
@@ -178,8 +193,9 @@ def test_stop_string_sampling_seed_and_context_limit(gpt):
 
     assert sample(7) == sample(7)
     assert [a["tokens"] for a in sample(7)] != [a["tokens"] for a in sample(8)]
-    with pytest.raises(PromptTooLong, match="context is 64 tokens"):
-        predictor.generate([" ".join(TEXTS)], max_new_tokens=4)
+    for answer in (lambda p: predictor.generate(p, max_new_tokens=4), predictor.logits, predictor.continuations):
+        with pytest.raises(PromptTooLong, match="context is 64 tokens"):
+            answer([" ".join(TEXTS)])
     near = predictor.tokenizer.decode(predictor.tokenizer.encode(" ".join(TEXTS)).ids[:58])
     n = len(predictor.prompt_ids(near))
     assert len(predictor.generate([near], max_new_tokens=50)[0]["tokens"]) <= 64 - n  # capped at the context

@@ -183,10 +183,13 @@ def write_runtime_files(out: Path, src: Path, tokenizer, max_length: int, input_
     (out / "schema.json").write_text(json.dumps(schema, indent=2))
 
 
-def parity(model, tokenizer, predictor, texts: list[str], max_length: int, reference=None, argmax: bool = True) -> dict:
+def parity(model, tokenizer, predictor, texts: list[str], max_length: int, reference=None, argmax: bool = True,
+           outputs=None, difference=None) -> dict:
     """Max |output difference| and (with `argmax`) argmax agreement, PyTorch vs onnxruntime, at batch 1
     and the largest batch, on the shortest and the longest texts. `reference(model, tokenizer, texts,
-    batch_size=)` computes PyTorch's outputs (default: a classifier's logits at `max_length`)."""
+    batch_size=)` computes PyTorch's outputs (default: a classifier's logits at `max_length`), `outputs(predictor,
+    texts, batch_size)` the runtime's (default: its logits) and `difference(reference, outputs)` how far apart
+    they are (default: max_abs_diff)."""
     from functools import partial
 
     import numpy as np
@@ -194,15 +197,17 @@ def parity(model, tokenizer, predictor, texts: list[str], max_length: int, refer
     from lifecycle.components.inference import predict_logits
 
     reference = reference or partial(predict_logits, max_length=max_length)
+    outputs = outputs or (lambda p, batch, batch_size: p.logits(batch, batch_size=batch_size))
+    difference = difference or max_abs_diff
 
     by_len = sorted(texts, key=len)
     cases = [[by_len[0]], [by_len[-1]], by_len]  # batch 1 short, batch 1 long, whole batch (mixed lengths)
     diffs, agree, total = [], 0, 0
     for batch in cases:
         ref = reference(model, tokenizer, batch, batch_size=len(batch))
-        got = predictor.logits(batch, batch_size=len(batch))
-        diffs.append(max_abs_diff(ref, got))
-        agree += argmax_agreeing(ref, got)
+        got = outputs(predictor, batch, len(batch))
+        diffs.append(difference(ref, got))
+        agree += argmax_agreeing(ref, got) if argmax else 0
         total += len(batch)
     found = {"parity_max_abs_diff": float(np.max(diffs))}  # np.max keeps a NaN
     return {**found, "argmax_agreement": agree / total} if argmax else found

@@ -13,6 +13,7 @@ PromptInputs is the inputs kind "prompts"."""
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,14 +31,37 @@ class PromptTooLong(ValueError):
 
 class PromptInputs(TextInputs):
     """Inputs kind "prompts": texts to continue. A prompt over the context is refused (PromptTooLong), never
-    cut silently, and a prompt's output is generator_rows' (next-token logits, then greedy tokens)."""
+    cut silently; a prompt's output is the next-token logits after it (a generator's answer is its tokens:
+    generate(), and continuations() for what fidelity compares)."""
 
     def __init__(self, root, schema: dict):
         super().__init__(root, schema)
         self.tokenizer.no_truncation()
 
     def outputs(self, predictor, prompts: list, batch_size: int) -> np.ndarray:
-        return predictor.generator_rows(prompts)
+        rows = [predictor._step(predictor._fits(predictor.prompt_ids(p)), None, None)[0] for p in prompts]
+        return np.stack(rows) if rows else np.zeros((0, _vocab(predictor)), dtype=np.float32)
+
+
+class Continuations(NamedTuple):
+    """What a generator's fidelity compares, per prompt (the edge runtime's and PyTorch's alike): the
+    next-token logits after it and its first greedy tokens with the KV cache."""
+
+    logits: np.ndarray  # (prompts, vocab), float32
+    tokens: np.ndarray  # (prompts, new tokens), int64; -1 after the end-of-text token
+
+    @classmethod
+    def of(cls, rows: list[tuple[np.ndarray, list[int]]], new_tokens: int, vocab: int) -> Continuations:
+        """From (next-token logits, greedy tokens) per prompt."""
+        tokens = np.full((len(rows), new_tokens), -1, dtype=np.int64)
+        for i, (_, greedy) in enumerate(rows):
+            tokens[i, : len(greedy)] = greedy
+        logits = np.stack([r[0] for r in rows]).astype(np.float32) if rows else np.zeros((0, vocab), np.float32)
+        return cls(logits, tokens)
+
+
+def _vocab(predictor) -> int:
+    return predictor.schema["outputs"]["logits"]["shape"][-1]
 
 
 def prompt_ids(self, prompt: str) -> list[int]:
@@ -54,10 +78,18 @@ def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
             for name, shape, kind in self.past}
 
 
-def _step(self, ids: list[int], past: dict | None, total: int) -> tuple[np.ndarray, dict]:
-    """Run `ids`, the last len(ids) tokens of a sequence of `total`, on the cache `past` (None: empty):
-    (the logits after the last of them, the cache after them)."""
+def _fits(self, ids: list[int]) -> list[int]:
+    """`ids`, a prompt's tokens, when they leave room for at least one new token in the context."""
+    if len(ids) >= self.max_length:
+        raise PromptTooLong(len(ids), self.max_length)
+    return ids
+
+
+def _step(self, ids: list[int], past: dict | None, total: int | None) -> tuple[np.ndarray, dict]:
+    """Run `ids`, the last len(ids) tokens of a sequence of `total` (None: len(ids)), on the cache `past`
+    (None: empty): (the logits after the last of them, the cache after them)."""
     n = len(ids)
+    total = n if total is None else total
     feeds = {"input_ids": np.array([ids], dtype=np.int64), **(past if past is not None else self._empty_past(1))}
     if "attention_mask" in self.input_names:
         feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)
@@ -130,8 +162,7 @@ def _continue(self, ids, max_new_tokens, temperature, top_k, top_p, rng, stop, d
 def _decode(self, ids, max_new_tokens, temperature, top_k, top_p, rng, stop, deadline, cache):
     """Yields (token, answer text so far) per new token that does not end the answer; returns (the answer,
     the first next-token logits)."""
-    if len(ids) >= self.max_length:
-        raise PromptTooLong(len(ids), self.max_length)
+    self._fits(ids)
     eos = self.generation["eos_token_id"]
     budget = min(max_new_tokens, self.max_length - len(ids))
     logits, past = self._step(ids, None, len(ids))
@@ -178,18 +209,16 @@ def decoding_speed(self, prompt: str, new_tokens: int = 16, repeats: int = 3) ->
     return {"time_to_first_token_ms": first, "ms_per_token": each, "tokens_per_s": 1000 / each}
 
 
-def generator_rows(self, prompts: list[str]) -> np.ndarray:
-    """A generator's `logits()`: per prompt, the next-token logits after it, then the first
-    `agreement_tokens` greedy tokens with the KV cache (-1 after end-of-text): what export's parity and
-    the quantize ladder compare with PyTorch / the fp32 graph (lifecycle.workloads.decoders.generation)."""
+def continuations(self, prompts: list[str]) -> Continuations:
+    """Per prompt, the next-token logits after it and its first `agreement_tokens` greedy tokens with the
+    KV cache, in one pass: what export's parity and the quantize ladder compare with PyTorch / the fp32
+    graph (lifecycle.workloads.decoders.generation)."""
     n = self.generation["agreement_tokens"]
     rows = []
     for p in prompts:
         answer, first = self._continue(self.prompt_ids(p), n, 0.0, 0, 1.0, None, [], None, True)
-        tokens = np.full(n, -1, dtype=np.float32)
-        tokens[: len(answer["tokens"])] = answer["tokens"]
-        rows.append(np.concatenate([first, tokens]))
-    return np.stack(rows).astype(np.float32) if rows else np.zeros((0, n), dtype=np.float32)
+        rows.append((first, answer["tokens"]))
+    return Continuations.of(rows, n, _vocab(self))
 
 
 def perplexity(self, prompts: list[str], responses: list[str]) -> float:

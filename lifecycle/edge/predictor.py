@@ -192,8 +192,9 @@ class Predictor:
     # Generation (a decoder with a KV cache) is its own job, in lifecycle.edge.decoding; its functions take
     # the predictor as `self` and are bound here, so they are called as methods like the rest.
     prompt_ids, generate, stream = decoding.prompt_ids, decoding.generate, decoding.stream
-    decoding_speed, generator_rows, perplexity = decoding.decoding_speed, decoding.generator_rows, decoding.perplexity
-    _empty_past, _step, _continue, _decode = decoding._empty_past, decoding._step, decoding._continue, decoding._decode
+    decoding_speed, continuations, perplexity = decoding.decoding_speed, decoding.continuations, decoding.perplexity
+    _empty_past, _fits, _step = decoding._empty_past, decoding._fits, decoding._step
+    _continue, _decode = decoding._continue, decoding._decode
 
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Embeddings (n, dim), float32: pooling and normalisation are inside the graph."""

@@ -108,7 +108,7 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
 
     predictor = Predictor.open(ctx.out_dir, threads=cfg.latency.threads)
     metrics = onnx.parity(model, tokenizer, predictor, parity_texts, task.max_length, reference,
-                          plugin.answers.argmax_parity)
+                          plugin.answers.argmax_parity, plugin.outputs, plugin.answers.difference)
     test = splits["test"]
     test_inputs = plugin.inputs(test)
     fp32 = reference(model, tokenizer, test_inputs) if plugin.answers.fidelity_at_export else None

@@ -156,7 +156,7 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
 
     task, test = ladder.task, ladder.splits["test"]
     predictor = Predictor.open(rung_dir, threads=cfg.latency.threads)
-    reference = ladder.fp32.logits(task.inputs(test))
+    reference = task.outputs(ladder.fp32, task.inputs(test))
     metrics, outputs = task.score(predictor, Scoring(ctx.pipeline, ladder.data, "test", reference, ctx.out_dir))
     metrics.update({k: v for k, v in chosen.items() if k not in gatelib.split_scores()})  # latency, size, speed
     metrics.update({f"val_{k}": v for k, v in chosen.items() if k in gatelib.split_scores()})
@@ -182,7 +182,7 @@ class Ladder:
         self.fp32 = Predictor.open(src, threads=cfg.latency.threads)
         # Rungs are judged on validation and test is scored once, on the rung kept: choosing by test
         # scores would make the reported test score the best of several looks at it.
-        self.reference = self.fp32.logits(self.task.inputs(self.splits["validation"]))
+        self.reference = self.task.outputs(self.fp32, self.task.inputs(self.splits["validation"]))
         self.work = ctx.scratch_dir / "work"
 
     def calibration(self, settings: Settings) -> tuple[list[str], list[dict]]:

@@ -67,6 +67,16 @@ def nothing(*_args) -> dict:
     return {}
 
 
+def graph_outputs(predictor, inputs: list, batch_size: int = 64):
+    return predictor.logits(inputs, batch_size)
+
+
+def largest_difference(reference, outputs) -> float:
+    from lifecycle.components.onnx import max_abs_diff
+
+    return max_abs_diff(reference, outputs)
+
+
 @dataclass(frozen=True, eq=False)
 class Answers:
     """An answers kind: what one answer is, the graph output that holds it, and how two answers compare."""
@@ -80,6 +90,10 @@ class Answers:
     schema: Callable[[Any], dict] = nothing  # what schema.json says beyond the output (an embedder's pooling)
     details: Callable[[Any, Any], dict] = nothing  # (predictor, test outputs): what the manifest records beside samples
     argmax_parity: bool = False  # whether parity's argmax agreement means anything (a classifier's logits)
+    # (predictor, inputs, batch_size) -> what fidelity compares with the reference (`Task.reference`'s
+    # outputs for the same inputs): the graph's outputs, or a generator's continuations
+    outputs: Callable[..., Any] = graph_outputs
+    difference: Callable[[Any, Any], float] = largest_difference  # (reference, outputs) -> parity_max_abs_diff
     fidelity_at_export: bool = False  # whether export scores `fidelity` on the whole test split too
     # whether the serve stage's default gate (HTTP accuracy equal to the parent's) applies
     serve_accuracy: bool = True
@@ -215,6 +229,10 @@ class Task:
     # ------------------------------------------------------------- samples and answers
     def wire(self, items: list) -> list:
         return self.inputs.wire(items)
+
+    def outputs(self, predictor, inputs: list, batch_size: int = 64):
+        """What fidelity compares, by the answers kind: the graph's outputs per input, or a generator's continuations."""
+        return self.answers.outputs(predictor, inputs, batch_size)
 
     def sample_predictions(self, predictor, items: list) -> list[dict]:
         """One record per input, the answer as the edge method gives it (JSON)."""

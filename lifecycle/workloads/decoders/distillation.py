@@ -74,9 +74,8 @@ def distill(cfg, parent, ctx) -> tuple[dict, dict]:
     s_ppl, t_ppl = generation.perplexity(student, held["test"], pad), generation.perplexity(teacher, held["test"], pad)
     val_ppl = generation.perplexity(student, held["validation"], pad)
     prompts = data.splits["test"]["prompts"]
-    s_rows, t_rows = (generation.reference_rows(m, tokenizer, prompts, settings.new_tokens, task.max_length, separator)
-                      for m in (student, teacher))
-    vocab = s_rows.shape[1] - settings.new_tokens
+    s_out, t_out = (generation.continuations(m, tokenizer, prompts, settings.new_tokens, task.max_length, separator)
+                    for m in (student, teacher))
     t_lat, s_lat = paired_latency(teacher, tokenizer, student, tokenizer, prompts[0] if prompts else "", cfg,
                                   task.max_length)
     s_params, t_params = models.count_parameters(student)["params_total"], models.count_parameters(teacher)["params_total"]
@@ -87,8 +86,8 @@ def distill(cfg, parent, ctx) -> tuple[dict, dict]:
             "perplexity": s_ppl, "val_perplexity": val_ppl, "teacher_perplexity": t_ppl,
             "perplexity_ratio": s_ppl / t_ppl, "eval_loss": math.log(val_ppl),
             "kl_to_teacher": kl_to_teacher(student, teacher, held["test"], pad),
-            "generation_agreement": float((s_rows[:, vocab:] == t_rows[:, vocab:]).all(axis=1).mean()),
-            "next_token_agreement": float((s_rows[:, :vocab].argmax(1) == t_rows[:, :vocab].argmax(1)).mean()),
+            "generation_agreement": float((s_out.tokens == t_out.tokens).all(axis=1).mean()),
+            "next_token_agreement": float((s_out.logits.argmax(1) == t_out.logits.argmax(1)).mean()),
             "speedup": t_lat["torch_latency_p50_ms"] / s_lat["torch_latency_p50_ms"], "compression": t_params / s_params,
             "params_total": s_params, "teacher_params_total": t_params,
             "size_mb": models.size_mb(ctx.out_dir / "model.safetensors"),

@@ -15,11 +15,13 @@ torch.onnx's tracer cannot take as graph inputs without a hand-written wrapper p
 carries those wrappers, and the per-architecture KV layouts: GPT-2's heads, Llama's grouped KV heads).
 onnxruntime-genai's model builder was not measured (not installed; it covers the Llama family only).
 
-`Predictor.logits(prompts)` of a generator (what export's parity and the quantize ladder compare) is one
-row per prompt: the next-token logits after the prompt, then `new_tokens` greedy token ids decoded with
-the KV cache (-1 after end-of-text). So `parity_max_abs_diff` is small only when the logits agree *and*
-the greedy generations are identical to PyTorch's; `generation_agreement` is the share of prompts whose
-greedy continuation is identical. Scores: held-out `perplexity` (the headline; lower is better) on the
+A generator answers tokens. What export's parity and the quantize ladder compare is its `Continuations` per
+prompt (lifecycle.edge.decoding): the next-token logits after the prompt and `new_tokens` greedy tokens
+decoded with the KV cache, from the edge runtime (`Predictor.continuations`) and from PyTorch
+(`model.continuations`). `parity_max_abs_diff` is the largest logit difference, and at least 1.0 when a
+greedy continuation differs (tokens are the same or not, as the serve stage compares them), so it is
+small only when the logits agree *and* the greedy generations are identical to PyTorch's;
+`generation_agreement` is the share of prompts whose greedy continuation is identical. Scores: held-out `perplexity` (the headline; lower is better) on the
 split's response tokens, computed from the ONNX graph. Edge method `generate`; route POST /generate.
 """
 
@@ -83,8 +85,23 @@ def tokens_agree(http, local, tolerance):
 
 # served answers are checked token for token against the same prompts run in-process (no labels to score);
 # PyTorch's greedy generations are the reference of the exported graph
+def continuations(predictor, prompts, batch_size=64):
+    return predictor.continuations(prompts)  # one prompt at a time: no batches
+
+
+def difference(reference, outputs) -> float:
+    """The largest logit difference; at least 1.0 where a greedy continuation differs (NaN stays NaN)."""
+    import numpy as np
+
+    from lifecycle.components.onnx import max_abs_diff
+
+    largest = max_abs_diff(reference.logits, outputs.logits)
+    return largest if np.array_equal(reference.tokens, outputs.tokens) or np.isnan(largest) else max(largest, 1.0)
+
+
 TOKENS = Answers(kind="tokens", output="logits", width=lambda model: model.config.vocab_size, agree=tokens_agree,
-                 sequence=True, fidelity_at_export=True, serve_accuracy=False)
+                 sequence=True, fidelity_at_export=True, serve_accuracy=False, outputs=continuations,
+                 difference=difference)
 
 
 # ------------------------------------------------------------------------------------ the task
@@ -95,11 +112,11 @@ def torch_model(src: Path):
 
 
 def reference(model, tokenizer, prompts, task, batch_size=64):
-    """Next-token logits, then `new_tokens` greedy ids, per prompt (the task's generation settings)."""
-    from lifecycle.workloads.decoders.model import reference_rows
+    """PyTorch's Continuations: next-token logits and `new_tokens` greedy ids per prompt (the task's settings)."""
+    from lifecycle.workloads.decoders.model import continuations
 
     s = task.generation_settings
-    return reference_rows(model, tokenizer, prompts, s.new_tokens, task.max_length, s.separator if s.prompt_field else None)
+    return continuations(model, tokenizer, prompts, s.new_tokens, task.max_length, s.separator if s.prompt_field else None)
 
 
 def score(predictor, scoring):
@@ -121,13 +138,12 @@ def score(predictor, scoring):
         n = settings.rouge.records
         answered = predictor.generate(rows["prompt"][:n], max_new_tokens=settings.rouge.answer_tokens)
         metrics["rouge_l"] = rouge_l([a["text"] for a in answered], rows["response"][:n])
-    outputs = predictor.logits(prompts)
+    outputs = predictor.continuations(prompts)
     if reference is not None:
-        vocab = outputs.shape[1] - settings.new_tokens
         metrics.update(
-            generation_agreement=float(np.mean([(a[vocab:] == b[vocab:]).all() for a, b in zip(outputs, reference)])),
-            next_token_agreement=float(np.mean(outputs[:, :vocab].argmax(-1) == reference[:, :vocab].argmax(-1))),
-            logit_max_abs_diff=max_abs_diff(outputs[:, :vocab], reference[:, :vocab]))
+            generation_agreement=float(np.mean((outputs.tokens == reference.tokens).all(-1))),
+            next_token_agreement=float(np.mean(outputs.logits.argmax(-1) == reference.logits.argmax(-1))),
+            logit_max_abs_diff=max_abs_diff(outputs.logits, reference.logits))
     return metrics, outputs
 
 

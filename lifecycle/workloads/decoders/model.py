@@ -206,12 +206,13 @@ def load_causal_lm(path: Path):
     return models.load_model(AutoModelForCausalLM, path).eval(), models.load_tokenizer(path)
 
 
-def reference_rows(model, tokenizer, prompts: list[str], new_tokens: int, context: int, separator: str | None):
-    """PyTorch's answer per prompt as lifecycle.edge lays out a generator's `logits()` row: the next-token
-    logits after the prompt, then `new_tokens` greedy tokens (with the model's own KV cache; -1 after the
-    end-of-text token). One prompt at a time: no padding, as the edge runtime runs them."""
-    import numpy as np
+def continuations(model, tokenizer, prompts: list[str], new_tokens: int, context: int, separator: str | None):
+    """PyTorch's Continuations (lifecycle.edge.decoding), as the edge runtime's `continuations()` gives them: per
+    prompt, the next-token logits after it and `new_tokens` greedy tokens (with the model's own KV cache; -1
+    after the end-of-text token). One prompt at a time: no padding, as the edge runtime runs them."""
     import torch
+
+    from lifecycle.edge.decoding import Continuations
 
     rows = []
     with torch.no_grad():
@@ -226,10 +227,8 @@ def reference_rows(model, tokenizer, prompts: list[str], new_tokens: int, contex
             greedy = out[0, len(ids):].tolist()
             if tokenizer.eos_token_id in greedy:
                 greedy = greedy[: greedy.index(tokenizer.eos_token_id) + 1]
-            tokens = np.full(new_tokens, -1, dtype=np.float32)
-            tokens[: len(greedy)] = greedy
-            rows.append(np.concatenate([logits, tokens]))
-    return np.stack(rows).astype(np.float32)
+            rows.append((logits, greedy))
+    return Continuations.of(rows, new_tokens, model.config.vocab_size)
 
 
 def split_rows(data: GenerationData, tokenizer, task, stage: str):
@@ -341,10 +340,8 @@ def rouge_scores(settings, records: dict, before: list[str], after: list[str]) -
 
 def answers(model, prompts: list[str], new_tokens: int, tokenizer, context: int, separator) -> list[str]:
     """The greedy answer to each prompt (up to `new_tokens`, ending at end-of-text), as text."""
-    rows = reference_rows(model, tokenizer, prompts, new_tokens, context, separator)
-    vocab = rows.shape[1] - new_tokens
-    return [tokenizer.decode([int(t) for t in row[vocab:] if t >= 0 and int(t) != tokenizer.eos_token_id])
-            for row in rows]
+    tokens = continuations(model, tokenizer, prompts, new_tokens, context, separator).tokens
+    return [tokenizer.decode([int(t) for t in row if t >= 0 and t != tokenizer.eos_token_id]) for row in tokens]
 
 
 def sample_generations(model, tokenizer, prompts, new_tokens, context, separator) -> list[dict]:
