@@ -142,7 +142,7 @@ def test_schema_kinds_override_the_tasks_kinds(toy_package, tmp_path):
     assert _kinds({"task": "tabular-regression"}, "schema.json") == ("rows", "value")
 
 
-@pytest.mark.parametrize("field, kind, builtin", [("inputs_kind", "audio", "text, prompts, rows, images"),
+@pytest.mark.parametrize("field, kind, builtin", [("inputs_kind", "video", "text, prompts, rows, images, audio"),
                                                   ("answers_kind", "bounding-boxes", "labels, vector, value")])
 def test_an_unknown_kind_is_refused_in_one_line(toy_package, tmp_path, field, kind, builtin):
     root = toy_model(tmp_path / "toy", **{field: kind})

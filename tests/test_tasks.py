@@ -77,7 +77,9 @@ def test_the_branch_patterns_catch_what_they_are_for():
 
 
 def test_every_task_type_has_one_complete_plug_in():
-    assert set(workloads.task_names()) == set(KINDS)  # the built-in wings declare every task the edge knows
+    # the built-in wings declare every task the edge knows by name (models written before schema.json named
+    # their kinds); a task added since (audio) is known by the kinds its schema.json names
+    assert set(KINDS) <= set(workloads.task_names())
     for name in workloads.task_names():
         plugin = workloads.task(name)
         assert plugin.name == name and isinstance(plugin, tasks.Task)
@@ -100,7 +102,7 @@ def declared(task) -> list[str]:
 def test_a_task_is_a_small_declaration_of_two_known_kinds():
     inputs = {t.inputs_kind: t.inputs for t in workloads.tasks()}
     answers = {t.answers_kind: t.answers for t in workloads.tasks()}
-    assert set(inputs) == {"text", "prompts", "rows", "images"}
+    assert set(inputs) == {"text", "prompts", "rows", "images", "audio"}
     assert set(answers) == {"labels", "vector", "value", "score", "tokens"}
     assert inputs["text"] is tasks.TEXT and answers["labels"] is tasks.LABELS and answers["vector"] is tasks.VECTOR
     for task in workloads.tasks():

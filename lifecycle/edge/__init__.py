@@ -11,6 +11,7 @@ so the `edge/` folder can be copied alone onto a device and imported as `edge`.
                                              # regress_rows, score_rows); missing values as None
     p.classify_images([png_bytes, uint8_array])  # an image classifier: encoded PNG/JPEG or pixels
     p.embed_images([png_bytes, uint8_array])     # an image embedder: (n, dim) float32, normalised in the graph
+    p.answer([wav_bytes, float32_waveform])      # a spoken-word classifier: WAV/FLAC or samples at its rate
     p.generate(["a prompt"])                 # a decoder: [{"text", "tokens", "finish_reason"}] (also stream)
     p.answers(["some text"])                 # whichever of those the model's task declares, as JSON
     p.answer([...])                          # the answer by the model's answers kind (a plug-in kind's too)
@@ -33,6 +34,7 @@ One module per job:
     text_inputs   texts -> feeds: the tokenizer, padding
     table_inputs  rows -> feeds: TablePreprocessing, RowError
     image_inputs  images -> pixel_values: bounded decoding, ImagePreprocessing, ImageError
+    audio_inputs  clips -> input_values: log-mel features (AudioPreprocessing), as transformers' AST extractor
     requests      the checks of a served request's JSON payload (texts, rows, prompts, images), no server needed
     bundle        the files a bundle holds, BundleError, manifest reading, hash verification
     signature     manifest.sig verification with trusted Ed25519 keys
@@ -45,6 +47,7 @@ import os
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported
 
+from .audio_inputs import FEATURE_EXTRACTOR, AudioInputs, AudioPreprocessing, wav_bytes  # noqa: E402
 from .bundle import (  # noqa: E402
     BUNDLE_REFUSED,
     LABELS,
@@ -92,6 +95,7 @@ from .signature import check_signature, key_id  # noqa: E402
 from .table_inputs import MISSING_ID, PREPROCESSING, UNKNOWN_ID, RowError, TablePreprocessing  # noqa: E402
 
 __all__ = [
+    "FEATURE_EXTRACTOR", "AudioInputs", "AudioPreprocessing", "wav_bytes",
     "BATCH_DEPENDENT_OPS", "BUNDLE_REFUSED", "CONVERTIBLE_MODES", "EXTRACT_PREFIX", "IMAGE_FORMATS",
     "IMAGE_PROCESSOR", "LABELS", "MANIFEST", "MAX_IMAGE_PIXELS", "MAX_MANIFEST_BYTES", "MAX_MEMBER_BYTES",
     "MAX_MEMBERS", "MAX_RATIO", "MAX_REQUEST_PIXELS", "MAX_TOTAL_BYTES", "MISSING_ID", "MODEL", "PREPROCESSING",

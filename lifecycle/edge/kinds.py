@@ -26,13 +26,15 @@ from __future__ import annotations
 import functools
 
 from .answers import ANSWERS
+from .audio_inputs import AudioInputs
 from .bundle import BundleError
 from .decoding import PromptInputs
 from .image_inputs import ImageInputs
 from .table_inputs import RowInputs
 from .text_inputs import TextInputs
 
-INPUTS = {"text": TextInputs, "prompts": PromptInputs, "rows": RowInputs, "images": ImageInputs}
+INPUTS = {"text": TextInputs, "prompts": PromptInputs, "rows": RowInputs, "images": ImageInputs,
+          "audio": AudioInputs}
 
 
 def inputs_kind(name: str, where) -> type:

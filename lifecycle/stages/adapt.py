@@ -26,14 +26,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
 from lifecycle.embedding import Contrastive
 from lifecycle.models import ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
-from lifecycle.workloads import SOURCE_INPUTS
+from lifecycle.workloads import SOURCE_INPUTS, declared_objective
 
 
 class Config(StageBase):
@@ -53,8 +53,15 @@ class Config(StageBase):
     # as a sentence-embedding model (lifecycle.workloads.text.contrastive; settings in `contrastive:`); no MLM head,
     # no perplexity, and general_data / probe / head_warmup_* do not apply. On an image source: SimCLR
     # continued from an image model (lifecycle.workloads.images.contrastive; `contrastive.temperature` only).
-    objective: Literal["mlm", "clm", "contrastive"] | None = Field(None, exclude_if=unset)
+    # Another objective a workload declares for `adapt` (masked-spectrogram on an audio source) continues a
+    # masked model of that workload.
+    objective: str | None = Field(None, exclude_if=unset)
     contrastive: Contrastive | None = Field(None, exclude_if=unset)
+
+    @field_validator("objective")
+    @classmethod
+    def _declared(cls, objective: str | None) -> str | None:
+        return declared_objective("adapt", objective)
 
     @model_validator(mode="after")
     def _start(self) -> Config:
@@ -76,15 +83,15 @@ class Config(StageBase):
 
     def accepts(self, task: TaskType | None) -> tuple[Holds, ...]:
         # The parent's objective is continued; a classifier's head would be thrown away for an LM head.
-        return {"contrastive": ("masked-lm", "encoder"), "mlm": ("masked-lm",), "clm": ("causal-lm",),
-                None: ("masked-lm", "causal-lm")}[self.objective]
+        return {"contrastive": ("masked-lm", "encoder"), "clm": ("causal-lm",),
+                None: ("masked-lm", "causal-lm")}.get(self.objective, ("masked-lm",))
 
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
         if self.objective is None:
             # A start given by `model:` is taken as an encoder (a masked-LM head is added): a causal one
             # must say `objective: clm`, which `run` checks, so what follows is checked against it.
             return consumed or "masked-lm"
-        return {"contrastive": "encoder", "mlm": "masked-lm", "clm": "causal-lm"}[self.objective]
+        return {"contrastive": "encoder", "clm": "causal-lm"}.get(self.objective, "masked-lm")
 
     def chain_hint(self, consumed: Holds, task: TaskType | None) -> str | None:
         if consumed == "encoder":

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lifecycle.components.probe import Probe
 from lifecycle.components.training import TrainConfig
 from lifecycle.embedding import Contrastive
 from lifecycle.models import PRESETS, ModelSource
 from lifecycle.schema import Holds, StageBase, TaskType, Trains, unset
-from lifecycle.workloads import SOURCE_INPUTS
+from lifecycle.workloads import SOURCE_INPUTS, declared_objective
 
 
 class Config(StageBase):
@@ -40,9 +40,15 @@ class Config(StageBase):
     # masked-image: a vision transformer on an image source (lifecycle.workloads.images.masked, SimMIM;
     # `mlm_probability` is the share of patches masked). contrastive on an image source: SimCLR on two
     # augmented views (lifecycle.workloads.images.contrastive; `contrastive.temperature` only).
-    objective: Literal["mlm", "clm", "contrastive", "masked-feature", "masked-image"] | None = Field(
-        None, exclude_if=unset)
+    # masked-spectrogram: an audio spectrogram transformer on an audio source (lifecycle.workloads.audio.masked).
+    # Any objective a workload's recipe table declares for `pretrain` is accepted (lifecycle recipes).
+    objective: str | None = Field(None, exclude_if=unset)
     contrastive: Contrastive | None = Field(None, exclude_if=unset)
+
+    @field_validator("objective")
+    @classmethod
+    def _declared(cls, objective: str | None) -> str | None:
+        return declared_objective("pretrain", objective)
 
     @model_validator(mode="after")
     def _from_scratch(self) -> Config:
@@ -50,10 +56,9 @@ class Config(StageBase):
             raise ValueError("model: pretrain starts from a preset; to continue from existing weights use an "
                              "`adapt` stage with `model: {path: ...}` or `model: {package: ...}`")
         natural = "mlm" if self.model.family == "bert" else "clm"
-        encoder_only = ("contrastive", "masked-feature", "masked-image")
-        if self.objective not in (None, natural) and not (self.objective in encoder_only and natural == "mlm"):
+        if self.objective not in (None, natural) and (natural == "clm" or self.objective == "clm"):
             raise ValueError(f"objective: '{self.objective}' does not fit preset {self.model.preset} "
-                             f"({'encoder: mlm, contrastive, masked-feature or masked-image' if natural == 'mlm' else 'decoder: clm'})")
+                             f"({'encoder: any objective but clm' if natural == 'mlm' else 'decoder: clm'})")
         if self.contrastive is not None and self.objective != "contrastive":
             raise ValueError("contrastive: settings for `objective: contrastive` only")
         fields = {**PRESETS[self.model.preset](), **self.model.overrides}
@@ -72,7 +77,7 @@ class Config(StageBase):
     def produces(self, consumed: Holds | None, task: TaskType | None) -> Holds:
         if self.objective == "contrastive":
             return "encoder"
-        return "masked-lm" if self.objective in ("masked-feature", "masked-image") or self.model.family == "bert" else "causal-lm"
+        return "masked-lm" if self.model.family == "bert" else "causal-lm"  # every other objective: an encoder's
 
     def data_refs(self) -> dict[str, tuple[str, bool]]:
         return {"data": (self.data, False), **({"probe.data": (self.probe.data, True)} if self.probe else {})}

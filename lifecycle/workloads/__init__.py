@@ -26,7 +26,7 @@ from typing import Any
 
 ENTRY_POINTS = "lifecycle.workloads"
 BUILT_IN = ("lifecycle.workloads.text", "lifecycle.workloads.decoders", "lifecycle.workloads.tables",
-            "lifecycle.workloads.images")
+            "lifecycle.workloads.images", "lifecycle.workloads.audio")
 # a data source's kind (schema.DataSource.reads) -> the inputs kind its rows are
 SOURCE_INPUTS = {"text": "text", "table": "rows", "image": "images"}
 
@@ -113,3 +113,12 @@ def recipe(stage: str, inputs: str, key: str) -> Recipe | None:
 
 def recipes_for(stage: str) -> list[Recipe]:
     return [r for k, r in registry().recipes.items() if k[0] == stage]
+
+
+def declared_objective(stage: str, objective: str | None) -> str | None:
+    """`objective` of a pretrain or adapt stage, when some workload declares a recipe for it (a ValueError
+    listing those that are, else); which input kind it reads is checked against the data later."""
+    known = sorted({r.key for r in recipes_for(stage)} | {"mlm", "clm"})
+    if objective is not None and objective not in known:
+        raise ValueError(f"'{objective}' is no {stage} objective; the recipe table has {', '.join(known)}")
+    return objective
