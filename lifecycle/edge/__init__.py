@@ -47,6 +47,16 @@ import os
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported
 
+from .audio_decoding import (  # noqa: E402
+    AUDIO_FORMATS,
+    MAX_AUDIO_SECONDS,
+    MAX_CHANNELS,
+    SAMPLE_RATES,
+    AudioError,
+    decode_audio,
+    open_audio,
+    resample,
+)
 from .audio_inputs import FEATURE_EXTRACTOR, AudioInputs, AudioPreprocessing, wav_bytes  # noqa: E402
 from .bundle import (  # noqa: E402
     BUNDLE_REFUSED,
@@ -95,6 +105,7 @@ from .signature import check_signature, key_id  # noqa: E402
 from .table_inputs import MISSING_ID, PREPROCESSING, UNKNOWN_ID, RowError, TablePreprocessing  # noqa: E402
 
 __all__ = [
+    "AUDIO_FORMATS", "MAX_AUDIO_SECONDS", "MAX_CHANNELS", "SAMPLE_RATES", "AudioError", "decode_audio", "open_audio", "resample",
     "FEATURE_EXTRACTOR", "AudioInputs", "AudioPreprocessing", "wav_bytes",
     "BATCH_DEPENDENT_OPS", "BUNDLE_REFUSED", "CONVERTIBLE_MODES", "EXTRACT_PREFIX", "IMAGE_FORMATS",
     "IMAGE_PROCESSOR", "LABELS", "MANIFEST", "MAX_IMAGE_PIXELS", "MAX_MANIFEST_BYTES", "MAX_MEMBER_BYTES",
