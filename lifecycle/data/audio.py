@@ -208,6 +208,7 @@ def read_clips(root: Path, src, spec: AudioSpec, metadata: Path | None):
 
 def load_audio(src, pipeline, seed: int) -> AudioData:
     """Read, drop exact duplicates, split (by column values, else stratified fractions), fit preprocessing."""
+    import numpy as np
 
     from lifecycle.edge import AudioPreprocessing
 
@@ -236,7 +237,8 @@ def load_audio(src, pipeline, seed: int) -> AudioData:
 
     splits = {}
     for name, idx in split_clips(labels, columns, spec, src.split, seed, labelled and src.split.stratify).items():
-        idx = idx[: src.limit] if src.limit else idx
+        if src.limit:  # a seeded subset: the first clips by path could all be one class folder
+            idx = np.sort(np.random.default_rng(seed).permutation(idx)[: src.limit])
         if not len(idx) and not spec.test_only:
             raise LifecycleError(f"{where}: the {name} split is empty; change `audio.{name}_where`, the split "
                                  "fractions or add clips")
