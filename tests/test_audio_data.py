@@ -70,13 +70,18 @@ def files_folder(root: Path) -> Path:
     return root
 
 
-def load(tmp_path: Path, **sources):
-    """The pipeline's sources as AudioData, through config.load (a pipeline YAML beside them)."""
+def pipeline(tmp_path: Path, **sources):
+    """A pipeline holding these sources, through config.load (a pipeline YAML beside them)."""
     (tmp_path / "t.csv").write_text("text,label\nx,a\n")
     raw = {"name": "audio", "data": {**sources, "txt": {"format": "csv", "path": "t.csv"}},
            "stages": [{"kind": "pretrain", "data": "txt", "model": {"preset": "bert-tiny"}}]}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    p = config.load(tmp_path / "p.yaml")
+    return config.load(tmp_path / "p.yaml")
+
+
+def load(tmp_path: Path, **sources):
+    """The pipeline's sources as AudioData."""
+    p = pipeline(tmp_path, **sources)
     return {name: data.load(p.data[name], p) for name in sources}
 
 
@@ -183,7 +188,26 @@ def test_read_through_refuses_a_model_of_another_rate(tmp_path):
         d.read_through({**d.preprocessing, "sampling_rate": 8000}, "stages[1]")
 
 
+def test_the_fingerprint_covers_the_metadata_csv(tmp_path):
+    write(tmp_path / "part/train/yes/a.wav", clip(1, 16000), 16000)
+    (tmp_path / "part/metadata.csv").write_text("file,voice\ntrain/yes/a.wav,v1\n")
+    p = pipeline(tmp_path, part={"format": "audiofolder", "path": "part/train", "audio": {"metadata": "part/metadata.csv"}})
+    before = p.data["part"].fingerprint(p)
+    assert tmp_path / "part/metadata.csv" in p.data["part"].files(p)
+    (tmp_path / "part/metadata.csv").write_text("file,voice\ntrain/yes/a.wav,v2\n")
+    assert p.data["part"].fingerprint(p) != before
+
+
 # ------------------------------------------------------------------------------------------ errors
+def test_an_audio_source_given_to_an_image_task_is_named_as_audio(tmp_path):
+    files_folder(tmp_path / "clips")
+    raw = {"name": "a", "data": {"clips": {"format": "audiofolder", "path": str(tmp_path / "clips")}},
+           "task": {"type": "image-classification", "data": "clips"},
+           "stages": [{"kind": "finetune", "model": {"preset": "bert-tiny"}}]}
+    with pytest.raises(ConfigError, match="task.data: 'clips' is audio, but a image-classification task reads image"):
+        config.build(raw)
+
+
 CONFIG_ERRORS = [
     ({"format": "csv", "path": "t.csv", "audio": {}}, "audio: a 'csv' source holds no audio"),
     ({"format": "audiofiles", "path": "clips"}, "audio.pattern: an 'audiofiles' source takes its labels"),
