@@ -20,25 +20,6 @@ FSDD = Path("/work/shared/data/speech/fsdd/recordings")
 PATTERN = r"(?P<label>[a-z]+)_(?P<speaker>s\d)_(?P<take>\d+)\.(wav|flac)"
 
 
-@pytest.fixture(autouse=True)
-def preprocessing(monkeypatch):
-    """lifecycle.edge.AudioPreprocessing (the log-mel transform) when it is there, else a stand-in that fits
-    only the rate: these tests are about reading and splitting, not features."""
-    if not hasattr(lifecycle.edge, "AudioPreprocessing"):
-        class StandIn:
-            def __init__(self, spec: dict):
-                self.spec = spec
-
-            @classmethod
-            def fit(cls, waves: list, sampling_rate: int) -> dict:
-                return {"sampling_rate": sampling_rate}
-
-            def transform(self, waves: list) -> np.ndarray:
-                return np.zeros((len(waves), 1, 1), dtype=np.float32)
-
-        monkeypatch.setattr(lifecycle.edge, "AudioPreprocessing", StandIn, raising=False)
-
-
 def clip(seed: int, rate: int, seconds: float = 0.25, kind: str = "tone") -> np.ndarray:
     """A distinct clip per seed: a tone, a chirp or noise."""
     t = np.arange(int(seconds * rate)) / rate
@@ -103,6 +84,10 @@ def test_file_name_columns_split_by_speaker_keep_every_speaker_in_one_split(tmp_
     assert d.stats["sample_rates"] == {8000: 20, 16000: 20} and d.stats["channels"] == {1: 39, 2: 1}
     assert d.stats["seconds_total"] == 10.0 and d.stats["clips"] == 40 and d.stats["duplicates_dropped"] == 0
     np.testing.assert_array_equal(d.target("test"), [d.labels.index(v) for v in d.splits["test"].labels])
+    features = d.features("train")  # the log-mel transform the edge runs, fitted on the training clips
+    assert features.dtype == np.float32 and features.shape == (20, d.preprocessing["max_length"], 64)
+    np.testing.assert_array_equal(features, lifecycle.edge.AudioPreprocessing(d.preprocessing).transform(train.waves))
+    assert d.preprocessing["sampling_rate"] == 16000 and d.preprocessing["feature_extractor_type"] == "ASTFeatureExtractor"
     # the 8 kHz chirp reaches training resampled by the edge's own function
     i = train.names.index("high_s2_0.wav")
     wave, rate = lifecycle.edge.decode_audio((tmp_path / "clips" / "high_s2_0.wav").read_bytes())
@@ -175,6 +160,7 @@ def test_a_test_only_source_and_an_unlabelled_one(tmp_path):
     assert (len(real.splits["train"]), len(real.splits["validation"]), len(real.splits["test"])) == (0, 0, 40)
     assert real.labels == ["high", "low"] and real.preprocessing["sampling_rate"] == 16000
     assert corpus.labels == [] and set(corpus.splits["train"].labels) == {""} and len(corpus.splits["train"]) == 32
+    assert corpus.features("validation").shape[0] == 4  # fitted without labels
     assert corpus.stats["cut_to_max_seconds"] == 40 and {len(w) for w in corpus.splits["train"].waves} == {1600}
     assert corpus.stats["seconds_max"] == 0.25  # the files' own length
 

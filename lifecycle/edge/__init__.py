@@ -34,6 +34,7 @@ One module per job:
     text_inputs   texts -> feeds: the tokenizer, padding
     table_inputs  rows -> feeds: TablePreprocessing, RowError
     image_inputs  images -> pixel_values: bounded decoding, ImagePreprocessing, ImageError
+    audio_decoding  WAV/FLAC bytes -> mono float32 waves: bounded decoding (header first), resample, AudioError
     audio_inputs  clips -> input_values: log-mel features (AudioPreprocessing), as transformers' AST extractor
     requests      the checks of a served request's JSON payload (texts, rows, prompts, images), no server needed
     bundle        the files a bundle holds, BundleError, manifest reading, hash verification
