@@ -88,6 +88,7 @@ def test_file_name_columns_split_by_speaker_keep_every_speaker_in_one_split(tmp_
     assert features.dtype == np.float32 and features.shape == (20, d.preprocessing["max_length"], 64)
     np.testing.assert_array_equal(features, lifecycle.edge.AudioPreprocessing(d.preprocessing).transform(train.waves))
     assert d.preprocessing["sampling_rate"] == 16000 and d.preprocessing["feature_extractor_type"] == "ASTFeatureExtractor"
+    assert {s.sampling_rate for s in d.splits.values()} == {16000}
     # the 8 kHz chirp reaches training resampled by the edge's own function
     i = train.names.index("high_s2_0.wav")
     wave, rate = lifecycle.edge.decode_audio((tmp_path / "clips" / "high_s2_0.wav").read_bytes())
@@ -154,7 +155,8 @@ def test_an_audiofolder_with_metadata_reports_unreadable_clipped_and_duplicate_f
 def test_a_test_only_source_and_an_unlabelled_one(tmp_path):
     files_folder(tmp_path / "clips")
     sources = {"real": {"format": "audiofiles", "path": "clips", "audio": {"pattern": PATTERN, "test_only": True}},
-               "corpus": {"format": "audiofiles", "path": "clips", "label_field": None, "audio": {"max_seconds": 0.1}}}
+               "corpus": {"format": "audiofiles", "path": "clips", "label_field": None,
+                          "audio": {"max_seconds": 0.1, "also_test": ["real"]}}}
     loaded = load(tmp_path, **sources)
     real, corpus = loaded["real"], loaded["corpus"]
     assert (len(real.splits["train"]), len(real.splits["validation"]), len(real.splits["test"])) == (0, 0, 40)
@@ -218,6 +220,8 @@ LOAD_ERRORS = [
      "audio.test_where: no column 'voice' (have label, speaker, take)"),
     ({"pattern": r"(?P<digit>[a-z]+)_.*"}, "label_field 'label' is not a column of this source (have digit)"),
     ({"metadata": "meta.csv"}, "audio.metadata needs a `file` column"),
+    ({"pattern": PATTERN, "also_test": ["txt"]}, "audio.also_test: 'txt' is not an audio source of this pipeline "
+     "(have clips)"),
 ]
 
 

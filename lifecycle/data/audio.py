@@ -60,6 +60,9 @@ class AudioSpec(Strict):
     validation_where: dict[str, list[str | int]] | None = None  # likewise validation (test is taken first)
     test_only: bool = False  # every clip is test: an evaluation-only source (never trained or tuned on)
     max_seconds: float | None = Field(None, gt=0)  # longer clips keep their first max_seconds (counted)
+    # Other audio sources of the pipeline whose test clips the model is also scored on (lifecycle.workloads.audio),
+    # e.g. real/ and the synthetic test sets: read through this source's preprocessing, never trained on.
+    also_test: list[str] = []
 
     @field_validator("pattern")
     @classmethod
@@ -84,6 +87,7 @@ class AudioSplit:
     labels: list[str]
     names: list[str]  # each clip's file, relative to `path`
     columns: dict[str, list[str]]  # pattern groups and metadata columns, per clip
+    sampling_rate: int  # of every wave: the source's `audio.sampling_rate`
 
     def __len__(self) -> int:
         return len(self.waves)
@@ -215,6 +219,11 @@ def load_audio(src, pipeline, seed: int) -> AudioData:
     spec = src.audio or AudioSpec()
     labelled = src.label_field is not None
     root = src.files(pipeline)[0]
+    audio = sorted(name for name, other in pipeline.data.items() if other.reads == "audio")
+    for name in spec.also_test:
+        if name not in audio:
+            raise LifecycleError(f"{root}: audio.also_test: '{name}' is not an audio source of this pipeline (have "
+                                 f"{', '.join(audio)})")
     waves, labels, names, columns, stats = read_clips(root, src, spec,
                                                       pipeline.resolve(spec.metadata) if spec.metadata else None)
     where = str(root)
@@ -243,7 +252,7 @@ def load_audio(src, pipeline, seed: int) -> AudioData:
             raise LifecycleError(f"{where}: the {name} split is empty; change `audio.{name}_where`, the split "
                                  "fractions or add clips")
         splits[name] = AudioSplit([waves[i] for i in idx], [labels[i] for i in idx], [names[i] for i in idx],
-                                  {c: [v[i] for i in idx] for c, v in columns.items()})
+                                  {c: [v[i] for i in idx] for c, v in columns.items()}, spec.sampling_rate)
     fitted = "test" if spec.test_only else "train"  # a test-only source is read through a model's preprocessing
     classes = sorted(set(splits[fitted].labels)) if labelled else []
     if labelled and not spec.test_only:
