@@ -167,6 +167,24 @@ def test_a_test_only_source_and_an_unlabelled_one(tmp_path):
     assert corpus.stats["seconds_max"] == 0.25  # the files' own length
 
 
+def test_several_folders_read_as_one_source_and_labels_renamed_to_agree(tmp_path):
+    for part, rate in (("synth", 16000), ("human", 8000)):
+        for i in range(6):
+            write(tmp_path / part / "train" / ("zero" if i % 2 else "one") / f"{part}{i}.wav", clip(i + rate, rate), rate)
+    corpus = {"format": "audiofolder", "path": ["synth/train", "human/train"], "label_field": None,
+              "split": {"validation": 0.25, "test": 0.0}}
+    files_folder(tmp_path / "clips")
+    named = {"format": "audiofiles", "path": "clips", "split": {"validation": 0.25, "test": 0.25},
+             "audio": {"pattern": r"(?P<label>[a-z]+)_.*", "rename_labels": {"high": "one", "low": "zero"}}}
+    loaded = load(tmp_path, corpus=corpus, named=named)
+    d = loaded["corpus"]
+    assert len(d.splits["test"]) == 0 and len(d.splits["train"]) + len(d.splits["validation"]) == 12
+    names = d.splits["train"].names + d.splits["validation"].names
+    assert {n.split("/")[0] for n in names} == {"synth", "human"} and "human/train/one/human0.wav" in names
+    assert d.stats["sample_rates"] == {8000: 6, 16000: 6}
+    assert loaded["named"].labels == ["one", "zero"]
+
+
 def test_read_through_refuses_a_model_of_another_rate(tmp_path):
     files_folder(tmp_path / "clips")
     d = load(tmp_path, clips={"format": "audiofiles", "path": "clips", "audio": {"pattern": PATTERN}})["clips"]

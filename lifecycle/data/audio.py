@@ -63,6 +63,13 @@ class AudioSpec(Strict):
     # Other audio sources of the pipeline whose test clips the model is also scored on (lifecycle.workloads.audio),
     # e.g. real/ and the synthetic test sets: read through this source's preprocessing, never trained on.
     also_test: list[str] = []
+    # Labels renamed as they are read, so that sources agree: FSDD's file names say 0-9, real/'s folders zero-nine.
+    rename_labels: dict[str | int, str] = {}
+
+    @field_validator("rename_labels")
+    @classmethod
+    def _keys_are_labels(cls, rename: dict) -> dict[str, str]:
+        return {str(k): v for k, v in rename.items()}  # YAML reads `0: zero` with an int key
 
     @field_validator("pattern")
     @classmethod
@@ -141,15 +148,20 @@ def read_metadata(path: Path) -> tuple[list[str], dict[Path, dict]]:
     return [n for n in names if n != "file"], rows
 
 
-def read_clips(root: Path, src, spec: AudioSpec, metadata: Path | None):
-    """Every WAV/FLAC file under root, sorted by path, decoded, mono, cut to max_seconds and resampled.
+def read_clips(roots: list[Path], src, spec: AudioSpec, metadata: Path | None):
+    """Every WAV/FLAC file under the roots, sorted by path, decoded, mono, cut to max_seconds and resampled;
+    named relative to the root (to the roots' common folder when there are several).
     Returns (waves, labels, names, columns, stats)."""
+    import os
+
     import numpy as np
 
     from lifecycle.edge import AudioError, decode_audio, open_audio, resample
 
-    if not root.is_dir():
-        raise LifecycleError(f"{root}: an {src.format} source's path is a directory of WAV/FLAC files")
+    for root in roots:
+        if not root.is_dir():
+            raise LifecycleError(f"{root}: an {src.format} source's path is a directory of WAV/FLAC files")
+    base = roots[0] if len(roots) == 1 else Path(os.path.commonpath([r.resolve() for r in roots]))
     pattern = re.compile(spec.pattern) if spec.pattern else None
     names_meta, rows = read_metadata(metadata) if metadata else ([], None)
     have = [*(pattern.groupindex if pattern else ()), *names_meta]
@@ -157,20 +169,21 @@ def read_clips(root: Path, src, spec: AudioSpec, metadata: Path | None):
     if folder and labelled and "label" not in have:
         have.append("label")  # the class folder
     if labelled and src.label_field not in have and not folder:
-        raise LifecycleError(f"{root}: label_field '{src.label_field}' is not a column of this source (have "
+        raise LifecycleError(f"{roots[0]}: label_field '{src.label_field}' is not a column of this source (have "
                              f"{', '.join(have) or 'none'}); name a group of `audio.pattern` or a column of "
                              "`audio.metadata`, or set `label_field: null`")
     for name, where in (("test_where", spec.test_where), ("validation_where", spec.validation_where)):
         for col in where or {}:
             if col not in have:
-                raise LifecycleError(f"{root}: audio.{name}: no column '{col}' (have {', '.join(have) or 'none'}); "
+                raise LifecycleError(f"{roots[0]}: audio.{name}: no column '{col}' (have {', '.join(have) or 'none'}); "
                                      "columns are `audio.pattern`'s groups and `audio.metadata`'s columns")
 
     waves, labels, names, columns = [], [], [], {c: [] for c in have}
     unreadable, unmatched, clipped, other, cut = [], [], [], 0, 0
     rates, channels, seconds = Counter(), Counter(), []
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = f.relative_to(root)
+    for root, f in ((r, f) for r in roots for f in sorted(p for p in r.rglob("*") if p.is_file())):
+        rel = f.relative_to(root)  # its first part is the class folder
+        shown = str(rel if len(roots) == 1 else f.resolve().relative_to(base))
         if f.suffix.lower() not in EXTENSIONS or (folder and labelled and len(rel.parts) < 2):
             other += 1  # another kind of file, or a clip beside the class folders (no class)
             continue
@@ -178,7 +191,7 @@ def read_clips(root: Path, src, spec: AudioSpec, metadata: Path | None):
         match = pattern.fullmatch(f.name) if pattern else None
         row = rows.get(f.resolve()) if rows is not None else {}
         if (pattern and not match) or row is None:
-            unmatched.append(str(rel))
+            unmatched.append(shown)
             continue
         found = {**found, **{k: v or "" for k, v in (match.groupdict() if match else {}).items()}, **row}
         try:
@@ -186,18 +199,19 @@ def read_clips(root: Path, src, spec: AudioSpec, metadata: Path | None):
             info = open_audio(raw, max_seconds=None, max_channels=None)
             wave, rate = decode_audio(raw, max_seconds=None, max_channels=None)
         except (AudioError, OSError) as exc:
-            unreadable.append(f"{rel}: {exc}")
+            unreadable.append(f"{shown}: {exc}")
             continue
         rates[rate] += 1
         channels[info.channels] += 1
         seconds.append(len(wave) / rate)
         if len(wave) and float(np.abs(wave).max()) >= CLIPPED:
-            clipped.append(str(rel))
+            clipped.append(shown)
         if spec.max_seconds and len(wave) > spec.max_seconds * rate:
             wave, cut = wave[: int(spec.max_seconds * rate)], cut + 1
         waves.append(resample(wave, rate, spec.sampling_rate))
-        labels.append((rel.parts[0] if folder else found[src.label_field]) if labelled else "")
-        names.append(str(rel))
+        label = (rel.parts[0] if folder else found[src.label_field]) if labelled else ""
+        labels.append(spec.rename_labels.get(label, label))
+        names.append(shown)
         for c in have:
             columns[c].append(found[c])
     secs = np.array(seconds or [0.0])
@@ -218,15 +232,15 @@ def load_audio(src, pipeline, seed: int) -> AudioData:
 
     spec = src.audio or AudioSpec()
     labelled = src.label_field is not None
-    root = src.files(pipeline)[0]
+    metadata = pipeline.resolve(spec.metadata) if spec.metadata else None
+    roots = [f for f in src.files(pipeline) if metadata is None or f.resolve() != metadata.resolve()]
+    where = ", ".join(map(str, roots))
     audio = sorted(name for name, other in pipeline.data.items() if other.reads == "audio")
     for name in spec.also_test:
         if name not in audio:
-            raise LifecycleError(f"{root}: audio.also_test: '{name}' is not an audio source of this pipeline (have "
+            raise LifecycleError(f"{where}: audio.also_test: '{name}' is not an audio source of this pipeline (have "
                                  f"{', '.join(audio)})")
-    waves, labels, names, columns, stats = read_clips(root, src, spec,
-                                                      pipeline.resolve(spec.metadata) if spec.metadata else None)
-    where = str(root)
+    waves, labels, names, columns, stats = read_clips(roots, src, spec, metadata)
     if not waves:
         raise LifecycleError(f"{where}: no readable WAV/FLAC clip ({stats['unreadable']} unreadable, "
                              f"{stats['unmatched']} not matched by the pattern or metadata, {stats['other_files']} "
@@ -248,7 +262,7 @@ def load_audio(src, pipeline, seed: int) -> AudioData:
     for name, idx in split_clips(labels, columns, spec, src.split, seed, labelled and src.split.stratify).items():
         if src.limit:  # a seeded subset: the first clips by path could all be one class folder
             idx = np.sort(np.random.default_rng(seed).permutation(idx)[: src.limit])
-        if not len(idx) and not spec.test_only:
+        if not len(idx) and not spec.test_only and (labelled or name != "test"):  # a corpus may hold no test clip
             raise LifecycleError(f"{where}: the {name} split is empty; change `audio.{name}_where`, the split "
                                  "fractions or add clips")
         splits[name] = AudioSplit([waves[i] for i in idx], [labels[i] for i in idx], [names[i] for i in idx],
