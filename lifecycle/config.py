@@ -169,8 +169,9 @@ class Pipeline(Strict):
 
             reads, holds = plugin.inputs.reads, self.data[self.task.data].reads
             if holds != reads:
-                what = {"table": "a table", "image": "images", "text": "text"}
-                hint = {"table": " (one with `table: {target: COLUMN}`)", "image": " (imagefolder or sklearn-digits)"}
+                what = {"table": "a table", "image": "images", "text": "text", "audio": "audio"}
+                hint = {"table": " (one with `table: {target: COLUMN}`)", "image": " (imagefolder or sklearn-digits)",
+                        "audio": " (audiofolder or audiofiles)"}
                 raise ValueError(f"task.data: '{self.task.data}' is {what[holds]}, but a "
                                  f"{self.task.type} task reads {reads}; name a {reads} source" + hint.get(reads, ""))
 

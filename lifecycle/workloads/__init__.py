@@ -28,7 +28,7 @@ ENTRY_POINTS = "lifecycle.workloads"
 BUILT_IN = ("lifecycle.workloads.text", "lifecycle.workloads.decoders", "lifecycle.workloads.tables",
             "lifecycle.workloads.images", "lifecycle.workloads.audio")
 # a data source's kind (schema.DataSource.reads) -> the inputs kind its rows are
-SOURCE_INPUTS = {"text": "text", "table": "rows", "image": "images"}
+SOURCE_INPUTS = {"text": "text", "table": "rows", "image": "images", "audio": "audio"}
 
 
 @dataclass(frozen=True)
