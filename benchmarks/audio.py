@@ -110,10 +110,10 @@ def measure_length(seconds: float, work: Path, runs: int) -> dict:
         x = torch.as_tensor(feeds["input_values"])
         with torch.inference_mode():
             times = interleaved({
-                "features": lambda: sessions["fp32"].encode(clips[:batch]),
-                "eager": lambda: model(input_values=x),
-                "ort_fp32": lambda: sessions["fp32"].session.run(None, feeds),
-                "ort_int8": lambda: sessions["int8"].session.run(None, feeds)}, rounds=4, warmup=3,
+                "features": lambda b=batch: sessions["fp32"].encode(clips[:b]),
+                "eager": lambda x=x: model(input_values=x),
+                "ort_fp32": lambda f=feeds: sessions["fp32"].session.run(None, f),
+                "ort_int8": lambda f=feeds: sessions["int8"].session.run(None, f)}, rounds=4, warmup=3,
                 runs=runs if batch == 1 else max(3, runs // 4))
         p50 = {k: float(np.median(v)) for k, v in times.items()}
         # ratios from the same interleaved series: the median of per-round ratios would need paired calls;

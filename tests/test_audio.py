@@ -19,7 +19,7 @@ from lifecycle.edge import FEATURE_EXTRACTOR, AudioPreprocessing, Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT.parent / "shared" / "data" / "speech"
-TRAIN = {"epochs": 6, "batch_size": 16, "lr": 2.0e-3, "warmup_ratio": 0.0, "logging_steps": 50}
+TRAIN = {"epochs": 30, "batch_size": 16, "lr": 2.0e-3, "warmup_ratio": 0.0, "logging_steps": 50}  # 60 steps
 
 
 def quiet(*_a, **_k):

@@ -260,6 +260,8 @@ def load_audio(src, pipeline, seed: int) -> AudioData:
 
     splits = {}
     for name, idx in split_clips(labels, columns, spec, src.split, seed, labelled and src.split.stratify).items():
+        if src.labels is not None:  # a subset of the words (after the split, so no test clip moves into training)
+            idx = idx[np.isin(np.array(labels, dtype=object)[idx], src.labels)]
         if src.limit:  # a seeded subset: the first clips by path could all be one class folder
             idx = np.sort(np.random.default_rng(seed).permutation(idx)[: src.limit])
         if not len(idx) and not spec.test_only and (labelled or name != "test"):  # a corpus may hold no test clip

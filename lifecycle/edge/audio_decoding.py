@@ -81,7 +81,11 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     wave = np.asarray(wave, dtype=np.float32)
     if rate == target:
         return wave
-    from scipy.signal import resample_poly
+    try:  # a bundle served at its own rate needs no scipy; another rate does
+        from scipy.signal import resample_poly
+    except ImportError:
+        raise AudioError(f"{rate} Hz audio needs resampling to the model's {target} Hz, which needs scipy here: "
+                         f"send {target} Hz audio, or pip install scipy", 415) from None
 
     g = gcd(int(rate), int(target))
     return resample_poly(wave, target // g, rate // g).astype(np.float32)

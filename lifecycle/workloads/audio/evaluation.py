@@ -56,7 +56,8 @@ def scored_set(predictions, other, labels: list[str], seed: int) -> dict:
     correct = (predictions == truth)[known]
     low, high = accuracy_interval(correct, seed)
     return {"accuracy": float(correct.mean()) if len(correct) else float("nan"), "accuracy_ci_low": low,
-            "accuracy_ci_high": high, "clips": int(len(known)), "scored_clips": int(known.sum())}
+            "accuracy_ci_high": high, "clips": int(len(known)), "scored_clips": int(known.sum()),
+            "correct": [int(c) for c in correct]}  # per scored clip, in the source's order: paired comparisons
 
 
 def also_test(logits_of, data, ctx) -> dict:
@@ -65,9 +66,9 @@ def also_test(logits_of, data, ctx) -> dict:
             for name, other in also_sets(data, ctx).items()}
 
 
-def mfcc_baseline(data, ctx) -> tuple[dict, dict]:
-    """(baseline_mfcc_<score> on the task's test split, {also_test source: {"baseline_mfcc_accuracy", ...}}):
-    standardised MFCC statistics into a logistic regression fitted on the training split."""
+def mfcc_baseline(data, ctx) -> tuple[dict, dict, list[int]]:
+    """(baseline_mfcc_<score> on the task's test split, {also_test source: {"baseline_mfcc_accuracy", ...}},
+    its test predictions): standardised MFCC statistics into a logistic regression fitted on the training split."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -79,9 +80,10 @@ def mfcc_baseline(data, ctx) -> tuple[dict, dict]:
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=ctx.seed))
     model.fit(features(data, "train"), data.target("train"))
-    scores = classification_scores(model.decision_function(features(data, "test")), data.target("test"))
+    decision = model.decision_function(features(data, "test"))
+    scores = classification_scores(decision, data.target("test"))
     also = {name: {f"baseline_mfcc_{k}": v for k, v in
                    scored_set(model.predict(features(other, "test")), other, data.labels, ctx.seed).items()
-                   if k.startswith("accuracy")}
+                   if k.startswith("accuracy") or k == "correct"}
             for name, other in also_sets(data, ctx).items()}
-    return {f"baseline_mfcc_{k}": v for k, v in scores.items()}, also
+    return {f"baseline_mfcc_{k}": v for k, v in scores.items()}, also, [int(i) for i in decision.argmax(-1)]

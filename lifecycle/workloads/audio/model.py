@@ -134,15 +134,17 @@ def task_data(ctx, start: Path | None):
     return data.read_through(json.loads((start / FEATURE_EXTRACTOR).read_text()), start)
 
 
-def scored(model, data, task, ctx, prefix: str = "") -> dict:
-    """The task's test scores (collapse metrics too) and val_ scores of `model`, and its scores on every
-    source the data names in `audio.also_test` (lifecycle.workloads.audio.evaluation)."""
+def scored(model, data, task, ctx) -> tuple[dict, dict]:
+    """(the task's test scores (collapse metrics too) and val_ scores of `model`, details: its test predictions
+    and its scores on every source the data names in `audio.also_test` (lifecycle.workloads.audio.evaluation))."""
     from lifecycle.workloads.audio.evaluation import also_test
 
-    metrics = {**task.train.test_metrics(predict(model, data.features("test")), data.target("test")),
+    test = predict(model, data.features("test"))
+    metrics = {**task.train.test_metrics(test, data.target("test")),
                **{f"val_{k}": v for k, v in task.train.evaluate(predict(model, data.features("validation")),
                                                               data.target("validation")).items()}}
-    return {f"{prefix}{k}": v for k, v in metrics.items()}, also_test(lambda x: predict(model, x), data, ctx)
+    return metrics, {"test_predictions": [int(i) for i in test.argmax(-1)],
+                     "also_test": also_test(lambda x: predict(model, x), data, ctx)}
 
 
 # ---------------------------------------------------------------------------------------- recipes
@@ -183,7 +185,7 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
         val = data.features("validation")[:64]
         model, lora = merged(model, ctx.out_dir, lambda m: predict(m, val))
     save(model, data.preprocessing, ctx.out_dir)
-    metrics, also = scored(model, data, task, ctx)
+    metrics, scores = scored(model, data, task, ctx)
     metrics.update(data_wait_fraction=measured.data_wait_fraction, **counts,
                    trainable_fraction=counts["params_trainable"] / counts["params_total"],
                    size_mb=models.size_mb(ctx.out_dir / "model.safetensors"), train_seconds=train_seconds, **lora,
@@ -195,13 +197,15 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
         control = task.train.evaluate(predict(scratch, data.features("test")), data.target("test"))
         metrics.update({f"control_{k}": v for k, v in control.items()},
                        pretraining_gain=metrics["accuracy"] - control["accuracy"])
-    baseline, baseline_also = mfcc_baseline(data, ctx)
+    baseline, baseline_also, baseline_predictions = mfcc_baseline(data, ctx)
     metrics.update(baseline)
     details = {"log_history": measured.log_history, "labels": data.labels, "data_stats": data.stats,
                "spectrogram": {"frames": model.config.max_length, "mel_bins": model.config.num_mel_bins,
                                "patch_size": model.config.patch_size, "stride": model.config.time_stride,
                                "sampling_rate": data.preprocessing["sampling_rate"]},
-               "also_test": {name: {**scores, **baseline_also.get(name, {})} for name, scores in also.items()}}
+               "test_predictions": scores["test_predictions"], "baseline_mfcc_test_predictions": baseline_predictions,
+               "also_test": {name: {**found, **baseline_also[name]}
+                             for name, found in scores["also_test"].items()}}
     return metrics, details
 
 
@@ -251,7 +255,7 @@ def distill(cfg, parent, ctx) -> tuple[dict, dict]:
                    temperature=cfg.temperature, alpha=cfg.alpha)
     train_seconds = time.time() - started
     save(student, data.preprocessing, ctx.out_dir)
-    metrics, also = scored(student, data, task, ctx)
+    metrics, scores = scored(student, data, task, ctx)
     test = data.features("test")
     teacher_scores = task.train.evaluate(predict(teacher, test), data.target("test"))
     metrics.update({f"teacher_{k}": v for k, v in teacher_scores.items()},
@@ -259,4 +263,4 @@ def distill(cfg, parent, ctx) -> tuple[dict, dict]:
                    retention=metrics["accuracy"] / teacher_scores["accuracy"] if teacher_scores["accuracy"] else float("nan"),
                    **student_costs(teacher, student, {"input_values": torch.as_tensor(test[:1])}, cfg, ctx.out_dir,
                                    train_seconds))
-    return metrics, {**details, "log_history": measured.log_history, "also_test": also}
+    return metrics, {**details, **scores, "log_history": measured.log_history}
