@@ -13,9 +13,11 @@ import base64
 import importlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import anyio
 import httpx
@@ -23,7 +25,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from lifecycle import serving
+from lifecycle import config, pipeline, serving
+from lifecycle.bundle import write_bundle
+from lifecycle.edge import Predictor
 from lifecycle.edge.requests import audio_items, image_items
 
 RATE = 8000
@@ -205,3 +209,91 @@ def test_the_service_defines_classify_audio_typed_as_a_list_of_base64_strings(tm
     assert [path for path, ops in spec["paths"].items() if "post" in ops] == ["/classify_audio"]
     request = spec["paths"]["/classify_audio"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert request["required"] == ["audio"] and request["properties"]["audio"]["items"] == {"type": "string"}
+
+
+# ------------------------------------------------------------------ a tiny audio classifier, served
+@pytest.fixture(scope="module")
+def audio_run(tmp_path_factory) -> Path:
+    """An audiofolder of generated tones, noise and chirps at 8 and 16 kHz: finetune (bert-tiny sizes, 2 steps,
+    no gate: only the plumbing matters) -> export -> serve (the serve stage's HTTP answers against its own)."""
+    tmp = tmp_path_factory.mktemp("audio")
+    makers = {"tone": lambda i: tone(300 + 60 * i), "noise": lambda i: noise(seed=i), "chirp": lambda i: chirp(high=1500 + 150 * i)}
+    for label, make in makers.items():
+        (tmp / "clips" / label).mkdir(parents=True)
+        for i in range(10):
+            rate = 16000 if i % 3 == 0 else RATE
+            wave = make(i) if rate == RATE else np.interp(np.arange(len(make(i)) * 2) / 2, np.arange(len(make(i))),
+                                                         make(i)).astype(np.float32)
+            (tmp / "clips" / label / f"{label}{i}.wav").write_bytes(encoded(wave, rate))
+    raw = {"name": "sounds", "seed": 0,
+           "data": {"clips": {"format": "audiofolder", "path": str(tmp / "clips"), "audio": {"sampling_rate": RATE},
+                              "split": {"validation": 0.2, "test": 0.2}}},
+           "task": {"type": "audio-classification", "data": "clips", "max_length": 32},
+           "stages": [{"kind": "finetune", "model": {"preset": "bert-tiny"}, "train": {"max_steps": 2, "batch_size": 8},
+                       "gates": [], "collapse_min": None},
+                      {"kind": "export", "latency": {"runs": 2, "batch32": False}, "gates": []},
+                      {"kind": "serve", "clients": 2, "warmup_requests": 2}]}
+    outcomes = pipeline.run(config.build(raw), workdir=tmp / "runs", echo=lambda *_: None)
+    assert [o.status for o in outcomes] == ["passed"] * 3
+    return tmp / "runs" / "sounds"
+
+
+@pytest.fixture(scope="module")
+def audio_server(audio_run, tmp_path_factory):
+    """The export's bundle (what a device gets), served by `bentoml serve` with the SETTINGS limits."""
+    tmp = tmp_path_factory.mktemp("audio-server")
+    bundle = write_bundle(audio_run / "export", tmp / "sounds.zip")
+    cfg = serving.write_config(serving.resolve(bundle), serving.ServingSettings(**SETTINGS), tmp / "serving.json")
+    with serving.Server(cfg, log=tmp / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        yield srv, client
+
+
+def test_the_serve_stage_finds_the_http_answers_equal_to_its_own(audio_run):
+    served = json.loads((audio_run / "serve" / "manifest.json").read_text())["metrics"]
+    assert served["prediction_mismatches"] == 0, served
+
+
+def same_answers(got: list, want: list) -> None:
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    for g, w in zip(got, want):
+        assert g["scores"] == pytest.approx(w["scores"], abs=1e-5)
+
+
+def test_classify_audio_answers_as_the_in_process_predictor(audio_server, audio_run):
+    _, client = audio_server
+    stereo = encoded(tone(523.0, rate=44100, channels=2), 44100)
+    clips = [WAV, FLAC, stereo, encoded(noise(seed=7)), encoded(chirp(), subtype="FLOAT")]
+    want = Predictor.open(audio_run / "export").answer(clips)
+    for clip, media, expected in zip(clips[:3], ["audio/wav", "audio/flac", "audio/x-wav"], want):
+        r = client.post("/classify_audio", content=clip, headers={"content-type": media})
+        assert r.status_code == 200, r.text
+        same_answers(r.json(), [expected])
+    upload = client.post("/classify_audio", **files(clips[3], clips[4], names=["a.wav", "b.wav"]))
+    listed = client.post("/classify_audio", **clips_json(*clips))
+    assert upload.status_code == 200 and listed.status_code == 200, (upload.text, listed.text)
+    same_answers(upload.json(), want[3:])
+    same_answers(listed.json(), want)
+    assert client.post("/classify", json={"texts": ["x"]}).status_code == 404  # an audio model answers /classify_audio
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_a_wav_file_posted_by_curl_is_classified(audio_server, audio_run, tmp_path):
+    server, _ = audio_server
+    (tmp_path / "a.wav").write_bytes(WAV)
+    out = subprocess.run(["curl", "-sS", "--data-binary", "@a.wav", "-H", "Content-Type: audio/wav",
+                          server.url + "/classify_audio"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    same_answers(json.loads(out.stdout), Predictor.open(audio_run / "export").answer([WAV]))
+
+
+def test_the_bad_input_matrix_over_http_leaves_the_server_live(audio_server):
+    server, client = audio_server
+    failures = []
+    for name, request_, status, says in BAD:
+        r = client.post("/classify_audio", **request_)
+        if r.status_code != status or set(r.json()) != {"error"} or says not in r.json()["error"]:
+            failures.append(f"{name}: expected {status} saying {says!r}, got {r.status_code} {r.text[:300]}")
+        if client.get("/livez").status_code != 200 or client.post("/classify_audio", **body(WAV)).status_code != 200:
+            failures.append(f"{name}: the server is not live afterwards")
+    assert not failures, "\n".join(failures)
+    assert "Traceback" not in server.log.read_text(errors="replace")
