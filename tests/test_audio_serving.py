@@ -175,6 +175,45 @@ def test_each_bad_request_gets_its_4xx_naming_the_part_and_limit(limits, request
     assert after.status_code == 200
 
 
+def test_clips_are_decoded_only_once_the_request_holds_a_slot(limits):
+    """With the one slot held, a FLAC cut in half (its header whole: only decoding finds it) gets 429, so it
+    was not decoded before admission; a cut WAV, whose header says so, is refused before admission (422).
+    Once the slot is free the cut FLAC is decoded, and refused naming the clip."""
+    settings = serving.ServingSettings(**{**SETTINGS, "max_concurrency": 1}).resolved()
+    release = anyio.Event()
+
+    async def held(scope, receive, send):
+        await release.wait()
+        await echo_app(scope, receive, send)
+
+    app = type(limits)(held, settings, limits.served, AUDIO)
+    cut_flac, cut_wav = body(FLAC[: len(FLAC) // 2], "audio/flac"), body(WAV[:600])
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+            answers = {}
+
+            async def holder():
+                answers["holder"] = await client.post("/classify_audio", **body(WAV))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(holder)
+                while app.slots.value:
+                    await anyio.sleep(0.001)
+                answers["flac"] = await client.post("/classify_audio", **cut_flac)
+                answers["wav"] = await client.post("/classify_audio", **cut_wav)
+                release.set()
+            answers["flac, admitted"] = await client.post("/classify_audio", **cut_flac)
+            return answers
+
+    answers = anyio.run(main)
+    assert answers["holder"].status_code == 200
+    assert answers["flac"].status_code == 429 and answers["flac"].json() == {"error": "Too many requests"}
+    assert answers["wav"].status_code == 422 and "the clip: truncated WAV" in answers["wav"].json()["error"]
+    admitted = answers["flac, admitted"]
+    assert admitted.status_code == 422 and "the clip: FLAC audio could not be decoded" in admitted.json()["error"]
+
+
 def test_settings_narrow_the_edge_runtimes_audio_limits(limits, monkeypatch):
     narrow = serving.ServingSettings(**SETTINGS, max_audio_channels=1, min_sample_rate=16000,
                                      max_sample_rate=16000).resolved()
