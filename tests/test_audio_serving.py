@@ -256,14 +256,13 @@ def audio_run(tmp_path_factory) -> Path:
     """An audiofolder of generated tones, noise and chirps at 8 and 16 kHz: finetune (bert-tiny sizes, 2 steps,
     no gate: only the plumbing matters) -> export -> serve (the serve stage's HTTP answers against its own)."""
     tmp = tmp_path_factory.mktemp("audio")
-    makers = {"tone": lambda i: tone(300 + 60 * i), "noise": lambda i: noise(seed=i), "chirp": lambda i: chirp(high=1500 + 150 * i)}
+    makers = {"tone": lambda i, rate: tone(300 + 60 * i, rate=rate), "noise": lambda i, rate: noise(rate=rate, seed=i),
+              "chirp": lambda i, rate: chirp(rate=rate, high=1500 + 150 * i)}
     for label, make in makers.items():
         (tmp / "clips" / label).mkdir(parents=True)
         for i in range(10):
-            rate = 16000 if i % 3 == 0 else RATE
-            wave = make(i) if rate == RATE else np.interp(np.arange(len(make(i)) * 2) / 2, np.arange(len(make(i))),
-                                                         make(i)).astype(np.float32)
-            (tmp / "clips" / label / f"{label}{i}.wav").write_bytes(encoded(wave, rate))
+            rate = 16000 if i % 3 == 0 else RATE  # resampled to the model's 8 kHz as read
+            (tmp / "clips" / label / f"{label}{i}.wav").write_bytes(encoded(make(i, rate), rate))
     raw = {"name": "sounds", "seed": 0,
            "data": {"clips": {"format": "audiofolder", "path": str(tmp / "clips"), "audio": {"sampling_rate": RATE},
                               "split": {"validation": 0.2, "test": 0.2}}},
