@@ -29,7 +29,10 @@ one file part per image; or application/json {"images": [base64, ...]}: a batch)
 /classify for an image classifier (converted to the model's mode, transparency composited over black,
 resized and normalised by the model's own image-processor config), with the same batching and the same
 refusals; POST /embed_image (the same bodies, checks and refusals) -> [[float, ...], ...] for an image
-embedder. A plug-in workload's model is served the same way on its own route: {request_key: [JSON value,
+embedder; POST /classify_audio (a body of audio/wav, audio/x-wav, audio/wave, audio/flac or audio/x-flac: one
+clip; multipart/form-data: one file part per clip; or application/json {"audio": [base64, ...]}) -> the same
+answers as /classify for a spoken-word classifier (WAV or FLAC, downmixed to mono, resampled to the model's
+rate, log-mel features by the model's own feature-extractor config), with the same refusals. A plug-in workload's model is served the same way on its own route: {request_key: [JSON value,
 ...]} -> [JSON value, ...] for kinds the tables do not hold. A generator (answers kind "tokens") has its own
 endpoint instead, with its options: POST /generate {"prompts": [...], optional
 "max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "time_budget_s", "stream"} -> [{"text", "tokens", "finish_reason"}, ...]
@@ -59,9 +62,15 @@ a 404 for an unknown path or a 405 for a wrong method, are rewritten to the same
          (from their headers too); the images are decoded only once the request holds a concurrency slot
     415  an image body of another content type; an image (or "images"[i], or a multipart file part) that is
          not an allowed format (image_formats; a text file, a GIF) or of a mode that cannot be converted
-    422  an image that is recognised but cannot be decoded (truncated, corrupt), an "images" item that is
+    413  a clip longer than max_audio_seconds, or clips of more than max_request_seconds summed (from their
+         headers too: 10 minutes of FLAC silence, ~90 kB, cost nothing); decoded once the request holds a slot
+    415  an audio body of another content type; a clip that is not WAV or FLAC, has more than
+         max_audio_channels channels, or a sample rate outside min_sample_rate..max_sample_rate (8000 to
+         48000 Hz by default; a rate taken is resampled to the model's)
+    422  an image or clip that is recognised but cannot be decoded (truncated, corrupt; a WAV whose data
+         chunk is shorter than its header says, from the header), an "images" or "audio" item that is
          not base64, a multipart field that is not a file or more than max_texts files; each message
-         names the item ("images"[2]: ..., part "file" (a.png): ...)
+         names the item ("images"[2]: ..., the clip: ..., part "file" (a.wav): ...)
     400  a multipart body that cannot be parsed (no boundary, truncated)
     413  body over max_body_bytes (Content-Length, or counted while reading a chunked body)
     408  a body still incomplete after body_timeout_s (the connection is then closed); request headers
@@ -137,14 +146,14 @@ class Generated(BaseModel):
     finish_reason: str  # eos | stop | length | time
 
 
-def _decoded(images: list[str]) -> list[bytes]:
-    # base64 images already decoded once and checked by RequestLimits.check_images
-    return [base64.b64decode(i) for i in images]
+def _decoded(files: list[str]) -> list[bytes]:
+    # base64 images or clips already decoded once and checked by RequestLimits.check_files
+    return [base64.b64decode(f) for f in files]
 
 
 # inputs kind -> (the type of one item of the request's list, what turns the checked items into the edge
 # method's inputs). Another kind's items (a plug-in workload's) are JSON values, given to the model as they are.
-INPUT_TYPES = {"text": (str, None), "rows": (dict, None), "images": (str, _decoded)}
+INPUT_TYPES = {"text": (str, None), "rows": (dict, None), "images": (str, _decoded), "audio": (str, _decoded)}
 # answers kind -> the type of one answer. Another kind's answers (a plug-in's) are served as JSON values.
 ANSWER_TYPES = {"labels": Prediction, "vector": list[float], "value": Regression, "score": AnomalyScore}
 DEFAULT_MAX_NEW_TOKENS, DEFAULT_TIME_BUDGET_S = 64, 10.0

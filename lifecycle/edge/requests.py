@@ -7,6 +7,7 @@ takes a concurrency slot; they read no file and start no thread, so they are tes
     check_rows(payload, 32, predictor.table)      # {"rows": [{column: value}, ...]} -> (problem, counts)
     check_prompts(payload, 32)                    # {"prompts": [str, ...], and GENERATE_OPTIONS}
     image_items(payload, 32)                      # {"images": [base64, ...]} -> (problem, the decoded bytes)
+    audio_items(payload, 32)                      # {"audio": [base64, ...]} -> (problem, the decoded bytes)
 """
 
 from __future__ import annotations
@@ -97,21 +98,33 @@ def check_prompts(payload, max_items: int) -> str | None:
     return None
 
 
-def image_items(payload, max_items: int) -> tuple[str | None, list[bytes]]:
-    """{"images": [base64, ...]} for an image model: (the first refusal or None, the images' bytes). Only the
-    list and the base64 are checked here; the images themselves are checked by open_image."""
-    if not isinstance(payload, dict) or set(payload) != {"images"}:
-        return ('expected a JSON object with exactly one key, "images": a list of base64 PNG/JPEG images '
-                "(or one image as the body, content type image/png or image/jpeg)"), []
-    problem = _items(payload["images"], "images", "base64 strings", max_items)
+def encoded_items(payload, key: str, what: str, max_items: int) -> tuple[str | None, list[bytes]]:
+    """{key: [base64, ...]} for a model of encoded files (`what` describes them in the refusal): (the first
+    refusal or None, the files' bytes). Only the list and the base64 are checked here; the files themselves
+    by open_image / open_audio."""
+    if not isinstance(payload, dict) or set(payload) != {key}:
+        return f'expected a JSON object with exactly one key, "{key}": a list of base64 {what}', []
+    problem = _items(payload[key], key, "base64 strings", max_items)
     if problem:
         return problem, []
     items = []
-    for i, item in enumerate(payload["images"]):
+    for i, item in enumerate(payload[key]):
         if not isinstance(item, str):
-            return f'"images"[{i}] is a {type(item).__name__}, not a base64 string', []
+            return f'"{key}"[{i}] is a {type(item).__name__}, not a base64 string', []
         try:
             items.append(base64.b64decode(item, validate=True))
         except ValueError:
-            return f'"images"[{i}] is not valid base64', []
+            return f'"{key}"[{i}] is not valid base64', []
     return None, items
+
+
+def image_items(payload, max_items: int) -> tuple[str | None, list[bytes]]:
+    """{"images": [base64, ...]} for an image model."""
+    return encoded_items(payload, "images", "PNG/JPEG images (or one image as the body, content type image/png "
+                         "or image/jpeg)", max_items)
+
+
+def audio_items(payload, max_items: int) -> tuple[str | None, list[bytes]]:
+    """{"audio": [base64, ...]} for an audio model."""
+    return encoded_items(payload, "audio", "WAV/FLAC files (or one file as the body, content type audio/wav or "
+                         "audio/flac)", max_items)

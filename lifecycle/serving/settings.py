@@ -13,6 +13,7 @@ from pydantic import Field
 
 from lifecycle import LifecycleError
 from lifecycle.artifact import write_json
+from lifecycle.edge import MAX_AUDIO_SECONDS, MAX_CHANNELS, SAMPLE_RATES
 from lifecycle.schema import Strict, unset
 from lifecycle.serving.source import Served
 
@@ -81,6 +82,17 @@ class ServingSettings(Strict):
     # may make the server decode: decoding costs about its pixels, and happens inside a concurrency slot.
     # 413 above it. None: lifecycle.edge.MAX_REQUEST_PIXELS (2 x 4096 x 4096).
     max_request_pixels: int | None = Field(None, ge=1, exclude_if=unset)
+    # Audio models (POST /classify_audio), each limit read from a clip's header before a sample is decoded:
+    # the longest clip (413 above it), the most channels and the sample rates taken (415 otherwise; a taken
+    # rate is resampled to the model's). They can only narrow the edge runtime's own limits, which decode
+    # each clip again for the model. None: those limits (lifecycle.edge: 30 s, stereo, 8000 to 48000 Hz).
+    max_audio_seconds: float | None = Field(None, gt=0, le=MAX_AUDIO_SECONDS, exclude_if=unset)
+    max_audio_channels: int | None = Field(None, ge=1, le=MAX_CHANNELS, exclude_if=unset)
+    min_sample_rate: int | None = Field(None, ge=SAMPLE_RATES[0], le=SAMPLE_RATES[1], exclude_if=unset)
+    max_sample_rate: int | None = Field(None, ge=SAMPLE_RATES[0], le=SAMPLE_RATES[1], exclude_if=unset)
+    # The most seconds of audio (summed over a request's clips, from their headers) one request may make the
+    # server decode, inside a concurrency slot: 413 above it. None: 4 x max_audio_seconds.
+    max_request_seconds: float | None = Field(None, gt=0, exclude_if=unset)
     # Generators (POST /generate): a request's max_new_tokens is capped at this; and the decoding loop of one
     # request stops cleanly (finish_reason "time", the tokens so far) after generate_time_budget_s, which
     # should sit below timeout_s so the answer comes before BentoML's 504. None: 64 tokens, 10 s.
