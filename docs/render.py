@@ -25,6 +25,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 SERVING = RESULTS / "serving.json"
 RELIABILITY = RESULTS / "reliability.json"
 QUANTIZE = RESULTS / "quantize.json"
+AUDIO = ("audio_pipeline", "audio", "audio_latency")  # benchmarks/audio.py pipeline, training, latency
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,8 @@ def render(text: str) -> str:
         text = replace(text, "reliability", reliability_section(json.loads(RELIABILITY.read_text())))
     if QUANTIZE.is_file():
         text = replace(text, "quantization", quantization_section(json.loads(QUANTIZE.read_text())))
+    if all((RESULTS / f"{name}.json").is_file() for name in AUDIO):
+        text = replace(text, "audio", audio_section(*(json.loads((RESULTS / f"{n}.json").read_text()) for n in AUDIO)))
     return replace(text, "benchmarks", benchmarks_section(sorted(RESULTS.glob("*.json"))))
 
 
@@ -109,6 +112,43 @@ def serving_section(data: dict) -> str:
         f"{_load(data['loadavg_before']):.1f} before / {_load(data['loadavg_after']):.1f} after, 8 keep-alive clients):", "",
         "| model | tuned settings | req/s | p95 ms | errors | load generator |", "|---|---|---|---|---|---|", *rows, "",
         f"Checks: {len(checks) - len(failed)} of {len(checks)} pass" + (f" (missed: {', '.join(failed)})." if failed else "."),
+    ]) + "\n"
+
+
+def _interval(found: dict, key: str = "accuracy") -> str:
+    return (f"{found[key]:.3f} [{found[f'{key}_ci_low']:.3f}, {found[f'{key}_ci_high']:.3f}]"
+            f" ({found.get('scored_clips', found.get('clips', '?'))} clips)")
+
+
+def audio_section(whole: dict, training: dict, latency: dict) -> str:
+    stages, t = whole["results"]["stages"], training["results"]
+    q, ft = stages["quantize"], stages["finetune"]["metrics"]
+    speakers, adapt, synth, obj = t["new_speakers"], t["adaptation"], t["synthetic_only"], t["objective"]
+    diff, gain = speakers["model_minus_mfcc"], adapt["real_with_minus_without"]
+    at = next(r for r in latency["results"]["rows"] if r["seconds"] == 1.3)
+    env = latency.get("environment", {})
+    rows = [f"| {name} | {_interval(found)} |" for name, found in whole["results"]["int8_also_test"].items()]
+    return "\n".join([
+        f"`pipelines/speech_digits.yaml` in {whole['results']['seconds'] / 60:.1f} minutes on 2 cores "
+        f"(`benchmarks/results/audio_pipeline.json`, every gate {'passed' if whole['checks'][0]['passed'] else 'NOT passed'}): "
+        f"int8 accuracy {q['metrics'].get('accuracy', float('nan')):.4f} on FSDD's official test takes (the fp32 finetune "
+        f"{ft.get('accuracy', float('nan')):.4f}, its from-scratch control {ft.get('control_accuracy', float('nan')):.4f}, "
+        f"MFCCs + logistic regression {ft.get('baseline_mfcc_accuracy', float('nan')):.4f}). The int8 model on the other "
+        "test sets (bootstrap 95% interval; real/ scores its 23 digit clips):", "",
+        "| test set | int8 accuracy |", "|---|---|", *rows, "",
+        f"**New speakers** (`benchmarks/results/audio.json`: {' and '.join(speakers['held_out'])} held out of training "
+        f"entirely, all their clips tested): the model {speakers['accuracy']:.4f}, MFCCs + logistic regression "
+        f"{speakers['baseline_mfcc_accuracy']:.4f} on the same clips, difference {diff['difference']:+.4f} "
+        f"[{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}] (paired bootstrap, {diff['clips']} clips). Pre-training: "
+        f"`pretraining_gain` {obj['pretraining_gain']:+.4f} on the official split (control {obj['control_accuracy']:.4f}). "
+        f"Adaptation on real_unlabeled/: real/ {_interval(adapt['real_without_adapt'])} without, "
+        f"{_interval(adapt['real_with_adapt'])} with (difference {gain['difference']:+.4f} "
+        f"[{gain['ci_low']:+.4f}, {gain['ci_high']:+.4f}]). Trained on espeak-ng voices only: FSDD's official test "
+        f"{_interval(synth['fsdd_official_test'])}, real/ {_interval(synth['real'])}.", "",
+        f"Latency at the pipeline's 1.3 s clip, batch 1 (`benchmarks/results/audio_latency.json`, "
+        f"{env.get('cpu', 'CPU')}, {'/'.join(env.get('isa', []))}): features {at['b1']['features_ms']:.2f} ms, PyTorch eager "
+        f"{at['b1']['eager_ms']:.2f} ms, ONNX fp32 {at['b1']['ort_fp32_ms']:.2f} ms, int8 {at['b1']['ort_int8_ms']:.2f} ms; "
+        "by clip length in `benchmarks/results/audio_latency.png`.",
     ]) + "\n"
 
 

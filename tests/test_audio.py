@@ -127,10 +127,11 @@ def tones_run(tones, tmp_path_factory) -> Path:
         {"kind": "distill", "student": {"num_layers": 1}, "train": TRAIN},
         {"kind": "export", "gates": [{"metric": "argmax_agreement", "min": 1.0}]},
         {"kind": "quantize", "method": "dynamic-int8", "min_speedup": None},
+        {"kind": "finetune", "name": "lora", "parent": "pretrain", "lora": {"r": 4, "alpha": 8}, "train": TRAIN},
     ]
     out = tmp_path_factory.mktemp("run")
     outcomes = pipeline.run(config.build(tones_pipeline(tones, stages)), workdir=out, echo=quiet)
-    assert [o.status for o in outcomes] == ["passed"] * 5, [(o.name, o.status) for o in outcomes]
+    assert [o.status for o in outcomes] == ["passed"] * 6, [(o.name, o.status) for o in outcomes]
     return out / "tones"
 
 
@@ -141,6 +142,8 @@ def test_pretraining_reconstructs_and_the_chain_passes_its_gates(tones_run):
     fine = metrics(tones_run, "finetune")
     assert fine["accuracy"] >= 0.8 and {"control_accuracy", "pretraining_gain", "baseline_mfcc_accuracy"} <= set(fine)
     assert fine["pretraining_gain"] == pytest.approx(fine["accuracy"] - fine["control_accuracy"])
+    lora = metrics(tones_run, "lora")  # adapters on the attention projections, merged into a plain AST
+    assert lora["trainable_fraction"] < 0.5 and lora["lora_merge_max_abs_diff"] < 1e-4
     stats = json.loads((tones_run / "finetune" / "manifest.json").read_text())["details"]["data_stats"]
     assert stats  # durations, rates and files seen, as the data layer counted them
 

@@ -31,7 +31,7 @@ SCHEMAS = {
                        "method": "embed_images", "route": "/embed_image"},
     "generator": {"task": "generation", "inputs_kind": "prompts", "answers_kind": "tokens", "method": "generate",
                   "route": "/generate"},
-    "plug-in": {"task": "toy-echo", "inputs_kind": "audio", "answers_kind": "words", "method": "transcribe",
+    "plug-in": {"task": "toy-echo", "inputs_kind": "vectors", "answers_kind": "words", "method": "transcribe",
                 "route": "/transcribe", "request_key": "clips"},
 }
 # name -> (POST routes, the request's list key and one item's schema, one answer's schema)
@@ -95,14 +95,14 @@ def test_the_serving_config_names_the_endpoint_from_schema_json(tmp_path):
     bundle = tmp_path / "plugin.zip"  # a bundle zip: read in place, nothing extracted
     with zipfile.ZipFile(bundle, "w") as zf:
         zf.writestr("schema.json", json.dumps(SCHEMAS["plug-in"]))
-    assert endpoint(bundle) == {"route": "/transcribe", "task": "toy-echo", "inputs_kind": "audio",
+    assert endpoint(bundle) == {"route": "/transcribe", "task": "toy-echo", "inputs_kind": "vectors",
                                 "answers_kind": "words", "request_key": "clips", "method": "transcribe"}
     # a missing or broken schema.json: the defaults Predictor reads (which then refuses to open the model)
     assert endpoint(tmp_path / "nowhere")["route"] == "/classify"
 
 
 # ------------------------------------------------------------------------------- a plug-in's requests
-PLUGIN = {"route": "/transcribe", "task": "toy-echo", "inputs_kind": "audio", "answers_kind": "words",
+PLUGIN = {"route": "/transcribe", "task": "toy-echo", "inputs_kind": "vectors", "answers_kind": "words",
           "request_key": "clips", "method": "transcribe"}
 
 

@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator, model_validator
 
 from lifecycle import LifecycleError
-from lifecycle.data.images import _split
-from lifecycle.data.splits import check_scored_classes
+from lifecycle.data.splits import check_scored_classes, split_off
 from lifecycle.schema import Strict
 
 if TYPE_CHECKING:
@@ -60,6 +59,7 @@ class AudioSpec(Strict):
     validation_where: dict[str, list[str | int]] | None = None  # likewise validation (test is taken first)
     test_only: bool = False  # every clip is test: an evaluation-only source (never trained or tuned on)
     max_seconds: float | None = Field(None, gt=0)  # longer clips keep their first max_seconds (counted)
+    mel_bins: int = Field(64, ge=8, le=256)  # log-mel bands of the features (of 257 FFT bins up to half the rate)
     # Other audio sources of the pipeline whose test clips the model is also scored on (lifecycle.workloads.audio),
     # e.g. real/ and the synthetic test sets: read through this source's preprocessing, never trained on.
     also_test: list[str] = []
@@ -276,7 +276,7 @@ def load_audio(src, pipeline, seed: int) -> AudioData:
             raise LifecycleError(f"{where}: the train split has one class; a classifier needs two")
         check_scored_classes(where, {name: part.labels for name, part in splits.items()})
     stats.update({f"{k}_clips": len(v) for k, v in splits.items()})
-    preprocessing = AudioPreprocessing.fit(splits[fitted].waves, spec.sampling_rate)
+    preprocessing = AudioPreprocessing.fit(splits[fitted].waves, spec.sampling_rate, spec.mel_bins)
     return AudioData(splits, classes, preprocessing, spec, stats)
 
 
@@ -300,9 +300,9 @@ def split_clips(labels: list[str], columns: dict[str, list[str]], spec: AudioSpe
     val = rest[listed(spec.validation_where)[rest]] if spec.validation_where else None
     rest = rest if val is None else rest[~np.isin(rest, val)]
     if test is None:
-        rest, test = _split(rest, min(0.9, split.test * len(order) / max(1, len(rest))), seed,
+        rest, test = split_off(rest, min(0.9, split.test * len(order) / max(1, len(rest))), seed,
                             None if strat is None else strat[rest])
     if val is None:
-        rest, val = _split(rest, min(0.9, split.validation * len(order) / max(1, len(rest))), seed,
+        rest, val = split_off(rest, min(0.9, split.validation * len(order) / max(1, len(rest))), seed,
                            None if strat is None else strat[rest])
     return {"train": rest, "validation": val, "test": test}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, field_validator
 
 from lifecycle import LifecycleError
-from lifecycle.data.splits import check_scored_classes
+from lifecycle.data.splits import check_scored_classes, split_off
 from lifecycle.schema import Strict
 
 if TYPE_CHECKING:
@@ -196,9 +196,9 @@ def load_images(src, pipeline, seed: int) -> ImageData:
 
     order = np.arange(len(pixels))
     strat = np.array(labels) if labelled and src.split.stratify else None
-    rest, test = _split(order, src.split.test, seed, strat)
+    rest, test = split_off(order, src.split.test, seed, strat)
     frac = src.split.validation / max(1e-9, 1 - src.split.test)
-    train, val = _split(rest, frac, seed, None if strat is None else strat[rest])
+    train, val = split_off(rest, frac, seed, None if strat is None else strat[rest])
     splits = {}
     for name, idx in (("train", train), ("validation", val), ("test", test)):
         idx = idx[: src.limit] if src.limit else idx
@@ -233,20 +233,6 @@ def fit_preprocessing(train: list, spec: ImageSpec, mode: str) -> dict:
 def _grey_palette(im) -> bool:
     palette = im.getpalette() or []
     return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
-
-
-def _split(order, frac: float, seed: int, strat):
-    import numpy as np
-
-    if frac <= 0:
-        return order, order[:0]
-    from sklearn.model_selection import train_test_split
-
-    try:
-        a, b = train_test_split(order, test_size=frac, random_state=seed, stratify=strat)
-    except ValueError:  # a class too small to stratify: a plain seeded split
-        a, b = train_test_split(order, test_size=frac, random_state=seed)
-    return np.sort(a), np.sort(b)
 
 
 def package_version(fmt: str) -> str | None:

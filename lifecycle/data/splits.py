@@ -1,4 +1,5 @@
-"""Checks that held-out splits can measure what a task scores (shared by text, table and image data)."""
+"""Splitting array-backed sources (images, audio) and the checks that held-out splits can measure what a task
+scores (shared by text, table, image and audio data)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,19 @@ def check_scored_classes(where: str, labels: dict[str, list]) -> None:
             raise LifecycleError(f"{where}: the {split} split has no example of class "
                                  f"{', '.join(repr(v) for v in missing)} (it holds {held}); every class of the train "
                                  f"split must be scored: add examples of it or raise `split.{split}`")
+
+
+def split_off(order, frac: float, seed: int, strat):
+    """(rest, held out): a seeded share `frac` of the indices `order` held out, stratified by `strat` (None:
+    not) where every class can be, else a plain seeded split."""
+    import numpy as np
+
+    if frac <= 0:
+        return order, order[:0]
+    from sklearn.model_selection import train_test_split
+
+    try:
+        a, b = train_test_split(order, test_size=frac, random_state=seed, stratify=strat)
+    except ValueError:  # a class too small to stratify: a plain seeded split
+        a, b = train_test_split(order, test_size=frac, random_state=seed)
+    return np.sort(a), np.sort(b)

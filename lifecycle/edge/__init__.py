@@ -36,7 +36,7 @@ One module per job:
     image_inputs  images -> pixel_values: bounded decoding, ImagePreprocessing, ImageError
     audio_decoding  WAV/FLAC bytes -> mono float32 waves: bounded decoding (header first), resample, AudioError
     audio_inputs  clips -> input_values: log-mel features (AudioPreprocessing), as transformers' AST extractor
-    requests      the checks of a served request's JSON payload (texts, rows, prompts, images), no server needed
+    requests      the checks of a served request's JSON payload (texts, rows, prompts, images, audio), no server needed
     bundle        the files a bundle holds, BundleError, manifest reading, hash verification
     signature     manifest.sig verification with trusted Ed25519 keys
     extraction    bundle zips: safe extraction under size limits, the manifest read in place

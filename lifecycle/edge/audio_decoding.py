@@ -42,7 +42,8 @@ def open_audio(data: bytes, max_seconds: float | None = MAX_AUDIO_SECONDS, forma
     if info.format not in formats:
         raise AudioError(f"{info.format} audio is not accepted (send {' or '.join(formats)})", 415)
     if max_channels is not None and info.channels > max_channels:
-        raise AudioError(f"{info.channels} channels; the limit is {max_channels} (mono or stereo)", 415)
+        raise AudioError(f"{info.channels} channels; the limit is {max_channels}"
+                         f"{' (mono or stereo)' if max_channels == 2 else ''}", 415)
     if not rates[0] <= info.samplerate <= rates[1]:
         raise AudioError(f"sample rate {info.samplerate} Hz is refused; send {rates[0]} to {rates[1]} Hz", 415)
     seconds = info.frames / info.samplerate

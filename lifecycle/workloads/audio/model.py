@@ -38,8 +38,9 @@ def ast_config(preprocessing: dict, source=None, **head) -> ASTConfig:
     bins, frames = preprocessing["num_mel_bins"], preprocessing["max_length"]
     if patch > min(bins, frames):
         raise ValueError(f"model.overrides.patch_size: {patch} exceeds the spectrogram ({frames} frames x {bins} mel bins)")
-    return ASTConfig(num_mel_bins=bins, max_length=frames, patch_size=patch, frequency_stride=stride,
-                     time_stride=stride, **{**fields, **head})
+    return ASTConfig(num_mel_bins=bins, max_length=frames, patch_size=patch,
+                     frequency_stride=fields.pop("frequency_stride", stride), time_stride=fields.pop("time_stride", stride),
+                     **{**fields, **head})
 
 
 def head(labels: list[str]) -> dict:
