@@ -61,6 +61,25 @@ def class_targets(predictor, labels: list):
     return np.array([index.get(v, -1) for v in labels], dtype=np.int64)
 
 
+def class_evaluate(outputs, targets) -> dict:
+    """A classifier's scores of its logits against class ids: accuracy, macro-F1, AUROC."""
+    from lifecycle.evaluation.classes import classification_scores
+
+    return classification_scores(outputs, targets)
+
+
+def class_test_metrics(outputs, targets) -> dict:
+    """What a classifier's own recipes report on test: its scores and the collapse metrics."""
+    from lifecycle.components.classification import collapse_metrics
+
+    return {**class_evaluate(outputs, targets), **collapse_metrics(outputs, targets, outputs.shape[1])}
+
+
+def split_labels(split) -> list:
+    """The labels of a split that holds them as `labels` (tables, images, audio)."""
+    return split.labels
+
+
 def class_scores(evaluate, labels_of, inputs: Inputs):
     """A classifier's `score` (tables, images): `evaluate(logits, targets)` on the split's labels
     (`labels_of(split)`), and argmax agreement and the largest logit difference to the reference."""

@@ -17,7 +17,13 @@ from pathlib import Path
 
 from lifecycle.evaluation.classes import CLASS_SCORES
 from lifecycle.tasks import LABELS, Artifacts, Edge, Inputs, Task, Training
-from lifecycle.tasks.kinds import class_answer_scores, class_scores
+from lifecycle.tasks.kinds import (
+    class_answer_scores,
+    class_evaluate,
+    class_scores,
+    class_test_metrics,
+    split_labels,
+)
 
 
 # ------------------------------------------------------------------------------------ the inputs kind
@@ -69,16 +75,8 @@ AUDIO = Inputs(kind="audio", reads="audio", request_key="audio", read=clips, pre
 
 
 # ------------------------------------------------------------------------------------ the task
-def evaluate(outputs, targets) -> dict:
-    from lifecycle.evaluation.classes import classification_scores
-
-    return classification_scores(outputs, targets)
 
 
-def test_metrics(outputs, targets) -> dict:
-    from lifecycle.components.classification import collapse_metrics
-
-    return {**evaluate(outputs, targets), **collapse_metrics(outputs, targets, outputs.shape[1])}
 
 
 def torch_model(src: Path):
@@ -93,8 +91,6 @@ def reference(model, preprocessing, waves, task=None, batch_size=64):
     return predict(model, preprocessing.transform(list(waves)), batch_size)
 
 
-def split_labels(split) -> list:
-    return split.labels
 
 
 TASK = Task(
@@ -103,5 +99,5 @@ TASK = Task(
     artifacts=Artifacts(("classifier",), "onnx-classifier", export_hint=(
         "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)")),
     edge=Edge("answer", "/classify_audio"), torch_model=torch_model, reference=reference,
-    score=class_scores(evaluate, split_labels, AUDIO), served_scores=class_answer_scores(evaluate, split_labels),
-    train=Training(evaluate, test_metrics))
+    score=class_scores(class_evaluate, split_labels, AUDIO),
+    served_scores=class_answer_scores(class_evaluate, split_labels), train=Training(class_evaluate, class_test_metrics))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from lifecycle.evaluation.classes import CLASS_SCORES
 from lifecycle.tasks import LABELS, Artifacts, Edge, Task, Training
-from lifecycle.tasks.kinds import class_answer_scores, class_scores
+from lifecycle.tasks.kinds import class_answer_scores, class_evaluate, class_scores, class_test_metrics
 from lifecycle.workloads.tables import task as table
 
 
@@ -21,16 +21,8 @@ def head(data) -> dict:
     return {"num_labels": len(data.labels), "id2label": id2label, "label2id": {v: k for k, v in id2label.items()}}
 
 
-def evaluate(outputs, targets) -> dict:
-    from lifecycle.evaluation.classes import classification_scores
-
-    return classification_scores(outputs, targets)
 
 
-def test_metrics(outputs, targets) -> dict:
-    from lifecycle.components.classification import collapse_metrics
-
-    return {**evaluate(outputs, targets), **collapse_metrics(outputs, targets, outputs.shape[1])}
 
 
 def baseline(data, seed: int) -> dict:
@@ -45,6 +37,6 @@ TASK = Task(
     artifacts=Artifacts(("classifier",), "onnx-classifier", export_hint=(
         "export writes a classifier's logits: fine-tune the model first (a finetune stage between them)")),
     edge=Edge("predict_rows", "/predict"), torch_model=table.torch_model, reference=table.reference,
-    score=class_scores(evaluate, table.target_values, table.ROWS),
-    served_scores=class_answer_scores(evaluate, table.target_values),
-    train=Training(evaluate, test_metrics, head, baseline))
+    score=class_scores(class_evaluate, table.target_values, table.ROWS),
+    served_scores=class_answer_scores(class_evaluate, table.target_values),
+    train=Training(class_evaluate, class_test_metrics, head, baseline))
