@@ -42,6 +42,10 @@ QUICK_SECONDS = (0.5, 1.3, 5.0)
 PIPELINE_SECONDS = 1.3  # 64 frames of 20 ms, task.max_length of speech_digits.yaml
 TARGET_INT8_VS_EAGER = 2.0
 HELD_OUT = ["george", "lucas"]
+DEVIATION = ("2026-12-07: the first recorded run stopped at the synthetic-only variant's finetune, whose accuracy on "
+             "its own synth test split (0.418) failed the gate the variants inherited from speech_digits.yaml "
+             "(accuracy >= 0.95); nothing else of it was seen. The variants now run without the pipeline's gates "
+             "(and its collapse gate); recipe, budgets and seeds unchanged.")
 
 
 def frames_for(seconds: float) -> int:
@@ -296,7 +300,8 @@ def training(quick: bool) -> int:
               objective["pretraining_gain"], "> 0", objective["pretraining_gain"] > 0,
               premise=objective["accuracy"] > 0.1)]  # a collapsed fine-tune compares nothing
     results = {"objective": objective, "adaptation": adaptation, "synthetic_only": synthetic_only,
-               "new_speakers": new_speakers, "recipe": "pipelines/speech_digits.yaml (budgets, seeds as recorded there)"}
+               "new_speakers": new_speakers, "recipe": "pipelines/speech_digits.yaml (budgets, seeds as recorded there)",
+               "deviations": [DEVIATION]}
     path = recorder.save(results, found)
     import shutil
 
