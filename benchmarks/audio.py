@@ -19,8 +19,9 @@ recorded run, through the library's stages:
     official split (the finetune stage's control): `pretraining_gain`, whatever its sign;
   - adaptation: pre-training, then `adapt` on real_unlabeled/ (129 phrases of real/'s speakers), then the
     same fine-tuning: real/ accuracy (23 digit clips) with and without, each with its bootstrap interval;
-  - synthetic speech: the same model fine-tuned on synth/train (espeak-ng) only, scored on FSDD's test
-    takes and on real/: the cost of training on synthetic voices;
+  - synthetic speech: the same model fine-tuned on synth/train (espeak-ng) only, scored on every FSDD
+    recording (all 3,000: none was trained on; `fsdd_official_test` in the result) and on real/: the cost of
+    training on synthetic voices;
   - new speakers: FSDD with two speakers (george, lucas) held out entirely (test = all their clips; the
     other four speakers' takes 0-4 validation), the model against MFCCs + logistic regression on the same
     split, with a paired bootstrap interval of the difference. Check: the model >= the MFCC baseline.
