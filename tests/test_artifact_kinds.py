@@ -48,7 +48,7 @@ IMPOSSIBLE = {
     "serve after an embedding export": (
         [CONTRASTIVE, {"kind": "export"}, {"kind": "serve"}], EMBED,
         r"task\.type: stage 'serve' \(stages\[2\], serve\) works for classification, generation, tabular-classification, "
-        r"tabular-regression, image-classification or image-embedding tasks, "
+        r"tabular-regression, image-classification, image-embedding or audio-classification tasks, "
         r"not embedding; "
         r".*POST /embed"),
     "quantize reads an hf model": ([{"kind": "finetune", "model": BERT}, {"kind": "quantize"}], CLASSIFY,

@@ -184,8 +184,8 @@ def test_a_task_the_runtime_does_not_know_is_refused_in_one_line(export_dir, tmp
     schema = json.loads((d / "schema.json").read_text())
     # a model written before schema.json named its kinds: the runtime knows them by its task only
     del schema["inputs_kind"], schema["answers_kind"]
-    (d / "schema.json").write_text(json.dumps({**schema, "task": "audio-classification"}))
-    with pytest.raises(BundleError, match=r"schema.json: task 'audio-classification' is not one this runtime "
+    (d / "schema.json").write_text(json.dumps({**schema, "task": "video-classification"}))
+    with pytest.raises(BundleError, match=r"schema.json: task 'video-classification' is not one this runtime "
                                           r"answers \(classification, embedding, .*\); open it with the lifecycle"):
         Predictor.open(d)
 

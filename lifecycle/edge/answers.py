@@ -18,6 +18,7 @@ KINDS = {
     "tabular-anomaly": ("rows", "score"),
     "image-classification": ("images", "labels"),
     "image-embedding": ("images", "vector"),
+    "audio-classification": ("audio", "labels"),
 }
 
 
