@@ -2,8 +2,9 @@
 `lifecycle.edge` (the one inference path shared with the bundle and the `serve` stage), on the route
 the model's task declares. BentoML imports this module by its path in every worker, so its siblings are
 top-level modules: request_limits (RequestLimits, the ASGI middleware that checks every request before it
-takes a concurrency slot) and http_guards (error bodies, the JSON parser, the header timeout); the checks of
-a request's payload are lifecycle.edge.requests. `lifecycle build` packs the three into a Bento.
+takes a concurrency slot), file_bodies (its checks of image and audio files: headers first, decoding once
+admitted) and http_guards (error bodies, the JSON parser, the header timeout); the checks of a request's
+payload are lifecycle.edge.requests. `lifecycle build` packs the four into a Bento.
 
     lifecycle serve runs/tiny            # writes the serving config below and runs `bentoml serve`
     curl -s 127.0.0.1:3000/classify -H 'content-type: application/json' -d '{"texts": ["some text"]}'
@@ -147,7 +148,7 @@ class Generated(BaseModel):
 
 
 def _decoded(files: list[str]) -> list[bytes]:
-    # base64 images or clips already decoded once and checked by RequestLimits.check_files
+    # base64 images or clips already decoded once and checked by file_bodies.check_files
     return [base64.b64decode(f) for f in files]
 
 
