@@ -145,7 +145,8 @@ def test_pretraining_reconstructs_and_the_chain_passes_its_gates(tones_run):
     lora = metrics(tones_run, "lora")  # adapters on the attention projections, merged into a plain AST
     assert lora["trainable_fraction"] < 0.5 and lora["lora_merge_max_abs_diff"] < 1e-4
     stats = json.loads((tones_run / "finetune" / "manifest.json").read_text())["details"]["data_stats"]
-    assert stats  # durations, rates and files seen, as the data layer counted them
+    # 48 clips, every fourth written at 16 kHz: the rates as read, before resampling to the model's 8 kHz
+    assert stats["clips"] == 48 and stats["sample_rates"] == {"8000": 36, "16000": 12} and stats["seconds_min"] >= 0.3
 
 
 def test_the_bundle_classifies_a_wav_file_with_onnxruntime_and_numpy(tones_run, tones):

@@ -107,12 +107,17 @@ class AudioData:
     preprocessing: dict  # an ASTFeatureExtractor config (lifecycle.edge.AudioPreprocessing reads it)
     spec: AudioSpec
     stats: dict = field(default_factory=dict)
+    _features: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def features(self, split: str):
-        """The split's log-mel features (n, frames, mel bins) float32, through the one transform."""
-        from lifecycle.edge import AudioPreprocessing
+        """The split's log-mel features (n, frames, mel bins) float32, through the one transform; computed once
+        per split (a recipe reads test and validation several times; read_through and with_frames make a new
+        AudioData, so a new preprocessing never meets old features). Callers share the array: never modify it."""
+        if split not in self._features:
+            from lifecycle.edge import AudioPreprocessing
 
-        return AudioPreprocessing(self.preprocessing).transform(self.splits[split].waves)
+            self._features[split] = AudioPreprocessing(self.preprocessing).transform(self.splits[split].waves)
+        return self._features[split]
 
     def target(self, split: str):
         import numpy as np

@@ -112,7 +112,7 @@ class AudioPreprocessing:
     def transform(self, items: list) -> np.ndarray:
         if not len(items):
             return np.zeros((0, self.frames, self.bins), dtype=np.float32)
-        return np.stack([self.normalise(self.fbank(self.waveform(item))) for item in items]).astype(np.float32)
+        return np.stack([self.normalise(self.fbank(self.waveform(item))) for item in items])  # float32 already
 
 
 def wav_bytes(wave: np.ndarray, sampling_rate: int) -> bytes:
@@ -147,10 +147,4 @@ class AudioInputs:
         return {"input_values": self.audio.transform(list(clips))}
 
     def outputs(self, predictor, clips: list, batch_size: int) -> np.ndarray:
-        values = self.audio.transform(list(clips))
-        size = 1 if predictor.batch_dependent else max(1, batch_size)
-        outs = [predictor.session.run(None, {"input_values": values[i : i + size]})[0]
-                for i in range(0, len(values), size)]
-        if not outs:
-            return np.zeros((0, len(predictor.labels)), dtype=np.float32)
-        return np.concatenate(outs).astype(np.float32)
+        return predictor.run_batched("input_values", self.audio.transform(list(clips)), batch_size)

@@ -172,10 +172,4 @@ class ImageInputs:
         return {"pixel_values": self.image.transform(list(images))}  # resized, so pad_to does not apply
 
     def outputs(self, predictor, images: list, batch_size: int) -> np.ndarray:
-        pixels = self.image.transform(list(images))
-        size = 1 if predictor.batch_dependent else max(1, batch_size)
-        outs = [predictor.session.run(None, {"pixel_values": pixels[i : i + size]})[0]
-                for i in range(0, len(pixels), size)]
-        if not outs:
-            return np.zeros((0, len(predictor.labels)), dtype=np.float32)
-        return np.concatenate(outs).astype(np.float32)
+        return predictor.run_batched("pixel_values", self.image.transform(list(images)), batch_size)

@@ -196,6 +196,13 @@ class Predictor:
     _empty_past, _fits, _step = decoding._empty_past, decoding._fits, decoding._step
     _continue, _decode = decoding._continue, decoding._decode
 
+    def run_batched(self, name: str, values: np.ndarray, batch_size: int) -> np.ndarray:
+        """The graph's output for its one input `name` fed `batch_size` rows at a time (one at a time for a graph
+        with run-time activation scales), float32; (0, labels) for no rows. Images and audio clips run here."""
+        size = 1 if self.batch_dependent else max(1, batch_size)
+        outs = [self.session.run(None, {name: values[i : i + size]})[0] for i in range(0, len(values), size)]
+        return np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, len(self.labels)), dtype=np.float32)
+
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Embeddings (n, dim), float32: pooling and normalisation are inside the graph."""
         self._only_for("embed")
