@@ -105,7 +105,8 @@ def load_split(path: Path, config: str | None, split: str):
     from datasets import load_dataset
 
     try:
-        return load_dataset(str(path), name=config, split=split)
+        # HF_DATASETS_CACHE read again here too (`datasets` reads it once, at import); None: its default
+        return load_dataset(str(path), name=config, split=split, cache_dir=os.environ.get("HF_DATASETS_CACHE"))
     except (ValueError, KeyError, FileNotFoundError) as exc:  # no such config / split, no data files
         reason = " ".join(str(exc).split())[:300]
         raise LifecycleError(f"{path}: config {config!r}, split {split!r}: {reason}") from None
