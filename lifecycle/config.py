@@ -336,7 +336,7 @@ def check_files(pipeline: Pipeline, source: str = "pipeline") -> None:
         try:
             hub_pins(stage)
         except LifecycleError as exc:
-            raise LifecycleError(f"{source}: stages[{i}]: {exc}") from None
+            raise LifecycleError(f"{source}: stages[{i}].{exc}") from None
     named = {f"stages[{i}].{field}": path for i, stage in enumerate(pipeline.stages) for field, path in stage.files().items()}
     if pipeline.task and pipeline.task.embedding and pipeline.task.embedding.pairs:
         named["task.embedding.pairs.path"] = pipeline.task.embedding.pairs.path

@@ -74,7 +74,8 @@ def resolve(repo_id: str, revision: str | None, repo_type: str = "model") -> Res
                                       allow_patterns=MODEL_FILES if repo_type == "model" else None,
                                       ignore_patterns=["*.py"]))  # no loading scripts: nothing here runs code
     except LocalEntryNotFoundError:
-        how = ("offline (HF_HUB_OFFLINE): download it once online, or set HF_HUB_CACHE to a cache that holds it"
+        how = (f"offline ({'HF_DATASETS_OFFLINE / ' if repo_type == 'dataset' else ''}HF_HUB_OFFLINE): download "
+               "it once online, or set HF_HUB_CACHE to a cache that holds it"
                if is_offline else "the Hub could not be reached; check the connection or pre-fill the cache")
         raise LifecycleError(f"Hub {what} '{repo_id}' at revision '{revision}' is not in the cache {cache}; "
                              f"{how}") from None
@@ -99,14 +100,18 @@ def resolve_model(repo_id: str, revision: str | None) -> Resolved:
     return found
 
 
-def load_split(path: Path, config: str | None, split: str):
-    """A `datasets.Dataset` of a data set snapshot: its `config` (None: the default or only one) and `split`
-    (a split name, or an expression such as train+validation), prepared in `datasets`' own cache."""
-    from datasets import load_dataset
+def rows(path: Path, config: str | None, split: str):
+    """The rows of a data set snapshot's `config` (None: the default or only one) and `split` (a split name,
+    or an expression such as train+validation), prepared in `datasets`' own cache. Class-label columns
+    give their names (a Hub data set stores labels as ids of a ClassLabel feature)."""
+    from datasets import ClassLabel, load_dataset
 
     try:
         # HF_DATASETS_CACHE read again here too (`datasets` reads it once, at import); None: its default
-        return load_dataset(str(path), name=config, split=split, cache_dir=os.environ.get("HF_DATASETS_CACHE"))
+        ds = load_dataset(str(path), name=config, split=split, cache_dir=os.environ.get("HF_DATASETS_CACHE"))
     except (ValueError, KeyError, FileNotFoundError) as exc:  # no such config / split, no data files
         reason = " ".join(str(exc).split())[:300]
         raise LifecycleError(f"{path}: config {config!r}, split {split!r}: {reason}") from None
+    names = {col: f.names for col, f in ds.features.items() if isinstance(f, ClassLabel)}
+    for row in ds:
+        yield {**row, **{col: n[row[col]] for col, n in names.items() if 0 <= (row[col] or 0) < len(n)}}

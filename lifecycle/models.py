@@ -129,8 +129,14 @@ def hub_pins(stage) -> dict[str, dict]:
     """The Hub models a stage's config names, by field, as resolved now: {"model": {"id", "revision",
     "commit"}}. Read by the pipeline for the stage's cache key and manifest, and by `lifecycle validate`
     (through lifecycle.config.check_files), so a model missing from the cache fails before anything runs."""
-    return {name: hub.resolve_model(value.hub, value.revision).record() for name in type(stage).model_fields
-            if isinstance(value := getattr(stage, name), ModelSource) and value.hub}
+    pins = {}
+    for name in type(stage).model_fields:
+        if isinstance(source := getattr(stage, name), ModelSource) and source.hub:
+            try:
+                pins[name] = hub.resolve_model(source.hub, source.revision).record()
+            except LifecycleError as exc:
+                raise LifecycleError(f"{name}: {exc}") from None
+    return pins
 
 
 def preset_config(source: ModelSource, vocab_size: int, **extra):

@@ -66,7 +66,8 @@ def hub_cache(tmp_path_factory):
     models.save(AutoModelForSequenceClassification.from_config(config), tokenizer, model_dir)
     data_dir = root / "saved-data"
     (data_dir / "data").mkdir(parents=True)
-    Dataset.from_list(rows).to_parquet(str(data_dir / "data" / "train-00000-of-00001.parquet"))
+    # labels as a ClassLabel feature, as the Hub's data sets store them: the run must see their names
+    Dataset.from_list(rows).class_encode_column("label").to_parquet(str(data_dir / "data" / "train-00000-of-00001.parquet"))
     (data_dir / "README.md").write_text(README)
     cache = root / "cache"
     hub_repo(cache, MODEL, model_dir, COMMIT1, ("main", "v1"))
@@ -130,6 +131,8 @@ def test_a_pipeline_naming_hub_ids_runs_offline_and_records_the_commits(hub_run)
     assert manifest["hub"] == {"model": {"id": MODEL, "revision": "v1", "commit": COMMIT1},
                                "data.news": {"id": DATA, "revision": "main", "commit": DATA_COMMIT}}
     assert statuses(run_dir) == {"finetune": "passed", "export": "passed"}
+    labels = json.loads((run_dir / "finetune" / "config.json").read_text())["id2label"]
+    assert sorted(labels.values()) == ["business", "entertainment", "politics", "sports", "tech"]
 
 
 def test_a_moved_tag_re_runs_the_stage(hub_run, hub_cache, offline_cache, tmp_path):
@@ -160,7 +163,7 @@ def test_validate_refuses_an_id_missing_from_the_cache(offline_cache, tmp_path, 
     assert main(["validate", str(path)]) == 1  # a missing input is a data error (exit 1), as a missing file is
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert repo in err and str(offline_cache) in err
+    assert repo in err and str(offline_cache) in err and ("stages[0].model:" if missing == "model" else "data.news:") in err
     assert ("'main'" if missing == "model" else "'v2'") in err
 
 

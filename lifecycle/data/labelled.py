@@ -160,9 +160,9 @@ def _file_rows(src: DataSource, f: Path):
         for n, row in enumerate(ds):
             yield _pick(row, tf, lf, f"{f}[{n}]")
     elif src.format == "hub":  # `f`: the data set's snapshot folder (lifecycle.hub)
-        from lifecycle.hub import load_split
+        from lifecycle.hub import rows
 
-        for n, row in enumerate(load_split(f, src.config, src.hub_split or "train")):
+        for n, row in enumerate(rows(f, src.config, src.hub_split or "train")):
             yield _pick(row, tf, lf, f"{src.hub}[{n}]")
     elif src.format == "text":
         yield {"text": f.read_text(encoding=src.encoding, errors="replace"), "label": None}
