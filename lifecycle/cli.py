@@ -116,13 +116,14 @@ def _parser() -> argparse.ArgumentParser:
                         "tokenizer, ONNX graphs, README model card); refuses what `gate` refuses")
     sp.add_argument("run_dir", type=Path)
     sp.add_argument("out_dir", type=Path, help="a new folder; upload it with huggingface_hub.upload_folder")
+    sp.set_defaults(command="export_hf")  # the handler's name: cmd_export_hf
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return globals()[f"cmd_{args.command.replace('-', '_')}"](args) or EXIT_OK
+        return globals()[f"cmd_{args.command}"](args) or EXIT_OK
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
