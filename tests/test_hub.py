@@ -154,6 +154,24 @@ def test_a_moved_tag_re_runs_the_stage(hub_run, hub_cache, offline_cache, tmp_pa
     assert manifest["hub"]["model"]["commit"] == COMMIT2
 
 
+def test_a_moved_data_ref_re_runs_the_stage(hub_run, offline_cache, tmp_path):
+    path, run_dir = hub_run
+    work = tmp_path / "runs"
+    shutil.copytree(run_dir, work / "hubrun", symlinks=True)
+    data = Path(offline_cache) / "datasets--lifecycle-test--news"
+    moved = "e" * 40
+    shutil.copytree(data / "snapshots" / DATA_COMMIT, data / "snapshots" / moved, symlinks=True)
+    (data / "refs" / "main").write_text(moved)
+    try:
+        assert main(["run", str(path), "--workdir", str(work)]) == 0
+    finally:
+        (data / "refs" / "main").write_text(DATA_COMMIT)
+        shutil.rmtree(data / "snapshots" / moved)
+    assert statuses(work / "hubrun") == {"finetune": "passed", "export": "passed"}
+    manifest = json.loads((work / "hubrun" / "finetune" / "manifest.json").read_text())
+    assert manifest["hub"]["data.news"]["commit"] == moved
+
+
 @pytest.mark.parametrize("missing", ["model", "data"])
 def test_validate_refuses_an_id_missing_from_the_cache(offline_cache, tmp_path, capsys, missing):
     if missing == "model":
@@ -209,3 +227,14 @@ def test_export_hf_refuses_a_run_that_gate_refuses_and_leaves_nothing(hub_run, o
     assert main(["export-hf", str(copy), str(tmp_path / "out" / "hf")]) == 3
     assert "refusing to export" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("data, model, field", [
+    ({"hub": DATA, "path": "news.jsonl"}, None, "path: a Hub data set"),
+    ({"format": "jsonl", "path": "news.jsonl", "revision": "v1"}, None, "revision: for a `hub` data set only"),
+    (None, {"hub": "org/name/extra"}, "is not a Hub model id"),
+    (None, {"path": "./here", "revision": "v1"}, "revision: for a `hub` model only"),
+])
+def test_hub_fields_are_checked_at_load(offline_cache, tmp_path, capsys, data, model, field):
+    assert main(["validate", str(hub_pipeline(tmp_path, model=model, data=data))]) == 2
+    assert field in capsys.readouterr().err
