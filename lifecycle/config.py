@@ -334,7 +334,7 @@ def check_files(pipeline: Pipeline, source: str = "pipeline") -> None:
 
     for i, stage in enumerate(pipeline.stages):  # a Hub model not in the cache (offline) fails here, not mid-run
         try:
-            hub_pins(stage)
+            hub_pins(stage, fetch=True)
         except LifecycleError as exc:
             raise LifecycleError(f"{source}: stages[{i}].{exc}") from None
     named = {f"stages[{i}].{field}": path for i, stage in enumerate(pipeline.stages) for field, path in stage.files().items()}

@@ -7,6 +7,10 @@ for data sets) the revision is read from the cache's refs and nothing is fetched
 is the resolved commit: it goes into the stage's cache key and manifest, so a tag moved to another
 commit re-runs the stage, and the same commit never does.
 
+Only loading a pipeline (`validate`, `run`, `plan`: lifecycle.config.check_files) and loading the weights
+or rows fetch. Cache keys and fingerprints read the cache alone (`fetch=False`), so `lifecycle gate`
+judges a run against the commits the cache holds, without network calls or downloads.
+
 Data sets are read from the resolved snapshot folder by `datasets` (its README's configs, its data
 files' split names, its Arrow cache), not by `load_dataset(repo_id)`: offline, the installed `datasets`
 (5.x) ignores `revision` and takes whichever copy of the data set it prepared last, so a pin would not hold.
@@ -58,9 +62,10 @@ def offline(repo_type: str = "model") -> bool:
     return constants.HF_HUB_OFFLINE or any(os.environ.get(n, "").lower() in _TRUE for n in names)
 
 
-def resolve(repo_id: str, revision: str | None, repo_type: str = "model") -> Resolved:
-    """The snapshot of `repo_id` at `revision` (default main): downloaded online, from the cache offline.
-    Raises a one-line LifecycleError naming the id, the revision and the cache when it cannot be had."""
+def resolve(repo_id: str, revision: str | None, repo_type: str = "model", fetch: bool = True) -> Resolved:
+    """The snapshot of `repo_id` at `revision` (default main): downloaded online, from the cache offline or
+    with `fetch=False`. Raises a one-line LifecycleError naming the id, the revision and the cache when it
+    cannot be had."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -70,13 +75,17 @@ def resolve(repo_id: str, revision: str | None, repo_type: str = "model") -> Res
     what = "data set" if repo_type == "dataset" else "model"
     try:
         path = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, cache_dir=cache,
-                                      local_files_only=is_offline,
+                                      local_files_only=is_offline or not fetch,
                                       allow_patterns=MODEL_FILES if repo_type == "model" else None,
                                       ignore_patterns=["*.py"]))  # no loading scripts: nothing here runs code
     except LocalEntryNotFoundError:
-        how = (f"offline ({'HF_DATASETS_OFFLINE / ' if repo_type == 'dataset' else ''}HF_HUB_OFFLINE): download "
-               "it once online, or set HF_HUB_CACHE to a cache that holds it"
-               if is_offline else "the Hub could not be reached; check the connection or pre-fill the cache")
+        if is_offline:
+            how = (f"offline ({'HF_DATASETS_OFFLINE / ' if repo_type == 'dataset' else ''}HF_HUB_OFFLINE): "
+                   "download it once online, or set HF_HUB_CACHE to a cache that holds it")
+        elif not fetch:
+            how = "`lifecycle validate` fetches it (or set HF_HUB_CACHE to a cache that holds it)"
+        else:
+            how = "the Hub could not be reached; check the connection or pre-fill the cache"
         raise LifecycleError(f"Hub {what} '{repo_id}' at revision '{revision}' is not in the cache {cache}; "
                              f"{how}") from None
     except (HfHubHTTPError, OSError, ValueError) as exc:  # not found, gated, a revision that does not exist
@@ -86,9 +95,9 @@ def resolve(repo_id: str, revision: str | None, repo_type: str = "model") -> Res
     return Resolved(repo_id, revision, path.name, path)
 
 
-def resolve_model(repo_id: str, revision: str | None) -> Resolved:
+def resolve_model(repo_id: str, revision: str | None, fetch: bool = True) -> Resolved:
     """A model repo, refused unless its snapshot holds a config and safetensors weights."""
-    found = resolve(repo_id, revision)
+    found = resolve(repo_id, revision, fetch=fetch)
     where = f"Hub model '{repo_id}' (revision '{found.revision}', commit {found.commit[:12]})"
     if not (found.path / "config.json").is_file():
         raise LifecycleError(f"{where} has no config.json; name a Hugging Face transformers model repo")

@@ -125,15 +125,15 @@ def model_dir(source: ModelSource, pipeline: PipelineView) -> Path:
     return d
 
 
-def hub_pins(stage) -> dict[str, dict]:
+def hub_pins(stage, fetch: bool = False) -> dict[str, dict]:
     """The Hub models a stage's config names, by field, as resolved now: {"model": {"id", "revision",
-    "commit"}}. Read by the pipeline for the stage's cache key and manifest, and by `lifecycle validate`
-    (through lifecycle.config.check_files), so a model missing from the cache fails before anything runs."""
+    "commit"}}. Read from the cache by the pipeline for the stage's cache key and manifest; fetched by
+    lifecycle.config.check_files (validate, run), so a model the cache lacks fails before anything runs."""
     pins = {}
     for name in type(stage).model_fields:
         if isinstance(source := getattr(stage, name), ModelSource) and source.hub:
             try:
-                pins[name] = hub.resolve_model(source.hub, source.revision).record()
+                pins[name] = hub.resolve_model(source.hub, source.revision, fetch).record()
             except LifecycleError as exc:
                 raise LifecycleError(f"{name}: {exc}") from None
     return pins

@@ -151,7 +151,7 @@ def cache_key(pipeline: Pipeline, stage, parent_key: str | None, fingerprints: d
 def hub_pins(pipeline: Pipeline, stage) -> dict[str, dict]:
     """What the stage's manifest records of the Hub repos behind it: its models by field, and the pipeline's
     Hub data sets as `data.NAME`, each as {"id", "revision", "commit"}."""
-    data = {f"data.{name}": src.hub_snapshot().record() for name, src in pipeline.data.items() if src.hub}
+    data = {f"data.{name}": src.hub_snapshot(fetch=False).record() for name, src in pipeline.data.items() if src.hub}
     return {**models.hub_pins(stage), **data}
 
 

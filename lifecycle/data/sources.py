@@ -198,9 +198,10 @@ class DataSource(Strict):
             out += [Path(m) for m in matches]
         return out
 
-    def hub_snapshot(self) -> hub.Resolved:
-        """A `hub` source's data set at its revision (raises, naming the id and the cache, when absent)."""
-        return hub.resolve(self.hub, self.revision, "dataset")
+    def hub_snapshot(self, fetch: bool = True) -> hub.Resolved:
+        """A `hub` source's data set at its revision (raises, naming the id and the cache, when absent);
+        `fetch=False`: from the cache alone (fingerprints: `lifecycle gate` fetches nothing)."""
+        return hub.resolve(self.hub, self.revision, "dataset", fetch)
 
     def _specs(self) -> list[str]:
         if self.path is not None:
@@ -222,7 +223,7 @@ class DataSource(Strict):
             h.update(str(package_version(self.format) or images.package_version(self.format)).encode())
             return h.hexdigest()
         if self.format == "hub":  # a commit pins every byte of the repo: no need to hash its files
-            h.update(self.hub_snapshot().commit.encode())
+            h.update(self.hub_snapshot(fetch=False).commit.encode())
             return h.hexdigest()
         for f in self.files(pipeline):
             h.update(str(f).encode())
