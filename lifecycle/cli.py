@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("build", help="build a Bento (bentoml build) with the model versioned by its hash")
     sp.add_argument("source", type=Path)
     override_arg(sp)
+
+    sp = sub.add_parser("export-hf", help="write a Hub-ready folder of a run's final model (safetensors, config, "
+                        "tokenizer, ONNX graphs, README model card); refuses what `gate` refuses")
+    sp.add_argument("run_dir", type=Path)
+    sp.add_argument("out_dir", type=Path, help="a new folder; upload it with huggingface_hub.upload_folder")
+    sp.set_defaults(command="export_hf")  # the handler's name: cmd_export_hf
     return p
 
 
@@ -363,6 +369,13 @@ def cmd_build(args) -> int:
     from lifecycle.verdict import require
 
     print(build(args.source, verdict=require(args.source, "build", args.override)))
+    return EXIT_OK
+
+
+def cmd_export_hf(args) -> int:
+    from lifecycle.hub_export import export_hf
+
+    print(f"wrote {export_hf(args.run_dir, args.out_dir)}")
     return EXIT_OK
 
 
