@@ -131,9 +131,11 @@ def data_fingerprints(pipeline: Pipeline) -> dict[str, str]:
     return {name: src.fingerprint(pipeline) for name, src in pipeline.data.items()}
 
 
-def cache_key(pipeline: Pipeline, stage, parent_key: str | None, fingerprints: dict[str, str] | None = None) -> str:
+def cache_key(pipeline: Pipeline, stage, parent_key: str | None, fingerprints: dict[str, str] | None = None,
+              pins: dict[str, dict] | None = None) -> str:
     """What an artifact is a function of: its config, its parent's key (so the whole chain), the data,
-    and the commit each Hub model it names resolves to now (a Hub data set's commit is in its fingerprint)."""
+    and the commit each Hub model it names resolves to (`pins`, default: now, from the cache; a Hub data
+    set's commit is in its fingerprint)."""
     key = {
         "stage": stage.model_dump(mode="json", exclude={"gates"}),
         "parent": parent_key,
@@ -143,7 +145,7 @@ def cache_key(pipeline: Pipeline, stage, parent_key: str | None, fingerprints: d
         "deterministic": pipeline.deterministic,
         "lifecycle": __version__,
     }
-    if pins := models.hub_pins(stage):  # only then: keys of stages without a Hub model stay as they were
+    if pins := models.hub_pins(stage) if pins is None else pins:  # only then: keys of stages without a Hub model stay as they were
         key["hub"] = {name: pin["commit"] for name, pin in pins.items()}
     return stable_hash(key)
 

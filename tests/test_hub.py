@@ -154,6 +154,14 @@ def test_a_moved_tag_re_runs_the_stage(hub_run, hub_cache, offline_cache, tmp_pa
     assert manifest["hub"]["model"]["commit"] == COMMIT2
 
 
+def test_gate_on_a_machine_without_the_hub_cache_reads_the_recorded_commits(hub_run, monkeypatch, tmp_path):
+    _, run_dir = hub_run
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # a CI job gating a run made elsewhere
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-datasets"))
+    assert main(["gate", str(run_dir)]) == 0
+
+
 def test_a_moved_data_ref_re_runs_the_stage(hub_run, offline_cache, tmp_path):
     path, run_dir = hub_run
     work = tmp_path / "runs"
