@@ -42,17 +42,17 @@ def measure_all(arts: dict, cfg, work: Path, budget: dict) -> dict:
 
     from lifecycle import models
     from lifecycle.components.inference import embed_torch
+    from lifecycle.components.quantization import Settings
+    from lifecycle.components.quantization import build as quantize
     from lifecycle.data import load
     from lifecycle.edge import Predictor
     from lifecycle.embedding import embedding_model, fidelity, read_pooling, task_metrics
-    from lifecycle.stages import quantize as quantize_stage
 
     adapted, export = arts["adapt"].path, arts["export"].path
     model = embedding_model(models.load_model(AutoModel, adapted), read_pooling(adapted)).eval()
     tokenizer = models.load_tokenizer(adapted, SEQ)
     per_tensor = work / "int8-per-tensor"
-    quantize_stage.build("dynamic-int8", quantize_stage.Config(kind="quantize", per_channel=False), export, per_tensor,
-                         None)
+    quantize(Settings(method="dynamic-int8", per_channel=False), export, per_tensor)
     dirs = {"onnx_fp32": export, "onnx_int8_per_channel": arts["quantize"].path, "onnx_int8_per_tensor": per_tensor}
     torch.set_num_threads(THREADS)
     predictors = {name: Predictor.open(d, threads=THREADS) for name, d in dirs.items()}

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED, Recorder, kernel_times  # first: it sets the offline environment
+from common import SHARED, Recorder, kernel_times, results_dir  # first: it sets the offline environment
 
 THREADS = 2
 REFERENCE_LENGTH = 128  # the prompt length the checks read
@@ -186,7 +186,7 @@ def main() -> int:
                     "value": speedup, "target": ">= 2.0", "passed": speedup >= 2.0},
                    {"name": f"{size}: our fp32 decoder / optimum ORTModelForCausalLM per token, prompt {n}",
                     "value": vs_optimum, "target": "<= 1.0", "passed": vs_optimum <= 1.0}]
-    plot(results, ROOT / "benchmarks" / "results" / "generation.png")
+    plot(results, results_dir() / "generation.png")
     return recorder.report(checks, recorder.save(results, checks))
 
 
