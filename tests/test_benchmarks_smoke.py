@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 import types
@@ -27,12 +28,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
+from conftest import needs_shared_data  # noqa: E402
 from record import BENCHMARKS, ELSEWHERE  # noqa: E402
 
 SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in ("common", "record"))
 NO_ARGPARSE = {"reliability"}  # no options: its command line runs the hardening tests (minutes)
-# `--smoke` end to end: the path each takes, at its smallest (seconds)
-SMOKE_RUNS = {"image": ["image.py"], "generation": ["generation.py", "--quick"]}
+# `--smoke` end to end, at its smallest: about 10 s each on 2 busy cores (spinning and latency_gate train
+# two classifiers first: ~40 s each, so `-m slow`); result name -> command
+SMOKE_RUNS = [
+    pytest.param("image", ["image.py"], id="image"),
+    pytest.param("generation", ["generation.py"], marks=needs_shared_data("brown"), id="generation"),
+    pytest.param("masked_image", ["masked_image.py"], id="masked_image"),
+    pytest.param("pretrain_overhead", ["pretrain_overhead.py"], id="pretrain_overhead"),
+    pytest.param("audio_latency", ["audio.py", "latency"], marks=needs_shared_data("speech", "fsdd"), id="audio_latency"),
+    pytest.param("spinning", ["spinning.py"], marks=pytest.mark.slow, id="spinning"),
+    pytest.param("latency_gate", ["latency_gate.py"], marks=pytest.mark.slow, id="latency_gate"),
+]
 
 
 def test_every_benchmark_is_recorded_by_the_one_command():
@@ -81,16 +92,20 @@ def test_every_benchmark_command_line_parses(name, monkeypatch, capsys):
     assert exit.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", sorted(SMOKE_RUNS))
-def test_a_benchmark_runs_end_to_end_in_its_smoke_form(name, tmp_path):
+@pytest.mark.parametrize(("name", "command"), SMOKE_RUNS)
+def test_a_benchmark_runs_end_to_end_in_its_smoke_form(name, command):
     before = {p.name: p.stat().st_mtime_ns for p in (BENCH / "results").iterdir()}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_BENCH")}
-    env["LIFECYCLE_BENCH_RESULTS"] = str(tmp_path)
-    script, *args = SMOKE_RUNS[name]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_BENCH")}  # --smoke picks the folder
+    script, *args = command
     done = subprocess.run([sys.executable, str(BENCH / script), *args, "--smoke"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=180)
     assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: a check missed (a smoke run measures nothing)
-    result = json.loads((tmp_path / f"{name}.json").read_text())
-    assert result["smoke"] is True and result["checks"]
-    assert result["environment"]["files"][f"benchmarks/{script}"]
+    path = Path(next(line for line in done.stdout.splitlines() if line.startswith("wrote "))[len("wrote "):])
+    try:
+        assert path.parent != BENCH / "results" and path.name == f"{name}.json"
+        result = json.loads(path.read_text())
+        assert result["smoke"] is True and result["checks"]
+        assert result["environment"]["files"][f"benchmarks/{script}"]
+    finally:
+        shutil.rmtree(path.parent)
     assert {p.name: p.stat().st_mtime_ns for p in (BENCH / "results").iterdir()} == before
