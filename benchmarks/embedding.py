@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
+from common import ROOT, SHARED, SMOKE, Recorder, results_dir  # first: it sets the offline environment
 
 # benchmarks/quantize.py: the same method, model length and threads
 from quantize import SEQ, THREADS, latency_calls, run_pipeline, timed_rounds
@@ -33,6 +33,9 @@ BUDGETS = {  # quick: fewer adaptation steps and kNN texts; full: the pipeline f
     "quick": {"overrides": ["stages.adapt.train.max_steps=20", "task.embedding.limit=600"], "runs": 10, "rounds": 3,
               "workdir": "/tmp/lifecycle-bench-embedding-quick"},
     "full": {"overrides": [], "runs": 20, "rounds": 4, "workdir": "/tmp/lifecycle-bench-embedding"},
+    "smoke": {"overrides": ["data.medical.limit=300", "stages.adapt.train.max_steps=2", "stages.adapt.contrastive.eval_texts=16",
+                            "task.embedding.limit=40", "stages.export.latency.runs=2", "stages.quantize.latency.runs=2"],
+              "runs": 2, "rounds": 1, "workdir": None},  # every step once, in the smoke run's temporary folder
 }
 
 
@@ -116,8 +119,8 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent (the medical abstracts live there)")
         return 0
-    budget = BUDGETS["quick" if args.quick else "full"]
-    workdir = args.workdir or Path(budget["workdir"])
+    budget = BUDGETS["smoke" if SMOKE else "quick" if args.quick else "full"]
+    workdir = args.workdir or (Path(budget["workdir"]) if budget["workdir"] else results_dir() / "work")
     recorder = Recorder("embedding", args.quick)
     arts, cfg = run_pipeline(budget, workdir, PIPELINE)
     found = measure_all(arts, cfg, workdir / "bench", budget)

@@ -33,8 +33,8 @@ from record import BENCHMARKS, ELSEWHERE  # noqa: E402
 
 SCRIPTS = sorted(p.stem for p in BENCH.glob("*.py") if p.stem not in ("common", "record"))
 NO_ARGPARSE = {"reliability"}  # no options: its command line runs the hardening tests (minutes)
-# `--smoke` end to end, at its smallest: about 10 s each on 2 busy cores (spinning and latency_gate train
-# two classifiers first: ~40 s each, so `-m slow`); result name -> command
+# `--smoke` end to end, at its smallest: about 10 s each on 2 busy cores; the slower ones under `-m slow`
+# (spinning and latency_gate train two classifiers first, ~40 s each); result name, command
 SMOKE_RUNS = [
     pytest.param("image", ["image.py"], id="image"),
     pytest.param("generation", ["generation.py"], marks=needs_shared_data("brown"), id="generation"),
@@ -43,6 +43,9 @@ SMOKE_RUNS = [
     pytest.param("audio_latency", ["audio.py", "latency"], marks=needs_shared_data("speech", "fsdd"), id="audio_latency"),
     pytest.param("spinning", ["spinning.py"], marks=pytest.mark.slow, id="spinning"),
     pytest.param("latency_gate", ["latency_gate.py"], marks=pytest.mark.slow, id="latency_gate"),
+    # MiniLM adapted 2 steps, exported, quantized per-channel and per-tensor: ~2 minutes
+    pytest.param("embedding", ["embedding.py"], marks=[pytest.mark.slow, needs_shared_data("medical_abstracts")],
+                 id="embedding"),
 ]
 
 
@@ -98,7 +101,7 @@ def test_a_benchmark_runs_end_to_end_in_its_smoke_form(name, command):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFECYCLE_BENCH")}  # --smoke picks the folder
     script, *args = command
     done = subprocess.run([sys.executable, str(BENCH / script), *args, "--smoke"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode in (0, 1), done.stderr[-3000:]  # 1: a check missed (a smoke run measures nothing)
     path = Path(next(line for line in done.stdout.splitlines() if line.startswith("wrote "))[len("wrote "):])
     try:
