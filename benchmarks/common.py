@@ -5,8 +5,9 @@ wall time and the 1-minute load average around the run (other jobs may share the
 
 Smoke form: with LIFECYCLE_BENCH_SMOKE=1 (or `--smoke` on any benchmark's command line) a benchmark
 runs its own path on the smallest sizes it allows (`SMOKE` below; seconds, not a measurement) and
-writes its result and plots into a temporary folder, never into benchmarks/results: the default
-suite runs every benchmark this way (tests/test_benchmarks_smoke.py) so that none can rot."""
+writes its result and plots into a temporary folder, never into benchmarks/results. The default suite
+runs the cheap ones this way and checks every benchmark's names and command line
+(tests/test_benchmarks_smoke.py), so that none can rot."""
 
 from __future__ import annotations
 
