@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
+from common import ROOT, SHARED, SMOKE, Recorder  # first: it sets the offline environment
 
 SPEECH = SHARED / "speech"
 RATE, MEL_BINS, PATCH, TIME_STRIDE, LAYERS = 8000, 32, 8, 4, 3
@@ -153,6 +153,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def latency(quick: bool) -> int:
     recorder = Recorder("audio_latency", quick)
     lengths, runs = (QUICK_SECONDS, 10) if quick else ((*SECONDS[:2], PIPELINE_SECONDS, *SECONDS[2:]), 30)
+    lengths, runs = ((PIPELINE_SECONDS,), 2) if SMOKE else (lengths, runs)
     lengths = tuple(sorted(set(lengths) | {PIPELINE_SECONDS}))
     with tempfile.TemporaryDirectory(prefix="lifecycle-bench-audio-") as tmp:
         rows = [measure_length(s, Path(tmp), runs) for s in lengths]
