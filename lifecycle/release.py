@@ -27,7 +27,9 @@ and tagged `lifecycle.digest` (the artifact's content digest), `lifecycle.entry_
   is refused, naming it;
 - promotion is atomic: every file is uploaded to the run before the version is created (with all its tags,
   in one call) and only then does the alias move; a failure leaves no version, and the run marked FAILED;
-- the same artifact (by content digest) promoted again reuses its version and moves only the alias.
+- the same artifact (by content digest) promoted again reuses its version and moves only the alias. (Two
+  promotions of one artifact at the same instant may both register it: two complete versions, the alias on
+  the later. The folder registry's file lock has no counterpart on a shared server.)
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ BUNDLE = "model.zip"
 FOLDER = "release"  # the version's artifact folder in its run
 EXPERIMENT = "lifecycle-releases"  # the runs that carry the versions' files
 TAG = "lifecycle."
+OLD_DEFAULT = "~/.lifecycle/registry"  # the folder registry this replaced (see `migrate`)
 
 
 class ReleaseNotFound(LifecycleError):
@@ -196,7 +199,7 @@ def resolve(ref: str, registry: str | Path | None = None, model: str | None = No
     root = tracking.local_root(uri)
     if root is not None and not (root / tracking.DATABASE).is_file():
         raise ReleaseNotFound(f"no release '{ref}': the registry {root} is empty; promote one: lifecycle promote "
-                              f"RUN_DIR --alias {alias or 'production'}")
+                              f"RUN_DIR --alias {alias or 'production'}{_old_folder(root)}")
     with _mlflow_errors(uri):
         client = tracking.client(uri)
         found = _registered(client, name)
@@ -209,7 +212,18 @@ def resolve(ref: str, registry: str | Path | None = None, model: str | None = No
     have = ", ".join(f"{a} -> v{v}" for a, v in aliases.items()) or "none"
     what = f"version {number}" if number else f"alias '{alias}'"
     raise ReleaseNotFound(f"no release '{ref}': model '{name}' has no {what} in the registry {uri} (aliases: "
-                          f"{have}); promote one: lifecycle promote RUN_DIR --alias {alias or 'production'}")
+                          f"{have}); promote one: lifecycle promote RUN_DIR --alias {alias or 'production'}"
+                          f"{_old_folder(root)}")
+
+
+def _old_folder(root: Path | None) -> str:
+    """Where the default store is read and the folder registry of an older lifecycle sits beside it: say so."""
+    from lifecycle import tracking
+
+    old = Path(OLD_DEFAULT).expanduser()
+    if root != Path(tracking.DEFAULT_STORE).expanduser().resolve() or not (old / "versions").is_dir():
+        return ""
+    return f"; {old} (the folder registry of an older lifecycle) is no longer read: python -m lifecycle.release migrate {old}"
 
 
 def _registered(client, name: str):
@@ -428,3 +442,80 @@ def _read_json(path: Path, kind: type, what: str):
         raise LifecycleError(f"{path.name}: a JSON {type(value).__name__}, not the {what} (a JSON "
                              f"{kind.__name__}); promote the run again")
     return value
+
+
+# ------------------------------------------------------------------- from the folder registry it replaced
+def migrate(old: str | Path, registry: str | Path | None = None, model: str | None = None) -> list[str]:
+    """Copy the releases of an older lifecycle's folder registry (versions/vN/entry.json, aliases.json) into
+    the MLflow registry: each version checked against its entry.json, registered as a version of `model`
+    (default: the pipeline it was promoted from) unless that artifact is there already, and its aliases
+    set. The old folder is left as it was. An old entry.sig is not carried over (entry.json is rewritten):
+    sign again with `lifecycle promote RUN --alias NAME --sign KEY`. Returns one line per version."""
+    import shutil
+
+    from lifecycle import tracking
+    from lifecycle.artifact import hash_tree, write_json
+    from lifecycle.signing import RELEASE_SIGNATURE
+
+    old = Path(old).expanduser().resolve()
+    if not (old / "versions").is_dir():
+        raise LifecycleError(f"{old}: not a folder registry (no versions/); name the folder that holds "
+                             "versions/ and aliases.json")
+    aliases = _read_json(old / "aliases.json", dict, "alias table") if (old / "aliases.json").is_file() else {}
+    uri = tracking.store_uri(registry)
+    lines = []
+    with _mlflow_errors(uri):
+        client = tracking.client(uri)
+        for path in sorted(old.glob("versions/v*/" + ENTRY), key=lambda p: (len(p.parent.name), p.parent.name)):  # v2 before v10
+            meta = _read_json(path, dict, "release record")
+            files = {k: v for k, v in hash_tree(path.parent).items() if k not in (ENTRY, RELEASE_SIGNATURE)}
+            if files != meta.get("files"):
+                raise LifecycleError(f"{path.parent}: its files differ from its {ENTRY}; nothing of it was copied")
+            name = check_name(model or str(meta.get("pipeline")))
+            if _registered(client, name) is None:
+                client.create_registered_model(name, description=f"releases of the lifecycle pipeline {name}")
+            same = client.search_model_versions(f"name = '{name}' and tag.`{TAG}digest` = '{meta.get('digest')}'")
+            if same:
+                mv = min(same, key=lambda v: int(v.version))
+            else:
+                with tempfile.TemporaryDirectory(prefix="lifecycle-migrate-") as tmp:
+                    folder = Path(tmp) / FOLDER
+                    shutil.copytree(path.parent, folder, ignore=shutil.ignore_patterns(ENTRY, RELEASE_SIGNATURE))
+                    entry = {k: v for k, v in meta.items() if k not in ("version", "files")}
+                    entry.update(model=name, migrated_from=str(path.parent))
+                    entry["files"] = hash_tree(folder)
+                    write_json(folder / ENTRY, entry)
+                    mv = _register(client, uri, name, folder, entry)
+            moved = sorted(a for a, v in aliases.items() if v == path.parent.name)
+            for alias in moved:
+                client.set_registered_model_alias(name, check_alias(alias), mv.version)
+            lines.append(f"{path.parent.name} -> models:/{name}/{mv.version}" + "".join(f" @{a}" for a in moved))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m lifecycle.release",
+                                description="copy an older lifecycle's folder registry into the MLflow registry")
+    sub = p.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("migrate", help="copy every version and alias of OLD (e.g. ~/.lifecycle/registry)")
+    sp.add_argument("old")
+    sp.add_argument("--registry", metavar="DIR_OR_URI", help="the MLflow store (default: as `lifecycle promote`)")
+    sp.add_argument("--model", help="registered model name (default: each version's pipeline)")
+    args = p.parse_args(argv)
+    try:
+        lines = migrate(args.old, args.registry, args.model)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except LifecycleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines) or f"{args.old}: no versions to copy")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

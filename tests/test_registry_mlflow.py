@@ -193,17 +193,40 @@ def test_a_failed_promotion_leaves_no_version(run, tmp_path, capsys):
 
 def test_the_default_store_and_the_old_folder_registry(run, tmp_path, monkeypatch, capsys):
     """$LIFECYCLE_REGISTRY (tests, or a user's own folder) holds the SQLite store; a folder registry of an
-    older lifecycle is named, not read as an empty store."""
+    older lifecycle is named, not read as an empty store, and `python -m lifecycle.release migrate` copies
+    its versions and aliases into MLflow."""
+    from lifecycle.artifact import hash_tree
+    from lifecycle.evaluation import TEST_PREDICTIONS, Predictions
+
     monkeypatch.setenv("LIFECYCLE_REGISTRY", str(tmp_path / "home"))
     assert cli_err(capsys, "promote", run, "--alias", "production")[0] == 0
     assert (tmp_path / "home" / "mlflow.db").is_file()
     assert cli_err(capsys, "gate", run, "--against", "production")[0] == 0
-    old = tmp_path / "old"
-    (old / "versions" / "v1").mkdir(parents=True)
-    (old / "aliases.json").write_text('{"production": "v1"}')
+
+    old, art = tmp_path / "old", release.candidate(run)  # what the folder registry wrote for this export
+    version = old / "versions" / "v1"
+    (version / "predictions").mkdir(parents=True)
+    shutil.copy(art.path / TEST_PREDICTIONS, version / TEST_PREDICTIONS)
+    (version / "gates.json").write_text(json.dumps(art.manifest["gates"]))
+    (version / "model_card.md").write_text("# Model card\n")
+    meta = {"version": "v1", "pipeline": "tiny", "stage": "export", "stage_kind": "export", "kind": art.kind,
+            "digest": art.digest, "metrics": art.metrics, "test_examples": 60, "bundle": None, "bundle_sha256": None,
+            "test_fingerprint": Predictions.load(art.path / TEST_PREDICTIONS).fingerprint,
+            "verdict": {"passed": True, "reasons": [], "override": None}, "files": hash_tree(version)}
+    (version / "entry.json").write_text(json.dumps(meta))
+    (old / "aliases.json").write_text('{"production": "v1", "previous": "v1"}')
     for argv in (["promote", run, "--alias", "production"], ["gate", run, "--against", "production"]):
         code, err = cli_err(capsys, *argv, "--registry", old)
         assert code == 1 and len(err) == 1 and f"{old}: a folder registry" in err[0] and "migrate" in err[0], err
+
+    new = tmp_path / "new"
+    assert release.main(["migrate", str(old), "--registry", str(new)]) == 0
+    assert "v1 -> models:/tiny/1 @previous @production" in capsys.readouterr().out
+    assert aliases(tracking.store_uri(new)) == {"production": "1", "previous": "1"}
+    assert cli_err(capsys, "gate", run, "--against", "previous", "--registry", new)[0] == 0
+    assert release.resolve("production", new, "tiny").meta["migrated_from"] == str(version)
+    assert release.main(["migrate", str(old), "--registry", str(new)]) == 0  # again: the same version, no new one
+    assert len(client(tracking.store_uri(new)).search_model_versions("name = 'tiny'")) == 1
 
 
 # ------------------------------------------------------------------------------------ a real server
