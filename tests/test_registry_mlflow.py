@@ -283,3 +283,16 @@ def test_promote_and_gate_against_a_running_mlflow_server(run, mlflow_server, tm
     preds.write_text("".join(json.dumps({**r, "pred": r["label"]}) + "\n" for r in rows))
     code, err = cli_err(capsys, "gate", run, "--against", "production")
     assert code == 1 and len(err) == 1 and "predictions/test.jsonl changed" in err[0] and url in err[0], err
+
+
+def test_an_unreachable_server_is_one_line(run, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port that was just free and is closed again: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries would take a minute
+    for argv in (["gate", run, "--against", "production"], ["promote", run, "--alias", "production"]):
+        code, err = cli_err(capsys, *argv)
+        assert code == 1 and len(err) == 1 and f"the MLflow registry at {url}" in err[0], err
