@@ -110,7 +110,7 @@ def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOu
     (parent chain and data included), its parent must be the artifact it was built from, and its model
     must load (lifecycle.integrity). An
     artifact that fails any of these is a failed stage with a message saying why, never a pass.
-    `registry`: where gates against a release look (default: lifecycle.release.registry_root()).
+    `registry`: where gates against a release look (default: lifecycle.tracking.store_uri()).
     """
     from lifecycle import integrity
     from lifecycle.config import build
