@@ -61,6 +61,11 @@ DEVIATIONS = ("2026-12-07: the first recorded run stopped at its last variant: t
              "fine-tuning, cepstral liftering. Budgets, seeds, held-out pair and checks unchanged.")
 
 
+LATENCY_DEVIATION = ("2026-12-07, after the run recorded at 2f231b8 (int8 2.264x eager, passed; int8 0.61x the "
+                     "fp32 graph at batch 1): the check is vacuous unless int8 is faster than the fp32 graph it "
+                     "replaces (the evidence issue's rule); measurement unchanged.")
+
+
 def frames_for(seconds: float) -> int:
     return 1 - (-(int(seconds * RATE) - 400) // 160)  # frames that cover the clip (1.3 s: the pipeline's 64)
 
@@ -172,13 +177,15 @@ def latency(quick: bool) -> int:
         rows = [measure_length(s, Path(tmp), runs) for s in lengths]
     at = next(r for r in rows if r["seconds"] == PIPELINE_SECONDS)
     ratio = at["b1"]["int8_vs_eager"]
-    found = [{"name": f"ONNX int8 vs PyTorch eager at {PIPELINE_SECONDS} s, batch 1 (x)", "value": ratio,
-              "target": f">= {TARGET_INT8_VS_EAGER}", "passed": ratio >= TARGET_INT8_VS_EAGER}]
+    # int8 replaces the fp32 graph, not eager: a speedup over eager that the fp32 graph alone beats proves nothing
+    found = [check(f"ONNX int8 vs PyTorch eager at {PIPELINE_SECONDS} s, batch 1 (x)", ratio,
+                   f">= {TARGET_INT8_VS_EAGER}, int8 faster than the fp32 graph", ratio >= TARGET_INT8_VS_EAGER,
+                   premise=at["b1"]["int8_vs_fp32"] > 1)]
     why = (f"at {PIPELINE_SECONDS} s: ONNX fp32 {at['b1']['fp32_vs_eager']:.2f}x eager, int8 {at['b1']['int8_vs_fp32']:.2f}x "
            f"fp32 at batch 1 ({at['b16']['int8_vs_fp32']:.2f}x at batch 16); the features take "
            f"{at['b1']['features_ms']:.2f} ms of the {at['b1']['features_ms'] + at['b1']['ort_int8_ms']:.2f} ms an int8 "
            "answer costs")
-    path = recorder.save({"rows": rows, "note": why}, found)
+    path = recorder.save({"rows": rows, "note": why, "deviations": [LATENCY_DEVIATION]}, found)
     plot(rows, path.with_name("audio_latency.png"))
     from lifecycle.report import table
 
