@@ -185,7 +185,7 @@ def audio_section(whole: dict, training: dict, latency: dict) -> str:
         f"[{gain['ci_low']:+.4f}, {gain['ci_high']:+.4f}]). Trained on espeak-ng voices only: every FSDD recording "
         f"{_interval(synth['fsdd_official_test'])} (MFCCs trained the same way "
         f"{synth['fsdd_official_test']['baseline_mfcc_accuracy']:.3f}), real/ {_interval(synth['real'])}.", "",
-        f"Latency at the pipeline's 1.3 s clip, batch 1 (`benchmarks/results/audio_latency.json`, "
+        f"Latency at the pipeline's 64 frames (a 1.3 s clip's), batch 1 (`benchmarks/results/audio_latency.json`, "
         f"{env.get('cpu', 'CPU')}, {'/'.join(env.get('isa', []))}): features {at['b1']['features_ms']:.2f} ms, PyTorch eager "
         f"{at['b1']['eager_ms']:.2f} ms, ONNX fp32 {at['b1']['ort_fp32_ms']:.2f} ms, int8 {at['b1']['ort_int8_ms']:.2f} ms; "
         "by clip length in `benchmarks/results/audio_latency.png`.",
