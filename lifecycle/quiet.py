@@ -3,8 +3,9 @@ is made. Each filter matches one message from one module, so any other warning (
 included) still shows. Nothing heavy is imported until a filter is used.
 
     with quiet.training():      # around Trainer.train
-    with quiet.onnx_export():   # around torch.onnx.export of a transformers model
+    with quiet.onnx_export():   # around torch.onnx.export (or optimum's exporter) of a transformers model
     with quiet.relative_attention():  # around any other forward pass of a BERT with relative positions
+    with quiet.new_head():      # around from_pretrained into a classifier with a new head
 """
 
 from __future__ import annotations
@@ -16,17 +17,22 @@ import warnings
 # transformers.models.bert.modeling_bert, logged once per process (logger.warning_once), not a warning
 SDPA_FALLBACK = "BertSdpaSelfAttention is used but"
 SDPA_LOGGER = "transformers.models.bert.modeling_bert"
+# transformers.modeling_utils, when from_pretrained builds a model with weights the checkpoint lacks
+NEW_WEIGHTS = ("Some weights of ", "newly initialized")
+LOADING_LOGGER = "transformers.modeling_utils"
 MTIME = r"mtime may not be reliable on this filesystem"
 TRACED_CONSTANT = r"torch\.tensor results are registered as constants in the trace"
+TRACED_BOOLEAN = r"Converting a tensor to a Python boolean might cause the trace to be incorrect"
 
 
 class _DropPrefix(logging.Filter):
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, containing: str = ""):
         super().__init__()
-        self.prefix = prefix
+        self.prefix, self.containing = prefix, containing
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
+        msg = str(record.msg)
+        return not (msg.startswith(self.prefix) and self.containing in msg)
 
 
 @contextlib.contextmanager
@@ -38,6 +44,20 @@ def relative_attention():
     as with attn_implementation="eager", which is what the message advises."""
     logger = logging.getLogger(SDPA_LOGGER)
     drop = _DropPrefix(SDPA_FALLBACK)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def new_head():
+    """from_pretrained of an encoder (or another task's classifier) into a classifier: transformers names the
+    weights the checkpoint lacks (the new head, a pooler) and says the model should be trained, which is
+    what the stage does next. The names are kept in the artifact's manifest (`newly_initialised`)."""
+    logger = logging.getLogger(LOADING_LOGGER)
+    drop = _DropPrefix(*NEW_WEIGHTS)
     logger.addFilter(drop)
     try:
         yield
@@ -63,10 +83,18 @@ def onnx_export():
     computes `torch.tensor(1.0, dtype=dtype) - mask`, and the tracer warns that the tensor becomes a
     constant of the graph: it is the constant 1.0 whatever the input, so the graph is right (the export
     stage's parity check compares it with PyTorch on real texts). Tracing also runs a forward pass, so
-    the attention notice above is hidden too."""
+    the attention notice above is hidden too.
+
+    A ViT (the image workload): its patch embedding compares the input's channels, height and width with
+    the config's and raises on a mismatch; the tracer warns that these comparisons become constants, so
+    the graph carries no such check. The graph's only dynamic axis is the batch, and every image reaches
+    it through the bundle's ImagePreprocessing, resized to the model's size and channels: the checks
+    would always pass."""
     from torch.jit import TracerWarning
 
     with warnings.catch_warnings(), relative_attention():
         warnings.filterwarnings("ignore", message=TRACED_CONSTANT, category=TracerWarning,
                                 module=r"transformers\.modeling_attn_mask_utils$")
+        warnings.filterwarnings("ignore", message=TRACED_BOOLEAN, category=TracerWarning,
+                                module=r"transformers\.models\.vit\.modeling_vit$")
         yield
