@@ -6,6 +6,7 @@ included) still shows. Nothing heavy is imported until a filter is used.
     with quiet.onnx_export():   # around torch.onnx.export (or optimum's exporter) of a transformers model
     with quiet.relative_attention():  # around any other forward pass of a BERT with relative positions
     with quiet.new_head():      # around from_pretrained into a classifier with a new head
+    with quiet.lora_on_conv1d():  # around peft's get_peft_model on a GPT-2
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ LOADING_LOGGER = "transformers.modeling_utils"
 MTIME = r"mtime may not be reliable on this filesystem"
 TRACED_CONSTANT = r"torch\.tensor results are registered as constants in the trace"
 TRACED_BOOLEAN = r"Converting a tensor to a Python boolean might cause the trace to be incorrect"
+SHAPE_CHECKS = r"transformers\.(models\.vit\.modeling_vit|cache_utils|masking_utils|integrations\.sdpa_attention)$"
+ADVANCED_INDEXING = r"Exporting aten::index operator of advanced indexing"
+FAN_IN_FAN_OUT = r"fan_in_fan_out is set to False but the target module is `Conv1D`"
 
 
 class _DropPrefix(logging.Filter):
@@ -85,16 +89,31 @@ def onnx_export():
     stage's parity check compares it with PyTorch on real texts). Tracing also runs a forward pass, so
     the attention notice above is hidden too.
 
-    A ViT (the image workload): its patch embedding compares the input's channels, height and width with
-    the config's and raises on a mismatch; the tracer warns that these comparisons become constants, so
-    the graph carries no such check. The graph's only dynamic axis is the batch, and every image reaches
-    it through the bundle's ImagePreprocessing, resized to the model's size and channels: the checks
-    would always pass."""
+    Python conditions on tensor shapes become constants of a traced graph, and the tracer warns of each:
+    - a ViT (the image workload): its patch embedding checks the input's channels and size against the
+      config and raises on a mismatch. The graph's only dynamic axis is the batch, and every image reaches
+      it through the bundle's ImagePreprocessing, resized to the model's size and channels.
+    - a decoder with its KV cache (optimum's exporter, the generation workload): whether the cache is
+      empty, whether the mask needs padding, and `is_causal` (false whenever a mask is given, and the
+      graph always takes one). The export stage checks the graph's greedy answers and logits against
+      PyTorch with and without a past, so a branch frozen the wrong way fails a gate.
+    The TorchScript exporter also warns that an advanced-indexing op goes wrong for negative indices;
+    the graphs index with positions and token ids, and the same parity checks would show it."""
     from torch.jit import TracerWarning
 
     with warnings.catch_warnings(), relative_attention():
         warnings.filterwarnings("ignore", message=TRACED_CONSTANT, category=TracerWarning,
                                 module=r"transformers\.modeling_attn_mask_utils$")
-        warnings.filterwarnings("ignore", message=TRACED_BOOLEAN, category=TracerWarning,
-                                module=r"transformers\.models\.vit\.modeling_vit$")
+        warnings.filterwarnings("ignore", message=TRACED_BOOLEAN, category=TracerWarning, module=SHAPE_CHECKS)
+        warnings.filterwarnings("ignore", message=ADVANCED_INDEXING, category=UserWarning,
+                                module=r"torch\.onnx\._internal\.torchscript_exporter\.symbolic_opset11$")
+        yield
+
+
+@contextlib.contextmanager
+def lora_on_conv1d():
+    """peft's get_peft_model on a GPT-2 (the decoders workload): GPT-2 stores its projections as Conv1D
+    (weights transposed), so peft sets fan_in_fan_out=True for them itself and says so, as designed."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=FAN_IN_FAN_OUT, category=UserWarning, module=r"peft\.tuners\.lora\.layer$")
         yield
