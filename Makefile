@@ -8,7 +8,7 @@ export BENTOML_DO_NOT_TRACK := true
 export ORT_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup quickstart test test-all lint docs
+.PHONY: setup quickstart test test-all lint docs record
 setup: $(VENV)/.installed
 
 # torch first, pinned: on these machines torch==2.13.0 is a CPU wheel on disk, while an unpinned
@@ -28,6 +28,9 @@ test: setup
 
 test-all: setup
 	$(BIN)/pytest -q -m ""
+
+record: setup  # every benchmark result, re-recorded on one clean commit (hours)
+	$(BIN)/python benchmarks/record.py
 
 lint: setup
 	$(BIN)/ruff check lifecycle tests benchmarks serving pipelines

@@ -5,9 +5,11 @@ new speakers do to accuracy. Needs ../shared/data/speech.
     flock /tmp/lifecycle-heavy.lock python benchmarks/audio.py training   # about 25 minutes
 
 `latency` (benchmarks/results/audio_latency.json, audio_latency.png): the served architecture of
-pipelines/speech_digits.yaml (3 layers, hidden 64, 8x8 patches every 8 of 32 mel bins and every 4 frames,
+pipelines/speech_digits.yaml (3 layers, hidden 64, 8x8 patches every 4 of 12 mel bins and every 4 frames,
 8 kHz) with random
-weights, built for clips of 0.5 to 10 s (frames = the clip's, so the token count grows with the length),
+weights, built for clips of 0.5 to 10 s (frames = the clip's, so the token count grows with the length, as
+a model without `audio.stretch_frames` reads them; the pipeline's model stretches every clip to 64 frames,
+so its model cost is the 1.3 s row's at any length and only the features grow),
 exported and quantized by the library's own code; PyTorch eager, onnxruntime fp32 and dynamic int8 at batch
 1 and 16, timed interleaved in one process, and the log-mel features (numpy) per clip beside them. Inputs
 are real FSDD recordings joined end to end to the length. Check: int8 >= 2x eager at the pipeline's 1.3 s
@@ -34,19 +36,29 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
+from common import ROOT, SHARED, SMOKE, Recorder  # first: it sets the offline environment
 
 SPEECH = SHARED / "speech"
-RATE, MEL_BINS, PATCH, TIME_STRIDE, LAYERS = 8000, 32, 8, 4, 3
+RATE, MEL_BINS, PATCH, TIME_STRIDE, FREQUENCY_STRIDE, LAYERS = 8000, 12, 8, 4, 4, 3
 SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 QUICK_SECONDS = (0.5, 1.3, 5.0)
 PIPELINE_SECONDS = 1.3  # 64 frames of 20 ms, task.max_length of speech_digits.yaml
 TARGET_INT8_VS_EAGER = 2.0
 HELD_OUT = ["george", "lucas"]
-DEVIATION = ("2026-12-07: the first recorded run stopped at its last variant: the held-out-speakers finetune scored "
+DEVIATIONS = ("2026-12-07: the first recorded run stopped at its last variant: the held-out-speakers finetune scored "
              "accuracy 0.418 on george's and lucas's clips and failed the gate the variants inherited from "
              "speech_digits.yaml (accuracy >= 0.95); nothing else of it was seen. The variants now run without the "
-             "pipeline's gates (and its collapse gate); recipe, budgets, seeds and checks unchanged.")
+             "pipeline's gates (and its collapse gate); recipe, budgets, seeds and checks unchanged.",
+             "2026-12-07, after the recorded run: new speakers scored 0.418 against the MFCC baseline's 0.611 "
+             "(difference -0.193 [-0.232, -0.155], check failed; pretraining_gain +0.063, real/ 0.478 without "
+             "adapt, 0.565 with). The recipe of speech_digits.yaml then changed from 32 mel bins padded to 64 frames "
+             "to 12 mel bins (frequency stride 4) with every clip stretched to 64 frames (audio.stretch_frames), "
+             "chosen on FSDD speakers theo and jackson held out in turn (trained on three of the other four; george "
+             "and lucas never read), where it came within a few points of MFCCs on both folds and the recorded recipe "
+             "stayed about 20 points under (an exploration outside the repository, so no figure of it is quoted). "
+             "Tried there and not kept: per-utterance mean / variance normalisation, SpecAugment masks, frequency "
+             "warping with time stretching and gain, fewer epochs, more dropout, synthetic speech added to "
+             "fine-tuning, cepstral liftering. Budgets, seeds, held-out pair and checks unchanged.")
 
 
 def frames_for(seconds: float) -> int:
@@ -87,7 +99,8 @@ def build(seconds: float, work: Path):
     waves = recordings(seconds, 16)
     pre = AudioPreprocessing.fit(waves, RATE, MEL_BINS, frames_for(seconds))
     source = ModelSource(preset="bert-tiny", overrides={"num_hidden_layers": LAYERS, "patch_size": PATCH,
-                                                        "time_stride": TIME_STRIDE})
+                                                        "time_stride": TIME_STRIDE,
+                                                        "frequency_stride": FREQUENCY_STRIDE})
     torch.manual_seed(0)
     model = ASTForAudioClassification(ast_config(pre, source, **head([str(i) for i in range(10)]))).eval()
     src, fp32, int8 = work / f"model-{seconds}", work / f"fp32-{seconds}", work / f"int8-{seconds}"
@@ -153,6 +166,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def latency(quick: bool) -> int:
     recorder = Recorder("audio_latency", quick)
     lengths, runs = (QUICK_SECONDS, 10) if quick else ((*SECONDS[:2], PIPELINE_SECONDS, *SECONDS[2:]), 30)
+    lengths, runs = ((PIPELINE_SECONDS,), 2) if SMOKE else (lengths, runs)
     lengths = tuple(sorted(set(lengths) | {PIPELINE_SECONDS}))
     with tempfile.TemporaryDirectory(prefix="lifecycle-bench-audio-") as tmp:
         rows = [measure_length(s, Path(tmp), runs) for s in lengths]
@@ -302,7 +316,7 @@ def training(quick: bool) -> int:
               premise=objective["accuracy"] > 0.1)]  # a collapsed fine-tune compares nothing
     results = {"objective": objective, "adaptation": adaptation, "synthetic_only": synthetic_only,
                "new_speakers": new_speakers, "recipe": "pipelines/speech_digits.yaml (budgets, seeds as recorded there)",
-               "deviations": [DEVIATION]}
+               "deviations": list(DEVIATIONS)}
     path = recorder.save(results, found)
     import shutil
 

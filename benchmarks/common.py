@@ -1,22 +1,55 @@
 """What the benchmark scripts share: the offline environment (set when this module is imported, so
 before lifecycle and the libraries it wraps), and the result file the design fixes: figures, checks,
-the environment, wall time and the 1-minute load average around the run (other jobs may share the cores)."""
+the environment with the exact tree (commit, dirty flag, hashes of the scripts and package sources),
+wall time and the 1-minute load average around the run (other jobs may share the cores).
+
+Smoke form: with LIFECYCLE_BENCH_SMOKE=1 (or `--smoke` on any benchmark's command line) a benchmark
+runs its own path on the smallest sizes it allows (`SMOKE` below; seconds, not a measurement) and
+writes its result and plots into a temporary folder, never into benchmarks/results. The default suite
+runs the cheap ones this way and checks every benchmark's names and command line
+(tests/test_benchmarks_smoke.py), so that none can rot."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+RECORDED = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                    "ORT_DISABLE_TELEMETRY": "1", "BENTOML_DO_NOT_TRACK": "true"}.items():
     os.environ.setdefault(key, value)
+if "--smoke" in sys.argv[1:]:  # one flag for every benchmark, read before its own argparse sees the line
+    sys.argv.remove("--smoke")
+    os.environ["LIFECYCLE_BENCH_SMOKE"] = "1"
+SMOKE = os.environ.get("LIFECYCLE_BENCH_SMOKE") == "1"
+
+
+def results_dir() -> Path:
+    """Where results and plots go: $LIFECYCLE_BENCH_RESULTS, else a temporary folder for a smoke run,
+    else benchmarks/results."""
+    if os.environ.get("LIFECYCLE_BENCH_RESULTS"):
+        folder = Path(os.environ["LIFECYCLE_BENCH_RESULTS"])
+    elif SMOKE:
+        folder = Path(os.environ.setdefault("LIFECYCLE_BENCH_RESULTS", tempfile.mkdtemp(prefix="lifecycle-smoke-")))
+    else:
+        folder = RECORDED
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def loaded_scripts() -> list[Path]:
+    """The benchmark modules this process loaded (the script run and the ones it imports)."""
+    here = Path(__file__).resolve().parent
+    return [Path(m.__file__).resolve() for m in list(sys.modules.values())
+            if getattr(m, "__file__", None) and Path(m.__file__).resolve().parent == here]
 
 
 def kernel_times(session, skip_runs: int) -> dict[str, dict]:
@@ -113,8 +146,12 @@ class ForeignCPU(threading.Thread):
 
 class Recorder:
     """Started before the measured work; `save` writes benchmarks/results/<topic>.json (or into
-    $LIFECYCLE_BENCH_RESULTS, for a smoke run that must not replace a recorded result), `report`
+    `results_dir()`, for a smoke run that must not replace a recorded result), `report`
     prints each check and where the file went.
+
+    Recording into benchmarks/results on a tree that differs from its commit is refused unless
+    LIFECYCLE_BENCH_ALLOW_DIRTY=1; the result's environment then says `"dirty": true`, beside the commit
+    and the hashes tests/test_provenance.py compares with the tree's.
 
     A run that starts with the 1-minute load average above the core count would measure other jobs as
     much as itself: it is refused unless LIFECYCLE_BENCH_ALLOW_BUSY=1. During the run, ForeignCPU
@@ -124,10 +161,19 @@ class Recorder:
     benchmark's own threads)."""
 
     def __init__(self, topic: str, quick: bool):
+        from lifecycle.environment import dirty
+
         self.topic, self.quick = topic, quick
         self.cores = os.cpu_count() or 1
         self.started, self.load_before = time.time(), load_1min()
-        if self.load_before > self.cores and os.environ.get("LIFECYCLE_BENCH_ALLOW_BUSY") != "1":
+        self.folder = results_dir()
+        self.measured: list[Path] = []  # files besides the benchmark scripts whose hashes the result records
+        if self.folder.resolve() == RECORDED and dirty() and os.environ.get("LIFECYCLE_BENCH_ALLOW_DIRTY") != "1":
+            raise SystemExit("refused: the tree has changes that are not committed (git status), so the result could "
+                             "not name the code it measured. Commit first, or set LIFECYCLE_BENCH_ALLOW_DIRTY=1 (the "
+                             'result then records "dirty": true).')
+        # a smoke run measures nothing: a busy machine is no reason to refuse it
+        if not SMOKE and self.load_before > self.cores and os.environ.get("LIFECYCLE_BENCH_ALLOW_BUSY") != "1":
             raise SystemExit(f"refused: the 1-minute load average is {self.load_before} on {self.cores} cores; other "
                              "jobs would be measured too. Wait for a quiet machine, or set "
                              "LIFECYCLE_BENCH_ALLOW_BUSY=1 (the result then records a failed load check).")
@@ -143,18 +189,17 @@ class Recorder:
     def save(self, results: dict, checks: list[dict], **extra) -> Path:
         """Writes the result; appends the quiet-machine checks to `checks` (the caller's list), so `report`
         and the exit status see them too."""
-        from lifecycle.environment import environment
+        from lifecycle.environment import environment, provenance
 
         self.load_after = load_1min()
         foreign = self.foreign.stop()
         checks.extend(self.quiet_checks(foreign))
-        out = {"benchmark": self.topic, "quick": self.quick, "results": results, "checks": checks, **extra,
+        out = {"benchmark": self.topic, "quick": self.quick, **({"smoke": True} if SMOKE else {}),
+               "results": results, "checks": checks, **extra,
                "loadavg_before": self.load_before, "loadavg_after": self.load_after, "cores": self.cores,
-               "foreign_cpu": foreign,
-               "seconds": round(time.time() - self.started, 1), "environment": environment()}
-        folder = Path(os.environ.get("LIFECYCLE_BENCH_RESULTS", ROOT / "benchmarks" / "results"))
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.topic}.json"
+               "foreign_cpu": foreign, "seconds": round(time.time() - self.started, 1),
+               "environment": {**environment(), **provenance(loaded_scripts() + self.measured)}}
+        path = self.folder / f"{self.topic}.json"
         path.write_text(json.dumps(out, indent=2) + "\n")
         return path
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, SHARED, Recorder  # first: it sets the offline environment
+from common import ROOT, SHARED, SMOKE, Recorder, results_dir  # first: it sets the offline environment
 
 # benchmarks/quantize.py: the same method, model length and threads
 from quantize import SEQ, THREADS, latency_calls, run_pipeline, timed_rounds
@@ -33,6 +33,9 @@ BUDGETS = {  # quick: fewer adaptation steps and kNN texts; full: the pipeline f
     "quick": {"overrides": ["stages.adapt.train.max_steps=20", "task.embedding.limit=600"], "runs": 10, "rounds": 3,
               "workdir": "/tmp/lifecycle-bench-embedding-quick"},
     "full": {"overrides": [], "runs": 20, "rounds": 4, "workdir": "/tmp/lifecycle-bench-embedding"},
+    "smoke": {"overrides": ["data.medical.limit=300", "stages.adapt.train.max_steps=2", "stages.adapt.contrastive.eval_texts=16",
+                            "task.embedding.limit=40", "stages.export.latency.runs=2", "stages.quantize.latency.runs=2"],
+              "runs": 2, "rounds": 1, "workdir": None},  # every step once, in the smoke run's temporary folder
 }
 
 
@@ -42,17 +45,17 @@ def measure_all(arts: dict, cfg, work: Path, budget: dict) -> dict:
 
     from lifecycle import models
     from lifecycle.components.inference import embed_torch
+    from lifecycle.components.quantization import Settings
+    from lifecycle.components.quantization import build as quantize
     from lifecycle.data import load
     from lifecycle.edge import Predictor
     from lifecycle.embedding import embedding_model, fidelity, read_pooling, task_metrics
-    from lifecycle.stages import quantize as quantize_stage
 
     adapted, export = arts["adapt"].path, arts["export"].path
     model = embedding_model(models.load_model(AutoModel, adapted), read_pooling(adapted)).eval()
     tokenizer = models.load_tokenizer(adapted, SEQ)
     per_tensor = work / "int8-per-tensor"
-    quantize_stage.build("dynamic-int8", quantize_stage.Config(kind="quantize", per_channel=False), export, per_tensor,
-                         None)
+    quantize(Settings(method="dynamic-int8", per_channel=False), export, per_tensor)
     dirs = {"onnx_fp32": export, "onnx_int8_per_channel": arts["quantize"].path, "onnx_int8_per_tensor": per_tensor}
     torch.set_num_threads(THREADS)
     predictors = {name: Predictor.open(d, threads=THREADS) for name, d in dirs.items()}
@@ -116,8 +119,8 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent (the medical abstracts live there)")
         return 0
-    budget = BUDGETS["quick" if args.quick else "full"]
-    workdir = args.workdir or Path(budget["workdir"])
+    budget = BUDGETS["smoke" if SMOKE else "quick" if args.quick else "full"]
+    workdir = args.workdir or (Path(budget["workdir"]) if budget["workdir"] else results_dir() / "work")
     recorder = Recorder("embedding", args.quick)
     arts, cfg = run_pipeline(budget, workdir, PIPELINE)
     found = measure_all(arts, cfg, workdir / "bench", budget)

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import Recorder  # first: it sets the offline environment
+from common import SMOKE, Recorder  # first: it sets the offline environment
 
 SIDES = (8, 16, 32, 64, 128, 224)
 QUICK_SIDES = (8, 32, 64)
@@ -113,6 +113,7 @@ def main() -> int:
     args = ap.parse_args()
     recorder = Recorder("image", args.quick)
     sides, runs = (QUICK_SIDES, 10) if args.quick else (SIDES, 40)
+    sides, runs = ((PIPELINE_SIDE,), 2) if SMOKE else (sides, runs)
     with tempfile.TemporaryDirectory(prefix="lifecycle-bench-image-") as tmp:
         rows = [measure_side(side, Path(tmp), runs) for side in sides]
     at = next(r for r in rows if r["side"] == PIPELINE_SIDE)

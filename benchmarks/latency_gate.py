@@ -20,7 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from common import ROOT, Recorder  # first: it sets the offline environment
+from common import ROOT, SMOKE, Recorder  # first: it sets the offline environment
 
 from lifecycle import config, pipeline
 from lifecycle.artifact import Artifact
@@ -58,14 +58,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8 repeats per condition instead of 20")
     args = parser.parse_args()
-    repeats = 8 if args.quick else 20
+    repeats = 1 if SMOKE else 8 if args.quick else 20
     rec = Recorder("latency_gate", args.quick)
     with tempfile.TemporaryDirectory() as tmp:
         small, large = exported("bert-mini", Path(tmp)), exported("bert-small", Path(tmp))
         from lifecycle.evaluation.latency import ab_ratio, artifact_call
 
         truth = ab_ratio(artifact_call(small.path, small.kind, 1, 64, 1), artifact_call(large.path, large.kind, 1, 64, 1),
-                         bound=float("inf"), kind="max_ratio", rounds=40, max_rounds=40)
+                         bound=float("inf"), kind="max_ratio", rounds=4 if SMOKE else 40,
+                         max_rounds=4 if SMOKE else 40)
         ratio = truth["ratio"]
         results = {"true_ratio": ratio, "true_interval": truth["interval"], "repeats": repeats, "conditions": {}}
         for condition in ("idle", "loaded"):

@@ -23,7 +23,7 @@ import argparse
 import sys
 import time
 
-from common import ROOT, Recorder  # first: it sets the offline environment
+from common import ROOT, SMOKE, Recorder  # first: it sets the offline environment
 
 
 def pretrain(model, dataset, train, work) -> float:
@@ -57,7 +57,7 @@ def main() -> int:
     pipe = config.load(ROOT / "pipelines" / "digits.yaml")
     stage = pipe.stage("pretrain")
     digits = data.load(pipe.data[stage.data], pipe)
-    epochs = 10 if args.quick else stage.train.epochs
+    epochs = 1 if SMOKE else 10 if args.quick else stage.train.epochs
     settings = stage.train.model_copy(update={"epochs": epochs})  # digits.yaml's batch, lr and warm-up
     vit = vit_config(digits.preprocessing, stage.model)
     train = digits.splits["train"].images

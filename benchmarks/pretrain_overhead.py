@@ -33,14 +33,14 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-from common import ROOT, SHARED, Recorder  # noqa: E402  first lifecycle-side import: it sets the offline environment
+from common import ROOT, SHARED, SMOKE, Recorder  # noqa: E402  first lifecycle-side import: it sets the offline environment
 
 BROWN = SHARED / "brown/brown.zip"
 TARGET = 1.05  # the bound on median loop tokens/s / median stage tokens/s
 
 
 def corpus_source() -> dict:
-    if BROWN.is_file():
+    if BROWN.is_file() and not SMOKE:
         # press, religion and skills categories (141 documents, ~350k tokens): enough blocks for every
         # round, and the per-round corpus preparation (outside the timed window) stays short
         return {"format": "zip", "path": str(BROWN.resolve()), "members": "brown/c[a-e][0-9][0-9]", "pos_tagged": True,
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # The stage's fixed cost (Trainer setup: optimizer, accelerate, dataloader; ~0.2-0.5 s) is part of
     # its overhead but is amortised over a real run's thousands of steps; 60 steps keep it near 2%.
-    steps = args.steps or (60 if args.quick else 200)
-    rounds = args.rounds or (4 if args.quick else 7)
+    steps = args.steps or (2 if SMOKE else 60 if args.quick else 200)
+    rounds = args.rounds or (1 if SMOKE else 4 if args.quick else 7)
     batch, block = 16, 128
 
     import torch

@@ -24,7 +24,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import Recorder  # first: it sets the offline environment
+from common import SMOKE, Recorder  # first: it sets the offline environment
 from latency_gate import exported
 
 from lifecycle.edge import Predictor
@@ -60,6 +60,8 @@ def main() -> None:
     rounds = 4 if args.quick else 10
     rec = Recorder("spinning", args.quick)
     results = {"threads": THREADS, "seq_len": SEQ, "batch_size": 1, "rounds": rounds, "block": 40, "skip": 10}
+    if SMOKE:  # one short round
+        results.update(rounds=1, block=4, skip=1)
     with tempfile.TemporaryDirectory() as tmp:
         paths = {preset: exported(preset, Path(tmp)).path for preset in ("bert-mini", "bert-small")}
         for setting, between in (("spinning_between_runs", True), ("stopped_after_each_run", False)):
@@ -69,7 +71,7 @@ def main() -> None:
             calls = {name: (lambda p=p, f=feeds[name]: p.session.run(None, f)) for name, p in predictors.items()}
             for call in calls.values():
                 call_times(call, 10)  # warm-up
-            results[setting] = timings(calls, rounds, results["block"], results["skip"])
+            results[setting] = timings(calls, results["rounds"], results["block"], results["skip"])
     checks = []
     for name in paths:
         stopped, spinning = results["stopped_after_each_run"][name], results["spinning_between_runs"][name]

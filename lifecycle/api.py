@@ -118,8 +118,8 @@ def gate(run_dir: StrPath, *, against: str | None = None, metrics: Sequence[str]
 
     Args:
         run_dir: the directory `run` wrote.
-        against: also compare the run's model with this release (alias or version), paired on the same
-            test examples.
+        against: also compare the run's model with this release (`models:/NAME@ALIAS`, `models:/NAME/VERSION`,
+            or an alias or version of the run's pipeline's model), paired on the same test examples.
         metrics: the metrics compared with `against` (accuracy, f1_macro, f1_micro); default accuracy.
         max_drop: the largest drop allowed against the release (0.01 = one point).
         bound: which end of the drop's 95% interval must stay within `max_drop`: `upper_ci` proves
@@ -127,7 +127,8 @@ def gate(run_dir: StrPath, *, against: str | None = None, metrics: Sequence[str]
         stage: the run's stage compared with the release (default: its last with test predictions).
         trusted_keys: Ed25519 public keys (PEM): fail unless the run (and, with `against`, the release)
             is signed by one of them.
-        registry: the release registry (default: `$LIFECYCLE_REGISTRY` or `~/.lifecycle/registry`).
+        registry: the MLflow store, a directory (SQLite) or an MLflow URI (default: `$LIFECYCLE_REGISTRY`, else
+            `$MLFLOW_TRACKING_URI`, else `~/.lifecycle/mlflow`).
     """
     verdict = judge(run_dir, registry)
     if against:
@@ -135,13 +136,14 @@ def gate(run_dir: StrPath, *, against: str | None = None, metrics: Sequence[str]
     if trusted_keys:
         verdict.outcomes.append(_signature(run_dir, list(trusted_keys)))
         if against:
-            verdict.outcomes.append(_release_signature(against, list(trusted_keys), registry))
+            verdict.outcomes.append(_release_signature(run_dir, against, list(trusted_keys), registry, stage))
     return verdict
 
 
 def promote(run_dir: StrPath, alias: str, *, stage: str | None = None, override: str | None = None,
-            registry: StrPath | None = None, sign: StrPath | None = None) -> Entry:
-    """Store a run's model as a new release version and point `alias` at it, as `lifecycle promote` does.
+            registry: StrPath | None = None, sign: StrPath | None = None, model: str | None = None) -> Entry:
+    """Register a run's model as a new version in the MLflow Model Registry and point `alias` at it, as
+    `lifecycle promote` does.
     A run that `gate` fails is refused unless `override` says why it ships anyway (recorded with it).
 
     Args:
@@ -149,8 +151,10 @@ def promote(run_dir: StrPath, alias: str, *, stage: str | None = None, override:
         alias: the name candidates are gated against later, e.g. `production`.
         stage: the run's stage to promote instead of the last one with test predictions.
         override: the reason to promote a run that fails its verdict.
-        registry: the release registry (default: `$LIFECYCLE_REGISTRY` or `~/.lifecycle/registry`).
+        registry: the MLflow store, a directory (SQLite) or an MLflow URI (default: `$LIFECYCLE_REGISTRY`, else
+            `$MLFLOW_TRACKING_URI`, else `~/.lifecycle/mlflow`).
         sign: an Ed25519 private key (PEM) signing the release, checked by `gate(..., trusted_keys=...)`.
+        model: the registered model's name (default: the pipeline's name).
 
     Returns:
         The release: its `version` and what was recorded (`meta`).
@@ -162,7 +166,7 @@ def promote(run_dir: StrPath, alias: str, *, stage: str | None = None, override:
     from lifecycle.verdict import require
 
     verdict = require(run_dir, "promote", override, registry)
-    return release.promote(run_dir, alias, registry, stage, verdict=verdict, sign=sign)
+    return release.promote(run_dir, alias, registry, stage, verdict=verdict, sign=sign, model=model)
 
 
 def _signature(run_dir: StrPath, trusted_keys: list) -> StageOutcome:
@@ -176,13 +180,14 @@ def _signature(run_dir: StrPath, trusted_keys: list) -> StageOutcome:
     return StageOutcome("run signature", "signature", "failed" if problem else "passed", None, [result])
 
 
-def _release_signature(against: str, trusted_keys: list, registry) -> StageOutcome:
+def _release_signature(run_dir: StrPath, against: str, trusted_keys: list, registry, stage: str | None) -> StageOutcome:
     """`against` with `trusted_keys`: the release's entry.json must be what a trusted key signed."""
     from lifecycle import release
     from lifecycle.gates import GateResult
     from lifecycle.signing import RELEASE_SIGNATURE, release_signature_problem
 
-    problem = release_signature_problem(release.resolve(against, registry).path, trusted_keys)
+    model = release.candidate(run_dir, stage).path.parent.name  # a bare alias is the pipeline's model's
+    problem = release_signature_problem(release.resolve(against, registry, model).path, trusted_keys)
     result = GateResult("signature", f"{RELEASE_SIGNATURE} verifies with a trusted key", None, None, problem is None,
                         "stop", message=problem or "")
     return StageOutcome(f"release:{against} signature", "signature", "failed" if problem else "passed", None,
@@ -196,8 +201,8 @@ def _against(run_dir: StrPath, against: str, metrics: Sequence[str], max_drop: f
 
     from lifecycle import gates, release
 
-    baseline = release.resolve(against, registry)
     art = release.candidate(run_dir, stage)
+    baseline = release.resolve(against, registry, art.path.parent.name)  # a bare alias: the pipeline's model's
     results = []
     for metric in metrics:
         try:

@@ -32,8 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a config value, e.g. stages.finetune.train.lr=1e-4 (repeatable)")
 
     def release_args(sp):
-        sp.add_argument("--registry", type=Path, help="registry directory (default: $LIFECYCLE_REGISTRY or "
-                        "~/.lifecycle/registry)")
+        sp.add_argument("--registry", metavar="DIR_OR_URI", help="the MLflow store: a directory (SQLite) or an MLflow "
+                        "URI (default: $LIFECYCLE_REGISTRY, else $MLFLOW_TRACKING_URI, else ~/.lifecycle/mlflow)")
         sp.add_argument("--stage", help="the run's stage to use (default: its last with test predictions)")
 
     def override_arg(sp):
@@ -72,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--trusted-key", dest="trusted_keys", type=Path, action="append", metavar="PUBKEY",
                     help="fail unless the run is signed (run.sig) by this Ed25519 public key as it is now, and with "
                          "--against, unless the release is too (entry.sig; promote --sign) (repeatable)")
-    sp.add_argument("--against", metavar="ALIAS", help="also compare the run's model with this release (paired, on "
-                    "the same test examples): 1 if it is not in the registry, 2 if its test data differ")
+    sp.add_argument("--against", metavar="RELEASE", help="also compare the run's model with this release (paired, on "
+                    "the same test examples): models:/NAME@ALIAS, models:/NAME/VERSION, or an alias or version of "
+                    "the run's pipeline's model; 1 if it is not in the registry, 2 if its test data differ")
     sp.add_argument("--metric", dest="metrics", action="append", choices=PAIRED, metavar="METRIC",
                     help=f"metric compared with --against (repeatable; {', '.join(PAIRED)}; default accuracy)")
     sp.add_argument("--max-drop", type=float, default=0.01, help="largest drop allowed (default 0.01 = 1 point)")
@@ -81,9 +82,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="which end of the drop's 95%% interval must stay within --max-drop: upper_ci proves "
                          "non-inferiority, lower_ci fails only a certain regression, mean: the point estimate")
 
-    sp = sub.add_parser("promote", help="store a run's model in the local registry under an alias (a new version)")
+    sp = sub.add_parser("promote", help="register a run's model in the MLflow Model Registry (a new version) and "
+                        "point an alias at it")
     sp.add_argument("run_dir", type=Path, help="run directory (its last classification stage) or an artifact")
     sp.add_argument("--alias", required=True, help="e.g. production")
+    sp.add_argument("--model", help="registered model name (default: the pipeline's name)")
     release_args(sp)
     override_arg(sp)
     sp.add_argument("--sign", type=Path, metavar="KEY", help="sign the registry entry (entry.sig) with this Ed25519 "
@@ -111,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("build", help="build a Bento (bentoml build) with the model versioned by its hash")
     sp.add_argument("source", type=Path)
     override_arg(sp)
+
+    sp = sub.add_parser("export-hf", help="write a Hub-ready folder of a run's final model (safetensors, config, "
+                        "tokenizer, ONNX graphs, README model card); refuses what `gate` refuses")
+    sp.add_argument("run_dir", type=Path)
+    sp.add_argument("out_dir", type=Path, help="a new folder; upload it with huggingface_hub.upload_folder")
+    sp.set_defaults(command="export_hf")  # the handler's name: cmd_export_hf
     return p
 
 
@@ -251,9 +260,9 @@ def cmd_promote(args) -> int:
     from lifecycle import api
 
     entry = api.promote(args.run_dir, args.alias, stage=args.stage, override=args.override, registry=args.registry,
-                        sign=args.sign)
-    print(f"{args.alias} -> {entry.version}: {entry.meta['pipeline']}/{entry.meta['stage']} "
-          f"(digest {entry.meta['digest'][:16]}, {entry.meta['test_examples']} test predictions) in {entry.path}")
+                        sign=args.sign, model=args.model)
+    print(f"models:/{entry.model}@{args.alias} -> {entry.version}: {entry.meta['pipeline']}/{entry.meta['stage']} "
+          f"(digest {entry.meta['digest'][:16]}, {entry.meta['test_examples']} test predictions) in {entry.store}")
     return EXIT_OK
 
 
@@ -295,6 +304,13 @@ def cmd_build(args) -> int:
     from lifecycle.verdict import require
 
     print(build(args.source, verdict=require(args.source, "build", args.override)))
+    return EXIT_OK
+
+
+def cmd_export_hf(args) -> int:
+    from lifecycle.hub_export import export_hf
+
+    print(f"wrote {export_hf(args.run_dir, args.out_dir)}")
     return EXIT_OK
 
 

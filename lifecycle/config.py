@@ -332,6 +332,13 @@ def check_files(pipeline: Pipeline, source: str = "pipeline") -> None:
             src.files(pipeline)
         except LifecycleError as exc:
             raise LifecycleError(f"{source}: data.{name}: {exc}") from None
+    from lifecycle.models import hub_pins
+
+    for i, stage in enumerate(pipeline.stages):  # a Hub model not in the cache (offline) fails here, not mid-run
+        try:
+            hub_pins(stage, fetch=True)
+        except LifecycleError as exc:
+            raise LifecycleError(f"{source}: stages[{i}].{exc}") from None
     named = {f"stages[{i}].{field}": path for i, stage in enumerate(pipeline.stages) for field, path in stage.files().items()}
     if pipeline.task and pipeline.task.embedding and pipeline.task.embedding.pairs:
         named["task.embedding.pairs.path"] = pipeline.task.embedding.pairs.path

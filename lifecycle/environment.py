@@ -1,12 +1,16 @@
-"""Where a number was measured: hardware, thread count, library versions, git commit."""
+"""Where a number was measured: hardware, thread count, library versions, and the exact tree (git commit,
+whether it was clean, and sha256 hashes of the package sources read from the files themselves, so a
+source tarball without .git still says what it holds)."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import os
 import platform
 import subprocess
+from pathlib import Path
 
 LIBRARIES = ("torch", "transformers", "peft", "onnx", "onnxruntime", "optimum", "optimum-onnx", "bentoml", "evaluate", "datasets")
 
@@ -23,13 +27,56 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str | None:
+ROOT = Path(__file__).resolve().parents[1]
+# What a benchmark measures: the package, the server, and the shipped pipeline files. A result recorded
+# with other hashes than the tree's describes other code (tests/test_provenance.py says which files).
+SOURCES = ("lifecycle/**/*.py", "serving/**/*.py", "pipelines/**/*.yaml")
+# Written by the benchmarks themselves: a recording run must not count its own results as a dirty tree.
+NOT_SOURCE = ":(exclude)benchmarks/results"
+
+
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(__file__))
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=ROOT)
     except (OSError, subprocess.SubprocessError):
         return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str | None:
+    return (_git("rev-parse", "HEAD") or "").strip() or None
+
+
+def dirty() -> bool | None:
+    """Whether the tree differs from its commit (changed, staged or untracked files outside
+    benchmarks/results); None without git."""
+    out = _git("status", "--porcelain", "--", ".", NOT_SOURCE)
+    return None if out is None else bool(out.strip())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def source_hashes() -> dict[str, str]:
+    """sha256 of every source file (SOURCES, hidden files left out), by path relative to the repository."""
+    files = {p for pattern in SOURCES for p in ROOT.glob(pattern)
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(ROOT).parts)}
+    return {p.relative_to(ROOT).as_posix(): sha256(p) for p in sorted(files)}
+
+
+def sources_sha256(hashes: dict[str, str]) -> str:
+    """One hash of `source_hashes()`: equal exactly when every path and content is."""
+    return hashlib.sha256("".join(f"{path}\0{h}\n" for path, h in sorted(hashes.items())).encode()).hexdigest()
+
+
+def provenance(files: list[Path]) -> dict:
+    """The exact tree a result was measured on: commit, dirty flag, the sha256 of each of `files` (the
+    benchmark scripts the run loaded, and what else it measures) and of the package sources."""
+    sources = source_hashes()
+    return {"git_commit": git_commit(), "dirty": dirty(),
+            "files": {p.resolve().relative_to(ROOT).as_posix(): sha256(p) for p in sorted(set(files))},
+            "sources_sha256": sources_sha256(sources), "sources": sources}
 
 
 def versions() -> dict[str, str | None]:
@@ -71,7 +118,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "libraries": versions(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 

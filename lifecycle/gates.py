@@ -142,7 +142,8 @@ def blocking(results: list[GateResult]) -> list[GateResult]:
 
 
 # ------------------------------------------------------------------------------ against a release
-# A gate with `vs: "release:NAME"` compares a stage's artifact with a registry entry (lifecycle.release).
+# A gate with `vs: "release:NAME"` compares a stage's artifact with a release in the MLflow Model Registry
+# (lifecycle.release): NAME is an alias or version of the pipeline's registered model, or models:/MODEL@ALIAS.
 # On accuracy and F1 the comparison is paired, on the same test examples: the delta's 95% interval
 # (paired bootstrap) and a p-value (McNemar's exact test for accuracy). `bound` picks the end of the
 # interval that decides: for max_drop, `upper_ci` passes only when even the pessimistic end of the
@@ -178,7 +179,7 @@ def check_release(gate: Gate, artifact, baseline, seed: int = 0) -> GateResult:
 
     cand = Predictions.load(artifact.path / TEST_PREDICTIONS)
     c = release.compare(gate.metric, baseline.predictions(), cand, seed,
-                        what=f"release {gate.release} ({baseline.version}, {baseline.path})")
+                        what=f"release {gate.release} ({baseline.uri})")
     t, eps = gate.threshold, 1e-12  # eps: a drop of exactly the margin, in float arithmetic, passes
     decide = {"mean": c.delta, "upper_ci": c.high, "lower_ci": c.low}
     if gate.kind == "max_drop":  # the drop's interval is [-high, -low]: its upper end is -low
@@ -200,6 +201,6 @@ def release_gate(gate: Gate, artifact, registry=None) -> GateResult:
     from lifecycle import LifecycleError, release
 
     try:
-        return check_release(gate, artifact, release.resolve(gate.release, registry))
+        return check_release(gate, artifact, release.resolve(gate.release, registry, artifact.path.parent.name))
     except LifecycleError as exc:
         return GateResult(gate.metric, describe_release(gate), None, None, False, gate.on_fail, gate.vs, str(exc))

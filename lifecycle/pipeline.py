@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifecycle import GateFailed, LifecycleError, __version__, quiet, tracking
+from lifecycle import GateFailed, LifecycleError, __version__, models, quiet, tracking
 from lifecycle import distributed as dist
 from lifecycle import gates as gatelib
 from lifecycle import stages as registry
@@ -131,19 +131,30 @@ def data_fingerprints(pipeline: Pipeline) -> dict[str, str]:
     return {name: src.fingerprint(pipeline) for name, src in pipeline.data.items()}
 
 
-def cache_key(pipeline: Pipeline, stage, parent_key: str | None, fingerprints: dict[str, str] | None = None) -> str:
-    """What an artifact is a function of: its config, its parent's key (so the whole chain), the data."""
-    return stable_hash(
-        {
-            "stage": stage.model_dump(mode="json", exclude={"gates"}),
-            "parent": parent_key,
-            "data": fingerprints if fingerprints is not None else data_fingerprints(pipeline),
-            "task": pipeline.task.model_dump(mode="json") if pipeline.task else None,
-            "seed": pipeline.seed,
-            "deterministic": pipeline.deterministic,
-            "lifecycle": __version__,
-        }
-    )
+def cache_key(pipeline: Pipeline, stage, parent_key: str | None, fingerprints: dict[str, str] | None = None,
+              pins: dict[str, dict] | None = None) -> str:
+    """What an artifact is a function of: its config, its parent's key (so the whole chain), the data,
+    and the commit each Hub model it names resolves to (`pins`, default: now, from the cache; a Hub data
+    set's commit is in its fingerprint)."""
+    key = {
+        "stage": stage.model_dump(mode="json", exclude={"gates"}),
+        "parent": parent_key,
+        "data": fingerprints if fingerprints is not None else data_fingerprints(pipeline),
+        "task": pipeline.task.model_dump(mode="json") if pipeline.task else None,
+        "seed": pipeline.seed,
+        "deterministic": pipeline.deterministic,
+        "lifecycle": __version__,
+    }
+    if pins := models.hub_pins(stage) if pins is None else pins:  # only then: keys of stages without a Hub model stay as they were
+        key["hub"] = {name: pin["commit"] for name, pin in pins.items()}
+    return stable_hash(key)
+
+
+def hub_pins(pipeline: Pipeline, stage) -> dict[str, dict]:
+    """What the stage's manifest records of the Hub repos behind it: its models by field, and the pipeline's
+    Hub data sets as `data.NAME`, each as {"id", "revision", "commit"}."""
+    data = {f"data.{name}": src.hub_snapshot(fetch=False).record() for name, src in pipeline.data.items() if src.hub}
+    return {**models.hub_pins(stage), **data}
 
 
 def run_directory(pipeline: Pipeline, workdir: str | Path | None = None) -> Path:
@@ -353,6 +364,8 @@ def _build(pipeline, stage, parent, artifacts, run_dir: Path, key: str, echo, lo
         "timings": {"started": started, "seconds": round(time.time() - started, 3)},
         "lifecycle_version": __version__,
     }
+    if pins := hub_pins(pipeline, stage):
+        manifest["hub"] = pins
     try:
         art = commit(tmp, final, manifest)
     except OSError as exc:

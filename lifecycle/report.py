@@ -201,20 +201,35 @@ def plots(run_dir: Path, outcomes) -> None:
         fig.savefig(out / "transfer.png", dpi=110)
         plt.close(fig)
 
-    rows = [(o.name, o.artifact.metrics) for o in outcomes if o.artifact]
-    panels = [k for k in (*headlines(), *LATENCY_COLUMNS, "size_mb") if any(k in m for _, m in rows)]
-    if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
-        for ax, key in zip(axes[0], panels):
-            names = [n for n, m in rows if key in m]
-            vals = [m[key] for n, m in rows if key in m]
-            bars = ax.bar(names, vals, color="#4C72B0")
-            ax.bar_label(bars, labels=[fmt(v) for v in vals], fontsize=8)
-            ax.set_title(key)
-            ax.tick_params(axis="x", rotation=30)
-        fig.tight_layout()
-        fig.savefig(out / "stages.png", dpi=110)
-        plt.close(fig)
+    stages_plot([(o.name, o.artifact.metrics) for o in outcomes if o.artifact], out / "stages.png")
+
+
+PANEL_TITLES = {"torch_latency_p50_ms": "PyTorch eager p50 latency (ms)", "ort_latency_p50_ms": "onnxruntime p50 latency (ms)",
+                "http_latency_p50_ms": "HTTP p50 latency (ms)", "size_mb": "size (MB)"}
+
+
+def stages_plot(rows: list[tuple[str, dict]], path: Path) -> None:
+    """stages.png: one panel per headline score and latency runtime found in `rows` ((stage, metrics)),
+    and size; each score named once (several tasks share `accuracy`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [k for k in dict.fromkeys((*headlines(), *LATENCY_COLUMNS, "size_mb")) if any(k in m for _, m in rows)]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        names = [n for n, m in rows if key in m]
+        vals = [m[key] for n, m in rows if key in m]
+        bars = ax.bar(names, vals, color="#4C72B0")
+        ax.bar_label(bars, labels=[fmt(v) for v in vals], fontsize=8)
+        ax.set_title(PANEL_TITLES.get(key, key.replace("_", " ")))
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def summary_table(outcomes) -> str:

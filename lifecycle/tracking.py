@@ -1,10 +1,16 @@
 """Experiment tracking: per-step metrics in the run directory (always), input-bound detection, and,
-with the `mlflow` extra installed and `tracking.mlflow` set, a run in a local MLflow store.
+with the `mlflow` extra installed and `tracking.mlflow` set, a run in the MLflow store that the
+release registry (lifecycle.release) uses too.
 
 Per-step metrics are appended to `<run>/metrics/<stage>.jsonl` as training goes, outside the
 artifact, so a crash loses nothing that was logged. MLflow goes through the ecosystem's own
 integration: transformers' MLflowCallback logs each training stage as a nested run; the pipeline run
 holds the stage metrics, the gate verdicts and the report.
+
+The store (`store_uri`): by default a real database with no server to start, MLflow's SQLite backend
+at ~/.lifecycle/mlflow/mlflow.db with its artifacts beside it; $LIFECYCLE_REGISTRY (or `--registry`)
+names another directory (or an MLflow URI); $MLFLOW_TRACKING_URI points every machine of a team at one
+tracking server (`mlflow server`) instead.
 """
 
 from __future__ import annotations
@@ -20,9 +26,77 @@ from lifecycle.schema import Strict
 INPUT_BOUND = 0.2  # warn when more than this share of training time waits for data
 
 
+DEFAULT_STORE = "~/.lifecycle/mlflow"  # mlflow.db (SQLite) and artifacts/
+DATABASE, ARTIFACTS = "mlflow.db", "artifacts"
+
+
 class Tracking(Strict):
-    mlflow: str | None = None  # a directory for a local MLflow file store (needs `pip install lifecycle[mlflow]`)
+    # true: the store releases live in (see store_uri); or a directory (a SQLite store in it) or an MLflow URI
+    # (http://host:5000, sqlite:///path.db, postgresql://...). Needs `pip install 'lifecycle[mlflow]'`.
+    mlflow: bool | str | None = None
     experiment: str | None = None  # MLflow experiment; default: the pipeline name
+
+
+def store_uri(where: str | Path | None = None) -> str:
+    """The MLflow tracking and registry URI: `where` (a directory, for a SQLite store in it, or an MLflow
+    URI), else $LIFECYCLE_REGISTRY (the same), else $MLFLOW_TRACKING_URI, else SQLite under ~/.lifecycle.
+    Nothing is created here: a store that was never written to is created by its first write."""
+    from lifecycle import LifecycleError
+
+    where = str(where or os.environ.get("LIFECYCLE_REGISTRY") or os.environ.get("MLFLOW_TRACKING_URI")
+                or DEFAULT_STORE)
+    if "://" in where or where.startswith(("databricks", "file:")):
+        return where
+    root = Path(where).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise LifecycleError(f"{root}: a file, not a registry directory; point --registry (or $LIFECYCLE_REGISTRY) "
+                             "at a directory or an MLflow URI")
+    if (root / "aliases.json").is_file() or (root / "versions").is_dir():
+        raise LifecycleError(f"{root}: a folder registry of an older lifecycle (versions/, aliases.json), no longer "
+                             f"read; copy its releases into MLflow with `python -m lifecycle.release migrate {root}`, "
+                             "or point --registry (or $LIFECYCLE_REGISTRY) at another directory")
+    return f"sqlite:///{root / DATABASE}"
+
+
+def local_root(uri: str) -> Path | None:
+    """The directory of a SQLite store this module names (its database and artifacts), else None."""
+    if uri.startswith("sqlite:///") and uri.endswith("/" + DATABASE):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    return None
+
+
+def client(uri: str):
+    """An MlflowClient on `uri` for tracking and the registry (the directory of a SQLite store is created)."""
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        from lifecycle import ConfigError
+
+        raise ConfigError("the MLflow store needs MLflow: pip install 'lifecycle[mlflow]'") from None
+    import logging
+
+    # a command prints one line: no download bars, and not the INFO lines a new SQLite store logs while
+    # MLflow creates its tables
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    if (root := local_root(uri)) is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(mlflow_client, name: str, uri: str) -> str:
+    """The id of experiment `name`, created if new. A SQLite store keeps its artifacts beside its database
+    (MLflow would use ./mlruns under the current directory); a server decides for itself."""
+    from mlflow.exceptions import MlflowException
+
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    root = local_root(uri)
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=(root / ARTIFACTS).as_uri() if root else None)
+    except MlflowException:  # created meanwhile by another process
+        return mlflow_client.get_experiment_by_name(name).experiment_id
 
 
 def step_logger(path: Path):
@@ -78,21 +152,16 @@ def mlflow_callback():
 def pipeline_run(tracking: Tracking, pipeline_name: str, params: dict):
     """Open an MLflow run for the pipeline when tracking.mlflow is set and yield it (stages get it
     through their context, and train a nested run only with it); yield None otherwise."""
-    if not tracking.mlflow:
+    if tracking.mlflow is None or tracking.mlflow is False:
         yield None
         return
-    try:
-        import mlflow
-    except ImportError:
-        from lifecycle import ConfigError
+    uri = store_uri(None if tracking.mlflow is True else tracking.mlflow)
+    experiment = experiment_id(client(uri), tracking.experiment or pipeline_name, uri)
+    import mlflow
 
-        raise ConfigError("tracking.mlflow is set but MLflow is not installed: pip install 'lifecycle[mlflow]'") from None
-    store = Path(tracking.mlflow).resolve()
-    # MLflow 3 keeps its file store "in maintenance" behind this switch; a local file store is what
-    # we want here (no database server, browsable with `mlflow ui --backend-store-uri`).
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    mlflow.set_tracking_uri(store.as_uri())
-    mlflow.set_experiment(tracking.experiment or pipeline_name)
+    # transformers' MLflowCallback logs through the fluent API, which reads these process-wide settings
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=experiment)
     with mlflow.start_run(run_name=pipeline_name) as run:
         mlflow.log_params(params)
         yield run

@@ -110,7 +110,7 @@ def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOu
     (parent chain and data included), its parent must be the artifact it was built from, and its model
     must load (lifecycle.integrity). An
     artifact that fails any of these is a failed stage with a message saying why, never a pass.
-    `registry`: where gates against a release look (default: lifecycle.release.registry_root()).
+    `registry`: where gates against a release look (default: lifecycle.tracking.store_uri()).
     """
     from lifecycle import integrity
     from lifecycle.config import build
@@ -123,8 +123,8 @@ def load_run(run_dir: str | Path, registry=None) -> tuple[Pipeline, list[StageOu
     for stage in pipeline.stages:
         parent_cfg = pipeline.parent_of(stage)
         parent_label = parent_cfg.label if parent_cfg is not None else None
-        keys[stage.label] = cache_key(pipeline, stage, keys.get(parent_label), fingerprints)
         path = run_dir / stage.label
+        keys[stage.label] = cache_key(pipeline, stage, keys.get(parent_label), fingerprints, _pins_for_check(stage, path))
         if not path.exists():
             outcomes.append(StageOutcome(stage.label, stage.kind, "skipped"))
             continue
@@ -157,6 +157,22 @@ def _fingerprints_for_check(pipeline: Pipeline, recorded: dict[str, str]) -> dic
                                      "fingerprint for it; gate the run where its data is") from None
             out[name] = recorded[name]
     return out
+
+
+def _pins_for_check(stage, path: Path) -> dict[str, dict]:
+    """The commits of the stage's Hub models as the cache resolves them now (a moved tag: the stage is stale);
+    where the cache lacks them (a CI job gating a run made elsewhere), what the stage's manifest recorded."""
+    from lifecycle import models
+
+    try:
+        return models.hub_pins(stage)
+    except LifecycleError:
+        manifest = path / "manifest.json"
+        recorded = json.loads(manifest.read_text()).get("hub", {}) if manifest.is_file() else {}
+        pins = {name: pin for name, pin in recorded.items() if not name.startswith("data.")}
+        if not pins:
+            raise
+        return pins
 
 
 def _mismatch(label: str, art: Artifact, key: str, parent: Artifact | None, parent_label: str | None) -> str | None:

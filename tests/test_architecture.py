@@ -91,11 +91,11 @@ def test_results_travel_in_return_values_not_side_channels():
     writes manifest content into the stage context (`ctx.details`, `extra_metrics`) or passes state through
     the process environment. The only environment writes are defaults for other libraries, set once and
     never overriding the user's: telemetry off (BentoML, onnxruntime), cuBLAS's deterministic workspace
-    and MLflow's local file store."""
+    and MLflow's artifact download bars off."""
     import re
 
     library_defaults = {"BENTOML_DO_NOT_TRACK", "ORT_DISABLE_TELEMETRY", "CUBLAS_WORKSPACE_CONFIG",
-                        "MLFLOW_ALLOW_FILE_STORE"}
+                        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
     side_channel = re.compile(r"ctx\.details|extra_metrics|os\.environ\[[^\]]*\]\s*(=[^=]|\+=|\|=)|del os\.environ"
                               r"|os\.environ\.(pop|popitem|update|clear|__setitem__|__delitem__)\(|os\.(putenv|unsetenv)\(")
     setdefault = re.compile(r"os\.environ\.setdefault\(\s*[\"']([A-Z0-9_]+)[\"']")

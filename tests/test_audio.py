@@ -76,6 +76,19 @@ def test_the_edge_features_are_transformers_ast_extractor_bit_for_bit(tmp_path):
     assert short.shape == (1, 64, 40) and np.isfinite(short).all()
 
 
+def test_stretched_frames_fill_max_length_and_a_slower_word_lands_where_a_faster_one_does():
+    rng = np.random.default_rng(3)
+    fast, slow = clip("chirp", 8000, 0.4, rng), clip("chirp", 8000, 0.8, rng)  # one sweep, the second twice as slow
+    spec = AudioPreprocessing.fit([fast, slow], 8000, num_mel_bins=12, max_length=48)
+    padded = AudioPreprocessing(spec)
+    stretched = AudioPreprocessing({**spec, "stretch_frames": True}).transform([fast, slow])
+    assert stretched.shape == (2, 48, 12) and stretched.dtype == np.float32
+    bank = padded.fbank(fast)
+    assert np.allclose(stretched[0][[0, -1]], padded.normalise(bank)[[0, len(bank) - 1]])  # its first and last frames
+    apart = padded.transform([fast, slow])
+    assert np.abs(stretched[0] - stretched[1]).mean() < 0.5 * np.abs(apart[0] - apart[1]).mean()
+
+
 def test_a_float_wav_carries_the_samples_unchanged():
     from lifecycle.edge import decode_audio, wav_bytes
 

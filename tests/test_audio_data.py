@@ -163,6 +163,9 @@ def test_a_test_only_source_and_an_unlabelled_one(tmp_path):
     assert real.labels == ["high", "low"] and real.preprocessing["sampling_rate"] == 16000
     assert corpus.labels == [] and set(corpus.splits["train"].labels) == {""} and len(corpus.splits["train"]) == 32
     assert corpus.features("validation").shape[0] == 4  # fitted without labels
+    assert "stretch_frames" not in corpus.preprocessing  # the extractor's own padding unless a source asks
+    sources["corpus"]["audio"]["stretch_frames"] = True
+    assert load(tmp_path, **sources)["corpus"].preprocessing["stretch_frames"] is True
     assert corpus.stats["cut_to_max_seconds"] == 40 and {len(w) for w in corpus.splits["train"].waves} == {1600}
     assert corpus.stats["seconds_max"] == 0.25  # the files' own length
 

@@ -1,7 +1,7 @@
 """Hardening (issue 36), the exits of a run: `bundle`, `promote`, `serve` and `build` read the verdict `gate`
 gives (a stale, unfinished or failed run is refused with its stages named, exit 3; `--override REASON` ships it
 with a warning and records why); archives and manifests bounded before they are read; malformed manifests,
-registries and output paths refused in one line; signed releases (`promote --sign`, `gate --against
+releases and output paths refused in one line; signed releases (`promote --sign`, `gate --against
 --trusted-key`). Real runs, real zips, the real CLI, real `lifecycle serve` processes for what is served; where
 a refusal must come before any server or Bento starts, a tripwire fails the test if one does."""
 
@@ -15,12 +15,14 @@ import sys
 import tempfile
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import tiny_pipeline
+from mlflow import MlflowClient
 
-from lifecycle import cli, serving
+from lifecycle import cli, release, serving, tracking
 from lifecycle.artifact import hash_tree
 from lifecycle.bundle import write_bundle
 from lifecycle.edge import MANIFEST, MAX_MANIFEST_BYTES, MAX_MEMBERS, BundleError, Predictor
@@ -86,6 +88,13 @@ def served_verdict(*argv) -> tuple[dict | None, str]:
     return metadata["verdict"], err
 
 
+def stored_release(registry, alias: str = "production"):
+    """The folder of the local artifact store that holds the files of the release behind `alias`."""
+    uri = tracking.store_uri(registry)
+    mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("tiny", alias)
+    return Path(mv.source.removeprefix("file://"))
+
+
 def cli_err(capsys, *argv) -> tuple[int, list[str]]:
     """Exit status and stderr lines of `lifecycle ARGV`."""
     capsys.readouterr()
@@ -138,9 +147,9 @@ def test_the_override_ships_and_records_the_refused_verdict(run, tmp_path, capsy
 
     registry = tmp_path / "registry"
     assert cli_err(capsys, "promote", run, "--alias", "production", "--registry", registry, "--override", why)[0] == 0
-    entry = json.loads((registry / "versions" / "v1" / "entry.json").read_text())
-    assert entry["verdict"] == verdict
-    with zipfile.ZipFile(registry / "versions" / "v1" / "model.zip") as zf:  # the release's bundle says so too
+    entry = release.resolve("production", registry, "tiny")
+    assert entry.meta["verdict"] == verdict
+    with zipfile.ZipFile(entry.path / "model.zip") as zf:  # the release's bundle says so too
         assert json.loads(zf.read(MANIFEST))["verdict"] == verdict
 
     served, err = served_verdict(run, "--override", why)
@@ -178,7 +187,7 @@ def test_promote_refuses_a_run_whose_gates_failed(run, tmp_path, capsys):
     code, err = cli_err(capsys, "promote", run, "--stage", "finetune", "--alias", "production",
                         "--registry", tmp_path / "registry")
     assert code == 3 and len(err) == 1 and "export: accuracy" in err[0], err
-    assert not (tmp_path / "registry" / "versions").exists()
+    assert not (tmp_path / "registry").exists()
 
 
 # --------------------------------------------------------------------------------- bounded before read
@@ -297,15 +306,15 @@ def test_registry_and_output_paths_are_one_line(run, tmp_path, capsys):
     registry = tmp_path / "registry"
     assert cli_err(capsys, "promote", run, "--alias", "production", "--registry", registry)[0] == 0
     against = ["gate", run, "--against", "production", "--registry", registry]
-    for name, content in [("aliases.json", "garbage{"), ("aliases.json", "[]"), ("aliases.json", '{"production": 1}'),
-                          ("versions/v1/entry.json", "[]"), ("versions/v1/entry.json", "garbage{")]:
-        saved = (registry / name).read_text()
-        (registry / name).write_text(content)
+    entry = stored_release(registry) / "entry.json"
+    saved = entry.read_text()
+    for content in ("[]", "garbage{"):  # the release record in the artifact store, malformed
+        entry.write_text(content)
         code, err = cli_err(capsys, *against)
-        assert code == 1 and len(err) == 1 and name.split("/")[-1] in err[0], (name, content, err)
+        assert code == 1 and len(err) == 1 and "entry.json" in err[0], (content, err)
         code, err = cli_err(capsys, "promote", run, "--alias", "staging", "--registry", registry)
-        assert code == 1 and len(err) == 1 and name.split("/")[-1] in err[0], (name, content, err)
-        (registry / name).write_text(saved)
+        assert code == 1 and len(err) == 1 and "entry.json" in err[0], (content, err)
+    entry.write_text(saved)
     assert cli_err(capsys, *against)[0] == 0
 
 
@@ -330,7 +339,7 @@ def test_a_signed_release_and_a_rewritten_one(run, keys, tmp_path, capsys):
     registry = tmp_path / "registry"
     assert cli_err(capsys, "promote", run, "--alias", "unsigned", "--registry", registry)[0] == 0
     assert cli_err(capsys, "promote", run, "--alias", "production", "--registry", registry, "--sign", private)[0] == 0
-    version = registry / "versions" / "v1"  # the same artifact: one version, signed now
+    version = stored_release(registry)  # the same artifact: one version, signed now
     assert (version / "entry.sig").is_file()
 
     def gate(*extra):
@@ -354,6 +363,13 @@ def test_a_signed_release_and_a_rewritten_one(run, keys, tmp_path, capsys):
     entry["metrics"]["accuracy"] = 1.0
     entry["files"] = {k: v for k, v in hash_tree(version).items() if k not in ("entry.json", "entry.sig")}
     (version / "entry.json").write_text(json.dumps(entry, indent=2))
-    assert gate()[0] != 1  # without a trusted key it is taken as the release (a refused entry would be exit 1)
+    assert gate()[0] == 1  # refused: the registry database holds entry.json's digest as a version tag
+    # ...unless that tag is rewritten too (write access to the registry database): without a trusted key it is
+    # taken as the release (a refused one would be exit 1); the signature still refuses it
+    from lifecycle.artifact import sha256_file
+
+    MlflowClient(tracking_uri=tracking.store_uri(registry), registry_uri=tracking.store_uri(registry)).set_model_version_tag(
+        "tiny", "1", "lifecycle.entry_sha256", sha256_file(version / "entry.json"))
+    assert gate()[0] != 1
     code, out = gate("--trusted-key", public)
     assert code == 3 and "bad signature" in out and "FAIL  release:production signature" in out, out

