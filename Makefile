@@ -8,7 +8,7 @@ export BENTOML_DO_NOT_TRACK := true
 export ORT_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup quickstart test test-all lint record
+.PHONY: setup quickstart test test-all lint docs record
 setup: $(VENV)/.installed
 
 # torch first, pinned: on these machines torch==2.13.0 is a CPU wheel on disk, while an unpinned
@@ -35,3 +35,11 @@ record: setup  # every benchmark result, re-recorded on one clean commit (hours)
 lint: setup
 	$(BIN)/ruff check lifecycle tests benchmarks serving pipelines
 	$(BIN)/lint-imports --no-cache
+
+# The API reference from the public names' docstrings (mkdocs.yml); strict: a warning fails the build.
+docs: $(VENV)/.docs-installed
+	$(BIN)/mkdocs build --strict --site-dir site
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $@

@@ -216,22 +216,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from lifecycle import config, pipeline
+    from lifecycle import api
 
-    cfg = config.load(args.file, args.overrides)
-    if args.sign is None:
-        pipeline.run(cfg, workdir=args.workdir, from_stage=args.from_stage)
-        return EXIT_OK
-    from lifecycle.signing import load_private_key, sign_run
-
-    load_private_key(args.sign)  # a bad key fails now, not after hours of training
-    run_dir = pipeline.run_directory(cfg, args.workdir)
-    try:
-        pipeline.run(cfg, workdir=args.workdir, from_stage=args.from_stage)
-    except GateFailed:  # a finished run whose gate failed is signed too: the signature says who made it, not that it passed
-        print(f"signed {sign_run(run_dir, args.sign)}")
-        raise
-    print(f"signed {sign_run(run_dir, args.sign)}")
+    api.run(args.file, args.workdir, overrides=args.overrides, from_stage=args.from_stage, sign=args.sign)
     return EXIT_OK
 
 
@@ -243,16 +230,10 @@ def cmd_sign(args) -> int:
 
 
 def cmd_gate(args) -> int:
-    from lifecycle import report
-    from lifecycle.verdict import judge
+    from lifecycle import api, report
 
-    verdict = judge(args.run_dir, args.registry)
-    if args.against:
-        verdict.outcomes.append(_against(args))
-    if args.trusted_keys:
-        verdict.outcomes.append(_signature(args))
-        if args.against:
-            verdict.outcomes.append(_release_signature(args))
+    verdict = api.gate(args.run_dir, against=args.against, metrics=args.metrics, max_drop=args.max_drop,
+                       bound=args.bound, stage=args.stage, trusted_keys=args.trusted_keys or (), registry=args.registry)
     data = report.as_json(verdict.pipeline.name, verdict.outcomes, verdict.state)
     junit = args.junit or args.run_dir / "junit.xml"
     try:
@@ -275,62 +256,11 @@ def cmd_gate(args) -> int:
     return EXIT_GATE if failed else EXIT_OK
 
 
-def _signature(args):
-    """`gate --trusted-key`: the run as it is now must be what a trusted key signed (a gate, so report.json shows it)."""
-    from lifecycle.gates import GateResult
-    from lifecycle.pipeline import StageOutcome
-    from lifecycle.signing import RUN_SIGNATURE, run_signature_problem
-
-    problem = run_signature_problem(args.run_dir, args.trusted_keys)
-    result = GateResult("signature", f"{RUN_SIGNATURE} verifies with a trusted key", None, None, problem is None,
-                        "stop", message=problem or "")
-    return StageOutcome("run signature", "signature", "failed" if problem else "passed", None, [result])
-
-
-def _release_signature(args):
-    """`gate --against RELEASE --trusted-key`: the release's entry.json must be what a trusted key signed."""
-    from lifecycle import release
-    from lifecycle.gates import GateResult
-    from lifecycle.pipeline import StageOutcome
-    from lifecycle.signing import RELEASE_SIGNATURE, release_signature_problem
-
-    model = release.candidate(args.run_dir, args.stage).path.parent.name
-    problem = release_signature_problem(release.resolve(args.against, args.registry, model).path, args.trusted_keys)
-    result = GateResult("signature", f"{RELEASE_SIGNATURE} verifies with a trusted key", None, None, problem is None,
-                        "stop", message=problem or "")
-    return StageOutcome(f"release:{args.against} signature", "signature", "failed" if problem else "passed", None,
-                        [result])
-
-
-def _against(args):
-    """`gate --against RELEASE`: the run's model against a release, one paired gate per --metric."""
-    from pydantic import ValidationError
-
-    from lifecycle import gates, release
-    from lifecycle.pipeline import StageOutcome
-    from lifecycle.schema import Gate
-
-    art = release.candidate(args.run_dir, args.stage)
-    baseline = release.resolve(args.against, args.registry, art.path.parent.name)  # a bare alias: the pipeline's
-    results = []
-    for metric in args.metrics or ["accuracy"]:
-        try:
-            gate = Gate(metric=metric, max_drop=args.max_drop, vs=f"release:{args.against}", bound=args.bound)
-        except ValidationError as exc:
-            raise ConfigError(f"--max-drop: {exc.errors()[0]['msg']}") from None
-        results.append(gates.check_release(gate, art, baseline))
-    status = "failed" if gates.blocking(results) else "passed"
-    return StageOutcome(f"{art.manifest.get('stage')} vs release:{args.against}", art.manifest.get("stage_kind", "?"),
-                        status, art, results)
-
-
 def cmd_promote(args) -> int:
-    from lifecycle.release import promote
-    from lifecycle.verdict import require
+    from lifecycle import api
 
-    verdict = require(args.run_dir, "promote", args.override, args.registry)
-    entry = promote(args.run_dir, args.alias, args.registry, args.stage, verdict=verdict, sign=args.sign,
-                    model=args.model)
+    entry = api.promote(args.run_dir, args.alias, stage=args.stage, override=args.override, registry=args.registry,
+                        sign=args.sign, model=args.model)
     print(f"models:/{entry.model}@{args.alias} -> {entry.version}: {entry.meta['pipeline']}/{entry.meta['stage']} "
           f"(digest {entry.meta['digest'][:16]}, {entry.meta['test_examples']} test predictions) in {entry.store}")
     return EXIT_OK

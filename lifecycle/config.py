@@ -23,6 +23,8 @@ StageConfig = Annotated[Union[tuple(stage_configs())], Field(discriminator="kind
 
 
 class Pipeline(Strict):
+    """A whole pipeline: its data, task and ordered stages, validated when built (as a YAML file is)."""
+
     name: str = Field(description="a plain name: the run is written to <workdir>/<name>")
     seed: Seed = 0
     deterministic: bool = False  # seeds + torch deterministic algorithms; identical artifacts on CPU

@@ -18,9 +18,10 @@ LIBRARIES = ("torch", "transformers", "peft", "onnx", "onnxruntime", "optimum", 
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as cpuinfo:  # closed on the early return (a ResourceWarning otherwise)
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
@@ -129,10 +130,11 @@ def isa_flags() -> list[str]:
     """The instruction-set extensions that change how fast (and, for int8 without VNNI, how exactly) a
     kernel runs; read from /proc/cpuinfo."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith(("flags", "Features")):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in have]
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in ISA_FLAGS if f in have]
     except OSError:
         pass
     return []

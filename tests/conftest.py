@@ -60,3 +60,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# A quiet console: the suite ends with no warning it did not ask for. pyproject.toml's filterwarnings names
+# the ones it asks to ignore, and a test that expects a warning catches it (pytest.warns). Any other
+# warning fails the session once every test has run, with pytest's summary naming where it came from:
+# silence it where it is raised (lifecycle.quiet, saying why it is harmless) or fix its cause. A check at
+# the end, not filterwarnings = ["error"]: a warning raised as an error inside a library would change
+# what the code under test does.
+_UNEXPECTED_WARNINGS: list[str] = []
+
+
+def pytest_warning_recorded(warning_message, when, nodeid, location):
+    _UNEXPECTED_WARNINGS.append(f"{nodeid or when}: {warning_message.category.__name__}: {warning_message.message}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _UNEXPECTED_WARNINGS and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _UNEXPECTED_WARNINGS:
+        terminalreporter.write_line(f"{len(_UNEXPECTED_WARNINGS)} unexpected warning(s) (the summary above says where): "
+                                    "silence each where it is raised (lifecycle.quiet) or fix it; the session fails",
+                                    red=True)

@@ -65,7 +65,7 @@ def test_a_component_importing_a_stage_breaks_the_layers(tmp_path):
     out = lint_imports(copy, pythonpath=copy)
     assert out.returncode == 1, out.stdout[-3000:]
     reported = " ".join(out.stdout.split())  # import-linter wraps a long contract name
-    assert "Layers: cli > pipeline > config > stages > workloads > tasks > components > schema/artifact BROKEN" in reported
+    assert "Layers: cli > api > pipeline > config > stages > workloads > tasks > components > schema/artifact BROKEN" in reported
 
 
 def test_edge_importing_any_other_part_of_lifecycle_breaks_the_contracts(tmp_path):

@@ -79,8 +79,8 @@ def test_prompt_tokens_carry_no_loss():
     assert row["labels"][:head] == [-100] * head
     assert row["labels"][head:] == row["input_ids"][head:] and row["labels"][-1] == tokenizer.eos_token_id
     batch = collator(tokenizer.pad_token_id)([row])
-    loss = float(model(**batch).loss)
-    logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0, :-1].float(), -1)
+    loss = float(model(**batch).loss.detach())
+    logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits[0, :-1].float(), -1).detach()
     ids = batch["input_ids"][0]
     response_nll = -logp[torch.arange(head - 1, len(ids) - 1), ids[head:]].mean()
     all_nll = -logp[torch.arange(len(ids) - 1), ids[1:]].mean()

@@ -100,3 +100,52 @@ def test_training_hides_the_mtime_and_relative_attention_notices(tmp_path):
     with shown() as after:  # the filters end with the block
         logging.getLogger(quiet.SDPA_LOGGER).warning_once(sdpa + " ...")
     assert has(after, sdpa)
+
+
+def test_onnx_export_hides_the_vit_shape_check_warnings_only(tmp_path):
+    """A ViT's patch embedding checks channels and size against its config; traced, the checks warn
+    (what the image workload's export printed). Hidden inside quiet.onnx_export, shown outside it."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32,
+                                                num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                                num_labels=2)).eval()
+
+    def export(name: str) -> None:  # as lifecycle.workloads.images.model.export_onnx calls it
+        with torch.inference_mode():
+            torch.onnx.export(model, (torch.zeros(2, 3, 16, 16),), str(tmp_path / name), input_names=["pixel_values"],
+                              output_names=["logits"], opset_version=17, dynamo=False,
+                              dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
+
+    boolean = "Converting a tensor to a Python boolean"
+    with shown() as bare:
+        export("bare.onnx")
+    assert has(bare, boolean), bare
+    with shown() as hushed, quiet.onnx_export():
+        export("quiet.onnx")
+    assert not has(hushed, boolean), hushed
+
+
+def test_new_head_hides_the_newly_initialised_notice_only(tmp_path):
+    """An encoder loaded into a classifier (what finetune does with a pre-trained parent): transformers logs
+    which weights are new and that the model should be trained. Hidden inside quiet.new_head only."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(tmp_path)
+    handler = Messages()
+    logger = logging.getLogger(quiet.LOADING_LOGGER)
+    logger.addHandler(handler)
+    try:
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, use_safetensors=True)
+        bare, handler.messages = handler.messages, []
+        with quiet.new_head():
+            AutoModelForSequenceClassification.from_pretrained(tmp_path, use_safetensors=True)
+            logger.warning("another loading problem")
+        hushed = handler.messages
+    finally:
+        logger.removeHandler(handler)
+    assert has(bare, "newly initialized"), bare
+    assert not has(hushed, "newly initialized") and has(hushed, "another loading problem"), hushed

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lifecycle import LifecycleError
+from lifecycle import LifecycleError, quiet
 from lifecycle.evaluation import CLASSIFICATION
 from lifecycle.models import ModelSource
 from lifecycle.schema import Gate, Strict
@@ -187,8 +187,9 @@ def load_classifier(source, ctx, data, labels: LabelSpace, multi_label: bool = F
         declared = declared_pooling(path)
         pooling = declared.mode if declared is not None else None
     # A new classification head is expected here (the parent is an encoder or a different task).
-    model, info = models.load_model(AutoModelForSequenceClassification, path, ignore_mismatched_sizes=True,
-                                    output_loading_info=True, **fields)
+    with quiet.new_head():
+        model, info = models.load_model(AutoModelForSequenceClassification, path, ignore_mismatched_sizes=True,
+                                        output_loading_info=True, **fields)
     if pooling is not None:  # set after loading: from_pretrained hands unknown config keys to the model class
         setattr(model.config, HEAD_POOLING_KEY, pooling)
         apply_head_pooling(model)

@@ -53,8 +53,9 @@ def export_optimum(src: Path, path: Path, opset: int, task: str) -> None:
     from optimum.exporters.onnx import main_export
 
     out = path.parent / "optimum"
-    main_export(str(src), output=out, task=task, opset=opset, library_name="transformers",
-                do_validation=False, local_files_only=True)
+    with quiet.onnx_export():  # optimum traces with torch.onnx too: the same harmless tracer messages
+        main_export(str(src), output=out, task=task, opset=opset, library_name="transformers",
+                    do_validation=False, local_files_only=True)
     shutil.move(out / "model.onnx", path)
 
 

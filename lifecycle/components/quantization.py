@@ -311,13 +311,17 @@ def int4(settings: Settings, model_in: Path, model_out: Path) -> None:
     """Block-wise int4 MatMul weights (MatMulNBits) and embedding tables (GatherBlockQuantized, blocks
     along the hidden axis), then dynamic int8 for the fused attention and embedding ops neither takes
     (without it a fused MiniLM keeps ~60% of its fp32 bytes)."""
+    import numpy as np
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantizer = MatMulNBitsQuantizer(onnx.load(str(model_in)), bits=4, block_size=settings.block_size,
                                      is_symmetric=True, accuracy_level=settings.accuracy_level or None,
                                      nodes_to_exclude=settings.exclude_nodes, op_types_to_quantize=("MatMul", "Gather"))
-    quantizer.process()
+    # A block of all-zero weights has scale 0: the quantizer divides by it before np.where picks 0 for
+    # that block, and numpy warns of the NaN it throws away.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        quantizer.process()
     half = model_out.with_name("int4-matmul.onnx")
     quantizer.model.save_model_to_file(str(half), use_external_data_format=False)
     try:

@@ -58,6 +58,8 @@ class Dedup(Strict):
 
 
 class DataSource(Strict):
+    """A data set of the pipeline, named in its `data:` section: a format, where it is, and how it is split."""
+
     format: Literal[FORMATS]  # type: ignore[valid-type]  # implied "hub" when `hub` is given
     path: str | list[str] | None = None  # file(s) or glob(s); a directory for hf_disk
     train: str | None = None  # explicit split files instead of `path` + `split`

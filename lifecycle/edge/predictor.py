@@ -44,6 +44,8 @@ BATCH_DEPENDENT_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul
 
 
 class Predictor:
+    """An exported model (bundle zip or export/quantize artifact) verified and ready to answer: `Predictor.open`."""
+
     def __init__(self, root: Path, threads: int | None = None, spinning: bool = True, profile: str | None = None,
                  spin_between_runs: bool = False):
         import onnxruntime as ort

@@ -37,7 +37,9 @@ from lifecycle.workloads import SOURCE_INPUTS, declared_objective
 
 
 class Config(StageBase):
-    kind: Literal["adapt"]
+    """The `adapt` stage: continued pre-training of the parent (or `model`) on a domain corpus (`lc.Adapt`)."""
+
+    kind: Literal["adapt"] = "adapt"  # YAML must name it; in Python the class does
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # path or package to start from instead of the parent stage's artifact
     data: str = Field(description="name of the domain corpus source in `data`")

@@ -36,6 +36,8 @@ from lifecycle.schema import Holds, StageBase, Strict, TaskType, Trains
 
 
 class Student(Strict):
+    """The student of `distill`: the teacher with fewer layers (and optional config overrides), or another model."""
+
     layers: list[Annotated[int, Field(ge=0)]] | None = None  # teacher layers to keep, in order; None: `num_layers` evenly spaced
     num_layers: int | None = Field(None, gt=0, description="None: half the teacher's layers (rounded up)")
     overrides: dict = {}  # other config fields, e.g. {hidden_size: 256}: reshaped tensors start from random
@@ -43,7 +45,9 @@ class Student(Strict):
 
 
 class Config(StageBase):
-    kind: Literal["distill"]
+    """The `distill` stage: the parent classifier (teacher) distilled into a smaller student (`lc.Distill`)."""
+
+    kind: Literal["distill"] = "distill"  # YAML must name it; in Python the class does
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     student: Student = Student()
     temperature: float = Field(2.0, gt=0)  # softens both distributions; 2-4 passes the teacher's "dark knowledge"

@@ -33,7 +33,9 @@ from lifecycle.schema import Gate, Holds, StageBase, TaskType
 
 
 class Config(StageBase):
-    kind: Literal["export"]
+    """The `export` stage: the parent model to ONNX, parity-checked against PyTorch (`lc.Export`)."""
+
+    kind: Literal["export"] = "export"  # YAML must name it; in Python the class does
     exporter: Literal["torch", "optimum"] = "torch"  # see the module docstring for why torch is the default
     opset: int = Field(17, ge=14)  # 14+ has the ops BERT needs; 17 adds LayerNormalization
     optimize: bool = True  # onnxruntime transformer fusions, kept only when measured no slower

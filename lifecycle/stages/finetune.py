@@ -21,6 +21,8 @@ from lifecycle.schema import HF_HOLDS, Holds, StageBase, Strict, TaskType, Train
 
 
 class LoRA(Strict):
+    """LoRA adapters (peft) for `finetune`; merged into the base weights before the artifact is written."""
+
     r: int = Field(8, gt=0)  # rank: higher fits more, costs more trainable parameters
     alpha: int = Field(16, gt=0)  # scale = alpha / r
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -36,7 +38,9 @@ class Control(Strict):
 
 
 class Config(StageBase):
-    kind: Literal["finetune"]
+    """The `finetune` stage: the task's model trained on its labelled data, full or LoRA (`lc.Finetune`)."""
+
+    kind: Literal["finetune"] = "finetune"  # YAML must name it; in Python the class does
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     model: ModelSource | None = None  # start from here instead of the parent stage's artifact
     train: TrainConfig = TrainConfig()

@@ -24,7 +24,9 @@ from lifecycle.workloads import SOURCE_INPUTS, declared_objective
 
 
 class Config(StageBase):
-    kind: Literal["pretrain"]
+    """The `pretrain` stage: a language model trained from scratch on an unlabelled corpus (`lc.Pretrain`)."""
+
+    kind: Literal["pretrain"] = "pretrain"  # YAML must name it; in Python the class does
     reads_parent = False
     distributed = True  # under torchrun every rank trains (DDP); rank 0 writes the artifact
     data: str = Field(description="name of the corpus source in `data` (its labels, if any, are ignored)")

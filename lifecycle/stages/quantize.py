@@ -48,7 +48,9 @@ SPEED_METRICS = ("speedup", "speedup_served")  # fp32 p50 / rung p50, at batch 1
 
 
 class Config(StageBase):
-    kind: Literal["quantize"]
+    """The `quantize` stage: onnxruntime quantization of the parent ONNX model, as a ladder of rungs (`lc.Quantize`)."""
+
+    kind: Literal["quantize"] = "quantize"  # YAML must name it; in Python the class does
     method: Method | None = None  # the single rung when `fallback` is empty; None: dynamic-int8
     fallback: list[Method | Rung] = Field(
         [], description="the whole ladder, tried in order, e.g. [static-int8, dynamic-int8, none]; a rung may "

@@ -30,7 +30,9 @@ HTTP_METRICS = ("http_latency_p50_ms", "http_latency_p95_ms", "http_latency_p99_
 
 
 class Config(StageBase):
-    kind: Literal["serve"]
+    """The `serve` stage: the parent ONNX model behind a real BentoML server, measured over HTTP (`lc.Serve`)."""
+
+    kind: Literal["serve"] = "serve"  # YAML must name it; in Python the class does
     clients: int = Field(8, ge=1, description="concurrent keep-alive connections")
     texts_per_request: int = Field(1, ge=1)  # 1: latency per text, as a user calling the API sees it
     warmup_requests: int = Field(16, ge=0)  # not measured

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lifecycle import LifecycleError
+from lifecycle import LifecycleError, quiet
 
 PROMPT_STRIDE = 97  # words between two prompts taken from one held-out document (plain text)
 GENERATION_METRICS = ("perplexity", "val_perplexity", "perplexity_before", "perplexity_gain", "eval_loss",
@@ -282,8 +282,9 @@ def finetune(cfg, parent, ctx) -> tuple[dict, dict]:
     if cfg.lora:
         from peft import LoraConfig, TaskType, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                 lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules))
+        with quiet.lora_on_conv1d():
+            model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                     lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules))
     counts = models.count_parameters(model)
     trainer = lm_trainer(Trainer, model, cfg.train, ctx, rows["train"], held["validation"], tokenizer.pad_token_id)
     started = time.time()

@@ -66,6 +66,7 @@ def adapt(cfg, parent, ctx) -> tuple[dict, dict]:
 
     from lifecycle import models
     from lifecycle.components import language_model as lm
+    from lifecycle.components import training
     from lifecycle.data.corpus import load_corpus
 
     path = models.model_dir(cfg.model, ctx.pipeline) if cfg.model is not None else Path(parent.path)
@@ -89,6 +90,9 @@ def adapt(cfg, parent, ctx) -> tuple[dict, dict]:
                                                           cfg.mlm_probability, ctx, args, cfg.num_proc)
 
     trainer = lm.lm_trainer(model, tokenizer, objective, blocks, eval_blocks, args, cfg.mlm_probability)
+    # The stage's one bar now, so the evaluations before training open no unnamed bar of their own (the
+    # Trainer's default); their losses are in the stage's table as perplexity_before.
+    training.one_progress_bar(trainer, ctx.stage.label)
     checkpoints = ctx.scratch_dir / "checkpoints"
     saved_before = ctx.scratch_dir / "before.json"
     resuming = last_checkpoint(checkpoints) is not None
