@@ -51,6 +51,7 @@ BUNDLE = "model.zip"
 FOLDER = "release"  # the version's artifact folder in its run
 EXPERIMENT = "lifecycle-releases"  # the runs that carry the versions' files
 TAG = "lifecycle."
+MLFLOW_READ_NOTE = "registered_model_meta"  # mlflow.store.artifact.models_artifact_repo.REGISTERED_MODEL_META_FILE_NAME
 OLD_DEFAULT = "~/.lifecycle/registry"  # the folder registry this replaced (see `migrate`)
 
 
@@ -177,7 +178,10 @@ class Entry:
                                  f"differs from the version's {TAG}entry_sha256 tag); promote the run again")
         self.meta = _read_json(entry, dict, "release record")
         listed = self.meta.get("files") if isinstance(self.meta.get("files"), dict) else {}
-        got = {k: v for k, v in hash_tree(self.path).items() if k not in (ENTRY, RELEASE_SIGNATURE)}
+        # MLflow itself writes `registered_model_meta` (the model's name and version) beside an MLmodel it loads
+        # by models:/ from a local store, so a read would look like tampering: it is not content, never listed
+        got = {k: v for k, v in hash_tree(self.path).items()
+               if k not in (ENTRY, RELEASE_SIGNATURE) and Path(k).name != MLFLOW_READ_NOTE}
         for name in sorted(listed.keys() | got.keys()):
             if name not in got:
                 raise LifecycleError(f"{where}: {name} is missing from the artifact store; promote the run again")
