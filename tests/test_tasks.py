@@ -124,13 +124,28 @@ def test_routes_and_edge_methods_are_distinct():
     assert len({p.edge.route for p in plugins}) == len({p.edge.method for p in plugins}) == len(plugins)
 
 
+# per answers kind: an answer, one within 0.01 of it (None: tokens are equal or not) and one that differs
+ANSWERS = {
+    "labels": ({"label": "a", "scores": {"a": 0.75, "b": 0.25}}, {"label": "a", "scores": {"a": 0.745, "b": 0.255}},
+               {"label": "b", "scores": {"a": 0.25, "b": 0.75}}),
+    "vector": ([0.6, 0.8], [0.605, 0.795], [0.8, 0.6]),
+    "value": ({"value": 152.5}, {"value": 152.505}, {"value": 149.0}),
+    "score": ({"anomaly_score": 0.25}, {"anomaly_score": 0.255}, {"anomaly_score": 0.75}),
+    "tokens": ({"tokens": [5, 7, 9], "text": "a b c"}, None, {"tokens": [5, 7, 8], "text": "a b d"}),
+}
+
+
 @pytest.mark.parametrize("name", sorted(KINDS))
-def test_the_answer_comparison_is_exact_at_zero_tolerance(name):
+def test_the_answer_comparison_tells_answers_that_differ_apart(name):
     plugin = workloads.task(name)
-    answer = {"logits": {"label": "a", "score": 0.75, "scores": {"a": 0.75, "b": 0.25}},  # a label per input
-              "prediction": {"value": 152.5}, "anomaly_score": {"anomaly_score": 0.25},  # a number
-              }.get(plugin.answers.output, [0.6, 0.8])  # a vector
-    assert plugin.answers_agree(answer, answer, 0.0) == (True, 0.0)
+    same, close, other = ANSWERS[plugin.answers_kind]
+    assert plugin.answers_agree(same, same, 0.0) == (True, 0.0)
+    if close is not None:
+        agree, diff = plugin.answers_agree(close, same, 0.01)
+        assert agree and 0 < diff <= 0.01
+        assert not plugin.answers_agree(close, same, 0.001)[0]  # the same pair under a tighter tolerance
+    agree, diff = plugin.answers_agree(other, same, 0.01)
+    assert not agree and diff > 0.01
 
 
 def test_a_pipeline_without_a_type_is_classification():
