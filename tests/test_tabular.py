@@ -389,3 +389,30 @@ def test_the_anomaly_pipeline_scores_rows_by_reconstruction_error(tmp_path):
     typical, odd = p.score_rows([row, {**row, "mean radius": 1e3, "worst area": -5.0}])
     assert typical["anomaly_score"] >= 0 and odd["anomaly_score"] > typical["anomaly_score"]  # out of range: clipped, still odd
     assert p.check() == 8
+
+
+@pytest.fixture(scope="module")
+def anomaly_run(tmp_path_factory) -> Path:
+    """tabular_anomaly.yaml at two epochs, ungated: the path to HTTP, not the scorer's quality (the slow test's)."""
+    raw = yaml.safe_load((ROOT / "pipelines" / "tabular_anomaly.yaml").read_text())
+    for stage in raw["stages"]:
+        stage["gates"] = []
+    raw["stages"][0]["train"]["epochs"] = 2
+    workdir = tmp_path_factory.mktemp("anomaly")
+    outcomes = pipeline.run(config.build(raw, base_dir=ROOT / "pipelines"), workdir=workdir, echo=quiet)
+    assert [o.status for o in outcomes] == ["passed"] * 3
+    return workdir / "tabular-anomaly"
+
+
+def test_score_answers_over_http(anomaly_run, tmp_path):
+    settings = serving.ServingSettings(max_texts=4, max_concurrency=2, timeout_s=5.0)
+    cfg = serving.write_config(serving.resolve(anomaly_run), settings, tmp_path / "serving.json")
+    p = Predictor.open(anomaly_run / "quantize")
+    rows = [r["row"] for r in p.manifest["details"]["sample_predictions"][:3]]
+    with serving.Server(cfg, log=tmp_path / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+        r = c.post("/score", json={"rows": rows})
+        assert r.status_code == 200, r.text
+        assert [round(a["anomaly_score"], 4) for a in r.json()] == [round(a["anomaly_score"], 4)
+                                                                   for a in p.score_rows(rows)]
+        bad = c.post("/score", json={"rows": [{**rows[0], "mean radius": "big"}]})
+        assert bad.status_code == 422 and "column 'mean radius': expected a number" in bad.json()["error"]

@@ -185,19 +185,20 @@ class AnomalyScorer(nn.Module):
     def __init__(self, model: MaskedFeatureModel):
         super().__init__()
         self.model, self.config = model, model.config
-        n = model.config.table["n_numeric"] + len(model.config.table["cardinalities"])
-        self.register_buffer("eye", torch.eye(n, dtype=torch.bool), persistent=False)
+        # the feature counts are the table's, fixed: Python ints, so tracing keeps no tensor-valued branch
+        self.numeric, self.categorical = model.config.table["n_numeric"], len(model.config.table["cardinalities"])
+        self.register_buffer("eye", torch.eye(self.numeric + self.categorical, dtype=torch.bool), persistent=False)
 
     def forward(self, numeric, numeric_missing, categorical):
         batch, n = numeric.shape[0], self.eye.shape[0]
 
-        def each(x):  # (batch, k) -> (batch * n, k): every row once per masked feature
-            if x.shape[1] == 0:  # no such features (a static count): ONNX's Reshape reads a 0 as "keep that dim"
+        def each(x, k):  # (batch, k) -> (batch * n, k): every row once per masked feature
+            if k == 0:  # no such features: ONNX's Reshape reads a 0 as "keep that dim"
                 return x.new_zeros((batch * n, 0))
-            return x.unsqueeze(1).expand(batch, n, x.shape[1]).reshape(batch * n, x.shape[1])
+            return x.unsqueeze(1).expand(batch, n, k).reshape(batch * n, k)
 
         masked = self.eye.unsqueeze(0).expand(batch, n, n).reshape(batch * n, n)
-        num, missing, cat = each(numeric), each(numeric_missing), each(categorical)
+        num, missing, cat = each(numeric, self.numeric), each(numeric_missing, self.numeric), each(categorical, self.categorical)
         num_pred, cat_logits = self.model.reconstruct(num, missing, cat, masked)
         num_target, cat_target = targets(missing, cat, masked)
         num_err = ((num_pred - num) ** 2 * num_target).sum(-1)
