@@ -416,3 +416,31 @@ def test_load_at_4x_max_concurrency_for_60s_gives_only_429s(run_dir, tmp_path):
         assert counts.get("200", 0) > 0
         with httpx.Client(base_url=srv.url) as c:
             assert_healthy(c)
+
+
+def test_a_chosen_port_taken_before_the_server_binds_it_is_chosen_again(run_dir, tmp_path, monkeypatch):
+    import socket
+
+    from lifecycle.serving import server as server_module
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()  # another process got there first
+    ports = iter([taken.getsockname()[1]])
+    real_free_port = server_module.free_port
+    monkeypatch.setattr(server_module, "free_port", lambda: next(ports, None) or real_free_port())
+    try:
+        with start_server(run_dir, tmp_path) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
+            assert srv.port != taken.getsockname()[1]
+            assert c.get("/readyz").status_code == 200
+    finally:
+        taken.close()
+    with pytest.raises(LifecycleError, match="exited|not ready"):  # a port the caller named is not changed
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        try:
+            cfg = serving.write_config(serving.resolve(run_dir), serving.ServingSettings(**LIMITS), tmp_path / "s2.json")
+            serving.Server(cfg, port=busy.getsockname()[1], log=tmp_path / "s2.log", startup_timeout_s=60).start()
+        finally:
+            busy.close()

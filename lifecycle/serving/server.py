@@ -37,6 +37,9 @@ def service_command(config: Path, host: str, port: int, home: Path) -> tuple[lis
     return cmd, env
 
 
+PORT_TAKEN = "address already in use"  # what the server logs when its port was bound first (errno EADDRINUSE)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,6 +56,7 @@ class Server:
     def __init__(self, config: Path, host: str = "127.0.0.1", port: int | None = None,
                  log: Path | None = None, startup_timeout_s: float = 120.0):
         self.config, self.host, self.port = Path(config), host, port or free_port()
+        self.chosen_port = port is None  # ours to change when another process takes it first
         self.log = Path(log) if log else Path(tempfile.mkstemp(prefix="lifecycle-serve-", suffix=".log")[1])
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
@@ -69,16 +73,25 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> None:
-        self.home = Path(tempfile.mkdtemp(prefix="lifecycle-bentoml-"))
-        cmd, env = service_command(self.config, self.host, self.port, self.home)
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self.wait_ready()
-        except BaseException:  # Ctrl-C while waiting included: never leave a server behind
-            self.stop()
-            raise
+    def start(self, attempts: int = 3) -> None:
+        """Start and wait for /readyz. A free port is free only when it is chosen: if another process binds it
+        before the server does, a port this server chose itself is chosen again (up to `attempts` times)."""
+        for attempt in range(attempts):
+            self.home = Path(tempfile.mkdtemp(prefix="lifecycle-bentoml-"))
+            cmd, env = service_command(self.config, self.host, self.port, self.home)
+            with open(self.log, "wb") as out:
+                self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                self.wait_ready()
+                return
+            except LifecycleError:
+                self.stop()
+                if not (self.chosen_port and attempt + 1 < attempts and PORT_TAKEN in self.log_tail().lower()):
+                    raise
+                self.port = free_port()
+            except BaseException:  # Ctrl-C while waiting included: never leave a server behind
+                self.stop()
+                raise
 
     def wait_ready(self) -> None:
         import httpx
