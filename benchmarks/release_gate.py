@@ -36,7 +36,7 @@ from pathlib import Path
 
 from common import ROOT, Recorder  # first: it sets the offline environment
 
-from lifecycle import config, gates, pipeline, release
+from lifecycle import config, gates, pipeline, promotion, release
 from lifecycle.schema import Gate
 
 TARGETS = {"false_alarms": 0, "detections": 4}
@@ -124,7 +124,7 @@ def run(args, b: dict) -> dict:
     files = write_splits(workdir / "data", b["limit"])
     registry = workdir / "registry"
     base_run = finetune(files, 0, b, workdir / "runs", "baseline")
-    baseline = release.promote(base_run, "production", registry)
+    baseline = promotion.promote(base_run, "production", registry)
     baseline_val = release.candidate(base_run).metrics["val_accuracy"]
     clean, worse = {}, {}
     for seed in b["seeds"]:

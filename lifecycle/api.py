@@ -162,11 +162,11 @@ def promote(run_dir: StrPath, alias: str, *, stage: str | None = None, override:
     Raises:
         GateFailed: the run fails its verdict and no `override` was given.
     """
-    from lifecycle import release
+    from lifecycle import promotion
     from lifecycle.verdict import require
 
     verdict = require(run_dir, "promote", override, registry)
-    return release.promote(run_dir, alias, registry, stage, verdict=verdict, sign=sign, model=model)
+    return promotion.promote(run_dir, alias, registry, stage, verdict=verdict, sign=sign, model=model)
 
 
 def _signature(run_dir: StrPath, trusted_keys: list) -> StageOutcome:

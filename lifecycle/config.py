@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from lifecycle import ConfigError
 from lifecycle.data.sources import DataSource
+from lifecycle.pipeline_file import apply_override, check_files, format_errors, parse_yaml
 from lifecycle.schema import MADE_BY, Gate, Holds, Seed, Strict, Task, TaskType, one_of, plain_name_problem
 from lifecycle.stages import stage_configs
 from lifecycle.tracking import Tracking
@@ -257,41 +257,6 @@ def _check_release_gate(gate: Gate, where: str) -> None:
 
 # ----------------------------------------------------------------------------------------------- loading
 MAX_FILE_BYTES = 1 << 20  # the largest shipped pipeline is a few KB
-# Values a document may hold once its aliases are expanded. Anchors and aliases are fine in a pipeline
-# file (one gate list shared by stages), but nine nested aliases of nine make a 1 KB file expand to
-# 10**9 values, which validation then walks forever; so aliases are bounded rather than refused.
-MAX_VALUES = 100_000
-
-
-class BoundedLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a document whose aliases expand beyond MAX_VALUES values. The
-    composed node graph shares aliased nodes, so it is counted (memoised per node) before anything
-    is built from it."""
-
-    def construct_document(self, node):
-        sizes: dict[int, int] = {}
-
-        def size(n) -> int:
-            if id(n) not in sizes:
-                sizes[id(n)] = 0  # a recursive alias (&a [*a]) counts once, then refuses below
-                children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else (
-                    n.value if isinstance(n, yaml.SequenceNode) else [])
-                sizes[id(n)] = min(MAX_VALUES + 1, 1 + sum(size(c) for c in children))
-            return sizes[id(n)]
-
-        if size(node) > MAX_VALUES:
-            raise yaml.YAMLError(f"its aliases expand to more than {MAX_VALUES:,} values (an alias bomb?); write the "
-                                 "repeated parts out or share fewer of them")
-        return super().construct_document(node)
-
-
-def parse_yaml(text: str, where: str):
-    try:
-        return yaml.load(text, Loader=BoundedLoader)  # a SafeLoader: plain data only
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: nested too deeply to be a pipeline") from None
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
@@ -318,36 +283,6 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
     return pipeline
 
 
-def check_files(pipeline: Pipeline, source: str = "pipeline") -> None:
-    """Every file the pipeline names exists: each data source's files (globs match, a package source is
-    installed) and pairs files. Run when a pipeline file is loaded and before a run starts, not in
-    `build` (a run's recorded config is rebuilt to gate it where its data may be absent). A missing file
-    is a data error (LifecycleError, exit 1), not an invalid config: the same file may be there tomorrow."""
-    from lifecycle import LifecycleError
-
-    for name, src in pipeline.data.items():
-        if src.format == "mix":
-            continue  # its parts are sources of their own
-        try:
-            src.files(pipeline)
-        except LifecycleError as exc:
-            raise LifecycleError(f"{source}: data.{name}: {exc}") from None
-    from lifecycle.models import hub_pins
-
-    for i, stage in enumerate(pipeline.stages):  # a Hub model not in the cache (offline) fails here, not mid-run
-        try:
-            hub_pins(stage, fetch=True)
-        except LifecycleError as exc:
-            raise LifecycleError(f"{source}: stages[{i}].{exc}") from None
-    named = {f"stages[{i}].{field}": path for i, stage in enumerate(pipeline.stages) for field, path in stage.files().items()}
-    if pipeline.task and pipeline.task.embedding and pipeline.task.embedding.pairs:
-        named["task.embedding.pairs.path"] = pipeline.task.embedding.pairs.path
-    for field, path in named.items():
-        if not pipeline.resolve(path).is_file():
-            raise LifecycleError(f"{source}: {field}: no file {pipeline.resolve(path)} "
-                                 "(paths are relative to the pipeline file)")
-
-
 def build(raw: dict, base_dir: Path | None = None, source: str = "pipeline") -> Pipeline:
     try:
         pipeline = Pipeline.model_validate(raw)
@@ -355,53 +290,3 @@ def build(raw: dict, base_dir: Path | None = None, source: str = "pipeline") -> 
         raise ConfigError(f"{source}: invalid pipeline\n" + format_errors(exc)) from None
     pipeline._base_dir = Path(base_dir or Path.cwd())
     return pipeline
-
-
-def format_errors(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = list(err["loc"])
-        # A discriminated union puts the tag (the stage kind) in the path: stages.2.finetune.lr -> stages[2].lr
-        if len(loc) >= 3 and loc[0] == "stages" and isinstance(loc[1], int) and isinstance(loc[2], str):
-            loc.pop(2)
-        path = ""
-        for part in loc:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key '{loc[-1]}'"
-        lines.append(f"  {path}: {msg}" if path else f"  {msg}")  # the pipeline's own checks name their field
-    return "\n".join(lines)
-
-
-def apply_override(raw: dict, item: str) -> None:
-    """Apply `a.b.c=value` to the raw mapping. `stages.<name>` picks a stage by name (or kind)."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. stages.finetune.train.lr=1e-4")
-    key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    node: Any = raw
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            idx = _list_index(node, part, key)
-            if last:
-                node[idx] = parse_yaml(value, f"--set {key}")
-                return
-            node = node[idx]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = parse_yaml(value, f"--set {key}")
-                return
-            node = node.setdefault(part, {})
-        else:
-            raise ConfigError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping or list")
-
-
-def _list_index(items: list, part: str, key: str) -> int:
-    if part.isdigit() and int(part) < len(items):
-        return int(part)
-    for i, entry in enumerate(items):
-        if isinstance(entry, dict) and (entry.get("name") or entry.get("kind")) == part:
-            return i
-    raise ConfigError(f"--set {key}: no stage named '{part}'")

@@ -53,7 +53,7 @@ def store_uri(where: str | Path | None = None) -> str:
                              "at a directory or an MLflow URI")
     if (root / "aliases.json").is_file() or (root / "versions").is_dir():
         raise LifecycleError(f"{root}: a folder registry of an older lifecycle (versions/, aliases.json), no longer "
-                             f"read; copy its releases into MLflow with `python -m lifecycle.release migrate {root}`, "
+                             f"read; copy its releases into MLflow with `python -m lifecycle.promotion migrate {root}`, "
                              "or point --registry (or $LIFECYCLE_REGISTRY) at another directory")
     return f"sqlite:///{root / DATABASE}"
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import tiny_pipeline
 
-from lifecycle import cli, release, tracking
+from lifecycle import cli, promotion, release, tracking
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_a_failed_promotion_leaves_no_version(run, tmp_path, capsys):
 
 def test_the_default_store_and_the_old_folder_registry(run, tmp_path, monkeypatch, capsys):
     """$LIFECYCLE_REGISTRY (tests, or a user's own folder) holds the SQLite store; a folder registry of an
-    older lifecycle is named, not read as an empty store, and `python -m lifecycle.release migrate` copies
+    older lifecycle is named, not read as an empty store, and `python -m lifecycle.promotion migrate` copies
     its versions and aliases into MLflow."""
     from lifecycle.artifact import hash_tree
     from lifecycle.evaluation import TEST_PREDICTIONS, Predictions
@@ -220,12 +220,12 @@ def test_the_default_store_and_the_old_folder_registry(run, tmp_path, monkeypatc
         assert code == 1 and len(err) == 1 and f"{old}: a folder registry" in err[0] and "migrate" in err[0], err
 
     new = tmp_path / "new"
-    assert release.main(["migrate", str(old), "--registry", str(new)]) == 0
+    assert promotion.main(["migrate", str(old), "--registry", str(new)]) == 0
     assert "v1 -> models:/tiny/1 @previous @production" in capsys.readouterr().out
     assert aliases(tracking.store_uri(new)) == {"production": "1", "previous": "1"}
     assert cli_err(capsys, "gate", run, "--against", "previous", "--registry", new)[0] == 0
     assert release.resolve("production", new, "tiny").meta["migrated_from"] == str(version)
-    assert release.main(["migrate", str(old), "--registry", str(new)]) == 0  # again: the same version, no new one
+    assert promotion.main(["migrate", str(old), "--registry", str(new)]) == 0  # again: the same version, no new one
     assert len(client(tracking.store_uri(new)).search_model_versions("name = 'tiny'")) == 1
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_finetune import MODEL, TRAIN, keyword_data
 
-from lifecycle import ConfigError, LifecycleError, config, gates, pipeline, release
+from lifecycle import ConfigError, LifecycleError, config, gates, pipeline, promotion, release
 from lifecycle.cli import main
 from lifecycle.evaluation import TEST_PREDICTIONS
 from lifecycle.schema import Gate
@@ -100,8 +100,8 @@ def test_promote_stores_a_verified_versioned_entry(runs):
     assert "## Intended task" in card and "food, sports, tech, travel" in card and "## Lineage" in card
     assert release.resolve("v1", runs["registry"], "rel").number == "1" == release.resolve("models:/rel/1", runs["registry"]).number
     # the same artifact promoted again reuses its version; another one becomes v2 and moves only its alias
-    assert release.promote(runs["base"], "staging", runs["registry"]).version == "v1"
-    assert release.promote(runs["reseed"], "candidate", runs["registry"]).version == "v2"
+    assert promotion.promote(runs["base"], "staging", runs["registry"]).version == "v1"
+    assert promotion.promote(runs["reseed"], "candidate", runs["registry"]).version == "v2"
     uri = tracking.store_uri(runs["registry"])
     registered = MlflowClient(tracking_uri=uri, registry_uri=uri).get_registered_model("rel")
     assert {a: str(v) for a, v in registered.aliases.items()} == {"production": "1", "staging": "1", "candidate": "2"}
@@ -214,7 +214,7 @@ def test_promoting_an_onnx_run_stores_its_bundle_with_a_model_card(tmp_path_fact
 
     run_dir = run_tiny(shared_workdir(tmp_path_factory))
     registry = tmp_path / "registry"
-    entry = release.promote(run_dir, "production", registry)
+    entry = promotion.promote(run_dir, "production", registry)
     assert entry.meta["stage"] == "export" and entry.meta["bundle"] == "model.zip"
     with zipfile.ZipFile(entry.path / "model.zip") as zf:
         assert "model_card.md" in zf.namelist()
