@@ -345,19 +345,6 @@ def test_the_serve_stage_scores_a_regressors_http_answers(regression_run):
     assert served["prediction_mismatches"] == 0 and served["error_count"] == 0
 
 
-def test_regress_answers_over_http(regression_run, tmp_path):
-    settings = serving.ServingSettings(max_texts=4, max_concurrency=2, timeout_s=5.0)
-    cfg = serving.write_config(serving.resolve(regression_run), settings, tmp_path / "serving.json")
-    p = Predictor.open(regression_run / "quantize")
-    rows = [r["row"] for r in p.manifest["details"]["sample_predictions"][:3]]
-    with serving.Server(cfg, log=tmp_path / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
-        r = c.post("/regress", json={"rows": rows})
-        assert r.status_code == 200, r.text
-        assert [round(a["value"], 3) for a in r.json()] == [round(a["value"], 3) for a in p.regress_rows(rows)]
-        bad = c.post("/regress", json={"rows": [{**rows[0], "bmi": "high"}]})
-        assert bad.status_code == 422 and "column 'bmi': expected a number" in bad.json()["error"]
-
-
 # ----------------------------------------------------------------------------------------- quickstart
 def test_the_tabular_quickstart_passes_every_gate_from_pretraining_to_http(tmp_path):
     """pipelines/tabular_quickstart.yaml as shipped: masked-feature pretrain -> finetune -> distil -> export
@@ -404,15 +391,19 @@ def anomaly_run(tmp_path_factory) -> Path:
     return workdir / "tabular-anomaly"
 
 
-def test_score_answers_over_http(anomaly_run, tmp_path):
+@pytest.mark.parametrize("run, route, method, key, places, bad", [
+    ("regression_run", "/regress", "regress_rows", "value", 3, ("bmi", "high")),
+    ("anomaly_run", "/score", "score_rows", "anomaly_score", 4, ("mean radius", "big"))], ids=["regress", "score"])
+def test_number_answers_over_http(run, route, method, key, places, bad, request, tmp_path):
+    run_dir = request.getfixturevalue(run)
     settings = serving.ServingSettings(max_texts=4, max_concurrency=2, timeout_s=5.0)
-    cfg = serving.write_config(serving.resolve(anomaly_run), settings, tmp_path / "serving.json")
-    p = Predictor.open(anomaly_run / "quantize")
+    cfg = serving.write_config(serving.resolve(run_dir), settings, tmp_path / "serving.json")
+    p = Predictor.open(run_dir / "quantize")
     rows = [r["row"] for r in p.manifest["details"]["sample_predictions"][:3]]
     with serving.Server(cfg, log=tmp_path / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
-        r = c.post("/score", json={"rows": rows})
+        r = c.post(route, json={"rows": rows})
         assert r.status_code == 200, r.text
-        assert [round(a["anomaly_score"], 4) for a in r.json()] == [round(a["anomaly_score"], 4)
-                                                                   for a in p.score_rows(rows)]
-        bad = c.post("/score", json={"rows": [{**rows[0], "mean radius": "big"}]})
-        assert bad.status_code == 422 and "column 'mean radius': expected a number" in bad.json()["error"]
+        assert [round(a[key], places) for a in r.json()] == [round(a[key], places) for a in getattr(p, method)(rows)]
+        column, value = bad
+        refused = c.post(route, json={"rows": [{**rows[0], column: value}]})
+        assert refused.status_code == 422 and f"column '{column}': expected a number" in refused.json()["error"]
