@@ -20,8 +20,9 @@ Checks, against that same-run ceiling (the machine's speed and load cancel out o
 - served req/s at 8 clients / in-process ceiling samples/s >= CEILING_SHARE[model]. The small model is
   HTTP-bound (its server CPU per request exceeds its model's: `server_cpu_ms_per_request` against
   `in_process.cpu_ms_per_call` in the result), so about half the ceiling is what a healthy server
-  reaches; MiniLM is model-bound. The targets were set with an earlier recorded run's figures in view,
-  a margin below them (the stored result holds the current figures);
+  reaches; MiniLM is model-bound. These two targets were set with an earlier recorded run's figures in
+  view, so the result carries that as a deviation (DEVIATIONS, with those figures); issue 41 sets the
+  next targets (0.8 for both, p95 <= 2x the floor) independently of any run;
 - served p95 at 8 clients / the Little's-law floor (8 clients / ceiling samples/s: the mean latency
   8 requests in flight cannot beat at the ceiling's rate) <= P95_OVER_FLOOR[model];
 - no errors at 8 clients, no 503 with the default settings, and the small model's HTTP overhead at 1
@@ -51,6 +52,12 @@ HAND = {"small": {"requests_per_s": 640, "http_latency_p95_ms": 30},
         "minilm": {"requests_per_s": 112, "http_latency_p95_ms": 97}}
 CEILING_SHARE = {"small": 0.40, "minilm": 0.75}  # served req/s / in-process ceiling samples/s, at least
 P95_OVER_FLOOR = {"small": 4.0, "minilm": 2.0}  # served p95 / (8 clients / ceiling samples/s), at most
+# A target chosen after a result was seen is a deviation from the protocol: written into every result.
+DEVIATIONS = ("CEILING_SHARE (small 0.40, minilm 0.75) and P95_OVER_FLOOR (small 4.0, minilm 2.0) were set in "
+              "commit 4972611 with a run's same-run ratios in view (its message: served/ceiling ~0.5 and ~0.84, "
+              "p95/floor ~3.1 and ~1.7); the run recorded next (41699163, run_load, 8 clients) measured 0.481 and "
+              "0.758, 3.10 and 1.46. They are kept rather than moved again; issue 41 states the next targets "
+              "(0.8 for both, p95 <= 2x the floor) without reference to a run.",)
 RUN_LOAD = "lifecycle.serving.run_load (asyncio keep-alive sockets, same host)"
 MAX_HTTP_OVERHEAD_MS = 3.0  # small model: served p50 at 1 client minus in-process batch-1 p50
 # Accuracy is beside the point here (see above): no collapse gate, and the int8 model is served whether or
@@ -284,7 +291,7 @@ def main() -> int:
     recorder = Recorder("serving", args.quick)
     results = {name: bench(name, args.workdir, args.quick) for name in args.models}
     found = checks(results)
-    path = recorder.save(results, found, hand_tuned=HAND, hand_tuned_note="context only, not checked",
+    path = recorder.save(results, found, deviations=list(DEVIATIONS), hand_tuned=HAND, hand_tuned_note="context only, not checked",
                          http_stack=http_stack(),
                          load_generators={"run_load": RUN_LOAD, "wrk": wrk_version() or "not installed: no wrk figures"})
     print("\n" + table(results))
