@@ -188,7 +188,8 @@ def test_int4_weight_only_rung(onnx_workdir, export_art):
     art = Artifact.load(run / "quantize")
     assert art.manifest["details"]["method"] == "int4" and art.manifest["details"]["passed"]
     assert art.metrics["size_mb"] < int8_size < export_art.metrics["size_mb"]
-    assert 0 < art.metrics["accuracy"] <= 1 and "argmax_agreement" in art.metrics
+    # both scored on the test split: accuracy can move only where the answers moved
+    assert abs(art.metrics["accuracy"] - export_art.metrics["accuracy"]) <= 1 - art.metrics["argmax_agreement"] + 1e-9
     nodes = [n for n in onnx.load(str(art.path / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
     assert nodes, "int4 MatMul weights"
     attrs = {a.name: a.i for a in nodes[0].attribute}
