@@ -4,6 +4,7 @@ and a keyword task it learns in a few seconds."""
 
 from __future__ import annotations
 
+import collections
 import json
 import random
 import xml.etree.ElementTree as ET
@@ -288,7 +289,11 @@ def test_multi_label(tmp_path):
     cfg = json.loads((art.path / "config.json").read_text())
     assert cfg["problem_type"] == "multi_label_classification"
     assert sorted(cfg["id2label"].values()) == sorted(TOPICS)  # atomic labels, not the "a|b" combinations
-    assert art.metrics["f1_micro"] > 0.6 and 0 <= art.metrics["accuracy"] <= 1
+    # exact-match accuracy against its baseline: the most frequent label set (one of 4 single labels or
+    # 6 pairs) answered for every text, counted from the file
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    constant = max(collections.Counter(r["label"] for r in rows).values()) / len(rows)
+    assert art.metrics["f1_micro"] > 0.6 and art.metrics["accuracy"] > constant + 0.2, (art.metrics, constant)
 
 
 def test_gates_fail_the_pipeline_through_the_cli(tmp_path):

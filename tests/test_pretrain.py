@@ -45,7 +45,10 @@ def test_pretrain_mlm_artifact_metrics_and_probe(tmp_path):
                                           "tokenizer.json", "tokenizer_config.json"}
     m = art.metrics
     assert m["world_size"] == 1 and m["train_tokens"] == 12 * 8 * 32 and m["tokens_per_second"] > 0
-    assert m["perplexity"] > 1 and m["unigram_perplexity"] > 1 and 0 <= m["probe_accuracy"] <= 1
+    assert m["perplexity"] > 1 and m["unigram_perplexity"] > 1
+    # the probe reads 5 balanced topics from the features: chance is 0.2, and 0.3 is two standard errors
+    # above it on its 60 test texts
+    assert m["probe_accuracy"] > 0.3, m["probe_accuracy"]
     assert m["perplexity_vs_unigram"] == pytest.approx(m["perplexity"] / m["unigram_perplexity"])
     assert m["documents_read"] == 300 and m["dropped_duplicate"] == 2
     history = art.manifest["details"]["log_history"]
