@@ -50,7 +50,7 @@ def rewrite(src, dst, edit):
     return dst
 
 
-def test_signed_bundle_opens_with_the_right_key(signed, keys):
+def test_signed_bundle_opens_with_the_right_key(export_art, signed, keys):
     with zipfile.ZipFile(signed) as zf:
         assert SIGNATURE in zf.namelist()
         record = json.loads(zf.read(SIGNATURE))
