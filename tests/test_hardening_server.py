@@ -89,18 +89,19 @@ def send(port: int, case: dict, route: str = "/classify") -> tuple[int, bytes]:
         return response.status, response.read()
 
 
-def trickle(sock: socket.socket, data: bytes, seconds: float) -> None:
-    """`data` a byte every `seconds`, until the server answers or closes the connection."""
+def trickle(sock: socket.socket, data: bytes, seconds: float) -> int:
+    """`data` a byte every `seconds`, until the server answers or closes the connection; returns the bytes sent."""
     for i in range(len(data)):
         if select.select([sock], [], [], seconds)[0]:
-            break  # answered
+            return i  # answered
         sock.sendall(data[i : i + 1])
+    return len(data)
 
 
 def walk(server, cases: list[dict], route: str, valid: dict) -> None:
-    """Every case gets its status and message within its time, and the server answers /livez and a
-    valid request after each one; the server's log holds no traceback. Failures are collected so that
-    one run shows them all."""
+    """Every case gets its status and message (a timer's case not before its timer could fire), and the
+    server answers /livez and a valid request after each one; the server's log holds no traceback. Failures
+    are collected so that one run shows them all."""
     failures = []
     with httpx.Client(base_url=server.url, timeout=10) as client:
         for case in cases:
@@ -112,8 +113,9 @@ def walk(server, cases: list[dict], route: str, valid: dict) -> None:
                 continue
             seconds = time.monotonic() - t0
             got = f"{status} after {seconds:.1f} s: {body[:200]!r}"
-            if status != case["status"] or seconds > case["within_s"]:
-                failures.append(f"{case['id']}: expected {case['status']} within {case['within_s']} s, got {got}")
+            if status != case["status"] or seconds < case.get("after_s", 0):
+                failures.append(f"{case['id']}: expected {case['status']} after at least {case.get('after_s', 0)} s, "
+                                f"got {got}")
             elif status == 200:
                 if len(json.loads(body)) != case["items"]:
                     failures.append(f"{case['id']}: expected {case['items']} results, got {got}")
@@ -147,12 +149,14 @@ def test_a_kept_alive_connection_trickling_its_next_headers_is_cut_off(hardened)
         first.begin()
         assert first.status == 200 and len(json.loads(first.read())) == 2
         t0 = time.monotonic()
-        trickle(sock, head, 0.3)
+        sent = trickle(sock, head, 0.3)
         second = http.client.HTTPResponse(sock)
         second.begin()
         assert second.status == 408 and json.loads(second.read()) == {
             "error": f"request headers not complete after {CASES['settings']['header_timeout_s']:g} s"}
-        assert time.monotonic() - t0 < CASES["settings"]["header_timeout_s"] + 2
+        # cut off mid-headers (counted), and not before the timer could fire: a lower bound, which load
+        # cannot break (an upper one measured this machine's speed)
+        assert sent < len(head) and time.monotonic() - t0 >= CASES["settings"]["header_timeout_s"], (sent, len(head))
         assert sock.recv(1) == b""  # closed
 
 
@@ -370,17 +374,21 @@ def test_images_over_the_request_pixel_budget_are_refused_from_their_headers(ima
     """63 black 4096 x 4096 PNGs in one ~1 MB upload: each image is within max_image_pixels, but decoding
     them all cost 3.7 s of CPU before any concurrency slot was taken. Now their headers are summed against
     max_request_pixels: a fast 413 naming the budget, at the cost of reading 63 headers."""
-    images = [black_png()] * 63
-    before = sum(image_server.cpu_seconds().values())
-    t0 = time.monotonic()
-    r = upload(image_server.url, images)
-    seconds = time.monotonic() - t0
-    cpu = sum(image_server.cpu_seconds().values()) - before
+    def server_cpu(images: list[bytes]) -> tuple[httpx.Response, float]:
+        before = sum(image_server.cpu_seconds().values())
+        r = upload(image_server.url, images)
+        return r, sum(image_server.cpu_seconds().values()) - before
+
+    # the baseline, on this machine now: 8 of them, the budget, decoded and answered
+    within, decoded_8 = server_cpu([black_png()] * 8)
+    assert within.status_code == 200, within.text
+    r, refused_63 = server_cpu([black_png()] * 63)
     assert r.status_code == 413, r.text
     assert r.json() == {"error": f"the images hold {63 * 4096 * 4096} pixels (width x height, summed); the limit "
                                  f"is {8 * 4096 * 4096} per request (max_request_pixels): send fewer or smaller "
                                  "images per request"}
-    assert cpu < 1.0 and seconds < 3, (cpu, seconds)  # was 3.7 s of CPU
+    # relative, not a wall-clock bound: decoding the 63 would cost ~8x the baseline (it was 3.7 s of CPU)
+    assert refused_63 < 0.5 * decoded_8, (refused_63, decoded_8)
     assert upload(image_server.url, [black_png(8)]).status_code == 200
 
 
@@ -432,7 +440,7 @@ def run_cli(args: list[str], env: dict, timeout_s: float) -> tuple[int | None, s
 
 def test_serve_refuses_a_tampered_bundle_before_starting(run_dir, tmp_path):  # noqa: F811
     bad = tampered(write_bundle(run_dir, tmp_path / "good.zip"), tmp_path / "model.zip")
-    code, out, err = run_cli(["serve", str(bad), "--port", str(serving.free_port())], dict(os.environ), 60)
+    code, out, err = run_cli(["serve", str(bad), "--port", "0"], dict(os.environ), 60)  # refused before binding
     lines = err.strip().splitlines()
     assert code == 1, (code, out[-2000:], err[-2000:])
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -444,11 +452,11 @@ def test_serve_removes_the_extracted_bundle_when_it_stops(run_dir, tmp_path):  #
     bundle = write_bundle(run_dir, tmp_path / "model.zip")
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    port = serving.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", str(bundle), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", str(bundle), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env=dict(os.environ, TMPDIR=str(tmp)))
     try:
+        port = serving.server.listening_port(proc)  # port 0: bound by the kernel, no other process can take it first
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and proc.poll() is None:
             try:

@@ -3,7 +3,7 @@ ratio judged by its interval, `inconclusive` when the interval straddles the bou
 
 import json
 import math
-import time
+import types
 
 import pytest
 import yaml
@@ -27,14 +27,37 @@ def test_ratio_verdict(logs, bound, kind, verdict):
     assert got == verdict and lo <= math.exp(sum(logs) / len(logs)) <= hi
 
 
-def test_ab_ratio_measures_a_real_2x_difference():
-    fast, slow = (lambda: time.sleep(0.002)), (lambda: time.sleep(0.004))
+def test_ab_ratio_measures_a_2x_difference_round_by_round(monkeypatch):
+    """Counted, not slept: a clock that each call advances by a known amount (2 ms against 4 ms, +-10% by
+    round, so that the interval has a width) makes every round's figure known, so the ratio, its interval,
+    the verdicts, the ABBA order and the number of calls are checked exactly, whatever the machine's load."""
+    from lifecycle.evaluation import latency
+
+    now, calls = [0.0], []
+
+    def timed(name: str, ms: float):
+        def call():
+            rounds = sum(1 for c in calls if c == "b")  # slow's calls so far index the rounds' jitter
+            now[0] += ms / 1000 * (1.1 if rounds // 5 % 2 else 0.9)
+            calls.append(name)
+        return call
+
+    monkeypatch.setattr(latency, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    fast, slow = timed("a", 2.0), timed("b", 4.0)
     passed = ab_ratio(fast, slow, bound=0.8, kind="max_ratio", rounds=4, calls=5, warmup=1)
-    assert passed["verdict"] == "pass" and 0.35 < passed["ratio"] < 0.7 and passed["rounds"] == 4
-    assert passed["interval"][0] <= passed["ratio"] <= passed["interval"][1]
+    assert passed["verdict"] == "pass" and passed["rounds"] == 4 and calls.count("a") == 1 + 4 * 5
+    assert passed["interval"][0] <= passed["ratio"] <= passed["interval"][1] < 0.8
+    assert 0.4 < passed["ratio"] < 0.6  # 2 ms over 4 ms, with the jitter of the rounds each side met
     assert {"load_before", "load_after", "candidate_ms", "reference_ms"} <= set(passed)
+    # ABBA: after the warm-up pair, rounds alternate which side goes first
+    blocks = [calls[i] for i in range(2, len(calls), 5)]
+    assert blocks[:4] == ["a", "b", "b", "a"]
+    calls.clear()
     failed = ab_ratio(slow, fast, bound=1.2, kind="max_ratio", rounds=4, calls=5, warmup=1)
-    assert failed["verdict"] == "fail" and failed["ratio"] > 1.4
+    assert failed["verdict"] == "fail" and 1.6 < failed["ratio"] < 2.5 and failed["rounds"] == 4
+    calls.clear()  # a bound inside the interval: re-measured in blocks of 4 rounds up to max_rounds
+    unsure = ab_ratio(fast, slow, bound=passed["ratio"], kind="max_ratio", rounds=4, max_rounds=12, calls=5, warmup=1)
+    assert unsure["verdict"] == "inconclusive" and unsure["rounds"] == 12 and calls.count("b") == 1 + 12 * 5
 
 
 def test_cross_runtime_latency_gate_needs_both_metrics_named():

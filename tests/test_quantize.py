@@ -65,37 +65,34 @@ def test_no_rung_passes_writes_the_last_and_fails_the_gate(onnx_workdir, export_
     assert not art.manifest["gates"][0]["passed"]
 
 
-def test_ladder_falls_back_from_static_to_dynamic_int8(onnx_workdir):
-    """static-int8 calibrated on a single text (its activation ranges then clip other inputs) misses
-    deliberately strict gates set at the dynamic rung's measured quality; the ladder falls back to
-    dynamic int8, which passes; the manifest records both attempts. Rungs are judged on validation, so
-    the bars are set from validation scores; the test split is scored once, on the rung kept.
+def test_ladder_falls_back_from_static_to_dynamic_int8(onnx_workdir, export_art):
+    """static-int8 calibrated on a single text (its activation ranges then clip other inputs) misses a
+    closeness-to-fp32 gate that dynamic int8 passes; the ladder falls back to dynamic int8 and the manifest
+    records both attempts. Rungs are judged on validation; the test split is scored once, on the rung kept.
 
-    The bar is measured first (phase 1, every rung evaluated under an impossible gate) because on a
-    60-text test split the two rungs' accuracy is often equal: accuracy alone cannot separate them
-    reliably on a tiny model, so closeness to fp32 (logit_max_abs_diff) is gated beside it."""
+    The bar comes from the fp32 model, not from a rung: a tenth of the spread of its logits on a typical
+    validation text (measured: spread ~3.6, dynamic int8 moves the logits by ~0.1 at most, one-text static
+    int8 by ~1). Accuracy cannot separate the rungs on a 60-text split, where it is often equal."""
+    import numpy as np
+
+    from lifecycle import data as datalib
+
+    p = tiny_pipeline()
+    validation = list(datalib.load(p.data["news"], p).splits["validation"]["text"])
+    logits = Predictor.open(export_art.path).logits(validation)
+    bar = 0.1 * float(np.mean(logits.max(1) - logits.min(1)))
     ladder = {"fallback": ["static-int8", "dynamic-int8"], "calibration": {"samples": 1},
               "selective_fallback": {"trials": 0}}  # no rescue by exclusion: test_sensitivity checks that
-    with pytest.raises(GateFailed):
-        run_tiny(onnx_workdir, quantize(**ladder, gates=[{"metric": "accuracy", "min": 1.01}]))
-    static, dynamic = (a["metrics"] for a in Artifact.load(onnx_workdir / "onnx-tiny" / "quantize")
-                       .manifest["details"]["attempts"])
-    assert static["logit_max_abs_diff"] > dynamic["logit_max_abs_diff"] or static["accuracy"] < dynamic["accuracy"], \
-        "precondition: one-text calibration should leave static int8 further from fp32 than dynamic int8"
-
-    strict = [{"metric": "accuracy", "min": dynamic["accuracy"]},
-              {"metric": "logit_max_abs_diff", "max": dynamic["logit_max_abs_diff"]}]
-    try:
-        run_tiny(onnx_workdir, quantize(**ladder, gates=strict))
-    except GateFailed:  # chosen on validation, the rung may still miss so strict a bar on test: allowed
-        pass
-    run = onnx_workdir / "onnx-tiny"
+    run = run_tiny(onnx_workdir, quantize(**ladder, gates=[{"metric": "logit_max_abs_diff", "max": bar}]))
     art = Artifact.load(run / "quantize")
     attempts = art.manifest["details"]["attempts"]
     assert [(a["method"], a["passed"]) for a in attempts] == [("static-int8", False), ("dynamic-int8", True)]
+    static, dynamic = (a["metrics"]["logit_max_abs_diff"] for a in attempts)
+    assert static > bar >= dynamic, (static, bar, dynamic)
     assert {a["split"] for a in attempts} == {"validation"}
-    assert any(not g["passed"] for g in attempts[0]["gates"]) and all(g["passed"] for g in attempts[1]["gates"])
-    assert art.manifest["details"]["method"] == "dynamic-int8"
+    assert [m["metric"] for m in attempts[0]["misses"]] == ["logit_max_abs_diff"]
+    assert art.manifest["details"]["method"] == "dynamic-int8" and art.manifest["details"]["passed"]
+    assert art.metrics["logit_max_abs_diff"] <= bar  # and on test, where the stage's gate is judged
     assert art.metrics["val_accuracy"] == attempts[1]["metrics"]["accuracy"]
     assert art.metrics["ort_latency_p50_ms"] == attempts[1]["metrics"]["ort_latency_p50_ms"]  # timed once, with the rung
     assert json.loads((art.path / "schema.json").read_text())["weights"] == "dynamic-int8"
@@ -188,7 +185,8 @@ def test_int4_weight_only_rung(onnx_workdir, export_art):
     art = Artifact.load(run / "quantize")
     assert art.manifest["details"]["method"] == "int4" and art.manifest["details"]["passed"]
     assert art.metrics["size_mb"] < int8_size < export_art.metrics["size_mb"]
-    assert 0 < art.metrics["accuracy"] <= 1 and "argmax_agreement" in art.metrics
+    # both scored on the test split: accuracy can move only where the answers moved
+    assert abs(art.metrics["accuracy"] - export_art.metrics["accuracy"]) <= 1 - art.metrics["argmax_agreement"] + 1e-9
     nodes = [n for n in onnx.load(str(art.path / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
     assert nodes, "int4 MatMul weights"
     attrs = {a.name: a.i for a in nodes[0].attribute}
@@ -200,7 +198,9 @@ def test_int4_weight_only_rung(onnx_workdir, export_art):
 
 def test_int4_takes_the_embedding_tables_of_an_unfused_graph(export_art, tmp_path):
     """On the plain graph, the vocabulary (half of a small BERT's weights) goes 4-bit too
-    (GatherBlockQuantized) instead of staying float; the graph still runs and answers like fp32."""
+    (GatherBlockQuantized) instead of staying float; the graph still runs and answers like fp32 on the 60
+    test texts: the same answer for 9 in 10 (the barely trained model's top two logits are often ~0.3
+    apart; measured 0.95), its logits moved by under 5% of their typical size (measured 2%)."""
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -222,12 +222,17 @@ def test_int4_takes_the_embedding_tables_of_an_unfused_graph(export_art, tmp_pat
     vocab = tuple(model.get_input_embeddings().weight.shape)
     floats = [t.name for t in graph.initializer if tuple(t.dims) == vocab and t.data_type == onnx.TensorProto.FLOAT]
     assert not floats, "the vocabulary stayed float"
-    feeds = dict(tokenizer(["a tiny test sentence", "another one"], return_tensors="np", padding="max_length",
-                           max_length=32))
+    from lifecycle import data as datalib
+
+    p = tiny_pipeline()
+    texts = list(datalib.load(p.data["news"], p).splits["test"]["text"])
+    feeds = dict(tokenizer(texts, return_tensors="np", padding="max_length", max_length=32, truncation=True))
     outputs = {}
     for path in (plain, quantized):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         names = {i.name for i in session.get_inputs()}
         outputs[path] = session.run(None, {k: v.astype(np.int64) for k, v in feeds.items() if k in names})[0]
     assert np.isfinite(outputs[quantized]).all() and outputs[quantized].shape == outputs[plain].shape
-    assert np.abs(outputs[quantized] - outputs[plain]).max() < 0.5 * np.abs(outputs[plain]).max() + 1e-3
+    fp32, q4 = outputs[plain], outputs[quantized]
+    assert np.mean(q4.argmax(1) == fp32.argmax(1)) >= 0.9
+    assert np.abs(q4 - fp32).mean() < 0.05 * np.abs(fp32).mean(), (np.abs(q4 - fp32).mean(), np.abs(fp32).mean())

@@ -1,4 +1,5 @@
 import json
+import statistics
 
 import pytest
 import yaml
@@ -27,27 +28,34 @@ def test_ci_bound_needs_seeds():
         build(raw)
 
 
-def test_lower_ci_gate_fails_where_the_mean_passes(tmp_path, capsys):
-    """Three seeds of a deliberately small, noisy fine-tune: the mean clears a bar its lower bound does not."""
+def test_a_ci_bound_gate_fails_where_the_mean_passes(tmp_path, capsys):
+    """Three seeds of a deliberately small, noisy fine-tune: the mean validation loss clears a bar the upper
+    end of its 95% interval does not. The loss, not accuracy: 2 epochs may leave every seed predicting one
+    class, and on the balanced test split every such seed scores exactly 0.2, an interval of width 0."""
     raw = tiny_pipeline()
     raw["stages"] = raw["stages"][:1]
     stage = raw["stages"][0]
     stage["seeds"] = [0, 1, 2]
     stage["train"]["epochs"] = 2
-    stage["gates"] = [{"metric": "accuracy", "min": 0.0, "bound": "lower_ci"}]
+    stage["gates"] = [{"metric": "eval_loss", "max": 100.0, "bound": "upper_ci"}]
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--workdir", str(tmp_path)]) == 0
     manifest = json.loads((tmp_path / "tiny" / "finetune" / "manifest.json").read_text())
     m = manifest["metrics"]
     assert m["n_seeds"] == 3 and set(manifest["details"]["seeds"]) == {"0", "1", "2"}
-    assert m["accuracy_ci_low"] < m["accuracy"] < m["accuracy_ci_high"], "three seeds should not agree exactly"
+    # the bar comes from the three seeds' own losses, by hand (t(0.975, 2) = 4.302653), not from the
+    # aggregate under test: halfway between their mean and the upper end of their 95% interval
+    losses = [manifest["details"]["seeds"][s]["eval_loss"] for s in ("0", "1", "2")]
+    mean, high = statistics.mean(losses), statistics.mean(losses) + 4.302653 * statistics.stdev(losses) / 3**0.5
+    assert statistics.stdev(losses) > 0, f"three seeds should not agree exactly: {losses}"
+    assert (m["eval_loss"], m["eval_loss_ci_high"]) == (pytest.approx(mean), pytest.approx(high, abs=1e-6))
 
-    bar = round((m["accuracy"] + m["accuracy_ci_low"]) / 2, 6)
-    stage["gates"] = [{"metric": "accuracy", "min": bar}]  # on the mean: passes (cached, gates re-checked)
+    bar = round((mean + high) / 2, 6)
+    stage["gates"] = [{"metric": "eval_loss", "max": bar}]  # on the mean: passes (cached, gates re-checked)
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--workdir", str(tmp_path)]) == 0
-    stage["gates"] = [{"metric": "accuracy", "min": bar, "bound": "lower_ci"}]  # on the lower bound: fails
+    stage["gates"] = [{"metric": "eval_loss", "max": bar, "bound": "upper_ci"}]  # on the upper bound: fails
     path.write_text(yaml.safe_dump(raw))
     assert main(["run", str(path), "--workdir", str(tmp_path)]) == 3
-    assert "accuracy_ci_low" in capsys.readouterr().err
+    assert "eval_loss_ci_high" in capsys.readouterr().err

@@ -347,10 +347,10 @@ def test_cli_serves_a_bundle_zip_on_loopback_and_stops_on_sigterm(run_dir, tmp_p
     bundle = write_bundle(run_dir, tmp_path / "model.zip")
     assert serving.resolve(bundle).version == Artifact.load(run_dir / "export").digest
     assert serving.resolve(bundle).name == "tiny-export"
-    port = serving.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", str(bundle), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", str(bundle), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        port = serving.server.listening_port(proc)  # port 0: bound by the kernel, no other process can take it first
         with bentoml.SyncHTTPClient(f"http://127.0.0.1:{port}", server_ready_timeout=90) as bc:
             long_text = "word " * 200
             got = bc.classify(texts=[long_text])
@@ -374,11 +374,12 @@ def test_build_puts_the_model_in_the_store_versioned_by_its_hash(run_dir, tmp_pa
                          text=True, check=True).stdout
     models = [m["tag"] for svc in json.loads(out)["services"] for m in svc["models"]]
     assert models == [f"tiny-export:{digest[:32]}"]
-    port = serving.free_port()  # and the Bento serves: its own copy of the model and settings
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+    # and the Bento serves: its own copy of the model and settings (port 0: bound by the kernel, read back)
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != serving.CONFIG_ENV})
     try:
+        port = serving.server.listening_port(proc)
         with bentoml.SyncHTTPClient(f"http://127.0.0.1:{port}", server_ready_timeout=90) as bc:
             assert len(bc.classify(texts=VALID["texts"])) == 2
             assert httpx.get(f"http://127.0.0.1:{port}/metadata").json()["version"] == digest

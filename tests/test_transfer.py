@@ -67,7 +67,8 @@ def test_adaptation_probe_gain_and_transfer_plot(tmp_path, plots):
     run_dir = tmp_path / "transfer"
     points = Artifact.load(run_dir / "pretrain").manifest["details"]["transfer"]
     assert [p["step"] for p in points] == [4, 8]
-    assert all(p["perplexity"] > 1 and 0 <= p["probe_accuracy"] <= 1 for p in points)
+    # 5 balanced topics: chance is 0.2; 0.3 is two standard errors above it on the 60 validation texts
+    assert all(p["perplexity"] > 1 and p["probe_accuracy"] > 0.3 for p in points), points
     m = Artifact.load(run_dir / "adapt").metrics
     assert m["adaptation_probe_gain"] == pytest.approx(m["probe_accuracy"] - m["probe_accuracy_before"])
     assert (run_dir / "plots" / "transfer.png").is_file()

@@ -46,6 +46,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening_port(proc: subprocess.Popen, timeout_s: float = 90.0) -> int:
+    """The HTTP port of a `bentoml serve` (or `lifecycle serve`) started with `--port 0`: the kernel chose it
+    as the socket was bound, so no other process can take it first (a free_port() is free only until then).
+    The arbiter binds it and every worker inherits it; circus's own sockets are the arbiter's alone."""
+    import psutil  # a bentoml dependency
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        holders: dict[int, int] = {}
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                for port in {c.laddr.port for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}:
+                    holders[port] = holders.get(port, 0) + 1
+        shared = [port for port, n in holders.items() if n > 1]
+        if len(shared) == 1:
+            return shared[0]
+        time.sleep(0.1)
+    raise LifecycleError(f"no port shared by process {proc.pid}'s server and workers after {timeout_s:.0f} s "
+                         f"(exit code {proc.poll()})")
+
+
 class Server:
     """`bentoml serve` on a config file, in a session of its own so that stopping it stops its workers.
 
