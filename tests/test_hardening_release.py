@@ -63,16 +63,16 @@ def no_server(monkeypatch):
 
 
 def served_verdict(*argv) -> tuple[dict | None, str]:
-    """A real `lifecycle serve ARGV` on a free loopback port: GET /metadata's "verdict" once it is ready, then
+    """A real `lifecycle serve ARGV` on a loopback port it binds itself: GET /metadata's "verdict" once it is ready, then
     SIGTERM; returns it and what the command printed to stderr."""
     import signal
 
     import httpx
 
-    port = serving.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", *map(str, argv), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "serve", *map(str, argv), "--port", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
+        port = serving.server.listening_port(proc)  # bound by the server itself: no free-port race
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and proc.poll() is None:
             try:
