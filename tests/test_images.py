@@ -282,7 +282,9 @@ def test_distill_gives_a_one_layer_student_scored_against_its_teacher_and_gated(
     assert student["teacher_accuracy"] == teacher["accuracy"]  # the teacher, scored on the same test images
     assert student["retention"] == pytest.approx(student["accuracy"] / teacher["accuracy"])
     assert student["accuracy"] > 0.5 and student["compression"] > 1  # chance is 0.1
-    gates = json.loads((folder_run / "distill" / "manifest.json").read_text())["gates"]
+    manifest = json.loads((folder_run / "distill" / "manifest.json").read_text())
+    assert manifest["details"]["student_layers"] == [1]  # one layer kept of two: the last
+    gates = manifest["gates"]
     by_metric = {g["metric"]: g for g in gates}
     assert by_metric["accuracy"]["passed"] and by_metric["accuracy"]["reference"] == teacher["accuracy"]
     assert not by_metric["speedup"]["passed"] and by_metric["speedup"]["value"] == student["speedup"]
