@@ -186,6 +186,38 @@ def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(tmp_pat
     assert again.returncode == 0, out[-3000:]
 
 
+def test_a_run_killed_inside_a_stage_resumes_reusing_the_finished_one(tmp_path, capsys):
+    """A real `lifecycle run` (finetune -> export) killed with -9 while export builds: the finished finetune
+    is reused by the next run (not retrained: its weights' bytes and timings are the same), the partial
+    export directory and its scratch space are replaced, and the run completes with nothing half-written."""
+    path = pipeline_file(tmp_path, {"stages": [{"collapse_min": None}, {"kind": "export", "latency": {"runs": 2}}]})
+    work, run_dir = tmp_path / "work", tmp_path / "work" / "adv"
+    with open(tmp_path / "killed.log", "w") as log:  # a file, not a pipe nobody reads while it runs
+        killed = subprocess.Popen([sys.executable, "-m", "lifecycle.cli", "run", str(path), "--workdir", str(work)],
+                                  env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not ((run_dir / "finetune" / "manifest.json").is_file() and (run_dir / "export.tmp").is_dir()):
+        assert killed.poll() is None and time.time() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(30) == -signal.SIGKILL
+    assert not (run_dir / "export").exists(), "export finished before the kill: nothing was interrupted"
+    assert json.loads((run_dir / "pipeline.json").read_text())["state"] == "running"  # it never got to say more
+    assert "export.tmp" in leftovers(run_dir)  # the partial artifact the next run must not reuse
+    weights = run_dir / "finetune" / "model.safetensors"
+    before = (weights.stat().st_mtime_ns, json.loads((run_dir / "finetune" / "manifest.json").read_text())["timings"])
+
+    assert main(["run", str(path), "--workdir", str(work)]) == 0
+    out = capsys.readouterr().out
+    assert f"== stage finetune (finetune): cached, artifact verified ({run_dir / 'finetune'})" in out
+    assert "== stage export (export)\n" in out
+    assert (weights.stat().st_mtime_ns, json.loads((run_dir / "finetune" / "manifest.json").read_text())["timings"]) == before
+    export = json.loads((run_dir / "export" / "manifest.json").read_text())
+    assert export["parent"]["path"] == str(run_dir / "finetune") and (run_dir / "export" / "model.onnx").is_file()
+    assert json.loads((run_dir / "pipeline.json").read_text())["state"] == "finished"
+    no_half_written(run_dir)
+
+
 # ------------------------------------------------------------------------------ file-system faults
 def namespaces() -> str | None:
     """Why real faults cannot be made here (None: they can). A user + mount namespace lets a test mount a

@@ -1,8 +1,8 @@
 """Image embeddings end to end (lifecycle.workloads.images.embedding): the shipped pipelines/digits_embedding.yaml at
 a small budget (real masked-image pre-training and contrastive steps of a tiny ViT on scikit-learn's digits,
-torch.onnx export, dynamic int8 in onnxruntime), the edge runtime embedding encoded images, and, marked slow,
-`bentoml serve` answering POST /embed_image with the refusals of /classify_image, and the shipped pipeline at
-its full budget."""
+torch.onnx export, dynamic int8 in onnxruntime), the edge runtime embedding encoded images, its serve stage and
+`bentoml serve` answering POST /embed_image with the refusals of /classify_image, and, marked slow, the shipped
+pipeline at its full budget."""
 
 from __future__ import annotations
 
@@ -154,11 +154,11 @@ def test_the_edge_runtime_embeds_encoded_images_and_the_bundle_checks(run, tmp_p
 
 
 # ----------------------------------------------------------------------------------------- serving
-@pytest.mark.slow  # ~25 s: a small pipeline through the serve stage, then a server of its own
-def test_embed_image_answers_as_the_edge_runtime_and_refuses_as_classify_image(tmp_path):
-    outcomes = pipeline.run(config.build(small(serve=True), base_dir=SHIPPED.parent), workdir=tmp_path, echo=quiet)
-    assert [o.status for o in outcomes] == ["passed"] * 5
-    run = tmp_path / "digits_embedding"
+def test_embed_image_answers_as_the_edge_runtime_and_refuses_as_classify_image(run, tmp_path):
+    """The serve stage on the small run (its four stages cached: the same run directory and configs), then a
+    server of its own."""
+    outcomes = pipeline.run(config.build(small(serve=True), base_dir=SHIPPED.parent), workdir=run.parent, echo=quiet)
+    assert [o.status for o in outcomes] == ["cached"] * 4 + ["passed"]
     served = metrics(run, "serve")
     assert served["prediction_mismatches"] == 0 and served["knn_accuracy"] == metrics(run, "quantize")["knn_accuracy"]
 

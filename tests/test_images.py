@@ -145,16 +145,20 @@ def folder_run(tmp_path_factory) -> Path:
     good = (tmp / "images" / "digit3" / "0003.png").read_bytes()
     (tmp / "images" / "digit3" / "broken.png").write_bytes(good[: len(good) // 2])  # truncated
     (tmp / "images" / "README.txt").write_text("not an image")
-    raw = {"name": "folder", "seed": 0, "data": {"mine": {"format": "imagefolder", "path": str(tmp / "images")}},
-           "task": {"type": "image-classification", "data": "mine"},
-           "stages": [{"kind": "finetune", "model": {"preset": "bert-tiny", "overrides": {"patch_size": 2}},
-                       "train": {**TRAIN, "epochs": 15}, "gates": [{"metric": "accuracy", "min": 0.8}]},
-                      {"kind": "export", "latency": {"runs": 2, "batch32": False}},
-                      {"kind": "quantize", "min_speedup": None, "latency": {"runs": 2, "batch32": False}},
-                      {"kind": "serve", "clients": 2, "warmup_requests": 2}]}
+    raw = folder_pipeline(tmp / "images", {"kind": "export", "latency": {"runs": 2, "batch32": False}},
+                          {"kind": "quantize", "min_speedup": None, "latency": {"runs": 2, "batch32": False}},
+                          {"kind": "serve", "clients": 2, "warmup_requests": 2})
     outcomes = pipeline.run(config.build(raw), workdir=tmp / "runs", echo=quiet)
     assert [o.status for o in outcomes] == ["passed"] * 4
     return tmp / "runs" / "folder"
+
+
+def folder_pipeline(images: Path, *after: dict) -> dict:
+    """A 2-layer ViT fine-tuned on the folder of PNGs (15 epochs: accuracy >= 0.8), then the stages `after`."""
+    return {"name": "folder", "seed": 0, "data": {"mine": {"format": "imagefolder", "path": str(images)}},
+            "task": {"type": "image-classification", "data": "mine"},
+            "stages": [{"kind": "finetune", "model": {"preset": "bert-tiny", "overrides": {"patch_size": 2}},
+                        "train": {**TRAIN, "epochs": 15}, "gates": [{"metric": "accuracy", "min": 0.8}]}, *after]}
 
 
 def test_an_imagefolder_pipeline_reports_and_skips_the_corrupt_file(folder_run):
@@ -257,6 +261,35 @@ def test_classify_image_refusals_are_clear_and_the_server_stays_live(server, bod
     assert says in r.json()["error"] and "Traceback" not in r.text
     assert server.get("/livez").status_code == 200
     assert server.post("/classify_image", content=png(DIGIT), headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_distill_gives_a_one_layer_student_scored_against_its_teacher_and_gated(folder_run):
+    """The image classifier's distill stage on the folder run's fine-tuned teacher (cached: the same run
+    directory and finetune config), 3 epochs: a student with half the layers that still reads digits, its
+    metrics measured beside the teacher's on the same test images, and its gates checked (one cannot pass)."""
+    distill = {"kind": "distill", "student": {"num_layers": 1}, "train": {**TRAIN, "epochs": 3},
+               "latency": {"runs": 3, "warmup": 1}, "latency_rounds": 1,
+               "gates": [{"metric": "accuracy", "max_drop": 0.3, "vs": "finetune"},
+                         {"metric": "speedup", "min": 100, "on_fail": "warn"}]}  # no 1-layer student is 100x faster
+    echoed: list[str] = []
+    outcomes = pipeline.run(config.build(folder_pipeline(folder_run.parents[1] / "images", distill)),
+                            workdir=folder_run.parent, echo=lambda *a, **_: echoed.append(" ".join(map(str, a))))
+    assert [(o.name, o.status) for o in outcomes] == [("finetune", "cached"), ("distill", "passed")]
+    assert any("stage finetune (finetune): cached" in line for line in echoed)  # the teacher was not retrained
+    student, teacher = metrics(folder_run, "distill"), metrics(folder_run, "finetune")
+    assert json.loads((folder_run / "distill" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert json.loads((folder_run / "finetune" / "config.json").read_text())["num_hidden_layers"] == 2
+    assert student["teacher_accuracy"] == teacher["accuracy"]  # the teacher, scored on the same test images
+    assert student["retention"] == pytest.approx(student["accuracy"] / teacher["accuracy"])
+    assert student["accuracy"] > 0.5 and student["compression"] > 1  # chance is 0.1
+    manifest = json.loads((folder_run / "distill" / "manifest.json").read_text())
+    assert manifest["details"]["student_layers"] == [1]  # one layer kept of two: the last
+    gates = manifest["gates"]
+    by_metric = {g["metric"]: g for g in gates}
+    assert by_metric["accuracy"]["passed"] and by_metric["accuracy"]["reference"] == teacher["accuracy"]
+    assert not by_metric["speedup"]["passed"] and by_metric["speedup"]["value"] == student["speedup"]
+    # the stage's default collapse gate is checked too
+    assert "minority_prediction_ratio" in by_metric and by_metric["minority_prediction_ratio"]["passed"]
 
 
 # ------------------------------------------------------------------------------ masked-image pretraining

@@ -364,7 +364,6 @@ def test_cli_serves_a_bundle_zip_on_loopback_and_stops_on_sigterm(run_dir, tmp_p
     assert "serving tiny-export " in out
 
 
-@pytest.mark.slow
 def test_build_puts_the_model_in_the_store_versioned_by_its_hash(run_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     tag = subprocess.run([sys.executable, "-m", "lifecycle.cli", "build", str(run_dir)], capture_output=True,
@@ -388,18 +387,22 @@ def test_build_puts_the_model_in_the_store_versioned_by_its_hash(run_dir, tmp_pa
         proc.wait(30)
 
 
-@pytest.mark.slow
 def test_tune_measures_the_grid_and_writes_the_best_beside_the_artifact(run_dir, monkeypatch):
+    """`serve --tune`'s measuring on real servers, at a two-setting grid and 1 s of load each (the real grid
+    has six settings at 10 s); then the settings it wrote are the ones a later server starts with."""
     served = serving.resolve(run_dir)
     grid = [serving.ServingSettings(batching=True, max_latency_ms=1000), serving.ServingSettings(workers=2)]
     monkeypatch.setattr(serving.tuning, "tuning_grid", lambda: grid)  # where tune_settings looks it up
     try:
-        best = serving.tune_settings(served, duration_s=3, echo=lambda *_: None)
+        best = serving.tune_settings(served, duration_s=1, echo=lambda *_: None)
         saved = json.loads(served.tuned_path.read_text())
         assert len(saved["measurements"]) == 2 and saved["settings"] == best.model_dump(mode="json")
-        assert all(m["requests_per_s"] > 0 for m in saved["measurements"])
+        assert [m["settings"] for m in saved["measurements"]] == [g.model_dump(mode="json") for g in grid]
+        assert saved["best"] == serving.pick_best(saved["measurements"])
+        assert all(m["requests_per_s"] > 0 and m["ok"] > 0 for m in saved["measurements"])
         shares = [m["worker_cpu_shares"] for m in saved["measurements"]]  # per worker
         assert [len(x) for x in shares] == [1, 2] and all(sum(x) == pytest.approx(1.0) for x in shares)
+        assert serving.load_settings(serving.resolve(run_dir)) == best
     finally:
         served.tuned_path.unlink(missing_ok=True)
 
