@@ -51,8 +51,8 @@ TARGETS = {"false_alarms": 0, "detections": 4}
 BOUNDS = ("mean", "lower_ci", "upper_ci")
 # for a gate `max_drop: m` on the paired test accuracy of a candidate against the release
 BOUND_MEANING = {
-    "mean": "Blocks a candidate whose measured test drop exceeds the margin: a model exactly as good as the "
-            "release passes about as often as the sampling noise allows, and one truly at the margin is a coin flip.",
+    "mean": "Blocks a candidate whose measured test drop exceeds the margin: it reads the point estimate, so "
+            "sampling noise alone can block an equally good retrain or ship one slightly past the margin.",
     "lower_ci": "Blocks only a regression beyond doubt (even the optimistic end of the drop's 95% interval exceeds "
                 "the margin): the fewest false alarms, but a real regression near the margin ships.",
     "upper_ci": "Ships only a candidate shown not worse (even the pessimistic end of the drop's 95% interval is "
@@ -196,9 +196,8 @@ def main() -> int:
     for bound, f in results["flagged"].items():
         print(f"bound {bound:8}: false alarms {f['false_alarms']}/{len(results['retrains'])}, "
               f"detections {f['detections']}/{len(results['degraded'])}. {BOUND_MEANING[bound]}")
-    recorder.report(found, path, f"mean drop of the degraded runs: {results['mean_degraded_drop']:.4f} "
-                                 f"on {results['test_examples']} test texts")
-    return 0
+    return recorder.report(found, path, f"mean drop of the degraded runs: {results['mean_degraded_drop']:.4f} "
+                                        f"on {results['test_examples']} test texts")  # 1 when a check failed
 
 
 if __name__ == "__main__":
