@@ -22,7 +22,8 @@ Protocol (fixed before recording; a change after a result is written into it as 
   int8 speedup vs eager at batch 1, vacuous unless int8 is faster than the fp32 ONNX graph it replaces;
   that speedup's ceiling on this CPU, vacuous when the measured speedup exceeds it (then it bounds
   nothing); ours / optimum's anchor at batch 1 and 32, 2 threads and 1, like with like (both dynamic int8,
-  both fused: our kept rung when it is dynamic int8, else our dynamic int8 rebuilt from the same export),
+  both fused: our kept rung when it is dynamic int8, else our dynamic int8 rebuilt from the same export;
+  against an unfused anchor, our dynamic int8 rebuilt from our unfused export),
   each vacuous unless the anchor is faster than optimum's fp32 export at that point; accuracy against the
   anchor; int8 and int4 size; eager's spread; static vs dynamic int8; the quickstart's speed verdict (full).
   Ratios against optimum's unfused default are stored beside (`vs_optimum`) but checked nowhere: fused
@@ -346,6 +347,9 @@ def static_and_dynamic(arts: dict, cfg, work: Path) -> dict:
                               "excluded_nodes": excluded, "ladder_passed": static["passed"]}
     build(Settings(method="dynamic-int8"), export, work / "dynamic_int8")
     out["dynamic_int8"] = {"dir": work / "dynamic_int8"}
+    # the same from the unfused export: like with like where optimum's anchor could not be fused
+    build(Settings(method="dynamic-int8"), arts["export-plain"].path, work / "dynamic_int8_unfused")
+    out["dynamic_int8_unfused"] = {"dir": work / "dynamic_int8_unfused"}
     return out
 
 
@@ -378,8 +382,10 @@ def check(name: str, value: float, op: str, target: float, premise: tuple[str, b
     return out
 
 
-def like_with_like(m: dict, rung_method: str | None) -> tuple[str, str]:
-    """Which of ours is timed against optimum's anchor (dynamic int8 of a fused graph), and its label."""
+def like_with_like(m: dict, rung_method: str | None, anchor_fused: bool) -> tuple[str, str]:
+    """Which of ours is timed against optimum's anchor (dynamic int8, fused or not), and its label."""
+    if not anchor_fused:
+        return "dynamic_int8_unfused", "our dynamic int8 rebuilt from our unfused export"
     if rung_method == "dynamic-int8":
         return "lifecycle_int8", "our int8 (kept rung, dynamic int8, fused)"
     return "dynamic_int8", f"our dynamic int8 rebuilt from the same export, fused (kept rung: {rung_method})"
@@ -403,7 +409,7 @@ def checks(m: dict, int4_size: float, quickstart: dict | None, ceil: dict, rung_
               "(below the target: out of reach here)", ceil["speedup_ceiling"], ">=", TARGETS["speedup_b1"],
               (f"the measured speedup ({speedup:.3g}x) within the ceiling", speedup <= ceil["speedup_ceiling"])),
     ]
-    name, label = like_with_like(m, rung_method)
+    name, label = like_with_like(m, rung_method, "(fused)" in anchor_label)
     like = m[name]
     for threads, suffix in ((THREADS, ""), (1, "_1thread")):
         for batch in (1, 32):
