@@ -36,7 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, SHARED, SMOKE, Recorder  # first: it sets the offline environment
+from common import ROOT, SHARED, SMOKE, Recorder, check  # first: it sets the offline environment
 
 SPEECH = SHARED / "speech"
 RATE, MEL_BINS, PATCH, TIME_STRIDE, FREQUENCY_STRIDE, LAYERS = 8000, 12, 8, 4, 4, 3
@@ -261,11 +261,6 @@ def paired(correct_a: list, correct_b: list, seed: int = 0) -> dict:
     truth = [1] * len(correct_a)
     b = paired_bootstrap(accuracy, truth, correct_a, correct_b, seed=seed)
     return {"difference": b.delta, "ci_low": b.low, "ci_high": b.high, "p_value": b.p_value, "clips": len(truth)}
-
-
-def check(name: str, value: float, target: str, passed: bool, premise: bool = True) -> dict:
-    return {"name": name, "value": value, "target": target, "passed": passed and premise,
-            "status": ("pass" if passed else "fail") if premise else "vacuous"}
 
 
 def training(quick: bool) -> int:

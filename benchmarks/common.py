@@ -221,3 +221,10 @@ def check(name: str, value: float, target: str, passed: bool, premise: bool = Tr
     nor counts as a failure (`Recorder.report`), and the README shows it as such."""
     return {"name": name, "value": value, "target": target, "passed": passed and premise,
             "status": ("pass" if passed else "fail") if premise else "vacuous"}
+
+
+def compare(name: str, value: float, op: str, target: float, premise: tuple[str, bool] | None = None) -> dict:
+    """`check` of `value OP target`; with `premise` (what it says, whether it holds) recorded beside it."""
+    held = {">=": value >= target, "<=": value <= target, "<": value < target, ">": value > target}[op]
+    out = check(name, value, f"{op} {target:g}", bool(held), True if premise is None else bool(premise[1]))
+    return out if premise is None else {**out, "premise": premise[0]}

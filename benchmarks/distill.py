@@ -15,18 +15,19 @@ Protocol, fixed before the run that records it: ChemProt's 11 relations of minil
 `limit` examples per split drawn with split seed 0, pipeline seed 0; the budgets below (BUDGETS, TARGETS).
 Baselines, on the same splits in the same run: the training split's majority class, and TF-IDF + logistic
 regression fitted on the same training examples (BASELINE_GRID chosen on validation micro-F1). Checks:
-- the teacher beats each baseline on test micro-F1;
+- the teacher beats each baseline on test micro-F1, and TF-IDF's on validation micro-F1;
 - full fine-tuning - LoRA <= 3 points and retention >= 0.97, both vacuous (neither pass nor fail) unless the
-  teacher beats both baselines, retention also when above RETENTION_MAX;
+  teacher beats both baselines on validation and on test, retention also when above RETENTION_MAX;
 - student speedup >= 1.6; LoRA trains < 2% of the parameters.
 
-The quick teacher budget (400 steps at lr 2e-4) was chosen by a teacher-only exploration through this
-pipeline (the quick data, validation examples, batch and thread), on validation micro-F1 only: the earlier
-250 steps at 1e-4 left the teacher at 0.54, under the TF-IDF baseline (0.63 on validation), its validation
-score still rising at the last evaluation. TEACHER_EXPLORATION lists every trial; 400 steps at 2e-4 was the
-best. Longer runs at higher rates (600 steps at 3e-4 and 5e-4) were stopped at step ~360 for time: at
-step 300 they stood at 0.40 and at the majority class (0.37), so neither was on course to beat it. The
-same rate is used at the full budget, untried there. LoRA takes the teacher's steps ("same steps").
+The quick teacher budget (800 steps at lr 1e-4) was chosen by teacher-only trials through this pipeline
+(the quick data, validation examples, batch and thread), on validation micro-F1 only (TEACHER_EXPLORATION):
+at 400 steps every rate from 5e-5 to 2e-4 stopped at 0.58-0.59, under the TF-IDF baseline's 0.63, while LoRA
+at the same steps (its head at lr 1e-3) reached 0.71; higher rates over 600 steps fell to the majority class.
+400 steps at 2e-4 was first chosen on a run whose teacher then beat TF-IDF on test (0.579 against 0.560) but
+not on validation; the premise was then tightened to both splits (above), before any recorded run. 800
+steps at 1e-4 is untried: the steps, not the rate, are what the trials left to change. LoRA takes the same
+800 steps ("same steps"). The full budget is untried.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ TARGETS = {"retention": 0.97, "speedup": 1.6, "lora_trainable_fraction": 0.02, "
 # teacher-only trials on the quick data (validation micro-F1 picks; the 600-step ones stopped at step ~360)
 TEACHER_EXPLORATION = [
     {"steps": 250, "lr": 3e-4, "val_f1_micro": 0.54},
-    {"steps": 400, "lr": 2e-4, "val_f1_micro": 0.59},  # chosen
+    {"steps": 400, "lr": 2e-4, "val_f1_micro": 0.59},
+    {"steps": 400, "lr": 1e-4, "val_f1_micro": 0.5933},
+    {"steps": 400, "lr": 5e-5, "val_f1_micro": 0.58},
     {"steps": 600, "lr": 3e-4, "val_f1_micro_at_step_300": 0.40},
     {"steps": 600, "lr": 5e-4, "val_f1_micro_at_step_300": 0.3667},  # the majority class
 ]
@@ -58,9 +61,9 @@ BASELINE_GRID = {"C": (1.0, 10.0, 100.0), "class_weight": (None, "balanced")}
 LATENCY = {"batch_size": 1, "seq_len": 128, "runs": 30, "warmup": 5}  # + threads (--threads)
 # quick: a few minutes per stage on 2 shared cores; full: closer to convergence (hours on such a CPU).
 BUDGETS = {
-    "quick": {"limit": 1000, "validation_limit": 300, "teacher_steps": 400, "teacher_lr": 0.0002, "lora_steps": 400,
+    "quick": {"limit": 1000, "validation_limit": 300, "teacher_steps": 800, "teacher_lr": 1e-4, "lora_steps": 800,
               "student_steps": 300},
-    "full": {"limit": 2500, "validation_limit": 600, "teacher_steps": 800, "teacher_lr": 2e-4, "lora_steps": 800,
+    "full": {"limit": 2500, "validation_limit": 600, "teacher_steps": 800, "teacher_lr": 1e-4, "lora_steps": 800,
              "student_steps": 1000},
 }
 
@@ -149,16 +152,20 @@ def checks(r: dict) -> list[dict]:
     vacuous above RETENTION_MAX too (a student that beats its teacher says the teacher was undertrained)."""
     s, lora, teacher = r["student"], r["models"]["lora"], r["models"]["teacher"]
     beats = {name: teacher["f1_micro"] - base["f1_micro"] for name, base in r["baselines"].items()}
-    trained = all(v > 0 for v in beats.values())
+    # judged where the teacher was selected too: a margin on test alone could be the test split's luck
+    beats_val = {name: teacher["val_f1_micro"] - base["val_f1_micro"] for name, base in r["baselines"].items()}
+    trained = all(v > 0 for v in [*beats.values(), *beats_val.values()])
     gap = teacher["f1_micro"] - lora["f1_micro"]
     return [
         check("teacher - majority-class baseline, test micro-F1", beats["majority_class"], "> 0", beats["majority_class"] > 0),
         check("teacher - TF-IDF + logistic regression baseline, test micro-F1", beats["tfidf_logreg"], "> 0",
               beats["tfidf_logreg"] > 0),
+        check("teacher - TF-IDF + logistic regression baseline, validation micro-F1", beats_val["tfidf_logreg"], "> 0",
+              beats_val["tfidf_logreg"] > 0),
         check("full fine-tuning - LoRA test micro-F1 (same steps; same-run baseline)", gap,
-              f"<= {TARGETS['lora_max_gap']} (teacher beats both baselines)", gap <= TARGETS["lora_max_gap"], trained),
+              f"<= {TARGETS['lora_max_gap']} (teacher beats both baselines on validation and test)", gap <= TARGETS["lora_max_gap"], trained),
         check("student retention (test micro-F1 / teacher's)", s["retention"],
-              f">= {TARGETS['retention']} (teacher beats both baselines; retention <= {RETENTION_MAX})",
+              f">= {TARGETS['retention']} (teacher beats both baselines on validation and test; retention <= {RETENTION_MAX})",
               s["retention"] >= TARGETS["retention"], trained and s["retention"] <= RETENTION_MAX),
         check("student speedup (teacher p50 / student p50)", s["speedup"], f">= {TARGETS['speedup']}",
               s["speedup"] >= TARGETS["speedup"]),

@@ -39,6 +39,7 @@ from common import (  # first: it sets the offline environment
     SHARED,
     SMOKE,
     Recorder,
+    compare,
     kernel_times,
     results_dir,
 )
@@ -203,24 +204,13 @@ def main() -> int:
         e = {name: per[n]["ms_per_token"] for name, per in r["engines"].items()}
         speedup, vs_fp32 = e["torch_eager_cache"] / e["onnx_int8_cache"], e["onnx_fp32_cache"] / e["onnx_int8_cache"]
         vs_optimum = e["onnx_fp32_cache"] / e["optimum_ort_cache"]
-        checks += [check(f"{size}: ONNX int8 vs PyTorch eager per token, batch 1, prompt {n} (x faster)", speedup,
+        checks += [compare(f"{size}: ONNX int8 vs PyTorch eager per token, batch 1, prompt {n} (x faster)", speedup,
                          ">=", TARGETS["int8_vs_eager"],
                          (f"int8 faster than the fp32 ONNX graph it replaces (fp32/int8 per token {vs_fp32:.3g})", vs_fp32 > 1)),
-                   check(f"{size}: our fp32 decoder step / optimum ORTModelForCausalLM forward step, same graph, "
+                   compare(f"{size}: our fp32 decoder step / optimum ORTModelForCausalLM forward step, same graph, "
                          f"cached, prompt {n}", vs_optimum, "<=", TARGETS["ours_vs_optimum"])]
     plot(results, results_dir() / "generation.png")
     return recorder.report(checks, recorder.save(results, checks))
-
-
-def check(name: str, value: float, op: str, target: float, premise: tuple[str, bool] | None = None) -> dict:
-    """A check; with `premise` (what it says, whether it holds) one that proves nothing when the premise
-    fails: then `"status": "vacuous"` and not passed (benchmarks/common.Recorder.report does not fail on it)."""
-    held = value >= target if op == ">=" else value <= target
-    out = {"name": name, "value": value, "target": f"{op} {target:g}", "passed": held}
-    if premise is not None:
-        out.update(premise=premise[0], passed=held and premise[1],
-                   status=("pass" if held else "fail") if premise[1] else "vacuous")
-    return out
 
 
 def measure_model(src: Path, work: Path, lengths: list[int], tokens: int, size: str) -> dict:

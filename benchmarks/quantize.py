@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, SHARED, Recorder, kernel_times  # first: it sets the offline environment
+from common import ROOT, SHARED, Recorder, compare, kernel_times  # first: it sets the offline environment
 
 from lifecycle import GateFailed, config, environment, pipeline, report, verdict
 
@@ -371,17 +371,6 @@ def quickstart_verdict(workdir: Path) -> dict:
             "ok": bool(gated and ((faster and details.get("method") != "none") or explained))}
 
 
-def check(name: str, value: float, op: str, target: float, premise: tuple[str, bool] | None = None) -> dict:
-    """A check; with `premise` (what it says, whether it holds) one that proves nothing when the premise
-    fails: then `"status": "vacuous"` and not passed (benchmarks/common.Recorder.report does not fail on it)."""
-    held = {">=": value >= target, "<=": value <= target, "<": value < target}[op]
-    out = {"name": name, "value": value, "target": f"{op} {target:g}", "passed": bool(held)}
-    if premise is not None:
-        out.update(premise=premise[0], passed=bool(held and premise[1]),
-                   status=("pass" if held else "fail") if premise[1] else "vacuous")
-    return out
-
-
 def like_with_like(m: dict, rung_method: str | None, anchor_fused: bool) -> tuple[str, str]:
     """Which of ours is timed against optimum's anchor (dynamic int8, fused or not), and its label."""
     if not anchor_fused:
@@ -400,12 +389,12 @@ def checks(m: dict, int4_size: float, quickstart: dict | None, ceil: dict, rung_
     speedup = eager["latency_b1_p50_ms"] / ours["latency_b1_p50_ms"]
     vs_fp32 = fp32["latency_b1_p50_ms"] / ours["latency_b1_p50_ms"]
     rows = [
-        check("int8 accuracy drop vs PyTorch fp32 (points)", 100 * (eager["accuracy"] - ours["accuracy"]),
+        compare("int8 accuracy drop vs PyTorch fp32 (points)", 100 * (eager["accuracy"] - ours["accuracy"]),
               "<=", TARGETS["accuracy_drop_points"]),
-        check("int8 speedup vs PyTorch fp32 eager, batch 1, seq 128, 2 threads (p50 ratio)", speedup,
+        compare("int8 speedup vs PyTorch fp32 eager, batch 1, seq 128, 2 threads (p50 ratio)", speedup,
               ">=", TARGETS["speedup_b1"],
               (f"int8 faster than the fp32 ONNX graph it replaces (fp32/int8 p50 {vs_fp32:.3g}, same series)", vs_fp32 > 1)),
-        check("its ceiling on this CPU, same series: PyTorch eager p50 / the int8 graph's GEMMs alone "
+        compare("its ceiling on this CPU, same series: PyTorch eager p50 / the int8 graph's GEMMs alone "
               "(below the target: out of reach here)", ceil["speedup_ceiling"], ">=", TARGETS["speedup_b1"],
               (f"the measured speedup ({speedup:.3g}x) within the ceiling", speedup <= ceil["speedup_ceiling"])),
     ]
@@ -414,27 +403,27 @@ def checks(m: dict, int4_size: float, quickstart: dict | None, ceil: dict, rung_
     for threads, suffix in ((THREADS, ""), (1, "_1thread")):
         for batch in (1, 32):
             key = f"latency_b{batch}_p50_ms{suffix}"
-            rows.append(check(
+            rows.append(compare(
                 f"{label} p50 / {anchor_label} p50, batch {batch}, {threads} thread{'s' * (threads > 1)}",
                 like[key] / anchor[key], "<=", TARGETS["vs_optimum_latency"],
                 (f"optimum's anchor faster than optimum's fp32 export (fp32/anchor p50 {opt_fp32[key] / anchor[key]:.3g})",
                  opt_fp32[key] > anchor[key])))
     rows += [
-        check(f"{anchor_label} accuracy - {label} accuracy (points, one-sided)",
+        compare(f"{anchor_label} accuracy - {label} accuracy (points, one-sided)",
               100 * (anchor["accuracy"] - like["accuracy"]), "<=", TARGETS["vs_optimum_accuracy_points"]),
-        check("int8 size / fp32 size", ours["size_mb"] / eager["size_mb"], "<=", TARGETS["size_ratio"]),
-        check("int4 size / fp32 size", int4_size / eager["size_mb"], "<=", TARGETS["int4_size_ratio"]),
-        check("PyTorch eager batch-1 p95/p50 (spread; above: contention)",
+        compare("int8 size / fp32 size", ours["size_mb"] / eager["size_mb"], "<=", TARGETS["size_ratio"]),
+        compare("int4 size / fp32 size", int4_size / eager["size_mb"], "<=", TARGETS["int4_size_ratio"]),
+        compare("PyTorch eager batch-1 p95/p50 (spread; above: contention)",
               eager["latency_b1_p95_ms"] / eager["latency_b1_p50_ms"], "<=", TARGETS["eager_spread"]),
     ]
     if "static_int8" in m:  # static int8 with sensitivity-guided exclusion
         static, dynamic = m["static_int8"], m["dynamic_int8"]
-        rows += [check("static int8 (selective fallback) accuracy drop vs PyTorch fp32 (points)",
+        rows += [compare("static int8 (selective fallback) accuracy drop vs PyTorch fp32 (points)",
                        100 * (eager["accuracy"] - static["accuracy"]), "<=", TARGETS["accuracy_drop_points"]),
-                 check("static int8 p50 / dynamic int8 p50, batch 1", static["latency_b1_p50_ms"] / dynamic["latency_b1_p50_ms"],
+                 compare("static int8 p50 / dynamic int8 p50, batch 1", static["latency_b1_p50_ms"] / dynamic["latency_b1_p50_ms"],
                        "<", 1.0)]
     if quickstart is not None:
-        rows.append(check("quickstart quantize: faster than fp32, or fp32 kept with the reason (1 = yes)",
+        rows.append(compare("quickstart quantize: faster than fp32, or fp32 kept with the reason (1 = yes)",
                           float(quickstart["ok"]), ">=", 1.0))
     return rows
 
