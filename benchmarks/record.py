@@ -33,7 +33,7 @@ BENCHMARKS = {
     "audio_latency": ["audio.py", "latency"],            # ~1 min
     "audio": ["audio.py", "training"],                   # ~15-25 min
     "dapt_chemprot": ["dapt_chemprot.py", "--quick"],    # quick ~1 h (full: many hours)
-    "distill": ["distill.py", "--quick"],                # quick ~25 min (full: hours)
+    "distill": ["distill.py", "--quick"],                # quick ~31 min (full: hours)
     "embedding": ["embedding.py"],                       # ~12 min
     "generation": ["generation.py"],                     # ~3 min
     "image": ["image.py"],                               # ~1 min

@@ -227,7 +227,7 @@ OP_ROLES = {
     "quantize / dequantize": {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"},
 }
 PROFILED = {"lifecycle_fp32": "fp32 (lifecycle export)", "dynamic_int8": "dynamic int8", "static_int8": "static int8",
-            "optimum_int8": "optimum int8 (default: unfused)", "optimum_o3_int8": "optimum O3 + dynamic int8"}
+            "optimum_int8": "optimum int8 (default: unfused)", "optimum_o3_int8": "optimum {level} + dynamic int8"}  # {level}: the anchor's level, recorded
 
 
 def quantization_section(data: dict) -> str:
@@ -245,7 +245,8 @@ def quantization_section(data: dict) -> str:
         ops, total = profiles[name]["ops"], profiles[name]["kernel_ms_per_call"]
         by_role = {role: sum(v["ms"] for op, v in ops.items() if op in kinds) for role, kinds in OP_ROLES.items()}
         cells = " | ".join(f"{by_role[role]:.2f}" for role in OP_ROLES)
-        rows.append(f"| {label} | {total:.2f} | {cells} | {total - sum(by_role.values()):.2f} |")
+        level = r.get("optimum", {}).get("anchor_optimization_level", "O3")
+        rows.append(f"| {label.format(level=level)} | {total:.2f} | {cells} | {total - sum(by_role.values()):.2f} |")
     lines = [head, "", "| graph | kernel ms per call | " + " | ".join(OP_ROLES) + " | other |",
              "|---" * (len(OP_ROLES) + 3) + "|", *rows, "",
              "Each graph is profiled in turn, after the interleaved timings (so compare shares within a row "
