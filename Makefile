@@ -23,8 +23,13 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(BIN)/lifecycle run pipelines/quickstart.yaml
 
+# Two phases. Most tests on two workers: a 1-core-bound suite (training steps at one torch thread, server
+# start-ups, subprocesses) leaves the second core idle, and a whole file goes to one worker so its module
+# fixtures are built once. Then, alone on the cores, the tests whose verdict depends on wall-clock time
+# (`serial`: a timeout racing work, one timing against another), which a neighbour's load would decide.
 test: setup
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q --durations=15 -n 2 --dist loadfile -m "not slow and not evidence and not serial"
+	$(BIN)/pytest -q --durations=5 -m "serial and not slow and not evidence"
 
 test-all: setup
 	$(BIN)/pytest -q -m ""

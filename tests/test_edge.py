@@ -240,6 +240,7 @@ def test_fresh_venv_with_only_the_runtime_reproduces_the_pipeline(onnx_workdir, 
     assert "torch" not in pip_list and "\nonnx " not in pip_list and "lifecycle" not in pip_list
 
 
+@pytest.mark.serial  # a timing against a timing: a neighbour's load would decide it
 def test_a_session_timed_beside_another_is_not_slowed_by_its_spinning_threads(export_dir):
     """onnxruntime's threads spin after a run, waiting for the next one: alternated call by call with another
     2-thread session on 2 cores, a session measured about twice its own time (benchmarks/spinning.py), which

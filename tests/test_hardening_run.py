@@ -153,6 +153,7 @@ def wait_for_holder(lock: Path, proc: subprocess.Popen) -> dict:
     raise AssertionError(f"no lock taken: {proc.communicate()[0][-2000:]}")
 
 
+@pytest.mark.serial  # the second run must reach the lock while the first one's two steps still run
 def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(tmp_path):
     """Two real `lifecycle run` on one workdir: the second is refused at once with the first's pid, the
     first finishes untouched (and `gate` passes it); a holder killed with -9 blocks no one."""

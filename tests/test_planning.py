@@ -22,6 +22,7 @@ SIZES = [  # (architecture, objective, batch, seq, gradient checkpointing)
 
 # Each size trains in a fresh process and samples its memory (anonymous resident pages); on a loaded
 # shared machine the kernel's reclaim made earlier RSS-based figures swing 2x.
+@pytest.mark.serial  # a sampling thread starved by a neighbour misses the peak
 @pytest.mark.parametrize("arch, objective, batch, seq, ckpt", SIZES)
 def test_memory_estimate_within_25_percent_of_measured_peak(arch, objective, batch, seq, ckpt):
     measured = measure_peak(arch, objective, batch, seq, checkpointing=ckpt)

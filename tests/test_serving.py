@@ -230,6 +230,7 @@ def test_openapi_and_metadata_show_the_models_one_typed_route(endpoint):
     assert (meta["route"], meta["inputs_kind"], meta["answers_kind"]) == (route, *kinds)
 
 
+@pytest.mark.serial  # a 3 s stall against a 2 s timeout, a 0.8 s sleep against the upload threads
 def test_stalled_uploads_hold_no_slot_and_time_out_504(server, client):
     """Two uploads that stall mid-body take no concurrency slot (a slot is taken only once a body is
     complete): a third request meanwhile is answered, the stalled ones end 504 at the 2 s timeout, and
