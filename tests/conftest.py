@@ -7,6 +7,11 @@ import pytest
 for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true",
                    "ORT_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(key, value)
+# `make test` runs two xdist workers on 2 cores: at torch's default of one thread per core, the two pools
+# spin at each other's barriers (load 4 on 2 cores; a fresh-clone run's training fixtures stalled for minutes).
+# One each, set before torch is first imported (subprocesses the tests start inherit it).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # No report PNGs unless a test asks for them (the `plots` fixture): ~100 runs would spend ~30 s drawing them.
 os.environ["LIFECYCLE_PLOTS"] = "0"
 
