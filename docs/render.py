@@ -238,14 +238,13 @@ def quantization_section(data: dict) -> str:
     head = (f"`benchmarks/results/quantize.json` ({'quick' if data.get('quick') else 'full'} run, {env.get('cpu', 'CPU not recorded')}, "
             f"{r['threads']} threads, batch 1, {r['seq_len']} tokens"
             + ("" if data.get("valid", True) else f"; **marked invalid**: {', '.join(data['invalid_because'])}") + "):")
-    rows = []
+    rows, level = [], r.get("optimum", {}).get("anchor_optimization_level", "O3")
     for name, label in PROFILED.items():
         if name not in profiles:
             continue
         ops, total = profiles[name]["ops"], profiles[name]["kernel_ms_per_call"]
         by_role = {role: sum(v["ms"] for op, v in ops.items() if op in kinds) for role, kinds in OP_ROLES.items()}
         cells = " | ".join(f"{by_role[role]:.2f}" for role in OP_ROLES)
-        level = r.get("optimum", {}).get("anchor_optimization_level", "O3")
         rows.append(f"| {label.format(level=level)} | {total:.2f} | {cells} | {total - sum(by_role.values()):.2f} |")
     lines = [head, "", "| graph | kernel ms per call | " + " | ".join(OP_ROLES) + " | other |",
              "|---" * (len(OP_ROLES) + 3) + "|", *rows, "",

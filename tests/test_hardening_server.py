@@ -119,9 +119,8 @@ def walk(server, cases: list[dict], route: str, valid: dict) -> None:
             # "not before its timer": 0.9 of it, since the server's timers (libuv under uvicorn) count from
             # the loop's time cached at the start of an iteration and may fire that much early (one case
             # closed at 1.99 s of a 2 s timer, measured from before the connection opened)
-            if status != case["status"] or seconds < 0.9 * case.get("after_s", 0):
-                failures.append(f"{case['id']}: expected {case['status']} after at least {case.get('after_s', 0)} s, "
-                                f"got {got}")
+            if status != case["status"] or seconds < (at_least := 0.9 * case.get("after_s", 0)):
+                failures.append(f"{case['id']}: expected {case['status']} after at least {at_least:.2g} s, got {got}")
             elif status == 200:
                 if len(json.loads(body)) != case["items"]:
                     failures.append(f"{case['id']}: expected {case['items']} results, got {got}")

@@ -154,11 +154,14 @@ def folder_run(tmp_path_factory) -> Path:
 
 
 def folder_pipeline(images: Path, *after: dict) -> dict:
-    """A 2-layer ViT fine-tuned on the folder of PNGs (15 epochs: accuracy >= 0.8), then the stages `after`."""
+    """A 2-layer ViT fine-tuned on the folder of PNGs, then the stages `after`. The recipe clears its 0.8 gate
+    with room: test accuracy 0.956-0.972 over seeds 0-2 at 1 and 2 threads on an Intel Xeon. Without warm-up,
+    at lr 3e-3, it sat at the gate: 0.789 for seed 0 at 1 thread (a test worker's count), 0.939 at 2."""
     return {"name": "folder", "seed": 0, "data": {"mine": {"format": "imagefolder", "path": str(images)}},
             "task": {"type": "image-classification", "data": "mine"},
             "stages": [{"kind": "finetune", "model": {"preset": "bert-tiny", "overrides": {"patch_size": 2}},
-                        "train": {**TRAIN, "epochs": 15}, "gates": [{"metric": "accuracy", "min": 0.8}]}, *after]}
+                        "train": {**TRAIN, "epochs": 15, "lr": 2e-3, "warmup_ratio": 0.1},
+                        "gates": [{"metric": "accuracy", "min": 0.8}]}, *after]}
 
 
 def test_an_imagefolder_pipeline_reports_and_skips_the_corrupt_file(folder_run):

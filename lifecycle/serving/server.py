@@ -8,7 +8,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,32 +36,30 @@ def service_command(config: Path, host: str, port: int, home: Path) -> tuple[lis
     return cmd, env
 
 
-PORT_TAKEN = "address already in use"  # what the server logs when its port was bound first (errno EADDRINUSE)
+def bound_port(proc: subprocess.Popen) -> int | None:
+    """The HTTP port of a `bentoml serve` (or `lifecycle serve`) started with `--port 0`, once it is bound
+    (None before): the kernel chose it as the socket was bound, so no other process can take it first, as it
+    could a port found free beforehand. The arbiter binds it and every worker inherits it, so it is the one
+    listening port held by more than one of the server's processes (circus's own sockets are the arbiter's)."""
+    import psutil  # a bentoml dependency
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    holders: dict[int, int] = {}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for port in {c.laddr.port for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}:
+                    holders[port] = holders.get(port, 0) + 1
+    shared = [port for port, n in holders.items() if n > 1]
+    return shared[0] if len(shared) == 1 else None
 
 
 def listening_port(proc: subprocess.Popen, timeout_s: float = 90.0) -> int:
-    """The HTTP port of a `bentoml serve` (or `lifecycle serve`) started with `--port 0`: the kernel chose it
-    as the socket was bound, so no other process can take it first (a free_port() is free only until then).
-    The arbiter binds it and every worker inherits it; circus's own sockets are the arbiter's alone."""
-    import psutil  # a bentoml dependency
-
+    """bound_port(), waited for."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
-        holders: dict[int, int] = {}
-        with contextlib.suppress(psutil.NoSuchProcess):
-            root = psutil.Process(proc.pid)
-            for p in [root, *root.children(recursive=True)]:
-                for port in {c.laddr.port for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}:
-                    holders[port] = holders.get(port, 0) + 1
-        shared = [port for port, n in holders.items() if n > 1]
-        if len(shared) == 1:
-            return shared[0]
+        if port := bound_port(proc):
+            return port
         time.sleep(0.1)
     raise LifecycleError(f"no port shared by process {proc.pid}'s server and workers after {timeout_s:.0f} s "
                          f"(exit code {proc.poll()})")
@@ -77,8 +74,8 @@ class Server:
 
     def __init__(self, config: Path, host: str = "127.0.0.1", port: int | None = None,
                  log: Path | None = None, startup_timeout_s: float = 120.0):
-        self.config, self.host, self.port = Path(config), host, port or free_port()
-        self.chosen_port = port is None  # ours to change when another process takes it first
+        # no port named: port 0, the one the kernel binds for the server (known once bound: bound_port())
+        self.config, self.host, self.port = Path(config), host, port
         self.log = Path(log) if log else Path(tempfile.mkstemp(prefix="lifecycle-serve-", suffix=".log")[1])
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
@@ -95,25 +92,17 @@ class Server:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, attempts: int = 3) -> None:
-        """Start and wait for /readyz. A free port is free only when it is chosen: if another process binds it
-        before the server does, a port this server chose itself is chosen again (up to `attempts` times)."""
-        for attempt in range(attempts):
-            self.home = Path(tempfile.mkdtemp(prefix="lifecycle-bentoml-"))
-            cmd, env = service_command(self.config, self.host, self.port, self.home)
-            with open(self.log, "wb") as out:
-                self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                self.wait_ready()
-                return
-            except LifecycleError:
-                self.stop()
-                if not (self.chosen_port and attempt + 1 < attempts and PORT_TAKEN in self.log_tail().lower()):
-                    raise
-                self.port = free_port()
-            except BaseException:  # Ctrl-C while waiting included: never leave a server behind
-                self.stop()
-                raise
+    def start(self) -> None:
+        """Start and wait for /readyz."""
+        self.home = Path(tempfile.mkdtemp(prefix="lifecycle-bentoml-"))
+        cmd, env = service_command(self.config, self.host, self.port or 0, self.home)
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            self.wait_ready()
+        except BaseException:  # Ctrl-C while waiting included: never leave a server behind
+            self.stop()
+            raise
 
     def wait_ready(self) -> None:
         import httpx
@@ -124,9 +113,10 @@ class Server:
                 raise LifecycleError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log_tail()}")
             if refusal := self.refusal():
                 raise LifecycleError(f"bentoml serve will not get ready: {refusal}")
+            self.port = self.port or bound_port(self.proc)
             try:
                 # trust_env=False: loopback traffic must not go to an HTTP(S)_PROXY from the environment
-                if httpx.get(self.url + "/readyz", timeout=2, trust_env=False).status_code == 200:
+                if self.port and httpx.get(self.url + "/readyz", timeout=2, trust_env=False).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
