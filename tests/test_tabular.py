@@ -308,7 +308,7 @@ def regression_run(tmp_path_factory) -> Path:
     return workdir / "tabular-regression"
 
 
-@pytest.mark.slow  # a second and third shipped pipeline: the quickstart covers the path by default
+@pytest.mark.slow  # the shipped pipeline at full length; its path to HTTP runs by default (test_number_answers_over_http)
 def test_the_regression_pipeline_answers_in_the_targets_units(regression_run):
     fine = metrics(regression_run, "finetune")
     assert {"r2", "rmse", "mae", "control_r2", "baseline_gbdt_r2", "baseline_gbdt_rmse", "pretraining_gain"} <= set(fine)
@@ -333,7 +333,7 @@ def test_a_regression_finetune_must_drop_the_collapse_gate():
         config.build(raw)
 
 
-@pytest.mark.slow  # a second and third shipped pipeline: the quickstart covers the path by default
+@pytest.mark.slow  # the shipped pipeline at full length; its path to HTTP runs by default (test_number_answers_over_http)
 def test_the_serve_stage_scores_a_regressors_http_answers(regression_run):
     """The serve stage takes any task whose answers it can score (here by R2 against the test targets)."""
     raw = yaml.safe_load((ROOT / "pipelines" / "tabular_regression.yaml").read_text())
@@ -361,7 +361,7 @@ def test_the_tabular_quickstart_passes_every_gate_from_pretraining_to_http(tmp_p
 
 
 # -------------------------------------------------------------------------------------------- anomaly
-@pytest.mark.slow  # a second and third shipped pipeline: the quickstart covers the path by default
+@pytest.mark.slow  # the shipped pipeline at full length; its path to HTTP runs by default (test_number_answers_over_http)
 def test_the_anomaly_pipeline_scores_rows_by_reconstruction_error(tmp_path):
     outcomes = pipeline.run(config.load(ROOT / "pipelines" / "tabular_anomaly.yaml"), workdir=tmp_path, echo=quiet)
     assert [o.status for o in outcomes] == ["passed"] * 3
@@ -379,23 +379,28 @@ def test_the_anomaly_pipeline_scores_rows_by_reconstruction_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def anomaly_run(tmp_path_factory) -> Path:
-    """tabular_anomaly.yaml at two epochs, ungated: the path to HTTP, not the scorer's quality (the slow test's)."""
-    raw = yaml.safe_load((ROOT / "pipelines" / "tabular_anomaly.yaml").read_text())
+def shipped_at_two_epochs(request, tmp_path_factory) -> Path:
+    """pipelines/tabular_{regression,anomaly}.yaml at two epochs a stage, ungated, without the from-scratch
+    control: the path to HTTP, not the model's quality (the slow tests')."""
+    raw = yaml.safe_load((ROOT / "pipelines" / f"tabular_{request.param}.yaml").read_text())
     for stage in raw["stages"]:
         stage["gates"] = []
-    raw["stages"][0]["train"]["epochs"] = 2
-    workdir = tmp_path_factory.mktemp("anomaly")
-    outcomes = pipeline.run(config.build(raw, base_dir=ROOT / "pipelines"), workdir=workdir, echo=quiet)
-    assert [o.status for o in outcomes] == ["passed"] * 3
-    return workdir / "tabular-anomaly"
+        stage.pop("control", None)
+        if "train" in stage:
+            stage["train"]["epochs"] = 2
+    workdir = tmp_path_factory.mktemp(request.param)
+    pipe = config.build(raw, base_dir=ROOT / "pipelines")
+    outcomes = pipeline.run(pipe, workdir=workdir, echo=quiet)
+    assert [o.status for o in outcomes] == ["passed"] * len(raw["stages"])
+    return workdir / pipe.name
 
 
-@pytest.mark.parametrize("run, route, method, key, places, bad", [
-    ("regression_run", "/regress", "regress_rows", "value", 3, ("bmi", "high")),
-    ("anomaly_run", "/score", "score_rows", "anomaly_score", 4, ("mean radius", "big"))], ids=["regress", "score"])
-def test_number_answers_over_http(run, route, method, key, places, bad, request, tmp_path):
-    run_dir = request.getfixturevalue(run)
+@pytest.mark.parametrize("shipped_at_two_epochs, route, method, key, places, bad", [
+    ("regression", "/regress", "regress_rows", "value", 3, ("bmi", "high")),
+    ("anomaly", "/score", "score_rows", "anomaly_score", 4, ("mean radius", "big"))],
+    ids=["regress", "score"], indirect=["shipped_at_two_epochs"])
+def test_number_answers_over_http(shipped_at_two_epochs, route, method, key, places, bad, tmp_path):
+    run_dir = shipped_at_two_epochs
     settings = serving.ServingSettings(max_texts=4, max_concurrency=2, timeout_s=5.0)
     cfg = serving.write_config(serving.resolve(run_dir), settings, tmp_path / "serving.json")
     p = Predictor.open(run_dir / "quantize")
