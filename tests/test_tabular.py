@@ -379,7 +379,7 @@ def test_the_anomaly_pipeline_scores_rows_by_reconstruction_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def shipped_at_two_epochs(request, tmp_path_factory) -> Path:
+def two_epoch_run(request, tmp_path_factory) -> Path:
     """pipelines/tabular_{regression,anomaly}.yaml at two epochs a stage, ungated, without the from-scratch
     control: the path to HTTP, not the model's quality (the slow tests')."""
     raw = yaml.safe_load((ROOT / "pipelines" / f"tabular_{request.param}.yaml").read_text())
@@ -395,15 +395,14 @@ def shipped_at_two_epochs(request, tmp_path_factory) -> Path:
     return workdir / pipe.name
 
 
-@pytest.mark.parametrize("shipped_at_two_epochs, route, method, key, places, bad", [
+@pytest.mark.parametrize("two_epoch_run, route, method, key, places, bad", [
     ("regression", "/regress", "regress_rows", "value", 3, ("bmi", "high")),
     ("anomaly", "/score", "score_rows", "anomaly_score", 4, ("mean radius", "big"))],
-    ids=["regress", "score"], indirect=["shipped_at_two_epochs"])
-def test_number_answers_over_http(shipped_at_two_epochs, route, method, key, places, bad, tmp_path):
-    run_dir = shipped_at_two_epochs
+    ids=["regress", "score"], indirect=["two_epoch_run"])
+def test_number_answers_over_http(two_epoch_run, route, method, key, places, bad, tmp_path):
     settings = serving.ServingSettings(max_texts=4, max_concurrency=2, timeout_s=5.0)
-    cfg = serving.write_config(serving.resolve(run_dir), settings, tmp_path / "serving.json")
-    p = Predictor.open(run_dir / "quantize")
+    cfg = serving.write_config(serving.resolve(two_epoch_run), settings, tmp_path / "serving.json")
+    p = Predictor.open(two_epoch_run / "quantize")
     rows = [r["row"] for r in p.manifest["details"]["sample_predictions"][:3]]
     with serving.Server(cfg, log=tmp_path / "server.log") as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
         r = c.post(route, json={"rows": rows})
