@@ -45,6 +45,7 @@ INT8 = ("dynamic-int8", "static-int8", "int4")  # graphs with u8s8 int8 kernels 
 # quantize.json at 1c4cd9d), with these three 1.42x on a Xeon with VNNI (at 66e7f2e) and 1.23x on an AVX2-only
 # EPYC (the current file, whose op_profiles_b1 say where it goes: attention stays fp32 in static int8).
 STATIC_OPS = ("Conv", "Gemm", "MatMul")
+INT4_OPSET = 21  # the ai.onnx opset onnxruntime's MatMulNBitsQuantizer gives a graph whose Gather it quantizes
 
 
 class Calibration(Strict):
@@ -315,7 +316,13 @@ def int4(settings: Settings, model_in: Path, model_out: Path) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(model_in)), bits=4, block_size=settings.block_size,
+    # Quantizing Gather makes the quantizer stamp ai.onnx opset 21 on the graph without rewriting a node,
+    # and ops whose form changed since (ReduceMean's axes, an input from opset 18: RMSNorm) no longer
+    # load. So the graph is converted to that opset first.
+    model = onnx.load(str(model_in))
+    if default_opset(model) < INT4_OPSET:
+        model = onnx.version_converter.convert_version(model, INT4_OPSET)
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=settings.block_size,
                                      is_symmetric=True, accuracy_level=settings.accuracy_level or None,
                                      nodes_to_exclude=settings.exclude_nodes, op_types_to_quantize=("MatMul", "Gather"))
     # A block of all-zero weights has scale 0: the quantizer divides by it before np.where picks 0 for
@@ -329,6 +336,10 @@ def int4(settings: Settings, model_in: Path, model_out: Path) -> None:
                      op_types=["Attention", "EmbedLayerNormalization", "Gather", "MultiHeadAttention"])
     finally:
         half.unlink(missing_ok=True)
+
+
+def default_opset(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def fp16(settings: Settings, model_in: Path, model_out: Path) -> None:
