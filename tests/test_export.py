@@ -94,6 +94,10 @@ def test_export_files_metrics_and_parity_gate(export_run):
     opt = art.manifest["details"]["graph_optimization"]
     assert opt["fused_operators"].get("Attention") == 2
     assert ("Attention" in op_types(art.path / "model.onnx")) == opt["kept"]
+    # kept unless the A/B's interval says the fused graph is slower (within parity, which holds here)
+    ab = opt["fused_over_plain"]
+    assert ab["interval"][0] <= ab["ratio"] <= ab["interval"][1] and ab["rounds"] >= 6
+    assert opt["kept"] == (ab["verdict"] != "fail") and f"[{ab['interval'][0]:.3f}, {ab['interval'][1]:.3f}]" in opt["reason"]
     # the fused variant without SkipLayerNormalization runs only with the session setting that keeps it so
     unfused_norm = opt["variant"] == "fused_no_skip_layer_norm"
     assert ("session_config" in schema) == unfused_norm

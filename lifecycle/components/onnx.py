@@ -20,7 +20,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # preprocessor_config.json: an image model's, lifecycle.edge.ImagePreprocessing)
 RUNTIME_FILES = ("labels.json", "schema.json", "preprocessing.json", "preprocessor_config.json", *TOKENIZER_FILES)
 ONNX_METRICS = (*latency_metrics("ort"), *latency_metrics("ort", "b32_"), "size_mb")  # the task adds its scores
-FUSED_SLOWER_TOLERANCE = 1.05  # timing noise on a shared CPU: keep fusions unless clearly slower
 # transformers model_type -> onnxruntime optimizer model_type (its BERT pass covers the encoder family)
 FUSION_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert", "electra": "bert",
                 "gpt2": "gpt2"}
@@ -93,14 +92,16 @@ def fuse(plain: Path, out: Path, model_type: str = "bert", skip_layer_norm: bool
 def maybe_fused(plain: Path, runtime_dir: Path, work_dir: Path, model, tokenizer, texts, latency: OnnxLatency,
                 max_length: int, parity_max: float, reference=None) -> tuple[Path, dict]:
     """Fuse (with and without SkipLayerNormalization), time the plain graph and both fused ones in
-    alternating rounds, and keep the faster fused graph only if it is no slower than the plain one at batch
-    1 and within the parity bound. Returns the graph to keep and what was found (the manifest's
-    `graph_optimization`). `runtime_dir` holds the runtime files; its schema.json gets the kept graph's
-    `session_config`. The fused graphs are built under `work_dir`."""
+    alternating rounds, then the faster fused graph against the plain one in an A/B with a 95% interval
+    (lifecycle.evaluation.latency.ab_ratio) at batch 1. The fused graph is kept unless the interval says it
+    is slower, and only within the parity bound: within noise of the plain graph it stays, since its
+    Attention is what dynamic int8 turns into QAttention. Returns the graph to keep and what was found (the
+    manifest's `graph_optimization`). `runtime_dir` holds the runtime files; its schema.json gets the kept
+    graph's `session_config`. The fused graphs are built under `work_dir`."""
     import numpy as np
 
     from lifecycle.edge import Predictor
-    from lifecycle.evaluation.latency import interleaved
+    from lifecycle.evaluation.latency import ab_ratio, interleaved
 
     model_type = FUSION_TYPES.get(model.config.model_type)
     if model_type is None:
@@ -113,26 +114,31 @@ def maybe_fused(plain: Path, runtime_dir: Path, work_dir: Path, model, tokenizer
         copy_runtime_files(runtime_dir, dirs[name])
         ops[name] = fuse(plain, dirs[name] / "model.onnx", model_type, skip_layer_norm=skip)
     set_session_config(dirs["fused_no_skip_layer_norm"], NO_SKIP_LAYER_NORM)
-    seq = latency.seq_len or max_length
+    seq, runs = latency.seq_len or max_length, max(latency.runs // 3, 3)
     calls = {}
     for name, root in dirs.items():
         p = Predictor.open(root, threads=latency.threads)
         feeds = p.encode([texts[0]] * latency.batch_size, pad_to=seq)
         calls[name] = lambda p=p, feeds=feeds: p.session.run(None, feeds)
-    times = interleaved(calls, rounds=3, warmup=latency.warmup, runs=max(latency.runs // 3, 3))
+    times = interleaved(calls, rounds=3, warmup=latency.warmup, runs=runs)
     timings = {name: float(np.median(t)) for name, t in times.items()}
     best = min(("fused", "fused_no_skip_layer_norm"), key=timings.__getitem__)
+    ab = ab_ratio(calls[best], calls["plain"], 1.0, "max_ratio", rounds=6, max_rounds=12, calls=runs, warmup=1)
     fused_parity = parity(model, tokenizer, Predictor.open(dirs[best]), texts, max_length, reference)
-    faster = timings[best] <= timings["plain"] * FUSED_SLOWER_TOLERANCE
     within = fused_parity["parity_max_abs_diff"] <= parity_max
-    keep = bool(ops[best]) and faster and within
+    keep = bool(ops[best]) and ab["verdict"] != "fail" and within
+    lo, hi = ab["interval"]
+    speed = {"pass": "faster than", "fail": "slower than", "inconclusive": "within noise of"}[ab["verdict"]]
     found = {
         "fused_operators": ops[best], "variant": best if keep else "plain",
         "ort_latency_p50_ms_plain": timings["plain"], "ort_latency_p50_ms_fused": timings["fused"],
         "ort_latency_p50_ms_fused_no_skip_layer_norm": timings["fused_no_skip_layer_norm"],
+        "fused_over_plain": {k: ab[k] for k in ("ratio", "interval", "verdict", "rounds", "calls_per_round")},
         "parity_max_abs_diff_fused": fused_parity["parity_max_abs_diff"], "kept": keep,
-        "reason": "fused graph kept" if keep else ("no fusion applied" if not ops[best] else
-                  ("fused graph slower" if not faster else "fused graph outside the parity bound")),
+        "reason": "no fusion applied" if not ops[best] else (
+            f"fused graph {'kept' if keep else 'not kept'}: {speed} the plain graph at batch "
+            f"{latency.batch_size} (time ratio {ab['ratio']:.3f}, 95% interval [{lo:.3f}, {hi:.3f}])"
+            + ("" if within else ", outside the parity bound")),
     }
     set_session_config(runtime_dir, NO_SKIP_LAYER_NORM if found["variant"] == "fused_no_skip_layer_norm" else {})
     return (dirs[best] / "model.onnx" if keep else plain), found
