@@ -81,7 +81,8 @@ class Pipeline(Strict):
                 if gate.release is not None:
                     _check_release_gate(gate, gwhere)
                     continue
-                if gate.bound != "mean" and not stage.seeds:
+                # an interval bound reads <metric>_ci_low/_ci_high: across seeds, or as the stage reports it
+                if gate.bound != "mean" and not stage.seeds and gate.value_key not in reported[stage.label]:
                     raise ValueError(f"{gwhere}.bound: '{gate.bound}' needs `seeds: [...]` (2 or more) on the stage")
                 if gate.relative:
                     ref = self._reference(stage, gate, seen)

@@ -33,6 +33,37 @@ def test_min_speedup_is_a_default_gate_written_once():
     assert off.gates == [] and not off.measures_speed
 
 
+# a speedup within noise of 1x, a point estimate on either side of it
+NOISY = {"below": {"speedup": 0.98, "speedup_ci_low": 0.93, "speedup_ci_high": 1.04},
+         "above": {"speedup": 1.02, "speedup_ci_low": 0.97, "speedup_ci_high": 1.07}}
+
+
+@pytest.mark.parametrize("policy, bound, passes", [
+    ("smaller", "upper_ci", {"below": True, "above": True}),
+    ("faster", "mean", {"below": False, "above": True}),
+    ("parent", "lower_ci", {"below": False, "above": False}),
+])
+def test_a_speedup_within_noise_is_decided_by_when_inconclusive(policy, bound, passes):
+    """The speed gates read the interval the A/B measured: a rung within noise of min_speedup passes as the
+    smaller graph, is decided on its point estimate, or gives way to the parent, as configured; the reason
+    says which, with the interval."""
+    from lifecycle import gates
+    from lifecycle.stages.quantize import explain, misses
+
+    stage = tiny_pipeline({"kind": "quantize", "when_inconclusive": policy}).stages[2]
+    assert [(g.metric, g.min, g.bound) for g in stage.gates] == [("speedup", 1.0, bound), ("speedup_served", 1.0, bound)]
+    for side, speed in NOISY.items():
+        metrics = {"accuracy": 0.9, **speed, **{k.replace("speedup", "speedup_served"): v for k, v in speed.items()}}
+        results = [gates.check(g, metrics) for g in stage.gates]
+        assert [r.passed for r in results] == [passes[side]] * 2, side
+        attempt = {"rung": "dynamic-int8", "method": "dynamic-int8", "metrics": metrics, "passed": passes[side],
+                   "misses": misses(stage, results),
+                   "speed": {m: {"speedup": speed["speedup"], "batch_size": b} for m, b in (("speedup", 1), ("speedup_served", 32))}}
+        reason = explain(stage, [attempt], attempt, "accuracy")["reason"]
+        assert f"speedup {speed['speedup']:.4g} (95% interval {speed['speedup_ci_low']:.4g}-{speed['speedup_ci_high']:.4g})" \
+            in reason and "within noise of 1x fp32" in reason and f"(when_inconclusive: {policy})" in reason, reason
+
+
 def test_rungs_as_configurations():
     p = tiny_pipeline({"kind": "quantize", "min_speedup": None, "fallback": [
         {"method": "static-int8", "calibration": {"method": "entropy", "samples": 512}},
@@ -105,7 +136,8 @@ def test_a_rung_that_misses_speed_fails_the_stage_with_the_reason_in_junit(onnx_
     missed = {m["metric"]: m for m in details["closest"]["misses"]}
     assert set(missed) == {"speedup", "speedup_served"}
     metrics = details["attempts"][0]["metrics"]
-    assert missed["speedup"]["missed_by"] == pytest.approx(50.0 - metrics["speedup"])
+    # the gate reads the interval's upper end (when_inconclusive: smaller): it misses only when even that is short
+    assert missed["speedup"]["missed_by"] == pytest.approx(50.0 - metrics["speedup_ci_high"])
     assert details["reason"].startswith("no rung passes every gate; the closest is dynamic-int8")
     for s in details["attempts"][0]["speed"].values():  # each miss says which way int8 went on this CPU
         words = (f"int8 was {s['speedup']:.2f}x faster" if s["speedup"] >= 1 else f"int8 was {1 / s['speedup']:.2f}x slower")

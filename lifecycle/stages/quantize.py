@@ -10,9 +10,14 @@ written, and test is scored once, on it. Every attempt, side by side, goes into 
 
 Speed is a gate like any other: with `min_speedup` (default 1.0) a rung must be at least that much
 faster than the fp32 parent at batch 1 and at `served_batch`, both timed in alternating rounds in
-this process (`speedup`, `speedup_served`). On a small model int8 is often slower than fp32 on a CPU
-(the quantize/dequantize work does not pay for itself): then `none`, the parent unchanged, is the
-right rung to keep, and the report says why (e.g. "int8 was 1.6x slower than fp32 at batch 1").
+this process (`speedup`, `speedup_served`, with their 95% intervals `_ci_low` / `_ci_high`). On a small
+model int8 is often slower than fp32 on a CPU (the quantize/dequantize work does not pay for itself):
+then `none`, the parent unchanged, is the right rung to keep, and the report says why (e.g. "int8 was
+1.6x slower than fp32 at batch 1"). The gate reads the interval, not the point: a rung whose interval
+straddles `min_speedup` is within noise of it, and `when_inconclusive` says what wins then: `smaller`
+(default: the rung passes, being smaller at no demonstrable cost in speed), `faster` (the point estimate
+decides) or `parent` (the rung misses; the ladder moves on, to `none` if it is listed). The report marks
+each such verdict.
 
 Static int8 that misses a gate on a score gets a per-node sensitivity scan and a greedy selective
 fallback (components/sensitivity.py): the worst nodes stay in float until the gates on scores pass,
@@ -45,6 +50,8 @@ from lifecycle.schema import Gate, Holds, StageBase, TaskType
 from lifecycle.tasks import Scoring
 
 SPEED_METRICS = ("speedup", "speedup_served")  # fp32 p50 / rung p50, at batch 1 and at served_batch
+# when_inconclusive -> the bound of the speedup's interval its gate reads (Gate.bound)
+SPEED_BOUND = {"smaller": "upper_ci", "faster": "mean", "parent": "lower_ci"}
 
 
 class Config(StageBase):
@@ -65,6 +72,9 @@ class Config(StageBase):
     # process) at batch 1 and at served_batch: adds gates on speedup and speedup_served unless written.
     # None: speed is neither gated nor measured (unless a gate names it).
     min_speedup: float | None = Field(1.0, gt=0)
+    # A speedup whose 95% interval straddles min_speedup: `smaller` keeps the rung (not demonstrably too
+    # slow), `faster` decides on the point estimate, `parent` rejects it (demonstrably fast enough only).
+    when_inconclusive: Literal["smaller", "faster", "parent"] = "smaller"
     served_batch: int = Field(32, ge=1)  # the batch the pipeline serves (BentoML's max_batch_size if batching)
     selective_fallback: SelectiveFallback = SelectiveFallback()
 
@@ -82,7 +92,8 @@ class Config(StageBase):
         # wrote their own gate on the metric.
         mine = {g.metric for g in self.gates}
         if self.min_speedup is not None:
-            defaults = [Gate(metric=m, min=self.min_speedup) for m in SPEED_METRICS]
+            defaults = [Gate(metric=m, min=self.min_speedup, bound=SPEED_BOUND[self.when_inconclusive])
+                        for m in SPEED_METRICS]
             self.gates = [*self.gates, *(g for g in defaults if g.metric not in mine)]
 
     @property
@@ -130,7 +141,8 @@ class Config(StageBase):
 
     def metric_names(self, task: TaskType | None = None) -> set[str]:
         # the task's scores and fidelity to the fp32 parent, on test and (val_*) on validation
-        return {*ONNX_METRICS, *SPEED_METRICS, "served_batch_size",
+        speed = (f"{m}{end}" for m in SPEED_METRICS for end in ("", "_ci_low", "_ci_high"))
+        return {*ONNX_METRICS, *speed, "served_batch_size",
                 *(m for t in ([workloads.task(task)] if task else workloads.tasks()) for m in t.metrics)}
 
 
@@ -220,13 +232,15 @@ class Ladder:
             return metrics, {}
         batches = {"speedup": 1, "speedup_served": cfg.served_batch}
         if method == "none":  # the parent itself: timing it against itself would only measure noise
-            speed = {name: {"speedup": 1.0, "batch_size": b, "note": "the fp32 parent itself"}
+            speed = {name: {"speedup": 1.0, "interval": [1.0, 1.0], "batch_size": b, "note": "the fp32 parent itself"}
                      for name, b in batches.items()}
         else:
             seq, runs = cfg.latency.seq_len or max_length, cfg.latency.runs
             speed = {name: speedup(predictor, self.fp32, text, b, seq, max(3, runs // 2) if b == 1 else max(2, runs // 8),
                                    cfg.min_speedup) for name, b in batches.items()}
-        metrics.update({name: s["speedup"] for name, s in speed.items()}, served_batch_size=cfg.served_batch)
+        for name, s in speed.items():
+            metrics.update({name: s["speedup"], f"{name}_ci_low": s["interval"][0], f"{name}_ci_high": s["interval"][1]})
+        metrics["served_batch_size"] = cfg.served_batch
         return metrics, speed
 
     def attempt(self, rung: Rung) -> tuple[dict, tuple[Path, dict] | None]:
@@ -356,11 +370,23 @@ def explain(cfg: Config, attempts: list[dict], kept: dict, score: str) -> dict:
             speed = a.get("speed", {}).get(m["metric"])
             words = f": {speed_words(a['method'], speed)} on this CPU" if speed else ""
             parts.append(f"{m['metric']} {fmt(m['value'])} missed `{m['bound']}` by {fmt(m['missed_by'])}{words}")
-        return "; ".join(parts)
+        return "; ".join(parts) + within_noise(a)
+
+    def within_noise(a: dict) -> str:
+        """The speed gates whose interval straddled min_speedup, and what `when_inconclusive` made of it."""
+        if cfg.min_speedup is None or "error" in a:
+            return ""
+        m, t = a["metrics"], cfg.min_speedup
+        found = [f"{name} {fmt(m[name])} (95% interval {fmt(m[f'{name}_ci_low'])}-{fmt(m[f'{name}_ci_high'])})"
+                 for name in SPEED_METRICS if name in m and m[f"{name}_ci_low"] < t <= m[f"{name}_ci_high"]]
+        verdict = {"smaller": "passes as the smaller graph", "faster": "decided on the point estimate",
+                   "parent": "misses: the parent is preferred"}[cfg.when_inconclusive]
+        return (f" [{'; '.join(found)} within noise of {t:g}x fp32: {verdict} "
+                f"(when_inconclusive: {cfg.when_inconclusive})]") if found else ""
 
     earlier = [a for a in attempts if a is not kept]
     if kept["passed"]:
-        reason = f"kept {kept['rung']}: the first rung that passes every gate"
+        reason = f"kept {kept['rung']}: the first rung that passes every gate{within_noise(kept)}"
         if kept["method"] == "none" and earlier:
             reason = "kept none (the fp32 parent): " + "; ".join(f"{a['rung']} {why(a)}" for a in earlier)
         elif earlier:
