@@ -55,9 +55,14 @@ def loaded_scripts() -> list[Path]:
 def kernel_times(session, skip_runs: int) -> dict[str, dict]:
     """onnxruntime's profile of `session` (opened with Predictor.open(..., profile=...)), its first
     `skip_runs` runs left out: per op type, kernel microseconds summed and kernel calls, busiest first."""
+    return trace_kernel_times(Path(session.end_profiling()), skip_runs)
+
+
+def trace_kernel_times(trace_file: Path, skip_runs: int) -> dict[str, dict]:
+    """kernel_times from an onnxruntime profile file (a session another runtime opened, e.g. onnxruntime-genai)."""
     from collections import Counter
 
-    trace = json.loads(Path(session.end_profiling()).read_text())
+    trace = json.loads(trace_file.read_text())
     runs = sorted((e for e in trace if e.get("name") == "model_run"), key=lambda e: e["ts"])
     since = runs[skip_runs]["ts"]
     us, calls = Counter(), Counter()
