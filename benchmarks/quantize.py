@@ -73,7 +73,7 @@ def run_pipeline(budget: dict, workdir: Path, path: Path = PIPELINE) -> tuple[di
 def optimum_int8(finetuned: Path, runtime_dir: Path, out: Path) -> tuple[dict, dict]:
     """`optimum-cli export onnx` + ORTQuantizer dynamic int8, as optimum's docs show ("int8"), and the anchor:
     the same export through ORTOptimizer at O3 (its highest CPU level; O4 is fp16, GPU only) and then the
-    same dynamic int8 ("o3_int8"). Each model is placed beside our tokenizer/labels/schema so all run
+    same dynamic int8 ("anchor_int8", at the highest level that quantizes). Each model is placed beside our tokenizer/labels/schema so all run
     through the same edge.Predictor."""
     from optimum.onnxruntime import ORTOptimizer, ORTQuantizer
     from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
@@ -95,25 +95,25 @@ def optimum_int8(finetuned: Path, runtime_dir: Path, out: Path) -> tuple[dict, d
     started, failed, level = time.time(), {}, None
     for level in ("O3", "O2", "O1"):
         try:
-            ORTOptimizer.from_pretrained(out / "fp32").optimize(getattr(AutoOptimizationConfig, level)(), save_dir=out / "o3")
-            ORTQuantizer.from_pretrained(out / "o3", file_name="model_optimized.onnx").quantize(
-                save_dir=out / "o3-int8", quantization_config=qconfig)
+            ORTOptimizer.from_pretrained(out / "fp32").optimize(getattr(AutoOptimizationConfig, level)(), save_dir=out / "anchor")
+            ORTQuantizer.from_pretrained(out / "anchor", file_name="model_optimized.onnx").quantize(
+                save_dir=out / "anchor-int8", quantization_config=qconfig)
             break
         except Exception as exc:  # noqa: BLE001 -- recorded in the result; the next level is tried
             failed[level] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            shutil.rmtree(out / "o3", ignore_errors=True)
-            shutil.rmtree(out / "o3-int8", ignore_errors=True)
-    o3_s = time.time() - started
+            shutil.rmtree(out / "anchor", ignore_errors=True)
+            shutil.rmtree(out / "anchor-int8", ignore_errors=True)
+    anchor_s = time.time() - started
     dirs = {}
     for name, model in (("fp32", out / "fp32" / "model.onnx"), ("int8", out / "int8" / "model_quantized.onnx"),
-                        ("o3_int8", next((out / "o3-int8").glob("*.onnx")))):
+                        ("anchor_int8", next((out / "anchor-int8").glob("*.onnx")))):
         d = out / f"edge-{name}"
         d.mkdir()
         shutil.copy2(model, d / "model.onnx")
         for f in ("tokenizer.json", "labels.json", "schema.json"):
             shutil.copy2(runtime_dir / f, d / f)
         dirs[name] = d
-    return dirs, {"export_seconds": export_s, "quantize_seconds": quantize_s, "optimize_and_quantize_seconds": o3_s,
+    return dirs, {"export_seconds": export_s, "quantize_seconds": quantize_s, "optimize_and_quantize_seconds": anchor_s,
                   "quantization_config": isa, "per_channel": False, "anchor_optimization_level": level,
                   "anchor_levels_that_failed": failed}
 
@@ -385,7 +385,7 @@ def checks(m: dict, int4_size: float, quickstart: dict | None, ceil: dict, rung_
     """The issue's "Done when" list (TARGETS), each ratio from one series, with the premises the module
     docstring names; plus the eager baseline's spread (contention)."""
     ours, eager, fp32, opt_fp32 = m["lifecycle_int8"], m["pytorch_fp32"], m["lifecycle_fp32"], m["optimum_fp32"]
-    anchor = m["optimum_o3_int8"]
+    anchor = m["optimum_anchor_int8"]
     speedup = eager["latency_b1_p50_ms"] / ours["latency_b1_p50_ms"]
     vs_fp32 = fp32["latency_b1_p50_ms"] / ours["latency_b1_p50_ms"]
     rows = [
@@ -431,14 +431,14 @@ def checks(m: dict, int4_size: float, quickstart: dict | None, ceil: dict, rung_
 def ratios(m: dict) -> dict:
     """Every p50 ratio beside the checks, each from one series: int8 vs eager, and ours (kept rung) against
     optimum's default (unfused: not like with like, so checked nowhere) and its anchor, at THREADS and 1."""
-    ours, eager, opt, anchor = m["lifecycle_int8"], m["pytorch_fp32"], m["optimum_int8"], m["optimum_o3_int8"]
+    ours, eager, opt, anchor = m["lifecycle_int8"], m["pytorch_fp32"], m["optimum_int8"], m["optimum_anchor_int8"]
     out = {}
     for suffix, threads in (("", THREADS), ("_1thread", 1)):
         for b in (1, 32):
             key, at = f"latency_b{b}_p50_ms{suffix}", f"b{b}_{threads}thread"
             out[f"speedup_vs_eager_{at}"] = eager[key] / ours[key]
             out[f"ours_vs_optimum_default_unfused_{at}"] = ours[key] / opt[key]
-            out[f"ours_vs_optimum_o3_anchor_{at}"] = ours[key] / anchor[key]
+            out[f"ours_vs_optimum_anchor_{at}"] = ours[key] / anchor[key]
     return out
 
 
@@ -487,7 +487,7 @@ def main() -> int:
     rebuilt = static_and_dynamic(arts, cfg, args.workdir / "rebuilt")
     edge_dirs = {"lifecycle_fp32": arts["export"].path, "lifecycle_int8": arts["quantize"].path,
                  "lifecycle_int4": arts["int4"].path, "optimum_fp32": opt_dirs["fp32"], "optimum_int8": opt_dirs["int8"],
-                 "optimum_o3_int8": opt_dirs["o3_int8"], **{name: r["dir"] for name, r in rebuilt.items()}}
+                 "optimum_anchor_int8": opt_dirs["anchor_int8"], **{name: r["dir"] for name, r in rebuilt.items()}}
     raw: dict = {}
     eager = load_eager(arts["finetune"].path)
     text = list(test["text"])[0]
@@ -498,7 +498,7 @@ def main() -> int:
     profiles_dir = args.workdir / "profiles"
     profiles_dir.mkdir(exist_ok=True)
     profiles = {name: op_profile(edge_dirs[name], text, budget["runs"], profiles_dir)
-                for name in ("lifecycle_fp32", "lifecycle_int8", "optimum_int8", "optimum_o3_int8", "static_int8",
+                for name in ("lifecycle_fp32", "lifecycle_int8", "optimum_int8", "optimum_anchor_int8", "static_int8",
                              "dynamic_int8") if name in edge_dirs}
     study = channel_study(arts["export"].path, arts["export-plain"].path, args.workdir / "channels", test, budget)
     quickstart = None if args.quick else quickstart_verdict(args.workdir)

@@ -227,7 +227,7 @@ OP_ROLES = {
     "quantize / dequantize": {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"},
 }
 PROFILED = {"lifecycle_fp32": "fp32 (lifecycle export)", "dynamic_int8": "dynamic int8", "static_int8": "static int8",
-            "optimum_int8": "optimum int8 (default: unfused)", "optimum_o3_int8": "optimum {level} + dynamic int8"}  # {level}: the anchor's level, recorded
+            "optimum_int8": "optimum int8 (default: unfused)", "optimum_anchor_int8": "optimum {level} + dynamic int8"}  # {level}: the anchor's level, recorded
 
 
 def quantization_section(data: dict) -> str:
