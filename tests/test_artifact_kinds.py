@@ -57,6 +57,10 @@ IMPOSSIBLE = {
     "optimum export of an embedding model": (
         [CONTRASTIVE, {"kind": "export", "exporter": "optimum"}], EMBED,
         r"stages\[1\]\.exporter: optimum cannot export embedding models .*use `exporter: torch`"),
+    "onnxruntime-genai export of an embedding model": (
+        [CONTRASTIVE, {"kind": "export", "exporter": "genai"}], EMBED,
+        r"stages\[1\]\.exporter: genai \(onnxruntime-genai's model builder\) builds decoders for generation, not "
+        r"embedding models; use `exporter: torch`"),
     "export of a causal LM as an embedding model": (
         [{**PRETRAIN, "model": {"preset": "gpt-tiny"}}, {"kind": "export"}], EMBED,
         r"stages\[1\]\.parent: 'export' \(task type embedding\) reads encoder or masked-lm, but its parent "

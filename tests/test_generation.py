@@ -463,6 +463,45 @@ def test_int4_weight_only_decoder_keeps_the_kv_cache(tmp_path):
     assert int4.perplexity(*texts) <= 1.1 * fp32.perplexity(*texts)
 
 
+def test_a_llama_decoder_exported_through_onnxruntime_genai_is_gated_quantized_and_decoded(tmp_path):
+    """`exporter: genai`: onnxruntime-genai's model builder writes the pretrained Llama decoder as its fused graph
+    (GroupQueryAttention over the KV cache); export gates it on parity and greedy agreement with PyTorch like any
+    export, quantize takes it, and lifecycle.edge decodes both with the cache as without it."""
+    from lifecycle import pipeline as runner
+    from lifecycle.config import build
+    from lifecycle.edge import Predictor, op_types
+
+    export = {"kind": "export", "exporter": "genai", "latency": {"runs": 3, "warmup": 1, "batch32": False},
+              "gates": [{"metric": "generation_agreement", "min": 1.0}]}
+    quantize = {"kind": "quantize", "method": "dynamic-int8", "min_speedup": None,
+                "latency": {"runs": 3, "warmup": 1, "batch32": False},
+                "gates": [{"metric": "perplexity", "max_ratio": 1.1, "vs": "export"}]}
+    raw = generation_pipeline(export, quantize)
+    raw["stages"][0]["model"] = {"preset": "llama-tiny", "overrides": {"max_position_embeddings": 64},
+                                 "tokenizer": {"vocab_size": 400}}
+    raw["stages"][0]["train"]["max_steps"] = 10
+    pre, ex, q = (o.artifact for o in runner.run(build(raw, base_dir=tmp_path), workdir=tmp_path, echo=lambda *a: None))
+    assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= op_types(ex.path / "model.onnx")
+    assert ex.manifest["details"]["graph_optimization"]["fused_operators"]["GroupQueryAttention"] == 2  # 2 layers
+    assert ex.metrics["parity_max_abs_diff"] < 1e-4 and ex.metrics["generation_agreement"] == 1.0
+    assert "MatMulInteger" in op_types(q.path / "model.onnx") and q.metrics["perplexity"] <= 1.1 * ex.metrics["perplexity"]
+    assert all(g["passed"] for a in (ex, q) for g in a.manifest["gates"])
+    for art in (ex, q):
+        predictor = Predictor.open(art.path, threads=1)
+        assert predictor.generate(PROMPTS, max_new_tokens=8) == predictor.generate(PROMPTS, max_new_tokens=8, cache=False)
+
+
+def test_onnxruntime_genai_refuses_gpt2_by_name(gpt, tmp_path):
+    """Its builder takes the Llama family, not GPT-2: the export says so and what to use instead."""
+    from lifecycle import LifecycleError
+    from lifecycle.components.onnx import export_genai
+
+    model, tokenizer, _ = gpt
+    with pytest.raises(LifecycleError, match=r"cannot build GPT2LMHeadModel \(it builds the Llama family.*`exporter: torch`"):
+        export_genai(model, tokenizer, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
 def test_a_tied_lm_head_is_quantized_with_the_other_projections(gpt, tmp_path):
     """torch.onnx writes GPT-2's tied head as MatMul(hidden, Transpose(wte)); the quantizers take only
     initializer weights, so the head (hidden x vocabulary, the largest matrix of a small decoder) stayed fp32

@@ -1,4 +1,4 @@
-"""ONNX: the torch and optimum exporters, onnxruntime's transformer fusions (kept only when measured
+"""ONNX: the torch, optimum and onnxruntime-genai exporters, onnxruntime's transformer fusions (kept only when measured
 no slower), the runtime files beside model.onnx, parity with PyTorch, and how every onnx-model stage
 is timed in onnxruntime (latency settings included). Shared by export and quantize, for every task
 (what the graph outputs and how it is scored is the task's: lifecycle.tasks)."""
@@ -56,6 +56,50 @@ def export_optimum(src: Path, path: Path, opset: int, task: str) -> None:
         main_export(str(src), output=out, task=task, opset=opset, library_name="transformers",
                     do_validation=False, local_files_only=True)
     shutil.move(out / "model.onnx", path)
+
+
+def export_genai(model, tokenizer, path: Path) -> dict[str, int]:
+    """onnxruntime-genai's model builder (fp32, CPU) on the model as loaded, in its own process as its users
+    run it, offline; returns the graph's operator counts. The builder writes its own fused decoder
+    (GroupQueryAttention with the KV cache, SkipSimplifiedLayerNormalization, rotary embeddings inside the
+    attention), which decodes several times faster than the optimum export on a CPU (benchmarks/generation.py),
+    with the same inputs and outputs: input_ids, attention_mask, past_key_values.N.key/value -> logits,
+    present.N.key/value. The weights it keeps outside the graph are folded back into one file, and the cache
+    inputs' head dimension (symbolic in its graph) is fixed, so lifecycle.edge runs it like any decoder."""
+    import subprocess
+    import sys
+    import tempfile
+    from collections import Counter
+
+    import onnx
+
+    from lifecycle import LifecycleError
+
+    try:
+        import onnxruntime_genai  # noqa: F401 -- the builder ships inside it
+    except ImportError:
+        raise LifecycleError("export: `exporter: genai` needs onnxruntime-genai: pip install 'lifecycle[genai]'") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "model", Path(tmp) / "built"
+        model.save_pretrained(src, safe_serialization=True)
+        tokenizer.save_pretrained(src)
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out), "-p", "fp32",
+               "-e", "cpu", "-c", str(Path(tmp) / "cache"), "--extra_options", "hf_token=false"]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if done.returncode != 0:
+            unsupported = "is not currently supported" in done.stderr
+            raise LifecycleError(
+                f"export: onnxruntime-genai's model builder cannot build {model.config.architectures[0]}"
+                + (" (it builds the Llama family: Llama, Mistral, Qwen, Phi, Gemma...); use `exporter: torch`"
+                   if unsupported else f": {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"))
+        graph = onnx.load(str(out / "model.onnx"))  # its external weights, into the graph
+    head = model.config.hidden_size // model.config.num_attention_heads
+    head = getattr(model.config, "head_dim", None) or head
+    for value in (*graph.graph.input, *graph.graph.output):
+        if "past_key_values" in value.name or value.name.startswith("present"):
+            value.type.tensor_type.shape.dim[3].dim_value = head
+    onnx.save(graph, str(path))
+    return dict(Counter(n.op_type for n in graph.graph.node).most_common())
 
 
 def onnx_input_names(path: Path) -> list[str]:

@@ -6,7 +6,9 @@ MiniLM in 1.7 s against 9.1 s for the dynamo path, both match PyTorch to 1e-7, a
 beyond torch, so the stage keeps working when optimum-onnx (which pins transformers<4.58) lags a
 transformers release. `exporter: optimum` runs optimum's `main_export` on the parent directory
 instead: the graph a user of `optimum-cli export onnx` gets, for comparison or for architectures our
-export does not cover.
+export does not cover. `exporter: genai` (a Llama-family decoder for generation) runs onnxruntime-genai's
+model builder: its fused decoder graph (GroupQueryAttention over the KV cache), parity-checked and gated
+like any other; it picks its own opset (`opset` does not apply), and its graph needs no further fusions.
 
 Graph optimisation (`optimize: true`, the default) applies onnxruntime's transformer fusions
 (attention, skip-layer-norm, GELU, embed-layer-norm) with the Python fusion pass only
@@ -36,7 +38,7 @@ class Config(StageBase):
     """The `export` stage: the parent model to ONNX, parity-checked against PyTorch (`lc.Export`)."""
 
     kind: Literal["export"] = "export"  # YAML must name it; in Python the class does
-    exporter: Literal["torch", "optimum"] = "torch"  # see the module docstring for why torch is the default
+    exporter: Literal["torch", "optimum", "genai"] = "torch"  # see the module docstring for why torch is the default
     opset: int = Field(17, ge=14)  # 14+ has the ops BERT needs; 17 adds LayerNormalization
     optimize: bool = True  # onnxruntime transformer fusions, kept only when measured no slower
     parity_samples: int = Field(32, gt=1, description="validation texts used for the parity check (largest batch)")
@@ -59,6 +61,9 @@ class Config(StageBase):
         if self.exporter == "optimum" and workloads.task(task).artifacts.optimum_task is None:
             return (f"exporter: optimum cannot export {task} models with everything in the graph (its "
                     "export would leave task parts such as pooling out); use `exporter: torch`")
+        if self.exporter == "genai" and not workloads.task(task).artifacts.genai_builder:
+            return (f"exporter: genai (onnxruntime-genai's model builder) builds decoders for generation, not {task} "
+                    "models; use `exporter: torch`")
         return None
 
     def metric_names(self, task: TaskType | None = None) -> set[str]:
@@ -92,15 +97,20 @@ def run(cfg: Config, parent, ctx) -> tuple[dict, dict]:
     plain.parent.mkdir(parents=True, exist_ok=True)
     if cfg.exporter == "torch":
         plugin.export_graph(model, tokenizer, plain, cfg.opset)
-    else:
+    elif cfg.exporter == "optimum":
         onnx.export_optimum(src, plain, cfg.opset, plugin.artifacts.optimum_task)
+    else:
+        built = onnx.export_genai(model, tokenizer, plain)
     plugin.write_runtime_files(ctx.out_dir, src, tokenizer, task, onnx.onnx_input_names(plain), model)
 
     data = ctx.task_data()
     splits = data.splits
     parity_texts = plugin.inputs(splits["validation"])[: cfg.parity_samples]
     chosen, details = plain, {}
-    if not plugin.inputs.graph_fusions:
+    if cfg.exporter == "genai":
+        details["graph_optimization"] = {"kept": True, "reason": "onnxruntime-genai's model builder writes a fused graph",
+                                         "fused_operators": built}
+    elif not plugin.inputs.graph_fusions:
         details["graph_optimization"] = {"kept": False, "reason": f"no fusions for {plugin.name} graphs"}
     elif cfg.optimize:
         chosen, details["graph_optimization"] = onnx.maybe_fused(

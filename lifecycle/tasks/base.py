@@ -110,6 +110,7 @@ class Artifacts:
     finetunes_into: Holds = "classifier"
     trained_by: str = "finetune"
     optimum_task: str | None = None  # optimum's export task name; None: optimum cannot export it
+    genai_builder: bool = False  # onnxruntime-genai's model builder can export it (a decoder for generation)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ Llama configs from a local directory, offline, `main_export(task="text-generatio
 both in 0.4 s with dynamic past lengths, while transformers 4.57 feeds the cache as `Cache` objects that
 torch.onnx's tracer cannot take as graph inputs without a hand-written wrapper per architecture (optimum
 carries those wrappers, and the per-architecture KV layouts: GPT-2's heads, Llama's grouped KV heads).
-onnxruntime-genai's model builder was not measured (not installed; it covers the Llama family only).
+`exporter: genai` writes the Llama family through onnxruntime-genai's model builder instead
+(lifecycle.components.onnx.export_genai): the same inputs and outputs, a fused graph that decodes
+several times faster per token (benchmarks/generation.py measures both).
 
 A generator answers tokens. What export's parity and the quantize ladder compare is its `Continuations` per
 prompt (lifecycle.edge.decoding): the next-token logits after the prompt and `new_tokens` greedy tokens
@@ -161,7 +163,7 @@ TASK = Task(
     split_free=("ort_time_to_first_token_ms", "ort_ms_per_token", "ort_tokens_per_s"),
     fidelity=("generation_agreement", "next_token_agreement", "logit_max_abs_diff"),
     artifacts=Artifacts(("causal-lm",), "onnx-generator", finetunes_into="causal-lm", optimum_task=OPTIMUM_TASK,
-                        trained_by="pretrain, adapt or finetune", export_hint=(
+                        genai_builder=True, trained_by="pretrain, adapt or finetune", export_hint=(
                             "export writes a decoder with its KV cache: give it a causal LM (pretrain / adapt with a "
                             "gpt-* or llama-* preset, or finetune under this task)")),
     edge=Edge("generate", "/generate"), torch_model=torch_model, reference=reference, score=score,
