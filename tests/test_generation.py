@@ -154,7 +154,7 @@ def test_llama_kv_cache_parity(tmp_path):
     from lifecycle.workloads.decoders.model import continuations
 
     model, tokenizer, predictor = exported("llama-tiny", tmp_path)
-    assert "position_ids" in predictor.input_names
+    assert "position_ids" in predictor.input_names and not predictor.shared_cache  # optimum's graph copies its cache
     out = predictor.continuations(PROMPTS[:2])
     ref = continuations(model, tokenizer, PROMPTS[:2], 12, 64, None)
     assert (out.tokens == ref.tokens).all() and np.abs(out.logits - ref.logits).max() < 1e-4
@@ -466,9 +466,11 @@ def test_int4_weight_only_decoder_keeps_the_kv_cache(tmp_path):
 def test_a_llama_decoder_exported_through_onnxruntime_genai_is_gated_quantized_and_decoded(tmp_path):
     """`exporter: genai`: onnxruntime-genai's model builder writes the pretrained Llama decoder as its fused graph
     (GroupQueryAttention over the KV cache); export gates it on parity and greedy agreement with PyTorch like any
-    export, quantize takes it, and lifecycle.edge decodes both with the cache as without it."""
+    export, quantize takes it (dynamic int8 in the pipeline, block-int8 beside it), and lifecycle.edge decodes
+    each with the cache as without it."""
+    from lifecycle import config
     from lifecycle import pipeline as runner
-    from lifecycle.config import build
+    from lifecycle.components.quantization import Settings, build
     from lifecycle.edge import Predictor, op_types
 
     export = {"kind": "export", "exporter": "genai", "latency": {"runs": 3, "warmup": 1, "batch32": False},
@@ -480,14 +482,21 @@ def test_a_llama_decoder_exported_through_onnxruntime_genai_is_gated_quantized_a
     raw["stages"][0]["model"] = {"preset": "llama-tiny", "overrides": {"max_position_embeddings": 64},
                                  "tokenizer": {"vocab_size": 400}}
     raw["stages"][0]["train"]["max_steps"] = 10
-    pre, ex, q = (o.artifact for o in runner.run(build(raw, base_dir=tmp_path), workdir=tmp_path, echo=lambda *a: None))
+    pre, ex, q = (o.artifact for o in runner.run(config.build(raw, base_dir=tmp_path), workdir=tmp_path, echo=lambda *a: None))
     assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= op_types(ex.path / "model.onnx")
     assert ex.manifest["details"]["graph_optimization"]["fused_operators"]["GroupQueryAttention"] == 2  # 2 layers
     assert ex.metrics["parity_max_abs_diff"] < 1e-4 and ex.metrics["generation_agreement"] == 1.0
     assert "MatMulInteger" in op_types(q.path / "model.onnx") and q.metrics["perplexity"] <= 1.1 * ex.metrics["perplexity"]
     assert all(g["passed"] for a in (ex, q) for g in a.manifest["gates"])
-    for art in (ex, q):
-        predictor = Predictor.open(art.path, threads=1)
+    # block-int8: MatMulNBits at 8 bits, onnxruntime-genai's own int8, of the same graph
+    build(Settings(method="block-int8"), ex.path, tmp_path / "block-int8")
+    assert "MatMulNBits" in op_types(tmp_path / "block-int8" / "model.onnx")
+    block = Predictor.open(tmp_path / "block-int8", threads=1)
+    texts = [""] * 4, TEXTS[:4]
+    assert block.perplexity(*texts) <= 1.02 * Predictor.open(ex.path, threads=1).perplexity(*texts)
+    for predictor in (Predictor.open(ex.path, threads=1), Predictor.open(q.path, threads=1), block):
+        # the cache read and written in place (SharedCache) reproduces the uncached tokens
+        assert predictor.shared_cache
         assert predictor.generate(PROMPTS, max_new_tokens=8) == predictor.generate(PROMPTS, max_new_tokens=8, cache=False)
 
 

@@ -207,7 +207,7 @@ def test_int4_takes_the_embedding_tables_of_an_unfused_graph(export_art, tmp_pat
 
     from lifecycle import models
     from lifecycle.components import onnx as onnx_export
-    from lifecycle.components.quantization import Settings, int4
+    from lifecycle.components.quantization import Settings, blockwise
     from lifecycle.workloads.text import classification
 
     finetune = export_art.path.parent / "finetune"
@@ -215,7 +215,7 @@ def test_int4_takes_the_embedding_tables_of_an_unfused_graph(export_art, tmp_pat
     tokenizer = models.load_tokenizer(finetune, 32)
     plain, quantized = tmp_path / "plain.onnx", tmp_path / "int4.onnx"
     onnx_export.export_torch(model, tokenizer, plain, opset=17)
-    int4(Settings(method="int4"), plain, quantized)
+    blockwise(Settings(method="int4"), plain, quantized)
 
     graph = onnx.load(str(quantized)).graph
     assert {"MatMulNBits", "GatherBlockQuantized"} <= {n.op_type for n in graph.node}

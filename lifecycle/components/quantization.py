@@ -14,6 +14,10 @@ Methods:
   int4 pays in size, rarely in speed on a CPU. Give it an unfused export (`optimize: false`): MiniLM's
   vocabulary is half its weights, and inside EmbedLayerNormalization it stays int8 (0.22x of fp32 with
   the fused graph, 0.16x with the plain one; pipelines/minilm_quantize.yaml).
+- `block-int8`: `int4`'s method at 8 bits: block-wise int8 MatMul weights (MatMulNBits, activations quantized
+  inside the kernel at accuracy_level 4), what onnxruntime-genai's model builder calls int8. On a decoder
+  step (batch 1, one token) its kernel beats dynamic int8's DynamicQuantizeMatMul + MatMulIntegerToFloat
+  pair (benchmarks/generation.py's op profiles); on a long batch dynamic int8's integer GEMMs are faster.
 - `fp16`: half-precision weights, float32 inputs and outputs; for GPU targets.
 - `none`: the parent model unchanged.
 
@@ -37,8 +41,9 @@ from pydantic import Field
 
 from lifecycle.schema import Strict
 
-Method = Literal["dynamic-int8", "static-int8", "int4", "fp16", "none"]
-INT8 = ("dynamic-int8", "static-int8", "int4")  # graphs with u8s8 int8 kernels (int4 keeps some int8)
+Method = Literal["dynamic-int8", "static-int8", "int4", "block-int8", "fp16", "none"]
+INT8 = ("dynamic-int8", "static-int8", "int4", "block-int8")  # graphs with u8s8 int8 kernels (int4 keeps some int8)
+BLOCKWISE = {"int4": 4, "block-int8": 8}  # MatMulNBits methods: their weights' bits
 # Static int8 quantizes these op types only: onnxruntime turns their QDQ form into QLinearMatMul / QGemm /
 # QLinearConv. Around every other op (Add, LayerNormalization, Gather, Transpose...) Q/DQ pairs only add work:
 # static int8 of every QDQ op type was 1.65x slower than dynamic int8 on MiniLM at batch 1 (benchmarks/results/
@@ -65,8 +70,8 @@ class Rung(Strict):
     calibration: Calibration | None = None  # static-int8 only
     per_channel: bool | None = None  # int8 weights: one scale per output channel
     reduce_range: bool | None = None  # int8: 7-bit weights (u8s8 without VNNI)
-    block_size: int = Field(32, ge=16)  # int4: weights per scale; smaller is closer to fp32 and larger
-    accuracy_level: Literal[0, 1, 2, 3, 4] = 4  # int4: MatMulNBits compute type (4: int8 activations, fastest on CPU)
+    block_size: int = Field(32, ge=16)  # int4, block-int8: weights per scale; smaller is closer to fp32 and larger
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4  # int4, block-int8: MatMulNBits compute type (4: int8 activations, fastest on CPU)
 
     @property
     def label(self) -> str:
@@ -78,7 +83,7 @@ class Rung(Strict):
         parts += ["per-tensor"] if self.per_channel is False else []
         parts += ["per-channel"] if self.per_channel is True else []
         parts += ["7bit"] if self.reduce_range else []
-        if self.method == "int4" and (self.block_size, self.accuracy_level) != (32, 4):
+        if self.method in BLOCKWISE and (self.block_size, self.accuracy_level) != (32, 4):
             parts += [f"b{self.block_size}", f"acc{self.accuracy_level}"]
         return "-".join(parts)
 
@@ -129,9 +134,9 @@ def build(settings: Settings, src: Path, out: Path, feeds: list[dict] | None = N
             finally:
                 if work is None:
                     pre.unlink(missing_ok=True)
-        elif settings.method == "int4":
+        elif settings.method in BLOCKWISE:
             with weights_folded(model_in, out) as graph:
-                int4(settings, graph, model_out)
+                blockwise(settings, graph, model_out)
         elif settings.method == "fp16":
             fp16(settings, model_in, model_out)
 
@@ -308,10 +313,10 @@ def preprocessed(model_in: Path, model_out: Path) -> Path:
     return model_out
 
 
-def int4(settings: Settings, model_in: Path, model_out: Path) -> None:
-    """Block-wise int4 MatMul weights (MatMulNBits) and embedding tables (GatherBlockQuantized, blocks
-    along the hidden axis), then dynamic int8 for the fused attention and embedding ops neither takes
-    (without it a fused MiniLM keeps ~60% of its fp32 bytes)."""
+def blockwise(settings: Settings, model_in: Path, model_out: Path) -> None:
+    """Block-wise int4 (or, for block-int8, int8) MatMul weights (MatMulNBits) and embedding tables
+    (GatherBlockQuantized, blocks along the hidden axis), then dynamic int8 for the fused attention and
+    embedding ops neither takes (without it a fused MiniLM keeps ~60% of its fp32 bytes)."""
     import numpy as np
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -322,14 +327,14 @@ def int4(settings: Settings, model_in: Path, model_out: Path) -> None:
     model = onnx.load(str(model_in))
     if default_opset(model) < INT4_OPSET:
         model = onnx.version_converter.convert_version(model, INT4_OPSET)
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=settings.block_size,
+    quantizer = MatMulNBitsQuantizer(model, bits=BLOCKWISE[settings.method], block_size=settings.block_size,
                                      is_symmetric=True, accuracy_level=settings.accuracy_level or None,
                                      nodes_to_exclude=settings.exclude_nodes, op_types_to_quantize=("MatMul", "Gather"))
     # A block of all-zero weights has scale 0: the quantizer divides by it before np.where picks 0 for
     # that block, and numpy warns of the NaN it throws away.
     with np.errstate(divide="ignore", invalid="ignore"):
         quantizer.process()
-    half = model_out.with_name("int4-matmul.onnx")
+    half = model_out.with_name("blockwise-matmul.onnx")
     quantizer.model.save_model_to_file(str(half), use_external_data_format=False)
     try:
         dynamic_int8(settings, half, model_out,

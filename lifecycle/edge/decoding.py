@@ -85,11 +85,48 @@ def _fits(self, ids: list[int]) -> list[int]:
     return ids
 
 
-def _step(self, ids: list[int], past: dict | None, total: int | None) -> tuple[np.ndarray, dict]:
+class SharedCache:
+    """The KV cache of a decoder whose GroupQueryAttention reads its past and writes its present in one buffer
+    (onnxruntime-genai's model builder writes such graphs: lifecycle.components.onnx.export_genai): one buffer
+    per layer's keys and values, as long as the context, bound as both input and output, so a step writes its
+    token's keys and values in place instead of the graph copying the whole cache into a new present. A step
+    binds its tokens, the attention mask (its length tells the graph how much of the buffer holds tokens) and
+    the logits by address (onnxruntime's IOBinding, no copies); what a token costs beyond the graph's kernels
+    is a few bindings."""
+
+    def __init__(self, predictor):
+        self.io = predictor.session.io_binding()
+        self.buffers = []
+        for name, shape, kind in predictor.past:
+            buf = np.zeros((1, shape[1], predictor.max_length, shape[3]), np.float16 if "float16" in kind else np.float32)
+            self.buffers.append(buf)  # kept alive with the binding that points at it
+            self._bind(name, buf, output=False)
+            self._bind(name.replace("past_key_values", "present", 1), buf, output=True)
+        self.mask = np.ones((1, predictor.max_length), dtype=np.int64)
+
+    def _bind(self, name: str, array: np.ndarray, output: bool, shape=None) -> None:
+        bind = self.io.bind_output if output else self.io.bind_input
+        bind(name, "cpu", 0, array.dtype, list(shape or array.shape), array.ctypes.data)
+
+    def step(self, predictor, ids: list[int], total: int) -> np.ndarray:
+        """Run `ids`, the last tokens of a sequence of `total`: the logits after the last of them."""
+        tokens = np.array([ids], dtype=np.int64)
+        logits = np.empty((1, len(ids), _vocab(predictor)), dtype=np.float32)
+        self._bind("input_ids", tokens, output=False)
+        self._bind("attention_mask", self.mask, output=False, shape=(1, total))
+        self._bind("logits", logits, output=True)
+        predictor.session.run_with_iobinding(self.io)
+        return logits[0, -1]
+
+
+def _step(self, ids: list[int], past: dict | SharedCache | None, total: int | None) -> tuple[np.ndarray, dict | SharedCache]:
     """Run `ids`, the last len(ids) tokens of a sequence of `total` (None: len(ids)), on the cache `past`
     (None: empty): (the logits after the last of them, the cache after them)."""
     n = len(ids)
     total = n if total is None else total
+    if self.shared_cache:
+        cache = past or SharedCache(self)
+        return cache.step(self, ids, total), cache
     feeds = {"input_ids": np.array([ids], dtype=np.int64), **(past if past is not None else self._empty_past(1))}
     if "attention_mask" in self.input_names:
         feeds["attention_mask"] = np.ones((1, total), dtype=np.int64)

@@ -67,7 +67,10 @@ class Predictor:
         check_external_data(self.root / MODEL)
         # True: one text per session call (see logits); found by scanning the graph, not the schema's
         # "weights" note, so a graph quantized elsewhere is caught too.
-        self.batch_dependent = bool(op_types(self.root / MODEL) & BATCH_DEPENDENT_OPS)
+        ops = op_types(self.root / MODEL)
+        self.batch_dependent = bool(ops & BATCH_DEPENDENT_OPS)
+        # A decoder whose attention reads and writes its KV cache in place (lifecycle.edge.decoding.SharedCache)
+        self.shared_cache = "GroupQueryAttention" in ops
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads

@@ -1,6 +1,6 @@
 """quantize: onnx-model -> onnx-model with onnxruntime quantization, tried as a ladder of rungs.
 
-A rung is a method (dynamic-int8, static-int8, int4, fp16, none; see components/quantization.py) or a
+A rung is a method (dynamic-int8, static-int8, int4, block-int8, fp16, none; see components/quantization.py) or a
 method with its own settings (`{method: static-int8, calibration: {method: entropy, samples: 512}}`).
 `fallback: [static-int8, dynamic-int8, none]` is the whole ladder: each rung is built, evaluated on
 validation (the task's scores and fidelity to the fp32 parent, latency at batch 1 and 32, size, and its
