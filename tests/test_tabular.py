@@ -106,6 +106,17 @@ def test_training_edge_and_torch_agree_on_the_same_rows(penguins_run):
     assert metrics(penguins_run, "finetune")["accuracy"] >= 0.9
 
 
+def test_export_tries_the_bert_fusions_on_a_table_graph_and_keeps_one_only_within_parity(penguins_run):
+    """The encoder is a BertModel: attention fuses without a mask. Which graph is kept depends on timing;
+    either way the kept graph is the one in the artifact."""
+    from lifecycle.edge.onnx_graph import op_types
+
+    found = json.loads((penguins_run / "export" / "manifest.json").read_text())["details"]["graph_optimization"]
+    assert found["fused_operators"]["Attention"] == 2  # bert-tiny: 2 layers
+    assert found["parity_max_abs_diff_fused"] <= 1e-4
+    assert ("Attention" in op_types(penguins_run / "export" / "model.onnx")) == found["kept"]
+
+
 def test_missing_values_and_unknown_categories_are_answered_and_counted(penguins_run):
     p = Predictor.open(penguins_run / "export")
     odd = [{**ROW, "island": "Atlantis"}, {**ROW, "sex": None, "body_mass_g": None}, {k: None for k in ROW}]
