@@ -20,7 +20,7 @@ keeps the fastest error-free setting.
 from lifecycle.serving.bento import build
 from lifecycle.serving.commands import serve
 from lifecycle.serving.loadgen import LoadResult, json_request, run_load
-from lifecycle.serving.server import Server, bentoml_command, bound_port, foreground, service_command
+from lifecycle.serving.server import Server, bentoml_command, foreground, service_command
 from lifecycle.serving.settings import (
     CONFIG_ENV,
     SAMPLE_TEXT,
@@ -35,7 +35,7 @@ from lifecycle.serving.tuning import measure_settings, pick_best, tune_settings,
 
 __all__ = [
     "CONFIG_ENV", "SAMPLE_TEXT", "SERVICE_DIR", "STORED_SUBDIR", "TUNED_SUFFIX", "LoadResult", "Served", "Server",
-    "ServingSettings", "bentoml_command", "bound_port", "build", "checked", "foreground", "json_request",
+    "ServingSettings", "bentoml_command", "build", "checked", "foreground", "json_request",
     "last_onnx_artifact", "load_settings", "measure_settings", "pick_best", "resolve", "run_load", "serve",
     "service_command", "tune_settings", "tuning_grid", "write_config",
 ]
