@@ -84,7 +84,8 @@ a 404 for an unknown path or a 405 for a wrong method, are rewritten to the same
 
 Cost per request (2 cores, a 2-layer int8 model whose inference takes 1.3 ms): ~5 ms of CPU with
 BentoML's defaults, ~2.5-3 ms here: no tracing spans unless asked for, one-text requests inferred on the
-event loop (Classifier.infer), the response content type stated. With several workers, keep-alive
+event loop (Classifier.infer), the response content type stated, an unbatched answer serialised once into
+its Response (answers_api). With several workers, keep-alive
 connections are closed after max_connection_age_s so that clients spread over the workers
 (RequestLimits.closing).
 """
@@ -105,8 +106,9 @@ import anyio
 import bentoml
 from bentoml.validators import ContentType
 from http_guards import install_header_timeout
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from request_limits import INLINE_MAX_CHARS, STREAM_ROUTE, RequestLimits, Served
+from starlette.responses import Response
 
 from lifecycle.edge import BUNDLE_REFUSED, BundleError, Predictor
 
@@ -228,12 +230,21 @@ def answers_api(endpoint: dict):
     key = endpoint["request_key"]
     item, to_edge = INPUT_TYPES.get(endpoint["inputs_kind"], (Any, None))
     answer = ANSWER_TYPES.get(endpoint["answers_kind"], Any)
+    # An unbatched request's answers leave as one Response built here: the bytes BentoML's output handling
+    # writes (validated against the declared type, dumped in JSON mode, json.dumps), without its output model
+    # per response and its extra empty body message through every middleware: ~3% less server CPU per
+    # request for a small model (wrk, 8 clients). A batch's answers go back to BentoML's dispatcher, which
+    # splits them per request.
+    declared = TypeAdapter(list[answer])
 
     async def answers(self, *batch, **request):
         def run(items: list) -> list:  # the model's own edge method, answers as JSON values (Predictor.answers)
             return self.predictor.answers(to_edge(items) if to_edge else items)
 
-        return await self.infer(run, batch[0] if batch else request[key])
+        if batch:
+            return await self.infer(run, batch[0])
+        out = declared.dump_python(declared.validate_python(await self.infer(run, request[key])), mode="json")
+        return Response(json.dumps(out).encode(), media_type="application/json")
 
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
     # The content type is stated because BentoML otherwise derives it from the output's JSON schema on

@@ -120,6 +120,14 @@ def test_classify_matches_in_process_predictor(server, client, run_dir):
         assert [p["label"] for p in bc.classify(texts=VALID["texts"])] == [e["label"] for e in expected]
 
 
+def test_answers_are_written_as_bentomls_output_handling_writes_them(client):
+    """An unbatched answer is serialised by the service itself (answers_api): the bytes BentoML's output
+    handling writes (json.dumps of the validated answers, as a batched answer still is), with its length."""
+    r = client.post("/classify", json=VALID)
+    assert r.headers["content-type"] == "application/json" and int(r.headers["content-length"]) == len(r.content)
+    assert r.content == json.dumps(r.json()).encode()
+
+
 def test_metadata_names_the_artifact_by_its_hash(client, run_dir):
     meta = client.get("/metadata").json()
     art = Artifact.load(run_dir / "export")
