@@ -82,8 +82,9 @@ a 404 for an unknown path or a 405 for a wrong method, are rewritten to the same
     503  only with batching on, when BentoML's dispatcher predicts max_latency_ms cannot be met: the
          default (batching off) never answers it, and tuning discards settings that do
 
-Cost per request (2 cores, a 2-layer int8 model whose inference takes 1.3 ms): ~5 ms of CPU with
-BentoML's defaults, ~2.5-3 ms here: no tracing spans unless asked for, one-text requests inferred on the
+Cost per request (2 cores, a 2-layer int8 model): the server's CPU per request is a multiple of the
+model's inference (benchmarks/serving.py records both: `per_request`), more with BentoML's defaults than
+here: no tracing spans unless asked for, one-text requests inferred on the
 event loop (Classifier.infer), the response content type stated, an unbatched answer serialised once into
 its Response (answers_api). With several workers, keep-alive
 connections are closed after max_connection_age_s so that clients spread over the workers
@@ -211,9 +212,9 @@ class Classifier:
 
     async def infer(self, fn, items: list):
         """One short text (or row, or small image) runs on the event loop: handing it to a thread (anyio,
-        then the GIL hand-back) costs ~1.3 ms of CPU per request, as much as the small model's inference
-        (measured: 3.9 -> 2.5 ms per request, 1-client p50 5.5 -> 3.3 ms). Its inference is bounded by
-        max_length tokens, but its tokenisation by its length in characters only (see INLINE_MAX_CHARS).
+        then the GIL hand-back) costs about as much CPU per request as the small model's inference. Its
+        inference is bounded by max_length tokens, but its tokenisation by its length in characters only
+        (see INLINE_MAX_CHARS).
         Long items, batches and items of no length go to the thread, so that health checks, refusals and
         the batching dispatcher are answered while the tokenizer and onnxruntime work."""
         first = items[0] if len(items) == 1 else None
@@ -232,9 +233,9 @@ def answers_api(endpoint: dict):
     answer = ANSWER_TYPES.get(endpoint["answers_kind"], Any)
     # An unbatched request's answers leave as one Response built here: the bytes BentoML's output handling
     # writes (validated against the declared type, dumped in JSON mode, json.dumps), without its output model
-    # per response and its extra empty body message through every middleware: ~3% less server CPU per
-    # request for a small model (wrk, 8 clients). A batch's answers go back to BentoML's dispatcher, which
-    # splits them per request.
+    # per response and its extra empty body message through every middleware: less server CPU per request
+    # for a small model (an interleaved A/B, wrk at 8 clients). A batch's answers go back to BentoML's
+    # dispatcher, which splits them per request.
     declared = TypeAdapter(list[answer])
 
     async def answers(self, *batch, **request):

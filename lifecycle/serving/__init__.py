@@ -15,11 +15,12 @@ dispatcher answer 503. So the defaults are one unbatched worker (which can never
 `--tune` measures a small grid on the actual model and machine and keeps the fastest error-free setting.
 
 Where a request's CPU goes, from a sampled profile of the workers (py-spy, wrk at 8 clients, a 2-layer
-int8 model, two unbatched workers): ~1.3 ms per request, of which ~0.7 ms in the model (tokeniser and
-onnxruntime; 0.5 ms in-process), ~0.35-0.45 ms in BentoML and Starlette (middlewares, routing, request
-context, metrics, the endpoint), ~0.1-0.2 ms in uvicorn and the event loop, and ~0.07 ms in serving/'s
-own checks and serialisation. Such a model cannot reach 0.8 of its in-process ceiling through any
-Python HTTP path on the same cores: that would leave ~0.6 ms per request for everything.
+int8 model, two unbatched workers): about half in the model (tokeniser and onnxruntime, a little more
+than in-process), most of the rest in BentoML and Starlette (middlewares, routing, request context,
+metrics, the endpoint), less in uvicorn and the event loop, a few percent in serving/'s own checks and
+serialisation. benchmarks/serving.py records the server's CPU per request beside the model's
+(`per_request`). For such a model, 0.8 of its in-process ceiling leaves less CPU per request than its
+inference alone takes inside the server: no Python HTTP path on the same cores reaches it.
 """
 
 from lifecycle.serving.bento import build
