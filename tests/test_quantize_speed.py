@@ -48,7 +48,7 @@ def test_a_speedup_within_noise_is_decided_by_when_inconclusive(policy, bound, p
     smaller graph, is decided on its point estimate, or gives way to the parent, as configured; the reason
     says which, with the interval."""
     from lifecycle import gates
-    from lifecycle.stages.quantize import explain, misses
+    from lifecycle.stages.quantize.ladder import explain, misses
 
     stage = tiny_pipeline({"kind": "quantize", "when_inconclusive": policy}).stages[2]
     assert [(g.metric, g.min, g.bound) for g in stage.gates] == [("speedup", 1.0, bound), ("speedup_served", 1.0, bound)]
