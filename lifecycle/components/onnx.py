@@ -93,8 +93,7 @@ def export_genai(model, tokenizer, path: Path) -> dict[str, int]:
                 + (" (it builds the Llama family: Llama, Mistral, Qwen, Phi, Gemma...); use `exporter: torch`"
                    if unsupported else f": {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"))
         graph = onnx.load(str(out / "model.onnx"))  # its external weights, into the graph
-    head = model.config.hidden_size // model.config.num_attention_heads
-    head = getattr(model.config, "head_dim", None) or head
+    head = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
     for value in (*graph.graph.input, *graph.graph.output):
         if "past_key_values" in value.name or value.name.startswith("present"):
             value.type.tensor_type.shape.dim[3].dim_value = head
