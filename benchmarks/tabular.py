@@ -131,8 +131,8 @@ def rows_per_second(torch_model, feeds: dict, graphs: dict[str, Path], trees, ro
 def steady_allocator() -> None:
     """glibc: serve large blocks from the heap and never trim it. By default a block over the dynamic mmap
     threshold is mmapped and page-faulted afresh on each call, and the threshold moves with whatever the
-    process freed last: eager at batch 1,024 (MB-sized activations, malloc per call) then took 12 ms or
-    8 ms on the quickstart's model in the same process. Pinned, it takes its faster time every call;
+    process freed last: eager at batch 1,024 (MB-sized activations, malloc per call) then swung between
+    two times on the quickstart's model in the same process. Pinned, it takes its faster time every call;
     onnxruntime allocates from its own arena either way."""
     import ctypes
 

@@ -64,7 +64,7 @@ def write_runtime_files(declared, out, src, preprocessor, task, input_names, mod
 # {"rows": [{column: value, ...}, ...]}. The encoder is a BertModel, so export tries onnxruntime's BERT
 # fusions and keeps one only where it times no slower and stays within the parity bound
 # (lifecycle.components.onnx.maybe_fused). Attention fuses without a mask; the quickstart's graph at
-# batch 1,024 then skips a [0,2,3,1] Transpose of the keys that took ~15% of its run.
+# batch 1,024 then skips a [0,2,3,1] Transpose of the keys, one of its costliest ops in onnxruntime's profile.
 ROWS = Inputs(kind="rows", reads="table", request_key="rows", read=rows, preprocessor=preprocessor,
               export_graph=export_graph, write_runtime_files=write_runtime_files, sample=lambda x: {"row": x},
               graph_fusions=True)
