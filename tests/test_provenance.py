@@ -55,7 +55,7 @@ def test_a_result_names_its_commit_clean_tree_and_hashes_and_goes_stale_when_its
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip()
     assert env["git_commit"] == head and env["dirty"] is False  # its own result file does not make the tree dirty
     assert set(env["files"]) == {"benchmarks/tiny.py", "benchmarks/common.py"}
-    assert "lifecycle/stages/quantize.py" in env["sources"] and "serving/service.py" in env["sources"]
+    assert "lifecycle/stages/quantize/__init__.py" in env["sources"] and "serving/service.py" in env["sources"]
     assert len(env["sources_sha256"]) == 64
 
 
